@@ -1,0 +1,5 @@
+"""Allow ``python -m pipeloom_cli``."""
+
+from pipeloom_cli.app import main
+
+main()

@@ -1,0 +1,54 @@
+"""The Typer application behind the ``pipeloom`` command."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from pipeloom_cli._version import __version__
+from pipeloom_cli.commands import db, observe
+
+app = typer.Typer(
+    name="pipeloom",
+    help="Run many ETL tasks concurrently with one SQLite writer, and browse their history.",
+    no_args_is_help=True,
+)
+
+
+def _versions() -> str:
+    import pipeloom
+    import pipeloom_observe
+
+    return (
+        f"pipeloom-cli {__version__}\n"
+        f"pipeloom-core {pipeloom.__version__}\n"
+        f"pipeloom-observe {pipeloom_observe.__version__}"
+    )
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(_versions())
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Show versions and exit."
+        ),
+    ] = False,
+) -> None:
+    """Run many ETL tasks concurrently with one SQLite writer, and browse their history."""
+
+
+app.add_typer(db.app, name="db")
+app.command("observe")(observe.observe)
+
+
+def main() -> None:
+    """Entry point of the ``pipeloom`` console script."""
+    app()

@@ -1,0 +1,1 @@
+"""One module per ``pipeloom`` sub-command; ``pipeloom_cli.app`` registers them."""

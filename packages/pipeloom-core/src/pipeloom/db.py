@@ -1,0 +1,152 @@
+"""Opening the run database with pipeloom's pragmas, creating its schema, checkpointing.
+
+Only the writer thread writes; these helpers are also used by read-only tools (the CLI's
+status command) so every connection gets the same busy timeout and error messages.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Literal
+
+from pipeloom.errors import DatabaseError
+from pipeloom.schema import check_schema, create_schema
+
+__all__ = [
+    "MEMORY",
+    "Synchronous",
+    "connect",
+    "connect_readonly",
+    "db_label",
+    "init_schema",
+    "wal_checkpoint",
+]
+
+MEMORY = ":memory:"
+Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+
+BUSY_TIMEOUT_MS = 10_000
+"""How long a connection waits on another process's lock before SQLite reports busy."""
+
+
+def db_label(db_path: str | Path) -> str:
+    """Return the path as users typed it, for error messages."""
+    return str(db_path)
+
+
+def _check_path(db_path: str | Path) -> None:
+    if str(db_path) == MEMORY:
+        return
+    path = Path(db_path)
+    if path.is_dir():
+        raise DatabaseError(
+            f"{path}: is a directory, not a database file; pass a file path such as "
+            f"{path / 'pipeloom.db'}"
+        )
+    if not path.parent.exists():
+        raise DatabaseError(
+            f"{path}: folder {path.parent} does not exist; create it or choose another path"
+        )
+
+
+def connect(
+    db_path: str | Path,
+    *,
+    wal: bool = True,
+    synchronous: Synchronous = "NORMAL",
+    check_same_thread: bool = True,
+) -> sqlite3.Connection:
+    """Open (or create) a database for writing with pipeloom's pragmas.
+
+    WAL lets readers (status, Datasette) read while the writer writes. synchronous=NORMAL in
+    WAL mode can lose the last commits on power loss but never corrupts the file; FULL also
+    survives power loss at the cost of an fsync per commit.
+
+    Raises:
+        DatabaseError: the path is a directory, its folder is missing, or the file is not
+            a SQLite database.
+    """
+    _check_path(db_path)
+    try:
+        conn = sqlite3.connect(
+            str(db_path),
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,
+            check_same_thread=check_same_thread,
+        )
+    except sqlite3.Error as exc:
+        raise DatabaseError(f"{db_path}: cannot open database ({exc})") from exc
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if wal and str(db_path) != MEMORY:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise DatabaseError(f"{db_path}: could not switch to WAL (journal_mode={mode})")
+        elif not wal:
+            conn.execute("PRAGMA journal_mode = DELETE")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute("PRAGMA foreign_keys = OFF")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise DatabaseError(
+            f"{db_path}: is not a usable SQLite database ({exc}); "
+            "choose another path or move the file away"
+        ) from exc
+    return conn
+
+
+def connect_readonly(db_path: str | Path) -> sqlite3.Connection:
+    """Open an existing database read-only; never creates a file.
+
+    Raises:
+        DatabaseError: the file is missing or is not a SQLite database.
+    """
+    path = Path(db_path)
+    if not path.exists():
+        raise DatabaseError(f"{path}: no such database file; check the path or run a pipeline")
+    if path.is_dir():
+        raise DatabaseError(f"{path}: is a directory, not a database file")
+    try:
+        conn = sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000
+        )
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseError(f"{path}: is not a SQLite database ({exc})") from exc
+    return conn
+
+
+def init_schema(conn: sqlite3.Connection, db_path: str | Path = MEMORY) -> None:
+    """Create pipeloom's tables on a new file; accept a file that already has them.
+
+    Raises:
+        SchemaOutdatedError: the file holds an older pipeloom schema.
+    """
+    try:
+        if check_schema(conn, db_label(db_path)):
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if not check_schema(conn, db_label(db_path)):
+                create_schema(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseError(f"{db_path}: cannot create pipeloom tables ({exc})") from exc
+
+
+def wal_checkpoint(conn: sqlite3.Connection, mode: str = "TRUNCATE") -> tuple[int, int, int]:
+    """Fold the WAL back into the main file so it does not grow between runs.
+
+    Returns:
+        SQLite's (busy, wal pages, checkpointed pages) triple.
+    """
+    if mode.upper() not in {"PASSIVE", "FULL", "RESTART", "TRUNCATE"}:
+        raise ValueError(f"checkpoint mode {mode!r}: use PASSIVE, FULL, RESTART or TRUNCATE")
+    row = conn.execute(f"PRAGMA wal_checkpoint({mode.upper()})").fetchone()
+    if row is None:
+        return (0, 0, 0)
+    return (int(row[0]), int(row[1]), int(row[2]))

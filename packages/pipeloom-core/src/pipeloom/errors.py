@@ -1,0 +1,26 @@
+"""Exceptions pipeloom raises; each message names the file, the value and the fix."""
+
+from __future__ import annotations
+
+__all__ = [
+    "DatabaseError",
+    "PipeloomError",
+    "SchemaOutdatedError",
+    "WriterFailedError",
+]
+
+
+class PipeloomError(Exception):
+    """Base class so callers (and the CLI) can catch pipeloom's own errors in one place."""
+
+
+class DatabaseError(PipeloomError):
+    """The run database cannot be opened, read or written."""
+
+
+class SchemaOutdatedError(DatabaseError):
+    """The file holds an older pipeloom schema; `pipeloom db upgrade PATH` brings it forward."""
+
+
+class WriterFailedError(PipeloomError):
+    """The writer thread stopped; no further message can be persisted."""

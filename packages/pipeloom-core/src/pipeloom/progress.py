@@ -1,0 +1,296 @@
+"""Live progress fed from what the writer committed.
+
+The overall bar stays after the run; per-task bars exist only for tasks in flight (a few
+visible, then "+N more running"), so a run of a million tasks never builds a million bars.
+When stdout is not a terminal, a plain line every few seconds replaces the bars.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from pipeloom.logs import console as shared_console
+from pipeloom.writer import AppliedBatch
+
+__all__ = [
+    "DEFAULT_VISIBLE_BARS",
+    "LiveDisplay",
+    "PlainReporter",
+    "make_overall_progress",
+    "make_task_progress",
+    "preregister_task_bars",
+    "render_summary",
+]
+
+DEFAULT_VISIBLE_BARS = 6
+"""Per-task bars shown at once; the rest are counted in "+N more running"."""
+
+FAILED_STATUSES = frozenset({"error", "timeout", "interrupted"})
+
+
+def make_overall_progress(
+    console: Console | None = None, *, get_time: Callable[[], float] | None = None
+) -> Progress:
+    """Build the overall bar: done/total, failed count, elapsed and ETA."""
+    return Progress(
+        SpinnerColumn(finished_text="[green]✓"),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("[red]{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console or shared_console,
+        auto_refresh=False,
+        get_time=get_time,
+    )
+
+
+def make_task_progress(
+    console: Console | None = None, *, get_time: Callable[[], float] | None = None
+) -> Progress:
+    """Build the progress used for per-task bars."""
+    return Progress(
+        TextColumn("  {task.description}", style="cyan"),
+        BarColumn(bar_width=30),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[message]}", style="dim"),
+        console=console or shared_console,
+        auto_refresh=False,
+        get_time=get_time,
+    )
+
+
+def preregister_task_bars(progress: Progress, n: int) -> dict[int, TaskID]:
+    """Create ``n`` hidden bars keyed 0..n-1 (kept for code written against the seed).
+
+    New code should not need this: `LiveDisplay` adds a bar when a task starts and removes
+    it when the task ends.
+    """
+    return {
+        i: progress.add_task(f"task {i}", total=None, visible=False, message="") for i in range(n)
+    }
+
+
+class _MoreRunning:
+    """Renders "+N more running" lazily, so updating the count costs nothing per message."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __rich__(self) -> RenderableType:
+        if self.count <= 0:
+            return Text("")
+        return Text(f"  +{self.count} more running", style="dim")
+
+
+class LiveDisplay:
+    """A Rich live view, updated by the writer's post-commit listener."""
+
+    def __init__(
+        self,
+        total: int | None,
+        *,
+        console: Console | None = None,
+        title: str = "Overall",
+        max_visible: int = DEFAULT_VISIBLE_BARS,
+        refresh_per_second: float = 8.0,
+        get_time: Callable[[], float] | None = None,
+    ) -> None:
+        """Prepare the bars; nothing is drawn until the display is entered."""
+        self.console = console or shared_console
+        self.max_visible = max_visible
+        self.overall = make_overall_progress(self.console, get_time=get_time)
+        self.tasks = make_task_progress(self.console, get_time=get_time)
+        self.overall_id = self.overall.add_task(title, total=total, failed=0)
+        self._bars: dict[int, TaskID] = {}
+        # Tasks running without a bar: task_id -> (name, step, total, message).
+        self._hidden: dict[int, tuple[str, int, int, str]] = {}
+        self._more = _MoreRunning()
+        self.failed = 0
+        self.finished = 0
+        self._live = Live(
+            Group(self.overall, self.tasks, self._more),
+            console=self.console,
+            refresh_per_second=refresh_per_second,
+            transient=False,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
+
+    def __enter__(self) -> LiveDisplay:
+        """Start drawing."""
+        self._live.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Drop per-task bars and leave the overall bar on screen."""
+        self.close()
+
+    def close(self) -> None:
+        """Remove every per-task bar, draw once more and stop."""
+        for bar in list(self._bars.values()):
+            self.tasks.remove_task(bar)
+        self._bars.clear()
+        self._hidden.clear()
+        self._more.count = 0
+        self.overall.update(self.overall_id, failed=self.failed)
+        self._live.refresh()
+        self._live.stop()
+
+    @property
+    def visible_bars(self) -> int:
+        """How many per-task bars are on screen now."""
+        return len(self._bars)
+
+    def __call__(self, applied: AppliedBatch) -> None:
+        """Apply one commit's worth of changes to the bars (runs in the writer thread)."""
+        for task_id, name in applied.started:
+            if task_id in self._bars or task_id in self._hidden:
+                continue
+            if len(self._bars) < self.max_visible:
+                self._bars[task_id] = self.tasks.add_task(name, total=None, message="")
+            else:
+                self._hidden[task_id] = (name, 0, 0, "")
+        for task_id, (step, total, message) in applied.progress.items():
+            bar = self._bars.get(task_id)
+            if bar is not None:
+                self.tasks.update(bar, completed=step, total=total or None, message=message)
+            elif task_id in self._hidden:
+                self._hidden[task_id] = (self._hidden[task_id][0], step, total, message)
+        if applied.finished:
+            for task_id, status in applied.finished:
+                bar = self._bars.pop(task_id, None)
+                if bar is not None:
+                    self.tasks.remove_task(bar)
+                else:
+                    self._hidden.pop(task_id, None)
+                if status in FAILED_STATUSES:
+                    self.failed += 1
+            self.finished += len(applied.finished)
+            self._promote()
+            self.overall.update(self.overall_id, advance=len(applied.finished), failed=self.failed)
+        self._more.count = len(self._hidden)
+
+    def _promote(self) -> None:
+        while self._hidden and len(self._bars) < self.max_visible:
+            task_id = next(iter(self._hidden))
+            name, step, total, message = self._hidden.pop(task_id)
+            self._bars[task_id] = self.tasks.add_task(
+                name, total=total or None, completed=step, message=message
+            )
+
+
+class PlainReporter:
+    """Progress for logs and pipes: one plain line every few seconds, no escape codes."""
+
+    def __init__(
+        self,
+        total: int | None,
+        *,
+        console: Console | None = None,
+        interval: float = 5.0,
+        title: str = "pipeloom",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Start the clock; the first line appears after ``interval`` seconds."""
+        self.console = console or shared_console
+        self.total = total
+        self.interval = interval
+        self.title = title
+        self._clock = clock
+        self._start = clock()
+        self._next = self._start + interval
+        self.finished = 0
+        self.failed = 0
+
+    def __enter__(self) -> PlainReporter:
+        """Nothing to draw up front."""
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Nothing to clean up; the summary is printed by the engine."""
+
+    def close(self) -> None:
+        """Nothing to clean up; present for symmetry with `LiveDisplay`."""
+
+    def line(self) -> str:
+        """The progress line as it would be printed now."""
+        total = "?" if self.total is None else str(self.total)
+        elapsed = self._clock() - self._start
+        return (
+            f"{self.title}: {self.finished}/{total} finished, {self.failed} failed, "
+            f"{elapsed:.1f}s elapsed"
+        )
+
+    def __call__(self, applied: AppliedBatch) -> None:
+        """Count finished tasks and print a line when the interval has passed."""
+        self.finished += len(applied.finished)
+        self.failed += sum(1 for _, s in applied.finished if s in FAILED_STATUSES)
+        now = self._clock()
+        if now >= self._next:
+            self._next = now + self.interval
+            self.console.print(self.line(), markup=False, highlight=False, soft_wrap=True)
+
+
+def render_summary(
+    counts: Mapping[str, int],
+    *,
+    elapsed: float,
+    messages: int,
+    db_path: str,
+    run_id: int | None,
+    hint: str | None = None,
+) -> Table:
+    """Build the end-of-run summary table (statuses, elapsed, throughput, where it is)."""
+    table = Table(title=f"pipeloom run {run_id}" if run_id is not None else "pipeloom run")
+    table.add_column("", style="bold")
+    table.add_column("", justify="right")
+    styles = {"done": "green", "error": "red", "timeout": "red", "cancelled": "yellow"}
+    for status in ("done", "error", "cancelled"):
+        table.add_row(status, f"[{styles[status]}]{counts.get(status, 0)}")
+    for status, n in sorted(counts.items()):
+        if status not in ("done", "error", "cancelled"):
+            table.add_row(status, f"[{styles.get(status, 'white')}]{n}")
+    table.add_row("elapsed", f"{elapsed:.2f}s")
+    rate = messages / elapsed if elapsed > 0 else 0.0
+    table.add_row("messages/s", f"{rate:,.0f}")
+    table.add_row("database", db_path)
+    if hint:
+        table.add_row("browse", hint)
+    return table
+
+
+def status_counts_text(counts: Mapping[str, Any]) -> str:
+    """One-line form of per-status counts, for logs."""
+    return ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))

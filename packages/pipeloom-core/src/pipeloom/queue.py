@@ -1,0 +1,101 @@
+"""The message queue between workers and the writer: cheap to put on, bounded in memory.
+
+``queue.Queue`` takes a lock and notifies a condition on every put; at hundreds of thousands
+of messages a second that lock is the bottleneck. ``SimpleQueue`` is a lock-free C deque, so
+this wrapper adds only what pipeloom needs on top: backpressure when the writer falls behind
+and a way for a failed writer to unblock every worker at once.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from typing import Any
+
+from pipeloom.errors import WriterFailedError
+
+__all__ = ["DEFAULT_MAXSIZE", "MessageQueue"]
+
+DEFAULT_MAXSIZE = 50_000
+"""Messages allowed to wait for the writer before workers pause; bounds memory."""
+
+_BACKOFF_SECONDS = 0.0005
+
+
+class MessageQueue:
+    """A bounded, failure-aware queue; workers call ``put``, the writer calls ``get``."""
+
+    __slots__ = ("_failure", "_q", "_resume_at", "maxsize")
+
+    def __init__(self, maxsize: int = DEFAULT_MAXSIZE) -> None:
+        """Create an empty queue.
+
+        Args:
+            maxsize: how many messages may wait before ``put`` pauses the caller.
+        """
+        if maxsize < 2:
+            raise ValueError(f"maxsize={maxsize}: use at least 2")
+        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.maxsize = maxsize
+        # Hysteresis: a paused worker resumes only once the writer has drained half, so
+        # workers do not wake and sleep again on every single message.
+        self._resume_at = maxsize // 2
+        self._failure: BaseException | None = None
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Queue a message, pausing while the writer is behind.
+
+        Raises:
+            WriterFailedError: the writer has stopped, so the message could never be stored.
+        """
+        if self._failure is not None:
+            raise WriterFailedError(f"writer stopped: {self._failure}") from self._failure
+        q = self._q
+        q.put(item)
+        if q.qsize() >= self.maxsize:
+            self._wait_for_room(timeout if block else 0.0)
+
+    def put_nowait(self, item: Any) -> None:
+        """Queue a message without pausing (used for shutdown markers)."""
+        self._q.put(item)
+
+    def _wait_for_room(self, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        q = self._q
+        while q.qsize() > self._resume_at:
+            if self._failure is not None:
+                raise WriterFailedError(f"writer stopped: {self._failure}") from self._failure
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            time.sleep(_BACKOFF_SECONDS)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        """Take the next message (writer side)."""
+        return self._q.get(block, timeout)
+
+    def get_nowait(self) -> Any:
+        """Take the next message or raise ``queue.Empty``."""
+        return self._q.get_nowait()
+
+    def qsize(self) -> int:
+        """Return the approximate number of waiting messages."""
+        return self._q.qsize()
+
+    def empty(self) -> bool:
+        """Tell whether no message is waiting."""
+        return self._q.empty()
+
+    def fail(self, exc: BaseException) -> None:
+        """Record that the writer died; every current and future ``put`` raises."""
+        self._failure = exc
+        # Drop what is queued: it can no longer be stored and would only hold memory.
+        try:
+            while True:
+                self._q.get_nowait()
+        except queue.Empty:
+            pass
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The writer's fatal error, if it died."""
+        return self._failure
