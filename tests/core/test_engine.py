@@ -1,0 +1,257 @@
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeloom import (
+    DatabaseError,
+    MsgTaskStarted,
+    SchemaOutdatedError,
+    TaskDef,
+    run_pipeline,
+    utc_now,
+)
+
+from .conftest import rows, seed_worker
+
+
+def five_tasks() -> list[TaskDef]:
+    return [TaskDef(i, f"task-{i}", steps=3) for i in range(1, 6)]
+
+
+@pytest.mark.parametrize("form", ["tasks-first", "db-first"])
+def test_seed_worker_shape_gives_five_done_rows_in_both_call_forms(
+    tmp_path: Path, form: str
+) -> None:
+    db = tmp_path / "etl.db"
+    if form == "tasks-first":
+        result = run_pipeline(five_tasks(), db, workers=4, worker_fn=seed_worker, progress=False)
+    else:
+        result = run_pipeline(db, five_tasks(), workers=4, worker_fn=seed_worker, progress=False)
+    assert result.status == "done"
+    assert result.ok
+    assert result.counts == {"done": 5}
+    assert result.failed_task_ids == []
+    assert rows(db, "SELECT task_id, name, status, progress, result FROM task_runs") == [
+        (i, f"task-{i}", "done", 1.0, f"ok {i}") for i in range(1, 6)
+    ]
+    # The query the seed documents keeps working.
+    assert rows(db, "SELECT status, COUNT(*) FROM task_runs GROUP BY status;") == [("done", 5)]
+
+
+def test_keyword_call_form_and_default_workers(tmp_path: Path) -> None:
+    db = tmp_path / "kw.db"
+    result = run_pipeline(tasks=five_tasks(), db_path=db, worker_fn=seed_worker, progress=False)
+    assert result.counts == {"done": 5}
+    (workers,) = rows(db, "SELECT workers FROM pipeline_runs")[0]
+    assert 1 <= workers <= 5
+
+
+def test_two_runs_on_one_file_keep_both_histories(tmp_path: Path) -> None:
+    db = tmp_path / "etl.db"
+    first = run_pipeline(five_tasks(), db, workers=2, worker_fn=seed_worker, progress=False)
+    second = run_pipeline(five_tasks()[:3], db, workers=2, worker_fn=seed_worker, progress=False)
+    assert first.run_id is not None and second.run_id is not None
+    assert first.run_id != second.run_id
+    runs = rows(db, "SELECT id, status, tasks_total, tasks_done, pid FROM pipeline_runs")
+    assert [r[:4] for r in runs] == [(first.run_id, "done", 5, 5), (second.run_id, "done", 3, 3)]
+    per_run = rows(db, "SELECT run_id, COUNT(*) FROM task_runs GROUP BY run_id ORDER BY run_id")
+    assert per_run == [(first.run_id, 5), (second.run_id, 3)]
+
+
+def test_a_worker_that_raises_is_recorded_as_error_and_the_rest_run(tmp_path: Path) -> None:
+    db = tmp_path / "etl.db"
+
+    def worker(task: TaskDef, msg_q: Any) -> None:
+        msg_q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))
+        if task.task_id == 3:
+            raise ValueError("bad row in partition 3")
+        seed_worker(task, msg_q)
+
+    result = run_pipeline(five_tasks(), db, workers=4, worker_fn=worker, progress=False)
+    assert result.status == "error"
+    assert not result.ok
+    assert result.counts == {"done": 4, "error": 1}
+    assert result.failed_task_ids == [3]
+    status, message, error = rows(
+        db, "SELECT status, message, error FROM task_runs WHERE task_id = 3"
+    )[0]
+    assert status == "error"
+    assert message == "ValueError: bad row in partition 3"
+    assert "Traceback" in error and "bad row in partition 3" in error
+    others = rows(db, "SELECT status FROM task_runs WHERE task_id != 3")
+    assert others == [("done",)] * 4
+    assert rows(db, "SELECT status, tasks_error FROM pipeline_runs") == [("error", 1)]
+
+
+def test_fail_fast_stops_admitting_and_cancels_the_rest(tmp_path: Path) -> None:
+    db = tmp_path / "ff.db"
+
+    def worker(task: TaskDef, msg_q: Any) -> None:
+        if task.task_id == 1:
+            raise RuntimeError("first task fails")
+        seed_worker(task, msg_q)
+
+    tasks = [TaskDef(i, f"t{i}") for i in range(1, 51)]
+    result = run_pipeline(tasks, db, workers=1, worker_fn=worker, fail_fast=True, progress=False)
+    assert result.counts == {"error": 1, "cancelled": 49}
+    assert rows(db, "SELECT status FROM pipeline_runs") == [("error",)]
+    cancelled = rows(db, "SELECT name, message FROM task_runs WHERE status = 'cancelled'")
+    assert len(cancelled) == 49
+    assert cancelled[0] == ("t2", "not started: run was stopped")
+
+
+def test_worker_that_reports_nothing_is_recorded_done(tmp_path: Path) -> None:
+    db = tmp_path / "quiet.db"
+    result = run_pipeline(
+        [TaskDef(7, "silent")], db, worker_fn=lambda task, q: None, progress=False
+    )
+    assert result.counts == {"done": 1}
+    assert rows(db, "SELECT task_id, name, status, progress FROM task_runs") == [
+        (7, "silent", "done", 1.0)
+    ]
+
+
+def test_tasks_from_a_generator_are_pulled_lazily(tmp_path: Path) -> None:
+    produced = 0
+    max_ahead = 0
+    finished = 0
+    lock = threading.Lock()
+
+    def gen() -> Iterator[TaskDef]:
+        nonlocal produced, max_ahead
+        for i in range(1, 2001):
+            produced += 1
+            with lock:
+                max_ahead = max(max_ahead, produced - finished)
+            yield TaskDef(i, f"g{i}")
+
+    def worker(task: TaskDef, msg_q: Any) -> None:
+        nonlocal finished
+        seed_worker(task, msg_q)
+        with lock:
+            finished += 1
+
+    result = run_pipeline(gen(), tmp_path / "gen.db", workers=4, worker_fn=worker, progress=False)
+    assert result.counts == {"done": 2000}
+    # Never more tasks taken from the generator than there are workers busy with them.
+    assert max_ahead <= 4
+
+
+def test_store_task_status_false_creates_no_pipeloom_tables(tmp_path: Path) -> None:
+    db = tmp_path / "bare.db"
+    result = run_pipeline(
+        five_tasks(), db, worker_fn=seed_worker, store_task_status=False, progress=False
+    )
+    assert result.run_id is None
+    assert result.counts == {"done": 5}
+    assert rows(db, "SELECT name FROM sqlite_master") == []
+
+
+def test_memory_database_works(tmp_path: Path) -> None:
+    result = run_pipeline(five_tasks(), ":memory:", worker_fn=seed_worker, progress=False)
+    assert result.counts == {"done": 5}
+    assert result.run_id == 1
+
+
+@pytest.mark.parametrize(("wal", "mode"), [(True, "wal"), (False, "delete")])
+def test_wal_flag_chooses_the_journal_mode(tmp_path: Path, wal: bool, mode: str) -> None:
+    db = tmp_path / "j.db"
+    run_pipeline(five_tasks(), db, worker_fn=seed_worker, wal=wal, progress=False)
+    assert rows(db, "PRAGMA journal_mode") == [(mode,)]
+
+
+def test_directory_as_database_is_a_clear_error_without_hanging(tmp_path: Path) -> None:
+    tasks = (TaskDef(i, f"t{i}") for i in range(10_000))
+    with pytest.raises(DatabaseError, match="is a directory") as info:
+        run_pipeline(tasks, tmp_path, workers=4, worker_fn=seed_worker, progress=False)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_non_sqlite_file_is_a_clear_error_and_is_left_alone(tmp_path: Path) -> None:
+    db = tmp_path / "notes.txt"
+    db.write_text("these are my notes, not a database\n" * 100)
+    before = db.read_bytes()
+    with pytest.raises(DatabaseError, match="not a"):
+        run_pipeline(five_tasks(), db, worker_fn=seed_worker, progress=False)
+    assert db.read_bytes() == before
+
+
+def test_older_schema_points_at_db_upgrade(tmp_path: Path) -> None:
+    db = tmp_path / "seed.db"
+    conn = sqlite3.connect(db)
+    conn.execute(
+        "CREATE TABLE task_runs (id INTEGER PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL,"
+        " progress REAL NOT NULL DEFAULT 0.0, message TEXT, started_at TEXT, finished_at TEXT,"
+        " result TEXT)"
+    )
+    conn.execute("INSERT INTO task_runs (id, name, status) VALUES (1, 'old', 'done')")
+    conn.commit()
+    conn.close()
+    with pytest.raises(SchemaOutdatedError, match=r"pipeloom db upgrade .*seed\.db"):
+        run_pipeline(five_tasks(), db, worker_fn=seed_worker, progress=False)
+    assert rows(db, "SELECT id, name, status FROM task_runs") == [(1, "old", "done")]
+
+
+def test_reader_polling_during_a_run_never_sees_database_locked(tmp_path: Path) -> None:
+    db = tmp_path / "busy.db"
+    run_pipeline([TaskDef(0, "warm-up")], db, worker_fn=seed_worker, progress=False)
+    stop = threading.Event()
+    errors: list[str] = []
+    polls = 0
+
+    def reader() -> None:
+        nonlocal polls
+        conn = sqlite3.connect(db, timeout=0)  # no busy timeout: WAL readers must not block
+        try:
+            while not stop.is_set():
+                try:
+                    conn.execute(
+                        "SELECT status, COUNT(*) FROM task_runs GROUP BY status"
+                    ).fetchall()
+                    polls += 1
+                except sqlite3.OperationalError as exc:
+                    errors.append(str(exc))
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        tasks = [TaskDef(i, f"t{i}", steps=3) for i in range(1, 2001)]
+        result = run_pipeline(tasks, db, workers=4, worker_fn=seed_worker, progress=False)
+    finally:
+        stop.set()
+        thread.join()
+    assert result.counts == {"done": 2000}
+    assert errors == []
+    assert polls > 0
+
+
+def test_rows_are_visible_to_readers_before_the_run_ends(tmp_path: Path) -> None:
+    db = tmp_path / "live.db"
+    run_pipeline([TaskDef(0, "warm-up")], db, worker_fn=seed_worker, progress=False)
+    seen = threading.Event()
+
+    def worker(task: TaskDef, msg_q: Any) -> None:
+        msg_q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))
+        conn = sqlite3.connect(db)
+        try:
+            for _ in range(2000):  # bounded: at most ~20 s
+                row = conn.execute(
+                    "SELECT status FROM task_runs WHERE task_id = ? AND run_id = "
+                    "(SELECT max(id) FROM pipeline_runs)",
+                    (task.task_id,),
+                ).fetchone()
+                if row == ("running",):
+                    seen.set()
+                    return
+                threading.Event().wait(0.01)
+        finally:
+            conn.close()
+
+    run_pipeline([TaskDef(1, "waits-for-its-own-row")], db, worker_fn=worker, progress=False)
+    assert seen.is_set()

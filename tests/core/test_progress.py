@@ -1,0 +1,93 @@
+import io
+import re
+
+from rich.console import Console
+
+from pipeloom import AppliedBatch, LiveDisplay, PlainReporter, preregister_task_bars
+from pipeloom.progress import make_task_progress, render_summary
+
+
+def make_console() -> tuple[Console, io.StringIO]:
+    out = io.StringIO()
+    return Console(file=out, force_terminal=True, width=100, color_system=None), out
+
+
+def fake_clock() -> float:
+    return 100.0
+
+
+def test_only_in_flight_tasks_get_bars_up_to_the_cap() -> None:
+    console, _ = make_console()
+    display = LiveDisplay(20, console=console, max_visible=3, get_time=fake_clock)
+    display(AppliedBatch(started=[(i, f"load-{i}") for i in range(1, 9)]))
+    assert display.visible_bars == 3
+    text = render(console, display)
+    assert "load-1" in text and "load-3" in text and "load-4" not in text
+    assert "+5 more running" in text
+    assert "0/20" in text
+
+    display(AppliedBatch(finished=[(1, "done"), (2, "error")]))
+    text = render(console, display)
+    assert display.visible_bars == 3  # two hidden tasks promoted into the freed slots
+    assert "load-1" not in text and "load-4" in text and "load-5" in text
+    assert "+3 more running" in text
+    assert "2/20" in text and "1 failed" in text
+
+
+def test_close_removes_task_bars_and_keeps_the_overall_bar() -> None:
+    console, out = make_console()
+    display = LiveDisplay(2, console=console, get_time=fake_clock)
+    with display:
+        display(AppliedBatch(started=[(1, "alpha"), (2, "beta")]))
+        display(AppliedBatch(progress={1: (1, 2, "half way")}))
+        display(AppliedBatch(finished=[(1, "done"), (2, "done")]))
+    assert display.visible_bars == 0
+    final = out.getvalue().rsplit("\x1b[2K", 1)[-1]
+    assert "2/2" in final
+    assert "alpha" not in final
+
+
+def test_plain_reporter_prints_lines_without_escape_codes() -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=False, width=100)
+    now = [0.0]
+    reporter = PlainReporter(10, console=console, interval=5.0, clock=lambda: now[0])
+    reporter(AppliedBatch(finished=[(1, "done")]))
+    assert out.getvalue() == ""
+    now[0] = 6.0
+    reporter(AppliedBatch(finished=[(2, "error")]))
+    assert out.getvalue() == "pipeloom: 2/10 finished, 1 failed, 6.0s elapsed\n"
+    assert "\x1b" not in out.getvalue()
+
+
+def test_summary_table_lists_statuses_throughput_and_database() -> None:
+    console, out = make_console()
+    console.print(
+        render_summary(
+            {"done": 18, "error": 2},
+            elapsed=2.0,
+            messages=100,
+            db_path="wal_demo.db",
+            run_id=3,
+            hint="pipeloom observe wal_demo.db",
+        )
+    )
+    text = out.getvalue()
+    for expected in ("pipeloom run 3", "done", "18", "error", "cancelled", "50", "wal_demo.db"):
+        assert expected in text
+    assert "pipeloom observe wal_demo.db" in text
+
+
+def test_preregister_task_bars_keeps_the_seed_helper() -> None:
+    progress = make_task_progress(Console(file=io.StringIO()))
+    bars = preregister_task_bars(progress, 4)
+    assert sorted(bars) == [0, 1, 2, 3]
+    assert all(not t.visible for t in progress.tasks)
+
+
+def render(console: Console, display: LiveDisplay) -> str:
+    with console.capture() as capture:
+        console.print(display.overall)
+        console.print(display.tasks)
+        console.print(display._more)
+    return re.sub(r"\s+", " ", capture.get())
