@@ -1,3 +1,5 @@
+import os
+import signal
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -255,3 +257,23 @@ def test_rows_are_visible_to_readers_before_the_run_ends(tmp_path: Path) -> None
 
     run_pipeline([TaskDef(1, "waits-for-its-own-row")], db, worker_fn=worker, progress=False)
     assert seen.is_set()
+
+
+def test_ctrl_c_cancels_the_rest_and_restores_the_previous_handler(tmp_path: Path) -> None:
+    db = tmp_path / "int.db"
+    previous = signal.getsignal(signal.SIGINT)
+
+    def worker(task: TaskDef, msg_q: Any) -> None:
+        if task.task_id == 5:
+            os.kill(os.getpid(), signal.SIGINT)  # as if the user pressed Ctrl-C
+        threading.Event().wait(0.01)
+        seed_worker(task, msg_q)
+
+    tasks = [TaskDef(i, f"t{i}") for i in range(1, 201)]
+    result = run_pipeline(tasks, db, workers=2, worker_fn=worker, progress=False)
+    assert signal.getsignal(signal.SIGINT) is previous
+    assert result.status == "cancelled"
+    assert result.counts["done"] >= 5
+    assert result.counts["done"] + result.counts["cancelled"] == 200
+    assert rows(db, "SELECT status FROM pipeline_runs") == [("cancelled",)]
+    assert rows(db, "SELECT count(*) FROM task_runs WHERE status = 'running'") == [(0,)]
