@@ -23,6 +23,7 @@ from pipeloom.messages import (
     TaskDef,
     utc_now,
 )
+from pipeloom.pipeline import Context, Pipeline, PipelineError, Task, TaskTimeoutError
 from pipeloom.progress import (
     LiveDisplay,
     PlainReporter,
@@ -36,6 +37,7 @@ from pipeloom.writer import AppliedBatch, SQLiteWriter
 __all__ = [
     "SENTINEL",
     "AppliedBatch",
+    "Context",
     "DatabaseError",
     "Executor",
     "LiveDisplay",
@@ -48,13 +50,17 @@ __all__ = [
     "MsgTaskProgress",
     "MsgTaskStart",
     "MsgTaskStarted",
+    "Pipeline",
+    "PipelineError",
     "PipeloomError",
     "PlainReporter",
     "RunResult",
     "SQLiteWriter",
     "SchemaOutdatedError",
+    "Task",
     "TaskDef",
     "TaskQueue",
+    "TaskTimeoutError",
     "ThreadExecutor",
     "WriterFailedError",
     "__version__",

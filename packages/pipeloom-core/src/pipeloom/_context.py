@@ -1,0 +1,139 @@
+"""The context object a declarative task receives beside its item."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Container, MutableMapping
+from typing import Any
+
+from pipeloom.messages import MsgTaskAttempt, MsgTaskFinished, MsgTaskProgress, MsgTaskStarted
+
+__all__ = ["Context", "TaskLog"]
+
+_LIFECYCLE = (MsgTaskStarted, MsgTaskProgress, MsgTaskFinished, MsgTaskAttempt)
+
+log = logging.getLogger("pipeloom.pipeline")
+
+
+class TaskLog(logging.LoggerAdapter[logging.Logger]):
+    """A logger whose lines name the task they come from.
+
+    The text is prefixed with ``[task name]`` for the console, and the record carries
+    ``task``, ``task_id``, ``task_key`` and ``attempt`` attributes for structured handlers.
+    """
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        """Prefix the task's name and attach its identity to the record."""
+        extra = dict(self.extra or {})
+        extra.update(kwargs.get("extra") or {})
+        kwargs["extra"] = extra
+        return f"[{extra.get('task')}] {msg}", kwargs
+
+
+class Context:
+    """What a task function gets besides its item: progress, messages, a logger, cancellation.
+
+    One context exists per attempt. When an attempt times out its context is cancelled: the
+    ``cancelled`` flag is set and anything the abandoned attempt still reports is dropped, so a
+    late attempt never overwrites the row of a newer one.
+    """
+
+    __slots__ = (
+        "_handled",
+        "_last_total",
+        "_lock",
+        "_put",
+        "attempt",
+        "cancelled",
+        "key",
+        "log",
+        "name",
+        "task_id",
+    )
+
+    def __init__(
+        self,
+        *,
+        task_id: int,
+        name: str,
+        key: str | None,
+        attempt: int,
+        put: Callable[[Any], None],
+        handled: Container[type[Any]],
+        logger: logging.Logger,
+    ) -> None:
+        """Bind the context to one attempt of one task.
+
+        Args:
+            task_id: the task's id within the run.
+            name: its label.
+            key: its stable key across runs.
+            attempt: 1 for the first try.
+            put: sends a message to the writer.
+            handled: the message types the pipeline has handlers for.
+            logger: where ``ctx.log`` writes.
+        """
+        self.task_id = task_id
+        """The task's id within this run (``task_runs.task_id``)."""
+        self.name = name
+        """The task's label."""
+        self.key = key
+        """The stable key that recognises the same work across runs (``task_runs.task_key``)."""
+        self.attempt = attempt
+        """1 for the first try, 2 for the first retry, and so on."""
+        self.cancelled = threading.Event()
+        """Set when the attempt timed out: a long task should check it and return early."""
+        self.log = TaskLog(
+            logger, {"task": name, "task_id": task_id, "task_key": key, "attempt": attempt}
+        )
+        """A logger whose lines carry the task's name, id, key and attempt."""
+        self._last_total: int | None = None
+        self._put = put
+        self._handled = handled
+        self._lock = threading.Lock()
+
+    def progress(self, step: int, total: int, message: str = "") -> None:
+        """Report that ``step`` of ``total`` steps are done (shown live, stored on the row)."""
+        with self._lock:
+            if self.cancelled.is_set():
+                return
+            self._last_total = total
+            self._put(MsgTaskProgress(self.task_id, step, total, message))
+
+    def emit(self, msg: Any) -> None:
+        """Send a domain message to the handler registered for its type on the pipeline.
+
+        Raises:
+            TypeError: ``msg`` is a lifecycle message (the pipeline sends those itself) or no
+                handler is registered for its type.
+        """
+        cls = type(msg)
+        if cls in _LIFECYCLE:
+            raise TypeError(
+                f"ctx.emit({cls.__name__}): the pipeline sends lifecycle messages itself; "
+                "use ctx.progress(step, total) for progress and return a value for the result"
+            )
+        if cls not in self._handled:
+            raise TypeError(
+                f"ctx.emit({cls.__name__}): no handler registered for {cls.__name__}; add one "
+                f"with @pipe.handler({cls.__name__}) or Pipeline(..., handlers={{...}})"
+            )
+        with self._lock:
+            if self.cancelled.is_set():
+                log.warning(
+                    "task %s: dropped %s sent after attempt %d was abandoned",
+                    self.name,
+                    cls.__name__,
+                    self.attempt,
+                )
+                return
+            self._put(msg)
+
+    def _abandon(self) -> None:
+        """Mark the attempt abandoned; after this returns it sends nothing more."""
+        with self._lock:
+            self.cancelled.set()
+
+    def __repr__(self) -> str:
+        return f"Context(task_id={self.task_id}, key={self.key!r}, attempt={self.attempt})"

@@ -1,0 +1,806 @@
+"""Declarative pipelines: tasks as plain functions, with retries, timeouts and resume.
+
+A `Pipeline` turns ``@pipe.task`` functions mapped over items into `TaskDef`s for the same
+engine and writer that `run_pipeline` uses; its worker posts the lifecycle messages, so a task
+function only does the work::
+
+    pipe = Pipeline("etl", db="etl.db", workers=8)
+
+    @pipe.task(retries=2, timeout=30, retry_on=(OSError,))
+    def load(ctx, path):
+        ctx.progress(1, 2, "reading")
+        return {"rows": 42}
+
+    pipe.map(load, paths)
+    result = pipe.run(resume=True)
+
+Every task gets a stable key (``"load:data/a.csv"``) stored on ``task_runs.task_key``; resuming
+a run skips the keys that run finished, so only the failed and the new work runs again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import random
+import sqlite3
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import Any, Generic, TypeVar, overload
+
+from rich.console import Console
+
+from pipeloom._context import Context
+from pipeloom._retry import Outcome, TaskTimeoutError, backoff_delay, run_attempt
+from pipeloom.db import MEMORY
+from pipeloom.engine import RunResult, TaskQueue, run_pipeline
+from pipeloom.errors import DatabaseError, PipeloomError
+from pipeloom.messages import (
+    MsgTaskAttempt,
+    MsgTaskFinished,
+    MsgTaskProgress,
+    MsgTaskStarted,
+    TaskDef,
+    utc_now,
+)
+from pipeloom.schema import check_schema
+from pipeloom.writer import Handler, SchemaFn
+
+__all__ = [
+    "RESULT_MAX_CHARS",
+    "Context",
+    "Pipeline",
+    "PipelineError",
+    "Task",
+    "TaskTimeoutError",
+    "item_key",
+    "to_result",
+]
+
+T = TypeVar("T")
+R = TypeVar("R")
+M = TypeVar("M")
+
+log = logging.getLogger("pipeloom.pipeline")
+
+RESULT_MAX_CHARS = 10_000
+"""A task's result text longer than this is cut, with a note saying how long it was."""
+KEY_MAX_CHARS = 200
+"""Longer keys keep a readable prefix and end in a hash of the whole key."""
+_NAME_MAX_CHARS = 80
+_SUMMARY_CHARS = 500
+_LIFECYCLE = (MsgTaskStarted, MsgTaskProgress, MsgTaskFinished, MsgTaskAttempt)
+
+
+class PipelineError(PipeloomError):
+    """A pipeline is used wrongly: nothing mapped, or a run to resume that does not exist."""
+
+
+class _TaskFailedError(Exception):
+    """Raised to the engine after a failure is recorded, so ``fail_fast`` can stop the run."""
+
+
+@dataclass(frozen=True, slots=True)
+class Task(Generic[T, R]):
+    """A task function with its retry and timeout policy; made by `Pipeline.task`.
+
+    Calling it calls the function, so a task stays testable as a plain function.
+    """
+
+    fn: Callable[[Context, T], R]
+    """``fn(ctx, item)``: does the work for one item; its return value is the result."""
+    name: str
+    """Prefix of every key and label of this task's runs."""
+    retries: int = 0
+    """Extra attempts after the first failure."""
+    timeout: float | None = None
+    """Seconds one attempt may run; over that it is recorded ``timeout``."""
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    """Failures worth retrying; a timeout counts as ``TimeoutError``."""
+    backoff: float = 0.5
+    """Seconds before the first retry; doubles for each further retry (with jitter)."""
+    max_backoff: float = 60.0
+    """The longest wait between two attempts."""
+
+    def __call__(self, ctx: Context, item: T) -> R:
+        """Run the function directly, without retries or timeout (handy in unit tests)."""
+        return self.fn(ctx, item)
+
+
+@dataclass(frozen=True, slots=True)
+class _Stage:
+    task: Task[Any, Any]
+    items: Iterable[Any]
+    key: Callable[[Any], object] | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """What a TaskDef's payload carries from the task generator to the worker."""
+
+    task: Task[Any, Any]
+    item: Any = None
+    done_in: int | None = None
+    """Set when a resumed run already finished this key: the run that did it."""
+    problem: str | None = None
+    """Set when the task cannot run at all (its key or its items failed)."""
+
+
+def item_key(item: object, key: Callable[[Any], object] | None = None) -> str:
+    """Derive a stable key from an item: the same item gives the same key in every run.
+
+    Strings, numbers and paths are used as they are; lists, tuples and dicts of those as
+    compact JSON; other objects by their ``repr``. Keys over `KEY_MAX_CHARS` keep a prefix and
+    end in a hash of the whole.
+
+    Args:
+        item: the mapped item.
+        key: the user's ``key=`` function; its return value is turned into text.
+
+    Raises:
+        TypeError: the item's repr holds a memory address, so it would differ in every run.
+    """
+    text = _plain_key(key(item) if key is not None else item)
+    if len(text) > KEY_MAX_CHARS:
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        text = f"{text[: KEY_MAX_CHARS - 20]}…#{digest}"
+    return text
+
+
+def _plain_key(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float | PurePath):
+        return str(value)
+    if isinstance(value, list | tuple | dict):
+        try:
+            return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_json_leaf)
+        except (TypeError, ValueError):
+            log.debug("key of %s is not JSON; using its repr", type(value).__name__)
+    text = repr(value)
+    if " at 0x" in text:
+        raise TypeError(
+            f"cannot derive a stable key from {text[:80]}: its repr holds a memory address, "
+            "which changes every run; pass key=lambda item: ... to pipe.map()"
+        )
+    return text
+
+
+def _json_leaf(value: object) -> object:
+    if isinstance(value, PurePath):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not a simple key value")
+
+
+def to_result(value: object) -> str | None:
+    """Turn a task's return value into ``task_runs.result`` text.
+
+    None stays None, strings are kept as they are, other values become JSON when they can and
+    their ``repr`` otherwise. Text over `RESULT_MAX_CHARS` is cut with a note.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError, RecursionError):
+            try:
+                text = repr(value)
+            except Exception as exc:  # a user __repr__ may raise anything
+                log.warning("result of type %s has a failing repr: %r", type(value).__name__, exc)
+                text = f"<unrepresentable {type(value).__name__}: {exc!r}>"
+    if len(text) > RESULT_MAX_CHARS:
+        text = f"{text[:RESULT_MAX_CHARS]}… [result truncated: {len(text)} chars in all]"
+    return text
+
+
+def _label(key: str) -> str:
+    return key if len(key) <= _NAME_MAX_CHARS else key[: _NAME_MAX_CHARS - 1] + "…"
+
+
+def _summary(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:_SUMMARY_CHARS]
+
+
+class _Previous:
+    """Read-only view of the run being resumed: which keys it (or its own source) finished.
+
+    Looked up one key at a time from the task generator, so resuming a run of millions of
+    tasks does not load millions of keys into memory.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, run_id: int) -> None:
+        self.conn = conn
+        self.run_id = run_id
+        self.skipped = 0
+
+    def done_in(self, key: str) -> int | None:
+        """Return the run that finished ``key`` (None when it must run again)."""
+        try:
+            rows = self.conn.execute(
+                "SELECT status, result FROM task_runs WHERE run_id = ? AND task_key = ? "
+                "AND status IN ('done', 'skipped') LIMIT 1",
+                (self.run_id, key),
+            ).fetchall()  # fetchall ends the statement, so no read stays open during the run
+        except sqlite3.Error as exc:
+            log.warning(
+                "resume: cannot look up %r in run %d (%s); running it", key, self.run_id, exc
+            )
+            return None
+        if not rows:
+            return None
+        self.skipped += 1
+        status, result = rows[0]
+        if status == "skipped":
+            return _pointer(result) or self.run_id
+        return self.run_id
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _pointer(result: str | None) -> int | None:
+    """The run a skipped row points to (skipped rows store ``{"done_in_run": N}``)."""
+    try:
+        data = json.loads(result or "")
+    except ValueError:
+        return None
+    run = data.get("done_in_run") if isinstance(data, dict) else None
+    return run if isinstance(run, int) else None
+
+
+def _open_previous(db: str | Path, name: str, resume: bool | int | str) -> _Previous | None:
+    """Find the run to resume before the writer starts (and before it adds a new run).
+
+    Raises:
+        PipelineError: ``resume`` names a run that does not exist, or the database is missing
+            or in memory.
+    """
+    if resume is False or resume is None:
+        return None
+    if isinstance(resume, str):
+        resume = True if resume.strip().lower() in ("", "latest", "true") else _run_number(resume)
+    if str(db) == MEMORY:
+        raise PipelineError(
+            f"{db}: an in-memory database keeps no history to resume; use a file for db="
+        )
+    path = Path(db)
+    if not path.is_file():
+        if resume is True:
+            log.info("resume: %s does not exist yet, so every task runs", path)
+            return None
+        raise PipelineError(
+            f"{path}: no such database, so run {resume} cannot be resumed; check the db path"
+        )
+    try:
+        conn = sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False, timeout=10
+        )
+    except sqlite3.Error as exc:
+        raise DatabaseError(f"{path}: cannot open it to resume ({exc})") from exc
+    try:
+        if not check_schema(conn, str(path)):
+            conn.close()
+            if resume is True:
+                return None
+            raise PipelineError(f"{path}: holds no pipeloom runs, so run {resume} cannot resume")
+        if resume is True:
+            found = conn.execute(
+                "SELECT id FROM pipeline_runs WHERE name = ? ORDER BY id DESC LIMIT 1", (name,)
+            ).fetchall()
+            if not found:
+                log.info("resume: no earlier run of %r in %s, so every task runs", name, path)
+                conn.close()
+                return None
+            return _Previous(conn, int(found[0][0]))
+        found = conn.execute("SELECT name FROM pipeline_runs WHERE id = ?", (resume,)).fetchall()
+        if not found:
+            last = conn.execute("SELECT max(id) FROM pipeline_runs").fetchone()[0]
+            raise PipelineError(
+                f"{path}: has no run {resume} to resume (runs go up to {last}); "
+                f"`pipeloom status {path}` lists them, or pass resume=True for the latest"
+            )
+        if found[0][0] != name:
+            log.warning(
+                "resume: run %d of %s was pipeline %r, not %r", resume, path, found[0][0], name
+            )
+        return _Previous(conn, resume)
+    except BaseException:
+        conn.close()
+        raise
+
+
+def _run_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise PipelineError(
+            f"resume={text!r}: pass True (the latest run), a run id such as 3, or False"
+        ) from None
+
+
+class _SizedTasks:
+    """The mapped items as TaskDefs, with a length when every item collection has one."""
+
+    def __init__(self, gen: Callable[[], Iterator[TaskDef]], total: int) -> None:
+        self._gen = gen
+        self._total = total
+
+    def __len__(self) -> int:
+        return self._total
+
+    def __iter__(self) -> Iterator[TaskDef]:
+        return self._gen()
+
+
+class _Runner:
+    """The worker function of one declarative run: attempts, retries, timeouts, results."""
+
+    def __init__(self, pipe: Pipeline, fail_fast: bool) -> None:
+        self.pipe = pipe
+        self.fail_fast = fail_fast
+        self.rng = random.Random(pipe.seed)
+        self.rng_lock = threading.Lock()
+        self.abandoned: list[threading.Thread] = []
+        self.abandoned_lock = threading.Lock()
+        self.logger = logging.getLogger(f"pipeloom.task.{pipe.name}")
+
+    def __call__(self, task: TaskDef, q: TaskQueue) -> None:
+        job: _Job = task.payload
+        if job.done_in is not None:
+            # Started only carries the key onto the row, so a later resume recognises it too.
+            now = utc_now()
+            q.put(MsgTaskStarted(task.task_id, task.name, now, key=task.key))
+            q.put(
+                MsgTaskFinished(
+                    task.task_id,
+                    "skipped",
+                    now,
+                    result=json.dumps({"done_in_run": job.done_in}),
+                    message=f"skipped: done in run {job.done_in}",
+                    name=task.name,
+                )
+            )
+            return
+        if job.problem is not None:
+            summary = job.problem.strip().splitlines()[-1][:_SUMMARY_CHARS]
+            q.put(
+                MsgTaskFinished(
+                    task.task_id,
+                    "error",
+                    utc_now(),
+                    message=summary,
+                    error=job.problem,
+                    name=task.name,
+                )
+            )
+            self._maybe_stop(summary)
+            return
+        self._run(task, job, q)
+
+    def _run(self, task: TaskDef, job: _Job, q: TaskQueue) -> None:
+        spec = job.task
+        attempt = 1
+        while True:
+            started = utc_now()
+            q.put(MsgTaskStarted(task.task_id, task.name, started, attempt=attempt, key=task.key))
+            ctx = Context(
+                task_id=task.task_id,
+                name=task.name,
+                key=task.key,
+                attempt=attempt,
+                put=q.put,
+                handled=self.pipe.handlers,
+                logger=self.logger,
+            )
+            outcome = run_attempt(
+                functools.partial(spec.fn, ctx, job.item),
+                timeout=spec.timeout,
+                on_timeout=ctx._abandon,
+                thread_name=f"pipeloom-task-{task.task_id}-{attempt}",
+            )
+            if outcome.status == "done":
+                q.put(
+                    MsgTaskFinished(
+                        task.task_id,
+                        "done",
+                        utc_now(),
+                        result=to_result(outcome.value),
+                        attempt=attempt,
+                        name=task.name,
+                    )
+                )
+                return
+            self._note_failure(task, spec, attempt, outcome)
+            if self._should_retry(spec, attempt, outcome):
+                q.put(
+                    MsgTaskAttempt(
+                        task.task_id,
+                        attempt,
+                        outcome.status,
+                        outcome.error_text or "",
+                        started_at=started,
+                    )
+                )
+                last_total = ctx._last_total
+                if last_total is not None:  # the live bar starts over for the new attempt
+                    q.put(MsgTaskProgress(task.task_id, 0, last_total))
+                with self.rng_lock:
+                    delay = backoff_delay(attempt, spec.backoff, spec.max_backoff, self.rng)
+                time.sleep(delay)
+                attempt += 1
+                continue
+            assert outcome.exc is not None
+            summary = _summary(outcome.exc)
+            q.put(
+                MsgTaskFinished(
+                    task.task_id,
+                    "timeout" if outcome.status == "timeout" else "error",
+                    utc_now(),
+                    message=summary,
+                    error=outcome.error_text,
+                    attempt=attempt,
+                    name=task.name,
+                )
+            )
+            self._maybe_stop(summary)
+            return
+
+    def _should_retry(self, spec: Task[Any, Any], attempt: int, outcome: Outcome) -> bool:
+        return attempt <= spec.retries and isinstance(outcome.exc, spec.retry_on)
+
+    def _note_failure(
+        self, task: TaskDef, spec: Task[Any, Any], attempt: int, outcome: Outcome
+    ) -> None:
+        if outcome.thread is not None:
+            with self.abandoned_lock:
+                self.abandoned.append(outcome.thread)
+            log.warning(
+                "task %s: attempt %d timed out after %g s; its thread cannot be killed and is "
+                "left to finish (its result will be ignored)",
+                task.name,
+                attempt,
+                spec.timeout,
+            )
+        else:
+            log.info(
+                "task %s: attempt %d failed: %s",
+                task.name,
+                attempt,
+                _summary(outcome.exc or Exception()),
+            )
+
+    def _maybe_stop(self, summary: str) -> None:
+        if self.fail_fast:
+            raise _TaskFailedError(summary)
+
+    def wait_for_abandoned(self, grace: float) -> int:
+        """Give timed-out threads up to ``grace`` seconds to return; count those still running."""
+        deadline = time.monotonic() + grace
+        with self.abandoned_lock:
+            threads = list(self.abandoned)
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        alive = [t.name for t in threads if t.is_alive()]
+        if alive:
+            log.warning(
+                "%d timed-out task thread(s) still running after the %g s grace period (%s); "
+                "the run ends without them and they stop when the process exits",
+                len(alive),
+                grace,
+                ", ".join(alive[:5]),
+            )
+        return len(alive)
+
+
+class Pipeline:
+    """A named set of task functions mapped over items, run on the pipeloom engine.
+
+    Args:
+        name: stored as ``pipeline_runs.name``; ``resume=True`` picks the latest run of it.
+        db: the SQLite file that records every run.
+        workers: worker threads; default min(number of tasks, CPU count).
+        handlers: domain message type -> ``handler(conn, msgs)``, for ``ctx.emit``.
+        schema: ``schema(conn)`` creates the domain tables when the writer starts.
+        fail_fast: stop admitting tasks after the first task fails for good.
+        grace: seconds the run waits at its end for timed-out task threads to return.
+        params: JSON-able parameters stored on each run row.
+        seed: seeds the retry jitter, for reproducible waits.
+    """
+
+    __pipeloom_pipeline__ = True
+    """Marks pipeline objects, so ``pipeloom run file.py:pipe`` can recognise them."""
+
+    def __init__(
+        self,
+        name: str,
+        db: str | Path = "pipeloom.db",
+        workers: int | None = None,
+        *,
+        handlers: Mapping[type[Any], Handler] | None = None,
+        schema: SchemaFn | None = None,
+        fail_fast: bool = False,
+        grace: float = 2.0,
+        params: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        """Create an empty pipeline; add tasks with `task` and work with `map`."""
+        if not name or not isinstance(name, str):
+            raise PipelineError(f"Pipeline name {name!r}: use a short non-empty string")
+        if workers is not None and workers < 1:
+            raise PipelineError(f"Pipeline {name!r}: workers={workers}; use 1 or more")
+        if grace < 0:
+            raise PipelineError(f"Pipeline {name!r}: grace={grace}; use 0 or more seconds")
+        self.name = name
+        self.db = db
+        self.workers = workers
+        self.handlers: dict[type[Any], Handler] = {}
+        for msg_type, fn in (handlers or {}).items():
+            self.register(msg_type, fn)
+        self.schema = schema
+        self.fail_fast = fail_fast
+        self.grace = grace
+        self.params = dict(params or {})
+        self.seed = seed
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._stages: list[_Stage] = []
+
+    def __repr__(self) -> str:
+        """Show the name, database and tasks, which is what a REPL user wants to check."""
+        return f"Pipeline({self.name!r}, db={str(self.db)!r}, tasks={list(self.tasks)})"
+
+    @overload
+    def task(self, fn: Callable[[Context, T], R], /) -> Task[T, R]: ...
+
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        retries: int = 0,
+        timeout: float | None = None,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        backoff: float = 0.5,
+        max_backoff: float = 60.0,
+    ) -> Callable[[Callable[[Context, T], R]], Task[T, R]]: ...
+
+    def task(
+        self,
+        fn: Callable[[Context, T], R] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        retries: int = 0,
+        timeout: float | None = None,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        backoff: float = 0.5,
+        max_backoff: float = 60.0,
+    ) -> Task[T, R] | Callable[[Callable[[Context, T], R]], Task[T, R]]:
+        """Turn ``fn(ctx, item)`` into a task; use as ``@pipe.task`` or ``@pipe.task(...)``.
+
+        Timeouts run each attempt in its own daemon thread and stop waiting for it when time
+        is up. Python threads cannot be killed: the attempt is recorded ``timeout``,
+        ``ctx.cancelled`` is set and what it still sends is dropped, but the function keeps
+        running until it returns. Long tasks should check ``ctx.cancelled``.
+
+        Args:
+            fn: the function, when used without arguments.
+            name: the task's name (default: the function's); prefixes its keys.
+            retries: extra attempts after a failure that matches ``retry_on``.
+            timeout: seconds one attempt may run.
+            retry_on: exception types worth retrying; a timeout counts as TimeoutError.
+            backoff: seconds before the first retry, doubled for each further one, jittered.
+            max_backoff: the longest wait between attempts.
+
+        Raises:
+            PipelineError: a setting is out of range or the name is taken.
+        """
+        retry_types = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+
+        def decorate(func: Callable[[Context, T], R]) -> Task[T, R]:
+            task_name = name or getattr(func, "__name__", None) or "task"
+            self._check_task(task_name, retries, timeout, retry_types, backoff, max_backoff)
+            spec = Task(func, task_name, retries, timeout, retry_types, backoff, max_backoff)
+            self.tasks[task_name] = spec
+            return spec
+
+        return decorate if fn is None else decorate(fn)
+
+    def _check_task(
+        self,
+        name: str,
+        retries: int,
+        timeout: float | None,
+        retry_on: tuple[Any, ...],
+        backoff: float,
+        max_backoff: float,
+    ) -> None:
+        where = f"pipeline {self.name!r}, task {name!r}"
+        if name in self.tasks:
+            raise PipelineError(
+                f"{where}: the name is already taken; pass name='...' to @pipe.task"
+            )
+        if ":" in name:
+            raise PipelineError(f"{where}: ':' separates a task from its item in keys; rename it")
+        if not isinstance(retries, int) or retries < 0:
+            raise PipelineError(f"{where}: retries={retries!r}; use 0 or more")
+        if timeout is not None and not timeout > 0:
+            raise PipelineError(f"{where}: timeout={timeout!r}; use seconds > 0, or None")
+        if backoff < 0 or max_backoff < 0:
+            raise PipelineError(f"{where}: backoff={backoff}, max_backoff={max_backoff}; use >= 0")
+        bad = [t for t in retry_on if not (isinstance(t, type) and issubclass(t, BaseException))]
+        if bad:
+            raise PipelineError(f"{where}: retry_on={bad!r}; use exception classes")
+
+    def map(
+        self,
+        task: Task[T, Any] | Callable[[Context, T], Any],
+        items: Iterable[T],
+        *,
+        key: Callable[[T], object] | None = None,
+    ) -> None:
+        """Add one task per item. ``items`` may be a generator: it is read as workers free up.
+
+        Each task's key is ``"<task name>:<item key>"``, the item key coming from ``key(item)``
+        or from the item itself (see `item_key`). Keys should be unique within a run: resume
+        recognises work by them.
+
+        Raises:
+            PipelineError: ``items`` is a string or not iterable.
+        """
+        spec = task if isinstance(task, Task) else self._plain(task)
+        if isinstance(items, str | bytes) or not isinstance(items, Iterable):
+            raise PipelineError(
+                f"pipe.map({spec.name}, {type(items).__name__}): pass an iterable of items "
+                "(a list, a generator); a single string would become one task per character"
+            )
+        self._stages.append(_Stage(spec, items, key))
+
+    def _plain(self, fn: Callable[[Context, Any], Any]) -> Task[Any, Any]:
+        name = getattr(fn, "__name__", None) or "task"
+        existing = self.tasks.get(name)
+        if existing is not None and existing.fn is fn:
+            return existing
+        return self.task(fn)
+
+    def register(
+        self, msg_type: type[M], handler: Callable[[sqlite3.Connection, list[M]], None]
+    ) -> None:
+        """Route ``ctx.emit``-ed messages of ``msg_type`` to ``handler(conn, msgs)``.
+
+        Raises:
+            PipelineError: ``msg_type`` is one of pipeloom's lifecycle messages.
+        """
+        if msg_type in _LIFECYCLE:
+            raise PipelineError(f"{msg_type.__name__} is handled by pipeloom itself")
+        self.handlers[msg_type] = handler
+
+    def handler(
+        self, msg_type: type[M]
+    ) -> Callable[
+        [Callable[[sqlite3.Connection, list[M]], None]],
+        Callable[[sqlite3.Connection, list[M]], None],
+    ]:
+        """Decorator form of `register`: ``@pipe.handler(MsgPrice)``."""
+
+        def decorate(
+            fn: Callable[[sqlite3.Connection, list[M]], None],
+        ) -> Callable[[sqlite3.Connection, list[M]], None]:
+            self.register(msg_type, fn)
+            return fn
+
+        return decorate
+
+    def _task_defs(self, previous: _Previous | None) -> Iterator[TaskDef]:
+        task_id = 0
+        for stage in self._stages:
+            spec = stage.task
+            items = iter(stage.items)
+            while True:
+                try:
+                    item = next(items)
+                except StopIteration:
+                    break
+                except Exception as exc:
+                    # A failing item source becomes a failed task, not a dead worker thread.
+                    log.error("pipeline %s: items of %s raised %s", self.name, spec.name, exc)
+                    task_id += 1
+                    problem = f"reading the items of {spec.name} failed\n" + _format(exc)
+                    yield TaskDef(
+                        task_id, f"{spec.name}: items", payload=_Job(spec, problem=problem)
+                    )
+                    break
+                task_id += 1
+                try:
+                    key = f"{spec.name}:{item_key(item, stage.key)}"
+                except Exception as exc:
+                    yield TaskDef(
+                        task_id,
+                        f"{spec.name}:#{task_id}",
+                        payload=_Job(spec, item, problem=_format(exc)),
+                    )
+                    continue
+                done_in = previous.done_in(key) if previous is not None else None
+                yield TaskDef(task_id, _label(key), payload=_Job(spec, item, done_in), key=key)
+
+    def _tasks(self, previous: _Previous | None) -> Iterable[TaskDef]:
+        if all(isinstance(s.items, Sized) for s in self._stages):
+            total = sum(len(s.items) for s in self._stages if isinstance(s.items, Sized))
+            return _SizedTasks(lambda: self._task_defs(previous), total)
+        return self._task_defs(previous)
+
+    def run(
+        self,
+        *,
+        db: str | Path | None = None,
+        workers: int | None = None,
+        resume: bool | int | str = False,
+        progress: bool | None = None,
+        summary_hint: str | None = None,
+        console: Console | None = None,
+    ) -> RunResult:
+        """Run every mapped task once and record it; returns the engine's `RunResult`.
+
+        Args:
+            db: overrides the pipeline's database file.
+            workers: overrides the pipeline's worker count.
+            resume: False runs everything; True skips the keys the latest run of this pipeline
+                finished; a run id skips the keys that run finished. Skipped tasks are
+                recorded ``skipped`` with ``{"done_in_run": N}`` as their result.
+            progress: True live bars, False nothing, None bars on a terminal only.
+            summary_hint: an extra line for the end-of-run summary.
+            console: where progress and the summary go.
+
+        Raises:
+            PipelineError: nothing was mapped, or the run to resume does not exist.
+            DatabaseError: the database cannot be opened or prepared.
+        """
+        if not self._stages:
+            raise PipelineError(
+                f"pipeline {self.name!r} has no work: call pipe.map(task, items) before run()"
+            )
+        db_path = self.db if db is None else db
+        previous = _open_previous(db_path, self.name, resume)
+        params = dict(self.params)
+        if previous is not None:
+            params["resumed_from"] = previous.run_id
+        runner = _Runner(self, self.fail_fast)
+        try:
+            result = run_pipeline(
+                self._tasks(previous),
+                db_path,
+                worker_fn=runner,
+                workers=workers if workers is not None else self.workers,
+                handlers=self.handlers,
+                schema=self.schema,
+                fail_fast=self.fail_fast,
+                progress=progress,
+                console=console,
+                run_name=self.name,
+                params=params,
+                summary_hint=summary_hint,
+            )
+        finally:
+            if previous is not None:
+                previous.close()
+        still_running = runner.wait_for_abandoned(self.grace)
+        extra = {
+            "resumed_from": previous.run_id if previous is not None else None,
+            "abandoned_threads": still_running,
+        }
+        return dataclasses.replace(result, extra={**result.extra, **extra})
+
+
+def _format(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))
