@@ -7,12 +7,15 @@ from typing import Annotated
 import typer
 
 from pipeloom_cli._version import __version__
-from pipeloom_cli.commands import db, observe
+from pipeloom_cli.commands import db, demo, observe, run, status
 
 app = typer.Typer(
     name="pipeloom",
     help="Run many ETL tasks concurrently with one SQLite writer, and browse their history.",
     no_args_is_help=True,
+    # User errors are reported as one line by each command; anything else is a bug,
+    # and a plain traceback is the most useful thing to paste into an issue.
+    pretty_exceptions_enable=False,
 )
 
 
@@ -45,10 +48,13 @@ def root(
     """Run many ETL tasks concurrently with one SQLite writer, and browse their history."""
 
 
+app.command("demo")(demo.demo)
+app.command("run")(run.run)
+app.command("status")(status.status)
 app.add_typer(db.app, name="db")
 app.command("observe")(observe.observe)
 
 
 def main() -> None:
     """Entry point of the ``pipeloom`` console script."""
-    app()
+    app(prog_name="pipeloom")

@@ -1,0 +1,74 @@
+"""Checking and upgrading a run database before a command writes to it.
+
+Core refuses a file with an older schema (it must never migrate behind a library user's
+back); the CLI is the place where upgrading in place is expected, so it does it first.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import shlex
+import sqlite3
+from pathlib import Path
+
+from pipeloom_cli._errors import UsageError
+
+__all__ = ["SQLITE_HEADER", "observe_hint", "prepare_for_write"]
+
+log = logging.getLogger("pipeloom.cli")
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def observe_hint(db: Path) -> str:
+    """Return the command that browses ``db``, ready to paste into a shell."""
+    return f"pipeloom observe {shlex.quote(str(db))}"
+
+
+def _check_is_sqlite(db: Path) -> None:
+    if db.is_dir():
+        raise UsageError(
+            f"{db}: is a directory, not a database file; pass a file path such as "
+            f"{db / 'pipeloom.db'}"
+        )
+    if not db.parent.exists():
+        raise UsageError(
+            f"{db}: folder {db.parent} does not exist; create it or choose another path"
+        )
+    if not db.exists():
+        return
+    try:
+        with db.open("rb") as fh:
+            header = fh.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise UsageError(f"{db}: cannot read it ({exc.strerror}); check its permissions") from exc
+    if header and header != SQLITE_HEADER:
+        raise UsageError(
+            f"{db}: is not a SQLite database; choose another --db path or move the file away"
+        )
+
+
+def prepare_for_write(db: Path) -> None:
+    """Make sure ``db`` is a usable path and bring an existing file to the current schema.
+
+    Raises:
+        UsageError: the path is a directory, its folder is missing, the file is not SQLite,
+            or the upgrade failed.
+    """
+    _check_is_sqlite(db)
+    if not db.exists() or db.stat().st_size == 0:
+        return
+    try:
+        # Imported by name until pipeloom_observe.migrations lands (issue: migrations).
+        migrations = importlib.import_module("pipeloom_observe.migrations")
+    except ImportError as exc:
+        log.info("%s: not upgraded, pipeloom_observe.migrations is unavailable (%s)", db, exc)
+        return
+    try:
+        migrations.upgrade(db)
+    except sqlite3.DatabaseError as exc:
+        raise UsageError(
+            f"{db}: cannot upgrade it to the current schema ({exc}); "
+            f"see `pipeloom db info {shlex.quote(str(db))}`"
+        ) from exc

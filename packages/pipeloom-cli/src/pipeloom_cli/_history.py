@@ -1,0 +1,241 @@
+"""Reading run history (``pipeline_runs``, ``task_runs``) for ``pipeloom status``.
+
+Everything here reads through a read-only connection: status must be safe to point at a
+database a pipeline is writing right now, and must never create or change a file.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sqlite3
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from pipeloom.db import connect_readonly
+from pipeloom.errors import DatabaseError
+from pipeloom.schema import SCHEMA_VERSION, schema_version
+from pipeloom_cli._errors import UsageError
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "FAILED_STATUSES",
+    "RunInfo",
+    "TaskInfo",
+    "get_run",
+    "list_runs",
+    "open_history",
+    "run_tasks",
+]
+
+ACTIVE_STATUSES: Final = frozenset({"running", "queued"})
+FAILED_STATUSES: Final = ("error", "timeout", "interrupted")
+TERMINAL_STATUSES: Final = ("done", "error", "cancelled", "timeout", "skipped", "interrupted")
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _seconds_between(start: str | None, end: str | None) -> float | None:
+    began = _parse_time(start)
+    if began is None:
+        return None
+    ended = _parse_time(end) or datetime.now(UTC)
+    return max(0.0, (ended - began).total_seconds())
+
+
+@dataclass
+class RunInfo:
+    """One ``pipeline_runs`` row plus live task counts."""
+
+    id: int
+    name: str
+    status: str
+    started_at: str
+    finished_at: str | None
+    workers: int | None
+    tasks_total: int
+    counts: dict[str, int]
+    messages: int
+    params: Any
+    host: str | None
+    pid: int | None
+    elapsed: float | None = None
+    """Seconds from start to finish (to now while running)."""
+    finished: int = 0
+    """Tasks in a terminal status."""
+    throughput: float | None = None
+    """Finished tasks per second."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Derive elapsed time and throughput from the row."""
+        self.elapsed = _seconds_between(self.started_at, self.finished_at)
+        self.finished = sum(n for s, n in self.counts.items() if s in TERMINAL_STATUSES)
+        self.tasks_total = max(self.tasks_total, sum(self.counts.values()))
+        if self.elapsed:
+            self.throughput = self.finished / self.elapsed
+
+    @property
+    def active(self) -> bool:
+        """True while the run may still change."""
+        return self.status in ACTIVE_STATUSES
+
+    def as_json(self) -> dict[str, Any]:
+        """Plain data for ``--format json``."""
+        data = asdict(self)
+        data.pop("extra")
+        return data
+
+
+@dataclass
+class TaskInfo:
+    """One ``task_runs`` row."""
+
+    task_id: int
+    name: str
+    status: str
+    progress: float
+    step: int | None
+    total: int | None
+    message: str | None
+    started_at: str | None
+    finished_at: str | None
+    attempt: int
+    result: str | None
+    error: str | None
+
+    @property
+    def elapsed(self) -> float | None:
+        """Seconds the task ran (so far, while running)."""
+        return _seconds_between(self.started_at, self.finished_at)
+
+    def as_json(self) -> dict[str, Any]:
+        """Plain data for ``--format json``."""
+        return {**asdict(self), "elapsed": self.elapsed}
+
+
+def open_history(db: Path) -> sqlite3.Connection:
+    """Open ``db`` read-only and check it holds pipeloom's current run history.
+
+    Raises:
+        UsageError: the file is missing, not SQLite, not a pipeloom database, or older.
+    """
+    quoted = shlex.quote(str(db))
+    if not db.exists():
+        raise UsageError(
+            f"{db}: no such database file; pass the file a pipeline wrote, "
+            "e.g. `pipeloom status ./wal_demo.db` after `pipeloom demo`"
+        )
+    try:
+        conn = connect_readonly(db)
+        version = schema_version(conn)
+        tables = {
+            str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+    except (DatabaseError, sqlite3.DatabaseError) as exc:
+        raise UsageError(f"{db}: not a SQLite database ({exc}); check the path") from exc
+    if "task_runs" not in tables and "pipeline_runs" not in tables:
+        conn.close()
+        raise UsageError(f"{db}: holds no pipeloom runs (no task_runs table); check the path")
+    if version < SCHEMA_VERSION or "pipeline_runs" not in tables:
+        conn.close()
+        raise UsageError(
+            f"{db}: holds an older pipeloom schema (version {version}, current "
+            f"{SCHEMA_VERSION}); run `pipeloom db upgrade {quoted}` first"
+        )
+    return conn
+
+
+_RUN_COLUMNS = (
+    "id, name, status, started_at, finished_at, workers, tasks_total, messages, params, host, pid"
+)
+
+
+def _live_counts(conn: sqlite3.Connection, run_id: int) -> dict[str, int]:
+    rows = conn.execute(
+        "SELECT status, count(*) FROM task_runs WHERE run_id = ? GROUP BY status", (run_id,)
+    )
+    return {str(status): int(n) for status, n in rows}
+
+
+def _run_from_row(conn: sqlite3.Connection, row: tuple[Any, ...]) -> RunInfo:
+    run_id, name, status, started, finished, workers, total, messages, params, host, pid = row
+    # Counted from task_runs: pipeline_runs' count columns are only written when a run ends.
+    counts = _live_counts(conn, run_id)
+    try:
+        parsed = json.loads(params) if params else None
+    except ValueError:
+        parsed = params
+    return RunInfo(
+        id=int(run_id),
+        name=str(name),
+        status=str(status),
+        started_at=str(started),
+        finished_at=finished,
+        workers=workers,
+        tasks_total=int(total or 0),
+        counts=counts,
+        messages=int(messages or 0),
+        params=parsed,
+        host=host,
+        pid=pid,
+    )
+
+
+def get_run(conn: sqlite3.Connection, db: Path, run_id: int | None) -> RunInfo | None:
+    """Return run ``run_id`` (the latest when None); None when the file has no runs.
+
+    Raises:
+        UsageError: ``run_id`` is not in the file.
+    """
+    if run_id is None:
+        row = conn.execute(
+            f"SELECT {_RUN_COLUMNS} FROM pipeline_runs ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else _run_from_row(conn, row)
+    row = conn.execute(
+        f"SELECT {_RUN_COLUMNS} FROM pipeline_runs WHERE id = ?", (run_id,)
+    ).fetchone()
+    if row is None:
+        low, high = conn.execute("SELECT min(id), max(id) FROM pipeline_runs").fetchone()
+        have = f"runs there are {low}..{high}" if low is not None else "it holds no runs"
+        raise UsageError(
+            f"--run {run_id}: no such run in {db}; {have} "
+            f"(list them with `pipeloom status {shlex.quote(str(db))} --runs`)"
+        )
+    return _run_from_row(conn, row)
+
+
+def list_runs(conn: sqlite3.Connection, limit: int) -> list[RunInfo]:
+    """Return the most recent runs, newest first."""
+    rows = conn.execute(
+        f"SELECT {_RUN_COLUMNS} FROM pipeline_runs ORDER BY id DESC LIMIT ?", (limit,)
+    ).fetchall()
+    return [_run_from_row(conn, row) for row in rows]
+
+
+def run_tasks(conn: sqlite3.Connection, run_id: int, limit: int | None) -> list[TaskInfo]:
+    """Return a run's tasks, failures first, then running ones, then by task id."""
+    order = (
+        "CASE WHEN status IN ('error', 'timeout', 'interrupted') THEN 0 "
+        "WHEN status IN ('running', 'queued') THEN 1 ELSE 2 END, task_id"
+    )
+    sql = (
+        "SELECT task_id, name, status, progress, step, total, message, started_at, "
+        f"finished_at, attempt, result, error FROM task_runs WHERE run_id = ? ORDER BY {order}"
+    )
+    params: tuple[Any, ...] = (run_id,)
+    if limit is not None:
+        sql += " LIMIT ?"
+        params = (run_id, limit)
+    return [TaskInfo(*row) for row in conn.execute(sql, params)]

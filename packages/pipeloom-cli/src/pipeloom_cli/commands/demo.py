@@ -1,0 +1,156 @@
+"""``pipeloom demo``: a simulated pipeline, to see the live display and a run database.
+
+Each task sleeps a short, seeded random time per step, so the bars move visibly while a
+default run (20 tasks) ends in a few seconds. ``--fail-rate`` makes a fixed share of the
+tasks raise, to show what failures look like in the display, the summary and ``status``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeloom import (
+    MsgTaskFinished,
+    MsgTaskProgress,
+    MsgTaskStarted,
+    TaskDef,
+    TaskQueue,
+    run_pipeline,
+    utc_now,
+)
+from pipeloom_cli._dbfile import observe_hint, prepare_for_write
+from pipeloom_cli._errors import exit_code_for, user_errors
+from pipeloom_cli._options import LogFile, Verbose, Workers, start_logging
+
+__all__ = ["DemoPlan", "demo", "demo_worker"]
+
+log = logging.getLogger("pipeloom.demo")
+
+
+@dataclass(frozen=True, slots=True)
+class DemoPlan:
+    """What one demo task will do; carried as the TaskDef's payload."""
+
+    delays: tuple[float, ...]
+    """Seconds to sleep before each step is reported."""
+    fail_at: int | None
+    """The step at which the task raises, or None when it succeeds."""
+
+
+class DemoTasks:
+    """The demo's tasks, generated lazily so ``-n 1000000`` does not fill memory."""
+
+    def __init__(self, n: int, *, steps: int, delay: float, fail_rate: float, seed: int) -> None:
+        """Choose which tasks fail now; delays are drawn per task while iterating."""
+        self.n = n
+        self.steps = steps
+        self.delay = delay
+        self.seed = seed
+        k = round(n * fail_rate)
+        self.failing = frozenset(random.Random(seed).sample(range(1, n + 1), k))
+
+    def __len__(self) -> int:
+        """The number of tasks, so the overall bar has a total."""
+        return self.n
+
+    def __iter__(self) -> Iterator[TaskDef]:
+        """Yield the tasks in order, each with its own seeded plan."""
+        width = len(str(self.n))
+        for task_id in range(1, self.n + 1):
+            rng = random.Random(self.seed * 1_000_003 + task_id)
+            delays = tuple(rng.uniform(0.3, 1.0) * self.delay for _ in range(self.steps))
+            fail_at = rng.randint(1, self.steps) if task_id in self.failing else None
+            yield TaskDef(
+                task_id,
+                f"task-{task_id:0{width}d}",
+                steps=self.steps,
+                payload=DemoPlan(delays, fail_at),
+            )
+
+
+class DemoTaskError(RuntimeError):
+    """Raised by a demo task chosen to fail (``--fail-rate``)."""
+
+
+def demo_worker(task: TaskDef, msg_q: TaskQueue) -> None:
+    """Pretend to load a partition: report each step, then finish (or raise)."""
+    plan: DemoPlan = task.payload
+    msg_q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))
+    rows = 0
+    for step, delay in enumerate(plan.delays, start=1):
+        time.sleep(delay)
+        if step == plan.fail_at:
+            raise DemoTaskError(f"{task.name}: simulated failure at step {step} (--fail-rate)")
+        rows += 100 * step
+        msg_q.put(MsgTaskProgress(task.task_id, step, task.steps, f"{rows} rows"))
+    log.info("%s done: %d rows", task.name, rows)
+    msg_q.put(MsgTaskFinished(task.task_id, "done", utc_now(), result=f'{{"rows": {rows}}}'))
+
+
+def demo(
+    db: Annotated[
+        Path, typer.Option("--db", dir_okay=False, help="SQLite file to record the runs in.")
+    ] = Path("./wal_demo.db"),
+    num_tasks: Annotated[
+        int, typer.Option("--num-tasks", "-n", min=0, help="How many tasks to simulate.")
+    ] = 20,
+    workers: Workers = None,
+    no_wal: Annotated[
+        bool, typer.Option("--no-wal", help="Use the rollback journal instead of WAL.")
+    ] = False,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Progress steps per task.")] = 5,
+    fail_rate: Annotated[
+        float,
+        typer.Option(
+            "--fail-rate", min=0.0, max=1.0, help="Share of tasks that fail, from 0 to 1."
+        ),
+    ] = 0.0,
+    seed: Annotated[
+        int | None,
+        typer.Option("--seed", help="Seed for durations and failures (default: random)."),
+    ] = None,
+    delay: Annotated[
+        float,
+        typer.Option("--delay", min=0.0, help="Longest sleep per step, in seconds."),
+    ] = 0.1,
+    verbose: Verbose = 0,
+    log_file: LogFile = None,
+) -> None:
+    """Run a simulated pipeline with live progress, recorded in a SQLite file.
+
+    Exits 0 when every task is done, 1 when any failed, 130 after Ctrl-C.
+    """
+    with user_errors(verbose):
+        start_logging(verbose, log_file)
+        if seed is None:
+            seed = random.SystemRandom().randrange(1_000_000)
+        prepare_for_write(db)
+        tasks = DemoTasks(num_tasks, steps=steps, delay=delay, fail_rate=fail_rate, seed=seed)
+        log.info(
+            "demo: %d tasks, %d failing, seed %d, db %s", num_tasks, len(tasks.failing), seed, db
+        )
+        result = run_pipeline(
+            tasks,
+            db,
+            worker_fn=demo_worker,
+            workers=workers,
+            wal=not no_wal,
+            run_name="demo",
+            params={
+                "num_tasks": num_tasks,
+                "steps": steps,
+                "fail_rate": fail_rate,
+                "seed": seed,
+                "delay": delay,
+            },
+            summary_hint=observe_hint(db),
+        )
+    raise typer.Exit(exit_code_for(result))

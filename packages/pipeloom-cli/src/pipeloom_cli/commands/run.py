@@ -1,0 +1,153 @@
+"""``pipeloom run TARGET``: run a pipeline defined in the user's code.
+
+TARGET names either a declarative pipeline object (``--db``, ``--workers`` and
+``--resume`` go to its ``run()``) or a plain function, called with the ``--arg`` values
+as keyword arguments. A function that returns the `RunResult` of `run_pipeline` gets the
+same exit codes as ``pipeloom demo``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pipeloom.engine import RunResult
+from pipeloom.errors import PipeloomError
+from pipeloom.pipeline import PipelineError
+from pipeloom_cli._dbfile import observe_hint, prepare_for_write
+from pipeloom_cli._errors import CliError, UsageError, exit_code_for, user_errors
+from pipeloom_cli._options import LogFile, Verbose, Workers, start_logging
+from pipeloom_cli._target import (
+    Target,
+    accepts,
+    bind_arguments,
+    is_pipeline,
+    load_target,
+    parse_arg_pairs,
+)
+
+__all__ = ["run"]
+
+log = logging.getLogger("pipeloom.cli")
+
+
+def _run_pipeline_object(
+    target: Target,
+    raw: dict[str, str],
+    db: Path | None,
+    workers: int | None,
+    resume: bool | int,
+) -> Any:
+    if raw:
+        names = ", ".join(raw)
+        raise UsageError(
+            f"--arg {names}: {target.label} is a pipeline; it takes --db, --workers and "
+            "--resume, not --arg"
+        )
+    # Without --db the pipeline writes to its own file; upgrade and name that one.
+    own_db = getattr(target.obj, "db", None)
+    effective = db if db is not None else Path(own_db) if isinstance(own_db, str | Path) else None
+    if effective is not None:
+        prepare_for_write(effective)
+    try:
+        return target.obj.run(
+            db=db,
+            workers=workers,
+            resume=resume,
+            summary_hint=observe_hint(effective) if effective is not None else None,
+        )
+    except PipelineError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _run_function(
+    target: Target,
+    raw: dict[str, str],
+    db: Path | None,
+    workers: int | None,
+    resume: bool | int,
+) -> Any:
+    fn = target.obj
+    extra: dict[str, Any] = {}
+    for option, name, value in (
+        ("--db", "db", db),
+        ("--workers", "workers", workers),
+        ("--resume", "resume", resume or None),
+    ):
+        if value is None:
+            continue
+        if not accepts(fn, name):
+            raise UsageError(
+                f"{option}: {target.label} is a function without a {name!r} parameter; "
+                "pass what it needs with --arg key=value"
+            )
+        extra[name] = value
+    kwargs = bind_arguments(fn, raw, target.label, extra)
+    log.info("calling %s(%s)", target.label, ", ".join(f"{k}={v!r}" for k, v in kwargs.items()))
+    try:
+        if inspect.iscoroutinefunction(fn):
+            return asyncio.run(fn(**kwargs))
+        return fn(**kwargs)
+    except (PipeloomError, KeyboardInterrupt, CliError):
+        raise
+    except Exception as exc:  # the user's code failed: one line, traceback with -vv
+        raise CliError(
+            f"{target.label} raised {type(exc).__name__}: {exc} (-vv shows the traceback)"
+        ) from exc
+
+
+def run(
+    target: Annotated[
+        str,
+        typer.Argument(
+            metavar="TARGET",
+            help="package.module:function or path/to/file.py:function (or a pipeline object).",
+            show_default=False,
+        ),
+    ],
+    arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--arg",
+            metavar="KEY=VALUE",
+            help="Keyword argument for the function, converted by its type hint; repeatable.",
+        ),
+    ] = None,
+    db: Annotated[
+        Path | None,
+        typer.Option(
+            "--db",
+            dir_okay=False,
+            help="Run database (a pipeline's, or a function's `db` parameter); upgraded first.",
+        ),
+    ] = None,
+    workers: Workers = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Resume the latest run: skip tasks already done.")
+    ] = False,
+    resume_run: Annotated[
+        int | None, typer.Option("--resume-run", metavar="ID", help="Resume run ID instead.")
+    ] = None,
+    verbose: Verbose = 0,
+    log_file: LogFile = None,
+) -> None:
+    """Run a pipeline from your code: a function or a declarative pipeline object.
+
+    Exits 0 when every task is done, 1 when any failed, 2 for usage errors, 130 after Ctrl-C.
+    """
+    with user_errors(verbose):
+        start_logging(verbose, log_file)
+        raw = parse_arg_pairs(arg or [])
+        loaded = load_target(target)
+        resume_value: bool | int = resume_run if resume_run is not None else resume
+        if db is not None and not is_pipeline(loaded.obj):
+            prepare_for_write(db)
+        runner = _run_pipeline_object if is_pipeline(loaded.obj) else _run_function
+        outcome = runner(loaded, raw, db, workers, resume_value)
+    if isinstance(outcome, RunResult):
+        raise typer.Exit(exit_code_for(outcome))
