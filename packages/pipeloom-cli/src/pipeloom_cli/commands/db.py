@@ -2,6 +2,82 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
+from pipeloom.errors import DatabaseError, PipeloomError
+from pipeloom_observe.info import DatabaseInfo, database_info
+from pipeloom_observe.migrations import upgrade as apply_migrations
+
 app = typer.Typer(help="Inspect and upgrade a run database.", no_args_is_help=True)
+
+DbArg = Annotated[Path, typer.Argument(help="The run database file.", show_default=False)]
+
+
+def _fail(exc: PipeloomError) -> typer.Exit:
+    """Print one line for a pipeloom error; a bad file is the user's input (exit 2)."""
+    typer.echo(f"Error: {exc}", err=True)
+    return typer.Exit(2 if isinstance(exc, DatabaseError) else 1)
+
+
+@app.command("upgrade")
+def upgrade(db: DbArg) -> None:
+    """Bring a run database's schema up to date in place, keeping every row."""
+    try:
+        applied = apply_migrations(db)
+        info = database_info(db)
+    except PipeloomError as exc:
+        raise _fail(exc) from exc
+    for name in applied:
+        typer.echo(f"applied {name}")
+    state = "upgraded to" if applied else "already at"
+    typer.echo(f"{db}: {state} schema version {info.schema_version}")
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _describe(info: DatabaseInfo) -> list[str]:
+    wal = "none" if info.wal_bytes is None else _size(info.wal_bytes)
+    lines = [
+        f"file:            {info.path}",
+        f"size:            {_size(info.size_bytes)} (wal: {wal})",
+        f"journal mode:    {info.journal_mode}",
+        f"schema version:  {info.schema_version} (this pipeloom writes {info.current_version})",
+    ]
+    if info.applied:
+        lines.append("applied:         " + ", ".join(name for name, _ in info.applied))
+    else:
+        lines.append("applied:         none recorded")
+    lines.append("pending:         " + (", ".join(info.pending) or "none"))
+    if info.layout == "current" and info.pending:
+        lines.append(
+            "                 (schema is current; `pipeloom db upgrade` only records them)"
+        )
+    elif info.layout == "outdated":
+        lines.append(f"                 run `pipeloom db upgrade {info.path}` to upgrade in place")
+    elif info.layout in ("empty", "foreign"):
+        lines.append("                 no pipeloom tables in this file")
+    lines.append(f"runs:            {'-' if info.runs is None else info.runs}")
+    by_status = ", ".join(f"{status} {count}" for status, count in info.tasks_by_status.items())
+    lines.append(f"tasks:           {info.tasks}" + (f" ({by_status})" if by_status else ""))
+    return lines
+
+
+@app.command("info")
+def info(db: DbArg) -> None:
+    """Show a run database's migrations, runs, task counts, size and journal mode."""
+    try:
+        described = database_info(db)
+    except PipeloomError as exc:
+        raise _fail(exc) from exc
+    for line in _describe(described):
+        typer.echo(line)

@@ -7,10 +7,33 @@ from typing import Annotated
 
 import typer
 
+from pipeloom.errors import DatabaseError, PipeloomError
+from pipeloom_observe.app import serve
+from pipeloom_observe.metadata import MetadataError, load_metadata
+
 
 def observe(
-    db: Annotated[Path, typer.Argument(help="The run database to browse.")],
+    db: Annotated[Path, typer.Argument(help="The run database to browse.", show_default=False)],
+    host: Annotated[
+        str, typer.Option(help="Interface to listen on; anything but loopback exposes the data.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=0, max=65535)] = 8001,
+    open_browser: Annotated[
+        bool, typer.Option("--open/--no-open", help="Open a browser on the run history.")
+    ] = True,
+    metadata: Annotated[
+        Path | None,
+        typer.Option(
+            help="Datasette metadata (YAML or JSON) merged over pipeloom's defaults.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Browse a run database's history in Datasette."""
-    typer.echo(f"pipeloom observe {db}: not built yet", err=True)
-    raise typer.Exit(2)
+    """Browse a run database's history in Datasette (read-only, live while a run writes)."""
+    try:
+        extra = load_metadata(metadata) if metadata is not None else None
+        serve(db, host=host, port=port, open_browser=open_browser, metadata_extra=extra)
+    except PipeloomError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        usage = isinstance(exc, DatabaseError | MetadataError)
+        raise typer.Exit(2 if usage else 1) from exc

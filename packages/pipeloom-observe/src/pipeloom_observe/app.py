@@ -1,0 +1,152 @@
+"""Datasette configured for browsing one run database, and the server behind ``pipeloom observe``.
+
+The file is opened as a normal (mutable) Datasette database: Datasette then reads through
+``mode=ro`` connections that see the WAL, so rows a running pipeline commits show up on the
+next page load. Immutable mode would skip the WAL and freeze the view. Datasette never writes
+to it because no write plugin is installed and the write API does not exist in 0.65.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import sys
+import webbrowser
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from datasette.app import Datasette
+
+from pipeloom.errors import PipeloomError
+from pipeloom_observe._sqlite import layout, open_readonly, require_file
+from pipeloom_observe.metadata import default_metadata, layout_note, merge_metadata
+
+__all__ = [
+    "SETTINGS",
+    "build_datasette",
+    "database_note",
+    "exposure_warning",
+    "serve",
+]
+
+SETTINGS: Final[dict[str, Any]] = {
+    # A query over a large history must not tie up the server; 0.65's default is 1 s.
+    "sql_time_limit_ms": 3_000,
+    "facet_time_limit_ms": 500,
+    "max_returned_rows": 1_000,
+    # A copy taken while a pipeline writes would miss the WAL's rows; use the file itself.
+    "allow_download": False,
+}
+"""Datasette settings for run history."""
+
+
+def database_note(db_path: str | Path) -> str | None:
+    """Say what pipeloom cannot show for this file (older schema, no pipeloom tables).
+
+    Returns:
+        One sentence, or None when the file holds the current schema.
+
+    Raises:
+        DatabaseError: the file is missing or is not a SQLite database.
+    """
+    path = require_file(db_path)
+    conn = open_readonly(path)
+    try:
+        kind = layout(conn, path)
+    finally:
+        conn.close()
+    return layout_note(kind, str(path))
+
+
+def build_datasette(
+    db_path: str | Path, *, metadata_extra: Mapping[str, Any] | None = None
+) -> Datasette:
+    """Build (but do not start) Datasette for one run database.
+
+    Args:
+        db_path: an existing SQLite file; it is never created or written.
+        metadata_extra: metadata merged over the defaults (``--metadata extra.yml``).
+
+    Returns:
+        The Datasette instance; call ``await ds.invoke_startup()`` before using its client.
+
+    Raises:
+        DatabaseError: the file is missing or is not a SQLite database.
+    """
+    path = require_file(db_path)
+    conn = open_readonly(path)
+    try:
+        kind = layout(conn, path)
+    finally:
+        conn.close()
+    metadata = default_metadata(path.stem, kind, path.name)
+    if metadata_extra:
+        metadata = merge_metadata(metadata, metadata_extra)
+    return Datasette(files=[str(path)], metadata=metadata, settings=dict(SETTINGS))
+
+
+def exposure_warning(host: str) -> str | None:
+    """Return a warning when ``host`` lets other machines reach the server, else None."""
+    if host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return (
+        f"warning: serving on {host}, not 127.0.0.1: anyone who can reach this port can read "
+        "the whole run history (task results and error text included)"
+    )
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise PipeloomError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); pass another --port or --host"
+        ) from exc
+    return sock
+
+
+def serve(
+    db_path: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8001,
+    open_browser: bool = False,
+    metadata_extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Serve the run database with Datasette in this process until interrupted.
+
+    Warnings (a non-loopback host, a file pipeloom's queries cannot read) go to stderr; the
+    address goes to stdout.
+
+    Raises:
+        DatabaseError: the file is missing or is not a SQLite database.
+        PipeloomError: the address cannot be bound.
+    """
+    import uvicorn
+
+    path = Path(db_path)
+    ds = build_datasette(path, metadata_extra=metadata_extra)
+    asyncio.run(ds.invoke_startup())
+    for warning in (exposure_warning(host), database_note(path)):
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
+    # Binding here, before uvicorn starts, turns "address in use" into one clear error.
+    sock = _bind(host, port)
+    shown_host = f"[{host}]" if ":" in host else host
+    url = f"http://{shown_host}:{sock.getsockname()[1]}/"
+    print(f"pipeloom observe: browsing {path} at {url} (Ctrl-C to stop)", flush=True)
+    if open_browser:
+        webbrowser.open(url)
+    config = uvicorn.Config(ds.app(), log_level="warning", lifespan="on")
+    uvicorn.Server(config).run(sockets=[sock])

@@ -1,0 +1,94 @@
+"""What ``pipeloom db info`` reports about a run database, gathered without writing to it."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from pipeloom.schema import SCHEMA_VERSION
+from pipeloom_observe._sqlite import Layout, layout, open_readonly, require_file
+from pipeloom_observe.migrations import migrations
+
+__all__ = ["DatabaseInfo", "database_info"]
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseInfo:
+    """A read-only snapshot of one run database."""
+
+    path: Path
+    """The file described."""
+    size_bytes: int
+    """Size of the main file."""
+    wal_bytes: int | None
+    """Size of the ``-wal`` file beside it, None when there is none."""
+    journal_mode: str
+    """SQLite's journal mode (``wal`` for files pipeloom writes)."""
+    schema_version: int
+    """``PRAGMA user_version``; pipeloom's current schema is `SCHEMA_VERSION`."""
+    layout: Layout
+    """Whether the file holds the current pipeloom schema, an older one, or no pipeloom tables."""
+    applied: list[tuple[str, str]] = field(default_factory=list)
+    """(name, applied_at) of recorded migrations."""
+    pending: list[str] = field(default_factory=list)
+    """Migrations not recorded yet."""
+    runs: int | None = None
+    """Rows in ``pipeline_runs``; None when the table is missing."""
+    tasks_by_status: dict[str, int] = field(default_factory=dict)
+    """Rows in ``task_runs`` per status."""
+
+    @property
+    def tasks(self) -> int:
+        """Rows in ``task_runs`` in all."""
+        return sum(self.tasks_by_status.values())
+
+    @property
+    def current_version(self) -> int:
+        """The schema version this pipeloom writes."""
+        return SCHEMA_VERSION
+
+
+def _count(conn: sqlite3.Connection, sql: str) -> list[tuple[str, int]]:
+    try:
+        return [(str(row[0]), int(row[1])) for row in conn.execute(sql).fetchall()]
+    except sqlite3.OperationalError:
+        return []
+
+
+def database_info(db_path: str | Path) -> DatabaseInfo:
+    """Describe a run database; opens it read-only and never creates it.
+
+    Raises:
+        DatabaseError: the file is missing or is not a SQLite database.
+    """
+    path = require_file(db_path)
+    conn = open_readonly(path)
+    try:
+        kind = layout(conn, path)
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        (journal_mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+        db = Database(conn, execute_plugins=False)
+        applied = [(m.name, m.applied_at) for m in migrations.applied(db)]
+        pending = [m.name for m in migrations.pending(db)]
+        runs_rows = _count(conn, "SELECT 'runs', COUNT(*) FROM pipeline_runs")
+        statuses = _count(
+            conn, "SELECT status, COUNT(*) FROM task_runs GROUP BY status ORDER BY status"
+        )
+    finally:
+        conn.close()
+    wal = path.with_name(path.name + "-wal")
+    return DatabaseInfo(
+        path=path,
+        size_bytes=path.stat().st_size,
+        wal_bytes=wal.stat().st_size if wal.exists() else None,
+        journal_mode=str(journal_mode),
+        schema_version=int(version),
+        layout=kind,
+        applied=applied,
+        pending=pending,
+        runs=runs_rows[0][1] if runs_rows else None,
+        tasks_by_status=dict(statuses),
+    )

@@ -1,0 +1,273 @@
+"""The whole history of pipeloom's schema as one sqlite-utils migration set.
+
+Each migration is a frozen copy of the DDL of its time, never an import of core's current
+statements: a file upgraded years later must go through the same steps as one upgraded today.
+Every migration is idempotent, so applying the set to a file that core created (which already
+holds the current schema but has no ``_sqlite_migrations`` record) only records the names.
+A test keeps the set's end state equal to ``pipeloom.schema.SCHEMA_STATEMENTS``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Final
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from pipeloom.errors import DatabaseError
+from pipeloom.messages import utc_now
+from pipeloom.schema import SCHEMA_VERSION
+from pipeloom_observe._sqlite import open_readonly, require_file, user_version
+from pipeloom_observe._version import __version__
+
+__all__ = [
+    "MIGRATION_SET",
+    "applied",
+    "migrations",
+    "pending",
+    "upgrade",
+]
+
+MIGRATION_SET: Final = "pipeloom"
+"""Name of the set in ``_sqlite_migrations``; never rename it, old files record it."""
+
+BUSY_TIMEOUT_S: Final = 10.0
+"""How long an upgrade waits for another process's lock before giving up."""
+
+migrations = Migrations(MIGRATION_SET)
+"""pipeloom's schema history; apply with ``migrations.apply(Database(...))`` or `upgrade`."""
+
+
+@migrations(name="m001_single_run_task_runs")
+def m001_single_run_task_runs(db: Database) -> None:
+    """Create the seed's single-run layout: one row per task, ``id`` is the task id."""
+    db.execute(
+        """
+        CREATE TABLE IF NOT EXISTS task_runs (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            status TEXT NOT NULL,
+            progress REAL NOT NULL DEFAULT 0.0,
+            message TEXT,
+            started_at TEXT,
+            finished_at TEXT,
+            result TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS idx_task_runs_status ON task_runs (status)")
+
+
+_V2_PIPELINE_RUNS: Final = """
+    CREATE TABLE IF NOT EXISTS pipeline_runs (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        workers INTEGER,
+        tasks_total INTEGER NOT NULL DEFAULT 0,
+        tasks_done INTEGER NOT NULL DEFAULT 0,
+        tasks_error INTEGER NOT NULL DEFAULT 0,
+        tasks_cancelled INTEGER NOT NULL DEFAULT 0,
+        messages INTEGER NOT NULL DEFAULT 0,
+        host TEXT,
+        pid INTEGER,
+        pipeloom_version TEXT,
+        params TEXT
+    )
+    """
+
+_V2_TASK_RUNS: Final = """
+    CREATE TABLE IF NOT EXISTS task_runs (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL REFERENCES pipeline_runs(id),
+        task_id INTEGER NOT NULL,
+        task_key TEXT,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        progress REAL NOT NULL DEFAULT 0.0,
+        step INTEGER,
+        total INTEGER,
+        message TEXT,
+        started_at TEXT,
+        finished_at TEXT,
+        result TEXT,
+        error TEXT,
+        attempt INTEGER NOT NULL DEFAULT 1
+    )
+    """
+
+_V2_REST: Final[tuple[str, ...]] = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS idx_task_runs_run_task ON task_runs (run_id, task_id)",
+    "CREATE INDEX IF NOT EXISTS idx_task_runs_status ON task_runs (status)",
+    "CREATE INDEX IF NOT EXISTS idx_task_runs_key ON task_runs (task_key)",
+    "CREATE INDEX IF NOT EXISTS idx_task_runs_finished ON task_runs (finished_at)",
+    """
+    CREATE TABLE IF NOT EXISTS task_attempts (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL REFERENCES pipeline_runs(id),
+        task_id INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        started_at TEXT,
+        finished_at TEXT,
+        error TEXT
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS idx_task_attempts_run_task ON task_attempts (run_id, task_id)",
+    """
+    CREATE TABLE IF NOT EXISTS dead_letters (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER REFERENCES pipeline_runs(id),
+        created_at TEXT NOT NULL,
+        msg_type TEXT NOT NULL,
+        payload TEXT,
+        error TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS idx_dead_letters_run ON dead_letters (run_id)",
+)
+
+_SYNTHETIC_RUN_NAME: Final = "imported single-run history"
+
+# The seed kept no run, so its tasks become one synthetic run. Its status follows the tasks:
+# anything still queued or running belongs to a process that is long gone.
+_INSERT_SYNTHETIC_RUN: Final = """
+    INSERT INTO pipeline_runs (name, status, started_at, finished_at, tasks_total, tasks_done,
+                               tasks_error, tasks_cancelled, pipeloom_version, params)
+    SELECT
+        ?,
+        CASE
+            WHEN SUM(status IN ('queued', 'running')) > 0 THEN 'interrupted'
+            WHEN SUM(status = 'error') > 0 THEN 'error'
+            WHEN SUM(status = 'cancelled') > 0 THEN 'cancelled'
+            ELSE 'done'
+        END,
+        COALESCE(MIN(started_at), MIN(finished_at), ?),
+        MAX(finished_at),
+        COUNT(*),
+        SUM(status = 'done'),
+        SUM(status = 'error'),
+        SUM(status = 'cancelled'),
+        ?,
+        '{"imported_from": "single-run task_runs layout (migration m001)"}'
+    FROM _task_runs_v1
+    """
+
+# The seed wrote an error's text to ``message``; copy it to ``error`` so failure queries
+# find it too.
+_COPY_V1_TASKS: Final = """
+    INSERT INTO task_runs (run_id, task_id, name, status, progress, message, started_at,
+                           finished_at, result, error)
+    SELECT ?, id, name, status, progress, message, started_at, finished_at, result,
+           CASE WHEN status = 'error' THEN message END
+    FROM _task_runs_v1
+    ORDER BY id
+    """
+
+
+def _columns(db: Database, table: str) -> set[str]:
+    return {str(row[1]) for row in db.execute(f"PRAGMA table_info([{table}])").fetchall()}
+
+
+@migrations(name="m002_run_history")
+def m002_run_history(db: Database) -> None:
+    """Add run history: ``pipeline_runs``, run ids on ``task_runs``, attempts, dead letters.
+
+    A single-run ``task_runs`` is rebuilt in place: its ``id`` (the task id) becomes
+    ``task_id`` and every row is attached to one synthetic run, statuses kept. A file that
+    already has run ids (core created it) is left as it is.
+    """
+    db.execute(_V2_PIPELINE_RUNS)
+    if "run_id" not in _columns(db, "task_runs"):
+        # Renaming first moves the old indexes with the table, so their names are free
+        # again once the old table is dropped.
+        db.execute("ALTER TABLE task_runs RENAME TO _task_runs_v1")
+        db.execute(_V2_TASK_RUNS)
+        (count,) = db.execute("SELECT COUNT(*) FROM _task_runs_v1").fetchone()
+        if count:
+            cursor = db.execute(
+                _INSERT_SYNTHETIC_RUN, [_SYNTHETIC_RUN_NAME, utc_now(), __version__]
+            )
+            db.execute(_COPY_V1_TASKS, [cursor.lastrowid])
+        db.execute("DROP TABLE _task_runs_v1")
+    for statement in _V2_REST:
+        db.execute(statement)
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    if version < 2:
+        db.execute("PRAGMA user_version = 2")
+
+
+def _refuse_newer(version: int, path: Path) -> None:
+    if version > SCHEMA_VERSION:
+        raise DatabaseError(
+            f"{path}: schema version {version} is newer than this pipeloom understands "
+            f"({SCHEMA_VERSION}); upgrade pipeloom-observe to work with it"
+        )
+
+
+def applied(db_path: str | Path) -> list[tuple[str, str]]:
+    """Return ``(name, applied_at)`` of each recorded migration, oldest first; read-only.
+
+    Raises:
+        DatabaseError: the file is missing or is not a SQLite database.
+    """
+    path = require_file(db_path)
+    conn = open_readonly(path)
+    try:
+        user_version(conn, path)
+        return [(m.name, m.applied_at) for m in migrations.applied(Database(conn))]
+    finally:
+        conn.close()
+
+
+def pending(db_path: str | Path) -> list[str]:
+    """Return the names of migrations not yet recorded in the file; read-only.
+
+    A file that core created holds the current schema but no record, so all names are
+    pending; `upgrade` then records them without changing anything.
+
+    Raises:
+        DatabaseError: the file is missing or is not a SQLite database.
+    """
+    path = require_file(db_path)
+    conn = open_readonly(path)
+    try:
+        user_version(conn, path)
+        return [m.name for m in migrations.pending(Database(conn))]
+    finally:
+        conn.close()
+
+
+def upgrade(db_path: str | Path) -> list[str]:
+    """Apply every pending migration to an existing file, each in its own transaction.
+
+    Returns:
+        The names of the migrations applied, in order (empty when the file was current).
+
+    Raises:
+        DatabaseError: the file is missing (it is not created), is not SQLite, was written by
+            a newer pipeloom, or a migration failed (that migration is rolled back).
+    """
+    path = require_file(db_path)
+    try:
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S)
+    except sqlite3.Error as exc:
+        raise DatabaseError(f"{path}: cannot open database ({exc})") from exc
+    try:
+        _refuse_newer(user_version(conn, path), path)
+        db = Database(conn, execute_plugins=False)
+        names = [m.name for m in migrations.pending(db)]
+        try:
+            migrations.apply(db)
+        except sqlite3.Error as exc:
+            raise DatabaseError(
+                f"{path}: schema upgrade failed ({exc}); the failing migration was rolled "
+                "back, check that the file is writable and not in use"
+            ) from exc
+        return names
+    finally:
+        conn.close()

@@ -1,0 +1,185 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from sqlite_utils import Database
+
+from pipeloom import SchemaOutdatedError, TaskDef, connect, init_schema, run_pipeline
+from pipeloom.errors import DatabaseError
+from pipeloom.schema import SCHEMA_STATEMENTS, SCHEMA_VERSION, create_schema
+from pipeloom_observe.migrations import applied, migrations, pending, upgrade
+from tests.observe._observe_support import (
+    make_seed_db,
+    normalised_schema,
+    schema_of,
+    sha256,
+)
+
+ALL = [m.name for m in migrations.pending(Database(memory=True))]
+
+
+def core_schema() -> dict[str, object]:
+    conn = sqlite3.connect(":memory:")
+    for statement in SCHEMA_STATEMENTS:
+        conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    return normalised_schema(conn)
+
+
+def test_migrations_from_nothing_reach_cores_schema_in_memory() -> None:
+    db = Database(memory=True)
+    migrations.apply(db)
+    assert normalised_schema(db.conn) == core_schema()
+    assert [m.name for m in migrations.applied(db)] == ALL
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_migrations_on_an_empty_file_equal_what_core_creates(tmp_path: Path) -> None:
+    migrated = tmp_path / "migrated.db"
+    migrated.touch()
+    assert upgrade(migrated) == ALL
+
+    created = tmp_path / "created.db"
+    conn = connect(created)
+    init_schema(conn, created)
+    conn.close()
+
+    assert schema_of(migrated) == schema_of(created)
+    assert schema_of(migrated)["user_version"] == SCHEMA_VERSION
+
+
+def test_the_seed_layout_upgrades_in_place_keeping_every_row(tmp_path: Path) -> None:
+    path = tmp_path / "seed.db"
+    written = make_seed_db(path, rows=100)
+
+    assert pending(path) == ALL
+    assert upgrade(path) == ALL
+
+    conn = sqlite3.connect(path)
+    rows = conn.execute(
+        "SELECT task_id, name, status, progress, message, started_at, finished_at, result "
+        "FROM task_runs ORDER BY task_id"
+    ).fetchall()
+    assert rows == written
+    assert conn.execute("SELECT DISTINCT run_id FROM task_runs").fetchall() == [(1,)]
+    run = conn.execute(
+        "SELECT status, tasks_total, tasks_done, tasks_error, tasks_cancelled FROM pipeline_runs"
+    ).fetchall()
+    assert run == [("interrupted", 100, 20, 20, 20)]
+    failed = conn.execute("SELECT error FROM task_runs WHERE task_id = 1").fetchone()
+    assert failed == ("boom 1",)
+    conn.close()
+    assert schema_of(path) == core_schema()
+
+
+def test_core_refuses_the_seed_layout_until_it_is_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "seed.db"
+    make_seed_db(path, rows=5)
+    conn = connect(path)
+    with pytest.raises(SchemaOutdatedError, match=f"pipeloom db upgrade {path}"):
+        init_schema(conn, path)
+    conn.close()
+
+    upgrade(path)
+    result = run_pipeline(
+        [TaskDef(1, "again")],
+        path,
+        worker_fn=lambda task, q: None,
+        progress=False,
+        handle_signals=False,
+    )
+    assert result.run_id == 2
+    conn = sqlite3.connect(path)
+    counts = conn.execute("SELECT run_id, COUNT(*) FROM task_runs GROUP BY run_id").fetchall()
+    assert counts == [(1, 5), (2, 1)]
+    conn.close()
+
+
+def test_reapplying_is_a_no_op(tmp_path: Path) -> None:
+    path = tmp_path / "seed.db"
+    make_seed_db(path, rows=10)
+    upgrade(path)
+    before = sha256(path)
+
+    assert upgrade(path) == []
+    assert pending(path) == []
+    assert sha256(path) == before
+
+
+def test_a_file_core_created_is_recorded_and_left_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "core.db"
+    run_pipeline(
+        [TaskDef(i, f"t{i}") for i in range(3)],
+        path,
+        worker_fn=lambda task, q: None,
+        progress=False,
+        handle_signals=False,
+    )
+    schema_before = schema_of(path)
+    conn = sqlite3.connect(path)
+    rows_before = conn.execute("SELECT * FROM task_runs ORDER BY id").fetchall()
+    sql_before = conn.execute(
+        "SELECT type, name, sql FROM sqlite_master WHERE name != '_sqlite_migrations' "
+        "AND tbl_name != '_sqlite_migrations' ORDER BY name"
+    ).fetchall()
+    conn.close()
+
+    assert upgrade(path) == ALL
+
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT * FROM task_runs ORDER BY id").fetchall() == rows_before
+    sql_after = conn.execute(
+        "SELECT type, name, sql FROM sqlite_master WHERE name != '_sqlite_migrations' "
+        "AND tbl_name != '_sqlite_migrations' ORDER BY name"
+    ).fetchall()
+    conn.close()
+    assert sql_after == sql_before
+    assert schema_of(path) == schema_before
+    assert [name for name, _ in applied(path)] == ALL
+
+
+def test_the_last_migration_stamps_cores_schema_version() -> None:
+    db = Database(memory=True)
+    migrations.apply(db, stop_before=ALL[-1])
+    assert db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION
+    migrations.apply(db)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_a_missing_file_is_an_error_and_is_not_created(tmp_path: Path) -> None:
+    path = tmp_path / "missing.db"
+    with pytest.raises(DatabaseError, match="no such database file"):
+        upgrade(path)
+    with pytest.raises(DatabaseError, match="no such database file"):
+        pending(path)
+    assert not path.exists()
+
+
+def test_a_file_that_is_not_sqlite_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_text("this is a text file, not a database\n" * 20)
+    with pytest.raises(DatabaseError, match="is not a SQLite database"):
+        upgrade(path)
+    assert path.read_text().startswith("this is a text file")
+
+
+def test_a_file_from_a_newer_pipeloom_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    conn = sqlite3.connect(path)
+    create_schema(conn)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    with pytest.raises(DatabaseError, match="newer than this pipeloom"):
+        upgrade(path)
+
+
+def test_pending_and_applied_never_write(tmp_path: Path) -> None:
+    path = tmp_path / "seed.db"
+    make_seed_db(path, rows=3)
+    before = sha256(path)
+    assert pending(path) == ALL
+    assert applied(path) == []
+    assert sha256(path) == before
