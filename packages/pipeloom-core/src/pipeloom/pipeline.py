@@ -559,7 +559,18 @@ class Pipeline:
         return f"Pipeline({self.name!r}, db={str(self.db)!r}, tasks={list(self.tasks)})"
 
     @overload
-    def task(self, fn: Callable[[Context, T], R], /) -> Task[T, R]: ...
+    def task(
+        self,
+        fn: Callable[[Context, T], R],
+        /,
+        *,
+        name: str | None = None,
+        retries: int = 0,
+        timeout: float | None = None,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        backoff: float = 0.5,
+        max_backoff: float = 60.0,
+    ) -> Task[T, R]: ...
 
     @overload
     def task(
@@ -587,7 +598,7 @@ class Pipeline:
         backoff: float = 0.5,
         max_backoff: float = 60.0,
     ) -> Task[T, R] | Callable[[Callable[[Context, T], R]], Task[T, R]]:
-        """Turn ``fn(ctx, item)`` into a task; use as ``@pipe.task`` or ``@pipe.task(...)``.
+        """Make ``fn(ctx, item)`` a task: ``@pipe.task``, ``@pipe.task(...)``, ``pipe.task(fn)``.
 
         Timeouts run each attempt in its own daemon thread and stop waiting for it when time
         is up. Python threads cannot be killed: the attempt is recorded ``timeout``,
@@ -610,7 +621,7 @@ class Pipeline:
 
         def decorate(func: Callable[[Context, T], R]) -> Task[T, R]:
             task_name = name or getattr(func, "__name__", None) or "task"
-            self._check_task(task_name, retries, timeout, retry_types, backoff, max_backoff)
+            self._check_task(task_name, func, retries, timeout, retry_types, backoff, max_backoff)
             spec = Task(func, task_name, retries, timeout, retry_types, backoff, max_backoff)
             self.tasks[task_name] = spec
             return spec
@@ -620,6 +631,7 @@ class Pipeline:
     def _check_task(
         self,
         name: str,
+        fn: Callable[..., Any],
         retries: int,
         timeout: float | None,
         retry_on: tuple[Any, ...],
@@ -627,7 +639,7 @@ class Pipeline:
         max_backoff: float,
     ) -> None:
         where = f"pipeline {self.name!r}, task {name!r}"
-        if name in self.tasks:
+        if name in self.tasks and not _same_definition(self.tasks[name].fn, fn):
             raise PipelineError(
                 f"{where}: the name is already taken; pass name='...' to @pipe.task"
             )
@@ -659,12 +671,12 @@ class Pipeline:
         Raises:
             PipelineError: ``items`` is a string or not iterable.
         """
-        spec = task if isinstance(task, Task) else self._plain(task)
         if isinstance(items, str | bytes) or not isinstance(items, Iterable):
             raise PipelineError(
-                f"pipe.map({spec.name}, {type(items).__name__}): pass an iterable of items "
+                f"pipe.map(..., {type(items).__name__}): pass an iterable of items "
                 "(a list, a generator); a single string would become one task per character"
             )
+        spec = task if isinstance(task, Task) else self._plain(task)
         self._stages.append(_Stage(spec, items, key))
 
     def _plain(self, fn: Callable[[Context, Any], Any]) -> Task[Any, Any]:
@@ -800,6 +812,12 @@ class Pipeline:
             "abandoned_threads": still_running,
         }
         return dataclasses.replace(result, extra={**result.extra, **extra})
+
+
+def _same_definition(old: Callable[..., Any], new: Callable[..., Any]) -> bool:
+    """Tell a re-run of the same ``def`` (a notebook cell, a reload) from a name clash."""
+    where = ("__module__", "__qualname__")
+    return all(getattr(old, a, None) == getattr(new, a, object()) for a in where)
 
 
 def _format(exc: BaseException) -> str:
