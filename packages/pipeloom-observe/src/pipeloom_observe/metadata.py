@@ -209,13 +209,13 @@ def layout_note(kind: Layout, file_name: str) -> str | None:
 def default_metadata(db_name: str, kind: Layout = "current", file_name: str = "") -> dict[str, Any]:
     """Return the metadata for one run database named ``db_name`` (the file's stem).
 
-    The canned queries and the dashboard are only configured when the file holds the current
-    schema, since their SQL names its columns; other files get a note instead.
+    Table settings, canned queries and the dashboard are only configured when the file holds
+    the current schema, since they name its columns; other files get a note instead.
     """
     note = layout_note(kind, file_name or db_name)
     database: dict[str, Any] = {
         "description": note or "Runs and tasks recorded by pipeloom's single writer.",
-        "tables": copy.deepcopy(_TABLES),
+        "tables": {"_sqlite_migrations": {"hidden": True}},
     }
     metadata: dict[str, Any] = {
         "title": "pipeloom run history",
@@ -226,6 +226,8 @@ def default_metadata(db_name: str, kind: Layout = "current", file_name: str = ""
         "databases": {db_name: database},
     }
     if note is None:
+        # Sorts, facets and queries name today's columns; on other layouts they would fail.
+        database["tables"] = copy.deepcopy(_TABLES)
         database["queries"] = copy.deepcopy(QUERIES)
         metadata["plugins"] = {"datasette-dashboards": {DASHBOARD: _dashboard(db_name)}}
     return metadata
