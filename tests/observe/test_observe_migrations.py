@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,39 @@ def test_pending_and_applied_never_write(tmp_path: Path) -> None:
     assert pending(path) == ALL
     assert applied(path) == []
     assert sha256(path) == before
+
+
+def test_upgrade_waits_for_another_writer_instead_of_failing(tmp_path: Path) -> None:
+    path = tmp_path / "seed.db"
+    make_seed_db(path, rows=10)
+    other = sqlite3.connect(path, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("UPDATE task_runs SET message = 'touched' WHERE id = 2")
+    release = threading.Timer(0.3, other.commit)
+    release.start()
+    try:
+        assert upgrade(path) == ALL
+    finally:
+        release.join()
+        other.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT message FROM task_runs WHERE task_id = 2").fetchone() == (
+        "touched",
+    )
+    conn.close()
+
+
+def test_a_failed_upgrade_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "seed.db"
+    make_seed_db(path, rows=10)
+    conn = sqlite3.connect(path)
+    # A stray pipeline_runs without the run columns makes m002 fail after m001 succeeded
+    # and after m002 renamed task_runs: all of it must be rolled back.
+    conn.execute("CREATE TABLE pipeline_runs (id INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+    conn.commit()
+    conn.close()
+    before = schema_of(path)
+    with pytest.raises(DatabaseError, match="nothing was changed"):
+        upgrade(path)
+    assert schema_of(path) == before
+    assert pending(path) == ALL

@@ -243,14 +243,14 @@ def pending(db_path: str | Path) -> list[str]:
 
 
 def upgrade(db_path: str | Path) -> list[str]:
-    """Apply every pending migration to an existing file, each in its own transaction.
+    """Apply every pending migration to an existing file, all in one transaction.
 
     Returns:
         The names of the migrations applied, in order (empty when the file was current).
 
     Raises:
         DatabaseError: the file is missing (it is not created), is not SQLite, was written by
-            a newer pipeloom, or a migration failed (that migration is rolled back).
+            a newer pipeloom, or a migration failed (then nothing is changed).
     """
     path = require_file(db_path)
     try:
@@ -260,13 +260,25 @@ def upgrade(db_path: str | Path) -> list[str]:
     try:
         _refuse_newer(user_version(conn, path), path)
         db = Database(conn, execute_plugins=False)
-        names = [m.name for m in migrations.pending(db)]
+        if not migrations.pending(db):
+            return []
         try:
-            migrations.apply(db)
+            # One write lock for the whole upgrade: it waits for another writer (busy
+            # timeout) instead of failing on a stale read snapshot, and the file ends at
+            # either the old or the new schema. Each migration nests as a savepoint.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                names = [m.name for m in migrations.pending(db)]
+                migrations.apply(db)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
         except sqlite3.Error as exc:
             raise DatabaseError(
-                f"{path}: schema upgrade failed ({exc}); the failing migration was rolled "
-                "back, check that the file is writable and not in use"
+                f"{path}: schema upgrade failed ({exc}); nothing was changed, check that the "
+                "file is writable and that no other program holds a lock on it"
             ) from exc
         return names
     finally:
