@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from pipeloom.errors import DatabaseError, PipeloomError
-from pipeloom_observe.info import DatabaseInfo, database_info
-from pipeloom_observe.migrations import upgrade as apply_migrations
+
+if TYPE_CHECKING:
+    from pipeloom_observe.info import DatabaseInfo
 
 app = typer.Typer(help="Inspect and upgrade a run database.", no_args_is_help=True)
 
@@ -25,6 +26,10 @@ def _fail(exc: PipeloomError) -> typer.Exit:
 @app.command("upgrade")
 def upgrade(db: DbArg) -> None:
     """Bring a run database's schema up to date in place, keeping every row."""
+    # sqlite-utils is imported here so that other commands start faster.
+    from pipeloom_observe.info import database_info
+    from pipeloom_observe.migrations import upgrade as apply_migrations
+
     try:
         applied = apply_migrations(db)
         info = database_info(db)
@@ -75,6 +80,8 @@ def _describe(info: DatabaseInfo) -> list[str]:
 @app.command("info")
 def info(db: DbArg) -> None:
     """Show a run database's migrations, runs, task counts, size and journal mode."""
+    from pipeloom_observe.info import database_info
+
     try:
         described = database_info(db)
     except PipeloomError as exc:

@@ -8,8 +8,6 @@ from typing import Annotated
 import typer
 
 from pipeloom.errors import DatabaseError, PipeloomError
-from pipeloom_observe.app import serve
-from pipeloom_observe.metadata import MetadataError, load_metadata
 
 
 def observe(
@@ -30,6 +28,10 @@ def observe(
     ] = None,
 ) -> None:
     """Browse a run database's history in Datasette (read-only, live while a run writes)."""
+    # Datasette takes about a second to import: only this command should pay for it.
+    from pipeloom_observe.app import serve
+    from pipeloom_observe.metadata import MetadataError, load_metadata
+
     try:
         extra = load_metadata(metadata) if metadata is not None else None
         serve(db, host=host, port=port, open_browser=open_browser, metadata_extra=extra)
