@@ -27,7 +27,6 @@ LogFile = Annotated[
     typer.Option(
         "--log-file",
         "-l",
-        dir_okay=False,
         help="Also append plain, timestamped log lines to this file.",
     ),
 ]

@@ -96,9 +96,9 @@ def demo_worker(task: TaskDef, msg_q: TaskQueue) -> None:
 
 
 def demo(
-    db: Annotated[
-        Path, typer.Option("--db", dir_okay=False, help="SQLite file to record the runs in.")
-    ] = Path("./wal_demo.db"),
+    db: Annotated[Path, typer.Option("--db", help="SQLite file to record the runs in.")] = Path(
+        "./wal_demo.db"
+    ),
     num_tasks: Annotated[
         int, typer.Option("--num-tasks", "-n", min=0, help="How many tasks to simulate.")
     ] = 20,

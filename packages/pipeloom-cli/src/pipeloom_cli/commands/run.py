@@ -122,7 +122,6 @@ def run(
         Path | None,
         typer.Option(
             "--db",
-            dir_okay=False,
             help="Run database (a pipeline's, or a function's `db` parameter); upgraded first.",
         ),
     ] = None,

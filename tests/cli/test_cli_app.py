@@ -1,0 +1,70 @@
+from typer.testing import CliRunner
+
+import pipeloom
+import pipeloom_observe
+from pipeloom_cli import __version__
+from pipeloom_cli.app import app
+
+runner = CliRunner()
+
+
+def test_version_names_all_three_packages() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.splitlines() == [
+        f"pipeloom-cli {__version__}",
+        f"pipeloom-core {pipeloom.__version__}",
+        f"pipeloom-observe {pipeloom_observe.__version__}",
+    ]
+
+
+def test_help_lists_every_command() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("demo", "run", "status", "observe", "db"):
+        assert command in result.output
+
+
+def test_no_arguments_shows_help() -> None:
+    result = runner.invoke(app, [])
+    assert "Usage: pipeloom" in result.output
+    assert "demo" in result.output
+
+
+def test_each_command_documents_its_flags() -> None:
+    expected = {
+        "demo": [
+            "--db",
+            "--num-tasks",
+            "-n",
+            "--workers",
+            "-w",
+            "--no-wal",
+            "--verbose",
+            "-v",
+            "--log-file",
+            "-l",
+            "--steps",
+            "--fail-rate",
+            "--seed",
+            "--delay",
+        ],
+        "run": ["TARGET", "--arg", "--db", "--workers", "--resume", "--resume-run", "-v", "-l"],
+        "status": ["--db", "--run", "--runs", "--format", "--limit", "--watch", "--interval"],
+    }
+    for command, flags in expected.items():
+        result = runner.invoke(app, [command, "--help"], terminal_width=200)
+        assert result.exit_code == 0
+        for flag in flags:
+            assert flag in result.output, (command, flag)
+
+
+def test_shell_completion_script_is_available() -> None:
+    result = runner.invoke(app, ["--show-completion", "bash"])
+    assert result.exit_code == 0
+    assert "_PIPELOOM_COMPLETE=complete_bash" in result.output
+
+
+def test_unknown_command_and_option_are_usage_errors() -> None:
+    assert runner.invoke(app, ["explode"]).exit_code == 2
+    assert runner.invoke(app, ["demo", "--explode"]).exit_code == 2

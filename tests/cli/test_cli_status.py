@@ -1,0 +1,209 @@
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeloom import MsgTaskStarted, TaskDef, TaskQueue, run_pipeline, utc_now
+from pipeloom.schema import SCHEMA_VERSION
+from pipeloom_cli.app import app
+from tests.cli._cli_support import make_run, make_seed_layout
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> Path:
+    """Two runs: run 1 all done (3 tasks), run 2 with tasks 2 and 4 failed (5 tasks)."""
+    db = tmp_path / "hist.db"
+    make_run(db, 3)
+    make_run(db, 5, failing=(2, 4))
+    return db
+
+
+def as_json(args: list[str]) -> dict[str, object]:
+    result = runner.invoke(app, ["status", *args, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data: dict[str, object] = json.loads(result.stdout)
+    return data
+
+
+def test_table_shows_the_latest_run_with_failures_first(history: Path) -> None:
+    result = runner.invoke(app, ["status", str(history)])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "2 (fixture)" in out
+    assert "5/5 finished: done 3, error 2" in out
+    assert "tasks/s" in out
+    rows = [line for line in out.splitlines() if "job-" in line]
+    assert [r.split("│")[2].strip() for r in rows] == ["job-2", "job-4", "job-1", "job-3", "job-5"]
+    assert "ValueError: job-2 broke" in out
+
+
+def test_json_has_the_run_counts_throughput_and_every_task(history: Path) -> None:
+    data = as_json([str(history)])
+    run = data["run"]
+    assert isinstance(run, dict)
+    assert (run["id"], run["status"], run["counts"]) == (2, "error", {"done": 3, "error": 2})
+    assert run["finished"] == run["tasks_total"] == 5
+    assert run["elapsed"] > 0 and run["throughput"] > 0
+    tasks = data["tasks"]
+    assert isinstance(tasks, list)
+    assert [(t["task_id"], t["status"]) for t in tasks] == [
+        (2, "error"),
+        (4, "error"),
+        (1, "done"),
+        (3, "done"),
+        (5, "done"),
+    ]
+    assert "Traceback" in tasks[0]["error"]
+
+
+def test_run_option_picks_an_older_run_and_db_option_works(history: Path) -> None:
+    data = as_json(["--db", str(history), "--run", "1"])
+    run = data["run"]
+    assert isinstance(run, dict)
+    assert (run["id"], run["status"], run["counts"]) == (1, "done", {"done": 3})
+
+
+def test_runs_lists_recent_runs_newest_first(history: Path) -> None:
+    result = runner.invoke(app, ["status", str(history), "--runs"])
+    assert result.exit_code == 0, result.output
+    assert "Recent runs" in result.output
+    data = as_json([str(history), "--runs"])
+    runs = data["runs"]
+    assert isinstance(runs, list)
+    assert [(r["id"], r["status"]) for r in runs] == [(2, "error"), (1, "done")]
+    limited = as_json([str(history), "--runs", "--limit", "1"])["runs"]
+    assert isinstance(limited, list) and len(limited) == 1
+
+
+def test_limit_caps_the_tasks_and_says_how_many_are_hidden(history: Path) -> None:
+    data = as_json([str(history), "--limit", "2"])
+    assert len(data["tasks"]) == 2  # type: ignore[arg-type]
+    assert data["tasks_not_shown"] == 3
+    table = runner.invoke(app, ["status", str(history), "--limit", "2"])
+    assert "and 3 more" in table.output
+
+
+def test_default_database_is_pipeloom_db_in_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_run(tmp_path / "pipeloom.db", 2)
+    monkeypatch.chdir(tmp_path)
+    data = as_json([])
+    assert data["db"] == "pipeloom.db"
+
+
+def test_status_never_changes_or_creates_a_file(history: Path, tmp_path: Path) -> None:
+    before = history.read_bytes()
+    assert runner.invoke(app, ["status", str(history)]).exit_code == 0
+    assert history.read_bytes() == before
+    missing = tmp_path / "absent.db"
+    result = runner.invoke(app, ["status", str(missing)])
+    assert result.exit_code == 2
+    assert not missing.exists()
+    assert result.stderr.strip().splitlines() == [
+        f"Error: {missing}: no such database file; pass the file a pipeline wrote, "
+        "e.g. `pipeloom status ./wal_demo.db` after `pipeloom demo`"
+    ]
+
+
+def test_a_file_without_runs_says_so(tmp_path: Path) -> None:
+    db = tmp_path / "empty.db"
+    make_run(db, 0)
+    conn = sqlite3.connect(db)
+    conn.execute("DELETE FROM pipeline_runs")
+    conn.commit()
+    conn.close()
+    result = runner.invoke(app, ["status", str(db)])
+    assert result.exit_code == 0
+    assert "No runs recorded" in result.output
+    assert as_json([str(db)])["run"] is None
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--run", "9"], "--run 9: no such run in"),
+        (["--db", "other.db"], "two databases given"),
+        (["--format", "xml"], None),
+        (["--limit", "0"], None),
+    ],
+)
+def test_bad_options_exit_2(history: Path, args: list[str], expected: str | None) -> None:
+    result = runner.invoke(app, ["status", str(history), *args])
+    assert result.exit_code == 2
+    if expected is not None:
+        assert result.stderr.startswith(f"Error: {expected}")
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unusable_files_are_one_line_errors(tmp_path: Path) -> None:
+    text = tmp_path / "notes.db"
+    text.write_text("hello, not sqlite " * 100)
+    plain = tmp_path / "plain.db"
+    sqlite3.connect(plain).execute("CREATE TABLE t (x)").connection.close()
+    seed = tmp_path / "seed.db"
+    make_seed_layout(seed)
+    cases = {
+        tmp_path: "is a directory",
+        text: "not a SQLite database",
+        plain: "holds no pipeloom runs",
+        seed: f"older pipeloom schema (version 0, current {SCHEMA_VERSION}); run `pipeloom db "
+        f"upgrade {seed}` first",
+    }
+    for path, expected in cases.items():
+        result = runner.invoke(app, ["status", str(path)])
+        assert result.exit_code == 2, (path, result.output)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, lines
+        assert expected in lines[0]
+
+
+def test_watch_on_a_finished_run_prints_once_and_returns(history: Path) -> None:
+    result = runner.invoke(app, ["status", str(history), "--watch", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1
+    assert json.loads(lines[0])["run"]["status"] == "error"
+
+
+def test_watch_follows_a_live_run_until_it_ends(tmp_path: Path) -> None:
+    db = tmp_path / "live.db"
+    release = threading.Event()
+
+    def worker(task: TaskDef, q: TaskQueue) -> None:
+        q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))
+        release.wait(30)
+
+    tasks = [TaskDef(i, f"w-{i}") for i in range(1, 4)]
+    thread = threading.Thread(
+        target=run_pipeline,
+        args=(tasks, db),
+        kwargs={"worker_fn": worker, "workers": 3, "progress": False, "handle_signals": False},
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if db.exists() and as_json([str(db)])["tasks"]:
+                break
+            time.sleep(0.05)
+        timer = threading.Timer(1.0, release.set)
+        timer.start()
+        result = runner.invoke(
+            app, ["status", str(db), "--watch", "--interval", "0.05", "--format", "json"]
+        )
+        timer.join()
+    finally:
+        release.set()
+        thread.join(30)
+    assert result.exit_code == 0, result.output
+    snapshots = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert snapshots[0]["run"]["status"] == "running"
+    assert snapshots[-1]["run"]["status"] == "done"
+    assert snapshots[-1]["run"]["counts"] == {"done": 3}
