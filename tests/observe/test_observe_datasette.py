@@ -10,7 +10,7 @@ from datasette.app import Datasette
 
 from pipeloom.errors import DatabaseError
 from pipeloom_observe.app import build_datasette, exposure_warning
-from pipeloom_observe.metadata import DASHBOARD, QUERIES
+from pipeloom_observe.metadata import DASHBOARD, QUERIES, MetadataError, load_metadata
 from tests.observe._observe_support import (
     ERROR_LINE,
     FAILED_TASK,
@@ -174,6 +174,39 @@ async def test_extra_metadata_is_merged_over_the_defaults(run_db: Path) -> None:
     assert "Warehouse loads" in home
     assert len(await rows(ds, "/nightly/errors_only.json?_shape=array")) == 8
     assert len(await rows(ds, "/nightly/failures.json?_shape=array")) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        (
+            "extra.yml",
+            "title: Warehouse loads\ndatabases:\n  nightly:\n    description: Nightly ETL\n",
+        ),
+        (
+            "extra.json",
+            '{"title": "Warehouse loads",'
+            ' "databases": {"nightly": {"description": "Nightly ETL"}}}',
+        ),
+    ],
+)
+async def test_metadata_files_load_as_yaml_or_json(
+    tmp_path: Path, run_db: Path, name: str, text: str
+) -> None:
+    extra = tmp_path / name
+    extra.write_text(text)
+    ds = await started(run_db, load_metadata(extra))
+    assert "Warehouse loads" in (await ds.client.get("/")).text
+    assert "Nightly ETL" in (await ds.client.get("/nightly")).text
+
+
+def test_unreadable_metadata_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(MetadataError, match="cannot read metadata"):
+        load_metadata(tmp_path / "missing.yml")
+    broken = tmp_path / "broken.yml"
+    broken.write_text("title: [unclosed\n")
+    with pytest.raises(MetadataError, match="not valid YAML"):
+        load_metadata(broken)
 
 
 async def test_a_sqlite_file_without_pipeloom_tables_opens_with_a_note(tmp_path: Path) -> None:
