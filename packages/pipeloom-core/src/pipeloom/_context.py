@@ -136,4 +136,5 @@ class Context:
             self.cancelled.set()
 
     def __repr__(self) -> str:
+        """Name the task and attempt, which is what a traceback reader needs."""
         return f"Context(task_id={self.task_id}, key={self.key!r}, attempt={self.attempt})"

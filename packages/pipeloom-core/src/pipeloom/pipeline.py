@@ -221,7 +221,6 @@ class _Previous:
     def __init__(self, conn: sqlite3.Connection, run_id: int) -> None:
         self.conn = conn
         self.run_id = run_id
-        self.skipped = 0
 
     def done_in(self, key: str) -> int | None:
         """Return the run that finished ``key`` (None when it must run again)."""
@@ -238,7 +237,6 @@ class _Previous:
             return None
         if not rows:
             return None
-        self.skipped += 1
         status, result = rows[0]
         if status == "skipped":
             return _pointer(result) or self.run_id
@@ -305,8 +303,9 @@ def _open_previous(db: str | Path, name: str, resume: bool | int | str) -> _Prev
         found = conn.execute("SELECT name FROM pipeline_runs WHERE id = ?", (resume,)).fetchall()
         if not found:
             last = conn.execute("SELECT max(id) FROM pipeline_runs").fetchone()[0]
+            known = f"runs go up to {last}" if last is not None else "it holds no runs yet"
             raise PipelineError(
-                f"{path}: has no run {resume} to resume (runs go up to {last}); "
+                f"{path}: has no run {resume} to resume ({known}); "
                 f"`pipeloom status {path}` lists them, or pass resume=True for the latest"
             )
         if found[0][0] != name:
