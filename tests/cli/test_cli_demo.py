@@ -162,7 +162,6 @@ def test_out_of_range_options_are_usage_errors(tmp_path: Path, args: list[str]) 
 
 
 def test_a_file_with_the_seed_layout_is_upgraded_before_the_demo(tmp_path: Path) -> None:
-    pytest.importorskip("pipeloom_observe.migrations")
     db = tmp_path / "seed.db"
     make_seed_layout(db)
     result = runner.invoke(app, ["demo", "--db", str(db), "-n", "2", *FAST])

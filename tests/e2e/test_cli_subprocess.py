@@ -57,7 +57,7 @@ def test_run_a_file_target_with_an_arg(tmp_path: Path) -> None:
 
     bad = pipeloom("run", "pipelines/etl.py:main", "--arg", "n=four", cwd=tmp_path)
     assert bad.returncode == 2
-    assert "--arg n=four: 'four' is not a int" in one_error_line(bad)
+    assert "--arg n=four: 'four' is not a valid int" in one_error_line(bad)
 
 
 USER_ERRORS: list[tuple[list[str], str]] = [

@@ -6,7 +6,6 @@ back); the CLI is the place where upgrading in place is expected, so it does it 
 
 from __future__ import annotations
 
-import importlib
 import logging
 import shlex
 import sqlite3
@@ -55,20 +54,20 @@ def prepare_for_write(db: Path) -> None:
     Raises:
         UsageError: the path is a directory, its folder is missing, the file is not SQLite,
             or the upgrade failed.
+        DatabaseError: the file was written by a newer pipeloom (from the migrations).
     """
     _check_is_sqlite(db)
     if not db.exists() or db.stat().st_size == 0:
         return
+    # Imported here: sqlite-utils is only needed when there is a file to upgrade.
+    from pipeloom_observe.migrations import upgrade
+
     try:
-        # Imported by name until pipeloom_observe.migrations lands (issue: migrations).
-        migrations = importlib.import_module("pipeloom_observe.migrations")
-    except ImportError as exc:
-        log.info("%s: not upgraded, pipeloom_observe.migrations is unavailable (%s)", db, exc)
-        return
-    try:
-        migrations.upgrade(db)
+        applied = upgrade(db)
     except sqlite3.DatabaseError as exc:
         raise UsageError(
             f"{db}: cannot upgrade it to the current schema ({exc}); "
             f"see `pipeloom db info {shlex.quote(str(db))}`"
         ) from exc
+    if applied:
+        log.info("%s: upgraded in place (%s)", db, ", ".join(applied))

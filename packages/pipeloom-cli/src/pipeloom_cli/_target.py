@@ -213,7 +213,7 @@ def _coerce(key: str, value: str, hint: Any, label: str) -> Any:
         name = getattr(hint, "__name__", str(hint))
         example = {"bool": "true", "int": "4", "float": "0.5"}.get(name, "VALUE")
         raise UsageError(
-            f"--arg {key}={value}: {value!r} is not a {name} (parameter {key}: {name} of "
+            f"--arg {key}={value}: {value!r} is not a valid {name} (parameter {key}: {name} of "
             f"{label}); pass e.g. --arg {key}={example}"
         ) from None
     if hint not in (str, inspect.Parameter.empty, Any):
