@@ -36,6 +36,8 @@ SETTINGS: Final[dict[str, Any]] = {
     "sql_time_limit_ms": 3_000,
     "facet_time_limit_ms": 500,
     "max_returned_rows": 1_000,
+    # Suggesting facets probes every column; on 500k tasks that is 1.5 s of a 1.7 s page.
+    "suggest_facets": False,
     # A copy taken while a pipeline writes would miss the WAL's rows; use the file itself.
     "allow_download": False,
 }
