@@ -135,10 +135,16 @@ async def test_no_write_or_upload_plugin_is_installed(run_db: Path) -> None:
     assert not [name for name in plugins if any(word in name for word in risky)]
 
 
-async def test_a_time_limit_is_set(run_db: Path) -> None:
+async def test_a_runaway_query_is_stopped_by_the_time_limit(run_db: Path) -> None:
     ds = await started(run_db)
     settings = (await ds.client.get("/-/settings.json")).json()
     assert 0 < settings["sql_time_limit_ms"] <= 5_000
+    endless = (
+        "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT COUNT(*) FROM n"
+    )
+    response = await ds.client.get("/nightly.json", params={"sql": endless})
+    assert response.status_code == 400
+    assert "took too long" in response.text
 
 
 async def test_browsing_never_writes_to_the_file(tmp_path: Path, run_db: Path) -> None:
