@@ -1,3 +1,4 @@
+import asyncio
 import json
 import logging
 import sqlite3
@@ -292,3 +293,33 @@ def test_fail_fast_cancels_the_rest(tmp_path: Path) -> None:
 def test_pipeline_is_marked_for_the_cli() -> None:
     assert Pipeline.__pipeloom_pipeline__ is True
     assert getattr(Pipeline("p"), "__pipeloom_pipeline__", False) is True
+
+
+def test_async_tasks_run_on_their_own_event_loop(tmp_path: Path) -> None:
+    pipe = Pipeline("aio", db=tmp_path / "a.db", workers=2)
+
+    @pipe.task(retries=1, backoff=0.001)
+    async def fetch(ctx: Context, n: int) -> int:
+        await asyncio.sleep(0)
+        if n == 2 and ctx.attempt == 1:
+            raise ConnectionError("first try fails")
+        return n * 3
+
+    pipe.map(fetch, [1, 2])
+    assert pipe.run(progress=False).ok
+    assert rows(tmp_path / "a.db", "SELECT result, attempt FROM task_runs ORDER BY task_id") == [
+        ("3", 1),
+        ("6", 2),
+    ]
+
+
+def test_a_generator_read_by_an_earlier_run_is_flagged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pipe = Pipeline("gen", db=tmp_path / "g.db")
+    pipe.map(pipe.task(lambda ctx, n: n, name="w"), (n for n in range(3)))
+    assert pipe.run(progress=False).counts == {"done": 3}
+    logging.getLogger("pipeloom").propagate = True
+    with caplog.at_level(logging.WARNING, logger="pipeloom.pipeline"):
+        assert pipe.run(progress=False).counts == {}
+    assert "an iterator an earlier run already read" in caplog.text

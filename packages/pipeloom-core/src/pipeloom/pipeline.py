@@ -20,9 +20,11 @@ a run skips the keys that run finished, so only the failed and the new work runs
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import hashlib
+import inspect
 import json
 import logging
 import random
@@ -114,11 +116,13 @@ class Task(Generic[T, R]):
         return self.fn(ctx, item)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Stage:
     task: Task[Any, Any]
     items: Iterable[Any]
     key: Callable[[Any], object] | None
+    used: bool = False
+    """An earlier run read the items (matters for generators, which can be read once)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,8 +405,13 @@ class _Runner:
                 handled=self.pipe.handlers,
                 logger=self.logger,
             )
+            call = (
+                functools.partial(_run_coroutine, spec.fn, ctx, job.item)
+                if inspect.iscoroutinefunction(spec.fn)
+                else functools.partial(spec.fn, ctx, job.item)
+            )
             outcome = run_attempt(
-                functools.partial(spec.fn, ctx, job.item),
+                call,
                 timeout=spec.timeout,
                 on_timeout=ctx._abandon,
                 thread_name=f"pipeloom-task-{task.task_id}-{attempt}",
@@ -462,6 +471,7 @@ class _Runner:
     ) -> None:
         if outcome.thread is not None:
             with self.abandoned_lock:
+                self.abandoned = [t for t in self.abandoned if t.is_alive()]
                 self.abandoned.append(outcome.thread)
             log.warning(
                 "task %s: attempt %d timed out after %g s; its thread cannot be killed and is "
@@ -781,6 +791,15 @@ class Pipeline:
             raise PipelineError(
                 f"pipeline {self.name!r} has no work: call pipe.map(task, items) before run()"
             )
+        for stage in self._stages:
+            if stage.used and iter(stage.items) is stage.items:
+                log.warning(
+                    "pipeline %s: the items of %s are an iterator an earlier run already read, "
+                    "so they may yield nothing now; pass a list, or call pipe.map() again",
+                    self.name,
+                    stage.task.name,
+                )
+            stage.used = True
         db_path = self.db if db is None else db
         previous = _open_previous(db_path, self.name, resume)
         params = dict(self.params)
@@ -811,6 +830,11 @@ class Pipeline:
             "abandoned_threads": still_running,
         }
         return dataclasses.replace(result, extra={**result.extra, **extra})
+
+
+def _run_coroutine(fn: Callable[[Context, Any], Any], ctx: Context, item: Any) -> Any:
+    """Run an ``async def`` task on an event loop of its own, in the attempt's thread."""
+    return asyncio.run(fn(ctx, item))
 
 
 def _same_definition(old: Callable[..., Any], new: Callable[..., Any]) -> bool:
