@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+import select
 import shutil
 import subprocess
 import sys
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.observe._observe_support import ERROR_LINE, free_port, make_run_db
+from tests.observe._observe_support import ERROR_LINE, make_run_db
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -52,18 +54,31 @@ def wait_until_up(url: str, server: subprocess.Popen[str], timeout: float = 30.0
     pytest.fail(f"pipeloom observe did not answer on {url} within {timeout} s")
 
 
+def announced_url(server: subprocess.Popen[str], timeout: float = 30.0) -> str:
+    """Read the address the server prints once it has bound its port (port 0: any free one)."""
+    assert server.stdout is not None
+    ready, _, _ = select.select([server.stdout], [], [], timeout)
+    if not ready:
+        pytest.fail(f"pipeloom observe printed nothing within {timeout} s")
+    line = server.stdout.readline()
+    match = re.search(r"at (http://127\.0\.0\.1:\d+)/", line)
+    if match is None:
+        out, err = server.communicate(timeout=10)
+        pytest.fail(f"unexpected first line {line!r}: {out}{err}")
+    return match.group(1)
+
+
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     db = make_run_db(tmp_path / "nightly.db")
-    port = free_port()
     server = subprocess.Popen(
-        [*pipeloom_command(), "observe", str(db), "--port", str(port), "--no-open"],
+        [*pipeloom_command(), "observe", str(db), "--port", "0", "--no-open"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    base = f"http://127.0.0.1:{port}"
     try:
+        base = announced_url(server)
         wait_until_up(f"{base}/", server)
         yield base, server
     finally:
@@ -103,11 +118,11 @@ def test_a_run_and_its_failed_task_show_in_a_real_browser(
     assert (tmp_path / "dashboard.png").stat().st_size > 0
 
 
-def test_the_server_says_where_it_listens_and_stays_quiet_on_loopback(
+def test_a_loopback_server_prints_no_exposure_warning(
     served: tuple[str, subprocess.Popen[str]],
 ) -> None:
     base, server = served
+    assert base.startswith("http://127.0.0.1:")
     server.terminate()
-    out, err = server.communicate(timeout=10)
-    assert f"at {base}/" in out
+    _out, err = server.communicate(timeout=10)
     assert "warning" not in err.lower()

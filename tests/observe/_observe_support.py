@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import socket
 import sqlite3
 from pathlib import Path
 from typing import Any, Final
@@ -119,12 +118,6 @@ def make_seed_db(path: Path, rows: int = 100) -> list[tuple[Any, ...]]:
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def normalised_schema(conn: sqlite3.Connection) -> dict[str, Any]:
