@@ -145,7 +145,9 @@ def serve(
             print(warning, file=sys.stderr, flush=True)
     # Binding here, before uvicorn starts, turns "address in use" into one clear error.
     sock = _bind(host, port)
-    shown_host = f"[{host}]" if ":" in host else host
+    # A wildcard address is where the server listens, not somewhere a browser can go.
+    reachable = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    shown_host = f"[{reachable}]" if ":" in reachable else reachable
     url = f"http://{shown_host}:{sock.getsockname()[1]}/"
     print(f"pipeloom observe: browsing {path} at {url} (Ctrl-C to stop)", flush=True)
     if open_browser:
