@@ -8,8 +8,11 @@ the thread is left to finish on its own.
 
 from __future__ import annotations
 
+import faulthandler
+import logging
 import random
-import sys
+import re
+import tempfile
 import threading
 import traceback
 from collections.abc import Callable
@@ -17,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["Outcome", "TaskTimeoutError", "backoff_delay", "run_attempt"]
+
+log = logging.getLogger("pipeloom.pipeline")
 
 _MAX_EXPONENT = 30
 """2**30 times any sensible base is far past any cap; stops float overflow on huge retries."""
@@ -91,14 +96,16 @@ def run_attempt(
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
+        stack = _stack_of(thread)  # before cancelling: a cooperative task then unwinds
         on_timeout()
         timed_out = TaskTimeoutError(
             f"did not finish within {timeout:g} s; its thread was abandoned (threads cannot "
             "be killed) and keeps running until the function returns"
         )
-        return Outcome(
-            "timeout", exc=timed_out, error_text=_stuck_at(timed_out, thread), thread=thread
-        )
+        text = f"{type(timed_out).__name__}: {timed_out}\n"
+        if stack:
+            text += f"\nWhere the attempt's thread was when it was abandoned:\n{stack}"
+        return Outcome("timeout", exc=timed_out, error_text=text, thread=thread)
     if "exc" in box:
         caught: BaseException = box["exc"]
         if not isinstance(caught, Exception):
@@ -111,11 +118,22 @@ def _format(exc: BaseException) -> str:
     return "".join(traceback.format_exception(exc))
 
 
-def _stuck_at(exc: TaskTimeoutError, thread: threading.Thread) -> str:
-    """Say where the abandoned thread was, which is what a user needs to fix a hang."""
-    text = f"{type(exc).__name__}: {exc}\n"
-    frame = sys._current_frames().get(thread.ident or -1)
-    if frame is None:
-        return text
-    stack = "".join(traceback.format_stack(frame))
-    return f"{text}\nThe attempt's thread was here when it was abandoned:\n{stack}"
+def _stack_of(thread: threading.Thread) -> str | None:
+    """Say where ``thread`` is now, which is what a user needs to fix a hang.
+
+    Walking another thread's frames from Python (``sys._current_frames`` and ``traceback``)
+    crashed CPython 3.11 here when that thread unwound during the walk. faulthandler reads
+    every thread's frames in C without releasing the GIL, so none of them can move meanwhile.
+    """
+    if thread.ident is None:
+        return None
+    try:
+        with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as dump:
+            faulthandler.dump_traceback(dump, all_threads=True)
+            dump.seek(0)
+            text = dump.read()
+    except (OSError, ValueError) as exc:
+        log.debug("could not capture the stack of %s: %s", thread.name, exc)
+        return None
+    found = re.search(rf"^Thread 0x0*{thread.ident:x} .*?(?=^\S|\Z)", text, re.M | re.S)
+    return found.group(0).rstrip() + "\n" if found else None
