@@ -190,7 +190,9 @@ def test_watch_follows_a_live_run_until_it_ends(tmp_path: Path) -> None:
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if db.exists() and as_json([str(db)])["tasks"]:
+            # The file exists a moment before its tables do: poll until a task shows.
+            polled = runner.invoke(app, ["status", str(db), "--format", "json"])
+            if polled.exit_code == 0 and json.loads(polled.stdout)["tasks"]:
                 break
             time.sleep(0.05)
         timer = threading.Timer(1.0, release.set)

@@ -273,7 +273,10 @@ def render_summary(
     hint: str | None = None,
 ) -> Table:
     """Build the end-of-run summary table (statuses, elapsed, throughput, where it is)."""
-    table = Table(title=f"pipeloom run {run_id}" if run_id is not None else "pipeloom run")
+    table = Table(
+        title=f"pipeloom run {run_id}" if run_id is not None else "pipeloom run",
+        show_header=False,
+    )
     table.add_column("", style="bold")
     table.add_column("", justify="right")
     styles = {"done": "green", "error": "red", "timeout": "red", "cancelled": "yellow"}
