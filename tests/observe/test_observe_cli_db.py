@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import sqlite3
 from pathlib import Path
 
@@ -114,3 +115,13 @@ def test_observe_refuses_metadata_that_is_not_a_mapping(tmp_path: Path, run_db: 
     result = runner.invoke(app, ["observe", str(path), "--no-open", "--metadata", str(extra)])
     assert result.exit_code == 2
     assert "must be a mapping" in one_error_line(result.output)
+
+
+def test_observe_on_a_port_in_use_is_one_line(run_db: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = runner.invoke(app, ["observe", str(run_db), "--port", str(port), "--no-open"])
+    assert result.exit_code == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in one_error_line(result.output)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pipeloom.errors import DatabaseError, PipeloomError
+from pipeloom_cli._errors import user_errors
 
 if TYPE_CHECKING:
     from pipeloom_observe.info import DatabaseInfo
@@ -17,12 +17,6 @@ app = typer.Typer(help="Inspect and upgrade a run database.", no_args_is_help=Tr
 DbArg = Annotated[Path, typer.Argument(help="The run database file.", show_default=False)]
 
 
-def _fail(exc: PipeloomError) -> typer.Exit:
-    """Print one line for a pipeloom error; a bad file is the user's input (exit 2)."""
-    typer.echo(f"Error: {exc}", err=True)
-    return typer.Exit(2 if isinstance(exc, DatabaseError) else 1)
-
-
 @app.command("upgrade")
 def upgrade(db: DbArg) -> None:
     """Bring a run database's schema up to date in place, keeping every row."""
@@ -30,11 +24,9 @@ def upgrade(db: DbArg) -> None:
     from pipeloom_observe.info import database_info
     from pipeloom_observe.migrations import upgrade as apply_migrations
 
-    try:
+    with user_errors():
         applied = apply_migrations(db)
         info = database_info(db)
-    except PipeloomError as exc:
-        raise _fail(exc) from exc
     for name in applied:
         typer.echo(f"applied {name}")
     state = "upgraded to" if applied else "already at"
@@ -82,9 +74,7 @@ def info(db: DbArg) -> None:
     """Show a run database's migrations, runs, task counts, size and journal mode."""
     from pipeloom_observe.info import database_info
 
-    try:
+    with user_errors():
         described = database_info(db)
-    except PipeloomError as exc:
-        raise _fail(exc) from exc
     for line in _describe(described):
         typer.echo(line)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pipeloom.errors import DatabaseError, PipeloomError
+from pipeloom_cli._errors import UsageError, user_errors
 
 
 def observe(
@@ -32,10 +32,9 @@ def observe(
     from pipeloom_observe.app import serve
     from pipeloom_observe.metadata import MetadataError, load_metadata
 
-    try:
-        extra = load_metadata(metadata) if metadata is not None else None
+    with user_errors():
+        try:
+            extra = load_metadata(metadata) if metadata is not None else None
+        except MetadataError as exc:
+            raise UsageError(str(exc)) from exc
         serve(db, host=host, port=port, open_browser=open_browser, metadata_extra=extra)
-    except PipeloomError as exc:
-        typer.echo(f"Error: {exc}", err=True)
-        usage = isinstance(exc, DatabaseError | MetadataError)
-        raise typer.Exit(2 if usage else 1) from exc
