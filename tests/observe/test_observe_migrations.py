@@ -5,6 +5,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlite_utils import Database
 
 from pipeloom import SchemaOutdatedError, TaskDef, connect, init_schema, run_pipeline
@@ -220,3 +222,40 @@ def test_a_failed_upgrade_changes_nothing(tmp_path: Path) -> None:
         upgrade(path)
     assert schema_of(path) == before
     assert pending(path) == ALL
+
+
+seed_rows = st.lists(
+    st.tuples(
+        st.text(min_size=1, max_size=20),
+        st.sampled_from(["queued", "running", "done", "error", "cancelled", "weird-status"]),
+        st.floats(min_value=0.0, max_value=1.0, allow_nan=False),
+        st.none() | st.text(max_size=30),
+        st.none() | st.text(max_size=30),
+        st.none() | st.text(max_size=30),
+        st.none() | st.text(max_size=30),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=seed_rows, first_id=st.integers(min_value=0, max_value=10**6))
+def test_any_seed_content_survives_the_upgrade(
+    rows: list[tuple[object, ...]], first_id: int
+) -> None:
+    db = Database(memory=True)
+    migrations.apply(db, stop_before=ALL[1])
+    written = [(first_id + 7 * i, *row) for i, row in enumerate(rows)]
+    db.conn.executemany("INSERT INTO task_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)", written)
+    db.conn.commit()
+
+    migrations.apply(db)
+
+    kept = db.execute(
+        "SELECT task_id, name, status, progress, message, started_at, finished_at, result "
+        "FROM task_runs ORDER BY task_id"
+    ).fetchall()
+    assert kept == written
+    runs = db.execute("SELECT COUNT(*), COALESCE(SUM(tasks_total), 0) FROM pipeline_runs")
+    assert runs.fetchone() == ((1 if rows else 0), len(rows))
+    assert normalised_schema(db.conn) == core_schema()
