@@ -144,6 +144,8 @@ def _dashboard(db_name: str) -> dict[str, Any]:
     return {
         "title": "pipeloom run history",
         "description": "Throughput and outcomes across every run in this file.",
+        # Redraw every minute, so the dashboard follows a run in progress.
+        "settings": {"autorefresh": 1, "allow_fullscreen": True},
         "charts": {
             "tasks-per-minute": {
                 "title": "Tasks finished per minute",
