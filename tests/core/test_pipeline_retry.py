@@ -176,3 +176,36 @@ def test_timeout_without_expiry_returns_the_value(tmp_path: Path) -> None:
         ("2",),
         ("4",),
     ]
+
+
+@pytest.mark.timeout(60)
+def test_a_stopping_run_ends_a_retry_wait(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    first_failed = threading.Event()
+    pipe = Pipeline("stop", db=db, workers=2, fail_fast=True)
+
+    @pipe.task(retries=3, backoff=30)
+    def flaky(ctx: Context, n: int) -> None:
+        first_failed.set()
+        raise ConnectionError("try again later")
+
+    @pipe.task
+    def broken(ctx: Context, n: int) -> None:
+        first_failed.wait(30)
+        raise ValueError("bad input")
+
+    pipe.map(flaky, [1])
+    pipe.map(broken, [1])
+    result = pipe.run(progress=False)
+
+    assert result.status == "error"
+    assert rows(db, "SELECT name, status, attempt, message FROM task_runs ORDER BY task_id") == [
+        (
+            "flaky:1",
+            "error",
+            1,
+            "ConnectionError: try again later (not retried: the run is stopping)",
+        ),
+        ("broken:1", "error", 1, "ValueError: bad input"),
+    ]
+    assert rows(db, "SELECT count(*) FROM task_attempts") == [(0,)]

@@ -80,12 +80,14 @@ class RunResult:
 class TaskQueue:
     """The queue handed to a worker: forwards to the writer and notes the task's finish."""
 
-    __slots__ = ("_put", "finished_ids")
+    __slots__ = ("_put", "finished_ids", "stopping")
 
-    def __init__(self, q: MessageQueue) -> None:
+    def __init__(self, q: MessageQueue, stopping: threading.Event | None = None) -> None:
         """Wrap the shared message queue for one worker thread."""
         self._put = q.put
         self.finished_ids: set[int] = set()
+        self.stopping = stopping if stopping is not None else threading.Event()
+        """Set once the run stops admitting tasks (Ctrl-C, fail_fast): retries should end."""
 
     def put(self, msg: Any, block: bool = True, timeout: float | None = None) -> None:
         """Send ``msg`` to the writer (pausing if it is behind)."""
@@ -159,7 +161,7 @@ class _Run:
                 return _DONE
 
     def loop(self) -> None:
-        q = TaskQueue(self.q)
+        q = TaskQueue(self.q, self.stop)
         ident = threading.get_ident()
         while True:
             task = self.next_task()

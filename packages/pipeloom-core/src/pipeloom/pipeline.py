@@ -429,7 +429,14 @@ class _Runner:
                 )
                 return
             self._note_failure(task, spec, attempt, outcome)
-            if self._should_retry(spec, attempt, outcome):
+            retry = self._should_retry(spec, attempt, outcome)
+            stopped = q.stopping.is_set()
+            if retry and not stopped:
+                with self.rng_lock:
+                    delay = backoff_delay(attempt, spec.backoff, spec.max_backoff, self.rng)
+                # Ctrl-C or fail_fast during the wait ends it: this failure becomes final.
+                stopped = q.stopping.wait(delay)
+            if retry and not stopped:
                 q.put(
                     MsgTaskAttempt(
                         task.task_id,
@@ -442,13 +449,12 @@ class _Runner:
                 last_total = ctx._last_total
                 if last_total is not None:  # the live bar starts over for the new attempt
                     q.put(MsgTaskProgress(task.task_id, 0, last_total))
-                with self.rng_lock:
-                    delay = backoff_delay(attempt, spec.backoff, spec.max_backoff, self.rng)
-                time.sleep(delay)
                 attempt += 1
                 continue
             assert outcome.exc is not None
             summary = _summary(outcome.exc)
+            if retry:
+                summary = f"{summary[: _SUMMARY_CHARS - 40]} (not retried: the run is stopping)"
             q.put(
                 MsgTaskFinished(
                     task.task_id,
