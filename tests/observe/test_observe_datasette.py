@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -52,6 +53,16 @@ async def test_pages_answer(run_db: Path, page: str) -> None:
     ds = await started(run_db)
     response = await ds.client.get(page)
     assert response.status_code == 200
+
+
+async def test_the_home_page_links_to_the_first_questions(run_db: Path) -> None:
+    ds = await started(run_db)
+    home = (await ds.client.get("/")).text
+    targets = re.findall(r'<a href="(/nightly/[a-z_]+|/-/dashboards/[a-z-]+)">', home)
+    assert {f"/nightly/{name}" for name in QUERIES} <= set(targets)
+    assert f"/-/dashboards/{DASHBOARD}" in targets
+    for target in targets:
+        assert (await ds.client.get(target)).status_code == 200, target
 
 
 async def test_latest_run_summarises_the_newest_run(run_db: Path) -> None:
@@ -175,9 +186,11 @@ async def test_extra_metadata_is_merged_over_the_defaults(run_db: Path) -> None:
         "title": "Warehouse loads",
         "databases": {"nightly": {"queries": {"errors_only": "SELECT error FROM task_runs"}}},
     }
+    extra["description"] = "Loads into the warehouse, one run per night."
     ds = await started(run_db, extra)
     home = (await ds.client.get("/")).text
     assert "Warehouse loads" in home
+    assert "Loads into the warehouse, one run per night." in home
     assert len(await rows(ds, "/nightly/errors_only.json?_shape=array")) == 8
     assert len(await rows(ds, "/nightly/failures.json?_shape=array")) == 1
 

@@ -85,6 +85,9 @@ def build_datasette(
         conn.close()
     metadata = default_metadata(path.stem, kind, path.name)
     if metadata_extra:
+        if "description" in metadata_extra and "description_html" not in metadata_extra:
+            # Datasette shows description_html first; the user's own text must win.
+            metadata.pop("description_html", None)
         metadata = merge_metadata(metadata, metadata_extra)
     return Datasette(files=[str(path)], metadata=metadata, settings=dict(SETTINGS))
 

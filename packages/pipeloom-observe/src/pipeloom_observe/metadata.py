@@ -8,11 +8,13 @@ Datasette gives the database; a fixed key would silently not apply to other file
 from __future__ import annotations
 
 import copy
+import html
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
 import yaml
+from datasette.utils import tilde_encode
 
 from pipeloom.errors import PipeloomError
 from pipeloom_observe._sqlite import Layout
@@ -232,7 +234,23 @@ def default_metadata(db_name: str, kind: Layout = "current", file_name: str = ""
         database["tables"] = copy.deepcopy(_TABLES)
         database["queries"] = copy.deepcopy(QUERIES)
         metadata["plugins"] = {"datasette-dashboards": {DASHBOARD: _dashboard(db_name)}}
+        metadata["description_html"] = _start_here(db_name, metadata["description"])
     return metadata
+
+
+def _start_here(db_name: str, description: str) -> str:
+    """Link the home page to the questions people ask first."""
+    route = "/" + tilde_encode(db_name)
+    links = [
+        f'<a href="{route}/{name}">{html.escape(query["title"].lower())}</a>'
+        for name, query in QUERIES.items()
+    ]
+    links.append(f'<a href="{route}/pipeline_runs">all runs</a>')
+    links.append(f'<a href="/-/dashboards/{DASHBOARD}">the dashboard</a>')
+    return (
+        f"<p>{html.escape(description)}</p>"
+        f"<p>Start with: {', '.join(links[:-1])} or {links[-1]}.</p>"
+    )
 
 
 def merge_metadata(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
