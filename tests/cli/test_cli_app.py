@@ -68,3 +68,11 @@ def test_shell_completion_script_is_available() -> None:
 def test_unknown_command_and_option_are_usage_errors() -> None:
     assert runner.invoke(app, ["explode"]).exit_code == 2
     assert runner.invoke(app, ["demo", "--explode"]).exit_code == 2
+
+
+def test_click_usage_errors_end_in_one_plain_error_line() -> None:
+    result = runner.invoke(app, ["demo", "-w", "0"])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("Error: Invalid value for '--workers' / '-w'")
+    assert "╭" not in result.stderr

@@ -16,6 +16,8 @@ app = typer.Typer(
     # User errors are reported as one line by each command; anything else is a bug,
     # and a plain traceback is the most useful thing to paste into an issue.
     pretty_exceptions_enable=False,
+    # Plain Click errors: "Error: ..." on one line, like the commands' own, with no boxes.
+    rich_markup_mode=None,
 )
 
 

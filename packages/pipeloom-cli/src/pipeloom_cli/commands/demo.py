@@ -88,6 +88,7 @@ def demo_worker(task: TaskDef, msg_q: TaskQueue) -> None:
     for step, delay in enumerate(plan.delays, start=1):
         time.sleep(delay)
         if step == plan.fail_at:
+            log.info("%s: failing on purpose at step %d (--fail-rate)", task.name, step)
             raise DemoTaskError(f"{task.name}: simulated failure at step {step} (--fail-rate)")
         rows += 100 * step
         msg_q.put(MsgTaskProgress(task.task_id, step, task.steps, f"{rows} rows"))
@@ -124,7 +125,9 @@ def demo(
     verbose: Verbose = 0,
     log_file: LogFile = None,
 ) -> None:
-    """Run a simulated pipeline with live progress, recorded in a SQLite file.
+    """Simulate a pipeline with live progress.
+
+    Every run is recorded in a SQLite file (--db).
 
     Exits 0 when every task is done, 1 when any failed, 130 after Ctrl-C.
     """

@@ -135,7 +135,10 @@ def run(
     verbose: Verbose = 0,
     log_file: LogFile = None,
 ) -> None:
-    """Run a pipeline from your code: a function or a declarative pipeline object.
+    """Run a pipeline function or object.
+
+    TARGET is package.module:function or path/to/file.py:function, or names a declarative
+    pipeline object.
 
     Exits 0 when every task is done, 1 when any failed, 2 for usage errors, 130 after Ctrl-C.
     """

@@ -226,7 +226,7 @@ def status(
     db_arg: Annotated[
         Path | None,
         typer.Argument(
-            metavar="[DB]", help="Run database (default ./pipeloom.db).", show_default=False
+            metavar="DB", help="Run database (default ./pipeloom.db).", show_default=False
         ),
     ] = None,
     db_opt: Annotated[
@@ -255,7 +255,11 @@ def status(
     ] = 1.0,
     verbose: Verbose = 0,
 ) -> None:
-    """Show the latest run's summary and tasks (failures first), read-only."""
+    """Show a run's summary and tasks.
+
+    The latest run by default, failures first; the database is opened read-only and never
+    created.
+    """
     with user_errors(verbose):
         db = _resolve_db(db_arg, db_opt)
         conn = open_history(db)
