@@ -391,83 +391,90 @@ class _Runner:
         self._run(task, job, q)
 
     def _run(self, task: TaskDef, job: _Job, q: TaskQueue) -> None:
-        spec = job.task
         attempt = 1
         while True:
             started = utc_now()
-            q.put(MsgTaskStarted(task.task_id, task.name, started, attempt=attempt, key=task.key))
-            ctx = Context(
-                task_id=task.task_id,
-                name=task.name,
-                key=task.key,
-                attempt=attempt,
-                put=q.put,
-                handled=self.pipe.handlers,
-                logger=self.logger,
-            )
-            call = (
-                functools.partial(_run_coroutine, spec.fn, ctx, job.item)
-                if inspect.iscoroutinefunction(spec.fn)
-                else functools.partial(spec.fn, ctx, job.item)
-            )
-            outcome = run_attempt(
-                call,
-                timeout=spec.timeout,
-                on_timeout=ctx._abandon,
-                thread_name=f"pipeloom-task-{task.task_id}-{attempt}",
-            )
+            outcome, ctx = self._attempt(task, job, q, attempt, started)
             if outcome.status == "done":
+                result = to_result(outcome.value)
                 q.put(
                     MsgTaskFinished(
                         task.task_id,
                         "done",
                         utc_now(),
-                        result=to_result(outcome.value),
+                        result=result,
                         attempt=attempt,
                         name=task.name,
                     )
                 )
                 return
-            self._note_failure(task, spec, attempt, outcome)
-            retry = self._should_retry(spec, attempt, outcome)
-            stopped = q.stopping.is_set()
-            if retry and not stopped:
-                with self.rng_lock:
-                    delay = backoff_delay(attempt, spec.backoff, spec.max_backoff, self.rng)
-                # Ctrl-C or fail_fast during the wait ends it: this failure becomes final.
-                stopped = q.stopping.wait(delay)
-            if retry and not stopped:
-                q.put(
-                    MsgTaskAttempt(
-                        task.task_id,
-                        attempt,
-                        outcome.status,
-                        outcome.error_text or "",
-                        started_at=started,
-                    )
-                )
+            self._note_failure(task, job.task, attempt, outcome)
+            retry = self._should_retry(job.task, attempt, outcome)
+            if retry and self._wait_to_retry(job.task, attempt, q):
+                error = outcome.error_text or ""
+                q.put(MsgTaskAttempt(task.task_id, attempt, outcome.status, error, started))
                 last_total = ctx._last_total
                 if last_total is not None:  # the live bar starts over for the new attempt
                     q.put(MsgTaskProgress(task.task_id, 0, last_total))
                 attempt += 1
                 continue
-            assert outcome.exc is not None
-            summary = _summary(outcome.exc)
-            if retry:
-                summary = f"{summary[: _SUMMARY_CHARS - 40]} (not retried: the run is stopping)"
-            q.put(
-                MsgTaskFinished(
-                    task.task_id,
-                    "timeout" if outcome.status == "timeout" else "error",
-                    utc_now(),
-                    message=summary,
-                    error=outcome.error_text,
-                    attempt=attempt,
-                    name=task.name,
-                )
-            )
-            self._maybe_stop(summary)
+            self._record_failure(task, q, attempt, outcome, retry_cut_short=retry)
             return
+
+    def _attempt(
+        self, task: TaskDef, job: _Job, q: TaskQueue, attempt: int, started: str
+    ) -> tuple[Outcome, Context]:
+        q.put(MsgTaskStarted(task.task_id, task.name, started, attempt=attempt, key=task.key))
+        ctx = Context(
+            task_id=task.task_id,
+            name=task.name,
+            key=task.key,
+            attempt=attempt,
+            put=q.put,
+            handled=self.pipe.handlers,
+            logger=self.logger,
+        )
+        fn = job.task.fn
+        call = (
+            functools.partial(_run_coroutine, fn, ctx, job.item)
+            if inspect.iscoroutinefunction(fn)
+            else functools.partial(fn, ctx, job.item)
+        )
+        outcome = run_attempt(
+            call,
+            timeout=job.task.timeout,
+            on_timeout=ctx._abandon,
+            thread_name=f"pipeloom-task-{task.task_id}-{attempt}",
+        )
+        return outcome, ctx
+
+    def _wait_to_retry(self, spec: Task[Any, Any], attempt: int, q: TaskQueue) -> bool:
+        """Wait out the backoff; False when the run started stopping (Ctrl-C, fail_fast)."""
+        if q.stopping.is_set():
+            return False
+        with self.rng_lock:
+            delay = backoff_delay(attempt, spec.backoff, spec.max_backoff, self.rng)
+        return not q.stopping.wait(delay)
+
+    def _record_failure(
+        self, task: TaskDef, q: TaskQueue, attempt: int, outcome: Outcome, retry_cut_short: bool
+    ) -> None:
+        assert outcome.exc is not None
+        summary = _summary(outcome.exc)
+        if retry_cut_short:
+            summary = f"{summary[: _SUMMARY_CHARS - 40]} (not retried: the run is stopping)"
+        q.put(
+            MsgTaskFinished(
+                task.task_id,
+                "timeout" if outcome.status == "timeout" else "error",
+                utc_now(),
+                message=summary,
+                error=outcome.error_text,
+                attempt=attempt,
+                name=task.name,
+            )
+        )
+        self._maybe_stop(summary)
 
     def _should_retry(self, spec: Task[Any, Any], attempt: int, outcome: Outcome) -> bool:
         return attempt <= spec.retries and isinstance(outcome.exc, spec.retry_on)
