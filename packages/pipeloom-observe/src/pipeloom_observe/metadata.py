@@ -206,7 +206,7 @@ def layout_note(kind: Layout, file_name: str) -> str | None:
         )
     return (
         f"{file_name} has no pipeloom tables (pipeline_runs, task_runs): it is shown as a plain "
-        "SQLite file; run a pipeline against it to record run history."
+        "SQLite file; once a pipeline has run against it, restart pipeloom observe."
     )
 
 
