@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeloom_cli.commands.demo import DemoPlan, DemoTasks
 from tests.e2e._cli_e2e_support import clean_env, pipeloom, pipeloom_command
 
 PIPELINE = """
@@ -107,25 +108,32 @@ def test_demo_then_status_json_lists_the_20_done_tasks(tmp_path: Path) -> None:
     assert sorted(t["task_id"] for t in data["tasks"]) == list(range(1, 21))
 
 
-def test_non_tty_output_has_no_escape_codes_and_ends_with_the_summary(tmp_path: Path) -> None:
+def slept_by_one_worker(n: int, delay: float, seed: int, fail_rate: float) -> float:
+    """Seconds the demo's tasks sleep in all (a lower bound on a one-worker run's length)."""
+    tasks = DemoTasks(n, steps=5, delay=delay, fail_rate=fail_rate, seed=seed)
+    total = 0.0
+    for task in tasks:
+        plan: DemoPlan = task.payload
+        total += sum(plan.delays[: plan.fail_at] if plan.fail_at else plan.delays)
+    return total
+
+
+def test_non_tty_output_has_no_escape_codes_progress_lines_and_ends_with_the_summary(
+    tmp_path: Path,
+) -> None:
+    # The plain progress line comes every 5 s: make sure the run cannot be shorter.
+    assert slept_by_one_worker(8, delay=0.25, seed=1, fail_rate=0.25) > 5.5
     proc = pipeloom(
-        "demo",
-        "--db",
-        "ci.db",
-        "-n",
-        "8",
-        "--fail-rate",
-        "0.25",
-        "--seed",
-        "1",
-        "--delay",
-        "0.01",
-        "-v",
-        cwd=tmp_path,
-    )
+        "demo", "--db", "ci.db", "-w", "1", "-n", "8", "--fail-rate", "0.25", "--seed", "1",
+        "--delay", "0.25", "-v", cwd=tmp_path,
+    )  # fmt: skip
     assert proc.returncode == 1
     assert "\x1b" not in proc.stdout + proc.stderr
     lines = proc.stdout.rstrip().splitlines()
+    assert any(
+        re.fullmatch(r"demo: \d/8 finished, \d failed, \d+\.\ds elapsed", ln) for ln in lines
+    )
+    assert "failing on purpose" in proc.stdout
     title = max(i for i, line in enumerate(lines) if "pipeloom run 1" in line)
     summary = "\n".join(lines[title:])
     assert re.search(r"done\s+│\s+6", summary)
