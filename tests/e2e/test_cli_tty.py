@@ -31,9 +31,9 @@ def tmux(tmp_path: Path) -> Iterator[list[str]]:
     subprocess.run([*base, "kill-server"], capture_output=True, check=False, timeout=30)
 
 
-def screen(tmux: list[str]) -> str:
+def screen(tmux: list[str], target: str = "demo:0") -> str:
     return subprocess.run(
-        [*tmux, "capture-pane", "-p", "-t", "demo"],
+        [*tmux, "capture-pane", "-p", "-t", target],
         capture_output=True, text=True, check=True, timeout=30,
     ).stdout  # fmt: skip
 
@@ -50,13 +50,33 @@ def test_demo_in_a_terminal_caps_task_bars_and_leaves_the_summary(
         [*tmux, "new-session", "-d", "-s", "demo", "-x", "100", "-y", "50", shell],
         env=clean_env(), check=True, timeout=30,
     )  # fmt: skip
+    watch = [
+        *pipeloom_command(),
+        "status",
+        "tty.db",
+        "--watch",
+        "--interval",
+        "0.2",
+        "--limit",
+        "3",
+    ]
+    watch_shell = (
+        f"cd {shlex.quote(str(tmp_path))} && {shlex.join(watch)}; echo WATCHED=$?; sleep 600"
+    )
     frames: list[str] = []
+    watching = False
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         frame = screen(tmux)
         frames.append(frame)
         if "EXIT=" in frame:
             break
+        if not watching and any(TASK_BAR.match(line) for line in frame.splitlines()):
+            # The run is live (its tables exist): follow it from a second window.
+            subprocess.run(
+                [*tmux, "new-window", "-d", "-t", "demo:1", watch_shell], check=True, timeout=30
+            )
+            watching = True
         time.sleep(0.05)
     final = frames[-1]
     assert "EXIT=0" in final, final
@@ -75,3 +95,10 @@ def test_demo_in_a_terminal_caps_task_bars_and_leaves_the_summary(
     assert "pipeloom run 1" in final
     assert re.search(r"done\s+│\s+30", final)
     assert "pipeloom observe tty.db" in final
+
+    assert watching
+    while time.monotonic() < deadline and "WATCHED=" not in (watched := screen(tmux, "demo:1")):
+        time.sleep(0.1)
+    assert "WATCHED=0" in watched, watched
+    assert re.search(r"status\s+done", watched)
+    assert "30/30 finished: done 30" in watched
