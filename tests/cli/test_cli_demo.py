@@ -172,3 +172,13 @@ def test_a_file_with_the_seed_layout_is_upgraded_before_the_demo(tmp_path: Path)
         assert conn.execute("SELECT count(*) FROM task_runs WHERE name = 'old'").fetchone() == (1,)
     finally:
         conn.close()
+
+
+def test_an_in_memory_demo_records_nothing_and_offers_no_browse_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["demo", "--db", ":memory:", "-n", "3", *FAST])
+    assert result.exit_code == 0, result.output
+    assert "pipeloom observe" not in result.output
+    assert list(tmp_path.iterdir()) == []

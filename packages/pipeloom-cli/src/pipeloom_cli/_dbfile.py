@@ -11,6 +11,7 @@ import shlex
 import sqlite3
 from pathlib import Path
 
+from pipeloom.db import MEMORY
 from pipeloom_cli._errors import UsageError
 
 __all__ = ["SQLITE_HEADER", "observe_hint", "prepare_for_write"]
@@ -20,12 +21,16 @@ log = logging.getLogger("pipeloom.cli")
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-def observe_hint(db: Path) -> str:
-    """Return the command that browses ``db``, ready to paste into a shell."""
+def observe_hint(db: Path | None) -> str | None:
+    """Return the command that browses ``db``, ready to paste into a shell (None: no file)."""
+    if db is None or str(db) == MEMORY:
+        return None
     return f"pipeloom observe {shlex.quote(str(db))}"
 
 
 def _check_is_sqlite(db: Path) -> None:
+    if str(db) == MEMORY:
+        return
     if db.is_dir():
         raise UsageError(
             f"{db}: is a directory, not a database file; pass a file path such as "
@@ -57,7 +62,7 @@ def prepare_for_write(db: Path) -> None:
         DatabaseError: the file was written by a newer pipeloom (from the migrations).
     """
     _check_is_sqlite(db)
-    if not db.exists() or db.stat().st_size == 0:
+    if str(db) == MEMORY or not db.exists() or db.stat().st_size == 0:
         return
     # Imported here: sqlite-utils is only needed when there is a file to upgrade.
     from pipeloom_observe.migrations import upgrade

@@ -59,7 +59,7 @@ def _run_pipeline_object(
             db=db,
             workers=workers,
             resume=resume,
-            summary_hint=observe_hint(effective) if effective is not None else None,
+            summary_hint=observe_hint(effective),
         )
     except PipelineError as exc:
         raise UsageError(str(exc)) from exc
