@@ -305,3 +305,23 @@ def test_a_declarative_pipeline_runs_and_resumes(tmp_path: Path) -> None:
     missing = runner.invoke(app, ["run", f"{target}:pipe", "--db", str(db), "--resume-run", "9"])
     assert missing.exit_code == 2
     assert "9" in missing.stderr
+
+
+def test_v_logs_the_call_and_vv_also_where_the_target_came_from(pipeline_file: Path) -> None:
+    args = [
+        "run",
+        f"{pipeline_file}:main",
+        "--arg",
+        "n=1",
+        "--arg",
+        f"db={pipeline_file.parent / 'v.db'}",
+    ]
+    quiet = runner.invoke(app, args)
+    info = runner.invoke(app, [*args, "-v"])
+    debug = runner.invoke(app, [*args, "-vv"])
+    assert quiet.exit_code == info.exit_code == debug.exit_code == 0
+    assert "calling" not in quiet.output
+    assert "INFO" in info.output and "calling" in info.output
+    assert "DEBUG" not in info.output
+    assert "DEBUG" in debug.output
+    assert "function main from" in debug.output.replace("\n", " ")

@@ -144,6 +144,8 @@ def load_target(spec_text: str) -> Target:
             choices = f"; it defines: {shown}" if known else ""
             raise UsageError(f"TARGET {spec_text!r}: {where} has no {attr!r}{choices}")
         obj = getattr(obj, part)
+    kind = "pipeline" if is_pipeline(obj) else type(obj).__name__
+    log.debug("TARGET %s: %s %s from %s", spec_text, kind, attr, getattr(module, "__file__", where))
     if not (is_pipeline(obj) or callable(obj)):
         raise UsageError(
             f"TARGET {spec_text!r}: {attr} is a {type(obj).__name__}, not a function or pipeline"
