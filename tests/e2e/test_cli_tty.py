@@ -43,7 +43,7 @@ def test_demo_in_a_terminal_caps_task_bars_and_leaves_the_summary(
 ) -> None:
     command = [
         *pipeloom_command(), "demo", "--db", "tty.db", "-n", "30", "-w", "12",
-        "--seed", "5", "--delay", "0.3",
+        "--seed", "5", "--delay", "0.3", "-v",
     ]  # fmt: skip
     shell = f"cd {shlex.quote(str(tmp_path))} && {shlex.join(command)}; echo EXIT=$?; sleep 600"
     subprocess.run(
@@ -88,6 +88,12 @@ def test_demo_in_a_terminal_caps_task_bars_and_leaves_the_summary(
     assert max(bars_per_frame) <= DEFAULT_VISIBLE_BARS
     # 12 workers and 6 bars: the rest are counted, not drawn.
     assert any(MORE.search(f) for f in live)
+    # -v log lines scroll above the display and never land inside it.
+    assert any(" INFO " in f for f in live)
+    for f in [*live, final]:
+        lines = f.splitlines()
+        (bar,) = [i for i, line in enumerate(lines) if OVERALL_BAR.search(line)]
+        assert all(i < bar for i, line in enumerate(lines) if " INFO " in line), f
 
     assert re.search(r"✓ demo .*30/30 0 failed", final)
     assert not any(TASK_BAR.match(line) for line in final.splitlines())
