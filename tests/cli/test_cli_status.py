@@ -107,9 +107,14 @@ def test_status_never_changes_or_creates_a_file(history: Path, tmp_path: Path) -
     assert result.exit_code == 2
     assert not missing.exists()
     assert result.stderr.strip().splitlines() == [
-        f"Error: {missing}: no such database file; pass the file a pipeline wrote, "
-        "e.g. `pipeloom status ./wal_demo.db` after `pipeloom demo`"
+        f"Error: {missing}: no such database file; databases in {tmp_path}: hist.db "
+        f"(e.g. `pipeloom status {tmp_path / 'hist.db'}`)"
     ]
+    elsewhere = runner.invoke(app, ["status", str(tmp_path / "sub" / "none.db")])
+    assert elsewhere.exit_code == 2
+    assert "pass the file a pipeline wrote, e.g. `pipeloom status ./wal_demo.db`" in (
+        elsewhere.stderr
+    )
 
 
 def test_a_file_without_runs_says_so(tmp_path: Path) -> None:

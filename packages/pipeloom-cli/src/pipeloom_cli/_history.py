@@ -7,6 +7,7 @@ database a pipeline is writing right now, and must never create or change a file
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import sqlite3
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,8 @@ __all__ = [
     "open_history",
     "run_tasks",
 ]
+
+log = logging.getLogger("pipeloom.cli")
 
 ACTIVE_STATUSES: Final = frozenset({"running", "queued"})
 FAILED_STATUSES: Final = ("error", "timeout", "interrupted")
@@ -124,6 +127,23 @@ class TaskInfo:
         return {**asdict(self), "elapsed": self.elapsed}
 
 
+def _suggest_databases(folder: Path) -> str:
+    """Name the .db files beside a missing one: demo writes wal_demo.db, not pipeloom.db."""
+    try:
+        found = sorted(p.name for p in folder.glob("*.db") if p.is_file())
+    except OSError as exc:
+        log.debug("cannot list %s for suggestions: %s", folder, exc)
+        found = []
+    if not found:
+        return (
+            "pass the file a pipeline wrote, e.g. `pipeloom status ./wal_demo.db` "
+            "after `pipeloom demo`"
+        )
+    example = shlex.quote(str(folder / found[0]))
+    shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+    return f"databases in {folder}: {shown} (e.g. `pipeloom status {example}`)"
+
+
 def open_history(db: Path) -> sqlite3.Connection:
     """Open ``db`` read-only and check it holds pipeloom's current run history.
 
@@ -132,10 +152,7 @@ def open_history(db: Path) -> sqlite3.Connection:
     """
     quoted = shlex.quote(str(db))
     if not db.exists():
-        raise UsageError(
-            f"{db}: no such database file; pass the file a pipeline wrote, "
-            "e.g. `pipeloom status ./wal_demo.db` after `pipeloom demo`"
-        )
+        raise UsageError(f"{db}: no such database file; {_suggest_databases(db.parent)}")
     try:
         conn = connect_readonly(db)
         version = schema_version(conn)
