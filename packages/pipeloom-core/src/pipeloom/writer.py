@@ -370,6 +370,7 @@ class SQLiteWriter(threading.Thread):
             self._close_run()
         except BaseException as exc:
             self._fail(exc)
+            self._abandon_run(exc)
         finally:
             self._close()
 
@@ -379,6 +380,60 @@ class SQLiteWriter(threading.Thread):
         fail = getattr(self.msg_q, "fail", None)
         if callable(fail):
             fail(exc)
+
+    def _abandon_run(self, exc: BaseException) -> None:
+        """Best effort: mark the run and its running tasks interrupted after a fatal error.
+
+        Without this the run would look alive (status running, our live pid) until a writer
+        in another process opens the file. On a broken connection a fresh one is tried; if
+        that fails too (a truly full disk), the next writer elsewhere does it.
+        """
+        if not self.store_task_status or self.run_id is None:
+            return
+        conn = self._conn
+        try:
+            if conn is not None and conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            conn = None  # closed or broken
+        own = conn is None
+        try:
+            if conn is None:
+                if str(self.db_path) == MEMORY:
+                    return
+                conn = connect(self.db_path, wal=self.wal, synchronous=self.synchronous)
+            now = utc_now()
+            note = _truncate(f"interrupted: the writer stopped ({exc})")
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "UPDATE task_runs SET status = 'interrupted', finished_at = ?, message = ? "
+                "WHERE run_id = ? AND status IN ('running', 'queued')",
+                (now, note, self.run_id),
+            )
+            self._store_counts(conn, self.run_id)
+            conn.execute(
+                "UPDATE pipeline_runs SET status = 'interrupted', finished_at = ?, messages = ? "
+                "WHERE id = ?",
+                (now, self.messages_applied + self.messages_dead, self.run_id),
+            )
+            conn.execute("COMMIT")
+            self.run_status = "interrupted"
+        except (sqlite3.Error, DatabaseError) as err:
+            log.warning(
+                "%s: could not mark run %s interrupted after the writer stopped (%s); "
+                "the next writer opened by another process will",
+                self.db_path,
+                self.run_id,
+                err,
+            )
+            try:
+                if conn is not None and conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error as rollback_err:
+                log.debug("rollback after failed abandon also failed: %s", rollback_err)
+        finally:
+            if own and conn is not None:
+                conn.close()
 
     def _open(self) -> None:
         conn = connect(self.db_path, wal=self.wal, synchronous=self.synchronous)
