@@ -53,6 +53,7 @@ Handler = Callable[[sqlite3.Connection, list[Any]], None]
 SchemaFn = Callable[[sqlite3.Connection], None]
 
 TERMINAL = ("done", "error", "cancelled", "timeout", "skipped", "interrupted")
+RUN_STATUSES = ("done", "error", "cancelled", "interrupted")
 DEFAULT_BATCH_SIZE = 5_000
 DEFAULT_COMMIT_INTERVAL = 0.02
 """Seconds the writer may wait for more messages before committing a small batch."""
@@ -110,6 +111,16 @@ def _payload(msg: Any) -> str:
         return _truncate(repr(msg))
     except Exception as exc:  # a user __repr__ may raise anything
         return f"<unrepresentable {type(msg).__name__}: {exc!r}>"
+
+
+def _result_text(result: Any) -> str:
+    """A task's result as text: a string as is, else JSON, else its repr (never an error)."""
+    if isinstance(result, str):
+        return _truncate(result)
+    try:
+        return _truncate(json.dumps(result))
+    except (TypeError, ValueError, RecursionError):
+        return _payload(result)
 
 
 def _progress_of(step: Any, total: Any) -> float | None:
@@ -189,10 +200,10 @@ class _Fold:
         attempt = msg.attempt if isinstance(msg.attempt, int) else 1
         if row[_STATUS] in TERMINAL and attempt <= (row[_ATTEMPT] or 1):
             return  # a late or duplicate start must not reopen a finished task
-        row[_KEY] = None if msg.key is None else str(msg.key)
-        row[_NAME] = str(msg.name)
+        row[_KEY] = None if msg.key is None else _truncate(str(msg.key))
+        row[_NAME] = _truncate(str(msg.name))
         row[_STATUS] = "running"
-        row[_STARTED] = row[_STARTED] or str(msg.started_at)
+        row[_STARTED] = row[_STARTED] or _truncate(str(msg.started_at))
         row[_FINISHED] = None
         row[_ATTEMPT] = attempt
         self.applied.started.append((task_id, row[_NAME]))
@@ -206,13 +217,10 @@ class _Fold:
         row[_STEP] = step if isinstance(step, int) else None
         row[_TOTAL] = total if isinstance(total, int) else None
         row[_PROGRESS] = _progress_of(step, total)
-        if msg.message:
-            row[_MESSAGE] = str(msg.message)
-        self.applied.progress[task_id] = (
-            row[_STEP] or 0,
-            row[_TOTAL] or 0,
-            str(msg.message or ""),
-        )
+        text = _truncate(str(msg.message)) if msg.message else ""
+        if text:
+            row[_MESSAGE] = text
+        self.applied.progress[task_id] = (row[_STEP] or 0, row[_TOTAL] or 0, text)
 
     def _finished(self, msg: MsgTaskFinished) -> None:
         task_id = self._check_id(msg.task_id)
@@ -224,14 +232,13 @@ class _Fold:
         if status not in TERMINAL:
             raise ValueError(f"status {status!r} is not one of {', '.join(TERMINAL)}")
         row[_STATUS] = status
-        row[_FINISHED] = str(msg.finished_at)
+        row[_FINISHED] = _truncate(str(msg.finished_at))
         if msg.name is not None and row[_NAME] is None:
-            row[_NAME] = str(msg.name)
+            row[_NAME] = _truncate(str(msg.name))
         if status == "done":
             row[_PROGRESS] = 1.0
         if msg.result is not None:
-            result = msg.result if isinstance(msg.result, str) else json.dumps(msg.result)
-            row[_RESULT] = _truncate(result)
+            row[_RESULT] = _result_text(msg.result)
         if msg.message:
             row[_MESSAGE] = _truncate(str(msg.message))
         if msg.error is not None:
@@ -541,7 +548,11 @@ class SQLiteWriter(threading.Thread):
             if cls is MsgTaskProgress or cls is MsgTaskStarted or cls is MsgTaskFinished:
                 lifecycle.append(msg)
             elif cls is MsgRunFinished:
-                self.run_status = str(msg.status)
+                if isinstance(msg.status, str) and msg.status in RUN_STATUSES:
+                    self.run_status = msg.status
+                else:
+                    reason = f"run status {msg.status!r} is not one of {', '.join(RUN_STATUSES)}"
+                    dead.append((msg, reason))
             else:
                 group = groups.get(cls)
                 if group is None:
