@@ -559,7 +559,10 @@ class SQLiteWriter(threading.Thread):
                     group = groups[cls] = []
                 group.append(msg)
 
-        conn.execute("BEGIN")
+        # IMMEDIATE takes the write lock up front, waiting out another process's commit
+        # (busy timeout). A deferred BEGIN whose first statement reads (a user handler's
+        # SELECT) fails at once with "database is locked" when another writer commits first.
+        conn.execute("BEGIN IMMEDIATE")
         try:
             if lifecycle:
                 self._apply_lifecycle(conn, lifecycle, fold, dead)
@@ -760,7 +763,9 @@ class SQLiteWriter(threading.Thread):
         conn = self._conn
         if conn is None or not self.store_task_status or self.run_id is None:
             return
-        conn.execute("BEGIN")
+        # IMMEDIATE: this transaction reads before it writes, and a deferred one would fail
+        # at once (SQLITE_BUSY, no busy wait) if another process committed in between.
+        conn.execute("BEGIN IMMEDIATE")
         counts = self._store_counts(conn, self.run_id)
         status = self.run_status
         if status is None:
