@@ -1,0 +1,97 @@
+"""A pipeline run in a child process, for the reliability tests to kill, interrupt or race.
+
+Usage: ``python rel_child.py MODE DB EVENTS [N]``. It runs `run_pipeline` on DB with N tasks
+and appends one line per committed event to EVENTS (``S <task_id>`` when a start was
+committed, ``F <task_id> <status>`` when a finish was), written straight to the file after
+each commit, so a test that kills this process knows what the database held. At the end it
+prints the `RunResult` as one JSON line and exits 130 if the run was cancelled or
+interrupted, 0 otherwise.
+
+Modes:
+    kill: thousands of very short tasks (the test SIGKILLs the process mid-run).
+    sigint: short sleeping tasks (the test sends one SIGINT).
+    sigint2: task ids divisible by 5 block for a minute (the test sends two SIGINTs).
+    race: short tasks, run name taken from the EVENTS file name (two processes, one file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from pipeloom import (
+    AppliedBatch,
+    MsgTaskFinished,
+    MsgTaskProgress,
+    MsgTaskStarted,
+    TaskDef,
+    TaskQueue,
+    run_pipeline,
+    utc_now,
+)
+
+
+def short_task(task: TaskDef, q: TaskQueue) -> None:
+    q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))
+    q.put(MsgTaskProgress(task.task_id, 1, 2, "half"))
+    time.sleep(0.0005)
+    q.put(MsgTaskProgress(task.task_id, 2, 2, "all"))
+    q.put(MsgTaskFinished(task.task_id, "done", utc_now(), result=str(task.task_id)))
+
+
+def sleepy_task(task: TaskDef, q: TaskQueue) -> None:
+    q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))
+    time.sleep(0.1)
+    q.put(MsgTaskFinished(task.task_id, "done", utc_now()))
+
+
+def blocking_task(task: TaskDef, q: TaskQueue) -> None:
+    q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))
+    time.sleep(60.0 if task.task_id % 5 == 0 else 0.01)
+    q.put(MsgTaskFinished(task.task_id, "done", utc_now()))
+
+
+WORKERS = {"kill": short_task, "sigint": sleepy_task, "sigint2": blocking_task, "race": short_task}
+
+
+def main() -> int:
+    mode, db, events = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    n = int(sys.argv[4]) if len(sys.argv) > 4 else 3000
+    fd = os.open(events, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def record(applied: AppliedBatch) -> None:
+        lines = [f"S {task_id}\n" for task_id, _ in applied.started]
+        lines += [f"F {task_id} {status}\n" for task_id, status in applied.finished]
+        if lines:
+            os.write(fd, "".join(lines).encode())
+
+    tasks = [TaskDef(i, f"task-{i}") for i in range(1, n + 1)]
+    result = run_pipeline(
+        tasks,
+        db,
+        worker_fn=WORKERS[mode],
+        workers=4,
+        progress=False,
+        listeners=[record],
+        run_name=events.stem,
+    )
+    print(
+        json.dumps(
+            {
+                "run_id": result.run_id,
+                "status": result.status,
+                "counts": result.counts,
+                "messages": result.messages,
+                "dead_letters": result.dead_letters,
+            }
+        ),
+        flush=True,
+    )
+    return 130 if result.status in ("cancelled", "interrupted") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

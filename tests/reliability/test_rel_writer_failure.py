@@ -1,0 +1,154 @@
+"""The writer cannot go on (database full, connection gone, any exception): no hang, no loss."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeloom import (
+    AppliedBatch,
+    MsgTaskFinished,
+    MsgTaskStarted,
+    TaskDef,
+    TaskQueue,
+    WriterFailedError,
+    run_pipeline,
+    utc_now,
+)
+from tests.reliability._support import integrity, query
+
+BIG = "x" * 4000
+
+
+def _big_result_task(task: TaskDef, q: TaskQueue) -> None:
+    q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))
+    q.put(MsgTaskFinished(task.task_id, "done", utc_now(), result=BIG))
+
+
+def _cap_pages(extra: int) -> Any:
+    """A schema hook that lets the file grow by only ``extra`` pages: a full disk in miniature."""
+
+    def schema(conn: sqlite3.Connection) -> None:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages + extra}")
+
+    return schema
+
+
+class _Committed:
+    """A listener noting which finishes each commit made durable."""
+
+    def __init__(self) -> None:
+        self.finished: dict[int, str] = {}
+
+    def __call__(self, applied: AppliedBatch) -> None:
+        self.finished.update(applied.finished)
+
+
+@pytest.mark.timeout(60)
+def test_database_full_stops_the_run_with_one_clear_error_and_keeps_commits(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "full.db"
+    committed = _Committed()
+    tasks = [TaskDef(i, f"t{i}") for i in range(1, 3001)]
+    with pytest.raises(WriterFailedError) as info:
+        run_pipeline(
+            tasks,
+            db,
+            worker_fn=_big_result_task,
+            workers=4,
+            progress=False,
+            schema=_cap_pages(60),
+            listeners=[committed],
+            batch_size=50,
+        )
+    message = str(info.value)
+    assert "full" in message, message
+    assert str(db) in message
+    assert committed.finished, "some batches fit before the cap"
+
+    assert integrity(db) == "ok"
+    stored = dict(query(db, "SELECT task_id, status FROM task_runs"))
+    assert {t: stored.get(t) for t in committed.finished} == committed.finished
+    # The failed run is closed, not left looking alive.
+    assert query(db, "SELECT status FROM pipeline_runs") == [("interrupted",)]
+    assert query(db, "SELECT count(*) FROM task_runs WHERE status = 'running'") == [(0,)]
+
+    # The file stays usable: once space is back (no cap), the next run records normally.
+    again = run_pipeline(tasks[:10], db, worker_fn=_big_result_task, progress=False)
+    assert again.counts == {"done": 10}
+    assert integrity(db) == "ok"
+
+
+@dataclass(frozen=True)
+class Poison:
+    """A user message whose handler kills the writer."""
+
+    n: int
+
+
+class WriterKiller(BaseException):
+    """Not an Exception: the writer's per-handler recovery does not catch it."""
+
+
+def _raise_base(conn: sqlite3.Connection, msgs: list[Poison]) -> None:
+    raise WriterKiller("simulated crash inside the writer thread")
+
+
+def _close_connection(conn: sqlite3.Connection, msgs: list[Poison]) -> None:
+    conn.close()
+
+
+def _raise_full(conn: sqlite3.Connection, msgs: list[Poison]) -> None:
+    conn.execute("PRAGMA max_page_count = 1")  # clamps to the current size
+    conn.execute("CREATE TABLE filler (x)")
+    conn.executemany("INSERT INTO filler VALUES (?)", [("y" * 10_000,)] * 100)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("handler", "cause"),
+    [
+        (_raise_base, "simulated crash"),
+        (_close_connection, "closed database"),
+        (_raise_full, "full"),
+    ],
+    ids=["exception-outside-handlers", "connection-closed", "database-full"],
+)
+def test_writer_death_unblocks_every_worker_behind_a_full_queue(
+    tmp_path: Path, handler: Any, cause: str
+) -> None:
+    db = tmp_path / "dies.db"
+    poison_after = 500
+    sent = threading.Event()
+
+    def worker(task: TaskDef, q: TaskQueue) -> None:
+        q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))
+        if task.task_id == poison_after:
+            q.put(Poison(task.task_id))
+            sent.set()
+        q.put(MsgTaskFinished(task.task_id, "done", utc_now()))
+
+    tasks = (TaskDef(i, f"t{i}") for i in range(1, 10_001))
+    with pytest.raises(WriterFailedError) as info:
+        run_pipeline(
+            tasks,
+            db,
+            worker_fn=worker,
+            workers=8,
+            progress=False,
+            queue_size=4,
+            handlers={Poison: handler},
+        )
+    assert sent.is_set()
+    assert cause in str(info.value), str(info.value)
+    alive = [t.name for t in threading.enumerate() if t.name.startswith("pipeloom-")]
+    assert alive == [], "every worker and the writer have stopped"
+    assert integrity(db) == "ok"
+    assert query(db, "SELECT count(*) FROM task_runs WHERE status = 'running'") in ([(0,)],)
