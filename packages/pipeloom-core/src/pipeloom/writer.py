@@ -57,6 +57,8 @@ RUN_STATUSES = ("done", "error", "cancelled", "interrupted")
 DEFAULT_BATCH_SIZE = 5_000
 DEFAULT_COMMIT_INTERVAL = 0.02
 """Seconds the writer may wait for more messages before committing a small batch."""
+_CHECKPOINT_BUSY_MS = 250
+"""How long the final WAL checkpoint waits for readers before settling for less."""
 MAX_PAYLOAD_CHARS = 100_000
 """Dead-letter payloads and error texts longer than this are cut, with a note."""
 
@@ -795,6 +797,10 @@ class SQLiteWriter(threading.Thread):
             if self.error is None:
                 conn.execute("PRAGMA optimize")
                 if self.wal and str(self.db_path) != MEMORY:
+                    # TRUNCATE waits (busy timeout, 10 s) for every reader to finish; one
+                    # open read transaction elsewhere would stall the run's end that long.
+                    # After a short wait it checkpoints what it can, like PASSIVE.
+                    conn.execute(f"PRAGMA busy_timeout = {_CHECKPOINT_BUSY_MS}")
                     wal_checkpoint(conn, "TRUNCATE")
         except sqlite3.Error as exc:
             log.warning("%s: final optimize/checkpoint failed: %s", self.db_path, exc)
