@@ -15,9 +15,7 @@ TRIALS = 3
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("trial", range(TRIALS))
-def test_two_processes_one_file_both_finish_with_distinct_runs(
-    tmp_path: Path, trial: int
-) -> None:
+def test_two_processes_one_file_both_finish_with_distinct_runs(tmp_path: Path, trial: int) -> None:
     db = tmp_path / "shared.db"  # a fresh file: both processes race to create the schema too
     events = [tmp_path / f"proc-{i}.events" for i in (1, 2)]
     children = [spawn_child("race", db, ev, TASKS) for ev in events]
