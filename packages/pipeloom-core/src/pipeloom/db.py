@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pipeloom.errors import DatabaseError
 from pipeloom.schema import check_schema, create_schema
@@ -66,7 +66,14 @@ def connect(
     Raises:
         DatabaseError: the path is a directory, its folder is missing, or the file is not
             a SQLite database.
+        ValueError: ``synchronous`` is not a level SQLite knows (it would silently use
+            NORMAL, so a typo for FULL would quietly lose power-loss durability).
     """
+    if str(synchronous).upper() not in get_args(Synchronous):
+        raise ValueError(
+            f"synchronous={synchronous!r}: use NORMAL (the default) or FULL (survives power "
+            "loss); OFF and EXTRA also work"
+        )
     _check_path(db_path)
     try:
         conn = sqlite3.connect(
