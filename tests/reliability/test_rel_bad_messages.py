@@ -229,7 +229,16 @@ def test_writer_never_crashes_and_books_balance(msgs: list[Any], batch_size: int
         ),
         (
             [MsgTaskProgress(1, 3, 4), MsgTaskProgress(1, 1, math.inf)],  # type: ignore[arg-type]
-            lambda r: r["progress"] == 0.75 or r["progress"] == 0.0,
+            lambda r: r["progress"] == 0.0,  # step / inf is 0
+        ),
+        (
+            [MsgTaskProgress(1, math.inf, 4)],  # type: ignore[arg-type]
+            lambda r: r["progress"] == 0.0 and r["step"] is None,  # not finite: unchanged
+        ),
+        # progress after a finish is ignored
+        (
+            [MsgTaskFinished(1, "done", "t"), MsgTaskProgress(1, 1, 4, "late")],
+            lambda r: r["progress"] == 1.0 and r["message"] is None,
         ),
         # finished before started: the late start does not reopen the task
         (

@@ -34,6 +34,7 @@ def test_sigkill_mid_run_keeps_committed_finishes_and_next_writer_marks_interrup
 ) -> None:
     rng = random.Random(SEED)
     outcomes: list[str] = []
+    interrupted = 0
     for trial in range(TRIALS):
         db = tmp_path / f"kill-{trial}.db"
         events = tmp_path / f"kill-{trial}.events"
@@ -64,6 +65,7 @@ def test_sigkill_mid_run_keeps_committed_finishes_and_next_writer_marks_interrup
         assert runs[run_id] == ("done" if completed else "interrupted"), f"trial {trial}"
         assert query(db, "SELECT count(*) FROM task_runs WHERE status = 'running'") == [(0,)]
         stored = dict(query(db, "SELECT task_id, status FROM task_runs WHERE run_id = ?", run_id))
+        interrupted += sum(1 for s in stored.values() if s == "interrupted")
         lost = {t: s for t, s in finished.items() if stored.get(t) != s}
         assert not lost, f"trial {trial}: committed finishes lost or changed: {lost}"
         counts = dict(
@@ -76,3 +78,4 @@ def test_sigkill_mid_run_keeps_committed_finishes_and_next_writer_marks_interrup
         assert counts == {len(stored): sum(1 for s in stored.values() if s == "done")}
     # The seeded delays must actually cut runs short, or the test proves little.
     assert outcomes.count("killed") >= TRIALS // 2, outcomes
+    assert interrupted > 0, "some kills caught tasks mid-flight, and those were marked"
