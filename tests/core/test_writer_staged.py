@@ -1,0 +1,84 @@
+"""The staged write path (big folds) must leave exactly the rows executemany leaves."""
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
+
+import pipeloom.writer as writer_module
+from pipeloom import (
+    SENTINEL,
+    MessageQueue,
+    MsgTaskFinished,
+    MsgTaskProgress,
+    MsgTaskStarted,
+    SQLiteWriter,
+)
+
+from .conftest import rows
+
+COLUMNS = (
+    "task_id, task_key, name, status, progress, step, total, message, started_at, "
+    "finished_at, result, error, attempt"
+)
+TIMES = st.sampled_from(["2026-01-01T00:00:00.000+00:00", "2026-01-01T00:00:01.000+00:00"])
+IDS = st.integers(1, 30)
+ATTEMPTS = st.integers(1, 3)
+TEXT = st.text(alphabet="abc", max_size=3)
+
+messages = st.one_of(
+    st.builds(MsgTaskStarted, IDS, TEXT, TIMES, ATTEMPTS, st.one_of(st.none(), st.just("k"))),
+    st.builds(MsgTaskProgress, IDS, st.integers(-2, 12), st.integers(-1, 10), TEXT),
+    st.builds(
+        MsgTaskFinished,
+        IDS,
+        st.sampled_from(["done", "error", "cancelled", "timeout"]),
+        TIMES,
+        st.one_of(st.none(), TEXT),
+        TEXT,
+        st.one_of(st.none(), TEXT),
+        ATTEMPTS,
+        st.one_of(st.none(), TEXT),
+    ),
+)
+
+
+def write(db: Path, msgs: list[Any], batch_size: int) -> list[tuple[Any, ...]]:
+    q = MessageQueue(len(msgs) + 10)
+    for msg in msgs:
+        q.put_nowait(msg)
+    q.put_nowait(SENTINEL)
+    writer = SQLiteWriter(db, q, batch_size=batch_size)
+    writer.start()
+    writer.join(60)
+    assert writer.error is None
+    return rows(db, f"SELECT {COLUMNS} FROM task_runs ORDER BY id")
+
+
+# No shrinking: each example runs two writers, and shrinking a failure would take minutes.
+@settings(max_examples=30, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate])
+@given(st.lists(messages, min_size=60, max_size=250), st.sampled_from([40, 100, 1000]))
+def test_staged_rows_equal_executemany_rows(msgs: list[Any], batch_size: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = write(Path(tmp) / "staged.db", msgs, batch_size)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(writer_module, "_STAGE_MIN_ROWS", 10**9)
+            plain = write(Path(tmp) / "plain.db", msgs, batch_size)
+    assert staged == plain
+
+
+def test_a_big_batch_of_whole_tasks_is_stored(tmp_path: Path) -> None:
+    msgs: list[Any] = []
+    for i in range(1, 301):
+        msgs.append(MsgTaskStarted(i, f"t{i}", "2026-01-01T00:00:00.000+00:00"))
+        msgs.append(MsgTaskProgress(i, 1, 2, "half"))
+        msgs.append(MsgTaskFinished(i, "done", "2026-01-01T00:00:01.000+00:00", result="ok"))
+    stored = write(tmp_path / "big.db", msgs, 5000)
+    assert len(stored) == 300
+    assert {(r[3], r[4], r[5], r[6], r[7], r[10]) for r in stored} == {
+        ("done", 1.0, 1, 2, "half", "ok")
+    }
+    assert [r[0] for r in stored] == list(range(1, 301))
