@@ -7,6 +7,7 @@ status command) so every connection gets the same busy timeout and error message
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -87,20 +88,46 @@ def connect(
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         if wal and str(db_path) != MEMORY:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = _journal_mode(conn, "WAL")
             if str(mode).lower() != "wal":
                 raise DatabaseError(f"{db_path}: could not switch to WAL (journal_mode={mode})")
         elif not wal:
-            conn.execute("PRAGMA journal_mode = DELETE")
+            _journal_mode(conn, "DELETE")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         conn.execute("PRAGMA foreign_keys = OFF")
     except sqlite3.DatabaseError as exc:
         conn.close()
+        if _is_busy(exc):
+            raise DatabaseError(
+                f"{db_path}: another connection kept it locked for over "
+                f"{BUSY_TIMEOUT_MS // 1000} s ({exc}); try again once that is done"
+            ) from exc
         raise DatabaseError(
             f"{db_path}: is not a usable SQLite database ({exc}); "
             "choose another path or move the file away"
         ) from exc
     return conn
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY
+
+
+def _journal_mode(conn: sqlite3.Connection, mode: str) -> str:
+    """Set the journal mode, retrying while another connection holds a lock.
+
+    Changing the mode needs an exclusive lock, and SQLite returns SQLITE_BUSY for it at once
+    rather than calling the busy handler, so two processes opening a new file together
+    would otherwise see "database is locked". Retries for up to the busy timeout.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            return str(conn.execute(f"PRAGMA journal_mode = {mode}").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def connect_readonly(db_path: str | Path) -> sqlite3.Connection:
