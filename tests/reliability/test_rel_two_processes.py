@@ -36,3 +36,22 @@ def test_two_processes_one_file_both_finish_with_distinct_runs(tmp_path: Path, t
     )
     per_run = query(db, "SELECT run_id, status, count(*) FROM task_runs GROUP BY run_id, status")
     assert sorted(per_run) == sorted((r["run_id"], "done", TASKS) for r in results)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("trial", range(5))
+def test_four_processes_opening_a_fresh_file_at_once_never_see_locked(
+    tmp_path: Path, trial: int
+) -> None:
+    """Switching a new file to WAL needs an exclusive lock that SQLite does not wait for;
+    the first writers to open a new file used to fail with "database is locked"."""
+    db = tmp_path / "fresh.db"
+    events = [tmp_path / f"opener-{i}.events" for i in range(4)]
+    children = [spawn_child("race", db, ev, 100) for ev in events]
+    codes = [child.wait(timeout=60) for child in children]
+    for code, ev in zip(codes, events, strict=True):
+        out, err = child_output(ev)
+        assert code == 0, err
+        assert "locked" not in (out + err).lower()
+    assert query(db, "SELECT count(*), sum(status = 'done') FROM pipeline_runs") == [(4, 4)]
+    assert integrity(db) == "ok"
