@@ -1,4 +1,4 @@
-"""The staged write path (big folds) must leave exactly the rows executemany leaves."""
+"""The writer's fast paths (deferred progress, the staged write) change no stored value."""
 
 import tempfile
 from pathlib import Path
@@ -82,3 +82,17 @@ def test_a_big_batch_of_whole_tasks_is_stored(tmp_path: Path) -> None:
         ("done", 1.0, 1, 2, "half", "ok")
     }
     assert [r[0] for r in stored] == list(range(1, 301))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(messages, max_size=120))
+def test_deferred_progress_folds_like_applying_each_message_at_once(msgs: list[Any]) -> None:
+    batched = writer_module._Fold()
+    one_by_one = writer_module._Fold()
+    batched.add_all(msgs)
+    for msg in msgs:
+        one_by_one.add_all([msg])  # flushes its progress at once: the eager order
+    assert batched.rows == one_by_one.rows
+    assert list(batched.rows) == list(one_by_one.rows)
+    assert batched.applied == one_by_one.applied
+    assert list(batched.applied.progress) == list(one_by_one.applied.progress)

@@ -53,6 +53,7 @@ Handler = Callable[[sqlite3.Connection, list[Any]], None]
 SchemaFn = Callable[[sqlite3.Connection], None]
 
 TERMINAL = ("done", "error", "cancelled", "timeout", "skipped", "interrupted")
+_TERMINAL_SET = frozenset(TERMINAL)
 RUN_STATUSES = ("done", "error", "cancelled", "interrupted")
 DEFAULT_BATCH_SIZE = 5_000
 DEFAULT_COMMIT_INTERVAL = 0.02
@@ -222,41 +223,74 @@ class _Fold:
     """Folds one batch's lifecycle messages into one row change per task.
 
     Started, Progress and Finished of one task in one batch become a single INSERT.
+    Progress is the hot path (a task may report hundreds of steps per batch), so only its
+    message text is applied at once; the step/total of a task's latest progress are applied
+    when the task finishes or the batch ends, which gives the same row as applying every one.
     """
 
-    __slots__ = ("applied", "rows")
+    __slots__ = ("applied", "pending", "rows")
 
     def __init__(self) -> None:
         self.rows: dict[int, list[Any]] = {}
         self.applied = AppliedBatch()
+        self.pending: dict[int, MsgTaskProgress] = {}
+        """task_id -> its latest progress not yet applied to the row."""
 
-    def _row(self, task_id: int) -> list[Any]:
+    def add(self, msg: Any) -> None:
+        self.add_all((msg,))
+
+    def add_all(self, msgs: Iterable[Any]) -> None:
+        rows, pending = self.rows, self.pending
+        for msg in msgs:
+            cls = msg.__class__
+            if cls is MsgTaskProgress:
+                task_id = msg.task_id
+                if type(task_id) is not int:
+                    raise TypeError(f"task_id must be an int, got {type(task_id).__name__}")
+                row = rows.get(task_id)
+                if row is None:
+                    row = rows[task_id] = [None] * 12
+                elif row[_STATUS] in _TERMINAL_SET:
+                    continue
+                pending[task_id] = msg
+                if msg.message:
+                    text = _truncate(str(msg.message))
+                    if text:
+                        row[_MESSAGE] = text
+            elif cls is MsgTaskStarted:
+                self._started(msg)
+            elif cls is MsgTaskFinished:
+                self._finished(msg)
+            else:
+                raise TypeError(f"not a lifecycle message: {cls.__name__}")
+        if pending:
+            progress = self.applied.progress
+            for task_id, msg in pending.items():
+                progress[task_id] = self._apply_progress(rows[task_id], msg)
+            pending.clear()
+
+    def _row(self, task_id: Any) -> list[Any]:
+        if type(task_id) is not int:
+            raise TypeError(f"task_id must be an int, got {type(task_id).__name__}")
         row = self.rows.get(task_id)
         if row is None:
             row = self.rows[task_id] = [None] * 12
         return row
 
-    def add(self, msg: Any) -> None:
-        cls = msg.__class__
-        if cls is MsgTaskProgress:
-            self._progress(msg)
-        elif cls is MsgTaskStarted:
-            self._started(msg)
-        elif cls is MsgTaskFinished:
-            self._finished(msg)
-        else:
-            raise TypeError(f"not a lifecycle message: {cls.__name__}")
-
-    def _check_id(self, task_id: Any) -> int:
-        if type(task_id) is not int:
-            raise TypeError(f"task_id must be an int, got {type(task_id).__name__}")
-        return task_id
+    @staticmethod
+    def _apply_progress(row: list[Any], msg: MsgTaskProgress) -> tuple[int, int, str]:
+        step, total = msg.step, msg.total
+        row[_STEP] = step if isinstance(step, int) else None
+        row[_TOTAL] = total if isinstance(total, int) else None
+        row[_PROGRESS] = _progress_of(step, total)
+        text = _truncate(str(msg.message)) if msg.message else ""
+        return (row[_STEP] or 0, row[_TOTAL] or 0, text)
 
     def _started(self, msg: MsgTaskStarted) -> None:
-        task_id = self._check_id(msg.task_id)
+        task_id = msg.task_id
         row = self._row(task_id)
         attempt = msg.attempt if isinstance(msg.attempt, int) else 1
-        if row[_STATUS] in TERMINAL and attempt <= (row[_ATTEMPT] or 1):
+        if row[_STATUS] in _TERMINAL_SET and attempt <= (row[_ATTEMPT] or 1):
             return  # a late or duplicate start must not reopen a finished task
         row[_KEY] = None if msg.key is None else _truncate(str(msg.key))
         row[_NAME] = _truncate(str(msg.name))
@@ -266,28 +300,17 @@ class _Fold:
         row[_ATTEMPT] = attempt
         self.applied.started.append((task_id, row[_NAME]))
 
-    def _progress(self, msg: MsgTaskProgress) -> None:
-        task_id = self._check_id(msg.task_id)
-        row = self._row(task_id)
-        if row[_STATUS] in TERMINAL:
-            return
-        step, total = msg.step, msg.total
-        row[_STEP] = step if isinstance(step, int) else None
-        row[_TOTAL] = total if isinstance(total, int) else None
-        row[_PROGRESS] = _progress_of(step, total)
-        text = _truncate(str(msg.message)) if msg.message else ""
-        if text:
-            row[_MESSAGE] = text
-        self.applied.progress[task_id] = (row[_STEP] or 0, row[_TOTAL] or 0, text)
-
     def _finished(self, msg: MsgTaskFinished) -> None:
-        task_id = self._check_id(msg.task_id)
+        task_id = msg.task_id
         row = self._row(task_id)
+        earlier = self.pending.pop(task_id, None)
+        if earlier is not None:  # progress sent before this finish lands first
+            self._apply_progress(row, earlier)
         attempt = msg.attempt if isinstance(msg.attempt, int) else 1
-        if row[_STATUS] in TERMINAL and attempt <= (row[_ATTEMPT] or 1):
+        if row[_STATUS] in _TERMINAL_SET and attempt <= (row[_ATTEMPT] or 1):
             return  # duplicate finish: the first one stands
         status = str(msg.status)
-        if status not in TERMINAL:
+        if status not in _TERMINAL_SET:
             raise ValueError(f"status {status!r} is not one of {', '.join(TERMINAL)}")
         row[_STATUS] = status
         row[_FINISHED] = _truncate(str(msg.finished_at))
@@ -674,8 +697,7 @@ class SQLiteWriter(threading.Thread):
     ) -> None:
         savepoint = False
         try:
-            for msg in msgs:
-                fold.add(msg)
+            fold.add_all(msgs)
             if self.store_task_status:
                 conn.execute("SAVEPOINT lifecycle")
                 savepoint = True
