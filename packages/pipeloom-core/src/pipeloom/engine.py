@@ -42,6 +42,8 @@ WorkerFn = Callable[[Any, "TaskQueue"], Any]
 
 _FAILED = frozenset({"error", "timeout"})
 _ERROR_SUMMARY_CHARS = 500
+_WRITER_FAILED_GRACE = 1.0
+"""Seconds to let workers wind down after the writer died before raising anyway."""
 
 
 @dataclass(frozen=True)
@@ -401,9 +403,16 @@ def run_pipeline(
             stack.enter_context(display)
         pool.start(workers, run.loop)
         abandoned = False
+        writer_failed_at: float | None = None
         while not pool.join(0.1):
             if writer.error is not None:
                 run.stop.set()
+                # Nothing more can be stored: workers blocked on the queue wake at once, but
+                # a task deep in its own work may take hours; do not wait for it.
+                if writer_failed_at is None:
+                    writer_failed_at = time.monotonic()
+                elif time.monotonic() - writer_failed_at > _WRITER_FAILED_GRACE:
+                    break
             if interrupts is not None and interrupts.count >= 2:
                 abandoned = True
                 break
