@@ -901,7 +901,11 @@ class SQLiteWriter(threading.Thread):
             return
         try:
             if self.error is None:
+                # IMMEDIATE: optimize may read, then write (ANALYZE); in autocommit that upgrade
+                # fails at once with "database is locked" if another process just committed.
+                conn.execute("BEGIN IMMEDIATE")
                 conn.execute("PRAGMA optimize")
+                conn.execute("COMMIT")
                 if self.wal and str(self.db_path) != MEMORY:
                     # TRUNCATE waits (busy timeout, 10 s) for every reader to finish; one
                     # open read transaction elsewhere would stall the run's end that long.
