@@ -152,3 +152,31 @@ def test_writer_death_unblocks_every_worker_behind_a_full_queue(
     assert alive == [], "every worker and the writer have stopped"
     assert integrity(db) == "ok"
     assert query(db, "SELECT count(*) FROM task_runs WHERE status = 'running'") in ([(0,)],)
+
+
+@pytest.mark.timeout(30)
+def test_writer_death_does_not_wait_for_tasks_still_computing(tmp_path: Path) -> None:
+    """Once the writer is gone nothing more can be stored, so run_pipeline stops waiting for
+    tasks stuck in long work (here: a minute) and raises."""
+    release = threading.Event()
+
+    def worker(task: TaskDef, q: TaskQueue) -> None:
+        if task.task_id == 1:
+            q.put(Poison(1))
+            return
+        q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))
+        release.wait(60)  # long work that never looks at the queue
+
+    try:
+        with pytest.raises(WriterFailedError, match="simulated crash"):
+            run_pipeline(
+                [TaskDef(i, f"t{i}") for i in range(1, 5)],
+                tmp_path / "stuck.db",
+                worker_fn=worker,
+                workers=4,
+                progress=False,
+                handlers={Poison: _raise_base},
+            )
+    finally:
+        release.set()
+    assert query(tmp_path / "stuck.db", "SELECT status FROM pipeline_runs") == [("interrupted",)]
