@@ -170,8 +170,12 @@ class LiveDisplay:
 
     def __call__(self, applied: AppliedBatch) -> None:
         """Apply one commit's worth of changes to the bars (runs in the writer thread)."""
+        # A task that started and finished within this commit was never in flight on screen:
+        # giving it a bar only to remove it cost two Rich calls per task (100,000 x 1 tasks
+        # ran 30% slower with the display on; the overall bar still counts it below).
+        ended = {task_id for task_id, _ in applied.finished} if applied.finished else ()
         for task_id, name in applied.started:
-            if task_id in self._bars or task_id in self._hidden:
+            if task_id in ended or task_id in self._bars or task_id in self._hidden:
                 continue
             if len(self._bars) < self.max_visible:
                 self._bars[task_id] = self.tasks.add_task(name, total=None, message="")
