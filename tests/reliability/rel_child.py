@@ -27,6 +27,7 @@ from pipeloom import (
     MsgTaskFinished,
     MsgTaskProgress,
     MsgTaskStarted,
+    RunResult,
     TaskDef,
     TaskQueue,
     run_pipeline,
@@ -55,6 +56,12 @@ def blocking_task(task: TaskDef, q: TaskQueue) -> None:
 
 
 WORKERS = {"kill": short_task, "sigint": sleepy_task, "sigint2": blocking_task, "race": short_task}
+
+
+def cli_main(db: Path, mode: str = "sigint", n: int = 200) -> RunResult:
+    """Target for ``pipeloom run rel_child.py:cli_main`` (Ctrl-C through the real CLI)."""
+    tasks = [TaskDef(i, f"task-{i}") for i in range(1, n + 1)]
+    return run_pipeline(tasks, db, worker_fn=WORKERS[mode], workers=4, run_name=f"cli-{mode}")
 
 
 def main() -> int:

@@ -32,10 +32,20 @@ def _noop(task: TaskDef, q: TaskQueue) -> None:
 def test_sigkill_mid_run_keeps_committed_finishes_and_next_writer_marks_interrupted(
     tmp_path: Path,
 ) -> None:
-    rng = random.Random(SEED)
+    _kill_trials(tmp_path, signal.SIGKILL, TRIALS, SEED)
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_is_a_crash_too_and_recovers_the_same_way(tmp_path: Path) -> None:
+    """pipeloom installs no SIGTERM handler: the process dies as with SIGKILL."""
+    _kill_trials(tmp_path, signal.SIGTERM, 6, SEED + 1)
+
+
+def _kill_trials(tmp_path: Path, sig: signal.Signals, trials: int, seed: int) -> None:
+    rng = random.Random(seed)
     outcomes: list[str] = []
     interrupted = 0
-    for trial in range(TRIALS):
+    for trial in range(trials):
         db = tmp_path / f"kill-{trial}.db"
         events = tmp_path / f"kill-{trial}.events"
         child = spawn_child("kill", db, events, TASKS)
@@ -44,7 +54,7 @@ def test_sigkill_mid_run_keeps_committed_finishes_and_next_writer_marks_interrup
             delay = rng.uniform(0.05, 0.6)
             with contextlib.suppress(subprocess.TimeoutExpired):  # still running: good
                 child.wait(timeout=delay)
-            os.kill(child.pid, signal.SIGKILL)
+            os.kill(child.pid, sig)
         finally:
             child.wait()  # reap it, so its pid is really gone
         completed = child.returncode == 0
@@ -77,5 +87,5 @@ def test_sigkill_mid_run_keeps_committed_finishes_and_next_writer_marks_interrup
         )
         assert counts == {len(stored): sum(1 for s in stored.values() if s == "done")}
     # The seeded delays must actually cut runs short, or the test proves little.
-    assert outcomes.count("killed") >= TRIALS // 2, outcomes
+    assert outcomes.count("killed") >= trials // 2, outcomes
     assert interrupted > 0, "some kills caught tasks mid-flight, and those were marked"

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.reliability._support import (
+    CHILD,
     child_output,
     integrity,
     query,
@@ -146,3 +147,42 @@ def test_cli_demo_sigint_exits_130_with_summary(tmp_path: Path) -> None:
     assert cancelled > 0
     assert integrity(db) == "ok"
     assert query(db, "SELECT count(*) FROM task_runs WHERE status = 'running'") == [(0,)]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("mode", "signals", "run_status", "statuses"),
+    [
+        ("sigint", 1, "cancelled", {"done", "cancelled"}),
+        ("sigint2", 2, "interrupted", {"done", "cancelled", "interrupted"}),
+    ],
+    ids=["once", "twice"],
+)
+def test_cli_run_under_ctrl_c_exits_130_with_a_consistent_file(
+    tmp_path: Path, mode: str, signals: int, run_status: str, statuses: set[str]
+) -> None:
+    db = tmp_path / "cli.db"
+    target = f"{CHILD}:cli_main"
+    cmd = [sys.executable, "-m", "pipeloom_cli", "run", target, "--db", str(db)]
+    child = subprocess.Popen(
+        [*cmd, "--arg", f"mode={mode}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: _done_count(db) >= 4, "four finished tasks")
+        for _ in range(signals):
+            child.send_signal(signal.SIGINT)
+            time.sleep(0.3)
+        out, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert child.returncode == 130, err
+    assert "Traceback" not in err
+    assert "Stopping" in out + err
+    assert integrity(db) == "ok"
+    assert query(db, "SELECT status FROM pipeline_runs") == [(run_status,)]
+    assert {s for (s,) in query(db, "SELECT DISTINCT status FROM task_runs")} == statuses

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
+import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,7 +154,8 @@ def test_writer_death_unblocks_every_worker_behind_a_full_queue(
     alive = [t.name for t in threading.enumerate() if t.name.startswith("pipeloom-")]
     assert alive == [], "every worker and the writer have stopped"
     assert integrity(db) == "ok"
-    assert query(db, "SELECT count(*) FROM task_runs WHERE status = 'running'") in ([(0,)],)
+    assert query(db, "SELECT status FROM pipeline_runs") == [("interrupted",)]
+    assert query(db, "SELECT count(*) FROM task_runs WHERE status = 'running'") == [(0,)]
 
 
 @pytest.mark.timeout(30)
@@ -180,3 +184,45 @@ def test_writer_death_does_not_wait_for_tasks_still_computing(tmp_path: Path) ->
     finally:
         release.set()
     assert query(tmp_path / "stuck.db", "SELECT status FROM pipeline_runs") == [("interrupted",)]
+
+
+@pytest.mark.timeout(60)
+def test_a_really_full_filesystem_stops_the_run_and_keeps_commits(tmp_path: Path) -> None:
+    """The same on a real 600 KB filesystem (tmpfs; needs root, skipped otherwise)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        db = mnt / "full.db"
+        committed = _Committed()
+        tasks = [TaskDef(i, f"t{i}") for i in range(1, 3001)]
+        with pytest.raises(WriterFailedError, match="full"):
+            run_pipeline(
+                tasks,
+                db,
+                worker_fn=_big_result_task,
+                workers=4,
+                progress=False,
+                listeners=[committed],
+                batch_size=50,
+            )
+        assert committed.finished
+        assert integrity(db) == "ok"
+        stored = dict(query(db, "SELECT task_id, status FROM task_runs"))
+        assert {t: stored.get(t) for t in committed.finished} == committed.finished
+        # Room again: the same file takes the next run.
+        subprocess.run(["mount", "-o", "remount,size=16m", str(mnt)], check=True)
+        again = run_pipeline(tasks[:10], db, worker_fn=_big_result_task, progress=False)
+        assert again.counts == {"done": 10}
+        assert integrity(db) == "ok"
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
