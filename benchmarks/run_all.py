@@ -1,0 +1,204 @@
+"""Run every benchmark as its own process and rewrite the results table in README.md.
+
+    uv run python benchmarks/run_all.py            # about two minutes on 2 cores
+    uv run python benchmarks/run_all.py --reps 1   # quicker, noisier
+
+pipeloom and the floor run alternately, ``--reps`` times per shape, and the medians are
+compared, because the machine is shared and its load drifts during a run. Every JSON line
+the scripts print is kept in ``benchmarks/results.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+README = HERE / "README.md"
+RESULTS = HERE / "results.jsonl"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+SHAPES = ((1000, 100), (10_000, 10), (100_000, 1))
+
+
+def run(script: str, *args: str) -> list[dict[str, Any]]:
+    """Run one benchmark script in a fresh interpreter; return its JSON lines."""
+    cmd = [sys.executable, str(HERE / script), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stderr)
+        raise SystemExit(f"{' '.join(cmd)} failed with exit code {proc.returncode}")
+    for line in lines:
+        print(json.dumps(line), flush=True)
+    return lines
+
+
+def median_of(rows: list[dict[str, Any]], key: str) -> float:
+    return float(statistics.median(r[key] for r in rows))
+
+
+def throughput_rows(reps: int) -> list[dict[str, Any]]:
+    table = []
+    for tasks, steps in SHAPES:
+        shape = ["--tasks", str(tasks), "--steps", str(steps)]
+        ours: list[dict[str, Any]] = []
+        floor: list[dict[str, Any]] = []
+        for rep in range(reps):
+            order = ("floor.py", "throughput.py") if rep % 2 == 0 else ("throughput.py", "floor.py")
+            for script in order:
+                (floor if script == "floor.py" else ours).extend(run(script, *shape))
+        wall, floor_wall = median_of(ours, "wall_s"), median_of(floor, "wall_s")
+        table.append(
+            {
+                "tasks": tasks,
+                "steps": steps,
+                "messages": ours[0]["messages"],
+                "wall_s": wall,
+                "msgs_per_s": median_of(ours, "msgs_per_s"),
+                "tasks_per_s": median_of(ours, "tasks_per_s"),
+                "peak_rss_mb": max(r["peak_rss_mb"] for r in ours),
+                "floor_wall_s": floor_wall,
+                "floor_msgs_per_s": median_of(floor, "msgs_per_s"),
+                "floor_peak_rss_mb": max(r["peak_rss_mb"] for r in floor),
+                "msgs_ratio": median_of(ours, "msgs_per_s") / median_of(floor, "msgs_per_s"),
+                "wall_ratio": wall / floor_wall,
+                "verified": all(r["verified"] for r in ours + floor),
+            }
+        )
+    return table
+
+
+def fmt(n: float) -> str:
+    return f"{n:,.0f}"
+
+
+def render(
+    machine: str,
+    through: list[dict[str, Any]],
+    sqlite_rows: list[dict[str, Any]],
+    memory: dict[str, Any],
+    stale: list[dict[str, Any]],
+    display: list[dict[str, Any]],
+    reps: int,
+    took: float,
+) -> str:
+    out = [BEGIN, "", machine, ""]
+    out += [
+        f"Throughput: 4 workers, no-op tasks, medians of {reps} alternating runs each.",
+        "",
+        "| tasks x steps | messages | pipeloom wall | pipeloom msgs/s | tasks/s | peak RSS "
+        "| floor wall | floor msgs/s | floor RSS | msgs/s ratio | wall ratio | verified |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for r in through:
+        out.append(
+            f"| {r['tasks']:,} x {r['steps']} | {fmt(r['messages'])} | {r['wall_s']:.3f} s "
+            f"| {fmt(r['msgs_per_s'])} | {fmt(r['tasks_per_s'])} | {r['peak_rss_mb']:.0f} MB "
+            f"| {r['floor_wall_s']:.3f} s | {fmt(r['floor_msgs_per_s'])} "
+            f"| {r['floor_peak_rss_mb']:.0f} MB | {r['msgs_ratio']:.2f}x "
+            f"| {r['wall_ratio']:.2f} | {'yes' if r['verified'] else 'NO'} |"
+        )
+    out += ["", "Raw SQLite on the same disk, same run:", ""]
+    out += ["| case | rows | rows/s | note |", "|---|--:|--:|---|"]
+    for s in sqlite_rows:
+        note = ""
+        if "locked_errors" in s:
+            note = f"{s['locked_errors']:,} 'database is locked' of {s['attempted']:,} attempts"
+        out.append(f"| {s['case']} | {fmt(s['rows'])} | {fmt(s['rows_per_s'])} | {note} |")
+    out += ["", "| measurement | figure |", "|---|---|"]
+    out.append(
+        f"| {memory['tasks']:,} generator tasks | peak RSS {memory['peak_rss_mb']:.0f} MB "
+        f"(interpreter + imports before the run: {memory['rss_before_run_mb']:.0f} MB), "
+        f"{memory['wall_s']:.1f} s, {fmt(memory['tasks_per_s'])} tasks/s |"
+    )
+    for s in stale:
+        out.append(
+            f"| staleness, {s['load']} ({s['tasks']:,} tasks, work {s['work_ms']:g} ms) "
+            f"| p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, max {s['max_ms']:.1f} ms |"
+        )
+    for d in display:
+        out.append(
+            f"| live display, {d['tasks']:,} x {d['steps']} under a pty "
+            f"| on {fmt(d['on_msgs_per_s'])} vs off {fmt(d['off_msgs_per_s'])} msgs/s "
+            f"= {d['on_over_off']:.2f} (medians of {d['reps']}) |"
+        )
+    first = through[0]
+    single = through[-1]
+    paced = next(s for s in stale if s["load"] == "paced")
+    worst_display = min(d["on_over_off"] for d in display)
+    targets = [
+        (
+            "1000 x 100 msgs/s >= 4x the floor",
+            f"{first['msgs_ratio']:.2f}x",
+            first["msgs_ratio"] >= 4,
+        ),
+        (
+            "100,000 x 1 wall <= 0.5x the floor",
+            f"{single['wall_ratio']:.2f}x",
+            single["wall_ratio"] <= 0.5,
+        ),
+        (
+            "1,000,000 generator tasks peak RSS <= 100 MB",
+            f"{memory['peak_rss_mb']:.0f} MB",
+            memory["peak_rss_mb"] <= 100,
+        ),
+        ("staleness p99 <= 100 ms (paced)", f"{paced['p99_ms']:.1f} ms", paced["p99_ms"] <= 100),
+        ("live display within 20% of off", f"{worst_display:.2f}", worst_display >= 0.8),
+    ]
+    out += ["", "| target | this run | met |", "|---|--:|---|"]
+    out += [f"| {t} | {v} | {'yes' if ok else '**no**'} |" for t, v, ok in targets]
+    out += ["", f"Whole run: {took:.0f} s.", "", END]
+    return "\n".join(out)
+
+
+def machine_line() -> str:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        f"Run {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} on {os.cpu_count()} "
+        f"cores ({platform.machine()}, {platform.system()}), Python {platform.python_version()}, "
+        f"SQLite {sqlite3.sqlite_version}; 1-minute load average at start {load:.1f} "
+        "(the machine is shared)."
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--no-readme", action="store_true", help="print only")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    machine = machine_line()
+    sqlite_rows = run("sqlite_ceilings.py")
+    through = throughput_rows(args.reps)
+    memory = run("memory.py")[0]
+    stale = run("staleness.py")
+    display = run("display.py", "--shape", "10000x10", "--shape", "100000x1", "--reps", "3")
+    took = time.perf_counter() - started
+    for row in through:
+        print(json.dumps({"bench": "ratio", **row}), flush=True)
+    section = render(machine, through, sqlite_rows, memory, stale, display, args.reps, took)
+    with RESULTS.open("w", encoding="utf-8") as fh:
+        for item in [*sqlite_rows, *through, memory, *stale, *display]:
+            fh.write(json.dumps(item) + "\n")
+    if not args.no_readme:
+        text = README.read_text(encoding="utf-8")
+        if BEGIN not in text or END not in text:
+            raise SystemExit(f"{README}: the {BEGIN} ... {END} markers are missing; restore them")
+        head, rest = text.split(BEGIN, 1)
+        README.write_text(head + section + rest.split(END, 1)[1], encoding="utf-8")
+    print(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
