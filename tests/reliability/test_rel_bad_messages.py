@@ -344,3 +344,45 @@ def test_run_pipeline_books_balance_with_bad_messages(per_task: list[list[Any]])
         for task_id, has_own in enumerate(own_finish, start=1):
             if not has_own:
                 assert status[task_id] in TERMINAL
+
+
+@dataclass(frozen=True)
+class MsgRow:
+    """A user message whose handler refuses negative values."""
+
+    value: int
+
+
+def _insert_rows(conn: sqlite3.Connection, msgs: list[MsgRow]) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS user_rows (value INTEGER NOT NULL)")
+    for msg in msgs:
+        if msg.value < 0:
+            raise ValueError(f"value {msg.value} is negative")
+        conn.execute("INSERT INTO user_rows VALUES (?)", (msg.value,))
+
+
+def test_a_rejected_message_costs_only_itself() -> None:
+    """The handler's batch fails, is retried one by one, and only the bad one is dead."""
+    msgs = [MsgRow(1), MsgRow(-2), MsgRow(3)]
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "handler.db"
+        q = MessageQueue()
+        writer = SQLiteWriter(db, q, handlers={MsgRow: _insert_rows}, commit_interval=0.05)
+        writer.start()
+        for msg in msgs:
+            q.put(msg)
+        q.put(SENTINEL)
+        writer.join(timeout=60)
+        assert writer.error is None
+        assert (writer.messages_applied, writer.messages_dead) == (2, 1)
+        conn = sqlite3.connect(db)
+        try:
+            values = [v for (v,) in conn.execute("SELECT value FROM user_rows ORDER BY value")]
+            dead = conn.execute("SELECT msg_type, payload, error FROM dead_letters").fetchall()
+        finally:
+            conn.close()
+    assert values == [1, 3]
+    assert len(dead) == 1
+    msg_type, payload, error = dead[0]
+    assert msg_type.endswith("MsgRow") and '"value": -2' in payload
+    assert error == "ValueError: value -2 is negative"

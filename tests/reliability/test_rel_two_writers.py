@@ -9,7 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from pipeloom import SENTINEL, MessageQueue, SQLiteWriter
+import pipeloom.db
+from pipeloom import (
+    SENTINEL,
+    MessageQueue,
+    MsgTaskFinished,
+    MsgTaskStarted,
+    SQLiteWriter,
+    TaskDef,
+    TaskQueue,
+    WriterFailedError,
+    run_pipeline,
+    utc_now,
+)
 from tests.reliability._support import integrity, query
 
 MESSAGES = 3000
@@ -78,4 +90,37 @@ def test_read_then_write_handlers_in_two_writers_never_see_locked(tmp_path: Path
         ("a", MESSAGES, MESSAGES),
         ("b", MESSAGES, MESSAGES),
     ]
+    assert integrity(db) == "ok"
+
+
+@pytest.mark.timeout(60)
+def test_a_lock_held_past_the_busy_timeout_stops_the_run_loudly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another program keeps the write lock: after the busy timeout (shortened here) the run
+    raises WriterFailedError saying so, rather than hanging or dropping messages quietly."""
+    monkeypatch.setattr(pipeloom.db, "BUSY_TIMEOUT_MS", 300)
+    db = tmp_path / "held.db"
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    took_lock = threading.Event()
+
+    def worker(task: TaskDef, q: TaskQueue) -> None:
+        if task.task_id == 1:  # the file exists now: another program grabs the write lock
+            holder.execute("BEGIN IMMEDIATE")
+            took_lock.set()
+        q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))
+        q.put(MsgTaskFinished(task.task_id, "done", utc_now()))
+
+    try:
+        with pytest.raises(WriterFailedError, match="locked"):
+            run_pipeline(
+                [TaskDef(i, f"t{i}") for i in range(1, 2001)],
+                db,
+                worker_fn=worker,
+                workers=1,
+                progress=False,
+            )
+        assert took_lock.is_set()
+    finally:
+        holder.close()
     assert integrity(db) == "ok"
