@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,12 @@ def _task(task: TaskDef, q: TaskQueue) -> None:
     q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))
     q.put(MsgTaskProgress(task.task_id, 1, 2, "half way"))
     q.put(MsgTaskFinished(task.task_id, "done", utc_now(), result="ok"))
+
+
+def _slow_task(task: TaskDef, q: TaskQueue) -> None:
+    """A millisecond of work, so the run lasts long enough for a reader process to start."""
+    time.sleep(0.001)
+    _task(task, q)
 
 
 class _Poller(threading.Thread):
@@ -68,24 +75,29 @@ async def test_readers_see_a_heavy_run_grow_without_errors(tmp_path: Path) -> No
     pollers = [_Poller(db, readonly=False), _Poller(db, readonly=True)]
     for p in pollers:
         p.start()
+    ds = build_datasette(db)
+    await ds.invoke_startup()
+    tasks = [TaskDef(i, f"t{i}") for i in range(1, TASKS + 1)]
+    running = asyncio.create_task(
+        asyncio.to_thread(
+            lambda: run_pipeline(tasks, db, worker_fn=_slow_task, workers=4, progress=False)
+        )
+    )
+    while query(db, "SELECT count(*) FROM pipeline_runs") != [(2,)]:
+        await asyncio.sleep(0.005)
+    # The heavy run is the latest now: --watch follows it until it ends.
     watch = subprocess.Popen(
         [sys.executable, "-m", "pipeloom_cli", "status", str(db), "--watch", "--interval", "0.1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    ds = build_datasette(db)
-    await ds.invoke_startup()
-    tasks = [TaskDef(i, f"t{i}") for i in range(1, TASKS + 1)]
-    running = asyncio.create_task(
-        asyncio.to_thread(
-            lambda: run_pipeline(tasks, db, worker_fn=_task, workers=4, progress=False)
-        )
-    )
     statuses: list[int] = []
-    while not running.done():
+    while True:
         for page in (f"/{db.stem}/task_runs.json?_size=5", f"/{db.stem}/pipeline_runs.json"):
             statuses.append((await ds.client.get(page)).status_code)
+        if running.done():
+            break
         await asyncio.sleep(0.01)
     result: RunResult = await running
     for p in pollers:
@@ -106,6 +118,7 @@ async def test_readers_see_a_heavy_run_grow_without_errors(tmp_path: Path) -> No
         assert len(p.seen_done - {1, 1 + TASKS}) >= 2, sorted(p.seen_done)
     assert statuses and set(statuses) == {200}
     assert watch.returncode == 0, err
+    assert "running" in out, "status --watch saw the run while it was going"
     assert "locked" not in (out + err).lower()
     assert "Traceback" not in err
     assert integrity(db) == "ok"
