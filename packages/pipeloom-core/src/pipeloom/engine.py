@@ -151,8 +151,22 @@ class _Run:
         self.in_flight: dict[int, Any] = {}  # thread ident -> task
         self.exhausted = False
         self.cancel_reason: str | None = None
+        self._lock_free = type(tasks) in _ATOMIC_ITERATORS
 
     def next_task(self) -> Any:
+        if self._lock_free:
+            # A list/tuple/range iterator advances in C without letting go of the GIL, so
+            # each task still goes to exactly one worker. The lock convoyed instead: a holder
+            # preempted inside it made every other worker sleep on it, one context switch per
+            # task (100,000 x 1 tasks: 2.0-2.6 s and ~100,000 switches in about half the runs,
+            # 1.5-1.6 s and ~5,800 switches without the lock).
+            if self.stop.is_set() or self.exhausted:
+                return _DONE
+            try:
+                return next(self.tasks)
+            except StopIteration:
+                self.exhausted = True
+                return _DONE
         with self.lock:
             if self.stop.is_set() or self.exhausted:
                 return _DONE
@@ -250,6 +264,10 @@ class _Run:
 
 
 _DONE = object()
+_ATOMIC_ITERATORS: frozenset[type] = frozenset(
+    {type(iter([])), type(iter(())), type(iter(range(0)))}
+)
+"""Iterators whose ``next`` runs entirely in C under the GIL: safe to share without a lock."""
 
 
 def _resolve_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Iterable[Any], Any]:
