@@ -105,6 +105,8 @@ def main() -> int:
                     "off_wall_s": statistics.median(r["wall_s"] for r in offs),
                     "on_wall_s": statistics.median(r["wall_s"] for r in ons),
                     "on_over_off": round(on_rate / off_rate, 3),
+                    "off_walls_s": [r["wall_s"] for r in offs],
+                    "on_walls_s": [r["wall_s"] for r in ons],
                     "on_peak_rss_mb": max(r["peak_rss_mb"] for r in ons),
                     "pty_bytes_off": max(r["pty_bytes"] for r in offs),
                     "pty_bytes_on": min(r["pty_bytes"] for r in ons),

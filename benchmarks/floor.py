@@ -60,6 +60,8 @@ def main() -> int:
     worker = make_worker(steps)
     q: queue.Queue[Any] = queue.Queue()
     counter: list[int] = []
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu0 = usage0.ru_utime + usage0.ru_stime
     t0 = time.perf_counter()
     consumer = threading.Thread(target=consume, args=(q, counter))
     consumer.start()
@@ -71,6 +73,8 @@ def main() -> int:
     consumer.join()
     wall = time.perf_counter() - t0
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime - cpu0
     messages = n * (steps + 2)
     print(
         json.dumps(
@@ -86,6 +90,7 @@ def main() -> int:
                 "msgs_per_s": round(messages / wall),
                 "tasks_per_s": round(n / wall),
                 "peak_rss_mb": round(rss_mb, 1),
+                "cpu_s": round(cpu, 3),
                 "verified": counter[0] == messages,
             }
         ),

@@ -73,6 +73,13 @@ def throughput_rows(reps: int) -> list[dict[str, Any]]:
                 "msgs_ratio": median_of(ours, "msgs_per_s") / median_of(floor, "msgs_per_s"),
                 "wall_ratio": wall / floor_wall,
                 "verified": all(r["verified"] for r in ours + floor),
+                "cpu_s": median_of(ours, "cpu_s"),
+                "floor_cpu_s": median_of(floor, "cpu_s"),
+                "wall_range_s": [min(r["wall_s"] for r in ours), max(r["wall_s"] for r in ours)],
+                "floor_wall_range_s": [
+                    min(r["wall_s"] for r in floor),
+                    max(r["wall_s"] for r in floor),
+                ],
             }
         )
     return table
@@ -108,6 +115,18 @@ def render(
             f"| {r['floor_peak_rss_mb']:.0f} MB | {r['msgs_ratio']:.2f}x "
             f"| {r['wall_ratio']:.2f} | {'yes' if r['verified'] else 'NO'} |"
         )
+    out.append("")
+    out.append(
+        "Spread of the wall times (min-max over the runs): "
+        + "; ".join(
+            f"{r['tasks']:,} x {r['steps']}: pipeloom {r['wall_range_s'][0]:.3f}-"
+            f"{r['wall_range_s'][1]:.3f} s, floor {r['floor_wall_range_s'][0]:.3f}-"
+            f"{r['floor_wall_range_s'][1]:.3f} s (median process CPU time: pipeloom "
+            f"{r['cpu_s']:.3f} s, floor {r['floor_cpu_s']:.3f} s)"
+            for r in through
+        )
+        + "."
+    )
     out += ["", "Raw SQLite on the same disk, same run:", ""]
     out += ["| case | rows | rows/s | note |", "|---|--:|--:|---|"]
     for s in sqlite_rows:
@@ -173,7 +192,7 @@ def machine_line() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--no-readme", action="store_true", help="print only")
     args = parser.parse_args()
     started = time.perf_counter()

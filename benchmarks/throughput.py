@@ -77,6 +77,8 @@ def main() -> int:
     tasks: Any = task_defs(n, steps) if args.generator else list(task_defs(n, steps))
     with tempfile.TemporaryDirectory(prefix="pipeloom-bench-") as tmp:
         db = Path(tmp) / "bench.db"
+        usage0 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu0 = usage0.ru_utime + usage0.ru_stime
         t0 = time.perf_counter()
         result = run_pipeline(
             tasks,
@@ -87,6 +89,8 @@ def main() -> int:
         )
         wall = time.perf_counter() - t0
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = usage.ru_utime + usage.ru_stime - cpu0
         check = verify(db, n)
     messages = n * (steps + 2)
     line = json.dumps(
@@ -103,6 +107,8 @@ def main() -> int:
             "msgs_per_s": round(messages / wall),
             "tasks_per_s": round(n / wall),
             "peak_rss_mb": round(rss_mb, 1),
+            "cpu_s": round(cpu, 3),
+            "voluntary_switches": usage.ru_nvcsw - usage0.ru_nvcsw,
             **check,
         }
     )
