@@ -103,9 +103,15 @@ def schema_version(conn: sqlite3.Connection) -> int:
     return int(row[0])
 
 
-def _existing_tables(conn: sqlite3.Connection) -> set[str]:
-    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-    return {str(r[0]) for r in rows}
+def _snapshot(conn: sqlite3.Connection) -> tuple[int, bool]:
+    # One statement is one read snapshot: read separately, the version and the table list
+    # can straddle another process's schema-creating commit and look like an old layout.
+    row = conn.execute(
+        "SELECT (SELECT user_version FROM pragma_user_version), "
+        "EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' "
+        "AND name IN ('task_runs', 'pipeline_runs'))"
+    ).fetchone()
+    return int(row[0]), bool(row[1])
 
 
 def check_schema(conn: sqlite3.Connection, db_label: str) -> bool:
@@ -119,8 +125,7 @@ def check_schema(conn: sqlite3.Connection, db_label: str) -> bool:
         SchemaOutdatedError: the file holds an older pipeloom layout.
         DatabaseError: the file was written by a newer pipeloom.
     """
-    version = schema_version(conn)
-    tables = _existing_tables(conn)
+    version, has_tables = _snapshot(conn)
     if version == SCHEMA_VERSION:
         return True
     if version > SCHEMA_VERSION:
@@ -128,7 +133,7 @@ def check_schema(conn: sqlite3.Connection, db_label: str) -> bool:
             f"{db_label}: schema version {version} is newer than this pipeloom understands "
             f"({SCHEMA_VERSION}); upgrade pipeloom to open it"
         )
-    if "task_runs" in tables or "pipeline_runs" in tables:
+    if has_tables:
         raise SchemaOutdatedError(
             f"{db_label}: holds an older pipeloom schema (version {version}, current "
             f"{SCHEMA_VERSION}); run `pipeloom db upgrade {db_label}` to upgrade it in place"
