@@ -17,6 +17,7 @@ from pipeloom import (
     MsgTaskStarted,
     SQLiteWriter,
 )
+from pipeloom.db import connect
 
 from .conftest import rows
 
@@ -55,7 +56,7 @@ def write(db: Path, msgs: list[Any], batch_size: int) -> list[tuple[Any, ...]]:
     writer.start()
     writer.join(60)
     assert writer.error is None
-    return rows(db, f"SELECT {COLUMNS} FROM task_runs ORDER BY id")
+    return rows(db, f"SELECT {COLUMNS} FROM task_runs ORDER BY task_id")
 
 
 # No shrinking: each example runs two writers, and shrinking a failure would take minutes.
@@ -82,6 +83,25 @@ def test_a_big_batch_of_whole_tasks_is_stored(tmp_path: Path) -> None:
         ("done", 1.0, 1, 2, "half", "ok")
     }
     assert [r[0] for r in stored] == list(range(1, 301))
+
+
+def test_a_big_run_after_a_tiny_one_still_finds_rows_by_index(tmp_path: Path) -> None:
+    """A tiny run's PRAGMA optimize leaves statistics saying task_runs has one row; the staged
+    UPDATE must still look rows up by (run_id, task_id) rather than scan the table."""
+    db = tmp_path / "stats.db"
+    write(db, [MsgTaskStarted(1, "tiny", "2026-01-01T00:00:00.000+00:00")], 10)
+    conn = connect(db)
+    try:
+        assert conn.execute("SELECT count(*) FROM sqlite_stat1").fetchone()[0] > 0
+        conn.execute(writer_module._CREATE_STAGE)
+        plan = [
+            r[3]
+            for r in conn.execute(f"EXPLAIN QUERY PLAN {writer_module._UPDATE_FROM_STAGE}", (1,))
+        ]
+    finally:
+        conn.close()
+    assert any("USING INDEX idx_task_runs_run_task (run_id=? AND task_id=?)" in p for p in plan)
+    assert not any(p.startswith("SCAN t") for p in plan)
 
 
 @settings(max_examples=200, deadline=None)

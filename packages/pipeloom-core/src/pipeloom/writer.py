@@ -168,7 +168,7 @@ ON CONFLICT (run_id, task_id) DO UPDATE SET
 # the GIL around every row's step, and while workers hold the GIL each re-acquisition can wait
 # a whole switch interval (5 ms), so a 5,000-row executemany crawled whenever workers were busy
 # (100,000 rows: 0.6 s alone, 12.7 s beside four busy threads). Multi-row INSERTs into the
-# stage plus one UPDATE ... FROM and one INSERT ... SELECT release it a few dozen times instead.
+# stage plus one UPDATE and one INSERT ... SELECT release it a few dozen times instead.
 # The UPDATE and INSERT apply exactly the rules of _UPSERT_TASK above.
 _STAGE_COLUMNS = (
     "task_id, task_key, name, status, progress, step, total, message, started_at, "
@@ -179,24 +179,34 @@ _STAGE_MIN_ROWS = 16
 """Smaller folds use executemany: fewer statements, and few GIL hand-offs anyway."""
 _STAGE_MAX_CHUNK = 256
 """Most rows per multi-row INSERT (256 x 13 parameters, far below SQLite's limit)."""
-_CREATE_STAGE = f"CREATE TEMP TABLE IF NOT EXISTS pipeloom_batch ({_STAGE_COLUMNS})"
+_CREATE_STAGE = (
+    "CREATE TEMP TABLE IF NOT EXISTS pipeloom_batch "
+    f"(task_id INTEGER PRIMARY KEY, {_STAGE_COLUMNS.removeprefix('task_id, ')})"
+)
 _KEEP_STAGED = f"(t.status IN {TERMINAL!r} AND coalesce(b.attempt, t.attempt) <= t.attempt)"
+# Written as "rows whose task_id is IN the stage, each set from its stage row" rather than
+# UPDATE ... FROM: the join form let the planner scan task_runs whole once stale statistics
+# (from a tiny earlier run's PRAGMA optimize) called it tiny, which made the next big run 15x
+# slower. This form always searches task_runs by (run_id, task_id) and the stage by its key.
 _UPDATE_FROM_STAGE = f"""
 UPDATE task_runs AS t SET
-    task_key = coalesce(b.task_key, t.task_key),
-    name = coalesce(b.name, t.name),
-    progress = CASE WHEN {_KEEP_STAGED} THEN t.progress ELSE coalesce(b.progress, t.progress) END,
-    step = CASE WHEN {_KEEP_STAGED} THEN t.step ELSE coalesce(b.step, t.step) END,
-    total = CASE WHEN {_KEEP_STAGED} THEN t.total ELSE coalesce(b.total, t.total) END,
-    message = CASE WHEN {_KEEP_STAGED} THEN t.message ELSE coalesce(b.message, t.message) END,
-    started_at = coalesce(t.started_at, b.started_at),
-    finished_at = CASE WHEN {_KEEP_STAGED} THEN t.finished_at ELSE b.finished_at END,
-    result = CASE WHEN {_KEEP_STAGED} THEN t.result ELSE coalesce(b.result, t.result) END,
-    error = CASE WHEN {_KEEP_STAGED} THEN t.error ELSE coalesce(b.error, t.error) END,
-    status = CASE WHEN {_KEEP_STAGED} THEN t.status ELSE coalesce(b.status, t.status) END,
-    attempt = max(t.attempt, coalesce(b.attempt, t.attempt))
-FROM temp.pipeloom_batch AS b
-WHERE t.run_id = ?1 AND t.task_id = b.task_id
+    (task_key, name, progress, step, total, message, started_at, finished_at, result, error,
+     status, attempt) =
+    (SELECT
+        coalesce(b.task_key, t.task_key),
+        coalesce(b.name, t.name),
+        CASE WHEN {_KEEP_STAGED} THEN t.progress ELSE coalesce(b.progress, t.progress) END,
+        CASE WHEN {_KEEP_STAGED} THEN t.step ELSE coalesce(b.step, t.step) END,
+        CASE WHEN {_KEEP_STAGED} THEN t.total ELSE coalesce(b.total, t.total) END,
+        CASE WHEN {_KEEP_STAGED} THEN t.message ELSE coalesce(b.message, t.message) END,
+        coalesce(t.started_at, b.started_at),
+        CASE WHEN {_KEEP_STAGED} THEN t.finished_at ELSE b.finished_at END,
+        CASE WHEN {_KEEP_STAGED} THEN t.result ELSE coalesce(b.result, t.result) END,
+        CASE WHEN {_KEEP_STAGED} THEN t.error ELSE coalesce(b.error, t.error) END,
+        CASE WHEN {_KEEP_STAGED} THEN t.status ELSE coalesce(b.status, t.status) END,
+        max(t.attempt, coalesce(b.attempt, t.attempt))
+     FROM temp.pipeloom_batch AS b WHERE b.task_id = t.task_id)
+WHERE t.run_id = ?1 AND t.task_id IN (SELECT task_id FROM temp.pipeloom_batch)
 """
 _INSERT_FROM_STAGE = """
 INSERT INTO task_runs (run_id, task_id, task_key, name, status, progress, step, total,
@@ -208,7 +218,7 @@ FROM temp.pipeloom_batch AS b
 WHERE NOT EXISTS (SELECT 1 FROM task_runs AS t WHERE t.run_id = ?1 AND t.task_id = b.task_id)
 ORDER BY b.rowid
 """
-_CAN_STAGE = sqlite3.sqlite_version_info >= (3, 33, 0)  # UPDATE ... FROM
+_CAN_STAGE = sqlite3.sqlite_version_info >= (3, 33, 0)  # UPDATE AS alias, row values
 
 
 def _stage_sql(rows: int) -> str:
