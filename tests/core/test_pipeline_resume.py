@@ -52,6 +52,12 @@ def test_resume_runs_only_what_failed(tmp_path: Path) -> None:
     ]
     skipped = [(m, r) for _, s, m, r in history if s == "skipped"]
     assert set(skipped) == {(f"skipped: done in run {first.run_id}", '{"done_in_run": 1}')}
+    # A skipped task's work is complete (done earlier), so its bar reads 100%.
+    assert rows(
+        db,
+        "SELECT DISTINCT progress FROM task_runs WHERE run_id = ? AND status = 'skipped'",
+        (second.run_id,),
+    ) == [(1.0,)]
     # The first run's history is kept as it was.
     assert rows(db, "SELECT status, count(*) FROM task_runs WHERE run_id = 1 GROUP BY status") == [
         ("done", 7),

@@ -326,7 +326,7 @@ class _Fold:
         row[_FINISHED] = _truncate(str(msg.finished_at))
         if msg.name is not None and row[_NAME] is None:
             row[_NAME] = _truncate(str(msg.name))
-        if status == "done":
+        if status == "done" or status == "skipped":  # skipped: done by an earlier run
             row[_PROGRESS] = 1.0
         if msg.result is not None:
             row[_RESULT] = _result_text(msg.result)
