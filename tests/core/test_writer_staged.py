@@ -8,7 +8,8 @@ import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
-import pipeloom.writer as writer_module
+import pipeloom._fold as fold_module
+import pipeloom._task_sql as task_sql
 from pipeloom import (
     SENTINEL,
     MessageQueue,
@@ -66,7 +67,7 @@ def test_staged_rows_equal_executemany_rows(msgs: list[Any], batch_size: int) ->
     with tempfile.TemporaryDirectory() as tmp:
         staged = write(Path(tmp) / "staged.db", msgs, batch_size)
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(writer_module, "_STAGE_MIN_ROWS", 10**9)
+            mp.setattr(task_sql, "_STAGE_MIN_ROWS", 10**9)
             plain = write(Path(tmp) / "plain.db", msgs, batch_size)
     assert staged == plain
 
@@ -93,10 +94,9 @@ def test_a_big_run_after_a_tiny_one_still_finds_rows_by_index(tmp_path: Path) ->
     conn = connect(db)
     try:
         assert conn.execute("SELECT count(*) FROM sqlite_stat1").fetchone()[0] > 0
-        conn.execute(writer_module._CREATE_STAGE)
+        conn.execute(task_sql._CREATE_STAGE)
         plan = [
-            r[3]
-            for r in conn.execute(f"EXPLAIN QUERY PLAN {writer_module._UPDATE_FROM_STAGE}", (1,))
+            r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {task_sql._UPDATE_FROM_STAGE}", (1,))
         ]
     finally:
         conn.close()
@@ -107,8 +107,8 @@ def test_a_big_run_after_a_tiny_one_still_finds_rows_by_index(tmp_path: Path) ->
 @settings(max_examples=200, deadline=None)
 @given(st.lists(messages, max_size=120))
 def test_deferred_progress_folds_like_applying_each_message_at_once(msgs: list[Any]) -> None:
-    batched = writer_module._Fold()
-    one_by_one = writer_module._Fold()
+    batched = fold_module._Fold()
+    one_by_one = fold_module._Fold()
     batched.add_all(msgs)
     for msg in msgs:
         one_by_one.add_all([msg])  # flushes its progress at once: the eager order

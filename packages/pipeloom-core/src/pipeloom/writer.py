@@ -10,10 +10,8 @@ anything fed from them (the progress display) shows only what the database alrea
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import math
 import os
 import queue
 import socket
@@ -21,10 +19,16 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from pipeloom._fold import (
+    AppliedBatch,
+    _Fold,
+    _payload,
+    _truncate,
+)
+from pipeloom._task_sql import _UPSERT_TASK, task_rows, upsert_tasks
 from pipeloom._version import __version__
 from pipeloom.db import MEMORY, Synchronous, connect, init_schema, wal_checkpoint
 from pipeloom.errors import DatabaseError, WriterFailedError
@@ -52,8 +56,6 @@ Handler = Callable[[sqlite3.Connection, list[Any]], None]
 """``handler(conn, msgs)``: apply a batch of messages of one type, e.g. with executemany."""
 SchemaFn = Callable[[sqlite3.Connection], None]
 
-TERMINAL = ("done", "error", "cancelled", "timeout", "skipped", "interrupted")
-_TERMINAL_SET = frozenset(TERMINAL)
 RUN_STATUSES = ("done", "error", "cancelled", "interrupted")
 DEFAULT_BATCH_SIZE = 5_000
 DEFAULT_COMMIT_INTERVAL = 0.02
@@ -62,8 +64,6 @@ _CHECKPOINT_BUSY_MS = 250
 """How long the final WAL checkpoint waits for readers before settling for less."""
 _LINGER_TICK = 0.002
 """While lingering, how often the writer looks for more messages (seconds)."""
-MAX_PAYLOAD_CHARS = 100_000
-"""Dead-letter payloads and error texts longer than this are cut, with a note."""
 
 # SQLite primary result codes after which no further write can succeed.
 _FATAL_CODES = frozenset({8, 10, 11, 13, 14, 26})  # READONLY IOERR CORRUPT FULL CANTOPEN NOTADB
@@ -74,22 +74,6 @@ class _QueueLike(Protocol):
     def get_nowait(self) -> Any: ...
 
 
-@dataclass(slots=True)
-class AppliedBatch:
-    """What one commit made durable; handed to every listener."""
-
-    started: list[tuple[int, str]] = field(default_factory=list)
-    """(task_id, name) of tasks that started."""
-    progress: dict[int, tuple[int, int, str]] = field(default_factory=dict)
-    """task_id -> (step, total, message): the latest progress of each task."""
-    finished: list[tuple[int, str]] = field(default_factory=list)
-    """(task_id, status) of tasks that reached a terminal status."""
-    messages: int = 0
-    """Messages in the batch (applied plus dead-lettered)."""
-    dead_letters: int = 0
-    """Messages of the batch that were dead-lettered."""
-
-
 Listener = Callable[[AppliedBatch], None]
 """Called in the writer thread after each commit; must be quick and must not raise."""
 
@@ -97,246 +81,6 @@ Listener = Callable[[AppliedBatch], None]
 def _is_fatal(exc: BaseException) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     return isinstance(exc, sqlite3.Error) and code is not None and (code & 0xFF) in _FATAL_CODES
-
-
-def _truncate(text: str) -> str:
-    if len(text) <= MAX_PAYLOAD_CHARS:
-        return text
-    return text[:MAX_PAYLOAD_CHARS] + f"... [truncated, {len(text)} chars in all]"
-
-
-def _payload(msg: Any) -> str:
-    try:
-        if dataclasses.is_dataclass(msg) and not isinstance(msg, type):
-            data = {f.name: getattr(msg, f.name, None) for f in dataclasses.fields(msg)}
-            return _truncate(json.dumps(data, default=repr))
-    except (TypeError, ValueError, RecursionError) as exc:
-        log.debug("payload of %s is not JSON (%s); storing its repr", type(msg).__name__, exc)
-    try:
-        return _truncate(repr(msg))
-    except Exception as exc:  # a user __repr__ may raise anything
-        return f"<unrepresentable {type(msg).__name__}: {exc!r}>"
-
-
-def _result_text(result: Any) -> str:
-    """A task's result as text: a string as is, else JSON, else its repr (never an error)."""
-    if isinstance(result, str):
-        return _truncate(result)
-    try:
-        return _truncate(json.dumps(result))
-    except (TypeError, ValueError, RecursionError):
-        return _payload(result)
-
-
-def _progress_of(step: Any, total: Any) -> float | None:
-    try:
-        value = float(step) / float(total)
-    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
-        return None
-    if not math.isfinite(value):
-        return None
-    return min(max(value, 0.0), 1.0)
-
-
-# Column order of the folded per-task change; None means "leave the stored value".
-_KEY, _NAME, _STATUS, _PROGRESS, _STEP, _TOTAL, _MESSAGE = range(7)
-_STARTED, _FINISHED, _RESULT, _ERROR, _ATTEMPT = range(7, 12)
-
-_KEEP_FINISHED = f"(status IN {TERMINAL!r} AND coalesce(?14, attempt) <= attempt)"
-_UPSERT_TASK = f"""
-INSERT INTO task_runs (run_id, task_id, task_key, name, status, progress, step, total,
-                       message, started_at, finished_at, result, error, attempt)
-VALUES (?1, ?2, ?3, coalesce(?4, 'task ' || ?2), coalesce(?5, 'running'), coalesce(?6, 0.0),
-        ?7, ?8, ?9, ?10, ?11, ?12, ?13, coalesce(?14, 1))
-ON CONFLICT (run_id, task_id) DO UPDATE SET
-    task_key = coalesce(?3, task_key),
-    name = coalesce(?4, name),
-    progress = CASE WHEN {_KEEP_FINISHED} THEN progress ELSE coalesce(?6, progress) END,
-    step = CASE WHEN {_KEEP_FINISHED} THEN step ELSE coalesce(?7, step) END,
-    total = CASE WHEN {_KEEP_FINISHED} THEN total ELSE coalesce(?8, total) END,
-    message = CASE WHEN {_KEEP_FINISHED} THEN message ELSE coalesce(?9, message) END,
-    started_at = coalesce(started_at, ?10),
-    finished_at = CASE WHEN {_KEEP_FINISHED} THEN finished_at ELSE ?11 END,
-    result = CASE WHEN {_KEEP_FINISHED} THEN result ELSE coalesce(?12, result) END,
-    error = CASE WHEN {_KEEP_FINISHED} THEN error ELSE coalesce(?13, error) END,
-    status = CASE WHEN {_KEEP_FINISHED} THEN status ELSE coalesce(?5, status) END,
-    attempt = max(attempt, coalesce(?14, attempt))
-"""
-# SQLite evaluates every SET expression against the old row, so the order above is safe.
-
-# A big batch goes through a temp table instead of executemany: the sqlite3 module releases
-# the GIL around every row's step, and while workers hold the GIL each re-acquisition can wait
-# a whole switch interval (5 ms), so a 5,000-row executemany crawled whenever workers were busy
-# (100,000 rows: 0.6 s alone, 12.7 s beside four busy threads). Multi-row INSERTs into the
-# stage plus one UPDATE and one INSERT ... SELECT release it a few dozen times instead.
-# The UPDATE and INSERT apply exactly the rules of _UPSERT_TASK above.
-_STAGE_COLUMNS = (
-    "task_id, task_key, name, status, progress, step, total, message, started_at, "
-    "finished_at, result, error, attempt"
-)
-_STAGE_WIDTH = 13
-_STAGE_MIN_ROWS = 16
-"""Smaller folds use executemany: fewer statements, and few GIL hand-offs anyway."""
-_STAGE_MAX_CHUNK = 256
-"""Most rows per multi-row INSERT (256 x 13 parameters, far below SQLite's limit)."""
-_CREATE_STAGE = (
-    "CREATE TEMP TABLE IF NOT EXISTS pipeloom_batch "
-    f"(task_id INTEGER PRIMARY KEY, {_STAGE_COLUMNS.removeprefix('task_id, ')})"
-)
-_KEEP_STAGED = f"(t.status IN {TERMINAL!r} AND coalesce(b.attempt, t.attempt) <= t.attempt)"
-# Written as "rows whose task_id is IN the stage, each set from its stage row" rather than
-# UPDATE ... FROM: the join form let the planner scan task_runs whole once stale statistics
-# (from a tiny earlier run's PRAGMA optimize) called it tiny, which made the next big run 15x
-# slower. This form always searches task_runs by (run_id, task_id) and the stage by its key.
-_UPDATE_FROM_STAGE = f"""
-UPDATE task_runs AS t SET
-    (task_key, name, progress, step, total, message, started_at, finished_at, result, error,
-     status, attempt) =
-    (SELECT
-        coalesce(b.task_key, t.task_key),
-        coalesce(b.name, t.name),
-        CASE WHEN {_KEEP_STAGED} THEN t.progress ELSE coalesce(b.progress, t.progress) END,
-        CASE WHEN {_KEEP_STAGED} THEN t.step ELSE coalesce(b.step, t.step) END,
-        CASE WHEN {_KEEP_STAGED} THEN t.total ELSE coalesce(b.total, t.total) END,
-        CASE WHEN {_KEEP_STAGED} THEN t.message ELSE coalesce(b.message, t.message) END,
-        coalesce(t.started_at, b.started_at),
-        CASE WHEN {_KEEP_STAGED} THEN t.finished_at ELSE b.finished_at END,
-        CASE WHEN {_KEEP_STAGED} THEN t.result ELSE coalesce(b.result, t.result) END,
-        CASE WHEN {_KEEP_STAGED} THEN t.error ELSE coalesce(b.error, t.error) END,
-        CASE WHEN {_KEEP_STAGED} THEN t.status ELSE coalesce(b.status, t.status) END,
-        max(t.attempt, coalesce(b.attempt, t.attempt))
-     FROM temp.pipeloom_batch AS b WHERE b.task_id = t.task_id)
-WHERE t.run_id = ?1 AND t.task_id IN (SELECT task_id FROM temp.pipeloom_batch)
-"""
-_INSERT_FROM_STAGE = """
-INSERT INTO task_runs (run_id, task_id, task_key, name, status, progress, step, total,
-                       message, started_at, finished_at, result, error, attempt)
-SELECT ?1, b.task_id, b.task_key, coalesce(b.name, 'task ' || b.task_id),
-       coalesce(b.status, 'running'), coalesce(b.progress, 0.0), b.step, b.total, b.message,
-       b.started_at, b.finished_at, b.result, b.error, coalesce(b.attempt, 1)
-FROM temp.pipeloom_batch AS b
-WHERE NOT EXISTS (SELECT 1 FROM task_runs AS t WHERE t.run_id = ?1 AND t.task_id = b.task_id)
-ORDER BY b.rowid
-"""
-_CAN_STAGE = sqlite3.sqlite_version_info >= (3, 33, 0)  # UPDATE AS alias, row values
-
-
-def _stage_sql(rows: int) -> str:
-    values = "(" + ", ".join("?" * _STAGE_WIDTH) + ")"
-    return f"INSERT INTO temp.pipeloom_batch VALUES {', '.join([values] * rows)}"
-
-
-_STAGE_SQL = {1 << k: _stage_sql(1 << k) for k in range(_STAGE_MAX_CHUNK.bit_length())}
-
-
-class _Fold:
-    """Folds one batch's lifecycle messages into one row change per task.
-
-    Started, Progress and Finished of one task in one batch become a single INSERT.
-    Progress is the hot path (a task may report hundreds of steps per batch), so only its
-    message text is applied at once; the step/total of a task's latest progress are applied
-    when the task finishes or the batch ends, which gives the same row as applying every one.
-    """
-
-    __slots__ = ("applied", "pending", "rows")
-
-    def __init__(self) -> None:
-        self.rows: dict[int, list[Any]] = {}
-        self.applied = AppliedBatch()
-        self.pending: dict[int, MsgTaskProgress] = {}
-        """task_id -> its latest progress not yet applied to the row."""
-
-    def add(self, msg: Any) -> None:
-        self.add_all((msg,))
-
-    def add_all(self, msgs: Iterable[Any]) -> None:
-        rows, pending = self.rows, self.pending
-        for msg in msgs:
-            cls = msg.__class__
-            if cls is MsgTaskProgress:
-                task_id = msg.task_id
-                if type(task_id) is not int:
-                    raise TypeError(f"task_id must be an int, got {type(task_id).__name__}")
-                row = rows.get(task_id)
-                if row is None:
-                    row = rows[task_id] = [None] * 12
-                elif row[_STATUS] in _TERMINAL_SET:
-                    continue
-                pending[task_id] = msg
-                if msg.message:
-                    text = _truncate(str(msg.message))
-                    if text:
-                        row[_MESSAGE] = text
-            elif cls is MsgTaskStarted:
-                self._started(msg)
-            elif cls is MsgTaskFinished:
-                self._finished(msg)
-            else:
-                raise TypeError(f"not a lifecycle message: {cls.__name__}")
-        if pending:
-            progress = self.applied.progress
-            for task_id, msg in pending.items():
-                progress[task_id] = self._apply_progress(rows[task_id], msg)
-            pending.clear()
-
-    def _row(self, task_id: Any) -> list[Any]:
-        if type(task_id) is not int:
-            raise TypeError(f"task_id must be an int, got {type(task_id).__name__}")
-        row = self.rows.get(task_id)
-        if row is None:
-            row = self.rows[task_id] = [None] * 12
-        return row
-
-    @staticmethod
-    def _apply_progress(row: list[Any], msg: MsgTaskProgress) -> tuple[int, int, str]:
-        step, total = msg.step, msg.total
-        row[_STEP] = step if isinstance(step, int) else None
-        row[_TOTAL] = total if isinstance(total, int) else None
-        row[_PROGRESS] = _progress_of(step, total)
-        text = _truncate(str(msg.message)) if msg.message else ""
-        return (row[_STEP] or 0, row[_TOTAL] or 0, text)
-
-    def _started(self, msg: MsgTaskStarted) -> None:
-        task_id = msg.task_id
-        row = self._row(task_id)
-        attempt = msg.attempt if isinstance(msg.attempt, int) else 1
-        if row[_STATUS] in _TERMINAL_SET and attempt <= (row[_ATTEMPT] or 1):
-            return  # a late or duplicate start must not reopen a finished task
-        row[_KEY] = None if msg.key is None else _truncate(str(msg.key))
-        row[_NAME] = _truncate(str(msg.name))
-        row[_STATUS] = "running"
-        row[_STARTED] = row[_STARTED] or _truncate(str(msg.started_at))
-        row[_FINISHED] = None
-        row[_ATTEMPT] = attempt
-        self.applied.started.append((task_id, row[_NAME]))
-
-    def _finished(self, msg: MsgTaskFinished) -> None:
-        task_id = msg.task_id
-        row = self._row(task_id)
-        earlier = self.pending.pop(task_id, None)
-        if earlier is not None:  # progress sent before this finish lands first
-            self._apply_progress(row, earlier)
-        attempt = msg.attempt if isinstance(msg.attempt, int) else 1
-        if row[_STATUS] in _TERMINAL_SET and attempt <= (row[_ATTEMPT] or 1):
-            return  # duplicate finish: the first one stands
-        status = str(msg.status)
-        if status not in _TERMINAL_SET:
-            raise ValueError(f"status {status!r} is not one of {', '.join(TERMINAL)}")
-        row[_STATUS] = status
-        row[_FINISHED] = _truncate(str(msg.finished_at))
-        if msg.name is not None and row[_NAME] is None:
-            row[_NAME] = _truncate(str(msg.name))
-        if status == "done" or status == "skipped":  # skipped: done by an earlier run
-            row[_PROGRESS] = 1.0
-        if msg.result is not None:
-            row[_RESULT] = _result_text(msg.result)
-        if msg.message:
-            row[_MESSAGE] = _truncate(str(msg.message))
-        if msg.error is not None:
-            row[_ERROR] = _truncate(str(msg.error))
-        row[_ATTEMPT] = attempt
-        self.applied.progress.pop(task_id, None)
-        self.applied.finished.append((task_id, status))
 
 
 class SQLiteWriter(threading.Thread):
@@ -711,7 +455,7 @@ class SQLiteWriter(threading.Thread):
             if self.store_task_status:
                 conn.execute("SAVEPOINT lifecycle")
                 savepoint = True
-                self._upsert_tasks(conn, fold)
+                upsert_tasks(conn, self.run_id, fold)
                 conn.execute("RELEASE lifecycle")
             return
         except Exception as exc:
@@ -730,7 +474,7 @@ class SQLiteWriter(threading.Thread):
                 if self.store_task_status:
                     conn.execute("SAVEPOINT one")
                     try:
-                        conn.executemany(_UPSERT_TASK, self._rows(single))
+                        conn.executemany(_UPSERT_TASK, task_rows(self.run_id, single))
                     except BaseException:
                         conn.execute("ROLLBACK TO one")
                         raise
@@ -746,33 +490,6 @@ class SQLiteWriter(threading.Thread):
             for item in single.applied.finished:
                 applied.progress.pop(item[0], None)
                 applied.finished.append(item)
-
-    def _upsert_tasks(self, conn: sqlite3.Connection, fold: _Fold) -> None:
-        """Write one row change per task: executemany when few, the temp stage when many."""
-        rows = fold.rows
-        if len(rows) < _STAGE_MIN_ROWS or not _CAN_STAGE:
-            conn.executemany(_UPSERT_TASK, self._rows(fold))
-            return
-        conn.execute(_CREATE_STAGE)
-        flat: list[Any] = []
-        append, extend = flat.append, flat.extend
-        for task_id, row in rows.items():
-            append(task_id)
-            extend(row)
-        n, done, size = len(rows), 0, _STAGE_MAX_CHUNK
-        while done < n:
-            while size > n - done:
-                size >>= 1
-            conn.execute(_STAGE_SQL[size], flat[done * _STAGE_WIDTH : (done + size) * _STAGE_WIDTH])
-            done += size
-        conn.execute(_UPDATE_FROM_STAGE, (self.run_id,))
-        conn.execute(_INSERT_FROM_STAGE, (self.run_id,))
-        conn.execute("DELETE FROM temp.pipeloom_batch")
-
-    def _rows(self, fold: _Fold) -> Iterable[tuple[Any, ...]]:
-        run_id = self.run_id
-        for task_id, row in fold.rows.items():
-            yield (run_id, task_id, *row)
 
     def _apply_attempts(self, conn: sqlite3.Connection, msgs: list[MsgTaskAttempt]) -> None:
         if not self.store_task_status:
