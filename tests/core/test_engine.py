@@ -97,13 +97,15 @@ def test_fail_fast_stops_admitting_and_cancels_the_rest(tmp_path: Path) -> None:
             raise RuntimeError("first task fails")
         seed_worker(task, msg_q)
 
-    tasks = [TaskDef(i, f"t{i}") for i in range(1, 51)]
+    tasks = [TaskDef(i, f"t{i}", key=f"part-{i}") for i in range(1, 51)]
     result = run_pipeline(tasks, db, workers=1, worker_fn=worker, fail_fast=True, progress=False)
     assert result.counts == {"error": 1, "cancelled": 49}
     assert rows(db, "SELECT status FROM pipeline_runs") == [("error",)]
-    cancelled = rows(db, "SELECT name, message FROM task_runs WHERE status = 'cancelled'")
+    cancelled = rows(db, "SELECT name, task_key, message FROM task_runs WHERE status = 'cancelled'")
     assert len(cancelled) == 49
-    assert cancelled[0] == ("t2", "not started: run was stopped")
+    # Never-started tasks keep their names and keys, so a resume can recognise them.
+    assert cancelled[0] == ("t2", "part-2", "not started: run was stopped")
+    assert rows(db, "SELECT task_key FROM task_runs WHERE status = 'error'") == [("part-1",)]
 
 
 def test_worker_that_reports_nothing_is_recorded_done(tmp_path: Path) -> None:

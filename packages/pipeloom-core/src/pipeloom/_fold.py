@@ -184,6 +184,8 @@ class _Fold:
         row[_FINISHED] = _truncate(str(msg.finished_at))
         if msg.name is not None and row[_NAME] is None:
             row[_NAME] = _truncate(str(msg.name))
+        if msg.key is not None and row[_KEY] is None:
+            row[_KEY] = _truncate(str(msg.key))
         if status == "done" or status == "skipped":  # skipped: done by an earlier run
             row[_PROGRESS] = 1.0
         if msg.result is not None:

@@ -227,7 +227,13 @@ class _Run:
                 return True
             # A worker that returns without reporting a finish did its work.
             return self._post(
-                MsgTaskFinished(task_id, "done", utc_now(), name=getattr(task, "name", None))
+                MsgTaskFinished(
+                    task_id,
+                    "done",
+                    utc_now(),
+                    name=getattr(task, "name", None),
+                    key=getattr(task, "key", None),
+                )
             )
         finally:
             q.finished_ids.clear()
@@ -249,6 +255,7 @@ class _Run:
             message=summary,
             error=text,
             name=getattr(task, "name", None),
+            key=getattr(task, "key", None),
         )
         return self._post(msg) and isinstance(exc, Exception)
 
@@ -277,6 +284,7 @@ class _Run:
                     now,
                     message="not started: run was stopped",
                     name=getattr(task, "name", None),
+                    key=getattr(task, "key", None),
                 )
                 if not self._post(msg):
                     break
@@ -513,6 +521,7 @@ def _finish_run(
                         utc_now(),
                         message="stopped by a second Ctrl-C",
                         name=getattr(task, "name", None),
+                        key=getattr(task, "key", None),
                     )
                 )
     if abandoned:

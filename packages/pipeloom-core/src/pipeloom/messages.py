@@ -101,6 +101,8 @@ class MsgTaskFinished:
     """The attempt that produced this status."""
     name: str | None = None
     """The task's label, so a task that never started still gets a readable row."""
+    key: str | None = None
+    """The task's stable key, so a task that never started can still be matched by resume."""
 
 
 @dataclass(frozen=True, slots=True)

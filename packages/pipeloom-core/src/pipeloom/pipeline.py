@@ -360,17 +360,16 @@ class _Runner:
     def __call__(self, task: TaskDef, q: TaskQueue) -> None:
         job: _Job = task.payload
         if job.done_in is not None:
-            # Started only carries the key onto the row, so a later resume recognises it too.
-            now = utc_now()
-            q.put(MsgTaskStarted(task.task_id, task.name, now, key=task.key))
+            # The key rides on the finish, so a later resume recognises this row too.
             q.put(
                 MsgTaskFinished(
                     task.task_id,
                     "skipped",
-                    now,
+                    utc_now(),
                     result=json.dumps({"done_in_run": job.done_in}),
                     message=f"skipped: done in run {job.done_in}",
                     name=task.name,
+                    key=task.key,
                 )
             )
             return
@@ -384,6 +383,7 @@ class _Runner:
                     message=summary,
                     error=job.problem,
                     name=task.name,
+                    key=task.key,
                 )
             )
             self._maybe_stop(summary)
