@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.progress import Progress
@@ -14,9 +15,12 @@ from pipeloom import (
     SENTINEL,
     AppliedBatch,
     MessageQueue,
+    MsgRunFinished,
     MsgTaskFinished,
     MsgTaskProgress,
     MsgTaskStarted,
+    Pipeline,
+    PipelineError,
     SQLiteWriter,
     TaskDef,
     run_pipeline,
@@ -231,3 +235,15 @@ def test_any_lifecycle_sequence_leaves_consistent_rows(messages: list[Any]) -> N
         if status == "done":
             assert progress == 1.0
     assert set(stored) == {m.task_id for m in messages}
+
+
+def test_no_handler_may_take_over_pipeloom_own_messages(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="MsgTaskFinished is handled by pipeloom itself"):
+        SQLiteWriter(tmp_path / "w.db", MessageQueue(), handlers={MsgTaskFinished: print})
+    writer = SQLiteWriter(tmp_path / "w.db", MessageQueue())
+    with pytest.raises(ValueError, match="MsgTaskStarted"):
+        writer.handler(MsgTaskStarted)(print)
+    pipe = Pipeline("p", db=tmp_path / "p.db")
+    with pytest.raises(PipelineError, match="MsgRunFinished is handled by pipeloom itself"):
+        pipe.register(MsgRunFinished, print)
+    assert writer.handlers == {} and pipe.handlers == {}

@@ -7,11 +7,10 @@ import threading
 from collections.abc import Callable, Container, MutableMapping
 from typing import Any
 
-from pipeloom.messages import MsgTaskAttempt, MsgTaskFinished, MsgTaskProgress, MsgTaskStarted
+from pipeloom.messages import PIPELOOM_MESSAGES, MsgTaskProgress
 
 __all__ = ["Context", "TaskLog"]
 
-_LIFECYCLE = (MsgTaskStarted, MsgTaskProgress, MsgTaskFinished, MsgTaskAttempt)
 
 log = logging.getLogger("pipeloom.pipeline")
 
@@ -109,7 +108,7 @@ class Context:
                 handler is registered for its type.
         """
         cls = type(msg)
-        if cls in _LIFECYCLE:
+        if cls in PIPELOOM_MESSAGES:
             raise TypeError(
                 f"ctx.emit({cls.__name__}): the pipeline sends lifecycle messages itself; "
                 "use ctx.progress(step, total) for progress and return a value for the result"

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, Literal, TypeAlias
 
 __all__ = [
+    "PIPELOOM_MESSAGES",
     "SENTINEL",
     "FinishStatus",
     "Msg",
@@ -147,6 +148,15 @@ SENTINEL: Final = _Sentinel()
 
 Msg: TypeAlias = MsgTaskStarted | MsgTaskProgress | MsgTaskFinished
 """The lifecycle messages every worker may send."""
+
+PIPELOOM_MESSAGES: Final = (
+    MsgTaskStarted,
+    MsgTaskProgress,
+    MsgTaskFinished,
+    MsgTaskAttempt,
+    MsgRunFinished,
+)
+"""Message types the writer applies itself; no user handler may be registered for them."""
 
 MsgTaskStart = MsgTaskStarted
 """Alias kept from the seed."""

@@ -40,6 +40,7 @@ from typing import Any, Generic, TypeVar, overload
 from rich.console import Console
 
 from pipeloom._context import Context
+from pipeloom._registry import Handler, HandlerRegistry
 from pipeloom._retry import Outcome, TaskTimeoutError, backoff_delay, run_attempt
 from pipeloom.db import MEMORY
 from pipeloom.engine import RunResult, TaskQueue, run_pipeline
@@ -53,7 +54,7 @@ from pipeloom.messages import (
     utc_now,
 )
 from pipeloom.schema import check_schema
-from pipeloom.writer import Handler, SchemaFn
+from pipeloom.writer import SchemaFn
 
 __all__ = [
     "RESULT_MAX_CHARS",
@@ -68,7 +69,6 @@ __all__ = [
 
 T = TypeVar("T")
 R = TypeVar("R")
-M = TypeVar("M")
 
 log = logging.getLogger("pipeloom.pipeline")
 
@@ -78,7 +78,6 @@ KEY_MAX_CHARS = 200
 """Longer keys keep a readable prefix and end in a hash of the whole key."""
 _NAME_MAX_CHARS = 80
 _SUMMARY_CHARS = 500
-_LIFECYCLE = (MsgTaskStarted, MsgTaskProgress, MsgTaskFinished, MsgTaskAttempt)
 
 
 class PipelineError(PipeloomError):
@@ -524,7 +523,7 @@ class _Runner:
         return len(alive)
 
 
-class Pipeline:
+class Pipeline(HandlerRegistry):
     """A named set of task functions mapped over items, run on the pipeloom engine.
 
     Args:
@@ -538,6 +537,8 @@ class Pipeline:
         params: JSON-able parameters stored on each run row.
         seed: seeds the retry jitter, for reproducible waits.
     """
+
+    registration_error = PipelineError
 
     __pipeloom_pipeline__ = True
     """Marks pipeline objects, so ``pipeloom run file.py:pipe`` can recognise them."""
@@ -707,34 +708,6 @@ class Pipeline:
         if existing is not None and existing.fn is fn:
             return existing
         return self.task(fn)
-
-    def register(
-        self, msg_type: type[M], handler: Callable[[sqlite3.Connection, list[M]], None]
-    ) -> None:
-        """Route ``ctx.emit``-ed messages of ``msg_type`` to ``handler(conn, msgs)``.
-
-        Raises:
-            PipelineError: ``msg_type`` is one of pipeloom's lifecycle messages.
-        """
-        if msg_type in _LIFECYCLE:
-            raise PipelineError(f"{msg_type.__name__} is handled by pipeloom itself")
-        self.handlers[msg_type] = handler
-
-    def handler(
-        self, msg_type: type[M]
-    ) -> Callable[
-        [Callable[[sqlite3.Connection, list[M]], None]],
-        Callable[[sqlite3.Connection, list[M]], None],
-    ]:
-        """Decorator form of `register`: ``@pipe.handler(MsgPrice)``."""
-
-        def decorate(
-            fn: Callable[[sqlite3.Connection, list[M]], None],
-        ) -> Callable[[sqlite3.Connection, list[M]], None]:
-            self.register(msg_type, fn)
-            return fn
-
-        return decorate
 
     def _task_defs(self, previous: _Previous | None) -> Iterator[TaskDef]:
         task_id = 0

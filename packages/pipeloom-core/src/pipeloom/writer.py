@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from pipeloom._fold import (
     AppliedBatch,
@@ -28,6 +28,7 @@ from pipeloom._fold import (
     _payload,
     _truncate,
 )
+from pipeloom._registry import Handler, HandlerRegistry
 from pipeloom._task_sql import _UPSERT_TASK, task_rows, upsert_tasks
 from pipeloom._version import __version__
 from pipeloom.db import MEMORY, Synchronous, connect, init_schema, wal_checkpoint
@@ -51,9 +52,6 @@ __all__ = [
 
 log = logging.getLogger("pipeloom.writer")
 
-M = TypeVar("M")
-Handler = Callable[[sqlite3.Connection, list[Any]], None]
-"""``handler(conn, msgs)``: apply a batch of messages of one type, e.g. with executemany."""
 SchemaFn = Callable[[sqlite3.Connection], None]
 
 RUN_STATUSES = ("done", "error", "cancelled", "interrupted")
@@ -83,7 +81,7 @@ def _is_fatal(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.Error) and code is not None and (code & 0xFF) in _FATAL_CODES
 
 
-class SQLiteWriter(threading.Thread):
+class SQLiteWriter(HandlerRegistry, threading.Thread):
     """The thread that owns the database connection and applies every message.
 
     Construct it, register handlers (before ``start``), start it, put messages on
@@ -144,7 +142,9 @@ class SQLiteWriter(threading.Thread):
         self.workers = workers
         self.tasks_total = tasks_total
         self.params = dict(params or {})
-        self._handlers: dict[type[Any], Handler] = dict(handlers or {})
+        self.handlers: dict[type[Any], Handler] = {}
+        for msg_type, fn in (handlers or {}).items():
+            self.register(msg_type, fn)
         self._schema = schema
         self._listeners: list[Listener] = list(listeners)
         if task_progress is not None and task_bar_map is not None:
@@ -167,30 +167,6 @@ class SQLiteWriter(threading.Thread):
         self._warned_types: set[type[Any]] = set()
 
     # -- registration -------------------------------------------------------------------
-
-    def register(
-        self, msg_type: type[M], handler: Callable[[sqlite3.Connection, list[M]], None]
-    ) -> None:
-        """Route messages of ``msg_type`` to ``handler`` (call before ``start``)."""
-        if msg_type in (MsgTaskStarted, MsgTaskProgress, MsgTaskFinished, MsgTaskAttempt):
-            raise ValueError(f"{msg_type.__name__} is handled by pipeloom itself")
-        self._handlers[msg_type] = handler
-
-    def handler(
-        self, msg_type: type[M]
-    ) -> Callable[
-        [Callable[[sqlite3.Connection, list[M]], None]],
-        Callable[[sqlite3.Connection, list[M]], None],
-    ]:
-        """Decorator form of `register`: ``@writer.handler(MsgUpsertUsers)``."""
-
-        def decorate(
-            fn: Callable[[sqlite3.Connection, list[M]], None],
-        ) -> Callable[[sqlite3.Connection, list[M]], None]:
-            self.register(msg_type, fn)
-            return fn
-
-        return decorate
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener`` after every commit (call before ``start``)."""
@@ -411,7 +387,7 @@ class SQLiteWriter(threading.Thread):
             if attempts:
                 self._apply_group(conn, MsgTaskAttempt, attempts, self._apply_attempts, dead)
             for cls, msgs in groups.items():
-                handler = self._handlers.get(cls)
+                handler = self.handlers.get(cls)
                 if handler is None:
                     if cls not in self._warned_types:
                         self._warned_types.add(cls)
