@@ -160,24 +160,21 @@ class _Run:
             # preempted inside it made every other worker sleep on it, one context switch per
             # task (100,000 x 1 tasks: 2.0-2.6 s and ~100,000 switches in about half the runs,
             # 1.5-1.6 s and ~5,800 switches without the lock).
-            if self.stop.is_set() or self.exhausted:
-                return _DONE
-            try:
-                return next(self.tasks)
-            except StopIteration:
-                self.exhausted = True
-                return _DONE
+            return self._advance()
         self._acquire()
         try:
-            if self.stop.is_set() or self.exhausted:
-                return _DONE
-            try:
-                return next(self.tasks)
-            except StopIteration:
-                self.exhausted = True
-                return _DONE
+            return self._advance()
         finally:
             self.lock.release()
+
+    def _advance(self) -> Any:
+        if self.stop.is_set() or self.exhausted:
+            return _DONE
+        try:
+            return next(self.tasks)
+        except StopIteration:
+            self.exhausted = True
+            return _DONE
 
     def _acquire(self) -> None:
         """Take the task lock, yielding the GIL a few times before sleeping on it.
