@@ -5,7 +5,7 @@ import pytest
 
 from pipeloom import DatabaseError, SchemaOutdatedError
 from pipeloom.db import connect, connect_readonly, init_schema, wal_checkpoint
-from pipeloom.schema import PIPELOOM_TABLES, SCHEMA_VERSION, schema_version
+from pipeloom.schema import PIPELOOM_TABLES, SCHEMA_VERSION, layout, schema_version
 
 
 def test_connect_init_schema_and_checkpoint_on_a_new_file(tmp_path: Path) -> None:
@@ -77,4 +77,32 @@ def test_checkpoint_mode_is_validated(tmp_path: Path) -> None:
     conn = connect(tmp_path / "c.db")
     with pytest.raises(ValueError, match="TRUNCATE"):
         wal_checkpoint(conn, "SOMETIMES")
+    conn.close()
+
+
+def test_layout_tells_every_kind_of_file_apart(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "kinds.db", isolation_level=None)
+    assert layout(conn) == "empty"
+    conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY)")
+    assert layout(conn) == "foreign"
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    assert layout(conn) == "foreign"  # a stamp alone is not a pipeloom schema
+    init_schema(conn)
+    assert layout(conn) == "current"
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
+    assert layout(conn) == "outdated"
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    assert layout(conn) == "newer"
+    conn.close()
+
+
+def test_a_foreign_file_stamped_higher_is_not_overwritten(tmp_path: Path) -> None:
+    db = tmp_path / "theirs.db"
+    with sqlite3.connect(db) as raw:
+        raw.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+        raw.execute("PRAGMA user_version = 7")
+    conn = connect(db)
+    with pytest.raises(DatabaseError, match="schema version 7 is newer"):
+        init_schema(conn, db)
+    assert conn.execute("PRAGMA user_version").fetchone() == (7,)
     conn.close()

@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from pipeloom.db import connect_readonly
 from pipeloom.errors import DatabaseError
-from pipeloom.schema import SCHEMA_VERSION, schema_version
+from pipeloom.schema import SCHEMA_VERSION, layout, schema_version
 from pipeloom_cli._errors import UsageError
 
 __all__ = [
@@ -155,22 +155,21 @@ def open_history(db: Path) -> sqlite3.Connection:
         raise UsageError(f"{db}: no such database file; {_suggest_databases(db.parent)}")
     try:
         conn = connect_readonly(db)
-        version = schema_version(conn)
-        tables = {
-            str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        }
+        kind = layout(conn)
     except (DatabaseError, sqlite3.DatabaseError) as exc:
         raise UsageError(f"{db}: not a SQLite database ({exc}); check the path") from exc
-    if "task_runs" not in tables and "pipeline_runs" not in tables:
-        conn.close()
+    if kind == "current":
+        return conn
+    version = schema_version(conn)
+    conn.close()
+    if kind in ("empty", "foreign"):
         raise UsageError(f"{db}: holds no pipeloom runs (no task_runs table); check the path")
-    if version < SCHEMA_VERSION or "pipeline_runs" not in tables:
-        conn.close()
-        raise UsageError(
-            f"{db}: holds an older pipeloom schema (version {version}, current "
-            f"{SCHEMA_VERSION}); run `pipeloom db upgrade {quoted}` first"
-        )
-    return conn
+    if kind == "newer":
+        raise UsageError(f"{db}: was written by a newer pipeloom; upgrade pipeloom to read it")
+    raise UsageError(
+        f"{db}: holds an older pipeloom schema (version {version}, current "
+        f"{SCHEMA_VERSION}); run `pipeloom db upgrade {quoted}` first"
+    )
 
 
 _RUN_COLUMNS = (

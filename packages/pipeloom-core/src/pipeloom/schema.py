@@ -8,7 +8,7 @@ older file with a pointer to ``pipeloom db upgrade`` instead of failing on a mis
 from __future__ import annotations
 
 import sqlite3
-from typing import Final
+from typing import Final, Literal, TypeAlias
 
 from pipeloom.errors import DatabaseError, SchemaOutdatedError
 
@@ -16,8 +16,10 @@ __all__ = [
     "PIPELOOM_TABLES",
     "SCHEMA_STATEMENTS",
     "SCHEMA_VERSION",
+    "Layout",
     "check_schema",
     "create_schema",
+    "layout",
     "schema_version",
 ]
 
@@ -103,15 +105,34 @@ def schema_version(conn: sqlite3.Connection) -> int:
     return int(row[0])
 
 
-def _snapshot(conn: sqlite3.Connection) -> tuple[int, bool]:
+Layout: TypeAlias = Literal["current", "outdated", "newer", "empty", "foreign"]
+"""What a file holds: pipeloom's current schema, an older or newer one, nothing, or other tables."""
+
+
+def _read_layout(conn: sqlite3.Connection) -> tuple[Layout, int]:
     # One statement is one read snapshot: read separately, the version and the table list
     # can straddle another process's schema-creating commit and look like an old layout.
-    row = conn.execute(
+    version, run_tables, any_tables = conn.execute(
         "SELECT (SELECT user_version FROM pragma_user_version), "
         "EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' "
-        "AND name IN ('task_runs', 'pipeline_runs'))"
+        "AND name IN ('task_runs', 'pipeline_runs')), "
+        "EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table')"
     ).fetchone()
-    return int(row[0]), bool(row[1])
+    version = int(version)
+    if run_tables:
+        if version == SCHEMA_VERSION:
+            return "current", version
+        return ("newer" if version > SCHEMA_VERSION else "outdated"), version
+    return ("foreign" if any_tables else "empty"), version
+
+
+def layout(conn: sqlite3.Connection) -> Layout:
+    """Classify the file, so each tool can say what it can and cannot do with it.
+
+    Raises:
+        sqlite3.DatabaseError: the file is not a SQLite database.
+    """
+    return _read_layout(conn)[0]
 
 
 def check_schema(conn: sqlite3.Connection, db_label: str) -> bool:
@@ -123,17 +144,18 @@ def check_schema(conn: sqlite3.Connection, db_label: str) -> bool:
 
     Raises:
         SchemaOutdatedError: the file holds an older pipeloom layout.
-        DatabaseError: the file was written by a newer pipeloom.
+        DatabaseError: the file was written by a newer pipeloom (or another program stamped a
+            higher ``user_version``, which pipeloom must not overwrite).
     """
-    version, has_tables = _snapshot(conn)
-    if version == SCHEMA_VERSION:
+    kind, version = _read_layout(conn)
+    if kind == "current":
         return True
     if version > SCHEMA_VERSION:
         raise DatabaseError(
             f"{db_label}: schema version {version} is newer than this pipeloom understands "
             f"({SCHEMA_VERSION}); upgrade pipeloom to open it"
         )
-    if has_tables:
+    if kind == "outdated":
         raise SchemaOutdatedError(
             f"{db_label}: holds an older pipeloom schema (version {version}, current "
             f"{SCHEMA_VERSION}); run `pipeloom db upgrade {db_label}` to upgrade it in place"

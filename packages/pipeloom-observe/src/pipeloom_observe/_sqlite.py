@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Final, Literal, TypeAlias
 
+from pipeloom.db import connect_readonly
 from pipeloom.errors import DatabaseError
-from pipeloom.schema import PIPELOOM_TABLES, SCHEMA_VERSION
+from pipeloom.schema import Layout, layout
 
-__all__ = ["Layout", "layout", "open_readonly", "require_file", "user_version"]
-
-Layout: TypeAlias = Literal["current", "outdated", "newer", "empty", "foreign"]
-"""What a file holds: pipeloom's current schema, an older or newer one, nothing, or other tables."""
-
-_RUN_TABLES: Final = frozenset(PIPELOOM_TABLES)
+__all__ = ["Layout", "file_layout", "read_only", "require_file", "user_version"]
 
 
 def require_file(db_path: str | Path) -> Path:
@@ -31,16 +28,29 @@ def require_file(db_path: str | Path) -> Path:
     return path
 
 
-def open_readonly(path: Path) -> sqlite3.Connection:
-    """Open an existing file with ``mode=ro``, so nothing this connection does can write.
+@contextmanager
+def read_only(db_path: str | Path) -> Iterator[tuple[sqlite3.Connection, Path]]:
+    """Open an existing SQLite file with ``mode=ro`` for the block, then close it.
 
     Raises:
-        DatabaseError: SQLite cannot open the file.
+        DatabaseError: the file is missing, a directory, or not a SQLite database.
     """
+    path = Path(db_path)
+    conn = connect_readonly(path)
     try:
-        return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise DatabaseError(f"{path}: cannot open database ({exc})") from exc
+        yield conn, path
+    finally:
+        conn.close()
+
+
+def file_layout(db_path: str | Path) -> tuple[Path, Layout]:
+    """Classify an existing file (see `pipeloom.schema.layout`) without changing it.
+
+    Raises:
+        DatabaseError: the file is missing, a directory, or not a SQLite database.
+    """
+    with read_only(db_path) as (conn, path):
+        return path, layout(conn)
 
 
 def user_version(conn: sqlite3.Connection, path: Path) -> int:
@@ -57,19 +67,3 @@ def user_version(conn: sqlite3.Connection, path: Path) -> int:
             f"{path}: is not a SQLite database ({exc}); pass a pipeloom run database"
         ) from exc
     return int(version)
-
-
-def layout(conn: sqlite3.Connection, path: Path) -> Layout:
-    """Classify the file so callers can explain what they can and cannot show.
-
-    Raises:
-        DatabaseError: the file is not a SQLite database.
-    """
-    version = user_version(conn, path)
-    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-    tables = {str(row[0]) for row in rows}
-    if tables & _RUN_TABLES:
-        if version == SCHEMA_VERSION:
-            return "current"
-        return "newer" if version > SCHEMA_VERSION else "outdated"
-    return "foreign" if tables else "empty"

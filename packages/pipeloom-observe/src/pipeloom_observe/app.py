@@ -20,7 +20,7 @@ from typing import Any, Final
 from datasette.app import Datasette
 
 from pipeloom.errors import PipeloomError
-from pipeloom_observe._sqlite import layout, open_readonly, require_file
+from pipeloom_observe._sqlite import file_layout
 from pipeloom_observe.metadata import default_metadata, layout_note, merge_metadata
 
 __all__ = [
@@ -53,12 +53,7 @@ def database_note(db_path: str | Path) -> str | None:
     Raises:
         DatabaseError: the file is missing or is not a SQLite database.
     """
-    path = require_file(db_path)
-    conn = open_readonly(path)
-    try:
-        kind = layout(conn, path)
-    finally:
-        conn.close()
+    path, kind = file_layout(db_path)
     return layout_note(kind, str(path))
 
 
@@ -77,12 +72,7 @@ def build_datasette(
     Raises:
         DatabaseError: the file is missing or is not a SQLite database.
     """
-    path = require_file(db_path)
-    conn = open_readonly(path)
-    try:
-        kind = layout(conn, path)
-    finally:
-        conn.close()
+    path, kind = file_layout(db_path)
     metadata = default_metadata(path.stem, kind, path.name)
     if metadata_extra:
         if "description" in metadata_extra and "description_html" not in metadata_extra:

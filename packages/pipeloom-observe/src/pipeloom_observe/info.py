@@ -8,8 +8,8 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from pipeloom.schema import SCHEMA_VERSION
-from pipeloom_observe._sqlite import Layout, layout, open_readonly, require_file
+from pipeloom.schema import SCHEMA_VERSION, Layout, layout
+from pipeloom_observe._sqlite import read_only
 from pipeloom_observe.migrations import migrations
 
 __all__ = ["DatabaseInfo", "database_info"]
@@ -64,10 +64,8 @@ def database_info(db_path: str | Path) -> DatabaseInfo:
     Raises:
         DatabaseError: the file is missing or is not a SQLite database.
     """
-    path = require_file(db_path)
-    conn = open_readonly(path)
-    try:
-        kind = layout(conn, path)
+    with read_only(db_path) as (conn, path):
+        kind = layout(conn)
         (version,) = conn.execute("PRAGMA user_version").fetchone()
         (journal_mode,) = conn.execute("PRAGMA journal_mode").fetchone()
         db = Database(conn, execute_plugins=False)
@@ -77,8 +75,6 @@ def database_info(db_path: str | Path) -> DatabaseInfo:
         statuses = _count(
             conn, "SELECT status, COUNT(*) FROM task_runs GROUP BY status ORDER BY status"
         )
-    finally:
-        conn.close()
     wal = path.with_name(path.name + "-wal")
     return DatabaseInfo(
         path=path,

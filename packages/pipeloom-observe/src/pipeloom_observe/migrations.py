@@ -19,7 +19,7 @@ from sqlite_utils.migrations import Migrations
 from pipeloom.errors import DatabaseError
 from pipeloom.messages import utc_now
 from pipeloom.schema import SCHEMA_VERSION
-from pipeloom_observe._sqlite import open_readonly, require_file, user_version
+from pipeloom_observe._sqlite import read_only, require_file, user_version
 from pipeloom_observe._version import __version__
 
 __all__ = [
@@ -215,13 +215,8 @@ def applied(db_path: str | Path) -> list[tuple[str, str]]:
     Raises:
         DatabaseError: the file is missing or is not a SQLite database.
     """
-    path = require_file(db_path)
-    conn = open_readonly(path)
-    try:
-        user_version(conn, path)
+    with read_only(db_path) as (conn, _):
         return [(m.name, m.applied_at) for m in migrations.applied(Database(conn))]
-    finally:
-        conn.close()
 
 
 def pending(db_path: str | Path) -> list[str]:
@@ -233,13 +228,8 @@ def pending(db_path: str | Path) -> list[str]:
     Raises:
         DatabaseError: the file is missing or is not a SQLite database.
     """
-    path = require_file(db_path)
-    conn = open_readonly(path)
-    try:
-        user_version(conn, path)
+    with read_only(db_path) as (conn, _):
         return [m.name for m in migrations.pending(Database(conn))]
-    finally:
-        conn.close()
 
 
 def upgrade(db_path: str | Path) -> list[str]:
