@@ -11,7 +11,8 @@ import shlex
 import sqlite3
 from pathlib import Path
 
-from pipeloom.db import MEMORY
+from pipeloom.db import MEMORY, check_path
+from pipeloom.errors import DatabaseError
 from pipeloom_cli._errors import UsageError
 
 __all__ = ["SQLITE_HEADER", "observe_hint", "prepare_for_write"]
@@ -31,15 +32,10 @@ def observe_hint(db: Path | None) -> str | None:
 def _check_is_sqlite(db: Path) -> None:
     if str(db) == MEMORY:
         return
-    if db.is_dir():
-        raise UsageError(
-            f"{db}: is a directory, not a database file; pass a file path such as "
-            f"{db / 'pipeloom.db'}"
-        )
-    if not db.parent.exists():
-        raise UsageError(
-            f"{db}: folder {db.parent} does not exist; create it or choose another path"
-        )
+    try:
+        check_path(db)
+    except DatabaseError as exc:
+        raise UsageError(str(exc)) from exc
     if not db.exists():
         return
     try:

@@ -17,6 +17,7 @@ from pipeloom.schema import check_schema, create_schema
 __all__ = [
     "MEMORY",
     "Synchronous",
+    "check_path",
     "connect",
     "connect_readonly",
     "db_label",
@@ -36,7 +37,12 @@ def db_label(db_path: str | Path) -> str:
     return str(db_path)
 
 
-def _check_path(db_path: str | Path) -> None:
+def check_path(db_path: str | Path) -> None:
+    """Refuse a path no database can be created at, before anything is opened.
+
+    Raises:
+        DatabaseError: the path is a directory or its folder does not exist.
+    """
     if str(db_path) == MEMORY:
         return
     path = Path(db_path)
@@ -75,7 +81,7 @@ def connect(
             f"synchronous={synchronous!r}: use NORMAL (the default) or FULL (survives power "
             "loss); OFF and EXTRA also work"
         )
-    _check_path(db_path)
+    check_path(db_path)
     try:
         conn = sqlite3.connect(
             str(db_path),
