@@ -8,6 +8,7 @@ memory does not grow with the number of tasks. Every task is dispatched through 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import threading
@@ -28,7 +29,6 @@ from pipeloom.messages import (
     SENTINEL,
     MsgRunFinished,
     MsgTaskFinished,
-    TaskDef,
     utc_now,
 )
 from pipeloom.progress import LiveDisplay, PlainReporter, render_summary
@@ -40,7 +40,7 @@ __all__ = ["Executor", "RunResult", "TaskQueue", "ThreadExecutor", "WorkerFn", "
 WorkerFn = Callable[[Any, "TaskQueue"], Any]
 """``worker_fn(task, msg_q)``: do the work, putting lifecycle messages on ``msg_q``."""
 
-_FAILED = frozenset({"error", "timeout"})
+log = logging.getLogger("pipeloom.engine")
 _ERROR_SUMMARY_CHARS = 500
 _WRITER_FAILED_GRACE = 1.0
 """Seconds to let workers wind down after the writer died before raising anyway."""
@@ -150,7 +150,6 @@ class _Run:
         self.stop = threading.Event()
         self.in_flight: dict[int, Any] = {}  # thread ident -> task
         self.exhausted = False
-        self.cancel_reason: str | None = None
         self._lock_free = type(tasks) in _ATOMIC_ITERATORS
 
     def next_task(self) -> Any:
@@ -240,8 +239,8 @@ class _Run:
             self.stop.set()
         text = "".join(traceback.format_exception(exc))
         summary = f"{type(exc).__name__}: {exc}"[:_ERROR_SUMMARY_CHARS]
-        if self.fail_fast:
-            self.cancel_reason = f"fail_fast: task {task_id} failed ({summary})"
+        if self.fail_fast and not self.stop.is_set():
+            log.warning("fail_fast: task %s failed (%s); not starting the rest", task_id, summary)
             self.stop.set()
         if task_id is None or task_id in q.finished_ids:
             return isinstance(exc, Exception)
@@ -565,9 +564,3 @@ class _InterruptHandler:
         if self._installed:
             signal.signal(signal.SIGINT, self._previous)
             self._installed = False
-
-
-def iter_task_defs(names: Iterable[str], steps: int = 1) -> Iterator[TaskDef]:
-    """Number ``names`` as TaskDefs from 1 (a convenience for scripts and tests)."""
-    for i, name in enumerate(names, start=1):
-        yield TaskDef(i, name, steps=steps)

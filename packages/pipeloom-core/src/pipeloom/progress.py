@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -296,8 +295,3 @@ def render_summary(
     if hint:
         table.add_row("browse", hint)
     return table
-
-
-def status_counts_text(counts: Mapping[str, Any]) -> str:
-    """One-line form of per-status counts, for logs."""
-    return ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
