@@ -37,9 +37,9 @@ def test_seed_worker_shape_gives_five_done_rows_in_both_call_forms(
     assert result.ok
     assert result.counts == {"done": 5}
     assert result.failed_task_ids == []
-    assert rows(db, "SELECT task_id, name, status, progress, result FROM task_runs ORDER BY task_id") == [
-        (i, f"task-{i}", "done", 1.0, f"ok {i}") for i in range(1, 6)
-    ]
+    assert rows(
+        db, "SELECT task_id, name, status, progress, result FROM task_runs ORDER BY task_id"
+    ) == [(i, f"task-{i}", "done", 1.0, f"ok {i}") for i in range(1, 6)]
     # The query the seed documents keeps working.
     assert rows(db, "SELECT status, COUNT(*) FROM task_runs GROUP BY status;") == [("done", 5)]
 
