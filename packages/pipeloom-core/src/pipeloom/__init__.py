@@ -8,7 +8,13 @@ file (``pipeline_runs`` and ``task_runs``) and shown live with Rich progress bar
 from pipeloom._version import __version__
 from pipeloom.db import connect, init_schema, wal_checkpoint
 from pipeloom.engine import Executor, RunResult, TaskQueue, ThreadExecutor, run_pipeline
-from pipeloom.errors import DatabaseError, PipeloomError, SchemaOutdatedError, WriterFailedError
+from pipeloom.errors import (
+    DatabaseError,
+    PipeloomError,
+    RunFailedError,
+    SchemaOutdatedError,
+    WriterFailedError,
+)
 from pipeloom.logs import console, logger, setup_logging
 from pipeloom.messages import (
     SENTINEL,
@@ -54,6 +60,7 @@ __all__ = [
     "PipelineError",
     "PipeloomError",
     "PlainReporter",
+    "RunFailedError",
     "RunResult",
     "SQLiteWriter",
     "SchemaOutdatedError",

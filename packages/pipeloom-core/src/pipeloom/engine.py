@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from rich.console import Console
 
 from pipeloom.db import Synchronous
-from pipeloom.errors import DatabaseError, WriterFailedError
+from pipeloom.errors import DatabaseError, RunFailedError, WriterFailedError
 from pipeloom.logs import console as shared_console
 from pipeloom.messages import (
     SENTINEL,
@@ -75,8 +75,32 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        """True when every task finished ``done``."""
+        """True only when the run is ``done``: every task it took ended done or skipped."""
         return self.status == "done" and not self.failed_task_ids
+
+    def raise_for_status(self) -> RunResult:
+        """Raise `RunFailedError` unless the run is `ok`; returns the result otherwise.
+
+        A script ending in ``run_pipeline(...).raise_for_status()`` exits non-zero when its
+        run failed, so cron jobs and CI steps notice.
+
+        Raises:
+            RunFailedError: the run is not ``done`` (a task failed, it was stopped, or tasks
+                are unaccounted for).
+        """
+        if self.ok:
+            return self
+        failed = ", ".join(str(t) for t in self.failed_task_ids[:10])
+        more = (
+            f" and {len(self.failed_task_ids) - 10} more" if len(self.failed_task_ids) > 10 else ""
+        )
+        which = f"; failed task ids: {failed}{more}" if failed else ""
+        raise RunFailedError(
+            f"{self.db_path}: run {self.run_id} ended {self.status} "
+            f"({', '.join(f'{k} {v}' for k, v in sorted(self.counts.items()))}){which}; "
+            f"`pipeloom status {self.db_path} --run {self.run_id}` shows why",
+            result=self,
+        )
 
 
 class TaskQueue:

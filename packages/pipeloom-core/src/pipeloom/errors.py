@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "DatabaseError",
     "PipeloomError",
+    "RunFailedError",
     "SchemaOutdatedError",
     "WriterFailedError",
 ]
@@ -24,3 +25,13 @@ class SchemaOutdatedError(DatabaseError):
 
 class WriterFailedError(PipeloomError):
     """The writer thread stopped; no further message can be persisted."""
+
+
+class RunFailedError(PipeloomError):
+    """A run did not end ``done``; raised by `RunResult.raise_for_status`."""
+
+    def __init__(self, message: str, *, result: object = None) -> None:
+        """Keep the `RunResult` on the error, so a handler can inspect it."""
+        super().__init__(message)
+        self.result = result
+        """The `RunResult` of the failed run."""

@@ -1,0 +1,69 @@
+"""Turning anything users hand over (names, messages, exceptions) into text safely.
+
+Every place that stores or prints user text goes through these, so one rule holds
+everywhere: any text can be stored (what SQLite's UTF-8 cannot hold is escaped, never
+refused), and describing a failure never fails itself (a user ``__str__`` may raise).
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+
+__all__ = ["MAX_TEXT_CHARS", "exc_summary", "exc_text", "storable"]
+
+log = logging.getLogger("pipeloom")
+
+MAX_TEXT_CHARS = 100_000
+"""Stored texts (errors, payloads) longer than this are cut, with a note."""
+SUMMARY_CHARS = 500
+"""A one-line error summary is cut to this many characters."""
+
+
+def storable(value: object, limit: int = MAX_TEXT_CHARS) -> str:
+    """Return ``value`` as text SQLite can store: valid UTF-8, at most ``limit`` chars.
+
+    Lone surrogates (file names from ``os.listdir`` that are not UTF-8) are escaped as
+    a backslash escape rather than refused, so a task's row never depends on its text.
+    """
+    text = value if type(value) is str else _str(value)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) > limit:
+        text = text[:limit] + f"... [truncated, {len(text)} chars in all]"
+    return text
+
+
+def _str(value: object) -> str:
+    try:
+        return str(value)
+    except Exception as exc:  # a user __str__ may raise anything
+        return f"<unprintable {type(value).__name__}: {_fallback(exc)}>"
+
+
+def _fallback(exc: BaseException) -> str:
+    try:
+        return repr(exc)
+    except Exception:  # even repr failed: the type is all that is left
+        return type(exc).__name__
+
+
+def exc_summary(exc: BaseException, limit: int = SUMMARY_CHARS) -> str:
+    """One line naming the exception: ``ValueError: bad row 200``, never raising."""
+    text = _str(exc)
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    line = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return storable(line, limit)
+
+
+def exc_text(exc: BaseException) -> str:
+    """The full traceback of ``exc`` as text, never raising (a user ``__str__`` may)."""
+    try:
+        return storable("".join(traceback.format_exception(exc)))
+    except Exception as err:  # formatting calls the user's __str__; describe it without
+        log.debug("formatting %s failed: %s", type(exc).__name__, _fallback(err))
+        frames = "".join(traceback.format_tb(exc.__traceback__))
+        return storable(f"Traceback (most recent call last):\n{frames}{exc_summary(exc)}\n")
