@@ -93,6 +93,7 @@ def main() -> int:
                 "counts": result.counts,
                 "messages": result.messages,
                 "dead_letters": result.dead_letters,
+                "not_started": result.not_started,
             }
         ),
         flush=True,
