@@ -62,7 +62,7 @@ def write(db: Path, msgs: list[Any], batch_size: int) -> list[tuple[Any, ...]]:
     # that moment: the clock, not the fold, so it is left out of the comparison.
     finished_at = COLUMNS.split(", ").index("finished_at")
     return [
-        r[:finished_at] + (None,) + r[finished_at + 1 :] if r[3] == "interrupted" else r
+        (*r[:finished_at], None, *r[finished_at + 1 :]) if r[3] == "interrupted" else r
         for r in stored
     ]
 

@@ -35,6 +35,7 @@ from pipeloom.messages import SENTINEL, MsgTaskFinished, utc_now
 from pipeloom.progress import LiveDisplay, PlainReporter, render_summary
 from pipeloom.queue import DEFAULT_MAXSIZE, MessageQueue
 from pipeloom.result import RunResult
+from pipeloom.status import decide_run_status
 from pipeloom.writer import Handler, Listener, SchemaFn, SQLiteWriter
 
 __all__ = ["Executor", "RunResult", "TaskQueue", "ThreadExecutor", "WorkerFn", "run_pipeline"]
@@ -564,7 +565,7 @@ def run_pipeline(
             _wait(run, writer, interrupts)
             pool.shutdown(0.0 if run.abandoned else None)
         if writer.error is None:
-            q.put_nowait(run.end_message())
+            q.put_nowait(run.end_message())  # the writer records it on the run row
             q.put_nowait(SENTINEL)
         writer.join()
         q.fail(WriterFailedError("the run has ended; late messages are not stored"))
@@ -580,9 +581,15 @@ def run_pipeline(
             f"the run {writer.run_id} is recorded as error in {db_path}"
         ) from start_error
     counts = dict(writer.final_counts or writer.status_counts)
+    end = run.end_message()
     result = RunResult(
         run_id=writer.run_id,
-        status=writer.run_status or "done",
+        # Without pipeloom's tables the writer kept no rows to decide from; the same rule
+        # applies to what it counted as it committed.
+        status=writer.run_status
+        or decide_run_status(
+            counts, taken=end.taken, stop=end.stop, source_failed=end.error is not None
+        ),
         counts=counts,
         failed_task_ids=list(writer.failed_task_ids),
         elapsed=elapsed,
