@@ -10,17 +10,22 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pipeloom.executors._base import Completions, Executor, Sink, TaskQueue, WorkerFn
+from pipeloom.executors._remote import BatchingSink, Outcome, RemoteTaskError, run_remote
 from pipeloom.executors.threads import ThreadExecutor
 
 __all__ = [
     "EXECUTOR_NAMES",
+    "BatchingSink",
     "Completions",
     "Executor",
+    "Outcome",
+    "RemoteTaskError",
     "Sink",
     "TaskQueue",
     "ThreadExecutor",
     "WorkerFn",
     "resolve_executor",
+    "run_remote",
 ]
 
 EXECUTOR_NAMES = ("threads",)
