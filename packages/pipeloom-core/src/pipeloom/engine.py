@@ -294,7 +294,7 @@ class _Run:
     def _finish_failed(self, task_id: int, task: Any, error: BaseException) -> None:
         name, key = _label(task, task_id)
         remote = isinstance(error, RemoteTaskError)
-        text = error.remote_traceback if remote else None
+        text = error.remote_traceback if isinstance(error, RemoteTaskError) else None
         self._post(
             MsgTaskFinished(
                 task_id,
