@@ -8,15 +8,20 @@ the driver's writer thread writes to SQLite.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from pipeloom.executors._base import Completions, Executor, Sink, TaskQueue, WorkerFn
 from pipeloom.executors._remote import BatchingSink, Outcome, RemoteTaskError, run_remote
 from pipeloom.executors.threads import ThreadExecutor
 
+if TYPE_CHECKING:
+    from pipeloom.executors.dask import DaskExecutor
+
 __all__ = [
     "EXECUTOR_NAMES",
     "BatchingSink",
     "Completions",
+    "DaskExecutor",
     "Executor",
     "Outcome",
     "RemoteTaskError",
@@ -28,7 +33,7 @@ __all__ = [
     "run_remote",
 ]
 
-EXECUTOR_NAMES = ("threads",)
+EXECUTOR_NAMES = ("threads", "dask")
 """The names ``executor=`` accepts."""
 
 
@@ -57,4 +62,19 @@ def resolve_executor(executor: str | Executor | None) -> Executor:
     )
 
 
-_FACTORIES: dict[str, Callable[[], Executor]] = {"threads": ThreadExecutor}
+def _dask() -> Executor:
+    from pipeloom.executors.dask import DaskExecutor
+
+    return DaskExecutor()
+
+
+def __getattr__(name: str) -> Any:
+    """Import `DaskExecutor` only when asked for, so ``import pipeloom`` never imports dask."""
+    if name == "DaskExecutor":
+        from pipeloom.executors.dask import DaskExecutor
+
+        return DaskExecutor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_FACTORIES: dict[str, Callable[[], Executor]] = {"threads": ThreadExecutor, "dask": _dask}

@@ -1,0 +1,625 @@
+"""Running tasks on a Dask distributed cluster, beyond one machine.
+
+Needs the optional extra: ``uv add 'pipeloom-core[dask]'``. Tasks travel to the cluster in
+chunks (one Dask future runs several tasks one after another, sized so a chunk takes about
+`TARGET_CHUNK_SECONDS`), because a future costs milliseconds of scheduler round trip while a
+tiny task costs microseconds. Only the driver writes SQLite: a task's messages, its log
+records and its completion come back in batches on distributed's event stream
+(``Worker.log_event`` on the worker, ``Client.subscribe_topic`` here, one topic per run), in
+the order the worker produced them, and one dispatcher thread here applies them.
+
+Dask may run a task twice: when a worker dies, the scheduler runs its chunk again elsewhere.
+Every execution of a chunk carries a token of its own, so the driver tells a rerun from the
+first run, records the lost execution as a failed attempt (a ``task_attempts`` row) and counts
+the rerun as the next attempt; a task that already completed is never recorded again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import math
+import pickle
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pipeloom._text import exc_summary
+from pipeloom.executors._base import Completions, Executor, Sink, WorkerFn
+from pipeloom.executors._remote import BatchingSink, Outcome, RemoteTaskError, run_remote
+from pipeloom.messages import MsgTaskAttempt, MsgTaskFinished, MsgTaskStarted, utc_now
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+__all__ = ["DaskExecutor", "DaskUnavailableError"]
+
+log = logging.getLogger("pipeloom.executors.dask")
+
+TARGET_CHUNK_SECONDS = 0.2
+"""About how long one chunk should run: long enough to hide a future's round trip."""
+MAX_CHUNK = 1000
+"""Most tasks in one chunk."""
+QUEUED_PER_THREAD = 2
+"""Chunks handed to the cluster per worker thread: one running, one waiting behind it."""
+_DEFAULT_IN_FLIGHT = 4096
+"""Tasks the engine may hand over at once; the executor sizes chunks out of them."""
+_REFRESH = 5.0
+"""Seconds between looks at how many threads the cluster has (it may scale)."""
+_POLL = 0.05
+"""Longest the dispatcher sleeps while it has work, so a stop is noticed promptly."""
+_FORWARDED_LOGGERS = ("", "pipeloom")
+"""Loggers whose driver-side level the workers adopt, so records the driver wants are made."""
+
+
+class DaskUnavailableError(ImportError):
+    """``executor="dask"`` was asked for without the ``dask`` extra installed."""
+
+
+def _import_distributed() -> Any:
+    try:
+        import distributed
+    except ImportError as exc:
+        raise DaskUnavailableError(
+            "the dask executor needs the optional extra: uv add 'pipeloom-core[dask]' "
+            f"(or pip install 'pipeloom-core[dask]'); importing distributed failed: {exc}"
+        ) from exc
+    return distributed
+
+
+# -- the worker side ----------------------------------------------------------------------
+
+_FN_CACHE: dict[str, WorkerFn] = {}
+"""Worker functions already unpickled in this worker process, by run topic."""
+_FN_CACHE_SIZE = 8
+
+
+def _load_fn(topic: str, fn_bytes: bytes) -> WorkerFn:
+    fn = _FN_CACHE.get(topic)
+    if fn is None:
+        fn = pickle.loads(fn_bytes)
+        while len(_FN_CACHE) >= _FN_CACHE_SIZE:
+            _FN_CACHE.pop(next(iter(_FN_CACHE)))
+        _FN_CACHE[topic] = fn
+    return fn
+
+
+def _dump(obj: Any) -> bytes:
+    """Pickle by reference where possible; by value for classes defined in ``__main__``."""
+    try:
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        import cloudpickle  # type: ignore[import-untyped]
+
+        return bytes(cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+_FORMATTER = logging.Formatter()
+
+
+class _ForwardLogs(logging.Handler):
+    """Sends log records made on one thread (the chunk's) to the driver as small dicts."""
+
+    def __init__(self, sink: BatchingSink, ident: int) -> None:
+        super().__init__()
+        self.sink = sink
+        self.ident = ident
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread != self.ident:
+            return
+        try:
+            item = {
+                "name": record.name,
+                "levelno": record.levelno,
+                "levelname": record.levelname,
+                "msg": record.getMessage(),
+                "created": record.created,
+                "pathname": record.pathname,
+                "lineno": record.lineno,
+                "funcName": record.funcName,
+                "exc_text": _FORMATTER.formatException(record.exc_info)
+                if record.exc_info
+                else record.exc_text,
+            }
+            for extra in ("task", "task_id", "task_key", "attempt"):
+                if extra in record.__dict__:
+                    item[extra] = record.__dict__[extra]
+            self.sink.put(("l", item))
+        except Exception:
+            self.handleError(record)
+
+
+def _chunk_cancelled(worker: Any, key: str | None) -> bool:
+    """True once the scheduler cancelled this chunk's future (checked between tasks)."""
+    if key is None:
+        return False
+    ts = worker.state.tasks.get(key)
+    return ts is None or ts.state in ("cancelled", "released", "forgotten")
+
+
+def _run_chunk(
+    topic: str, fn_bytes: bytes, payload: bytes, levels: dict[str, int]
+) -> list[Outcome]:
+    """Run a chunk of tasks one after another on a Dask worker, streaming what they send.
+
+    What goes back on the run's topic, in order: ``("b", task_id)`` when a task begins, the
+    task's own messages, ``("l", record)`` for its log records, ``("e", outcome, seconds)``
+    when it ends. Each batch is ``(token, items)`` with a token unique to this execution.
+    """
+    from distributed import get_worker
+    from distributed.worker import thread_state  # type: ignore[attr-defined]
+
+    worker = get_worker()
+    key = getattr(thread_state, "key", None)
+    fn = _load_fn(topic, fn_bytes)
+    tasks: list[tuple[int, Any]] = pickle.loads(payload)
+    token = uuid.uuid4().hex
+    for name, level in levels.items():
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() > level:
+            logger.setLevel(level)
+
+    def send(batch: list[Any]) -> None:
+        worker.log_event(topic, _dump((token, batch)))
+
+    sink = BatchingSink(send)
+    forward = _ForwardLogs(sink, threading.get_ident())
+    root = logging.getLogger()
+    root.addHandler(forward)
+    outcomes: list[Outcome] = []
+    try:
+        for task_id, task in tasks:
+            if _chunk_cancelled(worker, key):
+                break
+            sink.put(("b", task_id))
+            began = time.perf_counter()
+            outcome = run_remote(fn, task_id, task, sink)
+            sink.put(("e", outcome, time.perf_counter() - began))
+            outcomes.append(outcome)
+    finally:
+        root.removeHandler(forward)
+        sink.close()
+    return outcomes
+
+
+# -- the driver side ----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Task:
+    """What the driver knows of one task handed to the cluster."""
+
+    task: Any
+    chunk: int = -1
+    token: str | None = None
+    """The execution whose messages count (the latest to begin the task)."""
+    offset: int = 0
+    """Attempts used by executions that were lost; added to what the worker reports."""
+    attempt: int = 0
+    """Highest attempt seen so far."""
+    started_at: str | None = None
+
+
+@dataclass(slots=True)
+class _Chunk:
+    future: Any
+    """The chunk's ``distributed.Future`` (typed loosely: distributed is partly untyped)."""
+    ids: list[int]
+    started: bool = False
+    outcomes: dict[int, Outcome] = field(default_factory=dict)
+
+
+_WAKE = object()
+_STOP = object()
+
+
+class DaskExecutor(Executor):
+    """Runs tasks on a Dask distributed cluster; only the driver writes SQLite.
+
+    Args:
+        address: a running scheduler (``tcp://host:8786``); the cluster is left running.
+        client: an existing ``distributed.Client``; left open and its cluster running.
+        chunk_size: fixed tasks per future; None (default) sizes chunks from how long tasks
+            take, so a chunk runs about `TARGET_CHUNK_SECONDS`.
+        **cluster_kwargs: with neither ``address`` nor ``client``, passed to the
+            ``LocalCluster`` started for the run (and closed after it), e.g. ``n_workers=4``.
+
+    ``worker_fn``, the tasks and the messages they send must pickle; the workers need
+    pipeloom and the code the worker function imports installed. Dask may run a task twice
+    (after a worker dies); every execution is recorded as an attempt.
+    """
+
+    name = "dask"
+
+    def __init__(
+        self,
+        address: str | None = None,
+        client: Client | None = None,
+        *,
+        chunk_size: int | None = None,
+        **cluster_kwargs: Any,
+    ) -> None:
+        """Check the extra is installed; connect only in `start`."""
+        _import_distributed()
+        if address is not None and client is not None:
+            raise ValueError("DaskExecutor: pass address= or client=, not both")
+        if (address is not None or client is not None) and cluster_kwargs:
+            raise ValueError(
+                f"DaskExecutor: {', '.join(sorted(cluster_kwargs))} configure a LocalCluster, "
+                "which is only started when neither address= nor client= is given"
+            )
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"DaskExecutor(chunk_size={chunk_size}): use 1 or more, or None")
+        self.address = address
+        self.chunk_size = chunk_size
+        self.cluster_kwargs = cluster_kwargs
+        self.client: Any = client
+        self._own_client = client is None
+        self._cluster: Any = None
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._topic = f"pipeloom-{uuid.uuid4().hex}"
+        self._cancelled = False
+
+    def default_workers(self, tasks: int | None, cpus: int) -> int:
+        """Tasks in flight by default: enough to fill chunks for a whole cluster."""
+        return max(1, min(tasks, _DEFAULT_IN_FLIGHT)) if tasks is not None else _DEFAULT_IN_FLIGHT
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self, workers: int, worker_fn: WorkerFn, sink: Sink, engine: Completions) -> None:
+        """Connect (or start a LocalCluster), check the worker function pickles, subscribe."""
+        super().start(workers, worker_fn, sink, engine)
+        try:
+            self._fn_bytes = _dump(worker_fn)
+        except Exception as exc:
+            raise TypeError(
+                f"DaskExecutor: the worker function {worker_fn!r} cannot be sent to Dask "
+                f"workers ({exc_summary(exc)}); define it at module level and keep locks, "
+                "open files and connections out of it"
+            ) from exc
+        distributed = _import_distributed()
+        if self.client is None:
+            if self.address is None:
+                kwargs = {"dashboard_address": None, **self.cluster_kwargs}
+                self._cluster = distributed.LocalCluster(**kwargs)
+                self.client = distributed.Client(self._cluster)
+            else:
+                self.client = distributed.Client(self.address)
+        self._levels = {n: logging.getLogger(n).getEffectiveLevel() for n in _FORWARDED_LOGGERS}
+        self._tasks: dict[int, _Task] = {}
+        self._chunks: dict[int, _Chunk] = {}
+        self._pending: list[int] = []
+        self._chunk_ids = itertools.count()
+        self._cursor: dict[str, int | None] = {}
+        self._seconds: float | None = None
+        self._threads = self._cluster_threads()
+        self._looked = time.monotonic()
+        self.client.subscribe_topic(self._topic, self._on_event)
+        self._thread = threading.Thread(
+            target=self._dispatch_loop, name="pipeloom-dask-dispatch", daemon=True
+        )
+        self._thread.start()
+
+    def _cluster_threads(self) -> int:
+        assert self.client is not None
+        threads: dict[str, int] = self.client.nthreads()
+        return max(1, sum(threads.values()))
+
+    def submit(self, task_id: int, task: Any) -> None:
+        """Queue the task for the dispatcher, which groups tasks into chunks."""
+        self._inbox.put(("t", task_id, task))
+
+    def cancel(self) -> None:
+        """Cancel every chunk handed to the cluster (Ctrl-C twice, an abandoned run)."""
+        self._cancelled = True
+        self._inbox.put(_WAKE)
+
+    def shutdown(self, timeout: float | None) -> bool:
+        """Stop the dispatcher, unsubscribe; close the client and cluster this executor made."""
+        if self._thread is not None:
+            self._inbox.put(_STOP)
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                return False
+        client = self.client
+        if client is None:
+            return True
+        try:
+            client.unsubscribe_topic(self._topic)
+        except (ValueError, RuntimeError) as exc:
+            log.debug("unsubscribing %s: %s", self._topic, exc)
+        if self._own_client:
+            client.close()
+            if self._cluster is not None:
+                self._cluster.close()
+        return True
+
+    # -- callbacks from distributed's event loop: hand over, never block ----------------
+
+    def _on_event(self, event: tuple[float, bytes]) -> None:
+        self._inbox.put(("ev", event[1]))
+
+    def _on_future(self, chunk_id: int) -> Callable[[Any], None]:
+        def done(_: Any) -> None:
+            self._inbox.put(("f", chunk_id))
+
+        return done
+
+    # -- the dispatcher: the one thread that owns the state below ------------------------
+
+    def _dispatch_loop(self) -> None:
+        try:
+            self._dispatch()
+        except BaseException as exc:  # the executor cannot go on; the engine records it
+            log.exception("the Dask dispatcher failed")
+            self.engine.executor_failed(exc)
+
+    def _dispatch(self) -> None:
+        inbox = self._inbox
+        stopping = self.engine.stopping
+        while True:
+            busy = bool(self._pending or self._chunks)
+            try:
+                item = inbox.get(timeout=_POLL if busy else None)
+            except queue.Empty:
+                item = _WAKE
+            while True:
+                if item is _STOP:
+                    return
+                if item is not _WAKE:
+                    self._handle(item)
+                try:
+                    item = inbox.get_nowait()
+                except queue.Empty:
+                    break
+            if self._cancelled:
+                self._cancel_all()
+            elif stopping.is_set():
+                self._stop_pending()
+            else:
+                self._send_chunks()
+
+    def _handle(self, item: tuple[Any, ...]) -> None:
+        kind = item[0]
+        if kind == "t":
+            _, task_id, task = item
+            self._tasks[task_id] = _Task(task)
+            self._pending.append(task_id)
+        elif kind == "ev":
+            token, items = pickle.loads(item[1])
+            self._apply(token, items)
+        elif kind == "f":
+            self._future_done(item[1])
+
+    # -- sending chunks -----------------------------------------------------------------
+
+    def _chunk_len(self, free: int) -> int:
+        if self.chunk_size is not None:
+            size = self.chunk_size
+        elif self._seconds is None:
+            size = 1  # nothing measured yet: keep long tasks spread over the cluster
+        else:
+            size = int(TARGET_CHUNK_SECONDS / max(self._seconds, 1e-6))
+        # Never put everything left in one chunk while other threads would idle.
+        spread = math.ceil(len(self._pending) / max(1, free))
+        return max(1, min(size, MAX_CHUNK, spread))
+
+    def _send_chunks(self) -> None:
+        now = time.monotonic()
+        if now - self._looked > _REFRESH:
+            self._looked = now
+            self._threads = self._cluster_threads()
+        limit = self._threads * QUEUED_PER_THREAD
+        while self._pending and len(self._chunks) < limit:
+            n = self._chunk_len(limit - len(self._chunks))
+            ids, self._pending = self._pending[:n], self._pending[n:]
+            self._send(ids)
+
+    def _send(self, ids: list[int]) -> None:
+        assert self.client is not None
+        pairs = [(i, self._tasks[i].task) for i in ids]
+        try:
+            payload = _dump(pairs)
+        except Exception:
+            payload, pairs = self._drop_unpicklable(pairs)
+            if not pairs:
+                return
+            ids = [i for i, _ in pairs]
+        chunk_id = next(self._chunk_ids)
+        future = self.client.submit(
+            _run_chunk,
+            self._topic,
+            self._fn_bytes,
+            payload,
+            self._levels,
+            key=f"{self._topic}-{chunk_id}",
+            pure=False,
+        )
+        self._chunks[chunk_id] = _Chunk(future, ids)
+        for i in ids:
+            self._tasks[i].chunk = chunk_id
+        future.add_done_callback(self._on_future(chunk_id))
+
+    def _drop_unpicklable(
+        self, pairs: list[tuple[int, Any]]
+    ) -> tuple[bytes, list[tuple[int, Any]]]:
+        """Fail the tasks that cannot be sent (each is its own error); send the rest."""
+        keep = []
+        for task_id, task in pairs:
+            try:
+                _dump(task)
+            except Exception as exc:
+                self._complete(
+                    task_id,
+                    TypeError(
+                        f"task {task_id} cannot be sent to Dask workers ({exc_summary(exc)}); "
+                        "its payload must pickle"
+                    ),
+                    False,
+                )
+            else:
+                keep.append((task_id, task))
+        return (_dump(keep) if keep else b""), keep
+
+    # -- what comes back ----------------------------------------------------------------
+
+    def _apply(self, token: str, items: list[Any]) -> None:
+        cursor = self._cursor.get(token)
+        put = self.sink.put
+        for item in items:
+            if type(item) is tuple:
+                kind = item[0]
+                if kind == "b":
+                    cursor = self._begin(token, item[1])
+                    continue
+                if kind == "e":
+                    self._end(token, cursor, item[1], item[2])
+                    cursor = None
+                    continue
+                if kind == "l":
+                    _emit(item[1])
+                    continue
+            if cursor is None:
+                log.debug("dropped %s from a superseded execution", type(item).__name__)
+                continue
+            st = self._tasks.get(cursor)
+            if st is None or st.token != token:
+                continue
+            put(self._renumber(st, item))
+        if cursor is None:
+            self._cursor.pop(token, None)
+        else:
+            self._cursor[token] = cursor
+
+    def _begin(self, token: str, task_id: int) -> int | None:
+        st = self._tasks.get(task_id)
+        if st is None:
+            # Completed already (or never ours): Dask ran it again after a lost worker.
+            log.info("task %s ran again on the cluster after it completed; ignored", task_id)
+            return None
+        chunk = self._chunks.get(st.chunk)
+        if chunk is not None:
+            chunk.started = True
+        if st.token is not None and st.token != token:
+            lost = max(st.attempt, st.offset + 1)
+            self.sink.put(
+                MsgTaskAttempt(
+                    task_id,
+                    lost,
+                    "error",
+                    "the Dask worker running this attempt was lost; Dask ran the task again "
+                    f"(attempt {lost + 1})",
+                    started_at=st.started_at,
+                )
+            )
+            st.offset = st.attempt = lost
+            st.started_at = None
+        st.token = token
+        return task_id
+
+    def _renumber(self, st: _Task, msg: Any) -> Any:
+        cls = type(msg)
+        if cls is MsgTaskStarted or cls is MsgTaskFinished or cls is MsgTaskAttempt:
+            attempt = msg.attempt + st.offset
+            if st.offset:
+                msg = dataclasses.replace(msg, attempt=attempt)
+            st.attempt = max(st.attempt, attempt)
+            if cls is MsgTaskStarted:
+                st.started_at = msg.started_at
+        return msg
+
+    def _end(self, token: str, task_id: int | None, outcome: Outcome, seconds: float) -> None:
+        if task_id is None:
+            return
+        st = self._tasks.get(task_id)
+        if st is None or st.token != token:
+            return
+        self._seconds = seconds if self._seconds is None else 0.8 * self._seconds + 0.2 * seconds
+        chunk = self._chunks.get(st.chunk)
+        if chunk is not None:
+            chunk.outcomes[task_id] = outcome
+        self._complete(task_id, outcome.as_error(), outcome.finished)
+
+    def _complete(self, task_id: int, error: BaseException | None, finished: bool) -> None:
+        st = self._tasks.pop(task_id, None)
+        if st is not None:
+            self.engine.task_done(task_id, st.task, error, finished)
+
+    def _future_done(self, chunk_id: int) -> None:
+        chunk = self._chunks.pop(chunk_id, None)
+        if chunk is None:
+            return
+        left = [i for i in chunk.ids if i in self._tasks]
+        if not left:
+            return
+        future = chunk.future
+        status = future.status
+        if status == "finished":
+            # The stream delivers a task's end before its chunk's result; this is a safety net.
+            log.warning("chunk %s finished before %d task end(s) arrived", chunk_id, len(left))
+            for i in left:
+                out = chunk.outcomes.get(i)
+                if out is None:
+                    for o in future.result():
+                        chunk.outcomes[o.task_id] = o
+                    out = chunk.outcomes.get(i, Outcome(i))
+                self._complete(i, out.as_error(), out.finished)
+        elif status == "cancelled":
+            for i in left:
+                if self._tasks[i].token is None:
+                    self._cancelled_task(i, "cancelled: the run was stopped before it started")
+                # A task already running reports its own end.
+        else:
+            try:
+                exc = future.exception(timeout=5)
+            except Exception as err:  # the client lost the scheduler
+                exc = err
+            error = RemoteTaskError(
+                f"its Dask chunk failed: {exc_summary(exc) if exc else status}", None
+            )
+            for i in left:
+                self._complete(i, error, False)
+
+    # -- stopping -----------------------------------------------------------------------
+
+    def _cancelled_task(self, task_id: int, why: str) -> None:
+        st = self._tasks[task_id]
+        name = getattr(st.task, "name", None)
+        key = getattr(st.task, "key", None)
+        self.sink.put(
+            MsgTaskFinished(task_id, "cancelled", utc_now(), message=why, name=name, key=key)
+        )
+        self._complete(task_id, None, True)
+
+    def _stop_pending(self) -> None:
+        """fail_fast or Ctrl-C: nothing new starts; chunks not yet begun are cancelled."""
+        pending, self._pending = self._pending, []
+        for i in pending:
+            self._cancelled_task(i, "cancelled: the run was stopped before it started")
+        idle = [c.future for c in self._chunks.values() if not c.started and not c.future.done()]
+        if idle:
+            assert self.client is not None
+            self.client.cancel(idle)
+
+    def _cancel_all(self) -> None:
+        self._pending = []
+        futures = [c.future for c in self._chunks.values() if not c.future.done()]
+        if futures:
+            assert self.client is not None
+            self.client.cancel(futures)
+        self._chunks.clear()
+
+
+def _emit(item: dict[str, Any]) -> None:
+    """Re-emit a worker's log record on the driver, under its own logger name."""
+    logger = logging.getLogger(item.get("name") or "")
+    if not logger.isEnabledFor(item.get("levelno", logging.INFO)):
+        return
+    logger.handle(logging.makeLogRecord(item))
