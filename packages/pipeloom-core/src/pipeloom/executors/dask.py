@@ -29,9 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pipeloom._text import exc_summary
-from pipeloom.executors._base import Completions, Executor, Sink, WorkerFn
-from pipeloom.executors._remote import BatchingSink, Outcome, RemoteTaskError, run_remote
+from pipeloom._text import exc_summary, exc_text
+from pipeloom.executors._base import Completions, Executor, Sink, TaskQueue, WorkerFn
+from pipeloom.executors._remote import BatchingSink, Outcome, RemoteTaskError
 from pipeloom.messages import MsgTaskAttempt, MsgTaskFinished, MsgTaskStarted, utc_now
 
 if TYPE_CHECKING:
@@ -53,8 +53,8 @@ _REFRESH = 5.0
 """Seconds between looks at how many threads the cluster has (it may scale)."""
 _POLL = 0.05
 """Longest the dispatcher sleeps while it has work, so a stop is noticed promptly."""
-_FORWARDED_LOGGERS = ("", "pipeloom")
-"""Loggers whose driver-side level the workers adopt, so records the driver wants are made."""
+_OWN_LOGGERS = ("distributed", "tornado", "asyncio", "bokeh")
+"""Loggers whose level stays the worker's own: they are the cluster's, not the tasks'."""
 
 
 class DaskUnavailableError(ImportError):
@@ -89,14 +89,23 @@ def _load_fn(topic: str, fn_bytes: bytes) -> WorkerFn:
     return fn
 
 
+def _dump_value(obj: Any) -> bytes:
+    """Pickle for the trip to the workers: by value what they may not import (``__main__``).
+
+    cloudpickle also honours ``cloudpickle.register_pickle_by_value(module)`` for code that
+    lives only on the driver.
+    """
+    import cloudpickle  # type: ignore[import-untyped]
+
+    return bytes(cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+
 def _dump(obj: Any) -> bytes:
-    """Pickle by reference where possible; by value for classes defined in ``__main__``."""
+    """Pickle for the trip back: plain pickle (fast), by value only when that fails."""
     try:
         return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
-        import cloudpickle  # type: ignore[import-untyped]
-
-        return bytes(cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+        return _dump_value(obj)
 
 
 _FORMATTER = logging.Formatter()
@@ -143,6 +152,23 @@ def _chunk_cancelled(worker: Any, key: str | None) -> bool:
     return ts is None or ts.state in ("cancelled", "released", "forgotten")
 
 
+def _run_one(fn: WorkerFn, task_id: int, task: Any, sink: BatchingSink) -> Outcome:
+    """`run_remote` without its flush at the task's end.
+
+    In a chunk the task's end marker follows its messages on the same stream, so batches
+    may span tasks: a chunk of tiny tasks sends a batch every 50 ms or 512 items, not one
+    event per task (which the scheduler would also keep, one per task, in its event log).
+    """
+    q = TaskQueue(sink)
+    try:
+        fn(task, q)
+    except Exception as exc:
+        return Outcome(task_id, exc_summary(exc), exc_text(exc), task_id in q.finished_ids)
+    except BaseException as exc:  # KeyboardInterrupt, SystemExit: the run should stop
+        return Outcome(task_id, exc_summary(exc), exc_text(exc), task_id in q.finished_ids, True)
+    return Outcome(task_id, finished=task_id in q.finished_ids)
+
+
 def _run_chunk(
     topic: str, fn_bytes: bytes, payload: bytes, levels: dict[str, int]
 ) -> list[Outcome]:
@@ -161,7 +187,7 @@ def _run_chunk(
     tasks: list[tuple[int, Any]] = pickle.loads(payload)
     token = uuid.uuid4().hex
     for name, level in levels.items():
-        logger = logging.getLogger(name)
+        logger = logging.getLogger(name or None)
         if logger.getEffectiveLevel() > level:
             logger.setLevel(level)
 
@@ -179,7 +205,7 @@ def _run_chunk(
                 break
             sink.put(("b", task_id))
             began = time.perf_counter()
-            outcome = run_remote(fn, task_id, task, sink)
+            outcome = _run_one(fn, task_id, task, sink)
             sink.put(("e", outcome, time.perf_counter() - began))
             outcomes.append(outcome)
     finally:
@@ -277,7 +303,7 @@ class DaskExecutor(Executor):
         """Connect (or start a LocalCluster), check the worker function pickles, subscribe."""
         super().start(workers, worker_fn, sink, engine)
         try:
-            self._fn_bytes = _dump(worker_fn)
+            self._fn_bytes = _dump_value(worker_fn)
         except Exception as exc:
             raise TypeError(
                 f"DaskExecutor: the worker function {worker_fn!r} cannot be sent to Dask "
@@ -292,7 +318,7 @@ class DaskExecutor(Executor):
                 self.client = distributed.Client(self._cluster)
             else:
                 self.client = distributed.Client(self.address)
-        self._levels = {n: logging.getLogger(n).getEffectiveLevel() for n in _FORWARDED_LOGGERS}
+        self._levels = _driver_levels()
         self._tasks: dict[int, _Task] = {}
         self._chunks: dict[int, _Chunk] = {}
         self._pending: list[int] = []
@@ -426,7 +452,7 @@ class DaskExecutor(Executor):
         assert self.client is not None
         pairs = [(i, self._tasks[i].task) for i in ids]
         try:
-            payload = _dump(pairs)
+            payload = _dump_value(pairs)
         except Exception:
             payload, pairs = self._drop_unpicklable(pairs)
             if not pairs:
@@ -454,7 +480,7 @@ class DaskExecutor(Executor):
         keep = []
         for task_id, task in pairs:
             try:
-                _dump(task)
+                _dump_value(task)
             except Exception as exc:
                 self._complete(
                     task_id,
@@ -466,7 +492,7 @@ class DaskExecutor(Executor):
                 )
             else:
                 keep.append((task_id, task))
-        return (_dump(keep) if keep else b""), keep
+        return (_dump_value(keep) if keep else b""), keep
 
     # -- what comes back ----------------------------------------------------------------
 
@@ -615,6 +641,23 @@ class DaskExecutor(Executor):
             assert self.client is not None
             self.client.cancel(futures)
         self._chunks.clear()
+
+
+def _driver_levels() -> dict[str, int]:
+    """The root level and every level set on a named logger here, for the workers to adopt.
+
+    A record below a worker's level is never made, so it could not be forwarded; the worker
+    lowers (never raises) the levels of the same loggers for the records the driver wants.
+    """
+    levels = {"": logging.getLogger().getEffectiveLevel()}
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if (
+            isinstance(logger, logging.Logger)
+            and logger.level != logging.NOTSET
+            and not name.startswith(_OWN_LOGGERS)
+        ):
+            levels[name] = logger.level
+    return levels
 
 
 def _emit(item: dict[str, Any]) -> None:

@@ -1,0 +1,273 @@
+"""DaskExecutor on a real LocalCluster with worker processes, against real SQLite files.
+
+The worker functions live in this module, which Dask's worker processes cannot import (pytest
+imports it by path), so it is registered with cloudpickle to travel by value, as a user's
+notebook or script code does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cloudpickle  # type: ignore[import-untyped]
+import pytest
+from distributed import Client, LocalCluster
+
+from pipeloom import TaskDef, run_pipeline
+from pipeloom.errors import PipeloomError
+from pipeloom.executors import TaskQueue, resolve_executor
+from pipeloom.executors.dask import DaskExecutor, DaskUnavailableError
+from pipeloom.messages import MsgTaskFinished, MsgTaskProgress, MsgTaskStarted, utc_now
+from pipeloom.result import RunResult
+from tests.reliability._support import query, wait_for
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Client]:
+    with (
+        LocalCluster(  # type: ignore[no-untyped-call]
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as c,  # type: ignore[no-untyped-call]
+    ):
+        yield c
+
+
+def run(client: Client, tasks: Any, db: Path, worker: Any, **kw: Any) -> RunResult:
+    return run_pipeline(
+        tasks, db, worker_fn=worker, executor=DaskExecutor(client=client), progress=False, **kw
+    )
+
+
+def counts(db: Path) -> dict[str, int]:
+    return dict(query(db, "SELECT status, COUNT(*) FROM task_runs GROUP BY status"))
+
+
+# -- worker functions (run in the Dask worker processes) -----------------------------------
+
+
+def shaped(task: TaskDef, q: TaskQueue) -> None:
+    """The shape users copy from the docs."""
+    q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))
+    for step in range(1, task.steps + 1):
+        q.put(MsgTaskProgress(task.task_id, step, task.steps, f"step {step}"))
+    logging.getLogger("pipeloom_test.dask").info("task %s on pid %s", task.task_id, os.getpid())
+    q.put(MsgTaskFinished(task.task_id, "done", utc_now(), result=str(os.getpid())))
+
+
+def raises_on_even(task: TaskDef, q: TaskQueue) -> None:
+    q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))
+    if task.task_id % 2 == 0:
+        raise ValueError(f"bad row {task.task_id}")
+
+
+@dataclass(frozen=True)
+class MsgRow:
+    """A user's own message, applied by a user's handler on the driver."""
+
+    task_id: int
+    value: str
+
+
+def emits_rows(task: TaskDef, q: TaskQueue) -> None:
+    q.put(MsgRow(task.task_id, f"row-{task.task_id}"))
+
+
+def noop(task: Any, q: TaskQueue) -> None:
+    return None
+
+
+def fails_first(task: TaskDef, q: TaskQueue) -> None:
+    """Task 1 fails; every other task waits until the driver recorded that failure."""
+    q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))
+    if task.task_id == 1:
+        raise RuntimeError("first task fails")
+    db = Path(task.payload)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        conn = sqlite3.connect(db)
+        try:
+            row = conn.execute("SELECT status FROM task_runs WHERE task_id = 1").fetchone()
+        finally:
+            conn.close()
+        if row is not None and row[0] == "error":
+            return
+        time.sleep(0.01)
+
+
+def victim(task: TaskDef, q: TaskQueue) -> None:
+    """First execution: note this process's pid, then block until killed. A rerun returns."""
+    q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))
+    marker = Path(task.payload) / "first-pid"
+    if task.task_id == 1 and not marker.exists():
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(str(os.getpid()))
+        tmp.rename(marker)
+        while True:  # SIGKILLed by the test
+            time.sleep(0.05)
+    q.put(MsgTaskFinished(task.task_id, "done", utc_now(), result=str(os.getpid())))
+
+
+# -- tests ----------------------------------------------------------------------------------
+
+
+def test_shaped_worker_records_every_task_from_worker_processes(
+    client: Client, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "run.db"
+    caplog.set_level(logging.INFO, logger="pipeloom_test.dask")
+    tasks = [TaskDef(i, f"load-{i}", steps=3) for i in range(1, 21)]
+    result = run(client, tasks, db, shaped)
+    assert result.ok and result.counts == {"done": 20}
+    rows = query(db, "SELECT task_id, status, progress, step, result FROM task_runs")
+    assert sorted(r[0] for r in rows) == list(range(1, 21))
+    assert {(r[1], r[2], r[3]) for r in rows} == {("done", 1.0, 3)}
+    # The tasks ran in the cluster's worker processes, never in this one.
+    assert str(os.getpid()) not in {r[4] for r in rows}
+    # Their logging calls came back and were re-emitted here under the same logger.
+    forwarded = [r for r in caplog.records if r.name == "pipeloom_test.dask"]
+    assert len(forwarded) == 20
+    assert {r.getMessage().split()[1] for r in forwarded} == {str(i) for i in range(1, 21)}
+
+
+def test_a_raising_task_is_its_error_with_the_remote_traceback(
+    client: Client, tmp_path: Path
+) -> None:
+    db = tmp_path / "run.db"
+    result = run(client, [TaskDef(i, f"t{i}") for i in range(1, 7)], db, raises_on_even)
+    assert result.status == "error"
+    assert sorted(result.failed_task_ids) == [2, 4, 6]
+    assert result.counts == {"done": 3, "error": 3}
+    message, error = query(db, "SELECT message, error FROM task_runs WHERE task_id = 4")[0]
+    assert message == "ValueError: bad row 4"
+    assert "raises_on_even" in error and "ValueError: bad row 4" in error
+
+
+def test_custom_messages_reach_the_users_handler_on_the_driver(
+    client: Client, tmp_path: Path
+) -> None:
+    db = tmp_path / "run.db"
+    seen_thread: set[str] = set()
+
+    def schema(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE rows (task_id INTEGER PRIMARY KEY, value TEXT)")
+
+    def on_rows(conn: sqlite3.Connection, msgs: list[MsgRow]) -> None:
+        seen_thread.add(threading.current_thread().name)
+        conn.executemany("INSERT INTO rows VALUES (?, ?)", [(m.task_id, m.value) for m in msgs])
+
+    result = run(
+        client,
+        [TaskDef(i, f"t{i}") for i in range(1, 51)],
+        db,
+        emits_rows,
+        handlers={MsgRow: on_rows},
+        schema=schema,
+    )
+    assert result.ok and result.dead_letters == 0
+    assert query(db, "SELECT COUNT(*), MIN(value), MAX(task_id) FROM rows")[0] == (
+        50,
+        "row-1",
+        50,
+    )
+    assert len(seen_thread) == 1  # the one writer thread, in this process
+
+
+def test_fail_fast_cancels_what_has_not_started(client: Client, tmp_path: Path) -> None:
+    db = tmp_path / "run.db"
+    tasks = [TaskDef(i, f"t{i}", payload=str(db)) for i in range(1, 201)]
+    result = run(client, tasks, db, fails_first, fail_fast=True)
+    assert result.status == "error"
+    got = counts(db)
+    # Every task taken has exactly one terminal row; the rest never ran.
+    assert sum(got.values()) == 200
+    assert got["error"] == 1
+    assert got.get("done", 0) + got["cancelled"] == 199
+    assert got["cancelled"] >= 190
+
+
+def test_a_generator_of_10000_tasks_runs_in_chunks(client: Client, tmp_path: Path) -> None:
+    db = tmp_path / "run.db"
+    tasks = (TaskDef(i, f"t{i}") for i in range(1, 10_001))
+    result = run(client, tasks, db, noop)
+    assert result.ok and result.counts == {"done": 10_000}
+    assert query(db, "SELECT COUNT(DISTINCT task_id) FROM task_runs") == [(10_000,)]
+
+
+def test_a_killed_worker_reruns_the_task_and_both_attempts_are_recorded(
+    client: Client, tmp_path: Path
+) -> None:
+    db = tmp_path / "run.db"
+    tasks = [TaskDef(i, f"t{i}", payload=str(tmp_path)) for i in range(1, 5)]
+    box: dict[str, RunResult] = {}
+    runner = threading.Thread(target=lambda: box.update(r=run(client, tasks, db, victim)))
+    runner.start()
+    marker = tmp_path / "first-pid"
+    wait_for(marker.exists, "task 1 to start on a Dask worker")
+    pid = int(marker.read_text())
+    assert pid in client.run(os.getpid).values()  # type: ignore[no-untyped-call]
+    # Kill only once the driver recorded the first attempt's start.
+    wait_for(
+        lambda: db.exists()
+        and query(db, "SELECT status FROM task_runs WHERE task_id = 1") == [("running",)],
+        "task 1's start to reach the database",
+    )
+    os.kill(pid, signal.SIGKILL)
+    runner.join(60)
+    assert not runner.is_alive()
+    result = box["r"]
+    assert result.ok and result.counts == {"done": 4}
+    rows = query(db, "SELECT status, attempt, result FROM task_runs WHERE task_id = 1")
+    assert len(rows) == 1
+    status, attempt, ran_on = rows[0]
+    assert (status, attempt) == ("done", 2)
+    assert int(ran_on) != pid
+    attempts = query(db, "SELECT attempt, status, error FROM task_attempts WHERE task_id = 1")
+    assert len(attempts) == 1
+    assert attempts[0][:2] == (1, "error")
+    assert "Dask worker running this attempt was lost" in attempts[0][2]
+
+
+def test_an_unpicklable_worker_function_fails_before_any_task(
+    client: Client, tmp_path: Path
+) -> None:
+    lock = threading.Lock()
+
+    def holds_a_lock(task: Any, q: TaskQueue) -> None:
+        with lock:
+            pass
+
+    with pytest.raises(PipeloomError, match="could not start") as info:
+        run(client, [TaskDef(1, "t")], tmp_path / "run.db", holds_a_lock)
+    assert "holds_a_lock" in str(info.value.__cause__)
+    assert query(tmp_path / "run.db", "SELECT status FROM pipeline_runs") == [("error",)]
+
+
+def test_without_the_extra_asking_for_dask_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(DaskUnavailableError, match=r"pipeloom-core\[dask\]") as info:
+        resolve_executor("dask")
+    assert "\n" not in str(info.value)
+
+
+def test_import_pipeloom_does_not_import_dask(tmp_path: Path) -> None:
+    import subprocess
+
+    code = (
+        "import sys, pipeloom, pipeloom.executors; "
+        "assert pipeloom.executors.resolve_executor('threads'); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
