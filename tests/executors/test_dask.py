@@ -33,6 +33,7 @@ from tests.reliability._support import query, wait_for
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
+
 @pytest.fixture(scope="module")
 def client() -> Iterator[Client]:
     with (
@@ -216,11 +217,13 @@ def test_a_killed_worker_reruns_the_task_and_both_attempts_are_recorded(
     marker = tmp_path / "first-pid"
     wait_for(marker.exists, "task 1 to start on a Dask worker")
     pid = int(marker.read_text())
-    assert pid in client.run(os.getpid).values()  # type: ignore[no-untyped-call]
+    assert pid in client.run(os.getpid).values()
     # Kill only once the driver recorded the first attempt's start.
     wait_for(
-        lambda: db.exists()
-        and query(db, "SELECT status FROM task_runs WHERE task_id = 1") == [("running",)],
+        lambda: (
+            db.exists()
+            and query(db, "SELECT status FROM task_runs WHERE task_id = 1") == [("running",)]
+        ),
         "task 1's start to reach the database",
     )
     os.kill(pid, signal.SIGKILL)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pipeloom._text import exc_summary, exc_text
+from pipeloom.errors import WriterFailedError
 from pipeloom.executors._base import Completions, Executor, Sink, TaskQueue, WorkerFn
 from pipeloom.executors._remote import BatchingSink, Outcome, RemoteTaskError
 from pipeloom.messages import MsgTaskAttempt, MsgTaskFinished, MsgTaskStarted, utc_now
@@ -383,6 +384,10 @@ class DaskExecutor(Executor):
     def _dispatch_loop(self) -> None:
         try:
             self._dispatch()
+        except WriterFailedError as exc:
+            # The engine sees the writer's failure itself and ends the run; nothing more can
+            # be stored, so stop applying what the cluster sends.
+            log.warning("Dask dispatcher stops: %s", exc)
         except BaseException as exc:  # the executor cannot go on; the engine records it
             log.exception("the Dask dispatcher failed")
             self.engine.executor_failed(exc)
