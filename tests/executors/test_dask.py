@@ -85,6 +85,17 @@ def emits_rows(task: TaskDef, q: TaskQueue) -> None:
     q.put(MsgRow(task.task_id, f"row-{task.task_id}"))
 
 
+@dataclass(frozen=True)
+class MsgHandle:
+    task_id: int
+    handle: Any
+
+
+def sends_a_lock(task: TaskDef, q: TaskQueue) -> None:
+    if task.task_id == 2:
+        q.put(MsgHandle(task.task_id, threading.Lock()))
+
+
 def noop(task: Any, q: TaskQueue) -> None:
     return None
 
@@ -183,6 +194,20 @@ def test_custom_messages_reach_the_users_handler_on_the_driver(
         50,
     )
     assert len(seen_thread) == 1  # the one writer thread, in this process
+
+
+def test_a_message_that_cannot_be_pickled_fails_its_task(client: Client, tmp_path: Path) -> None:
+    db = tmp_path / "run.db"
+    result = run(
+        client,
+        [TaskDef(i, f"t{i}") for i in range(1, 4)],
+        db,
+        sends_a_lock,
+        handlers={MsgHandle: lambda conn, msgs: None},
+    )
+    assert result.counts == {"done": 2, "error": 1} and result.failed_task_ids == [2]
+    message = query(db, "SELECT message FROM task_runs WHERE task_id = 2")[0][0]
+    assert "MsgHandle it sent could not be pickled" in message
 
 
 def test_fail_fast_cancels_what_has_not_started(client: Client, tmp_path: Path) -> None:

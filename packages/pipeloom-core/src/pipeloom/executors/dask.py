@@ -153,6 +153,15 @@ def _chunk_cancelled(worker: Any, key: str | None) -> bool:
     return ts is None or ts.state in ("cancelled", "released", "forgotten")
 
 
+def _sendable(item: Any) -> Any:
+    """The item itself, or a note saying why it could not be pickled (the driver fails the task)."""
+    try:
+        _dump(item)
+    except Exception as exc:
+        return ("u", f"a {type(item).__name__} it sent could not be pickled: {exc_summary(exc)}")
+    return item
+
+
 def _run_one(fn: WorkerFn, task_id: int, task: Any, sink: BatchingSink) -> Outcome:
     """`run_remote` without its flush at the task's end.
 
@@ -193,7 +202,11 @@ def _run_chunk(
             logger.setLevel(level)
 
     def send(batch: list[Any]) -> None:
-        worker.log_event(topic, _dump((token, batch)))
+        try:
+            data = _dump((token, batch))
+        except Exception:
+            data = _dump((token, [_sendable(item) for item in batch]))
+        worker.log_event(topic, data)
 
     sink = BatchingSink(send)
     forward = _ForwardLogs(sink, threading.get_ident())
@@ -231,6 +244,10 @@ class _Task:
     attempt: int = 0
     """Highest attempt seen so far."""
     started_at: str | None = None
+    finished: bool = False
+    """Its own terminal message reached the sink (from the execution that counts)."""
+    lost: str | None = None
+    """Why a message it sent never arrived (it could not be pickled on the worker)."""
 
 
 @dataclass(slots=True)
@@ -514,6 +531,9 @@ class DaskExecutor(Executor):
                     self._end(token, cursor, item[1], item[2])
                     cursor = None
                     continue
+                if kind == "u":
+                    self._lost(token, cursor, item[1])
+                    continue
                 if kind == "l":
                     _emit(item[1])
                     continue
@@ -523,6 +543,8 @@ class DaskExecutor(Executor):
             st = self._tasks.get(cursor)
             if st is None or st.token != token:
                 continue
+            if type(item) is MsgTaskFinished and item.task_id == cursor:
+                st.finished = True
             put(self._renumber(st, item))
         if cursor is None:
             self._cursor.pop(token, None)
@@ -551,7 +573,8 @@ class DaskExecutor(Executor):
                 )
             )
             st.offset = st.attempt = lost
-            st.started_at = None
+            st.started_at = st.lost = None
+            st.finished = False
         st.token = token
         return task_id
 
@@ -566,6 +589,14 @@ class DaskExecutor(Executor):
                 st.started_at = msg.started_at
         return msg
 
+    def _lost(self, token: str, task_id: int | None, why: str) -> None:
+        st = self._tasks.get(task_id) if task_id is not None else None
+        if st is None or st.token != token:
+            log.error("a message from the Dask cluster was lost: %s", why)
+            return
+        log.error("task %s: %s; the message was not stored", task_id, why)
+        st.lost = st.lost or why
+
     def _end(self, token: str, task_id: int | None, outcome: Outcome, seconds: float) -> None:
         if task_id is None:
             return
@@ -576,7 +607,11 @@ class DaskExecutor(Executor):
         chunk = self._chunks.get(st.chunk)
         if chunk is not None:
             chunk.outcomes[task_id] = outcome
-        self._complete(task_id, outcome.as_error(), outcome.finished)
+        error = outcome.as_error()
+        if error is None and st.lost is not None and not st.finished:
+            error = RemoteTaskError(st.lost, None)
+        # What reached the sink decides, not what the worker believes it sent.
+        self._complete(task_id, error, st.finished)
 
     def _complete(self, task_id: int, error: BaseException | None, finished: bool) -> None:
         st = self._tasks.pop(task_id, None)
@@ -601,7 +636,7 @@ class DaskExecutor(Executor):
                     for o in future.result():
                         chunk.outcomes[o.task_id] = o
                     out = chunk.outcomes.get(i, Outcome(i))
-                self._complete(i, out.as_error(), out.finished)
+                self._complete(i, out.as_error(), self._tasks[i].finished)
         elif status == "cancelled":
             for i in left:
                 if self._tasks[i].token is None:
