@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeloom._text import exc_summary, exc_text
@@ -150,7 +150,7 @@ def _chunk_cancelled(worker: Any, key: str | None) -> bool:
     if key is None:
         return False
     ts = worker.state.tasks.get(key)
-    return ts is None or ts.state in ("cancelled", "released", "forgotten")
+    return ts is not None and ts.state in ("cancelled", "released")
 
 
 def _sendable(item: Any) -> Any:
@@ -222,6 +222,8 @@ def _run_chunk(
             outcome = _run_one(fn, task_id, task, sink)
             sink.put(("e", outcome, time.perf_counter() - began))
             outcomes.append(outcome)
+            if outcome.fatal:  # KeyboardInterrupt/SystemExit: the driver stops the run
+                break
     finally:
         root.removeHandler(forward)
         sink.close()
@@ -256,7 +258,6 @@ class _Chunk:
     """The chunk's ``distributed.Future`` (typed loosely: distributed is partly untyped)."""
     ids: list[int]
     started: bool = False
-    outcomes: dict[int, Outcome] = field(default_factory=dict)
 
 
 _WAKE = object()
@@ -306,10 +307,7 @@ class DaskExecutor(Executor):
         self.client: Any = client
         self._own_client = client is None
         self._cluster: Any = None
-        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._topic = f"pipeloom-{uuid.uuid4().hex}"
-        self._cancelled = False
 
     def default_workers(self, tasks: int | None, cpus: int) -> int:
         """Tasks in flight by default: enough to fill chunks for a whole cluster."""
@@ -320,6 +318,10 @@ class DaskExecutor(Executor):
     def start(self, workers: int, worker_fn: WorkerFn, sink: Sink, engine: Completions) -> None:
         """Connect (or start a LocalCluster), check the worker function pickles, subscribe."""
         super().start(workers, worker_fn, sink, engine)
+        # Per run: an instance may serve several runs, and workers cache the function by topic.
+        self._topic = f"pipeloom-{uuid.uuid4().hex}"
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._cancelled = False
         try:
             self._fn_bytes = _dump_value(worker_fn)
         except Exception as exc:
@@ -334,6 +336,9 @@ class DaskExecutor(Executor):
                 kwargs = {"dashboard_address": None, **self.cluster_kwargs}
                 self._cluster = distributed.LocalCluster(**kwargs)
                 self.client = distributed.Client(self._cluster)
+                from pipeloom.executors._dask_worker import IgnoreInterrupts
+
+                self.client.register_plugin(IgnoreInterrupts(), name="pipeloom-no-sigint")
             else:
                 self.client = distributed.Client(self.address)
         self._levels = _driver_levels()
@@ -372,6 +377,7 @@ class DaskExecutor(Executor):
             self._thread.join(timeout)
             if self._thread.is_alive():
                 return False
+            self._thread = None
         client = self.client
         if client is None:
             return True
@@ -380,9 +386,11 @@ class DaskExecutor(Executor):
         except (ValueError, RuntimeError) as exc:
             log.debug("unsubscribing %s: %s", self._topic, exc)
         if self._own_client:
+            self.client = None
             client.close()
             if self._cluster is not None:
                 self._cluster.close()
+                self._cluster = None
         return True
 
     # -- callbacks from distributed's event loop: hand over, never block ----------------
@@ -555,7 +563,7 @@ class DaskExecutor(Executor):
         st = self._tasks.get(task_id)
         if st is None:
             # Completed already (or never ours): Dask ran it again after a lost worker.
-            log.info("task %s ran again on the cluster after it completed; ignored", task_id)
+            log.info("task %s: an execution began after it was recorded; ignored", task_id)
             return None
         chunk = self._chunks.get(st.chunk)
         if chunk is not None:
@@ -604,9 +612,6 @@ class DaskExecutor(Executor):
         if st is None or st.token != token:
             return
         self._seconds = seconds if self._seconds is None else 0.8 * self._seconds + 0.2 * seconds
-        chunk = self._chunks.get(st.chunk)
-        if chunk is not None:
-            chunk.outcomes[task_id] = outcome
         error = outcome.as_error()
         if error is None and st.lost is not None and not st.finished:
             error = RemoteTaskError(st.lost, None)
@@ -628,16 +633,8 @@ class DaskExecutor(Executor):
         future = chunk.future
         status = future.status
         if status == "finished":
-            # The stream delivers a task's end before its chunk's result; this is a safety net.
-            log.warning("chunk %s finished before %d task end(s) arrived", chunk_id, len(left))
-            for i in left:
-                out = chunk.outcomes.get(i)
-                if out is None:
-                    for o in future.result():
-                        chunk.outcomes[o.task_id] = o
-                    out = chunk.outcomes.get(i, Outcome(i))
-                self._complete(i, out.as_error(), self._tasks[i].finished)
-        elif status == "cancelled":
+            self._chunk_returned(chunk_id, left, future.result())
+        elif status == "cancelled" and (self.engine.stopping.is_set() or self._cancelled):
             for i in left:
                 if self._tasks[i].token is None:
                     self._cancelled_task(i, "cancelled: the run was stopped before it started")
@@ -652,6 +649,22 @@ class DaskExecutor(Executor):
             )
             for i in left:
                 self._complete(i, error, False)
+
+    def _chunk_returned(self, chunk_id: int, left: list[int], outcomes: list[Outcome]) -> None:
+        """A safety net: the stream delivers every task's end before its chunk's result."""
+        log.warning("chunk %s returned before %d task end(s) arrived", chunk_id, len(left))
+        ran = {o.task_id: o for o in outcomes}
+        for i in left:
+            st = self._tasks[i]
+            out = ran.get(i)
+            if out is not None:
+                self._complete(i, out.as_error(), st.finished)
+            elif st.token is None:  # the chunk stopped early (a task raised KeyboardInterrupt)
+                self._cancelled_task(i, "cancelled: its chunk stopped before it started")
+            else:
+                self._complete(
+                    i, RemoteTaskError("its chunk ended without reporting it", None), False
+                )
 
     # -- stopping -----------------------------------------------------------------------
 
