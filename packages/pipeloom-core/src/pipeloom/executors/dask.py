@@ -78,6 +78,15 @@ def _import_distributed() -> Any:
 _FN_CACHE: dict[str, WorkerFn] = {}
 """Worker functions already unpickled in this worker process, by run topic."""
 _FN_CACHE_SIZE = 8
+_STOPPED: dict[str, None] = {}
+"""Runs (by topic) whose driver stopped admitting tasks: their chunks start no more tasks."""
+
+
+def _stop_run(topic: str) -> None:
+    """Run on every worker (``Client.run``) when the driver stops: chunks skip what is left."""
+    _STOPPED[topic] = None
+    while len(_STOPPED) > _FN_CACHE_SIZE * 8:
+        _STOPPED.pop(next(iter(_STOPPED)))
 
 
 def _load_fn(topic: str, fn_bytes: bytes) -> WorkerFn:
@@ -186,7 +195,8 @@ def _run_chunk(
 
     What goes back on the run's topic, in order: ``("b", task_id)`` when a task begins, the
     task's own messages, ``("l", record)`` for its log records, ``("e", outcome, seconds)``
-    when it ends. Each batch is ``(token, items)`` with a token unique to this execution.
+    when it ends, and ``("s", task_ids)`` for the tasks it skipped because the run stopped.
+    Each batch is ``(token, items)`` with a token unique to this execution.
     """
     from distributed import get_worker
     from distributed.worker import thread_state  # type: ignore[attr-defined]
@@ -214,8 +224,9 @@ def _run_chunk(
     root.addHandler(forward)
     outcomes: list[Outcome] = []
     try:
-        for task_id, task in tasks:
-            if _chunk_cancelled(worker, key):
+        for n, (task_id, task) in enumerate(tasks):
+            if topic in _STOPPED or _chunk_cancelled(worker, key):
+                sink.put(("s", [i for i, _ in tasks[n:]]))
                 break
             sink.put(("b", task_id))
             began = time.perf_counter()
@@ -257,7 +268,6 @@ class _Chunk:
     future: Any
     """The chunk's ``distributed.Future`` (typed loosely: distributed is partly untyped)."""
     ids: list[int]
-    started: bool = False
 
 
 _WAKE = object()
@@ -322,6 +332,7 @@ class DaskExecutor(Executor):
         self._topic = f"pipeloom-{uuid.uuid4().hex}"
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._cancelled = False
+        self._stop_sent = False
         try:
             self._fn_bytes = _dump_value(worker_fn)
         except Exception as exc:
@@ -539,6 +550,9 @@ class DaskExecutor(Executor):
                     self._end(token, cursor, item[1], item[2])
                     cursor = None
                     continue
+                if kind == "s":
+                    self._skipped(item[1])
+                    continue
                 if kind == "u":
                     self._lost(token, cursor, item[1])
                     continue
@@ -565,9 +579,6 @@ class DaskExecutor(Executor):
             # Completed already (or never ours): Dask ran it again after a lost worker.
             log.info("task %s: an execution began after it was recorded; ignored", task_id)
             return None
-        chunk = self._chunks.get(st.chunk)
-        if chunk is not None:
-            chunk.started = True
         if st.token is not None and st.token != token:
             lost = max(st.attempt, st.offset + 1)
             self.sink.put(
@@ -634,11 +645,8 @@ class DaskExecutor(Executor):
         status = future.status
         if status == "finished":
             self._chunk_returned(chunk_id, left, future.result())
-        elif status == "cancelled" and (self.engine.stopping.is_set() or self._cancelled):
-            for i in left:
-                if self._tasks[i].token is None:
-                    self._cancelled_task(i, "cancelled: the run was stopped before it started")
-                # A task already running reports its own end.
+        elif status == "cancelled" and self._cancelled:
+            return  # cancel(): the engine abandoned what was in flight
         else:
             try:
                 exc = future.exception(timeout=5)
@@ -678,14 +686,28 @@ class DaskExecutor(Executor):
         self._complete(task_id, None, True)
 
     def _stop_pending(self) -> None:
-        """fail_fast or Ctrl-C: nothing new starts; chunks not yet begun are cancelled."""
+        """fail_fast or Ctrl-C: nothing new starts; running tasks finish.
+
+        Tasks not yet sent are recorded ``cancelled`` here. Chunks already sent are not
+        cancelled (a chunk may have begun a task whose start is still on its way here, and
+        its record would then be a lie): every worker is told the run stopped, and each
+        chunk reports the tasks it then skips, which are recorded ``cancelled``.
+        """
         pending, self._pending = self._pending, []
         for i in pending:
             self._cancelled_task(i, "cancelled: the run was stopped before it started")
-        idle = [c.future for c in self._chunks.values() if not c.started and not c.future.done()]
-        if idle:
-            assert self.client is not None
-            self.client.cancel(idle)
+        if self._chunks and not self._stop_sent:
+            self._stop_sent = True
+            try:
+                self.client.run(_stop_run, self._topic)
+            except Exception as exc:  # a worker gone: its chunks rerun elsewhere and stop there
+                log.warning("could not tell every Dask worker the run stopped: %s", exc)
+
+    def _skipped(self, task_ids: list[int]) -> None:
+        for i in task_ids:
+            st = self._tasks.get(i)
+            if st is not None and st.token is None:
+                self._cancelled_task(i, "cancelled: the run was stopped before it started")
 
     def _cancel_all(self) -> None:
         self._pending = []
