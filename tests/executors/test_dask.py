@@ -51,6 +51,22 @@ def run(client: Client, tasks: Any, db: Path, worker: Any, **kw: Any) -> RunResu
     )
 
 
+def status_of(db: Path, task_id: int) -> str | None:
+    """The task's status as a reader sees it now (None before the writer made its tables)."""
+    try:
+        rows = query(db, "SELECT status FROM task_runs WHERE task_id = ?", task_id)
+    except sqlite3.OperationalError:  # the file exists but the schema is not committed yet
+        return None
+    return str(rows[0][0]) if rows else None
+
+
+def count_status(db: Path, status: str) -> int:
+    try:
+        return int(query(db, "SELECT COUNT(*) FROM task_runs WHERE status = ?", status)[0][0])
+    except sqlite3.OperationalError:  # the file exists but the schema is not committed yet
+        return 0
+
+
 def counts(db: Path) -> dict[str, int]:
     return dict(query(db, "SELECT status, COUNT(*) FROM task_runs GROUP BY status"))
 
@@ -115,6 +131,14 @@ def fails_first(task: TaskDef, q: TaskQueue) -> None:
             conn.close()
         if row is not None and row[0] == "error":
             return
+        time.sleep(0.01)
+
+
+def waits_for_go(task: TaskDef, q: TaskQueue) -> None:
+    q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))
+    go = Path(task.payload) / "go"
+    deadline = time.monotonic() + 30
+    while not go.exists() and time.monotonic() < deadline:
         time.sleep(0.01)
 
 
@@ -223,6 +247,31 @@ def test_fail_fast_cancels_what_has_not_started(client: Client, tmp_path: Path) 
     assert got["cancelled"] >= 190
 
 
+def test_ctrl_c_lets_running_tasks_finish_and_cancels_the_rest(
+    client: Client, tmp_path: Path
+) -> None:
+    db = tmp_path / "run.db"
+    tasks = [TaskDef(i, f"t{i}", payload=str(tmp_path)) for i in range(1, 21)]
+
+    def interrupt() -> None:
+        try:
+            wait_for(lambda: count_status(db, "running") > 0, "a running task")
+            os.kill(os.getpid(), signal.SIGINT)
+            wait_for(lambda: count_status(db, "cancelled") > 0, "the stop to be recorded")
+        finally:
+            (tmp_path / "go").touch()
+
+    helper = threading.Thread(target=interrupt)
+    helper.start()
+    result = run(client, tasks, db, waits_for_go)
+    helper.join()
+    assert result.status == "cancelled"
+    rows = query(db, "SELECT status, started_at IS NOT NULL FROM task_runs")
+    assert len(rows) == 20
+    # What started finished; what had not started never ran.
+    assert {r for r in rows} == {("done", 1), ("cancelled", 0)}
+
+
 def test_a_generator_of_10000_tasks_runs_in_chunks(client: Client, tmp_path: Path) -> None:
     db = tmp_path / "run.db"
     tasks = (TaskDef(i, f"t{i}") for i in range(1, 10_001))
@@ -244,13 +293,7 @@ def test_a_killed_worker_reruns_the_task_and_both_attempts_are_recorded(
     pid = int(marker.read_text())
     assert pid in client.run(os.getpid).values()
     # Kill only once the driver recorded the first attempt's start.
-    wait_for(
-        lambda: (
-            db.exists()
-            and query(db, "SELECT status FROM task_runs WHERE task_id = 1") == [("running",)]
-        ),
-        "task 1's start to reach the database",
-    )
+    wait_for(lambda: status_of(db, 1) == "running", "task 1's start to reach the database")
     os.kill(pid, signal.SIGKILL)
     runner.join(60)
     assert not runner.is_alive()
