@@ -344,7 +344,7 @@ class DaskExecutor(Executor):
         distributed = _import_distributed()
         if self.client is None:
             if self.address is None:
-                kwargs = {"dashboard_address": None, **self.cluster_kwargs}
+                kwargs = {"dashboard_address": ":0", **self.cluster_kwargs}
                 self._cluster = distributed.LocalCluster(**kwargs)
                 self.client = distributed.Client(self._cluster)
                 from pipeloom.executors._dask_worker import IgnoreInterrupts
