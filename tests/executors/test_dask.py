@@ -310,6 +310,32 @@ def test_a_killed_worker_reruns_the_task_and_both_attempts_are_recorded(
     assert "Dask worker running this attempt was lost" in attempts[0][2]
 
 
+def test_by_address_the_cluster_is_left_running(client: Client, tmp_path: Path) -> None:
+    address = client.scheduler_info()["address"]
+    executor = DaskExecutor(address=address)
+    tasks = [TaskDef(i, f"t{i}", steps=2) for i in range(1, 6)]
+    result = run_pipeline(
+        tasks, tmp_path / "run.db", worker_fn=shaped, executor=executor, progress=False
+    )
+    assert result.ok and result.counts == {"done": 5}
+    assert executor.client is None  # its own connection is closed
+    assert client.submit(abs, -3).result() == 3  # the cluster still serves others
+
+
+def test_its_own_local_cluster_is_closed_after_each_run(tmp_path: Path) -> None:
+    executor = DaskExecutor(n_workers=1, threads_per_worker=2, processes=False)
+    for name in ("first.db", "second.db"):  # one instance, two runs
+        result = run_pipeline(
+            [TaskDef(i, f"t{i}") for i in range(1, 11)],
+            tmp_path / name,
+            worker_fn=raises_on_even,
+            executor=executor,
+            progress=False,
+        )
+        assert result.counts == {"done": 5, "error": 5}
+        assert executor.client is None and executor._cluster is None
+
+
 def test_an_unpicklable_worker_function_fails_before_any_task(
     client: Client, tmp_path: Path
 ) -> None:
