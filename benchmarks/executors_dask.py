@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -31,18 +32,20 @@ def shaped(task: TaskDef, q: TaskQueue) -> None:
     q.put(MsgTaskFinished(task.task_id, "done", utc_now()))
 
 
-def measure(client: Client, worker: Any, n: int, db: Path, label: str) -> dict[str, Any]:
+def measure(
+    client: Client, worker: Any, n: int, db: Path, label: str, chunk_size: int | None = None
+) -> dict[str, Any]:
     tasks = (TaskDef(i, f"t{i}") for i in range(1, n + 1))
+    executor = DaskExecutor(client=client, chunk_size=chunk_size)
     started = time.perf_counter()
-    result = run_pipeline(
-        tasks, db, worker_fn=worker, executor=DaskExecutor(client=client), progress=False
-    )
+    result = run_pipeline(tasks, db, worker_fn=worker, executor=executor, progress=False)
     elapsed = time.perf_counter() - started
     assert result.counts.get("done") == n, result.counts
     return {
         "bench": "dask_per_task",
         "worker": label,
         "tasks": n,
+        "chunk_size": chunk_size or "auto",
         "seconds": round(elapsed, 3),
         "ms_per_task": round(1000 * elapsed / n, 4),
     }
@@ -52,7 +55,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", "--tasks", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--unchunked", type=int, default=500, help="tasks for the one-future-per-task contrast"
+    )
     args = parser.parse_args()
+    print(json.dumps({"bench": "env", "cpus": os.cpu_count(), "load_1m": os.getloadavg()[0]}))
     with (
         tempfile.TemporaryDirectory() as tmp,
         LocalCluster(  # type: ignore[no-untyped-call]
@@ -65,6 +72,10 @@ def main() -> None:
             for label, fn in (("noop", noop), ("started+finished", shaped)):
                 row = measure(client, fn, args.tasks, Path(tmp) / f"{label}{i}.db", label)
                 print(json.dumps(row), flush=True)
+        if args.unchunked:
+            db = Path(tmp) / "unchunked.db"
+            row = measure(client, noop, args.unchunked, db, "noop", chunk_size=1)
+            print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":
