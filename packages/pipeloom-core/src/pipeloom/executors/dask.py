@@ -332,6 +332,7 @@ class DaskExecutor(Executor):
         self._topic = f"pipeloom-{uuid.uuid4().hex}"
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._cancelled = False
+        self._closing = False
         self._stop_sent = False
         try:
             self._fn_bytes = _dump_value(worker_fn)
@@ -341,17 +342,12 @@ class DaskExecutor(Executor):
                 f"workers ({exc_summary(exc)}); define it at module level and keep locks, "
                 "open files and connections out of it"
             ) from exc
-        distributed = _import_distributed()
-        if self.client is None:
-            if self.address is None:
-                kwargs = {"dashboard_address": ":0", **self.cluster_kwargs}
-                self._cluster = distributed.LocalCluster(**kwargs)
-                self.client = distributed.Client(self._cluster)
-                from pipeloom.executors._dask_worker import IgnoreInterrupts
-
-                self.client.register_plugin(IgnoreInterrupts(), name="pipeloom-no-sigint")
-            else:
-                self.client = distributed.Client(self.address)
+        try:
+            self._connect()
+        except BaseException:
+            # The engine calls shutdown only after a successful start: close what was made.
+            self.shutdown(None)
+            raise
         self._levels = _driver_levels()
         self._tasks: dict[int, _Task] = {}
         self._chunks: dict[int, _Chunk] = {}
@@ -367,6 +363,20 @@ class DaskExecutor(Executor):
         )
         self._thread.start()
 
+    def _connect(self) -> None:
+        distributed = _import_distributed()
+        if self.client is not None:
+            return
+        if self.address is not None:
+            self.client = distributed.Client(self.address)
+            return
+        kwargs = {"dashboard_address": ":0", **self.cluster_kwargs}
+        self._cluster = distributed.LocalCluster(**kwargs)
+        self.client = distributed.Client(self._cluster)
+        from pipeloom.executors._dask_worker import IgnoreInterrupts
+
+        self.client.register_plugin(IgnoreInterrupts(), name="pipeloom-no-sigint")
+
     def _cluster_threads(self) -> int:
         assert self.client is not None
         threads: dict[str, int] = self.client.nthreads()
@@ -377,24 +387,43 @@ class DaskExecutor(Executor):
         self._inbox.put(("t", task_id, task))
 
     def cancel(self) -> None:
-        """Cancel every chunk handed to the cluster (Ctrl-C twice, an abandoned run)."""
+        """Cancel every chunk handed to the cluster (Ctrl-C twice, an abandoned run).
+
+        Done here rather than by the dispatcher, which `shutdown` may stop first. Running
+        chunks stop before their next task; a task already running runs on to its end (Dask
+        cannot stop a thread).
+        """
         self._cancelled = True
         self._inbox.put(_WAKE)
+        # A snapshot: list() of a dict's values runs in C, so the dispatcher cannot change
+        # the dict under it.
+        futures = [c.future for c in list(self._chunks.values())]
+        if futures and self.client is not None:
+            try:
+                self.client.cancel(futures)
+            except Exception as exc:  # the scheduler is gone: nothing is left to cancel
+                log.warning("could not cancel the run's Dask futures: %s", exc)
 
     def shutdown(self, timeout: float | None) -> bool:
-        """Stop the dispatcher, unsubscribe; close the client and cluster this executor made."""
+        """Stop the dispatcher, unsubscribe; close the client and cluster this executor made.
+
+        An abandoned run passes a zero timeout: the dispatcher may still be busy, but a
+        cluster this executor started is closed all the same.
+        """
+        self._closing = True
+        alive = False
         if self._thread is not None:
             self._inbox.put(_STOP)
             self._thread.join(timeout)
-            if self._thread.is_alive():
-                return False
-            self._thread = None
+            alive = self._thread.is_alive()
+            if not alive:
+                self._thread = None
         client = self.client
         if client is None:
-            return True
+            return not alive
         try:
             client.unsubscribe_topic(self._topic)
-        except (ValueError, RuntimeError) as exc:
+        except Exception as exc:  # never subscribed (a failed start) or already closed
             log.debug("unsubscribing %s: %s", self._topic, exc)
         if self._own_client:
             self.client = None
@@ -402,7 +431,7 @@ class DaskExecutor(Executor):
             if self._cluster is not None:
                 self._cluster.close()
                 self._cluster = None
-        return True
+        return not alive
 
     # -- callbacks from distributed's event loop: hand over, never block ----------------
 
@@ -425,6 +454,9 @@ class DaskExecutor(Executor):
             # be stored, so stop applying what the cluster sends.
             log.warning("Dask dispatcher stops: %s", exc)
         except BaseException as exc:  # the executor cannot go on; the engine records it
+            if self._closing:  # shutdown closed the client under an abandoned run
+                log.debug("the Dask dispatcher ends with the run: %s", exc_summary(exc))
+                return
             log.exception("the Dask dispatcher failed")
             self.engine.executor_failed(exc)
 
@@ -699,7 +731,7 @@ class DaskExecutor(Executor):
         if self._chunks and not self._stop_sent:
             self._stop_sent = True
             try:
-                self.client.run(_stop_run, self._topic)
+                self.client.run(_stop_run, self._topic, wait=False)
             except Exception as exc:  # a worker gone: its chunks rerun elsewhere and stop there
                 log.warning("could not tell every Dask worker the run stopped: %s", exc)
 
@@ -710,11 +742,8 @@ class DaskExecutor(Executor):
                 self._cancelled_task(i, "cancelled: the run was stopped before it started")
 
     def _cancel_all(self) -> None:
+        """After `cancel`: send nothing more; the engine no longer waits for these tasks."""
         self._pending = []
-        futures = [c.future for c in self._chunks.values() if not c.future.done()]
-        if futures:
-            assert self.client is not None
-            self.client.cancel(futures)
         self._chunks.clear()
 
 
