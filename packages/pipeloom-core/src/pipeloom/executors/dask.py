@@ -82,8 +82,12 @@ _STOPPED: dict[str, None] = {}
 """Runs (by topic) whose driver stopped admitting tasks: their chunks start no more tasks."""
 
 
-def _stop_run(topic: str) -> None:
-    """Run on every worker (``Client.run``) when the driver stops: chunks skip what is left."""
+async def _stop_run(topic: str) -> None:
+    """Run on every worker (``Client.run``) when the driver stops: chunks skip what is left.
+
+    A coroutine, so it runs on the worker's event loop at once, even while every one of the
+    worker's threads is busy with a task.
+    """
     _STOPPED[topic] = None
     while len(_STOPPED) > _FN_CACHE_SIZE * 8:
         _STOPPED.pop(next(iter(_STOPPED)))
@@ -725,15 +729,15 @@ class DaskExecutor(Executor):
         its record would then be a lie): every worker is told the run stopped, and each
         chunk reports the tasks it then skips, which are recorded ``cancelled``.
         """
-        pending, self._pending = self._pending, []
-        for i in pending:
-            self._cancelled_task(i, "cancelled: the run was stopped before it started")
         if self._chunks and not self._stop_sent:
             self._stop_sent = True
             try:
-                self.client.run(_stop_run, self._topic, wait=False)
+                self.client.run(_stop_run, self._topic)
             except Exception as exc:  # a worker gone: its chunks rerun elsewhere and stop there
                 log.warning("could not tell every Dask worker the run stopped: %s", exc)
+        pending, self._pending = self._pending, []
+        for i in pending:
+            self._cancelled_task(i, "cancelled: the run was stopped before it started")
 
     def _skipped(self, task_ids: list[int]) -> None:
         for i in task_ids:
