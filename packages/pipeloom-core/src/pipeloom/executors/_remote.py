@@ -124,9 +124,11 @@ class BatchingSink:
         self.flush()
 
 
-def run_remote(worker_fn: WorkerFn, task_id: int, task: Any, sink: BatchingSink) -> Outcome:
+def run_remote(
+    worker_fn: WorkerFn, task_id: int, task: Any, sink: BatchingSink, first_attempt: int = 1
+) -> Outcome:
     """Run one task where this function is called, its messages going through ``sink``."""
-    q = TaskQueue(sink)
+    q = TaskQueue(sink, first_attempt=first_attempt)
     try:
         worker_fn(task, q)
     except Exception as exc:
