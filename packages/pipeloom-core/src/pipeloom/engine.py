@@ -282,12 +282,12 @@ class _Run:
         if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit: stop the run
             self.stop("cancelled")
         if self.fail_fast and not self.stopping.is_set():
+            self.stop("cancelled")  # before the slow part: logging, formatting
             log.warning(
                 "fail_fast: task %s failed (%s); not starting the rest",
                 task_id,
                 exc_summary(error),
             )
-            self.stop("cancelled")
         if not finished:
             self._finish_failed(task_id, task, error)
 

@@ -17,6 +17,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import queue
 import signal
 import sys
 import threading
@@ -74,6 +75,7 @@ class ProcessExecutor(Executor):
         self._payload = b""
         self._preload: list[tuple[str, str]] = []
         self._ctx: Any = None
+        self._told_stopping = False
         self._wakeup_r: Connection | None = None
         self._wakeup_w: Connection | None = None
 
@@ -164,9 +166,20 @@ class ProcessExecutor(Executor):
                     else:
                         self._died(child)
                 self._check_deadlines()
+                if engine.stopping.is_set() and not self._told_stopping:
+                    self._told_stopping = True
+                    self._broadcast(("stopping",))
         except Exception as exc:
             if not self._closing.is_set():
                 engine.executor_failed(exc)
+
+    def _broadcast(self, item: tuple[Any, ...]) -> None:
+        for child in self._children:
+            if child.alive:
+                try:
+                    child.conn.send(item)
+                except OSError as exc:
+                    log.debug("child %s is gone: %s", child.proc.pid, exc)
 
     def _waitables(self) -> list[Any]:
         items: list[Any] = [self._wakeup_r]
@@ -468,11 +481,26 @@ def _child_main(
         return
     _guard = send
     sink = BatchingSink(lambda batch: send(("msgs", _picklable(batch))))
+    stopping = threading.Event()
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def read() -> None:
+        # Reads while a task runs, so "the run is stopping" reaches a retrying task at once.
+        while True:
+            try:
+                item = conn.recv()
+            except (EOFError, OSError):
+                item = ("stop",)
+            if item[0] == "stopping":
+                stopping.set()
+                continue
+            inbox.put(item)
+            if item[0] == "stop":
+                return
+
+    threading.Thread(target=read, name="pipeloom-child-reader", daemon=True).start()
     while True:
-        try:
-            item = conn.recv()
-        except (EOFError, OSError):
-            break
+        item = inbox.get()
         if item[0] == "stop":
             break
         _, task_id, blob, first = item
@@ -481,7 +509,7 @@ def _child_main(
         except Exception as exc:
             send(("done", Outcome(task_id, exc_summary(exc), exc_text(exc))))
             continue
-        outcome = run_remote(worker_fn, task_id, task, sink, first_attempt=first)
+        outcome = run_remote(worker_fn, task_id, task, sink, first, stopping)
         send(("done", outcome))
     sink.close()
 
