@@ -310,7 +310,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             gone = pid is not None and not _pid_alive(int(pid))
             if beat is not None and lease_s is not None:
                 if expired:
-                    dead.append((run_id, f"no heartbeat since {beat} (lease {lease_s:g} s)"))
+                    dead.append((run_id, f"no heartbeat since {beat} (lease {lease_s} s)"))
                 elif gone and provable_owner(owner):
                     dead.append((run_id, f"its process {pid} is gone"))
             elif run_host == host and gone:
