@@ -71,7 +71,8 @@ def database_info(db_path: str | Path) -> DatabaseInfo:
         (journal_mode,) = conn.execute("PRAGMA journal_mode").fetchone()
         db = Database(conn, execute_plugins=False)
         applied = [(m.name, m.applied_at) for m in migrations.applied(db)]
-        pending = [m.name for m in migrations.pending(db)]
+        # Another program's table: no migration may run, so none is pending.
+        pending = [] if state.layout == "conflict" else [m.name for m in migrations.pending(db)]
         runs_rows: list[tuple[str, int]] = []
         statuses: list[tuple[str, int]] = []
         if state.layout != "conflict":  # another program's table: its rows are not runs
