@@ -67,10 +67,10 @@ SCHEMA_STATEMENTS: Final[tuple[str, ...]] = (
         pid INTEGER,
         pipeloom_version TEXT,
         params TEXT,
-        heartbeat_at TEXT,
-        lease_s REAL,
         error TEXT,
         note TEXT,
+        heartbeat_at TEXT,
+        lease_s REAL,
         owner TEXT
     )
     """,

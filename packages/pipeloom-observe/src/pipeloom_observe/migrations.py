@@ -207,10 +207,10 @@ def m002_run_history(db: Database) -> None:
 
 
 _V3_RUN_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
-    ("heartbeat_at", "TEXT"),
-    ("lease_s", "REAL"),
     ("error", "TEXT"),
     ("note", "TEXT"),
+    ("heartbeat_at", "TEXT"),
+    ("lease_s", "REAL"),
     ("owner", "TEXT"),
 )
 
