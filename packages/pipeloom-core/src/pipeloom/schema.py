@@ -23,7 +23,7 @@ __all__ = [
     "schema_version",
 ]
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """Bump together with a new migration in pipeloom_observe.migrations."""
 
 PIPELOOM_TABLES: Final = ("pipeline_runs", "task_runs", "task_attempts", "dead_letters")
@@ -80,7 +80,8 @@ SCHEMA_STATEMENTS: Final[tuple[str, ...]] = (
         status TEXT NOT NULL,
         started_at TEXT,
         finished_at TEXT,
-        error TEXT
+        error TEXT,
+        discarded INTEGER NOT NULL DEFAULT 0
     )
     """,
     "CREATE INDEX IF NOT EXISTS idx_task_attempts_run_task ON task_attempts (run_id, task_id)",

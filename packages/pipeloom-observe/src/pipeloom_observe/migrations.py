@@ -201,6 +201,16 @@ def m002_run_history(db: Database) -> None:
         db.execute("PRAGMA user_version = 2")
 
 
+@migrations(name="m003_attempt_discarded")
+def m003_attempt_discarded(db: Database) -> None:
+    """Count on each failed attempt the emitted messages that were discarded with it."""
+    if "discarded" not in _columns(db, "task_attempts"):
+        db.execute("ALTER TABLE task_attempts ADD COLUMN discarded INTEGER NOT NULL DEFAULT 0")
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    if version < 3:
+        db.execute("PRAGMA user_version = 3")
+
+
 def _refuse_newer(version: int, path: Path) -> None:
     if version > SCHEMA_VERSION:
         raise DatabaseError(
