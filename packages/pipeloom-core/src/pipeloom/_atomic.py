@@ -187,12 +187,16 @@ class _HeldBatch:
                 continue
             seen[msg.task_id] = attempt
             unit = _Unit(msg, list(outputs))
-            for out in unit.outputs:
-                cls = out.__class__
-                group = unit.groups.get(cls)
-                if group is None:
-                    group = unit.groups[cls] = []
-                group.append(out)
+            classes = set(map(type, outputs))  # in C: one type is the common case
+            if len(classes) == 1:
+                unit.groups[classes.pop()] = unit.outputs
+            else:
+                for out in unit.outputs:
+                    cls = out.__class__
+                    group = unit.groups.get(cls)
+                    if group is None:
+                        group = unit.groups[cls] = []
+                    group.append(out)
             units.append(unit)
         return units
 
