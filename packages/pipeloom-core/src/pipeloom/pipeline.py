@@ -209,8 +209,11 @@ def to_result(value: object) -> str | None:
             try:
                 text = repr(value)
             except Exception as exc:  # a user __repr__ may raise anything
-                log.warning("result of type %s has a failing repr: %r", type(value).__name__, exc)
-                text = f"<unrepresentable {type(value).__name__}: {exc!r}>"
+                reason = exc_summary(exc)
+                log.warning(
+                    "result of type %s has a failing repr: %s", type(value).__name__, reason
+                )
+                text = f"<unrepresentable {type(value).__name__}: {reason}>"
     if len(text) > RESULT_MAX_CHARS:
         text = f"{text[:RESULT_MAX_CHARS]}… [result truncated: {len(text)} chars in all]"
     return text
@@ -784,7 +787,8 @@ class Pipeline(HandlerRegistry):
                     break
                 except Exception as exc:
                     # A failing item source becomes a failed task, not a dead worker thread.
-                    log.error("pipeline %s: items of %s raised %s", self.name, spec.name, exc)
+                    reason = exc_summary(exc)
+                    log.error("pipeline %s: items of %s raised %s", self.name, spec.name, reason)
                     task_id += 1
                     problem = f"reading the items of {spec.name} failed\n" + exc_text(exc)
                     yield TaskDef(
