@@ -2,8 +2,9 @@
 
 A declarative pipeline whose tasks each ``ctx.emit`` R small row messages to one
 ``executemany`` handler. ``atomic`` holds each task's rows and commits them with its ``done``
-row; ``stream`` sends every row to the writer as it is emitted. The modes alternate, one JSON
-line per run, then one summary line with the medians. Each run checks the file holds every row
+row; ``stream`` sends every row to the writer as it is emitted. The modes alternate, each run in
+its own process (so its peak RSS is its own), one JSON line per run, then one summary line
+with the median wall times. Each run checks the file holds every row
 and every task ``done``.
 
     uv run python benchmarks/atomic.py --tasks 200 --rows 1000 --repeat 3
@@ -13,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -87,25 +90,50 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--mode", choices=("atomic", "stream"), help="one run in this process")
     parser.add_argument("--json-out", help="append the JSON lines to this file as well")
     args = parser.parse_args()
+    if args.mode:
+        print(json.dumps(run_once(args.mode, args.tasks, args.rows, args.workers)), flush=True)
+        return 0
     lines: list[dict[str, Any]] = []
     for _ in range(args.repeat):
         for mode in ("atomic", "stream"):
-            lines.append(run_once(mode, args.tasks, args.rows, args.workers))
+            # Each run in its own process, so peak RSS is that run's alone.
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--mode",
+                    mode,
+                    "--tasks",
+                    str(args.tasks),
+                    "--rows",
+                    str(args.rows),
+                    "--workers",
+                    str(args.workers),
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            lines.append(json.loads(out.strip().splitlines()[-1]))
             print(json.dumps(lines[-1]), flush=True)
-    walls = {
-        m: statistics.median(x["wall_s"] for x in lines if x["mode"] == m)
-        for m in ("atomic", "stream")
-    }
+    modes = ("atomic", "stream")
+    walls = {m: statistics.median(x["wall_s"] for x in lines if x["mode"] == m) for m in modes}
+    rss = {m: max(x["peak_rss_mb"] for x in lines if x["mode"] == m) for m in modes}
+    rows = args.tasks * args.rows
     summary = {
         "bench": "atomic_summary",
-        "rows": args.tasks * args.rows,
+        "rows": rows,
         "atomic_wall_s": walls["atomic"],
         "stream_wall_s": walls["stream"],
-        "atomic_rows_per_s": round(args.tasks * args.rows / walls["atomic"]),
-        "stream_rows_per_s": round(args.tasks * args.rows / walls["stream"]),
+        "atomic_rows_per_s": round(rows / walls["atomic"]),
+        "stream_rows_per_s": round(rows / walls["stream"]),
         "atomic_over_stream_wall": round(walls["atomic"] / walls["stream"], 2),
+        "atomic_peak_rss_mb": rss["atomic"],
+        "stream_peak_rss_mb": rss["stream"],
+        "load_avg_1m": round(os.getloadavg()[0], 1),
         "verified": all(x["verified"] for x in lines),
     }
     lines.append(summary)
