@@ -8,6 +8,7 @@ with the median wall times. Each run checks the file holds every row
 and every task ``done``.
 
     uv run python benchmarks/atomic.py --tasks 200 --rows 1000 --repeat 3
+    uv run python benchmarks/atomic.py --bad 1   # one task's rows rejected by the handler
 """
 
 from __future__ import annotations
@@ -39,15 +40,18 @@ class MsgRow:
 
 
 def schema(conn: sqlite3.Connection) -> None:
-    conn.execute("CREATE TABLE rows (task INTEGER, n INTEGER, amount INTEGER)")
+    conn.execute("CREATE TABLE rows (task INTEGER, n INTEGER, amount INTEGER CHECK (amount >= 0))")
 
 
 def save_rows(conn: sqlite3.Connection, msgs: list[MsgRow]) -> None:
     conn.executemany("INSERT INTO rows VALUES (?, ?, ?)", [(m.task, m.n, m.amount) for m in msgs])
 
 
-def run_once(mode: str, tasks: int, rows: int, workers: int) -> dict[str, Any]:
-    """One pipeline run in a fresh file; returns its JSON-able figures."""
+def run_once(mode: str, tasks: int, rows: int, workers: int, bad: int = 0) -> dict[str, Any]:
+    """One pipeline run in a fresh file; returns its JSON-able figures.
+
+    The first ``bad`` tasks emit one row the handler rejects (a CHECK constraint) halfway.
+    """
     with tempfile.TemporaryDirectory(prefix="pipeloom-bench-") as tmp:
         db = Path(tmp) / "atomic.db"
         pipe = Pipeline("bench", db=db, workers=workers, schema=schema)
@@ -57,7 +61,7 @@ def run_once(mode: str, tasks: int, rows: int, workers: int) -> dict[str, Any]:
         def load(ctx: Context, task: int) -> int:
             emit = ctx.emit
             for n in range(rows):
-                emit(MsgRow(task, n, n))
+                emit(MsgRow(task, n, -1 if task < bad and n == rows // 2 else n))
             return rows
 
         pipe.map(load, range(tasks))
@@ -67,20 +71,28 @@ def run_once(mode: str, tasks: int, rows: int, workers: int) -> dict[str, Any]:
         conn = sqlite3.connect(db)
         try:
             (stored,) = conn.execute("SELECT count(*) FROM rows").fetchone()
+            (dead,) = conn.execute("SELECT count(*) FROM dead_letters").fetchone()
         finally:
             conn.close()
     total = tasks * rows
+    # Streaming keeps a bad task's other rows; atomic keeps none of them and dead-letters all.
+    good = total - bad * rows if mode == "atomic" else total - bad
+    dead_expected = bad * rows if mode == "atomic" else bad
+    done_expected = tasks - bad if mode == "atomic" else tasks
     return {
         "bench": "atomic",
         "mode": mode,
         "tasks": tasks,
         "rows_per_task": rows,
+        "bad_tasks": bad,
         "workers": workers,
         "rows": total,
         "wall_s": round(wall, 3),
         "rows_per_s": round(total / wall),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "verified": stored == total and result.counts == {"done": tasks},
+        "verified": stored == good
+        and dead == dead_expected
+        and result.counts.get("done", 0) == done_expected,
     }
 
 
@@ -90,11 +102,13 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--bad", type=int, default=0, help="tasks with one rejected row")
     parser.add_argument("--mode", choices=("atomic", "stream"), help="one run in this process")
     parser.add_argument("--json-out", help="append the JSON lines to this file as well")
     args = parser.parse_args()
     if args.mode:
-        print(json.dumps(run_once(args.mode, args.tasks, args.rows, args.workers)), flush=True)
+        line = run_once(args.mode, args.tasks, args.rows, args.workers, args.bad)
+        print(json.dumps(line), flush=True)
         return 0
     lines: list[dict[str, Any]] = []
     for _ in range(args.repeat):
@@ -112,6 +126,8 @@ def main() -> int:
                     str(args.rows),
                     "--workers",
                     str(args.workers),
+                    "--bad",
+                    str(args.bad),
                 ],
                 check=True,
                 capture_output=True,
@@ -126,6 +142,7 @@ def main() -> int:
     summary = {
         "bench": "atomic_summary",
         "rows": rows,
+        "bad_tasks": args.bad,
         "atomic_wall_s": walls["atomic"],
         "stream_wall_s": walls["stream"],
         "atomic_rows_per_s": round(rows / walls["atomic"]),
