@@ -215,6 +215,26 @@ def test_one_bad_task_in_a_batch_costs_only_itself(tmp_path: Path) -> None:
     assert writer.messages_applied + writer.messages_dead == 36
 
 
+def test_outputs_stay_atomic_without_pipeloom_tables(tmp_path: Path) -> None:
+    db = tmp_path / "plain.db"
+    q = MessageQueue()
+    writer = SQLiteWriter(
+        db, q, schema=schema, handlers={MsgRow: upsert_rows}, store_task_status=False
+    )
+    for task_id in (1, 2):
+        outputs = [MsgRow(f"t{task_id}", i, -i if task_id == 2 else i) for i in range(5)]
+        q.put(MsgTaskFinished(task_id, "done", utc_now(), outputs=outputs))
+    q.put(SENTINEL)
+    writer.start()
+    writer.join(10)
+    writer.raise_if_failed()
+
+    assert query(db, "SELECT file, count(*) FROM rows GROUP BY file") == [("t1", 5)]
+    assert writer.status_counts == {"done": 1, "error": 1}
+    tables = {r[0] for r in query(db, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == {"rows"}
+
+
 def test_outputs_are_applied_once_and_only_with_done(tmp_path: Path) -> None:
     db = tmp_path / "once.db"
     q = MessageQueue()
