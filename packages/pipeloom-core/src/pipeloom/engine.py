@@ -30,6 +30,7 @@ from pipeloom._text import exc_summary, exc_text, storable
 from pipeloom.db import Synchronous
 from pipeloom.errors import DatabaseError, PipeloomError, WriterFailedError
 from pipeloom.executors import Executor, TaskQueue, ThreadExecutor, WorkerFn, resolve_executor
+from pipeloom.executors._remote import RemoteTaskError
 from pipeloom.logs import console as shared_console
 from pipeloom.messages import SENTINEL, MsgTaskFinished, utc_now
 from pipeloom.progress import LiveDisplay, PlainReporter, render_summary
@@ -292,14 +293,15 @@ class _Run:
 
     def _finish_failed(self, task_id: int, task: Any, error: BaseException) -> None:
         name, key = _label(task, task_id)
-        text = getattr(error, "remote_traceback", None) or exc_text(error)
+        remote = isinstance(error, RemoteTaskError)
+        text = error.remote_traceback if isinstance(error, RemoteTaskError) else None
         self._post(
             MsgTaskFinished(
                 task_id,
                 "error",
                 utc_now(),
-                message=exc_summary(error),
-                error=text,
+                message=str(error) if remote else exc_summary(error),
+                error=text or exc_text(error),
                 name=name,
                 key=key,
             )

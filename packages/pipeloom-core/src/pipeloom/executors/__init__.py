@@ -10,20 +10,27 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pipeloom.executors._base import Completions, Executor, Sink, TaskQueue, WorkerFn
+from pipeloom.executors._remote import BatchingSink, Outcome, RemoteTaskError, run_remote
+from pipeloom.executors.processes import ProcessExecutor
 from pipeloom.executors.threads import ThreadExecutor
 
 __all__ = [
     "EXECUTOR_NAMES",
+    "BatchingSink",
     "Completions",
     "Executor",
+    "Outcome",
+    "ProcessExecutor",
+    "RemoteTaskError",
     "Sink",
     "TaskQueue",
     "ThreadExecutor",
     "WorkerFn",
     "resolve_executor",
+    "run_remote",
 ]
 
-EXECUTOR_NAMES = ("threads",)
+EXECUTOR_NAMES = ("threads", "processes")
 """The names ``executor=`` accepts."""
 
 
@@ -52,4 +59,7 @@ def resolve_executor(executor: str | Executor | None) -> Executor:
     )
 
 
-_FACTORIES: dict[str, Callable[[], Executor]] = {"threads": ThreadExecutor}
+_FACTORIES: dict[str, Callable[[], Executor]] = {
+    "threads": ThreadExecutor,
+    "processes": ProcessExecutor,
+}
