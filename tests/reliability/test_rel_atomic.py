@@ -376,3 +376,24 @@ def test_an_atomic_task_over_max_outputs_fails_clearly_and_is_not_retried(
     assert "max_outputs=5" in message and "atomic=False" in message
     assert "5 emitted messages of this attempt discarded" in message
     assert rows_of(db, "huge") == 0
+
+
+def test_a_task_that_swallows_the_output_limit_still_fails(tmp_path: Path) -> None:
+    db = tmp_path / "swallow.db"
+    pipe = make_pipe(db)
+
+    @pipe.task(max_outputs=3)
+    def load(ctx: Context, name: str) -> str:
+        try:
+            for i in range(10):
+                ctx.emit(MsgRow(name, i, i))
+        except OutputLimitError:
+            pass  # committing the first 3 rows as "done" would be a silent partial load
+        return "finished anyway"
+
+    pipe.map(load, ["greedy"])
+    result = pipe.run(progress=False)
+
+    assert result.counts == {"error": 1}
+    assert "max_outputs=3" in task_row(db, "greedy")[2]
+    assert rows_of(db, "greedy") == 0

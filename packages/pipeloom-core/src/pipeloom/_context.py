@@ -58,6 +58,7 @@ class Context:
         "_lock",
         "_max_outputs",
         "_outputs",
+        "_overflow",
         "_put",
         "attempt",
         "cancelled",
@@ -117,6 +118,8 @@ class Context:
         self._closed = False
         """Set once the attempt ended: the held messages were taken or discarded."""
         self._dropped = 0
+        self._overflow: OutputLimitError | None = None
+        """Set once an emit went over max_outputs: the attempt can no longer succeed."""
 
     def progress(self, step: int, total: int, message: str = "") -> None:
         """Report that ``step`` of ``total`` steps are done (shown live, stored on the row)."""
@@ -156,12 +159,13 @@ class Context:
                 self._put(msg)
                 return
             if len(self._outputs) >= self._max_outputs:
-                raise OutputLimitError(
+                self._overflow = OutputLimitError(
                     f"task {self.name}: emitted more than max_outputs={self._max_outputs} "
                     "messages in one atomic attempt (they are held in memory until it "
                     "succeeds); raise it with @pipe.task(max_outputs=...) or stream them with "
                     "@pipe.task(atomic=False)"
                 )
+                raise self._overflow
             self._outputs.append(msg)
 
     def _drop(self, cls: type[Any]) -> None:
@@ -177,9 +181,16 @@ class Context:
             )
 
     def _take_outputs(self) -> tuple[Any, ...]:
-        """End a successful attempt: hand over its held messages; later emits are dropped."""
+        """End a successful attempt: hand over its held messages; later emits are dropped.
+
+        Raises:
+            OutputLimitError: an emit went over ``max_outputs`` and the function caught the
+                error; committing what it held would be a silent partial load.
+        """
         with self._lock:
             self._closed = True
+            if self._overflow is not None:
+                raise self._overflow
             outputs = tuple(self._outputs)
             self._outputs.clear()
             return outputs

@@ -404,9 +404,13 @@ class _Runner:
             started = utc_now()
             outcome, ctx = self._attempt(task, job, q, attempt, started)
             if outcome.status == "done":
-                # The held messages ride on the finish: the writer commits them with the
-                # done row in one savepoint, or none of them and records the task error.
-                outputs = ctx._take_outputs()
+                try:
+                    # The held messages ride on the finish: the writer commits them with the
+                    # done row in one savepoint, or none of them and records the task error.
+                    outputs = ctx._take_outputs()
+                except OutputLimitError as exc:  # caught by the task, which went on
+                    outcome = Outcome("error", exc=exc, error_text=exc_text(exc))
+            if outcome.status == "done":
                 result = to_result(outcome.value)
                 q.put(
                     MsgTaskFinished(
