@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeloom._fold import AppliedBatch, _Fold, _payload, _truncate
+from pipeloom._registry import Handler
 from pipeloom._task_sql import upsert_tasks
 from pipeloom._text import SUMMARY_CHARS as _SUMMARY_CHARS
 from pipeloom._text import exc_summary, exc_text, storable
@@ -35,8 +36,6 @@ from pipeloom.status import TERMINAL, sql_in
 __all__ = ["HeldCounts", "apply_held", "holds_outputs"]
 
 log = logging.getLogger("pipeloom.writer")
-
-Handler = Callable[[sqlite3.Connection, list[Any]], None]
 
 _IDS_PER_QUERY = 500
 """Task ids per ``IN (...)`` lookup, well below SQLite's parameter limit."""
