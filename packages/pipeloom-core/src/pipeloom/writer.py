@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from pipeloom._atomic import HeldCounts, apply_held, holds_outputs
 from pipeloom._control import Refused, RunEnd
 from pipeloom._fold import (
     AppliedBatch,
@@ -456,9 +457,13 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         groups: dict[type[Any], list[Any]] = {}
         lifecycle: list[Any] = []
         dead: list[tuple[Any, str]] = []
+        held: list[MsgTaskFinished] = []  # done finishes carrying outputs: see _atomic
         for msg in batch:
             cls = msg.__class__
             if cls is MsgTaskProgress or cls is MsgTaskStarted or cls is MsgTaskFinished:
+                if cls is MsgTaskFinished and msg.outputs and holds_outputs(msg):
+                    held.append(msg)
+                    continue
                 lifecycle.append(msg)
             elif cls in _CONTROL:
                 self._control(msg, dead)
@@ -493,6 +498,17 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                     dead.extend((m, reason) for m in msgs)
                     continue
                 self._apply_group(conn, cls, msgs, handler, dead)
+            outputs = HeldCounts()
+            if held:
+                outputs = apply_held(
+                    conn,
+                    held,
+                    handlers=self.handlers,
+                    run_id=self.run_id,
+                    store_tasks=self.store_task_status,
+                    applied=fold.applied,
+                    is_fatal=_is_fatal,
+                )
             if dead:
                 self._store_dead(conn, dead)
             conn.execute("COMMIT")
@@ -500,11 +516,12 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        fold.applied.messages = len(batch)
-        fold.applied.dead_letters = len(dead)
-        self.messages_applied += len(batch) - len(dead) - self._uncounted
+        n_dead = len(dead) + outputs.dead
+        fold.applied.messages = len(batch) + outputs.messages
+        fold.applied.dead_letters = n_dead
+        self.messages_applied += len(batch) + outputs.messages - n_dead - self._uncounted
         self._uncounted = 0
-        self.messages_dead += len(dead)
+        self.messages_dead += n_dead
         for task_id, status in fold.applied.finished:
             self.status_counts[status] = self.status_counts.get(status, 0) + 1
             if status in FAILED:
@@ -582,7 +599,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             return
         conn.executemany(
             "INSERT INTO task_attempts (run_id, task_id, attempt, status, started_at, "
-            "finished_at, error) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "finished_at, error, discarded) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     self.run_id,
@@ -592,6 +609,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                     m.started_at,
                     m.finished_at,
                     _truncate(str(m.error)),
+                    m.discarded if type(m.discarded) is int else 0,
                 )
                 for m in msgs
             ],
