@@ -31,7 +31,9 @@ def test_a_child_that_dies_fails_its_task_and_the_run_goes_on(tmp_path: Path) ->
     )
     assert result.counts == {"done": 6, "error": 2}
     assert result.failed_task_ids == [2, 3]
-    assert rows(db, "SELECT task_id, message FROM task_runs WHERE status = 'error'") == [
+    assert rows(
+        db, "SELECT task_id, message FROM task_runs WHERE status = 'error' ORDER BY task_id"
+    ) == [
         (2, "WorkerDied: worker process died (signal SIGKILL)"),
         (3, "WorkerDied: worker process died (exit code 3)"),
     ]
