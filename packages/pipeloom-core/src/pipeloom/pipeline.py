@@ -24,11 +24,13 @@ import asyncio
 import dataclasses
 import functools
 import hashlib
+import importlib
 import inspect
 import json
 import logging
 import random
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
@@ -45,6 +47,8 @@ from pipeloom._text import exc_summary, exc_text
 from pipeloom.db import MEMORY
 from pipeloom.engine import RunResult, TaskQueue, run_pipeline
 from pipeloom.errors import DatabaseError, PipeloomError
+from pipeloom.executors import Executor
+from pipeloom.executors.processes import attempt_deadline
 from pipeloom.messages import (
     MsgTaskAttempt,
     MsgTaskFinished,
@@ -123,6 +127,34 @@ class Task(Generic[T, R]):
     def __call__(self, ctx: Context, item: T) -> R:
         """Run the function directly, without retries or timeout (handy in unit tests)."""
         return self.fn(ctx, item)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickle as a reference to the module attribute ``@pipe.task`` bound it to.
+
+        A decorated function's module attribute is this `Task`, not the function, so pickle
+        could not find the function by its name; worker processes import the module and take
+        the task from there instead.
+        """
+        module = getattr(self.fn, "__module__", None)
+        qualname = getattr(self.fn, "__qualname__", "")
+        if module and _lookup(sys.modules.get(module), qualname) is self:
+            return (_load_task, (module, qualname))
+        return (Task, tuple(getattr(self, f.name) for f in dataclasses.fields(self)))
+
+
+def _lookup(module: object, qualname: str) -> object:
+    obj = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def _load_task(module: str, qualname: str) -> Task[Any, Any]:
+    """Find a task in its module again (in a worker process)."""
+    found = _lookup(importlib.import_module(module), qualname)
+    if not isinstance(found, Task):
+        raise PipelineError(f"{module}.{qualname} is no longer a pipeloom task")
+    return found
 
 
 @dataclass(slots=True)
@@ -354,18 +386,73 @@ class _SizedTasks:
 
 
 class _Runner:
-    """The worker function of one declarative run: attempts, retries, timeouts, results."""
+    """The worker function of one declarative run: attempts, retries, timeouts, results.
+
+    It pickles (without its locks and threads) so worker processes and Dask workers can run
+    it, and has an async path (`run_async`) for the async executor.
+    """
 
     def __init__(self, pipe: Pipeline, fail_fast: bool) -> None:
-        self.pipe = pipe
+        self.name = pipe.name
+        self.handled = frozenset(pipe.handlers)
+        self.seed = pipe.seed
         self.fail_fast = fail_fast
-        self.rng = random.Random(pipe.seed)
+        self._local()
+
+    def _local(self) -> None:
+        """State that stays in its process: never pickled, made anew where it is unpickled."""
+        self.rng = random.Random(self.seed)
         self.rng_lock = threading.Lock()
         self.abandoned: list[threading.Thread] = []
         self.abandoned_lock = threading.Lock()
-        self.logger = logging.getLogger(f"pipeloom.task.{pipe.name}")
+        self.logger = logging.getLogger(f"pipeloom.task.{self.name}")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Ship the settings only (locks and threads cannot cross a process)."""
+        return {k: getattr(self, k) for k in ("name", "handled", "seed", "fail_fast")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Rebuild in a worker process."""
+        self.__dict__.update(state)
+        self._local()
 
     def __call__(self, task: TaskDef, q: TaskQueue) -> None:
+        job = self._prelude(task, q)
+        if job is None:
+            return
+        attempt = q.first_attempt
+        while True:
+            started = utc_now()
+            outcome, ctx = self._attempt(task, job, q, attempt, started)
+            retry = self._settle(task, job, q, attempt, outcome, ctx)
+            if retry is None:
+                return
+            if q.stopping.is_set() or q.stopping.wait(retry.delay):
+                self._record_failure(task, q, attempt, outcome, True, retry.discarded)
+                return
+            self._retrying(task, q, attempt, started, outcome, ctx, retry.discarded)
+            attempt += 1
+
+    async def run_async(self, task: TaskDef, q: TaskQueue) -> None:
+        """The same as calling the runner, on an event loop: timeouts cancel the coroutine."""
+        job = self._prelude(task, q)
+        if job is None:
+            return
+        attempt = q.first_attempt
+        while True:
+            started = utc_now()
+            outcome, ctx = await self._attempt_async(task, job, q, attempt, started)
+            retry = self._settle(task, job, q, attempt, outcome, ctx)
+            if retry is None:
+                return
+            if await _wait_async(q.stopping, retry.delay):
+                self._record_failure(task, q, attempt, outcome, True, retry.discarded)
+                return
+            self._retrying(task, q, attempt, started, outcome, ctx, retry.discarded)
+            attempt += 1
+
+    def _prelude(self, task: TaskDef, q: TaskQueue) -> _Job | None:
+        """Settle a task that needs no attempt (done before, or broken); else its job."""
         job: _Job = task.payload
         if job.done_in is not None:
             # The key rides on the finish, so a later resume recognises this row too.
@@ -380,7 +467,7 @@ class _Runner:
                     key=task.key,
                 )
             )
-            return
+            return None
         if job.problem is not None:
             summary = job.problem.strip().splitlines()[-1][:_SUMMARY_CHARS]
             q.put(
@@ -395,94 +482,138 @@ class _Runner:
                 )
             )
             self._maybe_stop(summary)
-            return
-        self._run(task, job, q)
+            return None
+        return job
 
-    def _run(self, task: TaskDef, job: _Job, q: TaskQueue) -> None:
-        attempt = 1
-        while True:
-            started = utc_now()
-            outcome, ctx = self._attempt(task, job, q, attempt, started)
-            if outcome.status == "done":
-                try:
-                    # The held messages ride on the finish: the writer commits them with the
-                    # done row in one savepoint, or none of them and records the task error.
-                    outputs = ctx._take_outputs()
-                except OutputLimitError as exc:  # caught by the task, which went on
-                    outcome = Outcome("error", exc=exc, error_text=exc_text(exc))
-            if outcome.status == "done":
-                result = to_result(outcome.value)
-                q.put(
-                    MsgTaskFinished(
-                        task.task_id,
-                        "done",
-                        utc_now(),
-                        result=result,
-                        attempt=attempt,
-                        name=task.name,
-                        outputs=outputs,
-                    )
+    def _settle(
+        self, task: TaskDef, job: _Job, q: TaskQueue, attempt: int, outcome: Outcome, ctx: Context
+    ) -> _Retry | None:
+        """Record a finished task, or say how long to wait before its next attempt."""
+        outputs: tuple[Any, ...] | list[Any] = ()
+        if outcome.status == "done":
+            try:
+                # The held messages ride on the finish: the writer commits them with the
+                # done row in one savepoint, or none of them and records the task error.
+                outputs = ctx._take_outputs()
+            except OutputLimitError as exc:  # caught by the task, which went on
+                outcome = Outcome("error", exc=exc, error_text=exc_text(exc))
+        if outcome.status == "done":
+            q.put(
+                MsgTaskFinished(
+                    task.task_id,
+                    "done",
+                    utc_now(),
+                    result=to_result(outcome.value),
+                    attempt=attempt,
+                    name=task.name,
+                    outputs=outputs,
                 )
-                return
-            discarded = ctx._discard()
-            self._note_failure(task, job.task, attempt, outcome, discarded)
-            retry = self._should_retry(job.task, attempt, outcome)
-            if retry and self._wait_to_retry(job.task, attempt, q):
-                error = outcome.error_text or ""
-                q.put(
-                    MsgTaskAttempt(
-                        task.task_id,
-                        attempt,
-                        outcome.status,
-                        error,
-                        started,
-                        discarded=discarded,
-                    )
-                )
-                last_total = ctx._last_total
-                if last_total is not None:  # the live bar starts over for the new attempt
-                    q.put(MsgTaskProgress(task.task_id, 0, last_total))
-                attempt += 1
-                continue
-            self._record_failure(task, q, attempt, outcome, retry, discarded)
-            return
+            )
+            return None
+        discarded = ctx._discard()
+        self._note_failure(task, job.task, attempt, outcome, discarded)
+        if not self._should_retry(job.task, attempt, outcome):
+            self._record_failure(task, q, attempt, outcome, False, discarded)
+            return None
+        with self.rng_lock:
+            delay = backoff_delay(attempt, job.task.backoff, job.task.max_backoff, self.rng)
+        return _Retry(delay, discarded)
 
-    def _attempt(
-        self, task: TaskDef, job: _Job, q: TaskQueue, attempt: int, started: str
-    ) -> tuple[Outcome, Context]:
-        q.put(MsgTaskStarted(task.task_id, task.name, started, attempt=attempt, key=task.key))
-        ctx = Context(
+    def _retrying(
+        self,
+        task: TaskDef,
+        q: TaskQueue,
+        attempt: int,
+        started: str,
+        outcome: Outcome,
+        ctx: Context,
+        discarded: int,
+    ) -> None:
+        q.put(
+            MsgTaskAttempt(
+                task.task_id,
+                attempt,
+                outcome.status,
+                outcome.error_text or "",
+                started,
+                discarded=discarded,
+            )
+        )
+        last_total = ctx._last_total
+        if last_total is not None:  # the live bar starts over for the new attempt
+            q.put(MsgTaskProgress(task.task_id, 0, last_total))
+
+    def _context(self, task: TaskDef, job: _Job, q: TaskQueue, attempt: int) -> Context:
+        q.put(MsgTaskStarted(task.task_id, task.name, utc_now(), attempt=attempt, key=task.key))
+        return Context(
             task_id=task.task_id,
             name=task.name,
             key=task.key,
             attempt=attempt,
             put=q.put,
-            handled=self.pipe.handlers,
+            handled=self.handled,
             logger=self.logger,
             atomic=job.task.atomic,
             max_outputs=job.task.max_outputs,
         )
-        fn = job.task.fn
+
+    def _attempt(
+        self, task: TaskDef, job: _Job, q: TaskQueue, attempt: int, started: str
+    ) -> tuple[Outcome, Context]:
+        ctx = self._context(task, job, q, attempt)
+        spec = job.task
+        fn = spec.fn
         call = (
             functools.partial(_run_coroutine, fn, ctx, job.item)
             if inspect.iscoroutinefunction(fn)
             else functools.partial(fn, ctx, job.item)
         )
-        outcome = run_attempt(
-            call,
-            timeout=job.task.timeout,
-            on_timeout=ctx._abandon,
-            thread_name=f"pipeloom-task-{task.task_id}-{attempt}",
+        timeout = spec.timeout
+        # In a worker process the driver kills the process when the attempt runs over, which
+        # really stops it; a thread can only be abandoned.
+        retry = attempt <= spec.retries and any(
+            issubclass(TaskTimeoutError, t) for t in spec.retry_on
         )
+        killed_on_timeout = timeout is not None and attempt_deadline(timeout, attempt, retry)
+        try:
+            outcome = run_attempt(
+                call,
+                timeout=None if killed_on_timeout else timeout,
+                on_timeout=ctx._abandon,
+                thread_name=f"pipeloom-task-{task.task_id}-{attempt}",
+            )
+        finally:
+            if killed_on_timeout:
+                attempt_deadline(None)
         return outcome, ctx
 
-    def _wait_to_retry(self, spec: Task[Any, Any], attempt: int, q: TaskQueue) -> bool:
-        """Wait out the backoff; False when the run started stopping (Ctrl-C, fail_fast)."""
-        if q.stopping.is_set():
-            return False
-        with self.rng_lock:
-            delay = backoff_delay(attempt, spec.backoff, spec.max_backoff, self.rng)
-        return not q.stopping.wait(delay)
+    async def _attempt_async(
+        self, task: TaskDef, job: _Job, q: TaskQueue, attempt: int, started: str
+    ) -> tuple[Outcome, Context]:
+        ctx = self._context(task, job, q, attempt)
+        spec = job.task
+        if not inspect.iscoroutinefunction(spec.fn):
+            # A blocking function must not stall the loop: its attempt runs in a thread.
+            call = functools.partial(spec.fn, ctx, job.item)
+            outcome = await asyncio.to_thread(
+                run_attempt,
+                call,
+                timeout=spec.timeout,
+                on_timeout=ctx._abandon,
+                thread_name=f"pipeloom-task-{task.task_id}-{attempt}",
+            )
+            return outcome, ctx
+        try:
+            value = await asyncio.wait_for(spec.fn(ctx, job.item), spec.timeout)
+        except TimeoutError:
+            ctx._abandon()
+            timed_out = TaskTimeoutError(
+                f"did not finish within {spec.timeout:g} s; the coroutine was cancelled"
+            )
+            return Outcome("timeout", exc=timed_out, error_text=exc_summary(timed_out)), ctx
+        except Exception as exc:
+            return Outcome("error", exc=exc, error_text=exc_text(exc)), ctx
+        return Outcome("done", value=value), ctx
 
     def _record_failure(
         self,
@@ -579,6 +710,9 @@ class Pipeline(HandlerRegistry):
         grace: seconds the run waits at its end for timed-out task threads to return.
         params: JSON-able parameters stored on each run row.
         seed: seeds the retry jitter, for reproducible waits.
+        executor: where tasks run: ``"threads"`` (default), ``"processes"``, ``"async"``,
+            ``"dask"`` or an instance from `pipeloom.executors`. With processes or Dask the
+            task functions, items and results must pickle.
     """
 
     registration_error = PipelineError
@@ -598,6 +732,7 @@ class Pipeline(HandlerRegistry):
         grace: float = 2.0,
         params: Mapping[str, Any] | None = None,
         seed: int | None = None,
+        executor: str | Executor | None = None,
     ) -> None:
         """Create an empty pipeline; add tasks with `task` and work with `map`."""
         if not name or not isinstance(name, str):
@@ -617,6 +752,7 @@ class Pipeline(HandlerRegistry):
         self.grace = grace
         self.params = dict(params or {})
         self.seed = seed
+        self.executor = executor
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._stages: list[_Stage] = []
 
@@ -827,6 +963,7 @@ class Pipeline(HandlerRegistry):
         progress: bool | None = None,
         summary_hint: str | None = None,
         console: Console | None = None,
+        executor: str | Executor | None = None,
     ) -> RunResult:
         """Run every mapped task once and record it; returns the engine's `RunResult`.
 
@@ -839,6 +976,7 @@ class Pipeline(HandlerRegistry):
             progress: True live bars, False nothing, None bars on a terminal only.
             summary_hint: an extra line for the end-of-run summary.
             console: where progress and the summary go.
+            executor: overrides the pipeline's executor for this run.
 
         Raises:
             PipelineError: nothing was mapped, or the run to resume does not exist.
@@ -877,6 +1015,7 @@ class Pipeline(HandlerRegistry):
                 run_name=self.name,
                 params=params,
                 summary_hint=summary_hint,
+                executor=executor if executor is not None else self.executor,
             )
         finally:
             if previous is not None:
@@ -887,6 +1026,25 @@ class Pipeline(HandlerRegistry):
             "abandoned_threads": still_running,
         }
         return dataclasses.replace(result, extra={**result.extra, **extra})
+
+
+@dataclass(frozen=True, slots=True)
+class _Retry:
+    """A failed attempt that will be retried: after ``delay`` seconds."""
+
+    delay: float
+    discarded: int
+
+
+async def _wait_async(stopping: threading.Event, delay: float) -> bool:
+    """Wait ``delay`` seconds on the loop; True when the run started stopping meanwhile."""
+    deadline = time.monotonic() + delay
+    while not stopping.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        await asyncio.sleep(min(left, 0.05))
+    return True
 
 
 def _discarded_text(n: int) -> str:
