@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 from pipeloom import Context, Pipeline
 
@@ -50,7 +50,7 @@ def sample_documents() -> dict[str, bytes]:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    documents: dict[str, bytes] = {}
+    documents: ClassVar[dict[str, bytes]] = {}
 
     def do_GET(self) -> None:
         body = self.documents.get(self.path)
