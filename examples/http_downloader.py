@@ -25,7 +25,7 @@ from pipeloom import Context, Pipeline
 
 OUT = Path(os.environ.get("DOWNLOAD_DIR", "downloads"))
 CHUNK = 32 * 1024
-SAMPLE_SIZES = {f"/sample-{i}.bin": (64 << 10) * 2 ** (i - 1) for i in range(1, 5)}
+SAMPLE_SIZES: dict[str, int] = {f"/sample-{i}.bin": (64 << 10) << (i - 1) for i in range(1, 5)}
 
 
 def sample_bytes(path: str) -> bytes:
