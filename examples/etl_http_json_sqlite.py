@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import threading
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from functools import cache
@@ -84,6 +85,21 @@ def base_url() -> str:
         return _local_server()
 
 
+def http_get(url: str) -> Any:
+    """Open ``url`` for reading; a 4xx answer fails at once, other errors may be retried.
+
+    Raises:
+        RuntimeError: the server answered 4xx (a retry would get the same).
+        ConnectionError: it answered 5xx.
+    """
+    try:
+        return urllib.request.urlopen(url, timeout=30)
+    except urllib.error.HTTPError as exc:
+        exc.close()  # it holds the connection open otherwise
+        kind = RuntimeError if 400 <= exc.code < 500 else ConnectionError
+        raise kind(f"GET {url}: HTTP {exc.code} {exc.reason}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class MsgUpsertRows:
     """Rows for one table, columns in the endpoint's order; ``id`` first."""
@@ -120,7 +136,7 @@ def fetch(ctx: Context, ep: Endpoint) -> dict[str, int]:
     """Extract, transform (keep the endpoint's columns), load through the writer."""
     url = base_url() + ep.path
     ctx.log.info("GET %s", url)
-    with urllib.request.urlopen(url, timeout=30) as response:
+    with http_get(url) as response:
         data = json.load(response)
     ctx.progress(1, 3, "extracted")
     if isinstance(data, dict):

@@ -13,6 +13,7 @@ import hashlib
 import os
 import sqlite3
 import threading
+import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -73,6 +74,21 @@ URLS = tuple(os.environ.get("DOWNLOAD_URLS", "").split()) or tuple(SAMPLE_SIZES)
 """What to download: the given URLs, or the local server's sample paths."""
 
 
+def http_get(url: str) -> Any:
+    """Open ``url`` for reading; a 4xx answer fails at once, other errors may be retried.
+
+    Raises:
+        RuntimeError: the server answered 4xx (a retry would get the same).
+        ConnectionError: it answered 5xx.
+    """
+    try:
+        return urllib.request.urlopen(url, timeout=30)
+    except urllib.error.HTTPError as exc:
+        exc.close()  # it holds the connection open otherwise
+        kind = RuntimeError if 400 <= exc.code < 500 else ConnectionError
+        raise kind(f"GET {url}: HTTP {exc.code} {exc.reason}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class MsgDownloaded:
     """One finished download for the manifest."""
@@ -115,7 +131,7 @@ def download(ctx: Context, url: str) -> dict[str, int | str]:
     partial = target.with_suffix(target.suffix + ".part")
     digest = hashlib.sha256()
     size = 0
-    with urllib.request.urlopen(full, timeout=30) as response, partial.open("wb") as fh:
+    with http_get(full) as response, partial.open("wb") as fh:
         total = int(response.headers.get("Content-Length") or 0)
         while chunk := response.read(CHUNK):
             fh.write(chunk)

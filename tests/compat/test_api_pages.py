@@ -104,7 +104,7 @@ def test_users_foreign_keys_hold_inside_a_pipeline(tmp_path: Path) -> None:
 
         def schema(conn):
             conn.execute("CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY)")
-            conn.execute("CREATE TABLE IF NOT EXISTS lines (order_id INTEGER REFERENCES orders(id))")
+            conn.execute("CREATE TABLE IF NOT EXISTS lines (order_id REFERENCES orders(id))")
             conn.execute("INSERT OR IGNORE INTO orders VALUES (1)")
 
         def save(conn, msgs):

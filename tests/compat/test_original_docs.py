@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (the scripts below are copied verbatim from the 0.0.7 docs)
 """pipeloom 0.0.7's documented calls (README, getting-started, how-to-extend, API pages).
 
 Each script below is copied from the original's docs as a user would paste it, and run in a

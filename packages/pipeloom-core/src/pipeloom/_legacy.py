@@ -48,7 +48,7 @@ def is_original_layout(conn: sqlite3.Connection) -> bool:
     if "task_runs" not in _tables(conn) or "pipeline_runs" in _tables(conn):
         return False
     columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(task_runs)")}
-    return "run_id" not in columns and _ORIGINAL_COLUMNS <= columns
+    return "run_id" not in columns and columns >= _ORIGINAL_COLUMNS
 
 
 def upgrade_original_layout(conn: sqlite3.Connection, db_label: str) -> int | None:

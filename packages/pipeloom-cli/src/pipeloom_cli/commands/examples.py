@@ -76,6 +76,27 @@ def _serve(documents: dict[str, bytes]) -> Iterator[str]:
         thread.join()
 
 
+@contextmanager
+def _get(url: str) -> Iterator[Any]:
+    """Open ``url``; a 4xx answer is final, anything else network-ish is worth a retry.
+
+    Raises:
+        RuntimeError: the server answered 4xx (retrying will not help).
+        ConnectionError: it answered 5xx.
+    """
+    import urllib.error
+    import urllib.request
+
+    try:
+        response = urllib.request.urlopen(url, timeout=30)
+    except urllib.error.HTTPError as exc:
+        exc.close()  # it holds the connection open otherwise
+        kind = RuntimeError if 400 <= exc.code < 500 else ConnectionError
+        raise kind(f"GET {url}: HTTP {exc.code} {exc.reason}") from None
+    with response:
+        yield response
+
+
 def _run(pipe: Pipeline, db: Path, workers: int | None) -> None:
     prepare_for_write(db)
     result = pipe.run(db=db, workers=workers, summary_hint=observe_hint(db))
@@ -181,7 +202,6 @@ def etl_example(
     log_file: LogFile = None,
 ) -> None:
     """HTTP JSON to SQLite: /posts and /todos into tables of their own, upserted on id."""
-    import urllib.request
     from contextlib import nullcontext
 
     with user_errors(verbose):
@@ -200,7 +220,7 @@ def etl_example(
             def fetch(ctx: Context, table: str) -> dict[str, int]:
                 columns = _ETL_TABLES[table]
                 ctx.log.info("GET %s/%s", base, table)
-                with urllib.request.urlopen(f"{base}/{table}", timeout=30) as response:
+                with _get(f"{base}/{table}") as response:
                     data = json.load(response)
                 rows = tuple(tuple(item.get(c) for c in columns) for item in data)
                 updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
@@ -290,7 +310,6 @@ def download_example(
     """Download files, stream them to disk, and record a SHA-256 manifest."""
     import hashlib
     import urllib.parse
-    import urllib.request
     from contextlib import nullcontext
 
     with user_errors(verbose):
@@ -315,7 +334,7 @@ def download_example(
                 target = folder / name
                 partial = target.with_name(name + ".part")
                 digest, size = hashlib.sha256(), 0
-                with urllib.request.urlopen(address, timeout=30) as resp, partial.open("wb") as fh:
+                with _get(address) as resp, partial.open("wb") as fh:
                     total = int(resp.headers.get("Content-Length") or 0)
                     while chunk := resp.read(32 << 10):
                         fh.write(chunk)
