@@ -62,10 +62,15 @@ def test_every_example_file_has_a_case() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_example_runs_with_pipeloom_run(name: str, tmp_path: Path) -> None:
+def test_example_runs_with_pipeloom_run(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In this process (a subprocess per example would cost a second of start-up each);
+    # test_an_example_runs_as_a_user_runs_it below runs one through the real script.
+    monkeypatch.chdir(tmp_path)
     db, sql, expected = CASES[name]
-    proc = pipeloom("run", str(EXAMPLES / f"{name}.py:pipe"), cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = run_here("run", str(EXAMPLES / f"{name}.py:pipe"))
+    assert result.exit_code == 0, result.output
     assert rows(tmp_path / db, sql) == expected
     assert rows(tmp_path / db, "SELECT COUNT(*) FROM task_runs WHERE status <> 'done'") == [(0,)]
     if name == "file_writer":
@@ -73,6 +78,15 @@ def test_example_runs_with_pipeloom_run(name: str, tmp_path: Path) -> None:
             data = (tmp_path / "file_writer_out" / file).read_bytes()
             assert (len(data), hashlib.sha256(data).hexdigest()) == (size, sha)
         assert not list((tmp_path / "file_writer_out").glob("*.part"))
+
+
+def test_an_example_runs_as_a_user_runs_it(tmp_path: Path) -> None:
+    proc = pipeloom("run", str(EXAMPLES / "orders_etl.py:main"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if " orders, " in line]
+    assert len(lines) == 5  # the summary query: one line per country
+    assert "54 rows rejected" in proc.stdout
+    assert rows(tmp_path / "orders.db", "SELECT COUNT(*) FROM orders") == [(843,)]
 
 
 def test_orders_etl_resumes_after_a_broken_file_is_fixed(

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeloom.demo import DemoTask, demo_worker
+from pipeloom.engine import run_pipeline
 from tests.compat._compat_support import rows, run_script
 
 
@@ -115,20 +117,12 @@ def test_readme_call_without_a_worker_runs_unchanged(tmp_path: Path) -> None:
 
 def test_store_task_status_false_leaves_the_file_to_the_user(tmp_path: Path) -> None:
     # README.md: "Pass store_task_status=False if you don't want the task_runs table."
-    proc = run_script(
-        """
-        from pathlib import Path
-        from pipeloom import TaskDef, run_pipeline
-        from pipeloom.demo import DemoTask, demo_worker
-
-        db_path = Path("mine.db")
-        tasks = [DemoTask(task_id=i, name=f"task-{i}", delay=0) for i in range(1, 4)]
-        run_pipeline(db_path, tasks, workers=2, wal=True, store_task_status=False, worker_fn=demo_worker)
-        """,
-        tmp_path,
+    db_path = tmp_path / "mine.db"
+    tasks = [DemoTask(task_id=i, name=f"task-{i}", delay=0) for i in range(1, 4)]
+    run_pipeline(
+        db_path, tasks, workers=2, wal=True, store_task_status=False, worker_fn=demo_worker
     )
-    assert proc.returncode == 0, proc.stderr
-    assert rows(tmp_path / "mine.db", "SELECT name FROM sqlite_master") == []
+    assert rows(db_path, "SELECT name FROM sqlite_master") == []
 
 
 def test_domain_messages_from_the_docs_with_a_registered_handler(tmp_path: Path) -> None:
@@ -203,26 +197,16 @@ def test_domain_messages_from_the_docs_with_a_registered_handler(tmp_path: Path)
 
 def test_demo_task_and_worker_as_0_0_7_named_them(tmp_path: Path) -> None:
     # pipeloom/cli.py of 0.0.7: DemoTask(task_id=i, name=..., steps=20) with demo_worker.
-    proc = run_script(
-        """
-        from pathlib import Path
-        from pipeloom.demo import DemoTask, demo_worker
-        from pipeloom.engine import run_pipeline
-
-        assert DemoTask(task_id=1, name="task-1").steps == 20
-        tasks = [DemoTask(task_id=i, name=f"task-{i}", steps=20, delay=0) for i in range(1, 4)]
-        run_pipeline(
-            db_path=Path("wal_demo.db"),
-            tasks=tasks,
-            workers=2,
-            wal=True,
-            store_task_status=True,
-            worker_fn=demo_worker,
-        )
-        """,
-        tmp_path,
+    assert DemoTask(task_id=1, name="task-1").steps == 20
+    tasks = [DemoTask(task_id=i, name=f"task-{i}", steps=20, delay=0) for i in range(1, 4)]
+    run_pipeline(
+        db_path=tmp_path / "wal_demo.db",
+        tasks=tasks,
+        workers=2,
+        wal=True,
+        store_task_status=True,
+        worker_fn=demo_worker,
     )
-    assert proc.returncode == 0, proc.stderr
     assert rows(
         tmp_path / "wal_demo.db", "SELECT task_id, status, step, total, result FROM task_runs"
     ) == [(i, "done", 20, 20, f"ok:task-{i}") for i in range(1, 4)]
