@@ -8,12 +8,10 @@ Their fuller, commented versions are the scripts in the repository's ``examples/
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -50,6 +48,7 @@ DbOpt = typer.Option("--db", help="SQLite file the run and its rows are stored i
 @contextmanager
 def _serve(documents: dict[str, bytes]) -> Iterator[str]:
     """Serve ``documents`` (path -> body) on 127.0.0.1 for the duration of the block."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -182,6 +181,8 @@ def csv_example(
 
 
 def _sample_json() -> dict[str, bytes]:
+    import json
+
     posts = [{"id": i, "userId": 1 + i % 10, "title": f"post {i}"} for i in range(1, 101)]
     todos = [
         {"id": i, "userId": 1 + i % 10, "title": f"todo {i}", "completed": i % 3 == 0}
@@ -202,6 +203,7 @@ def etl_example(
     log_file: LogFile = None,
 ) -> None:
     """HTTP JSON to SQLite: /posts and /todos into tables of their own, upserted on id."""
+    import json
     from contextlib import nullcontext
 
     with user_errors(verbose):
