@@ -8,8 +8,8 @@ their own (named ``imported single-run history``) and later runs are added after
 The writer does this when it opens such a file (through `pipeloom.db.init_schema`), so a
 ``uv add pipeloom-core`` user never needs another package. It is written against
 `pipeloom.schema`'s public functions only (`create_schema`), so it follows wherever that
-module records the schema version. ``pipeloom db upgrade`` (pipeloom-observe) does the same
-through its migration set and records it there.
+module records the schema version. ``pipeloom db upgrade`` (pipeloom-cli, through
+pipeloom-observe's migration set) does the same and records its migrations too.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Final
 
 from pipeloom._version import __version__
 from pipeloom.messages import utc_now
-from pipeloom.schema import create_schema
+from pipeloom.schema import create_schema, inspect_schema
 from pipeloom.status import ACTIVE, decide_run_status, sql_in
 
 __all__ = ["IMPORTED_RUN_NAME", "is_original_layout", "upgrade_original_layout"]
@@ -32,23 +32,17 @@ IMPORTED_RUN_NAME: Final = "imported single-run history"
 """The name of the run that a 0.0.7 file's task rows are attached to."""
 
 _OLD: Final = "_pipeloom_task_runs_0_0_7"
-_ORIGINAL_COLUMNS: Final = frozenset({"id", "name", "status", "progress", "message", "result"})
-
-
-def _tables(conn: sqlite3.Connection) -> set[str]:
-    return {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
 
 def is_original_layout(conn: sqlite3.Connection) -> bool:
     """Tell whether the file holds 0.0.7's single-run ``task_runs`` and no run history.
 
-    Only the exact old shape qualifies (its columns, no ``run_id``, no ``pipeline_runs``),
-    so an application's own table that happens to be called ``task_runs`` is left alone.
+    `pipeloom.schema.inspect_schema` decides: only the exact old shape qualifies (schema
+    version 0), so an application's own table that happens to be called ``task_runs``, or an
+    old table with columns someone added, is left alone (the writer then refuses the file).
     """
-    if "task_runs" not in _tables(conn) or "pipeline_runs" in _tables(conn):
-        return False
-    columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(task_runs)")}
-    return "run_id" not in columns and columns >= _ORIGINAL_COLUMNS
+    state = inspect_schema(conn)
+    return state.layout == "outdated" and state.version == 0
 
 
 def upgrade_original_layout(conn: sqlite3.Connection, db_label: str) -> int | None:
