@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeloom import TaskDef, run_pipeline
+from pipeloom import DatabaseError, TaskDef, run_pipeline
 from pipeloom._legacy import IMPORTED_RUN_NAME, is_original_layout, upgrade_original_layout
 from pipeloom.db import connect, init_schema
 from pipeloom.demo import DemoTask, demo_worker
@@ -137,10 +137,32 @@ def test_a_failed_upgrade_changes_nothing(tmp_path: Path) -> None:
 
 
 def test_the_cli_upgrade_after_core_only_records_its_migrations(tmp_path: Path) -> None:
-    from pipeloom_observe.migrations import upgrade
+    from pipeloom_observe.migrations import pending, upgrade
 
     db = original_file(tmp_path / "both.db", OLD_ROWS)
     run_pipeline([TaskDef(1, "new")], db, worker_fn=demo_worker, progress=False)
     before = rows(db, "SELECT run_id, task_id, status FROM task_runs ORDER BY 1, 2")
-    assert upgrade(db) == ["m001_single_run_task_runs", "m002_run_history"]
+    schema = rows(
+        db, "SELECT name, sql FROM sqlite_master WHERE sql NOT LIKE '%_sqlite_migrations%'"
+    )
+    assert upgrade(db)  # records the migrations as applied
+    assert pending(db) == []
     assert rows(db, "SELECT run_id, task_id, status FROM task_runs ORDER BY 1, 2") == before
+    after = rows(
+        db, "SELECT name, sql FROM sqlite_master WHERE sql NOT LIKE '%_sqlite_migrations%'"
+    )
+    assert after == schema
+
+
+def test_an_original_table_with_columns_of_the_users_is_refused_untouched(
+    tmp_path: Path,
+) -> None:
+    db = original_file(tmp_path / "extended.db", OLD_ROWS)
+    conn = sqlite3.connect(db)
+    conn.execute("ALTER TABLE task_runs ADD COLUMN owner TEXT")
+    conn.commit()
+    conn.close()
+    before = rows(db, "SELECT * FROM task_runs ORDER BY id")
+    with pytest.raises(DatabaseError, match="owner"):
+        run_pipeline([TaskDef(1, "t")], db, worker_fn=demo_worker, progress=False)
+    assert rows(db, "SELECT * FROM task_runs ORDER BY id") == before
