@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import os
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,8 +84,17 @@ def load(ctx: Context, path: Path) -> dict[str, int]:
     return {"rows": len(records)}
 
 
-make_sample_data(DATA)
-pipe.map(load, sorted(DATA.glob("*.csv")))
+def input_files() -> Iterator[Path]:
+    """The files to load, made first if missing.
+
+    A generator runs when the pipeline starts, not when the file is imported, so process
+    workers (``--executor processes``), which import this file, do not make data too.
+    """
+    make_sample_data(DATA)
+    yield from sorted(DATA.glob("*.csv"))
+
+
+pipe.map(load, input_files())
 
 if __name__ == "__main__":
     pipe.run().raise_for_status()

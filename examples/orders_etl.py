@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import os
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal, InvalidOperation
@@ -195,8 +196,13 @@ def load_file(ctx: Context, path: Path) -> dict[str, int]:
     return {"rows": len(good), "rejected": len(bad)}
 
 
-make_sample_data(INPUT)
-pipe.map(load_file, sorted(INPUT.glob("*.csv")))
+def input_files() -> Iterator[Path]:
+    """The day files, made first if missing (when the run starts, not on import)."""
+    make_sample_data(INPUT)
+    yield from sorted(INPUT.glob("*.csv"))
+
+
+pipe.map(load_file, input_files())
 
 SUMMARY_SQL = """
     SELECT country, COUNT(*) AS orders, SUM(quantity) AS items,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,20 @@ from tests.compat._compat_support import rows
 from tests.e2e._cli_e2e_support import pipeloom
 
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _forget_loaded_examples() -> Iterator[None]:
+    """Drop the modules `pipeloom run FILE.py` registers, so later tests never import them.
+
+    A process executor loads every file-loaded module into its children; an example left in
+    ``sys.modules`` would be imported again by an unrelated test's workers.
+    """
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        if name.startswith("pipeloom_target_"):
+            del sys.modules[name]
 
 
 def run_here(*args: str) -> Result:
