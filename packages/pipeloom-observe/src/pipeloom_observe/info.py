@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
+from pipeloom.db import describe_error
 from pipeloom.schema import SCHEMA_VERSION, Layout, layout
 from pipeloom_observe._sqlite import read_only
 from pipeloom_observe.migrations import migrations
@@ -62,19 +63,22 @@ def database_info(db_path: str | Path) -> DatabaseInfo:
     """Describe a run database; opens it read-only and never creates it.
 
     Raises:
-        DatabaseError: the file is missing or is not a SQLite database.
+        DatabaseError: the file is missing, is not a SQLite database, or is damaged.
     """
     with read_only(db_path) as (conn, path):
-        kind = layout(conn)
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-        (journal_mode,) = conn.execute("PRAGMA journal_mode").fetchone()
-        db = Database(conn, execute_plugins=False)
-        applied = [(m.name, m.applied_at) for m in migrations.applied(db)]
-        pending = [m.name for m in migrations.pending(db)]
-        runs_rows = _count(conn, "SELECT 'runs', COUNT(*) FROM pipeline_runs")
-        statuses = _count(
-            conn, "SELECT status, COUNT(*) FROM task_runs GROUP BY status ORDER BY status"
-        )
+        try:
+            kind = layout(conn)
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            (journal_mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+            db = Database(conn, execute_plugins=False)
+            applied = [(m.name, m.applied_at) for m in migrations.applied(db)]
+            pending = [m.name for m in migrations.pending(db)]
+            runs_rows = _count(conn, "SELECT 'runs', COUNT(*) FROM pipeline_runs")
+            statuses = _count(
+                conn, "SELECT status, COUNT(*) FROM task_runs GROUP BY status ORDER BY status"
+            )
+        except sqlite3.DatabaseError as exc:  # damaged pages: one line naming the file
+            raise describe_error(path, exc) from exc
     wal = path.with_name(path.name + "-wal")
     return DatabaseInfo(
         path=path,
