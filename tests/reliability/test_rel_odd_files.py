@@ -54,14 +54,14 @@ def pipeloom_all(cwd: Path, *commands: list[str]) -> list[tuple[int, str, str]]:
         for args in commands
     ]
     results = []
-    for proc in procs:
+    for args, proc in zip(commands, procs, strict=True):
         try:
             out, err = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             for other in procs:
                 other.kill()
                 other.communicate()
-            pytest.fail(f"`pipeloom {' '.join(proc.args[1:])}` hung")  # type: ignore[index]
+            pytest.fail(f"`pipeloom {' '.join(args)}` hung")
         results.append((proc.returncode, out, err))
     return results
 
