@@ -7,7 +7,9 @@ holding the characters a SQLite URI gives meaning to (``#``, ``?``, ``%``).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sqlite3
 import stat
 import subprocess
@@ -74,26 +76,32 @@ def one_error_line(stderr: str) -> str:
     return lines[0]
 
 
-@pytest.fixture
-def read_only_folder(tmp_path: Path) -> Iterator[Path]:
-    """A folder holding a finished run that nobody, root included, can create files in."""
-    folder = tmp_path / "archive"
-    folder.mkdir()
-    make_run(folder / "runs.db")
+@contextlib.contextmanager
+def made_read_only(folder: Path) -> Iterator[Path]:
+    """Make ``folder`` one nobody, root included, can create files in, for the block."""
     folder.chmod(0o555)
     immutable = False
-    if os.access(folder, os.W_OK):  # root: permission bits do not apply
-        done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False)
-        immutable = done.returncode == 0
-        if not immutable or os.access(folder, os.W_OK):
-            folder.chmod(0o755)
-            pytest.skip(f"cannot make a folder read-only as root here ({done.stderr!r})")
     try:
+        if os.access(folder, os.W_OK):  # root: permission bits do not apply
+            done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False)
+            immutable = done.returncode == 0
+            if not immutable or os.access(folder, os.W_OK):
+                pytest.skip(f"cannot make a folder read-only as root here ({done.stderr!r})")
         yield folder
     finally:
         if immutable:
             subprocess.run(["chattr", "-i", str(folder)], check=True)
         folder.chmod(0o755)
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Iterator[Path]:
+    """A folder holding a finished run, made read-only."""
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    make_run(folder / "runs.db")
+    with made_read_only(folder):
+        yield folder
 
 
 def test_a_database_in_a_read_only_folder_is_read_and_writing_names_the_folder(
@@ -129,6 +137,27 @@ async def test_observe_reads_a_database_in_a_read_only_folder(read_only_folder: 
     assert response.status_code == 200, response.text
     assert response.json() == [{"n": 4}]
     ds.databases["runs"].close()
+
+
+def test_commits_still_in_a_wal_in_a_read_only_folder_are_one_clear_line(
+    tmp_path: Path,
+) -> None:
+    """Reading them needs a -shm SQLite cannot create there; skipping them would lie."""
+    source, folder = tmp_path / "live.db", tmp_path / "copied"
+    make_run(source)
+    folder.mkdir()
+    writer = sqlite3.connect(source)
+    writer.execute("PRAGMA wal_autocheckpoint = 0")
+    writer.execute("UPDATE task_runs SET message = 'later'")
+    writer.commit()
+    for suffix in ("", "-wal"):  # a copy taken while a writer held it: no -shm
+        shutil.copyfile(f"{source}{suffix}", folder / f"runs.db{suffix}")
+    writer.close()
+    with made_read_only(folder):
+        result = runner.invoke(app, ["status", str(folder / "runs.db")])
+    line = one_error_line(result.output)
+    assert result.exit_code == 2
+    assert f"folder {folder} is not writable" in line and "-wal" in line
 
 
 def _damage_page_2(db: Path) -> None:

@@ -167,7 +167,7 @@ def connect(
             check_same_thread=check_same_thread,
         )
     except sqlite3.Error as exc:
-        raise DatabaseError(f"{db_path}: cannot open database ({exc})") from exc
+        raise describe_error(db_path, exc, writing=True) from exc
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         if wal and str(db_path) != MEMORY:
@@ -297,9 +297,10 @@ def _needs_immutable(path: Path, exc: sqlite3.DatabaseError) -> bool:
     """True when only the missing ``-shm`` (in a folder SQLite cannot write) stops reading."""
     if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_CANTOPEN:
         return False
-    if os.access(path.parent, os.W_OK | os.X_OK) or not os.access(path, os.R_OK):
+    real = path.resolve()  # SQLite keeps -wal and -shm beside the file a symlink names
+    if os.access(real.parent, os.W_OK | os.X_OK) or not os.access(real, os.R_OK):
         return False
-    wal = _stat(path.with_name(path.name + "-wal"))
+    wal = _stat(real.with_name(real.name + "-wal"))
     return wal is None or wal.st_size == 0
 
 

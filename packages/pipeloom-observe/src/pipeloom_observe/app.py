@@ -33,7 +33,6 @@ from pipeloom_observe.metadata import default_metadata, layout_note, merge_metad
 
 __all__ = [
     "SETTINGS",
-    "ReadOnlyFile",
     "build_datasette",
     "database_note",
     "exposure_warning",
@@ -66,7 +65,7 @@ def database_note(db_path: str | Path) -> str | None:
     return layout_note(kind, str(path))
 
 
-class ReadOnlyFile(Database):  # type: ignore[misc]  # Datasette ships no type hints
+class _ReadOnlyFile(Database):  # type: ignore[misc]  # Datasette ships no type hints
     """A Datasette database whose every connection is pipeloom's read-only one.
 
     Only `connect` changes: Datasette keeps using ``path`` for the file's size, name and
@@ -113,7 +112,7 @@ def build_datasette(
     # the same name, before anything has connected to it.
     (name,) = (key for key, db in ds.databases.items() if db.path == str(path))
     ds.remove_database(name)
-    ds.add_database(ReadOnlyFile(ds, path=str(path), is_mutable=True), name=name)
+    ds.add_database(_ReadOnlyFile(ds, path=str(path), is_mutable=True), name=name)
     return ds
 
 
