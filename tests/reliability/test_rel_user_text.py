@@ -96,6 +96,18 @@ def test_live_bars_show_names_messages_and_title_as_written() -> None:
     assert_printed_as_data(plain.getvalue(), [CONTROL[0] + LOST])
 
 
+def test_a_name_that_is_not_valid_utf8_prints_to_a_real_terminal_file(tmp_path: Path) -> None:
+    """A file name from os.listdir may hold a lone surrogate; writing it raw raises."""
+    name = "caf\udce9.csv"
+    with (tmp_path / "screen").open("w", encoding="utf-8") as screen:
+        console = Console(file=screen, force_terminal=True, width=80)
+        display = LiveDisplay(1, console=console, get_time=lambda: 100.0)
+        with display:
+            display(AppliedBatch(started=[(1, name)], progress={1: (1, 2, name)}))
+            display._live.refresh()
+    assert "caf\\udce9.csv" in (tmp_path / "screen").read_text(encoding="utf-8")
+
+
 def _noisy_worker(task: TaskDef, msg_q: TaskQueue) -> None:
     msg_q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))
     text = TEXTS[task.task_id]
