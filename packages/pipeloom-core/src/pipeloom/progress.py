@@ -289,6 +289,7 @@ def render_summary(
     db_path: str,
     run_id: int | None,
     hint: str | None = None,
+    not_started: int | None = 0,
 ) -> Table:
     """Build the end-of-run summary table (statuses, elapsed, throughput, where it is).
 
@@ -307,6 +308,10 @@ def render_summary(
     for status, n in sorted(counts.items()):
         if status not in ("done", "error", "cancelled"):
             table.add_row(Text(printable(status)), Text(str(n), style=styles.get(status, "white")))
+    if not_started is None:
+        table.add_row("not started", Text("the rest of the source", style="yellow"))
+    elif not_started:
+        table.add_row("not started", Text(str(not_started), style="yellow"))
     table.add_row("elapsed", f"{elapsed:.2f}s")
     rate = messages / elapsed if elapsed > 0 else 0.0
     table.add_row("messages/s", f"{rate:,.0f}")

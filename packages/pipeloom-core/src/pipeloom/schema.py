@@ -45,7 +45,9 @@ SCHEMA_STATEMENTS: Final[tuple[str, ...]] = (
         host TEXT,
         pid INTEGER,
         pipeloom_version TEXT,
-        params TEXT
+        params TEXT,
+        error TEXT,
+        note TEXT
     )
     """,
     """

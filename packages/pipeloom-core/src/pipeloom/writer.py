@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from pipeloom._control import Refused, RunEnd
 from pipeloom._fold import (
     AppliedBatch,
     _Fold,
@@ -30,6 +31,7 @@ from pipeloom._fold import (
 )
 from pipeloom._registry import Handler, HandlerRegistry
 from pipeloom._task_sql import _UPSERT_TASK, task_rows, upsert_tasks
+from pipeloom._text import storable
 from pipeloom._version import __version__
 from pipeloom.db import MEMORY, Synchronous, connect, init_schema, wal_checkpoint
 from pipeloom.errors import DatabaseError, WriterFailedError
@@ -42,6 +44,7 @@ from pipeloom.messages import (
     MsgTaskStarted,
     utc_now,
 )
+from pipeloom.status import ACTIVE, FAILED, TERMINAL, count_failed, decide_run_status, sql_in
 
 __all__ = [
     "AppliedBatch",
@@ -55,6 +58,7 @@ log = logging.getLogger("pipeloom.writer")
 SchemaFn = Callable[[sqlite3.Connection], None]
 
 RUN_STATUSES = ("done", "error", "cancelled", "interrupted")
+_CONTROL = frozenset({MsgRunFinished, RunEnd, Refused})
 DEFAULT_BATCH_SIZE = 5_000
 DEFAULT_COMMIT_INTERVAL = 0.02
 """Seconds the writer may wait for more messages before committing a small batch."""
@@ -163,6 +167,9 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         """Tasks per status in the run, read back from the database at shutdown."""
         self.failed_task_ids: list[int] = []
         """task_id of every task that ended in error or timeout."""
+        self._run_end: RunEnd | None = None
+        self._stop_hint: str | None = None
+        self._uncounted = 0
         self._conn: sqlite3.Connection | None = None
         self._warned_types: set[type[Any]] = set()
 
@@ -364,12 +371,8 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             cls = msg.__class__
             if cls is MsgTaskProgress or cls is MsgTaskStarted or cls is MsgTaskFinished:
                 lifecycle.append(msg)
-            elif cls is MsgRunFinished:
-                if isinstance(msg.status, str) and msg.status in RUN_STATUSES:
-                    self.run_status = msg.status
-                else:
-                    reason = f"run status {msg.status!r} is not one of {', '.join(RUN_STATUSES)}"
-                    dead.append((msg, reason))
+            elif cls in _CONTROL:
+                self._control(msg, dead)
             else:
                 group = groups.get(cls)
                 if group is None:
@@ -410,13 +413,31 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             raise
         fold.applied.messages = len(batch)
         fold.applied.dead_letters = len(dead)
-        self.messages_applied += len(batch) - len(dead)
+        self.messages_applied += len(batch) - len(dead) - self._uncounted
+        self._uncounted = 0
         self.messages_dead += len(dead)
         for task_id, status in fold.applied.finished:
             self.status_counts[status] = self.status_counts.get(status, 0) + 1
-            if status == "error" or status == "timeout":
+            if status in FAILED:
                 self.failed_task_ids.append(task_id)
         self._notify(fold.applied)
+
+    def _control(self, msg: Any, dead: list[tuple[Any, str]]) -> None:
+        """Note the engine's account of the run; dead-letter what a worker tried to send."""
+        cls = msg.__class__
+        if cls is RunEnd:
+            self._run_end = msg
+            self._uncounted += 1  # the engine's bookkeeping, not a message anybody sent
+        elif cls is Refused:
+            dead.append((msg.msg, msg.reason))
+        elif isinstance(msg.status, str) and msg.status in RUN_STATUSES:
+            # A bare writer's owner may say the run was stopped; whether it is done is
+            # decided from the rows (decide_run_status), never taken on someone's word.
+            if msg.status in ("cancelled", "interrupted"):
+                self._stop_hint = msg.status
+        else:
+            reason = f"run status {msg.status!r} is not one of {', '.join(RUN_STATUSES)}"
+            dead.append((msg, reason))
 
     def _apply_lifecycle(
         self,
@@ -563,7 +584,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             (
                 sum(counts.values()),
                 counts.get("done", 0),
-                counts.get("error", 0) + counts.get("timeout", 0),
+                count_failed(counts),
                 counts.get("cancelled", 0),
                 run_id,
             ),
@@ -574,17 +595,48 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         conn = self._conn
         if conn is None or not self.store_task_status or self.run_id is None:
             return
+        end = self._run_end
         # IMMEDIATE: this transaction reads before it writes, and a deferred one would fail
         # at once (SQLITE_BUSY, no busy wait) if another process committed in between.
         conn.execute("BEGIN IMMEDIATE")
+        now = utc_now()
+        # A task still active in a finished run never got its finish (its worker never sent
+        # one, or it was lost): say so on its row rather than leave it looking alive.
+        left = conn.execute(
+            "UPDATE task_runs SET status = 'interrupted', finished_at = ?, "
+            "message = 'no finish was recorded for this task (its worker never reported one)' "
+            f"WHERE run_id = ? AND status IN {sql_in(ACTIVE)}",
+            (now, self.run_id),
+        ).rowcount
         counts = self._store_counts(conn, self.run_id)
-        status = self.run_status
-        if status is None:
-            failed = counts.get("error", 0) + counts.get("timeout", 0)
-            status = "error" if failed else "done"
+        status = decide_run_status(
+            counts,
+            taken=end.taken if end is not None else None,
+            stop=end.stop if end is not None else self._stop_hint,
+            source_failed=end is not None and end.error is not None,
+        )
+        notes = [end.note] if end is not None and end.note else []
+        if left:
+            notes.append(f"{left} task(s) had no finish recorded and were marked interrupted")
+        missing = (end.taken if end is not None else 0) - sum(
+            n for st, n in counts.items() if st in TERMINAL
+        )
+        if missing > 0:
+            notes.append(
+                f"{missing} task(s) taken from the source have no row (their messages were "
+                "dead-lettered; see dead_letters)"
+            )
         conn.execute(
-            "UPDATE pipeline_runs SET status = ?, finished_at = ?, messages = ? WHERE id = ?",
-            (status, utc_now(), self.messages_applied + self.messages_dead, self.run_id),
+            "UPDATE pipeline_runs SET status = ?, finished_at = ?, messages = ?, error = ?, "
+            "note = ? WHERE id = ?",
+            (
+                status,
+                now,
+                self.messages_applied + self.messages_dead,
+                storable(end.error) if end is not None and end.error else None,
+                "; ".join(notes) or None,
+                self.run_id,
+            ),
         )
         conn.execute("COMMIT")
         self.run_status = status
@@ -592,7 +644,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         self.failed_task_ids = [
             int(r[0])
             for r in conn.execute(
-                "SELECT task_id FROM task_runs WHERE run_id = ? AND status IN ('error', 'timeout') "
+                f"SELECT task_id FROM task_runs WHERE run_id = ? AND status IN {sql_in(FAILED)} "
                 "ORDER BY task_id",
                 (self.run_id,),
             )
