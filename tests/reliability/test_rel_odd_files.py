@@ -139,6 +139,26 @@ async def test_observe_reads_a_database_in_a_read_only_folder(read_only_folder: 
     ds.databases["runs"].close()
 
 
+def test_a_read_only_file_is_read_and_writing_it_is_one_clear_line(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    make_run(db)
+    db.chmod(0o444)
+    immutable = False
+    if os.access(db, os.W_OK):  # root: permission bits do not apply
+        immutable = subprocess.run(["chattr", "+i", str(db)], check=False).returncode == 0
+        if not immutable:
+            pytest.skip("cannot make a file read-only as root here")
+    try:
+        with pytest.raises(DatabaseError, match="no permission to write the file"):
+            make_run(db)
+        result = runner.invoke(app, ["status", str(db)])
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(db)], check=True)
+        db.chmod(0o644)
+    assert result.exit_code == 0 and "job-4" in result.output, result.output
+
+
 def test_commits_still_in_a_wal_in_a_read_only_folder_are_one_clear_line(
     tmp_path: Path,
 ) -> None:

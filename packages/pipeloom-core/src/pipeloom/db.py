@@ -95,8 +95,8 @@ def check_path(db_path: str | Path) -> None:
     database file" later.
 
     Raises:
-        DatabaseError: the path is a directory, a FIFO or another non-regular file, its
-            folder does not exist, or its folder is not writable.
+        DatabaseError: the path is a directory, a FIFO or another non-regular file, the
+            file cannot be written, its folder does not exist, or its folder is not writable.
     """
     if str(db_path) == MEMORY:
         return
@@ -104,6 +104,11 @@ def check_path(db_path: str | Path) -> None:
     info = _stat(path)
     if info is not None:
         _refuse_special(path, info)
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise DatabaseError(
+                f"{path}: no permission to write the file; check its permissions (and "
+                "`lsattr` for the immutable flag) or choose another path"
+            )
     folder = _stat(path.parent)
     if folder is None or not stat.S_ISDIR(folder.st_mode):
         raise DatabaseError(
