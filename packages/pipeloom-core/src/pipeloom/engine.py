@@ -282,12 +282,12 @@ class _Run:
         if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit: stop the run
             self.stop("cancelled")
         if self.fail_fast and not self.stopping.is_set():
+            self.stop("cancelled")  # before the slow part: logging, formatting
             log.warning(
                 "fail_fast: task %s failed (%s); not starting the rest",
                 task_id,
                 exc_summary(error),
             )
-            self.stop("cancelled")
         if not finished:
             self._finish_failed(task_id, task, error)
 
@@ -447,6 +447,7 @@ def run_pipeline(
     executor: str | Executor | None = None,
     summary_hint: str | None = None,
     handle_signals: bool = True,
+    lease: float | None = None,
     **kw: Any,
 ) -> RunResult:
     """Run ``worker_fn(task, msg_q)`` for every task, persisting through one writer thread.
@@ -480,6 +481,8 @@ def run_pipeline(
         summary_hint: an extra line for the summary (the CLI's "browse with" command).
         handle_signals: on the main thread, turn Ctrl-C into a graceful stop (a second
             Ctrl-C abandons the tasks in flight, a third raises KeyboardInterrupt).
+        lease: seconds after its last heartbeat that readers call the run stale (the writer
+            beats every lease/3 seconds; default `pipeloom.lease.DEFAULT_LEASE_S`).
         **kw: ``tasks=`` and ``db_path=`` by keyword.
 
     Returns:
@@ -537,6 +540,7 @@ def run_pipeline(
         tasks_total=total,
         params=params,
         synchronous=synchronous,
+        lease=lease,
         **writer_kwargs,
     )
     started = time.perf_counter()

@@ -31,7 +31,6 @@ import random
 import sqlite3
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -39,9 +38,10 @@ from typing import Any, Generic, TypeVar, overload
 
 from rich.console import Console
 
-from pipeloom._context import Context
+from pipeloom._context import DEFAULT_MAX_OUTPUTS, Context, OutputLimitError
 from pipeloom._registry import Handler, HandlerRegistry
 from pipeloom._retry import Outcome, TaskTimeoutError, backoff_delay, run_attempt
+from pipeloom._text import exc_summary, exc_text
 from pipeloom.db import MEMORY
 from pipeloom.engine import RunResult, TaskQueue, run_pipeline
 from pipeloom.errors import DatabaseError, PipeloomError
@@ -57,8 +57,10 @@ from pipeloom.schema import check_schema
 from pipeloom.writer import SchemaFn
 
 __all__ = [
+    "DEFAULT_MAX_OUTPUTS",
     "RESULT_MAX_CHARS",
     "Context",
+    "OutputLimitError",
     "Pipeline",
     "PipelineError",
     "Task",
@@ -109,6 +111,14 @@ class Task(Generic[T, R]):
     """Seconds before the first retry; doubles for each further retry (with jitter)."""
     max_backoff: float = 60.0
     """The longest wait between two attempts."""
+    atomic: bool = True
+    """Hold ``ctx.emit`` messages and commit them with the ``done`` row, all or none.
+
+    False streams each message to the writer as it is emitted: for outputs too large to hold
+    in memory, at the price of a failed attempt's messages staying applied.
+    """
+    max_outputs: int = DEFAULT_MAX_OUTPUTS
+    """Most messages one atomic attempt may hold; one more fails it with `OutputLimitError`."""
 
     def __call__(self, ctx: Context, item: T) -> R:
         """Run the function directly, without retries or timeout (handy in unit tests)."""
@@ -199,8 +209,11 @@ def to_result(value: object) -> str | None:
             try:
                 text = repr(value)
             except Exception as exc:  # a user __repr__ may raise anything
-                log.warning("result of type %s has a failing repr: %r", type(value).__name__, exc)
-                text = f"<unrepresentable {type(value).__name__}: {exc!r}>"
+                reason = exc_summary(exc)
+                log.warning(
+                    "result of type %s has a failing repr: %s", type(value).__name__, reason
+                )
+                text = f"<unrepresentable {type(value).__name__}: {reason}>"
     if len(text) > RESULT_MAX_CHARS:
         text = f"{text[:RESULT_MAX_CHARS]}… [result truncated: {len(text)} chars in all]"
     return text
@@ -208,10 +221,6 @@ def to_result(value: object) -> str | None:
 
 def _label(key: str) -> str:
     return key if len(key) <= _NAME_MAX_CHARS else key[: _NAME_MAX_CHARS - 1] + "…"
-
-
-def _summary(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:_SUMMARY_CHARS]
 
 
 class _Previous:
@@ -395,6 +404,13 @@ class _Runner:
             started = utc_now()
             outcome, ctx = self._attempt(task, job, q, attempt, started)
             if outcome.status == "done":
+                try:
+                    # The held messages ride on the finish: the writer commits them with the
+                    # done row in one savepoint, or none of them and records the task error.
+                    outputs = ctx._take_outputs()
+                except OutputLimitError as exc:  # caught by the task, which went on
+                    outcome = Outcome("error", exc=exc, error_text=exc_text(exc))
+            if outcome.status == "done":
                 result = to_result(outcome.value)
                 q.put(
                     MsgTaskFinished(
@@ -404,20 +420,31 @@ class _Runner:
                         result=result,
                         attempt=attempt,
                         name=task.name,
+                        outputs=outputs,
                     )
                 )
                 return
-            self._note_failure(task, job.task, attempt, outcome)
+            discarded = ctx._discard()
+            self._note_failure(task, job.task, attempt, outcome, discarded)
             retry = self._should_retry(job.task, attempt, outcome)
             if retry and self._wait_to_retry(job.task, attempt, q):
                 error = outcome.error_text or ""
-                q.put(MsgTaskAttempt(task.task_id, attempt, outcome.status, error, started))
+                q.put(
+                    MsgTaskAttempt(
+                        task.task_id,
+                        attempt,
+                        outcome.status,
+                        error,
+                        started,
+                        discarded=discarded,
+                    )
+                )
                 last_total = ctx._last_total
                 if last_total is not None:  # the live bar starts over for the new attempt
                     q.put(MsgTaskProgress(task.task_id, 0, last_total))
                 attempt += 1
                 continue
-            self._record_failure(task, q, attempt, outcome, retry_cut_short=retry)
+            self._record_failure(task, q, attempt, outcome, retry, discarded)
             return
 
     def _attempt(
@@ -432,6 +459,8 @@ class _Runner:
             put=q.put,
             handled=self.pipe.handlers,
             logger=self.logger,
+            atomic=job.task.atomic,
+            max_outputs=job.task.max_outputs,
         )
         fn = job.task.fn
         call = (
@@ -456,12 +485,22 @@ class _Runner:
         return not q.stopping.wait(delay)
 
     def _record_failure(
-        self, task: TaskDef, q: TaskQueue, attempt: int, outcome: Outcome, retry_cut_short: bool
+        self,
+        task: TaskDef,
+        q: TaskQueue,
+        attempt: int,
+        outcome: Outcome,
+        retry_cut_short: bool,
+        discarded: int,
     ) -> None:
         assert outcome.exc is not None
-        summary = _summary(outcome.exc)
+        notes = []
         if retry_cut_short:
-            summary = f"{summary[: _SUMMARY_CHARS - 40]} (not retried: the run is stopping)"
+            notes.append("not retried: the run is stopping")
+        if discarded:
+            notes.append(f"{_discarded_text(discarded)} of this attempt discarded")
+        note = f" ({'; '.join(notes)})" if notes else ""
+        summary = exc_summary(outcome.exc, _SUMMARY_CHARS - len(note)) + note
         q.put(
             MsgTaskFinished(
                 task.task_id,
@@ -476,10 +515,12 @@ class _Runner:
         self._maybe_stop(summary)
 
     def _should_retry(self, spec: Task[Any, Any], attempt: int, outcome: Outcome) -> bool:
+        if isinstance(outcome.exc, OutputLimitError):
+            return False  # the same work would hold as many messages again
         return attempt <= spec.retries and isinstance(outcome.exc, spec.retry_on)
 
     def _note_failure(
-        self, task: TaskDef, spec: Task[Any, Any], attempt: int, outcome: Outcome
+        self, task: TaskDef, spec: Task[Any, Any], attempt: int, outcome: Outcome, discarded: int
     ) -> None:
         if outcome.thread is not None:
             with self.abandoned_lock:
@@ -487,17 +528,19 @@ class _Runner:
                 self.abandoned.append(outcome.thread)
             log.warning(
                 "task %s: attempt %d timed out after %g s; its thread cannot be killed and is "
-                "left to finish (its result will be ignored)",
+                "left to finish (its result will be ignored)%s",
                 task.name,
                 attempt,
                 spec.timeout,
+                f"; {_discarded_text(discarded)} discarded" if discarded else "",
             )
         else:
             log.info(
-                "task %s: attempt %d failed: %s",
+                "task %s: attempt %d failed: %s%s",
                 task.name,
                 attempt,
-                _summary(outcome.exc or Exception()),
+                exc_summary(outcome.exc or Exception()),
+                f"; {_discarded_text(discarded)} discarded" if discarded else "",
             )
 
     def _maybe_stop(self, summary: str) -> None:
@@ -593,6 +636,8 @@ class Pipeline(HandlerRegistry):
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
         backoff: float = 0.5,
         max_backoff: float = 60.0,
+        atomic: bool = True,
+        max_outputs: int = DEFAULT_MAX_OUTPUTS,
     ) -> Task[T, R]: ...
 
     @overload
@@ -607,6 +652,8 @@ class Pipeline(HandlerRegistry):
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
         backoff: float = 0.5,
         max_backoff: float = 60.0,
+        atomic: bool = True,
+        max_outputs: int = DEFAULT_MAX_OUTPUTS,
     ) -> Callable[[Callable[[Context, T], R]], Task[T, R]]: ...
 
     def task(
@@ -620,6 +667,8 @@ class Pipeline(HandlerRegistry):
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
         backoff: float = 0.5,
         max_backoff: float = 60.0,
+        atomic: bool = True,
+        max_outputs: int = DEFAULT_MAX_OUTPUTS,
     ) -> Task[T, R] | Callable[[Callable[[Context, T], R]], Task[T, R]]:
         """Make ``fn(ctx, item)`` a task: ``@pipe.task``, ``@pipe.task(...)``, ``pipe.task(fn)``.
 
@@ -627,6 +676,10 @@ class Pipeline(HandlerRegistry):
         is up. Python threads cannot be killed: the attempt is recorded ``timeout``,
         ``ctx.cancelled`` is set and what it still sends is dropped, but the function keeps
         running until it returns. Long tasks should check ``ctx.cancelled``.
+
+        By default a task is atomic: what it sends with ``ctx.emit`` is held in memory and
+        commits in one savepoint with its ``done`` row, so a failed attempt leaves none of its
+        domain rows behind. ``atomic=False`` streams each message to the writer instead.
 
         Args:
             fn: the function, when used without arguments.
@@ -636,6 +689,8 @@ class Pipeline(HandlerRegistry):
             retry_on: exception types worth retrying; a timeout counts as TimeoutError.
             backoff: seconds before the first retry, doubled for each further one, jittered.
             max_backoff: the longest wait between attempts.
+            atomic: commit the task's emitted messages with its success, all or none.
+            max_outputs: most messages one atomic attempt may hold in memory.
 
         Raises:
             PipelineError: a setting is out of range or the name is taken.
@@ -645,7 +700,22 @@ class Pipeline(HandlerRegistry):
         def decorate(func: Callable[[Context, T], R]) -> Task[T, R]:
             task_name = name or getattr(func, "__name__", None) or "task"
             self._check_task(task_name, func, retries, timeout, retry_types, backoff, max_backoff)
-            spec = Task(func, task_name, retries, timeout, retry_types, backoff, max_backoff)
+            if not isinstance(max_outputs, int) or max_outputs < 1:
+                raise PipelineError(
+                    f"pipeline {self.name!r}, task {task_name!r}: max_outputs={max_outputs!r}; "
+                    "use 1 or more (or atomic=False to stream instead of holding messages)"
+                )
+            spec = Task(
+                func,
+                task_name,
+                retries,
+                timeout,
+                retry_types,
+                backoff,
+                max_backoff,
+                atomic=bool(atomic),
+                max_outputs=max_outputs,
+            )
             self.tasks[task_name] = spec
             return spec
 
@@ -721,9 +791,10 @@ class Pipeline(HandlerRegistry):
                     break
                 except Exception as exc:
                     # A failing item source becomes a failed task, not a dead worker thread.
-                    log.error("pipeline %s: items of %s raised %s", self.name, spec.name, exc)
+                    reason = exc_summary(exc)
+                    log.error("pipeline %s: items of %s raised %s", self.name, spec.name, reason)
                     task_id += 1
-                    problem = f"reading the items of {spec.name} failed\n" + _format(exc)
+                    problem = f"reading the items of {spec.name} failed\n" + exc_text(exc)
                     yield TaskDef(
                         task_id, f"{spec.name}: items", payload=_Job(spec, problem=problem)
                     )
@@ -735,7 +806,7 @@ class Pipeline(HandlerRegistry):
                     yield TaskDef(
                         task_id,
                         f"{spec.name}:#{task_id}",
-                        payload=_Job(spec, item, problem=_format(exc)),
+                        payload=_Job(spec, item, problem=exc_text(exc)),
                     )
                     continue
                 done_in = previous.done_in(key) if previous is not None else None
@@ -818,6 +889,10 @@ class Pipeline(HandlerRegistry):
         return dataclasses.replace(result, extra={**result.extra, **extra})
 
 
+def _discarded_text(n: int) -> str:
+    return f"{n} emitted message{'' if n == 1 else 's'}"
+
+
 def _run_coroutine(fn: Callable[[Context, Any], Any], ctx: Context, item: Any) -> Any:
     """Run an ``async def`` task on an event loop of its own, in the attempt's thread."""
     return asyncio.run(fn(ctx, item))
@@ -827,7 +902,3 @@ def _same_definition(old: Callable[..., Any], new: Callable[..., Any]) -> bool:
     """Tell a re-run of the same ``def`` (a notebook cell, a reload) from a name clash."""
     where = ("__module__", "__qualname__")
     return all(getattr(old, a, None) == getattr(new, a, object()) for a in where)
-
-
-def _format(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(exc))

@@ -10,7 +10,7 @@ from pathlib import Path
 from pipeloom.db import check_existing, connect_readonly, describe_error
 from pipeloom.schema import Layout, layout
 
-__all__ = ["Layout", "file_layout", "read_only", "require_file", "user_version"]
+__all__ = ["Layout", "file_layout", "read_only", "require_file"]
 
 
 def require_file(db_path: str | Path) -> Path:
@@ -48,17 +48,3 @@ def file_layout(db_path: str | Path) -> tuple[Path, Layout]:
             return path, layout(conn)
         except sqlite3.DatabaseError as exc:  # a damaged schema page
             raise describe_error(path, exc) from exc
-
-
-def user_version(conn: sqlite3.Connection, path: Path) -> int:
-    """Return the schema version stamped in the file, checking on the way that it is SQLite.
-
-    Raises:
-        DatabaseError: the file is not a SQLite database.
-    """
-    try:
-        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-    except sqlite3.DatabaseError as exc:
-        raise describe_error(path, exc) from exc
-    return int(version)

@@ -11,14 +11,18 @@ from collections.abc import Callable
 
 from pipeloom.executors._base import Completions, Executor, Sink, TaskQueue, WorkerFn
 from pipeloom.executors._remote import BatchingSink, Outcome, RemoteTaskError, run_remote
+from pipeloom.executors.aio import AsyncExecutor
+from pipeloom.executors.processes import ProcessExecutor
 from pipeloom.executors.threads import ThreadExecutor
 
 __all__ = [
     "EXECUTOR_NAMES",
+    "AsyncExecutor",
     "BatchingSink",
     "Completions",
     "Executor",
     "Outcome",
+    "ProcessExecutor",
     "RemoteTaskError",
     "Sink",
     "TaskQueue",
@@ -28,7 +32,7 @@ __all__ = [
     "run_remote",
 ]
 
-EXECUTOR_NAMES = ("threads",)
+EXECUTOR_NAMES = ("threads", "processes", "async")
 """The names ``executor=`` accepts."""
 
 
@@ -57,4 +61,8 @@ def resolve_executor(executor: str | Executor | None) -> Executor:
     )
 
 
-_FACTORIES: dict[str, Callable[[], Executor]] = {"threads": ThreadExecutor}
+_FACTORIES: dict[str, Callable[[], Executor]] = {
+    "threads": ThreadExecutor,
+    "processes": ProcessExecutor,
+    "async": AsyncExecutor,
+}
