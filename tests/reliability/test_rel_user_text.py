@@ -8,6 +8,7 @@ drive the terminal (ESC ]0 retitles the window, ESC [2J clears the screen, BEL r
 from __future__ import annotations
 
 import io
+import logging
 import json
 import subprocess
 from pathlib import Path
@@ -190,3 +191,17 @@ def test_cli_errors_show_the_path_as_written(tmp_path: Path) -> None:
         assert result.exit_code == 2, result.output
         assert result.output.count("\n") == 1 and result.output.startswith("Error: ")
         assert_printed_as_data(result.output, [str(missing)])
+
+
+def test_log_lines_show_control_characters_and_markup_as_text() -> None:
+    from pipeloom.logs import _DataHandler
+
+    out = io.StringIO()
+    handler = _DataHandler(console=Console(file=out, force_terminal=True, width=200))
+    record = logging.LogRecord(
+        "user.etl", logging.WARNING, __file__, 1, "loading %s", ("a\x1b]0;pwned\x07[bold]b",), None
+    )
+    handler.emit(record)
+    text = out.getvalue()
+    assert "\x1b]0;" not in text and "\x07" not in text
+    assert "\\x1b]0;pwned\\x07[bold]b" in text
