@@ -8,8 +8,8 @@ drive the terminal (ESC ]0 retitles the window, ESC [2J clears the screen, BEL r
 from __future__ import annotations
 
 import io
-import logging
 import json
+import logging
 import subprocess
 from pathlib import Path
 
