@@ -282,12 +282,12 @@ class _Run:
         if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit: stop the run
             self.stop("cancelled")
         if self.fail_fast and not self.stopping.is_set():
+            self.stop("cancelled")  # before the slow part: logging, formatting
             log.warning(
                 "fail_fast: task %s failed (%s); not starting the rest",
                 task_id,
                 exc_summary(error),
             )
-            self.stop("cancelled")
         if not finished:
             self._finish_failed(task_id, task, error)
 
@@ -428,7 +428,7 @@ def _resolve_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Iterab
 
 def run_pipeline(
     *args: Any,
-    worker_fn: WorkerFn,
+    worker_fn: WorkerFn | None = None,
     workers: int | None = None,
     wal: bool = True,
     store_task_status: bool = True,
@@ -447,6 +447,7 @@ def run_pipeline(
     executor: str | Executor | None = None,
     summary_hint: str | None = None,
     handle_signals: bool = True,
+    lease: float | None = None,
     **kw: Any,
 ) -> RunResult:
     """Run ``worker_fn(task, msg_q)`` for every task, persisting through one writer thread.
@@ -456,7 +457,8 @@ def run_pipeline(
 
     Args:
         *args: ``tasks`` and ``db_path`` positionally, in either order.
-        worker_fn: does one task; sends Started/Progress/Finished on ``msg_q``. If it raises,
+        worker_fn: does one task; sends Started/Progress/Finished on ``msg_q`` (default:
+            `pipeloom.demo.demo_worker`, which simulates work, as in 0.0.7). If it raises,
             the task is recorded as ``error`` with the traceback; if it returns without a
             Finished message, the task is recorded ``done``. A task without a ``task_id``
             attribute is recorded under its 1-based position in the source.
@@ -480,6 +482,8 @@ def run_pipeline(
         summary_hint: an extra line for the summary (the CLI's "browse with" command).
         handle_signals: on the main thread, turn Ctrl-C into a graceful stop (a second
             Ctrl-C abandons the tasks in flight, a third raises KeyboardInterrupt).
+        lease: seconds after its last heartbeat that readers call the run stale (the writer
+            beats every lease/3 seconds; default `pipeloom.lease.DEFAULT_LEASE_S`).
         **kw: ``tasks=`` and ``db_path=`` by keyword.
 
     Returns:
@@ -498,6 +502,10 @@ def run_pipeline(
     if unknown:
         raise TypeError(f"run_pipeline got unexpected keyword(s): {', '.join(sorted(unknown))}")
     tasks, db_path = _resolve_call(args, kw)
+    if worker_fn is None:
+        from pipeloom.demo import demo_worker  # demo imports this module
+
+        worker_fn = demo_worker
     if isinstance(tasks, list | tuple):
         _check_ids(tasks)
     total = len(tasks) if isinstance(tasks, Sized) else None
@@ -537,6 +545,7 @@ def run_pipeline(
         tasks_total=total,
         params=params,
         synchronous=synchronous,
+        lease=lease,
         **writer_kwargs,
     )
     started = time.perf_counter()

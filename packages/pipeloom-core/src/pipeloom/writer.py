@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from pipeloom._atomic import HeldCounts, apply_held, holds_outputs
 from pipeloom._control import Refused, RunEnd
 from pipeloom._fold import (
     AppliedBatch,
@@ -35,6 +36,13 @@ from pipeloom._text import storable
 from pipeloom._version import __version__
 from pipeloom.db import MEMORY, Synchronous, connect, init_schema, wal_checkpoint
 from pipeloom.errors import DatabaseError, WriterFailedError
+from pipeloom.lease import (
+    DEFAULT_LEASE_S,
+    STALE_SQL,
+    heartbeat_every,
+    owner_identity,
+    provable_owner,
+)
 from pipeloom.messages import (
     SENTINEL,
     MsgRunFinished,
@@ -111,6 +119,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         synchronous: Synchronous = "NORMAL",
         batch_size: int = DEFAULT_BATCH_SIZE,
         commit_interval: float = DEFAULT_COMMIT_INTERVAL,
+        lease: float | None = None,
     ) -> None:
         """Prepare the writer; nothing touches the database until ``start``.
 
@@ -131,10 +140,24 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             synchronous: NORMAL (fast, safe from corruption) or FULL (survives power loss).
             batch_size: most messages applied in one transaction.
             commit_interval: longest wait for more messages before a small batch commits.
+            lease: seconds after its last heartbeat that this run may be called stale by
+                readers and interrupted by another writer (default `DEFAULT_LEASE_S`, 15 s).
+                The writer beats every third of it, also when no messages flow; a user
+                handler or schema hook that blocks the writer longer than the lease makes
+                the run look dead.
         """
         super().__init__(name="pipeloom-writer", daemon=True)
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: use at least 1")
+        if lease is None:
+            lease = DEFAULT_LEASE_S
+        if not 0 < lease < float("inf"):
+            raise ValueError(
+                f"lease={lease!r}: use a positive number of seconds (default {DEFAULT_LEASE_S})"
+            )
+        self.lease = float(lease)
+        self._beat_every = heartbeat_every(self.lease)
+        self._last_beat = 0.0
         self.db_path = db_path
         self.msg_q = msg_q
         self.wal = wal
@@ -278,56 +301,122 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                 conn.execute("ROLLBACK")
             raise DatabaseError(f"{self.db_path}: cannot prepare the database ({exc})") from exc
 
-    def _mark_interrupted(self, conn: sqlite3.Connection) -> None:
+    def _dead_runs(self, conn: sqlite3.Connection) -> list[tuple[int, str]]:
+        """Find other runs still ``running`` whose writer is provably gone, with the reason.
+
+        A run with a lease is gone once its heartbeat is older than the lease, or sooner when
+        its owner is this very host, PID namespace and boot and its pid no longer exists. A
+        run written before leases existed keeps the old rule: its pid is gone on this host.
+        """
         host = socket.gethostname()
         rows = conn.execute(
-            "SELECT id, host, pid FROM pipeline_runs WHERE status = 'running'"
+            "SELECT id, host, pid, owner, heartbeat_at, lease_s, "
+            f"{STALE_SQL} FROM pipeline_runs WHERE status = 'running'"
         ).fetchall()
-        dead = [r[0] for r in rows if r[1] == host and r[2] is not None and not _pid_alive(r[2])]
-        if not dead:
+        dead: list[tuple[int, str]] = []
+        for run_id, run_host, pid, owner, beat, lease_s, expired in rows:
+            gone = pid is not None and not _pid_alive(int(pid))
+            if beat is not None and lease_s is not None:
+                if expired:
+                    dead.append((run_id, f"no heartbeat since {beat} (lease {lease_s} s)"))
+                elif gone and provable_owner(owner):
+                    dead.append((run_id, f"its process {pid} is gone"))
+            elif run_host == host and gone:
+                dead.append((run_id, f"its process {pid} on {host} is gone"))
+        return dead
+
+    def _mark_interrupted(self, conn: sqlite3.Connection) -> None:
+        if not self._dead_runs(conn):
             return
         now = utc_now()
         conn.execute("BEGIN IMMEDIATE")
-        for run_id in dead:
+        # Again under the write lock: a run may have beaten or finished since the first look.
+        dead = self._dead_runs(conn)
+        for run_id, why in dead:
             conn.execute(
                 "UPDATE task_runs SET status = 'interrupted', finished_at = ? "
                 "WHERE run_id = ? AND status IN ('running', 'queued')",
                 (now, run_id),
             )
             conn.execute(
-                "UPDATE pipeline_runs SET status = 'interrupted', finished_at = ? WHERE id = ?",
-                (now, run_id),
+                "UPDATE pipeline_runs SET status = 'interrupted', finished_at = ?, "
+                "error = COALESCE(error, ?) WHERE id = ?",
+                (now, _truncate(f"the writer stopped: {why}"), run_id),
             )
             self._store_counts(conn, run_id)
         conn.execute("COMMIT")
-        log.warning("marked %d run(s) left running by a dead process as interrupted", len(dead))
+        if dead:
+            log.warning(
+                "marked %d run(s) whose writer is gone as interrupted: %s",
+                len(dead),
+                "; ".join(f"run {run_id}: {why}" for run_id, why in dead),
+            )
 
     def _insert_run(self, conn: sqlite3.Connection) -> int:
+        now = utc_now()
         cur = conn.execute(
             "INSERT INTO pipeline_runs (name, status, started_at, workers, tasks_total, host, "
-            "pid, pipeloom_version, params) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+            "pid, pipeloom_version, params, heartbeat_at, lease_s, owner) "
+            "VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 self.run_name,
-                utc_now(),
+                now,
                 self.workers,
                 self.tasks_total or 0,
                 socket.gethostname(),
                 os.getpid(),
                 __version__,
                 json.dumps(self.params, default=str),
+                now,
+                self.lease,
+                owner_identity(),
             ),
         )
         assert cur.lastrowid is not None
+        self._last_beat = time.monotonic()
         return cur.lastrowid
+
+    def _heartbeat(self) -> None:
+        """Refresh this run's ``heartbeat_at`` when a third of the lease has passed.
+
+        Called after each batch and whenever the queue is idle, so the run stays alive
+        through long tasks that send nothing; at most one tiny commit per third of a lease.
+        A busy file only delays the beat (the next tick retries); a fatal error stops the
+        writer as any other write would.
+        """
+        conn = self._conn
+        if conn is None or self.run_id is None or not self.store_task_status:
+            return
+        now = time.monotonic()
+        if now - self._last_beat < self._beat_every:
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "UPDATE pipeline_runs SET heartbeat_at = ? WHERE id = ?", (utc_now(), self.run_id)
+            )
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if _is_fatal(exc):
+                raise
+            log.warning(
+                "%s: heartbeat of run %s failed (%s); retrying", self.db_path, self.run_id, exc
+            )
+            return
+        self._last_beat = now
 
     def _loop(self) -> None:
         get, get_nowait = self.msg_q.get, self.msg_q.get_nowait
         batch_size, interval = self.batch_size, self.commit_interval
         monotonic, sleep = time.monotonic, time.sleep
+        idle_wait = min(0.5, self._beat_every)
         while True:
             try:
-                first = get(True, 0.5)
+                first = get(True, idle_wait)
             except queue.Empty:
+                self._heartbeat()
                 continue
             if first is SENTINEL:
                 return
@@ -357,6 +446,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             self._apply(batch)
             if stop:
                 return
+            self._heartbeat()
 
     # -- applying a batch ---------------------------------------------------------------
 
@@ -367,9 +457,13 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         groups: dict[type[Any], list[Any]] = {}
         lifecycle: list[Any] = []
         dead: list[tuple[Any, str]] = []
+        held: list[MsgTaskFinished] = []  # done finishes carrying outputs: see _atomic
         for msg in batch:
             cls = msg.__class__
             if cls is MsgTaskProgress or cls is MsgTaskStarted or cls is MsgTaskFinished:
+                if cls is MsgTaskFinished and msg.outputs and holds_outputs(msg):
+                    held.append(msg)
+                    continue
                 lifecycle.append(msg)
             elif cls in _CONTROL:
                 self._control(msg, dead)
@@ -404,6 +498,17 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                     dead.extend((m, reason) for m in msgs)
                     continue
                 self._apply_group(conn, cls, msgs, handler, dead)
+            outputs = HeldCounts()
+            if held:
+                outputs = apply_held(
+                    conn,
+                    held,
+                    handlers=self.handlers,
+                    run_id=self.run_id,
+                    store_tasks=self.store_task_status,
+                    applied=fold.applied,
+                    is_fatal=_is_fatal,
+                )
             if dead:
                 self._store_dead(conn, dead)
             conn.execute("COMMIT")
@@ -411,11 +516,12 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        fold.applied.messages = len(batch)
-        fold.applied.dead_letters = len(dead)
-        self.messages_applied += len(batch) - len(dead) - self._uncounted
+        n_dead = len(dead) + outputs.dead
+        fold.applied.messages = len(batch) + outputs.messages
+        fold.applied.dead_letters = n_dead
+        self.messages_applied += len(batch) + outputs.messages - n_dead - self._uncounted
         self._uncounted = 0
-        self.messages_dead += len(dead)
+        self.messages_dead += n_dead
         for task_id, status in fold.applied.finished:
             self.status_counts[status] = self.status_counts.get(status, 0) + 1
             if status in FAILED:
@@ -493,7 +599,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             return
         conn.executemany(
             "INSERT INTO task_attempts (run_id, task_id, attempt, status, started_at, "
-            "finished_at, error) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "finished_at, error, discarded) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     self.run_id,
@@ -503,6 +609,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                     m.started_at,
                     m.finished_at,
                     _truncate(str(m.error)),
+                    m.discarded if type(m.discarded) is int else 0,
                 )
                 for m in msgs
             ],

@@ -28,7 +28,15 @@ from pipeloom import (
 )
 from pipeloom_cli._dbfile import observe_hint, prepare_for_write
 from pipeloom_cli._errors import exit_code_for, user_errors
-from pipeloom_cli._options import LogFile, Verbose, Workers, start_logging
+from pipeloom_cli._options import (
+    DaskAddress,
+    ExecutorName,
+    LogFile,
+    Verbose,
+    Workers,
+    choose_executor,
+    start_logging,
+)
 
 __all__ = ["DemoPlan", "demo", "demo_worker"]
 
@@ -122,8 +130,19 @@ def demo(
         float,
         typer.Option("--delay", min=0.0, help="Longest sleep per step, in seconds."),
     ] = 0.1,
+    executor: ExecutorName = None,
+    dask_address: DaskAddress = None,
     verbose: Verbose = 0,
     log_file: LogFile = None,
+    store_task_status: Annotated[
+        bool,
+        typer.Option(
+            "--store-task-status",
+            "-s",
+            help="Accepted for pipeloom 0.0.7 scripts; has no effect: every demo run is "
+            "recorded in --db.",
+        ),
+    ] = True,
 ) -> None:
     """Simulate a pipeline with live progress.
 
@@ -133,6 +152,8 @@ def demo(
     """
     with user_errors(verbose):
         start_logging(verbose, log_file)
+        # 0.0.7's -s switched task rows on; here they are always kept (run history).
+        del store_task_status
         if seed is None:
             seed = random.SystemRandom().randrange(1_000_000)
         prepare_for_write(db)
@@ -145,6 +166,7 @@ def demo(
             db,
             worker_fn=demo_worker,
             workers=workers,
+            executor=choose_executor(executor, dask_address),
             wal=not no_wal,
             run_name="demo",
             params={

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from pipeloom.executors._base import Completions, Executor, Sink, TaskQueue, WorkerFn
 from pipeloom.executors._remote import BatchingSink, Outcome, RemoteTaskError, run_remote
+from pipeloom.executors.aio import AsyncExecutor
+from pipeloom.executors.processes import ProcessExecutor
 from pipeloom.executors.threads import ThreadExecutor
 
 if TYPE_CHECKING:
@@ -19,11 +21,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXECUTOR_NAMES",
+    "AsyncExecutor",
     "BatchingSink",
     "Completions",
     "DaskExecutor",
     "Executor",
     "Outcome",
+    "ProcessExecutor",
     "RemoteTaskError",
     "Sink",
     "TaskQueue",
@@ -33,7 +37,7 @@ __all__ = [
     "run_remote",
 ]
 
-EXECUTOR_NAMES = ("threads", "dask")
+EXECUTOR_NAMES = ("threads", "processes", "async", "dask")
 """The names ``executor=`` accepts."""
 
 
@@ -77,4 +81,9 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-_FACTORIES: dict[str, Callable[[], Executor]] = {"threads": ThreadExecutor, "dask": _dask}
+_FACTORIES: dict[str, Callable[[], Executor]] = {
+    "threads": ThreadExecutor,
+    "processes": ProcessExecutor,
+    "async": AsyncExecutor,
+    "dask": _dask,
+}

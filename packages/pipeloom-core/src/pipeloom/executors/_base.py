@@ -64,11 +64,16 @@ class TaskQueue:
     for the tasks whose worker returned without saying so.
     """
 
-    __slots__ = ("_put", "finished_ids", "stopping")
+    __slots__ = ("_put", "finished_ids", "first_attempt", "stopping")
 
-    def __init__(self, sink: Sink, stopping: threading.Event | None = None) -> None:
+    def __init__(
+        self, sink: Sink, stopping: threading.Event | None = None, first_attempt: int = 1
+    ) -> None:
         """Wrap ``sink`` for one worker."""
         self._put = sink.put
+        self.first_attempt = first_attempt
+        """The attempt a retrying worker starts at (above 1 when its process was killed by a
+        timeout and the task was handed to a fresh one)."""
         self.finished_ids: set[int] = set()
         self.stopping = stopping if stopping is not None else threading.Event()
         """Set once the run stops admitting tasks (Ctrl-C, fail_fast): retries should end."""

@@ -124,9 +124,25 @@ class BatchingSink:
         self.flush()
 
 
-def run_remote(worker_fn: WorkerFn, task_id: int, task: Any, sink: BatchingSink) -> Outcome:
-    """Run one task where this function is called, its messages going through ``sink``."""
-    q = TaskQueue(sink)
+def run_remote(
+    worker_fn: WorkerFn,
+    task_id: int,
+    task: Any,
+    sink: BatchingSink,
+    first_attempt: int = 1,
+    stopping: threading.Event | None = None,
+) -> Outcome:
+    """Run one task where this function is called, its messages going through ``sink``.
+
+    Args:
+        worker_fn: the user's worker function.
+        task_id: the id the engine submitted the task under.
+        task: the task itself.
+        sink: where its messages go.
+        first_attempt: the attempt a retrying worker starts at.
+        stopping: set when the driver stops admitting tasks (retries should end).
+    """
+    q = TaskQueue(sink, stopping, first_attempt)
     try:
         worker_fn(task, q)
     except Exception as exc:
