@@ -1,8 +1,7 @@
 """DaskExecutor on a real LocalCluster with worker processes, against real SQLite files.
 
-The worker functions live in this module, which Dask's worker processes cannot import (pytest
-imports it by path), so it is registered with cloudpickle to travel by value, as a user's
-notebook or script code does.
+The worker functions and the declarative pipeline live in this module; the cluster's worker
+processes import it, as workers import a user's installed code.
 """
 
 from __future__ import annotations
@@ -19,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cloudpickle  # type: ignore[import-untyped]
 import pytest
 from distributed import Client, LocalCluster
 
-from pipeloom import TaskDef, run_pipeline
+from pipeloom import Context, Pipeline, TaskDef, run_pipeline
 from pipeloom.errors import PipeloomError
 from pipeloom.executors import TaskQueue, resolve_executor
 from pipeloom.executors.dask import DaskExecutor, DaskUnavailableError
@@ -31,11 +29,24 @@ from pipeloom.messages import MsgTaskFinished, MsgTaskProgress, MsgTaskStarted, 
 from pipeloom.result import RunResult
 from tests.reliability._support import query, wait_for
 
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
+ROOT = str(Path(__file__).resolve().parents[2])
 
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[Client]:
+    # Declarative tasks pickle by reference to their module (this one), so the worker
+    # processes must be able to import it: they are spawned with this process's sys.path.
+    added = ROOT not in sys.path
+    if added:
+        sys.path.insert(0, ROOT)
+    try:
+        yield from _cluster()
+    finally:
+        if added:
+            sys.path.remove(ROOT)
+
+
+def _cluster() -> Iterator[Client]:
     with (
         LocalCluster(  # type: ignore[no-untyped-call]
             n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
@@ -153,6 +164,30 @@ def victim(task: TaskDef, q: TaskQueue) -> None:
         while True:  # SIGKILLed by the test
             time.sleep(0.05)
     q.put(MsgTaskFinished(task.task_id, "done", utc_now(), result=str(os.getpid())))
+
+
+@dataclass(frozen=True)
+class MsgSquare:
+    n: int
+    square: int
+
+
+decl = Pipeline("dask-declarative")
+
+
+@decl.handler(MsgSquare)
+def on_square(conn: sqlite3.Connection, msgs: list[MsgSquare]) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS squares (n INTEGER PRIMARY KEY, square INTEGER)")
+    conn.executemany("INSERT INTO squares VALUES (?, ?)", [(m.n, m.square) for m in msgs])
+
+
+@decl.task(retries=1)
+def square(ctx: Context, n: int) -> int:
+    ctx.log.warning("squaring %d (attempt %d)", n, ctx.attempt)
+    if n == 3 and ctx.attempt == 1:
+        raise OSError("flaky disk")
+    ctx.emit(MsgSquare(n, n * n))
+    return n * n
 
 
 # -- tests ----------------------------------------------------------------------------------
@@ -311,6 +346,29 @@ def test_a_killed_worker_reruns_the_task_and_both_attempts_are_recorded(
     assert len(attempts) == 1
     assert attempts[0][:2] == (1, "error")
     assert "Dask worker running this attempt was lost" in attempts[0][2]
+
+
+def test_a_declarative_pipeline_runs_on_dask_with_retries_logs_and_emits(
+    client: Client, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "run.db"
+    decl.map(square, [1, 2, 3, 4])
+    caplog.set_level(logging.WARNING, logger="pipeloom.task")
+    result = decl.run(db=db, executor=DaskExecutor(client=client), progress=False)
+    assert result.ok and result.counts == {"done": 4}
+    assert query(db, "SELECT n, square FROM squares ORDER BY n") == [
+        (1, 1),
+        (2, 4),
+        (3, 9),
+        (4, 16),
+    ]
+    rows = query(db, "SELECT attempt, result FROM task_runs ORDER BY task_id")
+    assert [r[1] for r in rows] == ["1", "4", "9", "16"]
+    assert [r[0] for r in rows] == [1, 1, 2, 1]
+    flaky = query(db, "SELECT attempt, error FROM task_attempts")
+    assert len(flaky) == 1 and flaky[0][0] == 1 and "flaky disk" in flaky[0][1]
+    logged = {r.getMessage() for r in caplog.records if r.name.startswith("pipeloom.task")}
+    assert "[square:3] squaring 3 (attempt 2)" in logged
 
 
 def test_by_address_the_cluster_is_left_running(client: Client, tmp_path: Path) -> None:
