@@ -78,8 +78,20 @@ def _import_distributed() -> Any:
 _FN_CACHE: dict[str, WorkerFn] = {}
 """Worker functions already unpickled in this worker process, by run topic."""
 _FN_CACHE_SIZE = 8
-_STOPPED: dict[str, None] = {}
-"""Runs (by topic) whose driver stopped admitting tasks: their chunks start no more tasks."""
+_STOPPING: dict[str, threading.Event] = {}
+"""Per run (by topic): set once its driver stopped admitting tasks. Chunks then start no
+more tasks, and a declarative task's retries end (``TaskQueue.stopping``)."""
+_STOPPING_LOCK = threading.Lock()
+
+
+def _stopping(topic: str) -> threading.Event:
+    with _STOPPING_LOCK:
+        event = _STOPPING.get(topic)
+        if event is None:
+            event = _STOPPING[topic] = threading.Event()
+            while len(_STOPPING) > _FN_CACHE_SIZE * 8:
+                _STOPPING.pop(next(iter(_STOPPING)))
+        return event
 
 
 async def _stop_run(topic: str) -> None:
@@ -88,9 +100,7 @@ async def _stop_run(topic: str) -> None:
     A coroutine, so it runs on the worker's event loop at once, even while every one of the
     worker's threads is busy with a task.
     """
-    _STOPPED[topic] = None
-    while len(_STOPPED) > _FN_CACHE_SIZE * 8:
-        _STOPPED.pop(next(iter(_STOPPED)))
+    _stopping(topic).set()
 
 
 def _load_fn(topic: str, fn_bytes: bytes) -> WorkerFn:
@@ -175,14 +185,16 @@ def _sendable(item: Any) -> Any:
     return item
 
 
-def _run_one(fn: WorkerFn, task_id: int, task: Any, sink: BatchingSink) -> Outcome:
+def _run_one(
+    fn: WorkerFn, task_id: int, task: Any, sink: BatchingSink, stopping: threading.Event
+) -> Outcome:
     """`run_remote` without its flush at the task's end.
 
     In a chunk the task's end marker follows its messages on the same stream, so batches
     may span tasks: a chunk of tiny tasks sends a batch every 50 ms or 512 items, not one
     event per task (which the scheduler would also keep, one per task, in its event log).
     """
-    q = TaskQueue(sink)
+    q = TaskQueue(sink, stopping)
     try:
         fn(task, q)
     except Exception as exc:
@@ -227,14 +239,15 @@ def _run_chunk(
     root = logging.getLogger()
     root.addHandler(forward)
     outcomes: list[Outcome] = []
+    stopping = _stopping(topic)
     try:
         for n, (task_id, task) in enumerate(tasks):
-            if topic in _STOPPED or _chunk_cancelled(worker, key):
+            if stopping.is_set() or _chunk_cancelled(worker, key):
                 sink.put(("s", [i for i, _ in tasks[n:]]))
                 break
             sink.put(("b", task_id))
             began = time.perf_counter()
-            outcome = _run_one(fn, task_id, task, sink)
+            outcome = _run_one(fn, task_id, task, sink, stopping)
             sink.put(("e", outcome, time.perf_counter() - began))
             outcomes.append(outcome)
             if outcome.fatal:  # KeyboardInterrupt/SystemExit: the driver stops the run
