@@ -20,8 +20,10 @@ import dataclasses
 import itertools
 import logging
 import math
+import os
 import pickle
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -33,6 +35,7 @@ from pipeloom._text import exc_summary, exc_text
 from pipeloom.errors import WriterFailedError
 from pipeloom.executors._base import Completions, Executor, Sink, TaskQueue, WorkerFn
 from pipeloom.executors._remote import BatchingSink, Outcome, RemoteTaskError
+from pipeloom.executors.processes import _file_modules, _load_file_module
 from pipeloom.messages import MsgTaskAttempt, MsgTaskFinished, MsgTaskStarted, utc_now
 
 if TYPE_CHECKING:
@@ -103,9 +106,14 @@ async def _stop_run(topic: str) -> None:
     _stopping(topic).set()
 
 
-def _load_fn(topic: str, fn_bytes: bytes) -> WorkerFn:
+def _load_fn(topic: str, fn_bytes: bytes, preload: list[tuple[str, str]]) -> WorkerFn:
     fn = _FN_CACHE.get(topic)
     if fn is None:
+        # Modules the driver loaded straight from a file (``pipeloom run etl.py:pipe``) have
+        # no importable name: load them from the same path first, where it exists.
+        for name, path in preload:
+            if name not in sys.modules and os.path.isfile(path):
+                _load_file_module(name, path)
         fn = pickle.loads(fn_bytes)
         while len(_FN_CACHE) >= _FN_CACHE_SIZE:
             _FN_CACHE.pop(next(iter(_FN_CACHE)))
@@ -205,7 +213,11 @@ def _run_one(
 
 
 def _run_chunk(
-    topic: str, fn_bytes: bytes, payload: bytes, levels: dict[str, int]
+    topic: str,
+    fn_bytes: bytes,
+    preload: list[tuple[str, str]],
+    payload: bytes,
+    levels: dict[str, int],
 ) -> list[Outcome]:
     """Run a chunk of tasks one after another on a Dask worker, streaming what they send.
 
@@ -219,7 +231,7 @@ def _run_chunk(
 
     worker = get_worker()
     key = getattr(thread_state, "key", None)
-    fn = _load_fn(topic, fn_bytes)
+    fn = _load_fn(topic, fn_bytes, preload)
     tasks: list[tuple[int, Any]] = pickle.loads(payload)
     token = uuid.uuid4().hex
     for name, level in levels.items():
@@ -353,6 +365,7 @@ class DaskExecutor(Executor):
         self._stop_sent = False
         try:
             self._fn_bytes = _dump_value(worker_fn)
+            self._preload = _file_modules()
         except Exception as exc:
             raise TypeError(
                 f"DaskExecutor: the worker function {worker_fn!r} cannot be sent to Dask "
@@ -553,6 +566,7 @@ class DaskExecutor(Executor):
             _run_chunk,
             self._topic,
             self._fn_bytes,
+            self._preload,
             payload,
             self._levels,
             key=f"{self._topic}-{chunk_id}",
@@ -701,9 +715,13 @@ class DaskExecutor(Executor):
                 exc = future.exception(timeout=5)
             except Exception as err:  # the client lost the scheduler
                 exc = err
-            error = RemoteTaskError(
-                f"its Dask chunk failed: {exc_summary(exc) if exc else status}", None
-            )
+            why = exc_summary(exc) if exc else status
+            if isinstance(exc, ImportError):
+                why += (
+                    " (every Dask worker must be able to import the code your tasks use: "
+                    "install it there, or run the same file path on each machine)"
+                )
+            error = RemoteTaskError(f"its Dask chunk failed: {why}", None)
             for i in left:
                 self._complete(i, error, False)
 
