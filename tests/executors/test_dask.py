@@ -371,6 +371,42 @@ def test_a_declarative_pipeline_runs_on_dask_with_retries_logs_and_emits(
     assert "[square:3] squaring 3 (attempt 2)" in logged
 
 
+PIPE_FILE = """
+from pipeloom import Context, Pipeline
+
+pipe = Pipeline("from-a-file")
+
+
+@pipe.task
+def double(ctx: Context, n: int) -> int:
+    return 2 * n
+
+
+pipe.map(double, range(1, 6))
+"""
+
+
+def test_pipeloom_run_of_a_file_on_a_dask_scheduler(client: Client, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pipeloom_cli.app import app
+
+    target = tmp_path / "etl_on_dask.py"  # loaded by path: no importable module name
+    target.write_text(PIPE_FILE)
+    db = tmp_path / "run.db"
+    address = client.scheduler_info()["address"]
+    args = ["run", f"{target}:pipe", "--db", str(db), "--dask-address", address]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert query(db, "SELECT result FROM task_runs ORDER BY task_id") == [
+        ("2",),
+        ("4",),
+        ("6",),
+        ("8",),
+        ("10",),
+    ]
+
+
 def test_by_address_the_cluster_is_left_running(client: Client, tmp_path: Path) -> None:
     address = client.scheduler_info()["address"]
     executor = DaskExecutor(address=address)
