@@ -522,7 +522,15 @@ class DaskExecutor(Executor):
             self._tasks[task_id] = _Task(task)
             self._pending.append(task_id)
         elif kind == "ev":
-            token, items = pickle.loads(item[1])
+            try:
+                token, items = pickle.loads(item[1])
+            except Exception as exc:  # a class the driver cannot import, say
+                log.error(
+                    "a batch of task messages from the Dask cluster could not be read (%s); "
+                    "its tasks are recorded from their chunk's result",
+                    exc_summary(exc),
+                )
+                return
             self._apply(token, items)
         elif kind == "f":
             self._future_done(item[1])
