@@ -42,6 +42,7 @@ from rich.console import Console
 from pipeloom._context import Context
 from pipeloom._registry import Handler, HandlerRegistry
 from pipeloom._retry import Outcome, TaskTimeoutError, backoff_delay, run_attempt
+from pipeloom._text import storable
 from pipeloom.db import MEMORY
 from pipeloom.engine import RunResult, TaskQueue, run_pipeline
 from pipeloom.errors import DatabaseError, PipeloomError
@@ -231,7 +232,7 @@ class _Previous:
             rows = self.conn.execute(
                 "SELECT status, result FROM task_runs WHERE run_id = ? AND task_key = ? "
                 "AND status IN ('done', 'skipped') LIMIT 1",
-                (self.run_id, key),
+                (self.run_id, storable(key)),  # the form the writer stored
             ).fetchall()  # fetchall ends the statement, so no read stays open during the run
         except sqlite3.Error as exc:
             log.warning(
