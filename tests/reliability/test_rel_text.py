@@ -31,7 +31,7 @@ NAMES = [f"f{i}.csv" for i in range(6)] + ["bad\udcff.csv", "x\udc80y.csv", "caf
 FAIL_FIRST_TIME = {"f2.csv", "x\udc80y.csv"}
 
 
-def _rows(db: Path, run_id: int) -> list[tuple[Any, ...]]:
+def _rows(db: Path, run_id: int | None) -> list[tuple[Any, ...]]:
     return query(
         db,
         "SELECT task_key, name, status, message, result FROM task_runs WHERE run_id = ? "

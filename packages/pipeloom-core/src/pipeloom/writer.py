@@ -281,6 +281,8 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             self._close_after_failed_open(conn)
             raise
         self._file = _FileIdentity.of(self.db_path, wal=self.wal)
+        # Outside any transaction, so no rollback of a batch can take the table away.
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS pipeloom_mark (batch INTEGER)")
         conn.set_authorizer(self._authorize)
 
     def _close_after_failed_open(self, conn: sqlite3.Connection) -> None:
@@ -506,10 +508,13 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         # SELECT) fails at once with "database is locked" when another writer commits first.
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if steps:
-                self._write_mark(conn)
             if lifecycle:
                 self._apply_lifecycle(conn, lifecycle, fold, dead)
+            if steps:
+                self._write_mark(conn)
+                # The guard judges statements when they are prepared; re-arming it expires
+                # every cached one, so a cached "COMMIT" is judged again when a handler runs it.
+                conn.set_authorizer(self._authorize)
             for index, (cls, handler, msgs) in enumerate(steps):
                 if msgs:
                     self._apply_group(conn, index, cls, msgs, handler, dead)
@@ -530,8 +535,6 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         If a handler ends the transaction, the mark tells which way: a COMMIT kept it, a
         ROLLBACK threw it away (and the batch's earlier work with it).
         """
-        if not self._mark:
-            conn.execute("CREATE TEMP TABLE IF NOT EXISTS pipeloom_mark (batch INTEGER)")
         self._mark += 1
         conn.execute("DELETE FROM temp.pipeloom_mark")
         conn.execute("INSERT INTO temp.pipeloom_mark VALUES (?)", (self._mark,))
@@ -550,7 +553,8 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             action == sqlite3.SQLITE_TRANSACTION
             or (action == sqlite3.SQLITE_SAVEPOINT and arg2 in _OWN_SAVEPOINTS and arg1 != "BEGIN")
         ):
-            self._refused = arg1 or "COMMIT"
+            if self._refused is None:  # the first one says what it did (`with conn:` tries both)
+                self._refused = arg1 or "COMMIT"
             return sqlite3.SQLITE_DENY
         return sqlite3.SQLITE_OK
 
@@ -667,7 +671,8 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             _TransactionEnded: the handler committed or rolled back the batch's transaction
                 (past the writer's guard); the connection is out of any transaction again.
         """
-        conn.execute(f"SAVEPOINT {savepoint}")
+        # Quoted: a handler's own "RELEASE pipeloom_group" must not reuse this cached statement.
+        conn.execute(f'SAVEPOINT "{savepoint}"')
         error: Exception | None = None
         self._refused = None
         self._in_handler = True
@@ -684,10 +689,10 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         try:
             if conn.in_transaction:
                 if error is None and refused is None:
-                    conn.execute(f"RELEASE {savepoint}")
+                    conn.execute(f'RELEASE "{savepoint}"')
                     return None
-                conn.execute(f"ROLLBACK TO {savepoint}")
-                conn.execute(f"RELEASE {savepoint}")
+                conn.execute(f'ROLLBACK TO "{savepoint}"')
+                conn.execute(f'RELEASE "{savepoint}"')
             else:
                 ended = "ended"
         except sqlite3.OperationalError as exc:
@@ -703,14 +708,15 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         if ended is None:
             if refused is not None:
                 return (
-                    f"{name} tried to end the writer's transaction ({refused}); handlers must "
-                    "not commit or roll back (no conn.commit(), `with conn:` or executescript): "
-                    "the writer commits each batch itself"
+                    f"{name} tried to end the writer's transaction ({refused}), which the writer "
+                    "refused; handlers must not commit or roll back (no conn.commit(), "
+                    "`with conn:` or executescript): the writer commits each batch itself"
                 )
             assert error is not None
             return _reason(error)
         if conn.in_transaction:
             conn.execute("ROLLBACK")  # whatever it began after ending ours
+        conn.set_authorizer(self._authorize)  # it got past the guard, maybe by removing it
         committed = self._mark_committed(conn)
         how = "COMMIT" if committed else "ROLLBACK"
         raise _TransactionEnded(
