@@ -6,6 +6,9 @@ task in a batch are folded into one row change; user messages go to the handler 
 for their type, a whole batch at a time. A message that cannot be applied is kept in the
 ``dead_letters`` table rather than killing the writer. Listeners run after each commit, so
 anything fed from them (the progress display) shows only what the database already holds.
+Handlers may not end the batch's transaction (an authorizer refuses it; if one gets past, the
+batch is applied again without its messages), and the file's identity is checked at each
+commit, so a database deleted or replaced mid-run is an error rather than a silent loss.
 """
 
 from __future__ import annotations
