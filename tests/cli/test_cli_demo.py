@@ -168,7 +168,8 @@ def test_a_file_with_the_seed_layout_is_upgraded_before_the_demo(tmp_path: Path)
     assert result.exit_code == 0, result.output
     conn = sqlite3.connect(db)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert conn.execute("SELECT version FROM pipeloom_schema").fetchone() == (SCHEMA_VERSION,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM task_runs WHERE name = 'old'").fetchone() == (1,)
     finally:
         conn.close()

@@ -43,7 +43,7 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     db = tmp_path / "future.db"
     conn = connect(db)
     init_schema(conn, db)
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.execute(f"UPDATE pipeloom_schema SET version = {SCHEMA_VERSION + 1}")
     with pytest.raises(DatabaseError, match="newer than this pipeloom") as info:
         init_schema(conn, db)
     assert not isinstance(info.value, SchemaOutdatedError)
@@ -85,24 +85,28 @@ def test_layout_tells_every_kind_of_file_apart(tmp_path: Path) -> None:
     assert layout(conn) == "empty"
     conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY)")
     assert layout(conn) == "foreign"
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    assert layout(conn) == "foreign"  # a stamp alone is not a pipeloom schema
+    conn.execute("PRAGMA user_version = 2")
+    assert layout(conn) == "foreign"  # user_version is the application's, never pipeloom's
     init_schema(conn)
     assert layout(conn) == "current"
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
+    conn.execute(f"UPDATE pipeloom_schema SET version = {SCHEMA_VERSION - 1}")
     assert layout(conn) == "outdated"
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.execute(f"UPDATE pipeloom_schema SET version = {SCHEMA_VERSION + 1}")
     assert layout(conn) == "newer"
+    conn.execute("DROP TABLE task_runs")
+    conn.execute("CREATE TABLE task_runs (id INTEGER PRIMARY KEY, owner TEXT)")
+    conn.execute("DROP TABLE pipeloom_schema")
+    assert layout(conn) == "conflict"
     conn.close()
 
 
-def test_a_foreign_file_stamped_higher_is_not_overwritten(tmp_path: Path) -> None:
+def test_an_applications_user_version_is_neither_read_nor_overwritten(tmp_path: Path) -> None:
     db = tmp_path / "theirs.db"
     with sqlite3.connect(db) as raw:
         raw.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
         raw.execute("PRAGMA user_version = 7")
     conn = connect(db)
-    with pytest.raises(DatabaseError, match="schema version 7 is newer"):
-        init_schema(conn, db)
+    init_schema(conn, db)
+    assert layout(conn) == "current"
     assert conn.execute("PRAGMA user_version").fetchone() == (7,)
     conn.close()

@@ -89,7 +89,7 @@ def test_a_worker_that_raises_is_recorded_as_error_and_the_rest_run(tmp_path: Pa
     assert rows(db, "SELECT status, tasks_error FROM pipeline_runs") == [("error", 1)]
 
 
-def test_fail_fast_stops_admitting_and_cancels_the_rest(tmp_path: Path) -> None:
+def test_fail_fast_stops_admitting_and_counts_the_rest(tmp_path: Path) -> None:
     db = tmp_path / "ff.db"
 
     def worker(task: TaskDef, msg_q: Any) -> None:
@@ -99,12 +99,13 @@ def test_fail_fast_stops_admitting_and_cancels_the_rest(tmp_path: Path) -> None:
 
     tasks = [TaskDef(i, f"t{i}", key=f"part-{i}") for i in range(1, 51)]
     result = run_pipeline(tasks, db, workers=1, worker_fn=worker, fail_fast=True, progress=False)
-    assert result.counts == {"error": 1, "cancelled": 49}
-    assert rows(db, "SELECT status FROM pipeline_runs") == [("error",)]
-    cancelled = rows(db, "SELECT name, task_key, message FROM task_runs WHERE status = 'cancelled'")
-    assert len(cancelled) == 49
-    # Never-started tasks keep their names and keys, so a resume can recognise them.
-    assert cancelled[0] == ("t2", "part-2", "not started: run was stopped")
+    # Tasks never started get no row (the source is never drained to write them); a sized
+    # source says how many there were.
+    assert result.counts == {"error": 1}
+    assert result.not_started == 49 and not result.ok
+    assert rows(db, "SELECT status, note FROM pipeline_runs") == [
+        ("error", "49 task(s) not started: the run was stopped")
+    ]
     assert rows(db, "SELECT task_key FROM task_runs WHERE status = 'error'") == [("part-1",)]
 
 
@@ -276,6 +277,7 @@ def test_ctrl_c_cancels_the_rest_and_restores_the_previous_handler(tmp_path: Pat
     assert signal.getsignal(signal.SIGINT) is previous
     assert result.status == "cancelled"
     assert result.counts["done"] >= 5
-    assert result.counts["done"] + result.counts["cancelled"] == 200
+    assert result.not_started is not None
+    assert result.counts["done"] + result.not_started == 200
     assert rows(db, "SELECT status FROM pipeline_runs") == [("cancelled",)]
     assert rows(db, "SELECT count(*) FROM task_runs WHERE status = 'running'") == [(0,)]

@@ -169,8 +169,9 @@ def test_progress_updates_of_one_task_are_folded_to_the_latest(tmp_path: Path) -
     messages: list[Any] = [MsgTaskStarted(1, "folded", utc_now())]
     messages += [MsgTaskProgress(1, step, 10, f"s{step}") for step in range(1, 8)]
     run_writer(db, messages, listeners=[applied.append])
-    assert rows(db, "SELECT status, step, total, progress, message FROM task_runs") == [
-        ("running", 7, 10, 0.7, "s7")
+    # Its step and total stay; the run ended without its finish, so it is not left "running".
+    assert rows(db, "SELECT status, step, total, progress FROM task_runs") == [
+        ("interrupted", 7, 10, 0.7)
     ]
     assert applied[0].progress == {1: (7, 10, "s7")}
     assert applied[0].started == [(1, "folded")]
@@ -230,7 +231,8 @@ def test_any_lifecycle_sequence_leaves_consistent_rows(messages: list[Any]) -> N
         if isinstance(msg, MsgTaskFinished):
             expected.setdefault(msg.task_id, msg.status)  # the first finish stands
     for task_id, (status, progress) in stored.items():
-        assert status == expected.get(task_id, "running")
+        # A task whose finish never came is closed "interrupted" when the writer ends.
+        assert status == expected.get(task_id, "interrupted")
         assert 0.0 <= progress <= 1.0
         if status == "done":
             assert progress == 1.0

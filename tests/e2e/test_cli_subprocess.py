@@ -197,7 +197,8 @@ def test_ctrl_c_stops_the_run_records_cancelled_and_exits_130(tmp_path: Path) ->
             proc.communicate()
     assert proc.returncode == 130, (out, err)
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT status FROM pipeline_runs").fetchone() == ("cancelled",)
-        counts = dict(conn.execute("SELECT status, count(*) FROM task_runs GROUP BY status"))
-    assert counts.get("cancelled", 0) > 0
+        status, note = conn.execute("SELECT status, note FROM pipeline_runs").fetchone()
+        rows = conn.execute("SELECT count(*) FROM task_runs").fetchone()[0]
+    assert status == "cancelled"
+    assert note == f"{40 - rows} task(s) not started: the run was stopped"
     assert "Traceback" not in err

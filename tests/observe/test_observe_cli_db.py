@@ -9,6 +9,7 @@ import pytest
 from sqlite_utils import Database
 from typer.testing import CliRunner
 
+from pipeloom.schema import SCHEMA_VERSION
 from pipeloom_cli.app import app
 from pipeloom_observe.migrations import migrations
 from tests.observe._observe_support import make_seed_db, sha256
@@ -33,7 +34,7 @@ def test_info_describes_a_run_database(run_db: Path) -> None:
     assert result.exit_code == 0, result.output
     assert f"file:            {run_db}" in result.output
     assert "journal mode:    wal" in result.output
-    assert "schema version:  2" in result.output
+    assert f"schema version:  {SCHEMA_VERSION}" in result.output
     assert "runs:            2" in result.output
     assert "tasks:           8 (done 7, error 1)" in result.output
     assert "pending:         " + ", ".join(migration_names()) in result.output
@@ -47,11 +48,11 @@ def test_upgrade_prints_what_it_applied_then_nothing(tmp_path: Path) -> None:
     result = runner.invoke(app, ["db", "upgrade", str(path)])
     assert result.exit_code == 0, result.output
     assert [f"applied {name}" for name in migration_names()] == result.output.splitlines()[:-1]
-    assert result.output.splitlines()[-1] == f"{path}: upgraded to schema version 2"
+    assert result.output.splitlines()[-1] == f"{path}: upgraded to schema version {SCHEMA_VERSION}"
 
     again = runner.invoke(app, ["db", "upgrade", str(path)])
     assert again.exit_code == 0
-    assert again.output.strip() == f"{path}: already at schema version 2"
+    assert again.output.strip() == f"{path}: already at schema version {SCHEMA_VERSION}"
 
     info = runner.invoke(app, ["db", "info", str(path)])
     assert "applied:         " + ", ".join(migration_names()) in info.output

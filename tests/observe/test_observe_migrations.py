@@ -11,7 +11,7 @@ from sqlite_utils import Database
 
 from pipeloom import SchemaOutdatedError, TaskDef, connect, init_schema, run_pipeline
 from pipeloom.errors import DatabaseError
-from pipeloom.schema import SCHEMA_STATEMENTS, SCHEMA_VERSION, create_schema
+from pipeloom.schema import SCHEMA_VERSION, create_schema, schema_version
 from pipeloom_observe.migrations import applied, migrations, pending, upgrade
 from tests.observe._observe_support import (
     make_seed_db,
@@ -24,19 +24,27 @@ ALL = [m.name for m in migrations.pending(Database(memory=True))]
 
 
 def core_schema() -> dict[str, object]:
+    """Tables, columns and indexes core creates (``user_version`` is the application's: 0)."""
     conn = sqlite3.connect(":memory:")
-    for statement in SCHEMA_STATEMENTS:
-        conn.execute(statement)
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    create_schema(conn)
     return normalised_schema(conn)
+
+
+def structure(conn: sqlite3.Connection) -> dict[str, object]:
+    """The schema without ``user_version``: the bare migration set stamps it (m002, frozen)."""
+    schema = normalised_schema(conn)
+    schema.pop("user_version")
+    return schema
 
 
 def test_migrations_from_nothing_reach_cores_schema_in_memory() -> None:
     db = Database(memory=True)
     migrations.apply(db)
-    assert normalised_schema(db.conn) == core_schema()
+    expected = core_schema()
+    expected.pop("user_version")
+    assert structure(db.conn) == expected
     assert [m.name for m in migrations.applied(db)] == ALL
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert schema_version(db.conn) == SCHEMA_VERSION
 
 
 def test_migrations_on_an_empty_file_equal_what_core_creates(tmp_path: Path) -> None:
@@ -50,7 +58,10 @@ def test_migrations_on_an_empty_file_equal_what_core_creates(tmp_path: Path) -> 
     conn.close()
 
     assert schema_of(migrated) == schema_of(created)
-    assert schema_of(migrated)["user_version"] == SCHEMA_VERSION
+    assert schema_of(migrated)["user_version"] == 0  # upgrade() leaves it as it found it
+    conn = sqlite3.connect(migrated)
+    assert schema_version(conn) == SCHEMA_VERSION
+    conn.close()
 
 
 def test_the_seed_layout_upgrades_in_place_keeping_every_row(tmp_path: Path) -> None:
@@ -143,12 +154,12 @@ def test_a_file_core_created_is_recorded_and_left_unchanged(tmp_path: Path) -> N
     assert [name for name, _ in applied(path)] == ALL
 
 
-def test_the_last_migration_stamps_cores_schema_version() -> None:
+def test_the_last_migration_records_cores_schema_version() -> None:
     db = Database(memory=True)
     migrations.apply(db, stop_before=ALL[-1])
-    assert db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION
+    assert schema_version(db.conn) < SCHEMA_VERSION
     migrations.apply(db)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert schema_version(db.conn) == SCHEMA_VERSION
 
 
 def test_a_missing_file_is_an_error_and_is_not_created(tmp_path: Path) -> None:
@@ -172,7 +183,7 @@ def test_a_file_from_a_newer_pipeloom_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "future.db"
     conn = sqlite3.connect(path)
     create_schema(conn)
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.execute(f"UPDATE pipeloom_schema SET version = {SCHEMA_VERSION + 1}")
     conn.commit()
     conn.close()
     with pytest.raises(DatabaseError, match="newer than this pipeloom"):
@@ -212,9 +223,9 @@ def test_a_failed_upgrade_changes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "seed.db"
     make_seed_db(path, rows=10)
     conn = sqlite3.connect(path)
-    # A stray pipeline_runs without the run columns makes m002 fail after m001 succeeded
-    # and after m002 renamed task_runs: all of it must be rolled back.
-    conn.execute("CREATE TABLE pipeline_runs (id INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+    # A leftover _task_runs_v1 makes m002 fail after m001 succeeded and after m002 created
+    # pipeline_runs: all of it must be rolled back.
+    conn.execute("CREATE TABLE _task_runs_v1 (id INTEGER PRIMARY KEY)")
     conn.commit()
     conn.close()
     before = schema_of(path)
@@ -222,6 +233,21 @@ def test_a_failed_upgrade_changes_nothing(tmp_path: Path) -> None:
         upgrade(path)
     assert schema_of(path) == before
     assert pending(path) == ALL
+
+
+def test_a_stray_table_named_like_pipelooms_is_refused_before_any_migration(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "seed.db"
+    make_seed_db(path, rows=10)
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE pipeline_runs (id INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+    conn.commit()
+    conn.close()
+    before = sha256(path)
+    with pytest.raises(DatabaseError, match="table pipeline_runs was not created by pipeloom"):
+        upgrade(path)
+    assert sha256(path) == before
 
 
 seed_rows = st.lists(
@@ -258,4 +284,6 @@ def test_any_seed_content_survives_the_upgrade(
     assert kept == written
     runs = db.execute("SELECT COUNT(*), COALESCE(SUM(tasks_total), 0) FROM pipeline_runs")
     assert runs.fetchone() == ((1 if rows else 0), len(rows))
-    assert normalised_schema(db.conn) == core_schema()
+    expected = core_schema()
+    expected.pop("user_version")
+    assert structure(db.conn) == expected

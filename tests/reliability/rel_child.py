@@ -12,14 +12,18 @@ Modes:
     sigint: short sleeping tasks (the test sends one SIGINT).
     sigint2: task ids divisible by 5 block for a minute (the test sends two SIGINTs).
     race: short tasks, run name taken from the EVENTS file name (two processes, one file).
+    endless: sleepy tasks from an endless generator (the test sends one SIGINT).
+    endless2: blocking tasks from an endless generator (the test sends two SIGINTs).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from pipeloom import (
@@ -55,7 +59,14 @@ def blocking_task(task: TaskDef, q: TaskQueue) -> None:
     q.put(MsgTaskFinished(task.task_id, "done", utc_now()))
 
 
-WORKERS = {"kill": short_task, "sigint": sleepy_task, "sigint2": blocking_task, "race": short_task}
+WORKERS = {
+    "kill": short_task,
+    "sigint": sleepy_task,
+    "sigint2": blocking_task,
+    "race": short_task,
+    "endless": sleepy_task,
+    "endless2": blocking_task,
+}
 
 
 def cli_main(db: Path, mode: str = "sigint", n: int = 200) -> RunResult:
@@ -75,7 +86,9 @@ def main() -> int:
         if lines:
             os.write(fd, "".join(lines).encode())
 
-    tasks = [TaskDef(i, f"task-{i}") for i in range(1, n + 1)]
+    tasks: Iterable[TaskDef] = [TaskDef(i, f"task-{i}") for i in range(1, n + 1)]
+    if mode.startswith("endless"):
+        tasks = (TaskDef(i, f"task-{i}") for i in itertools.count(1))
     result = run_pipeline(
         tasks,
         db,
@@ -93,6 +106,8 @@ def main() -> int:
                 "counts": result.counts,
                 "messages": result.messages,
                 "dead_letters": result.dead_letters,
+                "not_started": result.not_started,
+                "ok": result.ok,
             }
         ),
         flush=True,

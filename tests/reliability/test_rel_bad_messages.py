@@ -208,8 +208,9 @@ def test_writer_never_crashes_and_books_balance(msgs: list[Any], batch_size: int
         assert 0.0 <= prog <= 1.0 and math.isfinite(prog)
         assert all(value is None or len(value) <= LIMIT for value in text)
         # The first finish wins; no later start, progress or finish reopens or changes it.
-        # A task whose finish never arrived (or was dead-lettered) keeps its last state.
-        assert status == expected.get(task_id, "running"), (task_id, msgs)
+        # A task whose finish never arrived (or was dead-lettered) is closed "interrupted"
+        # when the writer ends: a finished run holds no running task.
+        assert status == expected.get(task_id, "interrupted"), (task_id, msgs)
     assert {r[0] for r in rows} >= expected.keys()
 
 

@@ -161,7 +161,9 @@ def test_odd_objects_are_dead_lettered_and_rows_kept(tmp_path: Path) -> None:
 
 
 def test_odd_objects_through_run_pipeline_do_not_stop_the_run(tmp_path: Path) -> None:
-    sendable = [m for m in ODD if type(m) is not RaisingClass]  # see docs/reliability.md
+    # The writer takes all of ODD apart; a worker's TaskQueue.put looks at msg.__class__ and
+    # hashes it, so these two are kept to the writer-level tests (see docs/reliability.md).
+    sendable = [m for m in ODD if type(m) is not RaisingClass and type(m) is not FromHostileMeta]
 
     def worker(task: TaskDef, q: TaskQueue) -> None:
         q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))

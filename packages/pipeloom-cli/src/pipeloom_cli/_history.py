@@ -17,7 +17,8 @@ from typing import Any, Final
 
 from pipeloom.db import connect_readonly
 from pipeloom.errors import DatabaseError
-from pipeloom.schema import SCHEMA_VERSION, layout, schema_version
+from pipeloom.lease import stale_sql
+from pipeloom.schema import SCHEMA_VERSION, inspect_schema
 from pipeloom_cli._errors import UsageError
 
 __all__ = [
@@ -72,8 +73,14 @@ class RunInfo:
     params: Any
     host: str | None
     pid: int | None
+    heartbeat_at: str | None = None
+    """When the run's writer last said it was alive (None: written before leases)."""
+    lease_s: float | None = None
+    """Seconds after ``heartbeat_at`` that the run counts as stale."""
+    stale: bool = False
+    """Still ``running`` in the file, but its lease expired: its writer is gone or stuck."""
     elapsed: float | None = None
-    """Seconds from start to finish (to now while running)."""
+    """Seconds from start to finish (to now while running; to the last heartbeat if stale)."""
     finished: int = 0
     """Tasks in a terminal status."""
     throughput: float | None = None
@@ -82,7 +89,8 @@ class RunInfo:
 
     def __post_init__(self) -> None:
         """Derive elapsed time and throughput from the row."""
-        self.elapsed = _seconds_between(self.started_at, self.finished_at)
+        end = self.heartbeat_at if self.stale else self.finished_at
+        self.elapsed = _seconds_between(self.started_at, end)
         self.finished = sum(n for s, n in self.counts.items() if s in TERMINAL_STATUSES)
         self.tasks_total = max(self.tasks_total, sum(self.counts.values()))
         if self.elapsed:
@@ -90,8 +98,13 @@ class RunInfo:
 
     @property
     def active(self) -> bool:
-        """True while the run may still change."""
-        return self.status in ACTIVE_STATUSES
+        """True while the run may still change (a stale run's writer is gone)."""
+        return self.status in ACTIVE_STATUSES and not self.stale
+
+    @property
+    def shown_status(self) -> str:
+        """The status to print: ``stale`` for a running run whose lease expired."""
+        return "stale" if self.stale else self.status
 
     def as_json(self) -> dict[str, Any]:
         """Plain data for ``--format json``."""
@@ -155,13 +168,15 @@ def open_history(db: Path) -> sqlite3.Connection:
         raise UsageError(f"{db}: no such database file; {_suggest_databases(db.parent)}")
     try:
         conn = connect_readonly(db)
-        kind = layout(conn)
+        state = inspect_schema(conn)
     except (DatabaseError, sqlite3.DatabaseError) as exc:
         raise UsageError(f"{db}: not a SQLite database ({exc}); check the path") from exc
+    kind, version = state.layout, state.version
     if kind == "current":
         return conn
-    version = schema_version(conn)
     conn.close()
+    if kind == "conflict":
+        raise UsageError(f"{db}: holds no pipeloom runs: {state.conflict}")
     if kind in ("empty", "foreign"):
         raise UsageError(f"{db}: holds no pipeloom runs (no task_runs table); check the path")
     if kind == "newer":
@@ -173,7 +188,8 @@ def open_history(db: Path) -> sqlite3.Connection:
 
 
 _RUN_COLUMNS = (
-    "id, name, status, started_at, finished_at, workers, tasks_total, messages, params, host, pid"
+    "id, name, status, started_at, finished_at, workers, tasks_total, messages, params, host, "
+    f"pid, heartbeat_at, lease_s, {stale_sql()}"
 )
 
 
@@ -185,7 +201,8 @@ def _live_counts(conn: sqlite3.Connection, run_id: int) -> dict[str, int]:
 
 
 def _run_from_row(conn: sqlite3.Connection, row: tuple[Any, ...]) -> RunInfo:
-    run_id, name, status, started, finished, workers, total, messages, params, host, pid = row
+    run_id, name, status, started, finished, workers, total, messages, params, host = row[:10]
+    pid, heartbeat_at, lease_s, stale = row[10:]
     # Counted from task_runs: pipeline_runs' count columns are only written when a run ends.
     counts = _live_counts(conn, run_id)
     try:
@@ -205,6 +222,9 @@ def _run_from_row(conn: sqlite3.Connection, row: tuple[Any, ...]) -> RunInfo:
         params=parsed,
         host=host,
         pid=pid,
+        heartbeat_at=heartbeat_at,
+        lease_s=lease_s,
+        stale=bool(stale),
     )
 
 

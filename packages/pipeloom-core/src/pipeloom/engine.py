@@ -1,188 +1,189 @@
 """Running tasks concurrently and feeding the single writer.
 
-Worker threads pull tasks from the (possibly endless) task iterator one at a time, so
-memory does not grow with the number of tasks. Every task is dispatched through one seam,
-`Executor`, so other executors can be added without touching the writer.
+The engine owns admission: it takes tasks from the (possibly endless) task source one at a
+time, at most ``workers`` in flight, so memory does not grow with the number of tasks. Each
+task is submitted to an `~pipeloom.executors.Executor`, which reports its completion back;
+the completion frees the slot for the next task. The engine also owns what the record says
+about the run as a whole: how many tasks it took, why it stopped, and what failed outside any
+task (a raising task source, a broken executor). See docs/architecture.md for the journey.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+import operator
 import os
 import signal
 import threading
 import time
-import traceback
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sized
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
 from rich.console import Console
 
+from pipeloom._control import RunEnd
+from pipeloom._text import exc_summary, exc_text, storable
 from pipeloom.db import Synchronous
-from pipeloom.errors import DatabaseError, RunFailedError, WriterFailedError
+from pipeloom.errors import DatabaseError, PipeloomError, WriterFailedError
+from pipeloom.executors import Executor, TaskQueue, ThreadExecutor, WorkerFn, resolve_executor
+from pipeloom.executors._remote import RemoteTaskError
 from pipeloom.logs import console as shared_console
-from pipeloom.messages import (
-    SENTINEL,
-    MsgRunFinished,
-    MsgTaskFinished,
-    utc_now,
-)
+from pipeloom.messages import SENTINEL, MsgTaskFinished, utc_now
 from pipeloom.progress import LiveDisplay, PlainReporter, render_summary
 from pipeloom.queue import DEFAULT_MAXSIZE, MessageQueue
+from pipeloom.result import RunResult
+from pipeloom.status import decide_run_status
 from pipeloom.writer import Handler, Listener, SchemaFn, SQLiteWriter
 
 __all__ = ["Executor", "RunResult", "TaskQueue", "ThreadExecutor", "WorkerFn", "run_pipeline"]
 
-WorkerFn = Callable[[Any, "TaskQueue"], Any]
-"""``worker_fn(task, msg_q)``: do the work, putting lifecycle messages on ``msg_q``."""
-
 log = logging.getLogger("pipeloom.engine")
-_ERROR_SUMMARY_CHARS = 500
-_WRITER_FAILED_GRACE = 1.0
-"""Seconds to let workers wind down after the writer died before raising anyway."""
+_GRACE = 1.0
+"""Seconds to let workers wind down after the writer or executor failed before ending anyway."""
+_LABEL_CHARS = 80
 
 
-@dataclass(frozen=True)
-class RunResult:
-    """What `run_pipeline` reports back."""
-
-    run_id: int | None
-    """The ``pipeline_runs.id`` of this run (None when no tables are kept)."""
-    status: str
-    """done, error (some task failed) or cancelled (Ctrl-C or fail_fast)."""
-    counts: dict[str, int]
-    """Tasks per terminal status."""
-    failed_task_ids: list[int]
-    """task_id of every task that ended in error or timeout."""
-    elapsed: float
-    """Wall-clock seconds from start to the writer's last commit."""
-    db_path: str
-    """Where the run was recorded."""
-    messages: int = 0
-    """Messages the writer handled (applied plus dead-lettered)."""
-    dead_letters: int = 0
-    """Messages the writer could not apply."""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def total(self) -> int:
-        """Tasks that reached a terminal status."""
-        return sum(self.counts.values())
-
-    @property
-    def ok(self) -> bool:
-        """True only when the run is ``done``: every task it took ended done or skipped."""
-        return self.status == "done" and not self.failed_task_ids
-
-    def raise_for_status(self) -> RunResult:
-        """Raise `RunFailedError` unless the run is `ok`; returns the result otherwise.
-
-        A script ending in ``run_pipeline(...).raise_for_status()`` exits non-zero when its
-        run failed, so cron jobs and CI steps notice.
-
-        Raises:
-            RunFailedError: the run is not ``done`` (a task failed, it was stopped, or tasks
-                are unaccounted for).
-        """
-        if self.ok:
-            return self
-        failed = ", ".join(str(t) for t in self.failed_task_ids[:10])
-        more = (
-            f" and {len(self.failed_task_ids) - 10} more" if len(self.failed_task_ids) > 10 else ""
-        )
-        which = f"; failed task ids: {failed}{more}" if failed else ""
-        raise RunFailedError(
-            f"{self.db_path}: run {self.run_id} ended {self.status} "
-            f"({', '.join(f'{k} {v}' for k, v in sorted(self.counts.items()))}){which}; "
-            f"`pipeloom status {self.db_path} --run {self.run_id}` shows why",
-            result=self,
-        )
+class TaskSourceError(PipeloomError, ValueError):
+    """The task source is unusable before anything runs (duplicate or non-integer ids)."""
 
 
-class TaskQueue:
-    """The queue handed to a worker: forwards to the writer and notes the task's finish."""
+class _IdSet:
+    """Task ids seen so far, in about one bit per id for the usual 1..N ids.
 
-    __slots__ = ("_put", "finished_ids", "stopping")
+    A set of a million ints costs tens of megabytes; a run of a million generated tasks must
+    stay small, so ids below 2**27 live in a growing bitmap and only others in a set.
+    """
 
-    def __init__(self, q: MessageQueue, stopping: threading.Event | None = None) -> None:
-        """Wrap the shared message queue for one worker thread."""
-        self._put = q.put
-        self.finished_ids: set[int] = set()
-        self.stopping = stopping if stopping is not None else threading.Event()
-        """Set once the run stops admitting tasks (Ctrl-C, fail_fast): retries should end."""
-
-    def put(self, msg: Any, block: bool = True, timeout: float | None = None) -> None:
-        """Send ``msg`` to the writer (pausing if it is behind)."""
-        if msg.__class__ is MsgTaskFinished:
-            self.finished_ids.add(msg.task_id)
-        self._put(msg, block, timeout)
-
-    put_nowait = put
-
-
-class Executor(Protocol):
-    """Where tasks run. The engine hands it a loop to run on each of ``workers`` slots."""
-
-    def start(self, workers: int, loop: Callable[[], None]) -> None:
-        """Begin running ``loop`` on ``workers`` slots."""
-
-    def join(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds; True once every slot has returned."""
-
-
-class ThreadExecutor:
-    """The default executor: one daemon thread per worker slot."""
+    __slots__ = ("_bits", "_other")
+    _BITMAP_LIMIT = 1 << 27
 
     def __init__(self) -> None:
-        """No threads until `start`."""
-        self._threads: list[threading.Thread] = []
+        self._bits = bytearray()
+        self._other: set[int] = set()
 
-    def start(self, workers: int, loop: Callable[[], None]) -> None:
-        """Start ``workers`` threads running ``loop``."""
-        for i in range(workers):
-            t = threading.Thread(target=loop, name=f"pipeloom-worker-{i}", daemon=True)
-            t.start()
-            self._threads.append(t)
+    def add(self, task_id: int) -> bool:
+        """Record ``task_id``; False when it was already there."""
+        if 0 <= task_id < self._BITMAP_LIMIT:
+            byte, mask = task_id >> 3, 1 << (task_id & 7)
+            bits = self._bits
+            if byte >= len(bits):
+                bits.extend(bytes(max(byte + 1 - len(bits), len(bits))))
+            if bits[byte] & mask:
+                return False
+            bits[byte] |= mask
+            return True
+        if task_id in self._other:
+            return False
+        self._other.add(task_id)
+        return True
 
-    def join(self, timeout: float) -> bool:
-        """Wait for the threads; True when all have finished."""
-        deadline = time.monotonic() + timeout
-        for t in self._threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-        return not any(t.is_alive() for t in self._threads)
+
+def _task_id(task: Any, position: int) -> int:
+    """The id a task is recorded under: its ``task_id``, else its 1-based position.
+
+    Raises:
+        TaskSourceError: the task's ``task_id`` is not an integer.
+    """
+    task_id = getattr(task, "task_id", None)
+    if task_id is None:
+        return position
+    if type(task_id) is int:
+        return task_id
+    try:
+        return operator.index(task_id)
+    except TypeError:
+        raise TaskSourceError(
+            f"task #{position} has task_id={storable(repr(task_id), _LABEL_CHARS)}: task ids "
+            "must be integers (put a string identity in TaskDef.key)"
+        ) from None
+
+
+def _label(task: Any, task_id: int) -> tuple[str | None, str | None]:
+    """(name, key) to record for a task the engine finishes itself."""
+    name = getattr(task, "name", None)
+    if name is None and getattr(task, "task_id", None) is None:
+        try:
+            text = repr(task)
+        except Exception as exc:  # a user __repr__ may raise anything
+            text = f"<{type(task).__name__}: repr failed: {exc_summary(exc)}>"
+        name = storable(f"task {task_id}: {text}", _LABEL_CHARS)
+    return name, getattr(task, "key", None)
 
 
 class _Run:
-    """State shared by the worker loops of one run."""
+    """One run's admission and accounting; the `Completions` an executor reports to."""
 
     def __init__(
         self,
         tasks: Iterator[Any],
         q: MessageQueue,
-        worker_fn: WorkerFn,
+        executor: Executor,
         fail_fast: bool,
+        total: int | None,
     ) -> None:
         self.tasks = tasks
         self.q = q
-        self.worker_fn = worker_fn
+        self.executor = executor
         self.fail_fast = fail_fast
+        self.total = total
         self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.in_flight: dict[int, Any] = {}  # thread ident -> task
+        self.stopping = threading.Event()
+        """Set once admission stops (Ctrl-C, fail_fast, a failed writer or executor)."""
+        self.idle = threading.Event()
+        """Set once every slot is free and no task will be admitted any more."""
+        self.in_flight: dict[int, Any] = {}
         self.exhausted = False
+        self.stop_reason: str | None = None
+        self.error: str | None = None
+        """Why the run failed as a whole (task source, executor), for the run row."""
+        self.abandoned = False
+        self.executor_broken = False
+        self._seq = itertools.count(1)
+        self._refused = 0
+        self._taken: int | None = None
+        self._slots = 0
+        # A list/tuple/range iterator advances in C without letting go of the GIL, so each
+        # task still goes to exactly one worker without the lock. The lock convoyed instead:
+        # a holder preempted inside it made every other worker sleep on it, one context
+        # switch per task (100,000 x 1 tasks: 2.0-2.6 s and ~100,000 switches in about half
+        # the runs, 1.5-1.6 s and ~5,800 switches without it). Their ids are checked up front.
         self._lock_free = type(tasks) in _ATOMIC_ITERATORS
+        self._ids = _IdSet()
 
-    def next_task(self) -> Any:
+    # -- admission ---------------------------------------------------------------------
+
+    def begin(self, workers: int) -> None:
+        """Fill every slot once; each completion refills its own slot after that."""
+        with self.lock:
+            self._slots = workers
+        for _ in range(workers):
+            self._fill()
+
+    def _fill(self) -> None:
+        while True:
+            got = self._take()
+            if got is None:
+                with self.lock:
+                    self._slots -= 1
+                    if self._slots == 0:
+                        self.idle.set()
+                return
+            task_id, task = got
+            self.in_flight[task_id] = task
+            try:
+                self.executor.submit(task_id, task)
+                return
+            except Exception as exc:  # this task cannot be handed over: it is its error
+                self.in_flight.pop(task_id, None)
+                log.error("task %s could not be submitted: %s", task_id, exc_summary(exc))
+                self._finish_failed(task_id, task, exc)
+
+    def _take(self) -> tuple[int, Any] | None:
         if self._lock_free:
-            # A list/tuple/range iterator advances in C without letting go of the GIL, so
-            # each task still goes to exactly one worker. The lock convoyed instead: a holder
-            # preempted inside it made every other worker sleep on it, one context switch per
-            # task (100,000 x 1 tasks: 2.0-2.6 s and ~100,000 switches in about half the runs,
-            # 1.5-1.6 s and ~5,800 switches without the lock).
             return self._advance()
         self._acquire()
         try:
@@ -190,14 +191,41 @@ class _Run:
         finally:
             self.lock.release()
 
-    def _advance(self) -> Any:
-        if self.stop.is_set() or self.exhausted:
-            return _DONE
+    def _advance(self) -> tuple[int, Any] | None:
+        if self.stopping.is_set() or self.exhausted or self.abandoned:
+            return None
         try:
-            return next(self.tasks)
+            task = next(self.tasks)
         except StopIteration:
             self.exhausted = True
-            return _DONE
+            return None
+        except Exception as exc:
+            self._source_failed(f"the task source raised {exc_summary(exc)}", exc)
+            return None
+        position = next(self._seq)
+        if self._lock_free:
+            return _task_id(task, position), task
+        try:
+            task_id = _task_id(task, position)
+        except TaskSourceError as exc:
+            self._refused += 1
+            self._source_failed(str(exc), None)
+            return None
+        if not self._ids.add(task_id):
+            self._refused += 1
+            self._source_failed(
+                f"the task source gave task_id {task_id} twice (again at task #{position}); "
+                "task ids must be unique within a run, so it was stopped there",
+                None,
+            )
+            return None
+        return task_id, task
+
+    def _source_failed(self, reason: str, exc: BaseException | None) -> None:
+        self.exhausted = True
+        detail = exc_text(exc) if exc is not None else reason
+        self.error = reason if exc is None else f"{reason}\n\n{detail}"
+        log.error("run stops admitting tasks: %s", reason)
 
     def _acquire(self) -> None:
         """Take the task lock, yielding the GIL a few times before sleeping on it.
@@ -218,108 +246,157 @@ class _Run:
                 return
         lock.acquire()
 
-    def loop(self) -> None:
-        q = TaskQueue(self.q, self.stop)
-        ident = threading.get_ident()
-        while True:
-            task = self.next_task()
-            if task is _DONE:
-                return
-            self.in_flight[ident] = task
-            try:
-                if not self._run_one(task, q):
-                    return
-            finally:
-                self.in_flight.pop(ident, None)
+    @property
+    def taken(self) -> int:
+        """Tasks admitted (each owes the record exactly one terminal row); read at the end.
 
-    def _run_one(self, task: Any, q: TaskQueue) -> bool:
-        """Run one task; False when the worker must stop (the writer is gone)."""
-        task_id = getattr(task, "task_id", None)
-        try:
-            self.worker_fn(task, q)
-        except WriterFailedError:
-            self.stop.set()
-            return False
-        except BaseException as exc:  # record any failure as the task's error, then go on
-            return self._record_failure(task, task_id, exc, q)
+        The position counter is shared lock-free by the workers, so it is read once, after
+        admission stopped, by taking its next value.
+        """
+        if self._taken is None:
+            self._taken = next(self._seq) - 1 - self._refused
+        return self._taken
+
+    # -- completions (called from executor threads) -----------------------------------
+
+    def task_done(
+        self, task_id: int, task: Any, error: BaseException | None, finished: bool
+    ) -> None:
+        """Record how the task ended unless its worker did, then refill its slot."""
+        self.in_flight.pop(task_id, None)
+        if self.abandoned:
+            return  # already recorded interrupted; the run is over
+        if error is None:
+            if not finished:
+                # A worker that returns without reporting a finish did its work.
+                name, key = _label(task, task_id)
+                self._post(MsgTaskFinished(task_id, "done", utc_now(), name=name, key=key))
         else:
-            if task_id is None or task_id in q.finished_ids:
-                return True
-            # A worker that returns without reporting a finish did its work.
-            return self._post(
-                MsgTaskFinished(
-                    task_id,
-                    "done",
-                    utc_now(),
-                    name=getattr(task, "name", None),
-                    key=getattr(task, "key", None),
-                )
-            )
-        finally:
-            q.finished_ids.clear()
+            self._task_raised(task_id, task, error, finished)
+        self._fill()
 
-    def _record_failure(self, task: Any, task_id: Any, exc: BaseException, q: TaskQueue) -> bool:
-        if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: stop the run
-            self.stop.set()
-        text = "".join(traceback.format_exception(exc))
-        summary = f"{type(exc).__name__}: {exc}"[:_ERROR_SUMMARY_CHARS]
-        if self.fail_fast and not self.stop.is_set():
-            log.warning("fail_fast: task %s failed (%s); not starting the rest", task_id, summary)
-            self.stop.set()
-        if task_id is None or task_id in q.finished_ids:
-            return isinstance(exc, Exception)
-        msg = MsgTaskFinished(
-            task_id,
-            "error",
-            utc_now(),
-            message=summary,
-            error=text,
-            name=getattr(task, "name", None),
-            key=getattr(task, "key", None),
+    def _task_raised(self, task_id: int, task: Any, error: BaseException, finished: bool) -> None:
+        if isinstance(error, WriterFailedError):
+            self.stop("interrupted")
+            return
+        if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit: stop the run
+            self.stop("cancelled")
+        if self.fail_fast and not self.stopping.is_set():
+            self.stop("cancelled")  # before the slow part: logging, formatting
+            log.warning(
+                "fail_fast: task %s failed (%s); not starting the rest",
+                task_id,
+                exc_summary(error),
+            )
+        if not finished:
+            self._finish_failed(task_id, task, error)
+
+    def _finish_failed(self, task_id: int, task: Any, error: BaseException) -> None:
+        name, key = _label(task, task_id)
+        remote = isinstance(error, RemoteTaskError)
+        text = error.remote_traceback if isinstance(error, RemoteTaskError) else None
+        self._post(
+            MsgTaskFinished(
+                task_id,
+                "error",
+                utc_now(),
+                message=str(error) if remote else exc_summary(error),
+                error=text or exc_text(error),
+                name=name,
+                key=key,
+            )
         )
-        return self._post(msg) and isinstance(exc, Exception)
+
+    def executor_failed(self, error: BaseException) -> None:
+        """The executor cannot go on: stop admitting; the run is recorded ``error``."""
+        name = type(self.executor).__name__
+        log.error("executor %s failed: %s", name, exc_summary(error))
+        if self.error is None:
+            self.error = f"executor {name} failed: {exc_summary(error)}\n\n{exc_text(error)}"
+        self.executor_broken = True
+        self.stop("cancelled")
+
+    def stop(self, reason: str) -> None:
+        """Stop admitting tasks; the first reason given is the one recorded."""
+        # No lock: the Ctrl-C handler calls this on the main thread, which may hold it.
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.stopping.set()
 
     def _post(self, msg: Any) -> bool:
         try:
             self.q.put(msg)
         except WriterFailedError:
-            self.stop.set()
+            self.stop("interrupted")
             return False
         return True
 
-    def cancel_rest(self) -> int:
-        """Record every task never started as cancelled; returns how many."""
-        n = 0
-        with self.lock:
-            if self.exhausted:
-                return 0
-            for task in self.tasks:
-                task_id = getattr(task, "task_id", None)
-                if task_id is None:
-                    continue
-                now = utc_now()
-                msg = MsgTaskFinished(
-                    task_id,
-                    "cancelled",
-                    now,
-                    message="not started: run was stopped",
-                    name=getattr(task, "name", None),
-                    key=getattr(task, "key", None),
-                )
-                if not self._post(msg):
-                    break
-                n += 1
-            self.exhausted = True
-        return n
+    # -- the end ---------------------------------------------------------------------
+
+    def abandon(self, why: str) -> int:
+        """Record every task still in flight ``interrupted`` and stop waiting for them."""
+        self.stop("interrupted")
+        self.stop_reason = "interrupted"
+        self.abandoned = True
+        tasks = list(self.in_flight.items())
+        for task_id, task in tasks:
+            name, key = _label(task, task_id)
+            self._post(
+                MsgTaskFinished(task_id, "interrupted", utc_now(), message=why, name=name, key=key)
+            )
+        return len(tasks)
+
+    def end_message(self) -> RunEnd:
+        """The engine's account of the run for the writer's run row."""
+        return RunEnd(
+            taken=self.taken,
+            stop=self.stop_reason if self.stop_reason in ("cancelled", "interrupted") else None,
+            error=self.error,
+            note=self._note(),
+        )
+
+    def not_started(self) -> int | None:
+        """Tasks the source still held when the run stopped (None when it has no length)."""
+        if self.exhausted or self.stop_reason is None:
+            return 0
+        if self.total is None:
+            return None
+        return max(0, self.total - self.taken - self._refused)
+
+    def _note(self) -> str | None:
+        if self.stop_reason is None or self.exhausted:
+            return None
+        left = self.not_started()
+        if left is None:
+            return (
+                "stopped before the task source was exhausted; tasks not started were not recorded"
+            )
+        return f"{left} task(s) not started: the run was stopped" if left else None
 
 
-_DONE = object()
 _LOCK_SPINS = 100
 """GIL yields a worker tries before it sleeps on the task lock."""
 _ATOMIC_ITERATORS: frozenset[type] = frozenset(
     {type(iter([])), type(iter(())), type(iter(range(0)))}
 )
 """Iterators whose ``next`` runs entirely in C under the GIL: safe to share without a lock."""
+
+
+def _check_ids(tasks: list[Any] | tuple[Any, ...]) -> None:
+    """Refuse an in-memory task list with duplicate or non-integer ids before anything runs.
+
+    Raises:
+        TaskSourceError: naming the first duplicate and both its positions.
+    """
+    seen: dict[int, int] = {}
+    for position, task in enumerate(tasks, 1):
+        task_id = _task_id(task, position)
+        first = seen.setdefault(task_id, position)
+        if first != position:
+            raise TaskSourceError(
+                f"task_id {task_id} appears twice in the task list (tasks #{first} and "
+                f"#{position}); task ids must be unique within a run"
+            )
 
 
 def _resolve_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Iterable[Any], Any]:
@@ -367,9 +444,10 @@ def run_pipeline(
     commit_interval: float | None = None,
     queue_size: int = DEFAULT_MAXSIZE,
     listeners: Iterable[Listener] = (),
-    executor: Executor | None = None,
+    executor: str | Executor | None = None,
     summary_hint: str | None = None,
     handle_signals: bool = True,
+    lease: float | None = None,
     **kw: Any,
 ) -> RunResult:
     """Run ``worker_fn(task, msg_q)`` for every task, persisting through one writer thread.
@@ -381,13 +459,14 @@ def run_pipeline(
         *args: ``tasks`` and ``db_path`` positionally, in either order.
         worker_fn: does one task; sends Started/Progress/Finished on ``msg_q``. If it raises,
             the task is recorded as ``error`` with the traceback; if it returns without a
-            Finished message, the task is recorded ``done``.
-        workers: worker threads; default min(number of tasks, CPU count).
+            Finished message, the task is recorded ``done``. A task without a ``task_id``
+            attribute is recorded under its 1-based position in the source.
+        workers: tasks in flight at once; default min(number of tasks, CPU count).
         wal: write-ahead logging (readers never block the writer).
         store_task_status: False records nothing of pipeloom's own, only user handlers.
         handlers: user message type -> ``handler(conn, msgs)`` applied in batches.
         schema: ``schema(conn)`` creates user tables when the writer starts.
-        fail_fast: stop admitting tasks after the first failure; the rest are cancelled.
+        fail_fast: stop admitting tasks after the first failure.
         progress: True live bars, False nothing, None (default) bars on a terminal and plain
             lines otherwise.
         console: where progress and the summary go (the shared console by default).
@@ -398,27 +477,36 @@ def run_pipeline(
         commit_interval: longest a lone message waits before its commit (seconds).
         queue_size: messages that may wait for the writer before workers pause.
         listeners: extra post-commit listeners.
-        executor: where tasks run (threads by default).
+        executor: where tasks run: ``"threads"`` (default) or an `Executor` instance.
         summary_hint: an extra line for the summary (the CLI's "browse with" command).
-        handle_signals: on the main thread, turn Ctrl-C into a graceful stop.
+        handle_signals: on the main thread, turn Ctrl-C into a graceful stop (a second
+            Ctrl-C abandons the tasks in flight, a third raises KeyboardInterrupt).
+        lease: seconds after its last heartbeat that readers call the run stale (the writer
+            beats every lease/3 seconds; default `pipeloom.lease.DEFAULT_LEASE_S`).
         **kw: ``tasks=`` and ``db_path=`` by keyword.
 
     Returns:
-        A `RunResult`; Ctrl-C gives ``status="cancelled"`` rather than an exception.
+        A `RunResult`; Ctrl-C gives ``status="cancelled"`` rather than an exception. Tasks
+        never started after a stop get no row; `RunResult.not_started` counts them when the
+        source has a length.
 
     Raises:
+        TaskSourceError: a task list holds duplicate or non-integer task ids.
         DatabaseError: the database cannot be opened or prepared.
         WriterFailedError: the writer stopped mid-run (disk full, file removed); what it
             committed before stays.
+        PipeloomError: the executor could not start (the run is recorded ``error``).
     """
     unknown = set(kw) - {"tasks", "db_path"}
     if unknown:
         raise TypeError(f"run_pipeline got unexpected keyword(s): {', '.join(sorted(unknown))}")
     tasks, db_path = _resolve_call(args, kw)
+    if isinstance(tasks, list | tuple):
+        _check_ids(tasks)
     total = len(tasks) if isinstance(tasks, Sized) else None
-    cpu = os.cpu_count() or 1
+    pool = resolve_executor(executor)
     if workers is None:
-        workers = max(1, min(total, cpu)) if total is not None else cpu
+        workers = pool.default_workers(total, os.cpu_count() or 1)
     if workers < 1:
         raise ValueError(f"workers={workers}: use 1 or more")
     out = console or shared_console
@@ -452,6 +540,7 @@ def run_pipeline(
         tasks_total=total,
         params=params,
         synchronous=synchronous,
+        lease=lease,
         **writer_kwargs,
     )
     started = time.perf_counter()
@@ -463,49 +552,58 @@ def run_pipeline(
             raise writer.error
         raise DatabaseError(f"{db_path}: {writer.error}") from writer.error
 
-    run = _Run(iter(tasks), q, worker_fn, fail_fast)
-    pool = executor or ThreadExecutor()
+    run = _Run(iter(tasks), q, pool, fail_fast, total)
     interrupts = _InterruptHandler(run) if handle_signals else None
+    start_error: BaseException | None = None
     with contextlib.ExitStack() as stack:
         if interrupts is not None:
             stack.enter_context(interrupts)
         if display is not None:
             stack.enter_context(display)
-        pool.start(workers, run.loop)
-        abandoned = False
-        writer_failed_at: float | None = None
-        while not pool.join(0.1):
-            if writer.error is not None:
-                run.stop.set()
-                # Nothing more can be stored: workers blocked on the queue wake at once, but
-                # a task deep in its own work may take hours; do not wait for it.
-                if writer_failed_at is None:
-                    writer_failed_at = time.monotonic()
-                elif time.monotonic() - writer_failed_at > _WRITER_FAILED_GRACE:
-                    break
-            if interrupts is not None and interrupts.count >= 2:
-                abandoned = True
-                break
-        status = _finish_run(run, writer, abandoned, interrupts)
+        try:
+            pool.start(workers, worker_fn, q, run)
+        except Exception as exc:
+            start_error = exc
+            run.executor_failed(exc)
+            run.idle.set()
+        if start_error is None:
+            run.begin(workers)
+            _wait(run, writer, interrupts)
+            pool.shutdown(0.0 if run.abandoned else None)
         if writer.error is None:
-            _shutdown(q)
+            q.put_nowait(run.end_message())  # the writer records it on the run row
+            q.put_nowait(SENTINEL)
         writer.join()
+        q.fail(WriterFailedError("the run has ended; late messages are not stored"))
     elapsed = time.perf_counter() - started
     if writer.error is not None:
         raise WriterFailedError(
             f"{db_path}: the writer stopped, so the run was aborted ({writer.error}); "
             "rows committed before that are kept"
         ) from writer.error
+    if start_error is not None:
+        raise PipeloomError(
+            f"executor {type(pool).__name__} could not start ({exc_summary(start_error)}); "
+            f"the run {writer.run_id} is recorded as error in {db_path}"
+        ) from start_error
     counts = dict(writer.final_counts or writer.status_counts)
+    end = run.end_message()
     result = RunResult(
         run_id=writer.run_id,
-        status=writer.run_status or status,
+        # Without pipeloom's tables the writer kept no rows to decide from; the same rule
+        # applies to what it counted as it committed.
+        status=writer.run_status
+        or decide_run_status(
+            counts, taken=end.taken, stop=end.stop, source_failed=end.error is not None
+        ),
         counts=counts,
         failed_task_ids=list(writer.failed_task_ids),
         elapsed=elapsed,
         db_path=str(db_path),
         messages=writer.messages_applied + writer.messages_dead,
         dead_letters=writer.messages_dead,
+        error=run.error.split("\n\n", 1)[0] if run.error else None,
+        not_started=run.not_started(),
     )
     if display is not None:
         out.print(
@@ -516,53 +614,35 @@ def run_pipeline(
                 db_path=str(db_path),
                 run_id=result.run_id,
                 hint=summary_hint,
+                not_started=result.not_started,
             )
         )
     return result
 
 
-def _finish_run(
-    run: _Run, writer: SQLiteWriter, abandoned: bool, interrupts: _InterruptHandler | None
-) -> str:
-    """Record what never ran (and, after a second Ctrl-C, what was cut short)."""
-    if writer.error is not None:
-        return "error"
-    cancelled = run.stop.is_set()
-    if cancelled:
-        run.cancel_rest()
-    if abandoned:
-        for task in list(run.in_flight.values()):
-            task_id = getattr(task, "task_id", None)
-            if task_id is not None:
-                run._post(
-                    MsgTaskFinished(
-                        task_id,
-                        "interrupted",
-                        utc_now(),
-                        message="stopped by a second Ctrl-C",
-                        name=getattr(task, "name", None),
-                        key=getattr(task, "key", None),
-                    )
-                )
-    if abandoned:
-        status = "interrupted"
-    elif interrupts is not None and interrupts.count:
-        status = "cancelled"
-    elif cancelled:
-        status = "cancelled" if not run.fail_fast else "error"
-    else:
-        status = ""  # let the writer decide from the task counts
-    if status and writer.error is None:
-        run._post(MsgRunFinished(status))
-    return status or "done"
-
-
-def _shutdown(q: MessageQueue) -> None:
-    q.put_nowait(SENTINEL)
+def _wait(run: _Run, writer: SQLiteWriter, interrupts: _InterruptHandler | None) -> None:
+    """Wait for the run's slots to drain, or for a reason to stop waiting."""
+    failed_at: float | None = None
+    while not run.idle.wait(0.1):
+        if writer.error is not None or run.executor_broken:
+            run.stop("interrupted" if writer.error is not None else "cancelled")
+            # Nothing more can be stored (or run): workers blocked on the queue wake at once,
+            # but a task deep in its own work may take hours; do not wait for it.
+            if failed_at is None:
+                failed_at = time.monotonic()
+            elif time.monotonic() - failed_at > _GRACE:
+                run.abandon("abandoned: the run could not go on")
+                run.executor.cancel()
+                return
+        if interrupts is not None and interrupts.count >= 2:
+            n = run.abandon("stopped by a second Ctrl-C")
+            run.executor.cancel()
+            log.warning("second Ctrl-C: abandoned %d running task(s)", n)
+            return
 
 
 class _InterruptHandler:
-    """First Ctrl-C: stop admitting tasks. Second: stop waiting for the ones in flight."""
+    """First Ctrl-C: stop admitting tasks. Second: abandon the ones in flight. Third: raise."""
 
     def __init__(self, run: _Run) -> None:
         self.run = run
@@ -572,11 +652,13 @@ class _InterruptHandler:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.count += 1
-        self.run.stop.set()
+        self.run.stop("cancelled")
         if self.count == 1:
             shared_console.print(
                 "[yellow]Stopping: letting running tasks finish (Ctrl-C again to abandon them)"
             )
+        elif self.count >= 3:
+            raise KeyboardInterrupt
 
     def __enter__(self) -> _InterruptHandler:
         if threading.current_thread() is threading.main_thread():

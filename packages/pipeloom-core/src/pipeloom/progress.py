@@ -274,6 +274,7 @@ def render_summary(
     db_path: str,
     run_id: int | None,
     hint: str | None = None,
+    not_started: int | None = 0,
 ) -> Table:
     """Build the end-of-run summary table (statuses, elapsed, throughput, where it is)."""
     table = Table(
@@ -288,6 +289,10 @@ def render_summary(
     for status, n in sorted(counts.items()):
         if status not in ("done", "error", "cancelled"):
             table.add_row(status, f"[{styles.get(status, 'white')}]{n}")
+    if not_started is None:
+        table.add_row("not started", "[yellow]the rest of the source")
+    elif not_started:
+        table.add_row("not started", f"[yellow]{not_started}")
     table.add_row("elapsed", f"{elapsed:.2f}s")
     rate = messages / elapsed if elapsed > 0 else 0.0
     table.add_row("messages/s", f"{rate:,.0f}")

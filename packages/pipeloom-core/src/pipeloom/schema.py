@@ -1,13 +1,21 @@
-"""The run-history schema pipeloom creates on a new file.
+"""The run-history schema pipeloom creates on a new file, and telling what a file holds.
 
 The same schema is the end state of the migration set in pipeloom-observe; a test keeps the
-two equal. ``PRAGMA user_version`` records which schema a file holds, so core can refuse an
-older file with a pointer to ``pipeloom db upgrade`` instead of failing on a missing column.
+two equal. pipeloom keeps its schema version in a table of its own, ``pipeloom_schema``, so
+core can refuse an older file with a pointer to ``pipeloom db upgrade`` instead of failing on
+a missing column. ``PRAGMA user_version`` belongs to the application whose file it is:
+pipeloom never reads or writes it (pipeloom up to schema 2 stamped it with 2; such files are
+recognised by their columns, and their ``user_version`` is left as it is).
+
+A table named like one of pipeloom's but not created by pipeloom (an application's own
+``task_runs``) is told apart by its columns and refused with a clear error: pipeloom never
+writes to, rebuilds or drops a table it did not create.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
 from pipeloom.errors import DatabaseError, SchemaOutdatedError
@@ -16,17 +24,30 @@ __all__ = [
     "PIPELOOM_TABLES",
     "SCHEMA_STATEMENTS",
     "SCHEMA_VERSION",
+    "VERSION_TABLE",
     "Layout",
+    "SchemaState",
     "check_schema",
+    "conflict_error",
     "create_schema",
+    "inspect_schema",
     "layout",
     "schema_version",
 ]
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """Bump together with a new migration in pipeloom_observe.migrations."""
 
-PIPELOOM_TABLES: Final = ("pipeline_runs", "task_runs", "task_attempts", "dead_letters")
+VERSION_TABLE: Final = "pipeloom_schema"
+"""pipeloom's own record of its schema version: one row, ``id = 1``."""
+
+PIPELOOM_TABLES: Final = (
+    "pipeline_runs",
+    "task_runs",
+    "task_attempts",
+    "dead_letters",
+    VERSION_TABLE,
+)
 
 SCHEMA_STATEMENTS: Final[tuple[str, ...]] = (
     """
@@ -45,7 +66,12 @@ SCHEMA_STATEMENTS: Final[tuple[str, ...]] = (
         host TEXT,
         pid INTEGER,
         pipeloom_version TEXT,
-        params TEXT
+        params TEXT,
+        error TEXT,
+        note TEXT,
+        heartbeat_at TEXT,
+        lease_s REAL,
+        owner TEXT
     )
     """,
     """
@@ -80,7 +106,8 @@ SCHEMA_STATEMENTS: Final[tuple[str, ...]] = (
         status TEXT NOT NULL,
         started_at TEXT,
         finished_at TEXT,
-        error TEXT
+        error TEXT,
+        discarded INTEGER NOT NULL DEFAULT 0
     )
     """,
     "CREATE INDEX IF NOT EXISTS idx_task_attempts_run_task ON task_attempts (run_id, task_id)",
@@ -95,35 +122,129 @@ SCHEMA_STATEMENTS: Final[tuple[str, ...]] = (
     )
     """,
     "CREATE INDEX IF NOT EXISTS idx_dead_letters_run ON dead_letters (run_id)",
+    f"""
+    CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        version INTEGER NOT NULL
+    )
+    """,
 )
 """Idempotent DDL for the current schema, in dependency order."""
 
 
-def schema_version(conn: sqlite3.Connection) -> int:
-    """Return the schema version recorded in the file (0 for a file pipeloom never stamped)."""
-    row = conn.execute("PRAGMA user_version").fetchone()
-    return int(row[0])
+Layout: TypeAlias = Literal["current", "outdated", "newer", "empty", "foreign", "conflict"]
+"""What a file holds: pipeloom's current schema, an older or newer one, nothing, only other
+applications' tables, or (``conflict``) a table named like one of pipeloom's that pipeloom
+did not create."""
+
+_ORIGINAL_TASK_RUNS: Final = frozenset(
+    {"id", "name", "status", "progress", "message", "started_at", "finished_at", "result"}
+)
+"""Columns of the single-run ``task_runs`` of the original pipeloom (0.0.7)."""
+
+_V2_COLUMNS: Final[dict[str, frozenset[str]]] = {
+    "pipeline_runs": frozenset(
+        {"id", "name", "status", "started_at", "finished_at", "workers", "tasks_total"}
+        | {"tasks_done", "tasks_error", "tasks_cancelled", "messages", "host", "pid"}
+        | {"pipeloom_version", "params"}
+    ),
+    "task_runs": frozenset(
+        {"id", "run_id", "task_id", "task_key", "name", "status", "progress", "step", "total"}
+        | {"message", "started_at", "finished_at", "result", "error", "attempt"}
+    ),
+    "task_attempts": frozenset(
+        {"id", "run_id", "task_id", "attempt", "status", "started_at", "finished_at", "error"}
+    ),
+    "dead_letters": frozenset({"id", "run_id", "created_at", "msg_type", "payload", "error"}),
+}
+"""Columns every pipeloom table had at schema 2 (the last version kept in user_version)."""
 
 
-Layout: TypeAlias = Literal["current", "outdated", "newer", "empty", "foreign"]
-"""What a file holds: pipeloom's current schema, an older or newer one, nothing, or other tables."""
+@dataclass(frozen=True, slots=True)
+class SchemaState:
+    """What `inspect_schema` found in a file."""
+
+    layout: Layout
+    """The kind of file (see `Layout`)."""
+    version: int
+    """pipeloom's schema version in the file; 0 when pipeloom has no schema in it."""
+    conflict: str | None = None
+    """For ``conflict``: which table is not pipeloom's and why, in one sentence."""
 
 
-def _read_layout(conn: sqlite3.Connection) -> tuple[Layout, int]:
-    # One statement is one read snapshot: read separately, the version and the table list
-    # can straddle another process's schema-creating commit and look like an old layout.
-    version, run_tables, any_tables = conn.execute(
-        "SELECT (SELECT user_version FROM pragma_user_version), "
-        "EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' "
-        "AND name IN ('task_runs', 'pipeline_runs')), "
-        "EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table')"
-    ).fetchone()
-    version = int(version)
-    if run_tables:
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {str(row[0]) for row in conn.execute("SELECT name FROM pragma_table_info(?)", (table,))}
+
+
+def _names(columns: set[str] | frozenset[str]) -> str:
+    return ", ".join(sorted(columns))
+
+
+def _not_ours(conn: sqlite3.Connection, table: str) -> str | None:
+    """Say why ``table`` (present, named like one of pipeloom's) is not pipeloom's, or None."""
+    have = _columns(conn, table)
+    if table == "task_runs" and have > _ORIGINAL_TASK_RUNS and "run_id" not in have:
+        return (
+            f"table task_runs has the original pipeloom layout plus columns pipeloom did not "
+            f"create ({_names(have - _ORIGINAL_TASK_RUNS)}); upgrading rebuilds that table, "
+            "which would lose them, so it is refused (move those columns to a table of your "
+            "own first)"
+        )
+    missing = _V2_COLUMNS[table] - have
+    if not missing:
+        return None
+    return (
+        f"table {table} was not created by pipeloom (its columns: {_names(have)}; pipeloom's "
+        f"{table} also has {_names(missing)})"
+    )
+
+
+def _inspect(conn: sqlite3.Connection) -> SchemaState:
+    tables = {
+        str(row[0]) for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    }
+    if VERSION_TABLE in tables:
+        version = None
+        if "version" in _columns(conn, VERSION_TABLE):
+            version = conn.execute(f"SELECT max(version) FROM {VERSION_TABLE}").fetchone()[0]
+        if not isinstance(version, int):
+            return SchemaState(
+                "conflict", 0, f"table {VERSION_TABLE} holds no pipeloom schema version"
+            )
         if version == SCHEMA_VERSION:
-            return "current", version
-        return ("newer" if version > SCHEMA_VERSION else "outdated"), version
-    return ("foreign" if any_tables else "empty"), version
+            return SchemaState("current", version)
+        return SchemaState("newer" if version > SCHEMA_VERSION else "outdated", version)
+    ours = [table for table in PIPELOOM_TABLES if table in tables]
+    if not ours:
+        return SchemaState("foreign" if tables else "empty", 0)
+    # Written before the version table existed: schema 0 (the original single-run layout) or
+    # schema 2, told apart from other applications' tables by their columns alone.
+    if ours == ["task_runs"] and _columns(conn, "task_runs") == _ORIGINAL_TASK_RUNS:
+        return SchemaState("outdated", 0)
+    for table in ours:
+        problem = _not_ours(conn, table)
+        if problem is not None:
+            return SchemaState("conflict", 0, problem)
+    return SchemaState("outdated", 2)
+
+
+def inspect_schema(conn: sqlite3.Connection) -> SchemaState:
+    """Classify the file and read pipeloom's schema version; never writes.
+
+    Everything is read in one read transaction: read separately, the version and the table
+    list could straddle another process's schema-creating commit and look like an old layout.
+
+    Raises:
+        sqlite3.DatabaseError: the file is not a SQLite database.
+    """
+    if conn.in_transaction:
+        return _inspect(conn)
+    conn.execute("BEGIN")
+    try:
+        return _inspect(conn)
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
 
 
 def layout(conn: sqlite3.Connection) -> Layout:
@@ -132,7 +253,21 @@ def layout(conn: sqlite3.Connection) -> Layout:
     Raises:
         sqlite3.DatabaseError: the file is not a SQLite database.
     """
-    return _read_layout(conn)[0]
+    return inspect_schema(conn).layout
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """Return pipeloom's schema version in the file (0 when pipeloom has no schema in it)."""
+    return inspect_schema(conn).version
+
+
+def conflict_error(db_label: str, state: SchemaState) -> DatabaseError:
+    """The error for a file where a table named like one of pipeloom's is someone else's."""
+    return DatabaseError(
+        f"{db_label}: {state.conflict}. pipeloom never changes a table it did not create: "
+        "record runs in another file, or pass store_task_status=False to keep only your own "
+        "handlers' tables in this one"
+    )
 
 
 def check_schema(conn: sqlite3.Connection, db_label: str) -> bool:
@@ -140,31 +275,38 @@ def check_schema(conn: sqlite3.Connection, db_label: str) -> bool:
 
     Returns:
         True when the current schema is present, False when the file has no pipeloom tables
-        yet (so `create_schema` may create them).
+        yet (so `create_schema` may create them beside any other tables).
 
     Raises:
         SchemaOutdatedError: the file holds an older pipeloom layout.
-        DatabaseError: the file was written by a newer pipeloom (or another program stamped a
-            higher ``user_version``, which pipeloom must not overwrite).
+        DatabaseError: the file was written by a newer pipeloom, or a table named like one
+            of pipeloom's was created by another program.
     """
-    kind, version = _read_layout(conn)
-    if kind == "current":
+    state = inspect_schema(conn)
+    if state.layout == "current":
         return True
-    if version > SCHEMA_VERSION:
+    if state.layout == "newer":
         raise DatabaseError(
-            f"{db_label}: schema version {version} is newer than this pipeloom understands "
-            f"({SCHEMA_VERSION}); upgrade pipeloom to open it"
+            f"{db_label}: pipeloom schema version {state.version} is newer than this pipeloom "
+            f"understands ({SCHEMA_VERSION}); upgrade pipeloom to open it"
         )
-    if kind == "outdated":
+    if state.layout == "conflict":
+        raise conflict_error(db_label, state)
+    if state.layout == "outdated":
         raise SchemaOutdatedError(
-            f"{db_label}: holds an older pipeloom schema (version {version}, current "
+            f"{db_label}: holds an older pipeloom schema (version {state.version}, current "
             f"{SCHEMA_VERSION}); run `pipeloom db upgrade {db_label}` to upgrade it in place"
         )
     return False
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
-    """Create every pipeloom table and index and stamp the schema version."""
+    """Create every pipeloom table and index and record the schema version in its table.
+
+    ``PRAGMA user_version`` is left alone: it belongs to the application.
+    """
     for statement in SCHEMA_STATEMENTS:
         conn.execute(statement)
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    conn.execute(
+        f"INSERT OR REPLACE INTO {VERSION_TABLE} (id, version) VALUES (1, ?)", (SCHEMA_VERSION,)
+    )

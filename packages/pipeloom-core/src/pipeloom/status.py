@@ -95,17 +95,17 @@ def decide_run_status(
         source_failed: the task source raised, so tasks after that point were never seen.
 
     Returns:
-        ``interrupted`` when tasks were abandoned or not all tasks are terminal; ``error``
-        when the source failed or any task failed; ``cancelled`` after a deliberate stop;
+        ``interrupted`` after an abandoning stop; ``error`` when the source failed, any task
+        failed or some task taken has no terminal row; ``cancelled`` after a deliberate stop;
         ``done`` only when every task taken ended ``done`` or ``skipped``.
     """
     terminal = sum(n for status, n in counts.items() if status in TERMINAL)
     unaccounted = sum(n for status, n in counts.items() if status not in TERMINAL)
     if taken is not None and terminal < taken:
         unaccounted += taken - terminal
-    if stop == "interrupted" or unaccounted:
+    if stop == "interrupted":
         return "interrupted"
-    if source_failed or count_failed(counts):
+    if source_failed or unaccounted or count_failed(counts):
         return "error"
     if stop == "cancelled" or counts.get("cancelled", 0):
         return "cancelled"

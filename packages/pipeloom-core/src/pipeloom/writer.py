@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from pipeloom._control import Refused, RunEnd
 from pipeloom._fold import (
     AppliedBatch,
     _Fold,
@@ -37,6 +38,13 @@ from pipeloom._text import storable
 from pipeloom._version import __version__
 from pipeloom.db import MEMORY, Synchronous, connect, init_schema, wal_checkpoint
 from pipeloom.errors import DatabaseError, WriterFailedError
+from pipeloom.lease import (
+    DEFAULT_LEASE_S,
+    STALE_SQL,
+    heartbeat_every,
+    owner_identity,
+    provable_owner,
+)
 from pipeloom.messages import (
     SENTINEL,
     MsgRunFinished,
@@ -46,6 +54,7 @@ from pipeloom.messages import (
     MsgTaskStarted,
     utc_now,
 )
+from pipeloom.status import ACTIVE, FAILED, TERMINAL, count_failed, decide_run_status, sql_in
 
 __all__ = [
     "AppliedBatch",
@@ -111,6 +120,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         synchronous: Synchronous = "NORMAL",
         batch_size: int = DEFAULT_BATCH_SIZE,
         commit_interval: float = DEFAULT_COMMIT_INTERVAL,
+        lease: float | None = None,
     ) -> None:
         """Prepare the writer; nothing touches the database until ``start``.
 
@@ -131,10 +141,24 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             synchronous: NORMAL (fast, safe from corruption) or FULL (survives power loss).
             batch_size: most messages applied in one transaction.
             commit_interval: longest wait for more messages before a small batch commits.
+            lease: seconds after its last heartbeat that this run may be called stale by
+                readers and interrupted by another writer (default `DEFAULT_LEASE_S`, 15 s).
+                The writer beats every third of it, also when no messages flow; a user
+                handler or schema hook that blocks the writer longer than the lease makes
+                the run look dead.
         """
         super().__init__(name="pipeloom-writer", daemon=True)
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: use at least 1")
+        if lease is None:
+            lease = DEFAULT_LEASE_S
+        if not 0 < lease < float("inf"):
+            raise ValueError(
+                f"lease={lease!r}: use a positive number of seconds (default {DEFAULT_LEASE_S})"
+            )
+        self.lease = float(lease)
+        self._beat_every = heartbeat_every(self.lease)
+        self._last_beat = 0.0
         self.db_path = db_path
         self.msg_q = msg_q
         self.wal = wal
@@ -167,6 +191,9 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         """Tasks per status in the run, read back from the database at shutdown."""
         self.failed_task_ids: list[int] = []
         """task_id of every task that ended in error or timeout."""
+        self._run_end: RunEnd | None = None
+        self._stop_hint: str | None = None
+        self._uncounted = 0
         self._conn: sqlite3.Connection | None = None
         self._warned_types: set[type[Any]] = set()
         self._file: _FileIdentity | None = None
@@ -318,56 +345,122 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         if conn.in_transaction:
             conn.execute("COMMIT")
 
-    def _mark_interrupted(self, conn: sqlite3.Connection) -> None:
+    def _dead_runs(self, conn: sqlite3.Connection) -> list[tuple[int, str]]:
+        """Find other runs still ``running`` whose writer is provably gone, with the reason.
+
+        A run with a lease is gone once its heartbeat is older than the lease, or sooner when
+        its owner is this very host, PID namespace and boot and its pid no longer exists. A
+        run written before leases existed keeps the old rule: its pid is gone on this host.
+        """
         host = socket.gethostname()
         rows = conn.execute(
-            "SELECT id, host, pid FROM pipeline_runs WHERE status = 'running'"
+            "SELECT id, host, pid, owner, heartbeat_at, lease_s, "
+            f"{STALE_SQL} FROM pipeline_runs WHERE status = 'running'"
         ).fetchall()
-        dead = [r[0] for r in rows if r[1] == host and r[2] is not None and not _pid_alive(r[2])]
-        if not dead:
+        dead: list[tuple[int, str]] = []
+        for run_id, run_host, pid, owner, beat, lease_s, expired in rows:
+            gone = pid is not None and not _pid_alive(int(pid))
+            if beat is not None and lease_s is not None:
+                if expired:
+                    dead.append((run_id, f"no heartbeat since {beat} (lease {lease_s} s)"))
+                elif gone and provable_owner(owner):
+                    dead.append((run_id, f"its process {pid} is gone"))
+            elif run_host == host and gone:
+                dead.append((run_id, f"its process {pid} on {host} is gone"))
+        return dead
+
+    def _mark_interrupted(self, conn: sqlite3.Connection) -> None:
+        if not self._dead_runs(conn):
             return
         now = utc_now()
         conn.execute("BEGIN IMMEDIATE")
-        for run_id in dead:
+        # Again under the write lock: a run may have beaten or finished since the first look.
+        dead = self._dead_runs(conn)
+        for run_id, why in dead:
             conn.execute(
                 "UPDATE task_runs SET status = 'interrupted', finished_at = ? "
                 "WHERE run_id = ? AND status IN ('running', 'queued')",
                 (now, run_id),
             )
             conn.execute(
-                "UPDATE pipeline_runs SET status = 'interrupted', finished_at = ? WHERE id = ?",
-                (now, run_id),
+                "UPDATE pipeline_runs SET status = 'interrupted', finished_at = ?, "
+                "error = COALESCE(error, ?) WHERE id = ?",
+                (now, _truncate(f"the writer stopped: {why}"), run_id),
             )
             self._store_counts(conn, run_id)
         conn.execute("COMMIT")
-        log.warning("marked %d run(s) left running by a dead process as interrupted", len(dead))
+        if dead:
+            log.warning(
+                "marked %d run(s) whose writer is gone as interrupted: %s",
+                len(dead),
+                "; ".join(f"run {run_id}: {why}" for run_id, why in dead),
+            )
 
     def _insert_run(self, conn: sqlite3.Connection) -> int:
+        now = utc_now()
         cur = conn.execute(
             "INSERT INTO pipeline_runs (name, status, started_at, workers, tasks_total, host, "
-            "pid, pipeloom_version, params) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+            "pid, pipeloom_version, params, heartbeat_at, lease_s, owner) "
+            "VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 self.run_name,
-                utc_now(),
+                now,
                 self.workers,
                 self.tasks_total or 0,
                 socket.gethostname(),
                 os.getpid(),
                 __version__,
                 json.dumps(self.params, default=str),
+                now,
+                self.lease,
+                owner_identity(),
             ),
         )
         assert cur.lastrowid is not None
+        self._last_beat = time.monotonic()
         return cur.lastrowid
+
+    def _heartbeat(self) -> None:
+        """Refresh this run's ``heartbeat_at`` when a third of the lease has passed.
+
+        Called after each batch and whenever the queue is idle, so the run stays alive
+        through long tasks that send nothing; at most one tiny commit per third of a lease.
+        A busy file only delays the beat (the next tick retries); a fatal error stops the
+        writer as any other write would.
+        """
+        conn = self._conn
+        if conn is None or self.run_id is None or not self.store_task_status:
+            return
+        now = time.monotonic()
+        if now - self._last_beat < self._beat_every:
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "UPDATE pipeline_runs SET heartbeat_at = ? WHERE id = ?", (utc_now(), self.run_id)
+            )
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if _is_fatal(exc):
+                raise
+            log.warning(
+                "%s: heartbeat of run %s failed (%s); retrying", self.db_path, self.run_id, exc
+            )
+            return
+        self._last_beat = now
 
     def _loop(self) -> None:
         get, get_nowait = self.msg_q.get, self.msg_q.get_nowait
         batch_size, interval = self.batch_size, self.commit_interval
         monotonic, sleep = time.monotonic, time.sleep
+        idle_wait = min(0.5, self._beat_every)
         while True:
             try:
-                first = get(True, 0.5)
+                first = get(True, idle_wait)
             except queue.Empty:
+                self._heartbeat()
                 continue
             if first is SENTINEL:
                 return
@@ -397,6 +490,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             self._apply(batch)
             if stop:
                 return
+            self._heartbeat()
 
     # -- applying a batch ---------------------------------------------------------------
 
@@ -433,11 +527,12 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         applied = fold.applied
         applied.messages = len(batch)
         applied.dead_letters = len(dead)
-        self.messages_applied += len(batch) - len(dead)
+        self.messages_applied += len(batch) - len(dead) - self._uncounted
+        self._uncounted = 0
         self.messages_dead += len(dead)
         for task_id, status in applied.finished:
             self.status_counts[status] = self.status_counts.get(status, 0) + 1
-            if status == "error" or status == "timeout":
+            if status in FAILED:
                 self.failed_task_ids.append(task_id)
         self._notify(applied)
 
@@ -454,15 +549,8 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             cls = type(msg)
             if cls is MsgTaskProgress or cls is MsgTaskStarted or cls is MsgTaskFinished:
                 lifecycle.append(msg)
-            elif cls is MsgRunFinished:
-                status = msg.status
-                if type(status) is str and status in RUN_STATUSES:
-                    self.run_status = status
-                else:
-                    reason = (
-                        f"run status {_payload(status)} is not one of {', '.join(RUN_STATUSES)}"
-                    )
-                    dead.append((msg, reason))
+            elif cls is MsgRunFinished or cls is RunEnd or cls is Refused:
+                self._control(msg, dead)
             else:
                 try:
                     group = groups.get(cls)
@@ -560,6 +648,23 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                 self._refused = arg1 or "COMMIT"
             return sqlite3.SQLITE_DENY
         return sqlite3.SQLITE_OK
+
+    def _control(self, msg: Any, dead: list[tuple[Any, str]]) -> None:
+        """Note the engine's account of the run; dead-letter what a worker tried to send."""
+        cls = msg.__class__
+        if cls is RunEnd:
+            self._run_end = msg
+            self._uncounted += 1  # the engine's bookkeeping, not a message anybody sent
+        elif cls is Refused:
+            dead.append((msg.msg, msg.reason))
+        elif type(msg.status) is str and msg.status in RUN_STATUSES:
+            # A bare writer's owner may say the run was stopped; whether it is done is
+            # decided from the rows (decide_run_status), never taken on someone's word.
+            if msg.status in ("cancelled", "interrupted"):
+                self._stop_hint = msg.status
+        else:
+            reason = f"run status {_payload(msg.status)} is not one of {', '.join(RUN_STATUSES)}"
+            dead.append((msg, reason))
 
     def _apply_lifecycle(
         self,
@@ -785,7 +890,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             (
                 sum(counts.values()),
                 counts.get("done", 0),
-                counts.get("error", 0) + counts.get("timeout", 0),
+                count_failed(counts),
                 counts.get("cancelled", 0),
                 run_id,
             ),
@@ -796,17 +901,48 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         conn = self._conn
         if conn is None or not self.store_task_status or self.run_id is None:
             return
+        end = self._run_end
         # IMMEDIATE: this transaction reads before it writes, and a deferred one would fail
         # at once (SQLITE_BUSY, no busy wait) if another process committed in between.
         conn.execute("BEGIN IMMEDIATE")
+        now = utc_now()
+        # A task still active in a finished run never got its finish (its worker never sent
+        # one, or it was lost): say so on its row rather than leave it looking alive.
+        left = conn.execute(
+            "UPDATE task_runs SET status = 'interrupted', finished_at = ?, "
+            "message = 'no finish was recorded for this task (its worker never reported one)' "
+            f"WHERE run_id = ? AND status IN {sql_in(ACTIVE)}",
+            (now, self.run_id),
+        ).rowcount
         counts = self._store_counts(conn, self.run_id)
-        status = self.run_status
-        if status is None:
-            failed = counts.get("error", 0) + counts.get("timeout", 0)
-            status = "error" if failed else "done"
+        status = decide_run_status(
+            counts,
+            taken=end.taken if end is not None else None,
+            stop=end.stop if end is not None else self._stop_hint,
+            source_failed=end is not None and end.error is not None,
+        )
+        notes = [end.note] if end is not None and end.note else []
+        if left:
+            notes.append(f"{left} task(s) had no finish recorded and were marked interrupted")
+        missing = (end.taken if end is not None else 0) - sum(
+            n for st, n in counts.items() if st in TERMINAL
+        )
+        if missing > 0:
+            notes.append(
+                f"{missing} task(s) taken from the source have no row (their messages were "
+                "dead-lettered; see dead_letters)"
+            )
         conn.execute(
-            "UPDATE pipeline_runs SET status = ?, finished_at = ?, messages = ? WHERE id = ?",
-            (status, utc_now(), self.messages_applied + self.messages_dead, self.run_id),
+            "UPDATE pipeline_runs SET status = ?, finished_at = ?, messages = ?, error = ?, "
+            "note = ? WHERE id = ?",
+            (
+                status,
+                now,
+                self.messages_applied + self.messages_dead,
+                storable(end.error) if end is not None and end.error else None,
+                "; ".join(notes) or None,
+                self.run_id,
+            ),
         )
         conn.execute("COMMIT")
         self.run_status = status
@@ -814,7 +950,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         self.failed_task_ids = [
             int(r[0])
             for r in conn.execute(
-                "SELECT task_id FROM task_runs WHERE run_id = ? AND status IN ('error', 'timeout') "
+                f"SELECT task_id FROM task_runs WHERE run_id = ? AND status IN {sql_in(FAILED)} "
                 "ORDER BY task_id",
                 (self.run_id,),
             )

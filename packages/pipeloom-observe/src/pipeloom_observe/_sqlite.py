@@ -11,7 +11,7 @@ from pipeloom.db import connect_readonly
 from pipeloom.errors import DatabaseError
 from pipeloom.schema import Layout, layout
 
-__all__ = ["Layout", "file_layout", "read_only", "require_file", "user_version"]
+__all__ = ["Layout", "file_layout", "read_only", "require_file"]
 
 
 def require_file(db_path: str | Path) -> Path:
@@ -51,19 +51,3 @@ def file_layout(db_path: str | Path) -> tuple[Path, Layout]:
     """
     with read_only(db_path) as (conn, path):
         return path, layout(conn)
-
-
-def user_version(conn: sqlite3.Connection, path: Path) -> int:
-    """Return the schema version stamped in the file, checking on the way that it is SQLite.
-
-    Raises:
-        DatabaseError: the file is not a SQLite database.
-    """
-    try:
-        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-    except sqlite3.DatabaseError as exc:
-        raise DatabaseError(
-            f"{path}: is not a SQLite database ({exc}); pass a pipeloom run database"
-        ) from exc
-    return int(version)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from pipeloom.schema import SCHEMA_VERSION, Layout, layout
+from pipeloom.schema import SCHEMA_VERSION, Layout, inspect_schema
 from pipeloom_observe._sqlite import read_only
 from pipeloom_observe.migrations import migrations
 
@@ -28,9 +28,11 @@ class DatabaseInfo:
     journal_mode: str
     """SQLite's journal mode (``wal`` for files pipeloom writes)."""
     schema_version: int
-    """``PRAGMA user_version``; pipeloom's current schema is `SCHEMA_VERSION`."""
+    """pipeloom's schema version in the file (0: none); this pipeloom's is `SCHEMA_VERSION`."""
     layout: Layout
     """Whether the file holds the current pipeloom schema, an older one, or no pipeloom tables."""
+    conflict: str | None = None
+    """For a ``conflict`` layout: which table is not pipeloom's, and why."""
     applied: list[tuple[str, str]] = field(default_factory=list)
     """(name, applied_at) of recorded migrations."""
     pending: list[str] = field(default_factory=list)
@@ -65,24 +67,28 @@ def database_info(db_path: str | Path) -> DatabaseInfo:
         DatabaseError: the file is missing or is not a SQLite database.
     """
     with read_only(db_path) as (conn, path):
-        kind = layout(conn)
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        state = inspect_schema(conn)
         (journal_mode,) = conn.execute("PRAGMA journal_mode").fetchone()
         db = Database(conn, execute_plugins=False)
         applied = [(m.name, m.applied_at) for m in migrations.applied(db)]
-        pending = [m.name for m in migrations.pending(db)]
-        runs_rows = _count(conn, "SELECT 'runs', COUNT(*) FROM pipeline_runs")
-        statuses = _count(
-            conn, "SELECT status, COUNT(*) FROM task_runs GROUP BY status ORDER BY status"
-        )
+        # Another program's table: no migration may run, so none is pending.
+        pending = [] if state.layout == "conflict" else [m.name for m in migrations.pending(db)]
+        runs_rows: list[tuple[str, int]] = []
+        statuses: list[tuple[str, int]] = []
+        if state.layout != "conflict":  # another program's table: its rows are not runs
+            runs_rows = _count(conn, "SELECT 'runs', COUNT(*) FROM pipeline_runs")
+            statuses = _count(
+                conn, "SELECT status, COUNT(*) FROM task_runs GROUP BY status ORDER BY status"
+            )
     wal = path.with_name(path.name + "-wal")
     return DatabaseInfo(
         path=path,
         size_bytes=path.stat().st_size,
         wal_bytes=wal.stat().st_size if wal.exists() else None,
         journal_mode=str(journal_mode),
-        schema_version=int(version),
-        layout=kind,
+        schema_version=state.version,
+        layout=state.layout,
+        conflict=state.conflict,
         applied=applied,
         pending=pending,
         runs=runs_rows[0][1] if runs_rows else None,

@@ -17,6 +17,7 @@ import yaml
 from datasette.utils import tilde_encode
 
 from pipeloom.errors import PipeloomError
+from pipeloom.lease import stale_sql
 from pipeloom_observe._sqlite import Layout
 
 __all__ = [
@@ -37,6 +38,11 @@ _FAILED: Final = "('error', 'timeout')"
 # Durations come from ISO 8601 UTC text; julianday() understands the "+00:00" suffix.
 _SECONDS = "ROUND((julianday({end}) - julianday({start})) * 86400, 3)"
 
+# A running run whose lease expired (pipeloom.lease, the one definition): its clock stops at
+# its last heartbeat instead of growing forever.
+_STALE = stale_sql("r")
+_RUN_END = f"CASE WHEN {_STALE} THEN r.heartbeat_at ELSE COALESCE(r.finished_at, 'now') END"
+
 QUERIES: Final[dict[str, dict[str, Any]]] = {
     "latest_run": {
         "title": "Latest run",
@@ -46,9 +52,11 @@ SELECT
   r.id AS run_id,
   r.name,
   r.status,
+  {_STALE} AS stale,
+  r.heartbeat_at,
   r.started_at,
   r.finished_at,
-  {_SECONDS.format(end="COALESCE(r.finished_at, 'now')", start="r.started_at")} AS seconds,
+  {_SECONDS.format(end=_RUN_END, start="r.started_at")} AS seconds,
   r.workers,
   COUNT(t.id) AS tasks,
   COALESCE(SUM(t.status = 'done'), 0) AS done,
@@ -58,6 +66,28 @@ FROM pipeline_runs r
 LEFT JOIN task_runs t ON t.run_id = r.id
 WHERE r.id = (SELECT MAX(id) FROM pipeline_runs)
 GROUP BY r.id
+""".strip(),
+    },
+    "runs": {
+        "title": "Runs",
+        "description": (
+            "Every run, newest first. stale = 1: still 'running' in the file, but its writer "
+            "stopped sending heartbeats (its process died or is stuck)."
+        ),
+        "sql": f"""
+SELECT
+  r.id AS run_id,
+  r.name,
+  CASE WHEN {_STALE} THEN 'stale' ELSE r.status END AS status,
+  {_STALE} AS stale,
+  r.started_at,
+  r.finished_at,
+  {_SECONDS.format(end=_RUN_END, start="r.started_at")} AS seconds,
+  r.heartbeat_at,
+  r.error
+FROM pipeline_runs r
+ORDER BY r.id DESC
+LIMIT 1000
 """.strip(),
     },
     "failures": {
@@ -203,6 +233,11 @@ def layout_note(kind: Layout, file_name: str) -> str | None:
         return (
             f"{file_name} was written by a newer pipeloom: its tables are shown as they are; "
             "upgrade pipeloom-observe for the run-history queries and chart."
+        )
+    if kind == "conflict":
+        return (
+            f"{file_name} holds a table named like one of pipeloom's that pipeloom did not "
+            "create (see `pipeloom db info`): it is shown as a plain SQLite file."
         )
     return (
         f"{file_name} has no pipeloom tables (pipeline_runs, task_runs): it is shown as a plain "

@@ -5,6 +5,11 @@ statements: a file upgraded years later must go through the same steps as one up
 Every migration is idempotent, so applying the set to a file that core created (which already
 holds the current schema but has no ``_sqlite_migrations`` record) only records the names.
 A test keeps the set's end state equal to ``pipeloom.schema.SCHEMA_STATEMENTS``.
+
+`upgrade` is the way to apply them: it refuses a file where a table named like one of
+pipeloom's belongs to another program (a migration would rebuild or extend it), and it leaves
+``PRAGMA user_version`` as it found it (m002, frozen history, stamps it with 2; since schema 3
+the version lives in ``pipeloom_schema`` and ``user_version`` is the application's).
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ from sqlite_utils.migrations import Migrations
 
 from pipeloom.errors import DatabaseError
 from pipeloom.messages import utc_now
-from pipeloom.schema import SCHEMA_VERSION
-from pipeloom_observe._sqlite import read_only, require_file, user_version
+from pipeloom.schema import SCHEMA_VERSION, conflict_error, inspect_schema
+from pipeloom_observe._sqlite import read_only, require_file
 from pipeloom_observe._version import __version__
 
 __all__ = [
@@ -201,12 +206,60 @@ def m002_run_history(db: Database) -> None:
         db.execute("PRAGMA user_version = 2")
 
 
-def _refuse_newer(version: int, path: Path) -> None:
-    if version > SCHEMA_VERSION:
-        raise DatabaseError(
-            f"{path}: schema version {version} is newer than this pipeloom understands "
-            f"({SCHEMA_VERSION}); upgrade pipeloom-observe to work with it"
+_V3_RUN_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
+    ("error", "TEXT"),
+    ("note", "TEXT"),
+    ("heartbeat_at", "TEXT"),
+    ("lease_s", "REAL"),
+    ("owner", "TEXT"),
+)
+
+
+@migrations(name="m003_version_table_and_liveness")
+def m003_version_table_and_liveness(db: Database) -> None:
+    """Keep the schema version in ``pipeloom_schema``; add the run's lease and outcome columns.
+
+    ``pipeline_runs`` gains ``heartbeat_at``, ``lease_s`` and ``owner`` (liveness as a
+    lease), ``error`` and ``note`` (why a run failed as a whole, what was not recorded);
+    ``task_attempts`` gains ``discarded`` (messages of a failed attempt that were not
+    applied). Columns are added, never rebuilt, so columns a user added stay with their data.
+    ``PRAGMA user_version`` is not touched: a file stamped 2 by earlier pipeloom keeps its 2.
+    """
+    db.execute(
+        """
+        CREATE TABLE IF NOT EXISTS pipeloom_schema (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            version INTEGER NOT NULL
         )
+        """
+    )
+    have = _columns(db, "pipeline_runs")
+    for column, kind in _V3_RUN_COLUMNS:
+        if column not in have:
+            db.execute(f"ALTER TABLE pipeline_runs ADD COLUMN {column} {kind}")
+    if "discarded" not in _columns(db, "task_attempts"):
+        db.execute("ALTER TABLE task_attempts ADD COLUMN discarded INTEGER NOT NULL DEFAULT 0")
+    db.execute(
+        "INSERT INTO pipeloom_schema (id, version) VALUES (1, 3) "
+        "ON CONFLICT (id) DO UPDATE SET version = max(version, excluded.version)"
+    )
+
+
+def _refuse_unusable(conn: sqlite3.Connection, path: Path) -> None:
+    """Refuse a file no migration may touch: not SQLite, a newer pipeloom, another's table."""
+    try:
+        state = inspect_schema(conn)
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseError(
+            f"{path}: is not a SQLite database ({exc}); pass a pipeloom run database"
+        ) from exc
+    if state.layout == "newer":
+        raise DatabaseError(
+            f"{path}: pipeloom schema version {state.version} is newer than this pipeloom "
+            f"understands ({SCHEMA_VERSION}); upgrade pipeloom-observe to work with it"
+        )
+    if state.layout == "conflict":
+        raise conflict_error(str(path), state)
 
 
 def applied(db_path: str | Path) -> list[tuple[str, str]]:
@@ -248,7 +301,7 @@ def upgrade(db_path: str | Path) -> list[str]:
     except sqlite3.Error as exc:
         raise DatabaseError(f"{path}: cannot open database ({exc})") from exc
     try:
-        _refuse_newer(user_version(conn, path), path)
+        _refuse_unusable(conn, path)
         db = Database(conn, execute_plugins=False)
         if not migrations.pending(db):
             return []
@@ -258,8 +311,15 @@ def upgrade(db_path: str | Path) -> list[str]:
             # either the old or the new schema. Each migration nests as a savepoint.
             conn.execute("BEGIN IMMEDIATE")
             try:
+                # Again under the lock: another process may have changed the file since.
+                _refuse_unusable(conn, path)
                 names = [m.name for m in migrations.pending(db)]
+                (found,) = conn.execute("PRAGMA user_version").fetchone()
                 migrations.apply(db)
+                # m002 stamps user_version 2 (frozen history); the value is the app's, so
+                # it is put back as it was. Read only for that, never interpreted.
+                if conn.execute("PRAGMA user_version").fetchone()[0] != found:
+                    conn.execute(f"PRAGMA user_version = {int(found)}")
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:

@@ -19,7 +19,11 @@ DbArg = Annotated[Path, typer.Argument(help="The run database file.", show_defau
 
 @app.command("upgrade")
 def upgrade(db: DbArg) -> None:
-    """Bring a run database's schema up to date in place, keeping every row."""
+    """Bring a run database's schema up to date in place, keeping every row.
+
+    A table pipeloom did not create (an application's own ``task_runs``) is never changed:
+    the upgrade is refused with an error naming it.
+    """
     # sqlite-utils is imported here so that other commands start faster.
     from pipeloom_observe.info import database_info
     from pipeloom_observe.migrations import upgrade as apply_migrations
@@ -63,6 +67,11 @@ def _describe(info: DatabaseInfo) -> list[str]:
         lines.append(f"                 run `pipeloom db upgrade {info.path}` to upgrade in place")
     elif info.layout in ("empty", "foreign"):
         lines.append("                 no pipeloom tables in this file")
+    elif info.layout == "conflict":
+        lines.append(f"                 not usable by pipeloom: {info.conflict}")
+        lines.append(
+            "                 (record runs in another file, or pass store_task_status=False)"
+        )
     lines.append(f"runs:            {'-' if info.runs is None else info.runs}")
     by_status = ", ".join(f"{status} {count}" for status, count in info.tasks_by_status.items())
     lines.append(f"tasks:           {info.tasks}" + (f" ({by_status})" if by_status else ""))

@@ -28,7 +28,15 @@ from pipeloom import (
 )
 from pipeloom_cli._dbfile import observe_hint, prepare_for_write
 from pipeloom_cli._errors import exit_code_for, user_errors
-from pipeloom_cli._options import LogFile, Verbose, Workers, start_logging
+from pipeloom_cli._options import (
+    DaskAddress,
+    ExecutorName,
+    LogFile,
+    Verbose,
+    Workers,
+    choose_executor,
+    start_logging,
+)
 
 __all__ = ["DemoPlan", "demo", "demo_worker"]
 
@@ -122,6 +130,8 @@ def demo(
         float,
         typer.Option("--delay", min=0.0, help="Longest sleep per step, in seconds."),
     ] = 0.1,
+    executor: ExecutorName = None,
+    dask_address: DaskAddress = None,
     verbose: Verbose = 0,
     log_file: LogFile = None,
 ) -> None:
@@ -145,6 +155,7 @@ def demo(
             db,
             worker_fn=demo_worker,
             workers=workers,
+            executor=choose_executor(executor, dask_address),
             wal=not no_wal,
             run_name="demo",
             params={

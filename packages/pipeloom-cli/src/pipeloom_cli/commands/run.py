@@ -21,7 +21,15 @@ from pipeloom.errors import PipeloomError
 from pipeloom.pipeline import PipelineError
 from pipeloom_cli._dbfile import observe_hint, prepare_for_write
 from pipeloom_cli._errors import CliError, UsageError, exit_code_for, user_errors
-from pipeloom_cli._options import LogFile, Verbose, Workers, start_logging
+from pipeloom_cli._options import (
+    DaskAddress,
+    ExecutorName,
+    LogFile,
+    Verbose,
+    Workers,
+    choose_executor,
+    start_logging,
+)
 from pipeloom_cli._target import (
     Target,
     accepts,
@@ -42,6 +50,7 @@ def _run_pipeline_object(
     db: Path | None,
     workers: int | None,
     resume: bool | int,
+    executor: Any,
 ) -> Any:
     if raw:
         names = ", ".join(raw)
@@ -60,6 +69,7 @@ def _run_pipeline_object(
             workers=workers,
             resume=resume,
             summary_hint=observe_hint(effective),
+            **({"executor": executor} if executor is not None else {}),
         )
     except PipelineError as exc:
         raise UsageError(str(exc)) from exc
@@ -71,6 +81,7 @@ def _run_function(
     db: Path | None,
     workers: int | None,
     resume: bool | int,
+    executor: Any,
 ) -> Any:
     fn = target.obj
     extra: dict[str, Any] = {}
@@ -78,6 +89,7 @@ def _run_function(
         ("--db", "db", db),
         ("--workers", "workers", workers),
         ("--resume", "resume", resume or None),
+        ("--executor", "executor", executor),
     ):
         if value is None:
             continue
@@ -132,6 +144,8 @@ def run(
     resume_run: Annotated[
         int | None, typer.Option("--resume-run", metavar="ID", help="Resume run ID instead.")
     ] = None,
+    executor: ExecutorName = None,
+    dask_address: DaskAddress = None,
     verbose: Verbose = 0,
     log_file: LogFile = None,
 ) -> None:
@@ -150,6 +164,7 @@ def run(
         if db is not None and not is_pipeline(loaded.obj):
             prepare_for_write(db)
         runner = _run_pipeline_object if is_pipeline(loaded.obj) else _run_function
-        outcome = runner(loaded, raw, db, workers, resume_value)
+        chosen = choose_executor(executor, dask_address)
+        outcome = runner(loaded, raw, db, workers, resume_value, chosen)
     if isinstance(outcome, RunResult):
         raise typer.Exit(exit_code_for(outcome))

@@ -46,6 +46,7 @@ _STYLES = {
     "cancelled": "yellow",
     "running": "cyan",
     "queued": "dim",
+    "stale": "magenta",
 }
 
 
@@ -74,7 +75,15 @@ def _run_panel(run: RunInfo, db: Path) -> Table:
     grid.add_column(style="bold")
     grid.add_column()
     grid.add_row("run", f"{run.id} ({run.name})")
-    grid.add_row("status", _styled(run.status))
+    if run.stale:
+        status = _styled("stale")
+        status.append(
+            f" (still 'running' in the file, but no heartbeat since {_when(run.heartbeat_at)} "
+            f"UTC, lease {run.lease_s:g} s: its process died or is stuck)"
+        )
+        grid.add_row("status", status)
+    else:
+        grid.add_row("status", _styled(run.status))
     grid.add_row("started", f"{_when(run.started_at)} UTC")
     grid.add_row("finished", f"{_when(run.finished_at)} UTC" if run.finished_at else "-")
     grid.add_row("elapsed", _seconds(run.elapsed))
@@ -128,7 +137,7 @@ def _runs_table(runs: list[RunInfo]) -> Table:
         table.add_row(
             str(run.id),
             run.name,
-            _styled(run.status),
+            _styled(run.shown_status),
             _when(run.started_at),
             _seconds(run.elapsed),
             str(run.tasks_total),
@@ -161,7 +170,7 @@ class _Snapshot:
         """What changes when the run moves on (to print only changes on a pipe)."""
         if self.run is None:
             return None
-        return (self.run.status, tuple(sorted(self.run.counts.items())))
+        return (self.run.status, self.run.stale, tuple(sorted(self.run.counts.items())))
 
     def renderable(self) -> RenderableType:
         if self.run is None:

@@ -1,0 +1,160 @@
+"""The seam between the engine and where tasks run.
+
+The engine keeps admission (at most ``workers`` tasks in flight, pulled lazily from the task
+source), cancellation, Ctrl-C and the writer's lifetime. An executor only runs what it is
+given: the engine calls `Executor.submit` once per task and the executor calls
+`Completions.task_done` once per task it was given, from any thread. Messages a task sends
+reach the writer through a `Sink`; where a task runs in another process, the executor carries
+them back (batched) and puts them on the sink in this process.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol
+
+from pipeloom._control import Refused, RunEnd
+from pipeloom.messages import SENTINEL, MsgRunFinished, MsgTaskFinished
+
+__all__ = ["Completions", "Executor", "Sink", "TaskQueue", "WorkerFn"]
+
+
+class Sink(Protocol):
+    """Where task messages go: the writer's queue, in the driver process."""
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Queue one message for the writer (may pause while the writer is behind)."""
+
+
+class Completions(Protocol):
+    """What an executor reports back to the engine."""
+
+    stopping: threading.Event
+    """Set once the run stops admitting tasks (Ctrl-C, fail_fast, a failed writer)."""
+
+    def task_done(
+        self, task_id: int, task: Any, error: BaseException | None, finished: bool
+    ) -> None:
+        """Report that the task submitted as ``task_id`` returned (``error`` None) or raised.
+
+        Args:
+            task_id: the id the engine submitted the task under.
+            task: the task object itself.
+            error: what the worker function raised, if anything.
+            finished: the worker already sent a terminal ``MsgTaskFinished`` for the task.
+        """
+
+    def executor_failed(self, error: BaseException) -> None:
+        """Report that the executor cannot go on; the run stops and is recorded ``error``."""
+
+
+WorkerFn = Callable[[Any, "TaskQueue"], Any]
+"""``worker_fn(task, msg_q)``: do the work, putting lifecycle messages on ``msg_q``."""
+
+_CONTROL: frozenset[type] = frozenset({type(SENTINEL), MsgRunFinished, RunEnd, Refused})
+_WATCHED: frozenset[type] = _CONTROL | {MsgTaskFinished}
+
+
+class TaskQueue:
+    """The queue a worker function gets: forwards to the writer, refuses control messages.
+
+    It also notes which tasks the worker finished itself, so the engine records ``done`` only
+    for the tasks whose worker returned without saying so.
+    """
+
+    __slots__ = ("_put", "finished_ids", "first_attempt", "stopping")
+
+    def __init__(
+        self, sink: Sink, stopping: threading.Event | None = None, first_attempt: int = 1
+    ) -> None:
+        """Wrap ``sink`` for one worker."""
+        self._put = sink.put
+        self.first_attempt = first_attempt
+        """The attempt a retrying worker starts at (above 1 when its process was killed by a
+        timeout and the task was handed to a fresh one)."""
+        self.finished_ids: set[int] = set()
+        self.stopping = stopping if stopping is not None else threading.Event()
+        """Set once the run stops admitting tasks (Ctrl-C, fail_fast): retries should end."""
+
+    def put(self, msg: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Send ``msg`` to the writer (pausing if it is behind)."""
+        cls = msg.__class__
+        if cls in _WATCHED:
+            if cls is MsgTaskFinished:
+                self.finished_ids.add(msg.task_id)
+            else:
+                msg = Refused(
+                    msg,
+                    f"a worker sent {cls.__name__}, which only pipeloom's engine may send; "
+                    "it was not applied (return from the worker function to end a task)",
+                )
+        self._put(msg, block, timeout)
+
+    put_nowait = put
+
+
+class Executor(ABC):
+    """Where tasks run: one method to submit a task, one to stop.
+
+    Subclass it to run tasks somewhere new. A minimal executor that runs each task on a
+    thread of its own::
+
+        class OneThreadEach(Executor):
+            name = "one-thread-each"
+
+            def submit(self, task_id, task):
+                def run():
+                    q = TaskQueue(self.sink, self.engine.stopping)
+                    try:
+                        self.worker_fn(task, q)
+                    except BaseException as exc:
+                        self.engine.task_done(task_id, task, exc, task_id in q.finished_ids)
+                    else:
+                        self.engine.task_done(task_id, task, None, task_id in q.finished_ids)
+
+                threading.Thread(target=run, daemon=True).start()
+
+            def shutdown(self, timeout):
+                return True
+    """
+
+    name: ClassVar[str] = "custom"
+    """Shown in logs and stored in the run's parameters."""
+
+    worker_fn: WorkerFn
+    sink: Sink
+    engine: Completions
+    workers: int
+
+    def start(self, workers: int, worker_fn: WorkerFn, sink: Sink, engine: Completions) -> None:
+        """Get ready to run up to ``workers`` tasks at once (called once, before `submit`).
+
+        Raises:
+            Exception: anything; the engine records the run ``error`` with it and stops.
+        """
+        self.workers = workers
+        self.worker_fn = worker_fn
+        self.sink = sink
+        self.engine = engine
+
+    @abstractmethod
+    def submit(self, task_id: int, task: Any) -> None:
+        """Run ``worker_fn(task, TaskQueue(sink))`` somewhere, then call ``engine.task_done``.
+
+        Never call ``task_done`` from inside ``submit`` itself: the engine submits the next
+        task from ``task_done``.
+        """
+
+    def cancel(self) -> None:
+        """Stop what is in flight if it can be stopped (processes, futures); threads cannot."""
+        return None
+
+    @abstractmethod
+    def shutdown(self, timeout: float | None) -> bool:
+        """Release the workers, waiting up to ``timeout`` seconds; True once all are gone."""
+
+    def default_workers(self, tasks: int | None, cpus: int) -> int:
+        """Workers when the caller gives none: min(tasks, CPUs)."""
+        return max(1, min(tasks, cpus)) if tasks is not None else cpus

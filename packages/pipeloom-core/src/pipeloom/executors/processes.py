@@ -1,0 +1,571 @@
+"""Processes: each task runs in one of ``workers`` child processes, for CPU-bound work.
+
+Every child has a pipe of its own to the driver: the driver sends it one task at a time, and
+it sends back the task's messages (batched), its log records and how it ended. One collector
+thread in the driver waits on every pipe and every child's exit at once, so a child that dies
+(``os._exit``, a signal, the OOM killer) is noticed at once: its task is recorded ``error``
+with the exit code or signal, and a fresh child takes its place. Children ignore Ctrl-C; the
+driver decides (a second Ctrl-C kills them). A declarative task's timeout kills its child,
+which threads cannot do.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib.machinery
+import logging
+import multiprocessing
+import os
+import pickle
+import queue
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+from pipeloom._text import exc_summary, exc_text, storable
+from pipeloom.errors import PipeloomError
+from pipeloom.executors._base import Completions, Executor, Sink, WorkerFn
+from pipeloom.executors._remote import BatchingSink, Outcome, RemoteTaskError, run_remote
+from pipeloom.messages import MsgTaskAttempt, MsgTaskFinished, utc_now
+
+__all__ = ["ProcessExecutor", "attempt_deadline"]
+
+log = logging.getLogger("pipeloom.executors")
+
+_POLL = 0.05
+"""How often the collector looks at deadlines when nothing arrives (seconds)."""
+
+
+class ProcessExecutor(Executor):
+    """Runs tasks in child processes started with ``forkserver`` (Linux) or ``spawn``.
+
+    The worker function and every task are pickled to the children, so both must be
+    importable: defined at the top level of a module or of the script being run (a file
+    given to ``pipeloom run file.py:pipe`` works too). Messages and results come back
+    pickled; a result that cannot be pickled makes its task ``error``.
+
+    Args:
+        max_workers: caps the number of child processes.
+        start_method: ``"forkserver"`` (the default where it exists) or ``"spawn"``.
+            Never ``fork``: it would copy the writer's threads and locks into the child.
+    """
+
+    name = "processes"
+
+    def __init__(self, max_workers: int | None = None, start_method: str | None = None) -> None:
+        """Check the settings; no process starts until `start`."""
+        if max_workers is not None and max_workers < 1:
+            raise ValueError(f"ProcessExecutor(max_workers={max_workers}): use 1 or more")
+        if start_method is None:
+            start_method = (
+                "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+            )
+        if start_method not in ("spawn", "forkserver"):
+            raise ValueError(
+                f"ProcessExecutor(start_method={start_method!r}): use 'spawn' or 'forkserver' "
+                "(fork copies the writer's threads and locks into the child)"
+            )
+        self.max_workers = max_workers
+        self.start_method = start_method
+        self._children: list[_Child] = []
+        self._pending: collections.deque[tuple[int, Any, bytes, int]] = collections.deque()
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._collector: threading.Thread | None = None
+        self._payload = b""
+        self._preload: list[tuple[str, str]] = []
+        self._ctx: Any = None
+        self._told_stopping = False
+        self._wakeup_r: Connection | None = None
+        self._wakeup_w: Connection | None = None
+
+    def start(self, workers: int, worker_fn: WorkerFn, sink: Sink, engine: Completions) -> None:
+        """Check the worker function pickles, then start the children and the collector.
+
+        Raises:
+            PipeloomError: the worker function cannot be sent to a child process.
+        """
+        if self.max_workers is not None:
+            workers = min(workers, self.max_workers)
+        super().start(workers, worker_fn, sink, engine)
+        self._payload = _pickle_worker(worker_fn)
+        self._preload = _file_modules()
+        self._ctx = multiprocessing.get_context(self.start_method)
+        if self.start_method == "forkserver":
+            # Children fork from a server that has imported pipeloom once, instead of each
+            # starting an interpreter and importing it (about 10x faster to start).
+            self._ctx.set_forkserver_preload(["pipeloom"])
+        self._wakeup_r, self._wakeup_w = self._ctx.Pipe(duplex=False)
+        for _ in range(workers):
+            self._children.append(self._spawn())
+        self._collector = threading.Thread(
+            target=self._collect, name="pipeloom-processes", daemon=True
+        )
+        self._collector.start()
+
+    def _spawn(self) -> _Child:
+        parent, child = self._ctx.Pipe()
+        level = logging.getLogger().getEffectiveLevel()
+        proc = self._ctx.Process(
+            target=_child_main,
+            args=(child, self._payload, self._preload, level),
+            name="pipeloom-process",
+            daemon=True,
+        )
+        proc.start()
+        child.close()
+        return _Child(proc, parent)
+
+    def submit(self, task_id: int, task: Any) -> None:
+        """Pickle the task here (so an unpicklable one is its own error) and hand it over."""
+        try:
+            blob = pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            raise PipeloomError(
+                f"task {task_id} cannot be sent to a worker process ({exc_summary(exc)}); "
+                "tasks must pickle: use plain data such as paths, numbers and dataclasses"
+            ) from exc
+        with self._lock:
+            self._pending.append((task_id, task, blob, 1))
+        if threading.current_thread() is not self._collector:
+            self._wake()  # the collector submits from a completion and dispatches next anyway
+
+    def _wake(self) -> None:
+        if self._wakeup_w is not None:
+            try:
+                self._wakeup_w.send_bytes(b"!")
+            except OSError as exc:  # the collector has already gone
+                log.debug("could not wake the process collector: %s", exc)
+
+    def _dispatch(self) -> None:
+        with self._lock:
+            for child in self._children:
+                if not self._pending:
+                    return
+                if child.task is None and child.alive:
+                    task_id, task, blob, first = self._pending.popleft()
+                    child.task = (task_id, task)
+                    child.deadline = None
+                    try:
+                        child.conn.send(("task", task_id, blob, first))
+                    except OSError:
+                        self._pending.appendleft((task_id, task, blob, first))
+                        child.task = None
+                        child.alive = False
+
+    def _collect(self) -> None:
+        engine = self.engine
+        try:
+            while not self._closing.is_set():
+                self._dispatch()
+                ready = wait(self._waitables(), timeout=_POLL)
+                for obj in ready:
+                    if obj is self._wakeup_r:
+                        self._drain_wakeups()
+                        continue
+                    child = self._child_of(obj)
+                    if child is None:
+                        continue
+                    if obj is child.conn:
+                        self._receive(child)
+                    else:
+                        self._died(child)
+                self._check_deadlines()
+                if engine.stopping.is_set() and not self._told_stopping:
+                    self._told_stopping = True
+                    self._broadcast(("stopping",))
+        except Exception as exc:
+            if not self._closing.is_set():
+                engine.executor_failed(exc)
+
+    def _broadcast(self, item: tuple[Any, ...]) -> None:
+        for child in self._children:
+            if child.alive:
+                try:
+                    child.conn.send(item)
+                except OSError as exc:
+                    log.debug("child %s is gone: %s", child.proc.pid, exc)
+
+    def _waitables(self) -> list[Any]:
+        items: list[Any] = [self._wakeup_r]
+        for child in self._children:
+            if child.alive:
+                items.append(child.conn)
+                items.append(child.proc.sentinel)
+        return items
+
+    def _drain_wakeups(self) -> None:
+        reader = self._wakeup_r
+        assert reader is not None
+        while reader.poll():
+            reader.recv_bytes()
+
+    def _child_of(self, obj: Any) -> _Child | None:
+        for child in self._children:
+            if obj is child.conn or obj == child.proc.sentinel:
+                return child
+        return None
+
+    def _receive(self, child: _Child) -> None:
+        try:
+            while child.conn.poll():
+                self._handle(child, child.conn.recv())
+        except (EOFError, OSError):
+            self._died(child)
+
+    def _handle(self, child: _Child, item: tuple[Any, ...]) -> None:
+        kind = item[0]
+        if kind == "msgs":
+            put = self.sink.put
+            for msg in item[1]:
+                put(msg)
+        elif kind == "done":
+            outcome: Outcome = item[1]
+            task = child.task
+            child.task = None
+            child.deadline = None
+            if task is not None:
+                self.engine.task_done(task[0], task[1], outcome.as_error(), outcome.finished)
+        elif kind == "deadline":
+            _, seconds, attempt, retry = item
+            child.deadline = None if seconds is None else (time.monotonic() + seconds)
+            child.attempt = (attempt, seconds, retry)
+        elif kind == "log":
+            record = logging.makeLogRecord(item[1])
+            logging.getLogger(record.name).handle(record)
+        elif kind == "fatal":
+            self.engine.executor_failed(RemoteTaskError(item[1], item[2]))
+            self._closing.set()
+
+    def _died(self, child: _Child) -> None:
+        if not child.alive:
+            return
+        child.alive = False
+        try:
+            while child.conn.poll():  # what it sent before it died still counts
+                self._handle(child, child.conn.recv())
+        except (EOFError, OSError):
+            pass
+        child.proc.join(1.0)
+        code = child.proc.exitcode
+        task = child.task
+        child.task = None
+        if task is not None:
+            how = _exit_text(code) if not child.killed else child.killed
+            self.engine.task_done(
+                task[0],
+                task[1],
+                RemoteTaskError(f"WorkerDied: worker process died ({how})", None),
+                False,
+            )
+        child.conn.close()
+        if not self._closing.is_set():
+            with self._lock:
+                self._children.remove(child)
+                self._children.append(self._spawn())
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic()
+        for child in list(self._children):
+            if child.alive and child.deadline is not None and now > child.deadline:
+                self._kill_for_timeout(child)
+
+    def _kill_for_timeout(self, child: _Child) -> None:
+        task = child.task
+        attempt, seconds, retry = child.attempt
+        child.deadline = None
+        child.task = None
+        child.proc.kill()
+        child.killed = "killed after its timeout"
+        if task is None:
+            return
+        task_id, obj = task
+        text = (
+            f"TaskTimeoutError: did not finish within {seconds:g} s; its worker process was killed"
+        )
+        if retry and not self.engine.stopping.is_set():
+            self.sink.put(MsgTaskAttempt(task_id, attempt, "timeout", text))
+            blob = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+            with self._lock:
+                self._pending.appendleft((task_id, obj, blob, attempt + 1))
+            return
+        self.sink.put(
+            MsgTaskFinished(
+                task_id,
+                "timeout",
+                utc_now(),
+                message=text,
+                error=text,
+                attempt=attempt,
+                name=getattr(obj, "name", None),
+                key=getattr(obj, "key", None),
+            )
+        )
+        self.engine.task_done(task_id, obj, None, True)
+
+    def cancel(self) -> None:
+        """Kill every child: what they were running is abandoned (a second Ctrl-C)."""
+        self._closing.set()
+        for child in self._children:
+            if child.proc.is_alive():
+                child.proc.kill()
+
+    def shutdown(self, timeout: float | None) -> bool:
+        """Ask idle children to exit, kill the rest after ``timeout``; True when all are gone."""
+        self._closing.set()
+        self._wake()
+        if self._collector is not None:
+            self._collector.join(5.0)
+        for child in self._children:
+            try:
+                child.conn.send(("stop",))
+            except OSError as exc:
+                log.debug("child %s already gone: %s", child.proc.pid, exc)
+        deadline = time.monotonic() + (5.0 if timeout is None else timeout)
+        for child in self._children:
+            child.proc.join(max(0.0, deadline - time.monotonic()))
+            if child.proc.is_alive():
+                child.proc.kill()
+                child.proc.join(1.0)
+            child.conn.close()
+        for end in (self._wakeup_r, self._wakeup_w):
+            if end is not None:
+                end.close()
+        return not any(c.proc.is_alive() for c in self._children)
+
+
+@dataclass(eq=False)
+class _Child:
+    proc: Any
+    conn: Connection
+    task: tuple[int, Any] | None = None
+    deadline: float | None = None
+    attempt: tuple[int, float, bool] = (1, 0.0, False)
+    alive: bool = True
+    killed: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "no exit code"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+def _pickle_worker(worker_fn: WorkerFn) -> bytes:
+    """Pickle the worker function, or say in one line why it cannot go to a child.
+
+    Raises:
+        PipeloomError: it is a lambda, a nested function, or holds something unpicklable.
+    """
+    name = getattr(worker_fn, "__qualname__", None) or type(worker_fn).__qualname__
+    module = getattr(worker_fn, "__module__", None) or type(worker_fn).__module__
+    if module == "__main__" and not getattr(sys.modules.get("__main__"), "__file__", None):
+        raise PipeloomError(
+            f"worker function {name} is defined in an interactive __main__, which a worker "
+            "process cannot import; move it into a .py file and import it from there"
+        )
+    try:
+        return pickle.dumps(worker_fn, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise PipeloomError(
+            f"worker function {module}.{name} cannot be sent to a worker process "
+            f"({exc_summary(exc)}); define it at the top level of a module (not a lambda "
+            "or a function inside a function), or use executor='threads'"
+        ) from exc
+
+
+def _file_modules() -> list[tuple[str, str]]:
+    """Find the modules a fresh process could not import by name.
+
+    Those were loaded straight from a file (``pipeloom run file.py:pipe``); each child loads
+    them from their files before it unpickles the worker function.
+    """
+    found: list[tuple[str, str]] = []
+    stdlib = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix)}
+    for name, module in list(sys.modules.items()):
+        if "." in name or name in ("__main__", "__mp_main__"):
+            continue
+        origin = getattr(getattr(module, "__spec__", None), "origin", None)
+        if not origin or not origin.endswith(".py") or not Path(origin).is_file():
+            continue
+        real = os.path.realpath(origin)
+        if any(real.startswith(p + os.sep) for p in stdlib):
+            continue
+        if importlib.machinery.PathFinder.find_spec(name, sys.path) is None:
+            found.append((name, origin))
+    return found
+
+
+class _PipeHandler(logging.Handler):
+    """Sends a child's log records to the driver, which re-emits them there."""
+
+    def __init__(self, send: Any) -> None:
+        super().__init__(logging.NOTSET)
+        self._send = send
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            data = {
+                "name": record.name,
+                "levelno": record.levelno,
+                "levelname": record.levelname,
+                "msg": storable(record.getMessage()),
+                "args": None,
+                "created": record.created,
+                "pathname": record.pathname,
+                "lineno": record.lineno,
+                "funcName": record.funcName,
+                "process": record.process,
+                "processName": record.processName,
+                "threadName": record.threadName,
+                "exc_text": (
+                    logging.Formatter().formatException(record.exc_info)
+                    if record.exc_info
+                    else record.exc_text
+                ),
+            }
+            self._send(("log", data))
+        except Exception:  # a log line must never fail the task
+            self.handleError(record)
+
+
+_guard: Any = None
+"""In a child: sends attempt deadlines to the driver (see `attempt_deadline`)."""
+
+
+def attempt_deadline(seconds: float | None, attempt: int = 1, retry: bool = False) -> bool:
+    """Ask the driver to kill this process if the attempt outlives ``seconds``.
+
+    Called by the declarative runner around each attempt; a no-op (False) outside a worker
+    process, where the runner falls back to its thread timeout.
+
+    Args:
+        seconds: the attempt's timeout, or None once the attempt is over.
+        attempt: the attempt number.
+        retry: whether a timeout of this attempt would be retried.
+    """
+    if _guard is None:
+        return False
+    _guard(("deadline", seconds, attempt, retry))
+    return True
+
+
+def _child_main(
+    conn: Connection, payload: bytes, preload: list[tuple[str, str]], level: int
+) -> None:
+    """A worker process: run tasks from the driver until told to stop."""
+    global _guard
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides what Ctrl-C does
+    lock = threading.Lock()
+
+    def send(item: Any) -> None:
+        with lock:
+            conn.send(item)
+
+    root = logging.getLogger()
+    root.handlers[:] = [_PipeHandler(send)]
+    root.setLevel(level)
+    try:
+        for name, path in preload:
+            _load_file_module(name, path)
+        worker_fn = pickle.loads(payload)
+    except Exception as exc:
+        send(
+            (
+                "fatal",
+                f"worker processes cannot load the worker function: {exc_summary(exc)}",
+                exc_text(exc),
+            )
+        )
+        return
+    _guard = send
+    sink = BatchingSink(lambda batch: send(("msgs", _picklable(batch))))
+    stopping = threading.Event()
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def read() -> None:
+        # Reads while a task runs, so "the run is stopping" reaches a retrying task at once.
+        while True:
+            try:
+                item = conn.recv()
+            except (EOFError, OSError):
+                item = ("stop",)
+            if item[0] == "stopping":
+                stopping.set()
+                continue
+            inbox.put(item)
+            if item[0] == "stop":
+                return
+
+    threading.Thread(target=read, name="pipeloom-child-reader", daemon=True).start()
+    while True:
+        item = inbox.get()
+        if item[0] == "stop":
+            break
+        _, task_id, blob, first = item
+        try:
+            task = pickle.loads(blob)
+        except Exception as exc:
+            send(("done", Outcome(task_id, exc_summary(exc), exc_text(exc))))
+            continue
+        outcome = run_remote(worker_fn, task_id, task, sink, first, stopping)
+        send(("done", outcome))
+    sink.close()
+
+
+def _load_file_module(name: str, path: str) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {name} from {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+
+
+def _picklable(batch: list[Any]) -> list[Any]:
+    """Return the batch when it pickles, else each message that does not replaced.
+
+    The replacement says what the record should: a task error for a finish, a dead letter for
+    anything else.
+    """
+    try:
+        pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
+        return batch
+    except Exception:
+        out: list[Any] = []
+        for msg in batch:
+            try:
+                pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+                out.append(msg)
+            except Exception as exc:
+                out.append(_unpicklable(msg, exc))
+        return out
+
+
+def _unpicklable(msg: Any, exc: BaseException) -> Any:
+    from pipeloom._control import Refused
+
+    why = f"could not be sent from the worker process ({exc_summary(exc)})"
+    if isinstance(msg, MsgTaskFinished):
+        return MsgTaskFinished(
+            msg.task_id,
+            "error",
+            msg.finished_at,
+            message=storable(f"the task's result {why}", 500),
+            error=f"{type(msg.result).__name__} result {why}",
+            attempt=msg.attempt if isinstance(msg.attempt, int) else 1,
+        )
+    return Refused(storable(repr(msg), 10_000), f"{type(msg).__name__} {why}")

@@ -1,0 +1,124 @@
+"""One conformance set run over every executor, on real SQLite files."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeloom import TaskDef, run_pipeline
+from tests.executors._workers import WORKERS, MsgScore, on_score, schema
+
+EXECUTORS = ["threads", "processes", "async"]
+
+
+def rows(db: Path, sql: str) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_the_worker_shape_users_copy_and_a_custom_message(tmp_path: Path, executor: str) -> None:
+    db = tmp_path / "seed.db"
+    tasks = [TaskDef(i, f"t{i}", steps=3) for i in range(1, 21)]
+    result = run_pipeline(
+        tasks,
+        db,
+        worker_fn=WORKERS[executor]["seed"],
+        workers=2,
+        executor=executor,
+        handlers={MsgScore: on_score},
+        schema=schema,
+        progress=False,
+    )
+    assert result.ok and result.counts == {"done": 20}
+    assert rows(db, "SELECT count(*), min(progress), sum(step) FROM task_runs") == [(20, 1.0, 60)]
+    assert rows(db, "SELECT result FROM task_runs WHERE task_id = 7") == [("r7",)]
+    assert rows(db, "SELECT count(*), sum(score) FROM scores") == [(20, 2100)]
+    assert result.dead_letters == 0
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_a_raising_task_is_its_error_with_the_traceback(tmp_path: Path, executor: str) -> None:
+    db = tmp_path / "raise.db"
+    tasks = [TaskDef(i, f"file-{i}.csv") for i in range(1, 6)]
+    result = run_pipeline(
+        tasks,
+        db,
+        worker_fn=WORKERS[executor]["fails"],
+        workers=2,
+        executor=executor,
+        progress=False,
+    )
+    assert result.counts == {"done": 4, "error": 1} and result.failed_task_ids == [3]
+    assert result.status == "error" and not result.ok
+    message, error = rows(db, "SELECT message, error FROM task_runs WHERE task_id = 3")[0]
+    assert message == "ValueError: bad input in file-3.csv"
+    assert "Traceback" in str(error) and "fails_on_three" in str(error)
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_fail_fast_stops_admitting(tmp_path: Path, executor: str) -> None:
+    db = tmp_path / "ff.db"
+    tasks = [TaskDef(i, f"t{i}") for i in range(1, 201)]
+    result = run_pipeline(
+        tasks,
+        db,
+        worker_fn=WORKERS[executor]["fail_fast"],
+        workers=2,
+        executor=executor,
+        fail_fast=True,
+        progress=False,
+    )
+    assert result.status == "error" and result.failed_task_ids == [3]
+    assert result.not_started is not None and result.not_started > 0
+    assert result.total + result.not_started == 200
+    assert rows(db, "SELECT count(*) FROM task_runs WHERE status NOT IN ('done', 'error')") == [
+        (0,)
+    ]
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_a_generator_of_ten_thousand_tasks(tmp_path: Path, executor: str) -> None:
+    db = tmp_path / "gen.db"
+
+    def tasks() -> Iterator[TaskDef]:
+        for i in range(1, 10_001):
+            yield TaskDef(i, f"t{i}")
+
+    result = run_pipeline(
+        tasks(),
+        db,
+        worker_fn=WORKERS[executor]["noop"],
+        workers=4,
+        executor=executor,
+        progress=False,
+    )
+    assert result.ok and result.counts == {"done": 10_000}
+    assert rows(db, "SELECT count(*), count(DISTINCT task_id) FROM task_runs") == [(10_000, 10_000)]
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_ctrl_c_stops_admitting_and_leaves_no_child(tmp_path: Path, executor: str) -> None:
+    db = tmp_path / "int.db"
+    tasks = [TaskDef(i, f"t{i}", payload=os.getpid()) for i in range(1, 101)]
+    result = run_pipeline(
+        tasks,
+        db,
+        worker_fn=WORKERS[executor]["interrupt"],
+        workers=2,
+        executor=executor,
+        progress=False,
+    )
+    assert result.status == "cancelled"
+    assert result.not_started is not None and result.not_started > 0
+    assert result.total + result.not_started == 100
+    assert rows(db, "SELECT count(*) FROM task_runs WHERE status != 'done'") == [(0,)]
+    assert multiprocessing.active_children() == []
