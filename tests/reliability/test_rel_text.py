@@ -168,3 +168,22 @@ def test_odd_values_are_recorded_where_they_mean_something(tmp_path: Path) -> No
     dead = query(db, "SELECT error FROM dead_letters")
     assert len(dead) == 1, "only the message with no task id at all is refused"
     assert "task_id must be an int, got NoneType" in dead[0][0]
+
+
+def test_a_pipeline_named_with_surrogates_runs_and_resumes(tmp_path: Path) -> None:
+    db = tmp_path / "named.db"
+    pipe = Pipeline("sales \udcff", db=db, workers=1)
+    attempts: list[int] = []
+
+    @pipe.task
+    def load(ctx: Context, item: int) -> int:
+        attempts.append(item)
+        if item == 2 and attempts.count(2) == 1:
+            raise ValueError("first time")
+        return item
+
+    pipe.map(load, [1, 2, 3])
+    assert pipe.run(progress=False).counts == {"done": 2, "error": 1}
+    second = pipe.run(progress=False, resume=True)
+    assert second.counts == {"done": 1, "skipped": 2}, "resume found the run by its name"
+    assert query(db, "SELECT DISTINCT name FROM pipeline_runs") == [("sales \\udcff",)]

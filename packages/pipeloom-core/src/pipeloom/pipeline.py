@@ -297,7 +297,8 @@ def _open_previous(db: str | Path, name: str, resume: bool | int | str) -> _Prev
             raise PipelineError(f"{path}: holds no pipeloom runs, so run {resume} cannot resume")
         if resume is True:
             found = conn.execute(
-                "SELECT id FROM pipeline_runs WHERE name = ? ORDER BY id DESC LIMIT 1", (name,)
+                "SELECT id FROM pipeline_runs WHERE name = ? ORDER BY id DESC LIMIT 1",
+                (storable(name),),  # the form the writer stored
             ).fetchall()
             if not found:
                 log.info("resume: no earlier run of %r in %s, so every task runs", name, path)

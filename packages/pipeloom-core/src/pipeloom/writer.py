@@ -166,7 +166,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         self.synchronous: Synchronous = synchronous
         self.batch_size = batch_size
         self.commit_interval = commit_interval
-        self.run_name = run_name
+        self.run_name = storable(run_name)  # stored as the name resume looks up
         self.workers = workers
         self.tasks_total = tasks_total
         self.params = dict(params or {})
