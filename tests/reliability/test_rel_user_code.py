@@ -25,6 +25,7 @@ from pipeloom import (
     SQLiteWriter,
     TaskDef,
     TaskQueue,
+    WriterFailedError,
     run_pipeline,
     utc_now,
 )
@@ -264,3 +265,28 @@ def test_through_run_pipeline_a_committing_handler_does_not_stop_the_run(tmp_pat
     assert query(db, "SELECT count(*) FROM good") == [(30,)]
     reasons = {r[0] for r in query(db, "SELECT error FROM dead_letters")}
     assert len(reasons) == 1 and "on_bad for MsgBad" in reasons.pop()
+
+
+def test_a_handler_closing_the_connection_is_named(tmp_path: Path) -> None:
+    """Closing cannot be undone: the run stops, and the error says which handler did it."""
+
+    def on_good_then_close(conn: sqlite3.Connection, msgs: list[MsgGood]) -> None:
+        conn.close()
+
+    def worker(task: TaskDef, q: TaskQueue) -> None:
+        q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))
+        q.put(MsgGood(task.task_id))
+        q.put(MsgTaskFinished(task.task_id, "done", utc_now()))
+
+    with pytest.raises(WriterFailedError) as info:
+        run_pipeline(
+            [TaskDef(i, f"t{i}") for i in range(1, 5)],
+            tmp_path / "closed.db",
+            worker_fn=worker,
+            workers=1,
+            progress=False,
+            handlers={MsgGood: on_good_then_close},
+        )
+    message = str(info.value)
+    assert "handler " in message and "on_good_then_close for MsgGood" in message, message
+    assert "closed the writer's connection" in message

@@ -261,7 +261,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                     return
                 conn = connect(self.db_path, wal=self.wal, synchronous=self.synchronous)
             now = utc_now()
-            note = _truncate(f"interrupted: the writer stopped ({exc})")
+            note = _truncate(f"interrupted: the writer stopped ({storable(exc)})")
             conn.execute("BEGIN IMMEDIATE")
             conn.execute(
                 "UPDATE task_runs SET status = 'interrupted', finished_at = ?, message = ? "
@@ -614,9 +614,12 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             conn.execute("COMMIT")
         except _TransactionEnded:
             raise  # the connection is already out of any transaction
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+        except BaseException as exc:
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error as err:  # closed or broken: the error that got here says why
+                log.debug("rollback after %s failed too: %s", type(exc).__name__, err)
             raise
         self._check_file()
 
