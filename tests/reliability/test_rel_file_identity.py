@@ -96,3 +96,34 @@ def test_an_untouched_file_is_not_reported(tmp_path: Path) -> None:
             progress=False,
         )
         assert result.ok
+
+
+@pytest.mark.timeout(60)
+def test_a_file_deleted_while_no_messages_flow_stops_the_run_at_once(tmp_path: Path) -> None:
+    """The writer looks at the path while idle too: a long, silent task is told to stop."""
+    db = tmp_path / "idle.db"
+    told: list[bool] = []
+    started = threading.Event()
+
+    def listener(applied: AppliedBatch) -> None:
+        if applied.started:
+            started.set()
+
+    def worker(task: TaskDef, q: TaskQueue) -> None:
+        q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))
+        assert started.wait(20), "the start was committed"  # so no commit follows the deletion
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        # A long task that sends nothing; the run stopping is what ends it early.
+        told.append(q.stopping.wait(30))
+
+    with pytest.raises(WriterFailedError, match="was deleted"):
+        run_pipeline(
+            [TaskDef(1, "long")],
+            db,
+            worker_fn=worker,
+            workers=1,
+            progress=False,
+            listeners=[listener],
+        )
+    assert told == [True], "the run stopped while the task was still running"

@@ -461,6 +461,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                 first = get(True, idle_wait)
             except queue.Empty:
                 self._heartbeat()
+                self._check_file()  # also while long tasks send nothing
                 continue
             if first is SENTINEL:
                 return
