@@ -11,7 +11,6 @@ import pytest
 from pipeloom import (
     DatabaseError,
     MsgTaskStarted,
-    SchemaOutdatedError,
     TaskDef,
     run_pipeline,
     utc_now,
@@ -183,22 +182,6 @@ def test_non_sqlite_file_is_a_clear_error_and_is_left_alone(tmp_path: Path) -> N
     with pytest.raises(DatabaseError, match="not a"):
         run_pipeline(five_tasks(), db, worker_fn=seed_worker, progress=False)
     assert db.read_bytes() == before
-
-
-def test_older_schema_points_at_db_upgrade(tmp_path: Path) -> None:
-    db = tmp_path / "seed.db"
-    conn = sqlite3.connect(db)
-    conn.execute(
-        "CREATE TABLE task_runs (id INTEGER PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL,"
-        " progress REAL NOT NULL DEFAULT 0.0, message TEXT, started_at TEXT, finished_at TEXT,"
-        " result TEXT)"
-    )
-    conn.execute("INSERT INTO task_runs (id, name, status) VALUES (1, 'old', 'done')")
-    conn.commit()
-    conn.close()
-    with pytest.raises(SchemaOutdatedError, match=r"pipeloom db upgrade .*seed\.db"):
-        run_pipeline(five_tasks(), db, worker_fn=seed_worker, progress=False)
-    assert rows(db, "SELECT id, name, status FROM task_runs") == [(1, "old", "done")]
 
 
 def test_reader_polling_during_a_run_never_sees_database_locked(tmp_path: Path) -> None:

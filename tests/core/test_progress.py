@@ -78,11 +78,11 @@ def test_summary_table_lists_statuses_throughput_and_database() -> None:
     assert "pipeloom observe wal_demo.db" in text
 
 
-def test_preregister_task_bars_keeps_the_seed_helper() -> None:
+def test_preregister_task_bars_keys_visible_bars_by_the_0_0_7_task_ids() -> None:
     progress = make_task_progress(Console(file=io.StringIO()))
     bars = preregister_task_bars(progress, 4)
-    assert sorted(bars) == [0, 1, 2, 3]
-    assert all(not t.visible for t in progress.tasks)
+    assert sorted(bars) == [1, 2, 3, 4]
+    assert all(t.visible for t in progress.tasks)
 
 
 def render(console: Console, display: LiveDisplay) -> str:

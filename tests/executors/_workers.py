@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sqlite3
@@ -124,3 +125,7 @@ WORKERS: dict[str, dict[str, Any]] = {
         "interrupt": interrupt_driver_async,
     },
 }
+
+
+def logs_a_line(task: TaskDef, q: TaskQueue) -> None:
+    logging.getLogger("user.etl").warning("loaded %s in pid %d", task.name, os.getpid())

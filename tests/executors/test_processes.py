@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
+import os
 import sqlite3
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import pytest
 
 from pipeloom import PipeloomError, TaskDef, run_pipeline
 from pipeloom.executors import ProcessExecutor
-from tests.executors._workers import dies, noop, unpicklable_result
+from tests.executors._workers import dies, logs_a_line, noop, unpicklable_result
 
 
 def rows(db: Path, sql: str) -> list[tuple[object, ...]]:
@@ -29,7 +31,9 @@ def test_a_child_that_dies_fails_its_task_and_the_run_goes_on(tmp_path: Path) ->
     )
     assert result.counts == {"done": 6, "error": 2}
     assert result.failed_task_ids == [2, 3]
-    assert rows(db, "SELECT task_id, message FROM task_runs WHERE status = 'error'") == [
+    assert rows(
+        db, "SELECT task_id, message FROM task_runs WHERE status = 'error' ORDER BY task_id"
+    ) == [
         (2, "WorkerDied: worker process died (signal SIGKILL)"),
         (3, "WorkerDied: worker process died (exit code 3)"),
     ]
@@ -77,3 +81,25 @@ def test_a_worker_function_that_cannot_reach_a_child_fails_before_the_run(tmp_pa
 def test_unknown_executor_names_are_refused_with_the_choices() -> None:
     with pytest.raises(ValueError, match="threads, processes, async"):
         run_pipeline([TaskDef(1, "a")], ":memory:", worker_fn=noop, executor="gpu")
+
+
+def test_logs_from_children_reach_the_drivers_handlers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="user.etl")
+    result = run_pipeline(
+        [TaskDef(i, f"part-{i}") for i in range(1, 4)],
+        tmp_path / "logs.db",
+        worker_fn=logs_a_line,
+        workers=2,
+        executor="processes",
+        progress=False,
+    )
+    assert result.ok
+    lines = [r for r in caplog.records if r.name == "user.etl"]
+    assert sorted(r.getMessage().split(" in pid")[0] for r in lines) == [
+        "loaded part-1",
+        "loaded part-2",
+        "loaded part-3",
+    ]
+    assert all(r.process != os.getpid() for r in lines)

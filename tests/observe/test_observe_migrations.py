@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlite_utils import Database
 
-from pipeloom import SchemaOutdatedError, TaskDef, connect, init_schema, run_pipeline
+from pipeloom import TaskDef, connect, init_schema, run_pipeline
 from pipeloom.errors import DatabaseError
 from pipeloom.schema import SCHEMA_VERSION, create_schema, schema_version
 from pipeloom_observe.migrations import applied, migrations, pending, upgrade
@@ -88,15 +88,17 @@ def test_the_seed_layout_upgrades_in_place_keeping_every_row(tmp_path: Path) -> 
     assert schema_of(path) == core_schema()
 
 
-def test_core_refuses_the_seed_layout_until_it_is_upgraded(tmp_path: Path) -> None:
+def test_core_upgrades_the_seed_layout_itself_and_the_migrations_agree(tmp_path: Path) -> None:
     path = tmp_path / "seed.db"
     make_seed_db(path, rows=5)
     conn = connect(path)
-    with pytest.raises(SchemaOutdatedError, match=f"pipeloom db upgrade {path}"):
-        init_schema(conn, path)
+    init_schema(conn, path)  # core upgrades a 0.0.7 file in place (pipeloom._legacy)
     conn.close()
+    assert schema_of(path) == core_schema()
 
-    upgrade(path)
+    upgrade(path)  # only records the migrations: the schema is already current
+    assert pending(path) == []
+    assert schema_of(path) == core_schema()
     result = run_pipeline(
         [TaskDef(1, "again")],
         path,

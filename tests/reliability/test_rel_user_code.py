@@ -18,10 +18,12 @@ import pytest
 
 from pipeloom import (
     SENTINEL,
+    Context,
     DatabaseError,
     MessageQueue,
     MsgTaskFinished,
     MsgTaskStarted,
+    Pipeline,
     SQLiteWriter,
     TaskDef,
     TaskQueue,
@@ -290,3 +292,28 @@ def test_a_handler_closing_the_connection_is_named(tmp_path: Path) -> None:
     message = str(info.value)
     assert "handler " in message and "on_good_then_close for MsgGood" in message, message
     assert "closed the writer's connection" in message
+
+
+def test_a_committing_handler_of_atomic_task_output_fails_only_its_task(tmp_path: Path) -> None:
+    """A task's outputs apply with its finish; a handler that commits fails that task alone."""
+    db = tmp_path / "atomic.db"
+    pipe = Pipeline("atomic", db=db, workers=2, schema=good_schema)
+
+    @pipe.handler(MsgGood)
+    def save(conn: sqlite3.Connection, msgs: list[MsgGood]) -> None:
+        for msg in msgs:
+            if msg.value == 3:
+                conn.commit()
+            conn.execute("INSERT INTO prices VALUES (?)", (msg.value,))
+
+    @pipe.task
+    def emit(ctx: Context, item: int) -> int:
+        ctx.emit(MsgGood(item))
+        return item
+
+    pipe.map(emit, range(1, 7))
+    result = pipe.run(progress=False)
+    statuses = dict(query(db, "SELECT task_key, status FROM task_runs"))
+    assert statuses == {f"emit:{i}": "error" if i == 3 else "done" for i in range(1, 7)}
+    assert query(db, "SELECT x FROM prices ORDER BY x") == [(i,) for i in (1, 2, 4, 5, 6)]
+    assert result.counts == {"done": 5, "error": 1}

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from pipeloom_cli._version import __version__
-from pipeloom_cli.commands import db, demo, observe, run, status
+from pipeloom_cli.commands import db, demo, examples, init_db, observe, run, status
 
 app = typer.Typer(
     name="pipeloom",
@@ -55,6 +55,8 @@ app.command("run")(run.run)
 app.command("status")(status.status)
 app.add_typer(db.app, name="db")
 app.command("observe")(observe.observe)
+app.command("init-db")(init_db.init_db)
+app.add_typer(examples.app, name="examples")
 
 
 def main() -> None:

@@ -9,7 +9,14 @@ from typing import Any
 
 from pipeloom.messages import PIPELOOM_MESSAGES, MsgTaskProgress
 
-__all__ = ["Context", "TaskLog"]
+__all__ = ["DEFAULT_MAX_OUTPUTS", "Context", "OutputLimitError", "TaskLog"]
+
+DEFAULT_MAX_OUTPUTS = 100_000
+"""Most messages one atomic attempt may hold before its finish; past it the attempt fails."""
+
+
+class OutputLimitError(RuntimeError):
+    """An atomic task emitted more messages than it may hold in memory before its finish."""
 
 
 log = logging.getLogger("pipeloom.pipeline")
@@ -36,12 +43,22 @@ class Context:
     One context exists per attempt. When an attempt times out its context is cancelled: the
     ``cancelled`` flag is set and anything the abandoned attempt still reports is dropped, so a
     late attempt never overwrites the row of a newer one.
+
+    In an atomic task (the default) ``emit`` holds the messages in memory; the pipeline sends
+    them with the attempt's ``done`` finish, so the writer commits all of them with it or none.
+    A failed or timed-out attempt's held messages are discarded and counted.
     """
 
     __slots__ = (
+        "_atomic",
+        "_closed",
+        "_dropped",
         "_handled",
         "_last_total",
         "_lock",
+        "_max_outputs",
+        "_outputs",
+        "_overflow",
         "_put",
         "attempt",
         "cancelled",
@@ -61,6 +78,8 @@ class Context:
         put: Callable[[Any], None],
         handled: Container[type[Any]],
         logger: logging.Logger,
+        atomic: bool = False,
+        max_outputs: int = DEFAULT_MAX_OUTPUTS,
     ) -> None:
         """Bind the context to one attempt of one task.
 
@@ -72,6 +91,8 @@ class Context:
             put: sends a message to the writer.
             handled: the message types the pipeline has handlers for.
             logger: where ``ctx.log`` writes.
+            atomic: hold emitted messages until the attempt succeeds, instead of sending each.
+            max_outputs: most messages an atomic attempt may hold.
         """
         self.task_id = task_id
         """The task's id within this run (``task_runs.task_id``)."""
@@ -91,6 +112,14 @@ class Context:
         self._put = put
         self._handled = handled
         self._lock = threading.Lock()
+        self._atomic = atomic
+        self._max_outputs = max_outputs
+        self._outputs: list[Any] = []
+        self._closed = False
+        """Set once the attempt ended: the held messages were taken or discarded."""
+        self._dropped = 0
+        self._overflow: OutputLimitError | None = None
+        """Set once an emit went over max_outputs: the attempt can no longer succeed."""
 
     def progress(self, step: int, total: int, message: str = "") -> None:
         """Report that ``step`` of ``total`` steps are done (shown live, stored on the row)."""
@@ -103,9 +132,13 @@ class Context:
     def emit(self, msg: Any) -> None:
         """Send a domain message to the handler registered for its type on the pipeline.
 
+        In an atomic task the message is held and commits with the task's ``done`` row (all
+        of the attempt's messages, or none); with ``atomic=False`` it goes to the writer now.
+
         Raises:
             TypeError: ``msg`` is a lifecycle message (the pipeline sends those itself) or no
                 handler is registered for its type.
+            OutputLimitError: an atomic attempt already holds ``max_outputs`` messages.
         """
         cls = type(msg)
         if cls in PIPELOOM_MESSAGES:
@@ -119,15 +152,56 @@ class Context:
                 f"with @pipe.handler({cls.__name__}) or Pipeline(..., handlers={{...}})"
             )
         with self._lock:
-            if self.cancelled.is_set():
-                log.warning(
-                    "task %s: dropped %s sent after attempt %d was abandoned",
-                    self.name,
-                    cls.__name__,
-                    self.attempt,
-                )
+            if self.cancelled.is_set() or self._closed:
+                self._drop(cls)
                 return
-            self._put(msg)
+            if not self._atomic:
+                self._put(msg)
+                return
+            if len(self._outputs) >= self._max_outputs:
+                self._overflow = OutputLimitError(
+                    f"task {self.name}: emitted more than max_outputs={self._max_outputs} "
+                    "messages in one atomic attempt (they are held in memory until it "
+                    "succeeds); raise it with @pipe.task(max_outputs=...) or stream them with "
+                    "@pipe.task(atomic=False)"
+                )
+                raise self._overflow
+            self._outputs.append(msg)
+
+    def _drop(self, cls: type[Any]) -> None:
+        """Count a message sent after the attempt ended; warn once per attempt."""
+        self._dropped += 1
+        if self._dropped == 1:
+            log.warning(
+                "task %s: dropped %s sent after attempt %d ended (%s); later ones are dropped too",
+                self.name,
+                cls.__name__,
+                self.attempt,
+                "it was abandoned" if self.cancelled.is_set() else "it had returned",
+            )
+
+    def _take_outputs(self) -> tuple[Any, ...]:
+        """End a successful attempt: hand over its held messages; later emits are dropped.
+
+        Raises:
+            OutputLimitError: an emit went over ``max_outputs`` and the function caught the
+                error; committing what it held would be a silent partial load.
+        """
+        with self._lock:
+            self._closed = True
+            if self._overflow is not None:
+                raise self._overflow
+            outputs = tuple(self._outputs)
+            self._outputs.clear()
+            return outputs
+
+    def _discard(self) -> int:
+        """End a failed attempt: throw its held messages away and say how many there were."""
+        with self._lock:
+            self._closed = True
+            n = len(self._outputs)
+            self._outputs.clear()
+            return n
 
     def _abandon(self) -> None:
         """Mark the attempt abandoned; after this returns it sends nothing more."""

@@ -14,10 +14,11 @@ import random
 import re
 import tempfile
 import threading
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from pipeloom._text import exc_summary, exc_text
 
 __all__ = ["Outcome", "TaskTimeoutError", "backoff_delay", "run_attempt"]
 
@@ -83,7 +84,7 @@ def run_attempt(
         try:
             return Outcome("done", value=fn())
         except Exception as exc:
-            return Outcome("error", exc=exc, error_text=_format(exc))
+            return Outcome("error", exc=exc, error_text=exc_text(exc))
     box: dict[str, Any] = {}
 
     def target() -> None:
@@ -102,7 +103,7 @@ def run_attempt(
             f"did not finish within {timeout:g} s; its thread was abandoned (threads cannot "
             "be killed) and keeps running until the function returns"
         )
-        text = f"{type(timed_out).__name__}: {timed_out}\n"
+        text = exc_summary(timed_out) + "\n"
         if stack:
             text += f"\nWhere the attempt's thread was when it was abandoned:\n{stack}"
         return Outcome("timeout", exc=timed_out, error_text=text, thread=thread)
@@ -110,12 +111,8 @@ def run_attempt(
         caught: BaseException = box["exc"]
         if not isinstance(caught, Exception):
             raise caught
-        return Outcome("error", exc=caught, error_text=_format(caught))
+        return Outcome("error", exc=caught, error_text=exc_text(caught))
     return Outcome("done", value=box.get("value"))
-
-
-def _format(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(exc))
 
 
 def _stack_of(thread: threading.Thread) -> str | None:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Literal, get_args
 
+from pipeloom._legacy import is_original_layout, upgrade_original_layout
 from pipeloom.errors import DatabaseError
 from pipeloom.schema import check_schema, create_schema
 
@@ -100,7 +101,9 @@ def connect(
         elif not wal:
             _journal_mode(conn, "DELETE")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
-        conn.execute("PRAGMA foreign_keys = OFF")
+        # As in 0.0.7: users' REFERENCES and ON DELETE CASCADE in their own tables are
+        # enforced. pipeloom's own rows always point at an existing run.
+        conn.execute("PRAGMA foreign_keys = ON")
     except sqlite3.DatabaseError as exc:
         conn.close()
         if _is_busy(exc):
@@ -157,13 +160,37 @@ def connect_readonly(db_path: str | Path) -> sqlite3.Connection:
     return conn
 
 
-def init_schema(conn: sqlite3.Connection, db_path: str | Path = MEMORY) -> None:
+def init_schema(
+    conn: sqlite3.Connection,
+    db_path: str | Path = MEMORY,
+    *,
+    store_task_status: bool = True,
+) -> None:
     """Create pipeloom's tables on a new file; accept a file that already has them.
 
+    A file written by pipeloom 0.0.7 (its single-run ``task_runs``) is upgraded in place,
+    its rows kept as one run (see `pipeloom._legacy`).
+
+    Args:
+        conn: a connection from `connect` (autocommit mode).
+        db_path: the file, for error messages.
+        store_task_status: False creates nothing (0.0.7's switch: the file is then all yours
+            for domain tables).
+
     Raises:
-        SchemaOutdatedError: the file holds an older pipeloom schema.
+        SchemaOutdatedError: the file holds an older pipeloom schema this version cannot
+            upgrade by itself.
+        DatabaseError: the tables cannot be created (or the file was written by a newer
+            pipeloom).
     """
+    if not store_task_status:
+        return
+    if conn.in_transaction:
+        # 0.0.7 committed as it went; the schema is created in a transaction of its own.
+        conn.commit()
     try:
+        if is_original_layout(conn):
+            upgrade_original_layout(conn, db_label(db_path))
         if check_schema(conn, db_label(db_path)):
             return
         conn.execute("BEGIN IMMEDIATE")
@@ -181,11 +208,16 @@ def init_schema(conn: sqlite3.Connection, db_path: str | Path = MEMORY) -> None:
 def wal_checkpoint(conn: sqlite3.Connection, mode: str = "TRUNCATE") -> tuple[int, int, int]:
     """Fold the WAL back into the main file so it does not grow between runs.
 
+    An open transaction is committed first, as in 0.0.7: a checkpoint cannot run inside
+    one ("database table is locked").
+
     Returns:
         SQLite's (busy, wal pages, checkpointed pages) triple.
     """
     if mode.upper() not in {"PASSIVE", "FULL", "RESTART", "TRUNCATE"}:
         raise ValueError(f"checkpoint mode {mode!r}: use PASSIVE, FULL, RESTART or TRUNCATE")
+    if conn.in_transaction:
+        conn.commit()
     row = conn.execute(f"PRAGMA wal_checkpoint({mode.upper()})").fetchone()
     if row is None:
         return (0, 0, 0)

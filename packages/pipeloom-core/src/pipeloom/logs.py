@@ -1,4 +1,4 @@
-"""One shared Rich console and the ``pipeloom`` logger.
+"""One shared Rich console, the ``pipeloom`` logger, and `setup_logging`.
 
 Logs and progress bars go through the same console so log lines scroll above the live bars
 instead of tearing them.
@@ -21,35 +21,67 @@ logger = logging.getLogger("pipeloom")
 """The package logger; child loggers (``pipeloom.writer``, ...) propagate to it."""
 
 _LEVELS = {0: logging.WARNING, 1: logging.INFO}
+_MARK = "_pipeloom"
+"""Attribute set on the handlers `setup_logging` installs, so a second call replaces them."""
+
+
+def _level(verbose: int) -> int:
+    return _LEVELS.get(verbose, logging.DEBUG) if verbose >= 0 else logging.WARNING
+
+
+def _remove_own_handlers(target: logging.Logger) -> None:
+    for handler in list(target.handlers):
+        if getattr(handler, _MARK, False):
+            target.removeHandler(handler)
+            handler.close()
 
 
 def setup_logging(verbose: int = 0, log_file: str | Path | None = None) -> logging.Logger:
-    """Route pipeloom's logs to the shared console (and optionally a plain file).
+    """Show every logger's lines, yours and pipeloom's, on the shared console.
+
+    As in pipeloom 0.0.7, the handler goes on the root logger at the chosen level, so a
+    script's own ``logging.getLogger(__name__).info(...)`` lines appear above the bars. The
+    ``pipeloom`` logger gets the same level and propagates to it. Calling it again replaces
+    the handlers it installed before rather than adding a second set (0.0.7 used
+    ``logging.basicConfig``, which silently ignored a second call).
+
+    Rich markup in messages is not interpreted: a task name or path holding ``[red]`` is
+    printed as written.
 
     Args:
         verbose: 0 WARNING, 1 INFO, 2 or more DEBUG.
         log_file: also write plain timestamped lines here (appended).
 
     Returns:
-        The configured ``pipeloom`` logger.
+        The ``pipeloom`` logger.
+
+    Raises:
+        OSError: ``log_file`` cannot be opened for appending.
     """
-    level = _LEVELS.get(verbose, logging.DEBUG) if verbose >= 0 else logging.WARNING
-    for handler in list(logger.handlers):
-        if getattr(handler, "_pipeloom", False):
-            logger.removeHandler(handler)
-            handler.close()
-    rich_handler = RichHandler(console=console, show_path=verbose >= 2, rich_tracebacks=True)
-    rich_handler.setLevel(level)
-    rich_handler._pipeloom = True  # type: ignore[attr-defined]
-    logger.addHandler(rich_handler)
+    level = _level(verbose)
+    root = logging.getLogger()
+    handlers: list[logging.Handler] = []
     if log_file is not None:
+        # Opened first: a bad path raises before anything is changed.
         file_handler = logging.FileHandler(log_file, encoding="utf-8")
         file_handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(name)s %(threadName)s: %(message)s")
         )
-        file_handler.setLevel(level)
-        file_handler._pipeloom = True  # type: ignore[attr-defined]
-        logger.addHandler(file_handler)
+        handlers.append(file_handler)
+    rich_handler = RichHandler(
+        console=console,
+        show_path=verbose >= 2,
+        rich_tracebacks=True,
+        markup=False,
+    )
+    handlers.insert(0, rich_handler)
+    _remove_own_handlers(root)
+    _remove_own_handlers(logger)
+    for handler in handlers:
+        handler.setLevel(level)
+        setattr(handler, _MARK, True)
+        root.addHandler(handler)
+    root.setLevel(level)
     logger.setLevel(level)
-    logger.propagate = False
+    logger.propagate = True
     return logger

@@ -104,6 +104,13 @@ class MsgTaskFinished:
     """The task's label, so a task that never started still gets a readable row."""
     key: str | None = None
     """The task's stable key, so a task that never started can still be matched by resume."""
+    outputs: tuple[Any, ...] | list[Any] = ()
+    """Domain messages that commit with this finish, all or none (only when ``done``).
+
+    The writer applies them through their handlers in the same savepoint as the task's
+    ``done`` row; if a handler rejects one, none of them stays and the task is recorded
+    ``error`` instead. Outputs of any other status are never applied.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +129,8 @@ class MsgTaskAttempt:
     """When the failed attempt began."""
     finished_at: str = field(default_factory=utc_now)
     """When it failed."""
+    discarded: int = 0
+    """Domain messages the attempt emitted that were thrown away with it (never applied)."""
 
 
 @dataclass(frozen=True, slots=True)

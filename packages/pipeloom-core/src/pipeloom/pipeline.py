@@ -24,14 +24,15 @@ import asyncio
 import dataclasses
 import functools
 import hashlib
+import importlib
 import inspect
 import json
 import logging
 import random
 import sqlite3
+import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -39,13 +40,15 @@ from typing import Any, Generic, TypeVar, overload
 
 from rich.console import Console
 
-from pipeloom._context import Context
+from pipeloom._context import DEFAULT_MAX_OUTPUTS, Context, OutputLimitError
 from pipeloom._registry import Handler, HandlerRegistry
 from pipeloom._retry import Outcome, TaskTimeoutError, backoff_delay, run_attempt
-from pipeloom._text import storable
+from pipeloom._text import exc_summary, exc_text, storable
 from pipeloom.db import MEMORY
 from pipeloom.engine import RunResult, TaskQueue, run_pipeline
 from pipeloom.errors import DatabaseError, PipeloomError
+from pipeloom.executors import Executor
+from pipeloom.executors.processes import attempt_deadline
 from pipeloom.messages import (
     MsgTaskAttempt,
     MsgTaskFinished,
@@ -58,8 +61,10 @@ from pipeloom.schema import check_schema
 from pipeloom.writer import SchemaFn
 
 __all__ = [
+    "DEFAULT_MAX_OUTPUTS",
     "RESULT_MAX_CHARS",
     "Context",
+    "OutputLimitError",
     "Pipeline",
     "PipelineError",
     "Task",
@@ -110,10 +115,46 @@ class Task(Generic[T, R]):
     """Seconds before the first retry; doubles for each further retry (with jitter)."""
     max_backoff: float = 60.0
     """The longest wait between two attempts."""
+    atomic: bool = True
+    """Hold ``ctx.emit`` messages and commit them with the ``done`` row, all or none.
+
+    False streams each message to the writer as it is emitted: for outputs too large to hold
+    in memory, at the price of a failed attempt's messages staying applied.
+    """
+    max_outputs: int = DEFAULT_MAX_OUTPUTS
+    """Most messages one atomic attempt may hold; one more fails it with `OutputLimitError`."""
 
     def __call__(self, ctx: Context, item: T) -> R:
         """Run the function directly, without retries or timeout (handy in unit tests)."""
         return self.fn(ctx, item)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickle as a reference to the module attribute ``@pipe.task`` bound it to.
+
+        A decorated function's module attribute is this `Task`, not the function, so pickle
+        could not find the function by its name; worker processes import the module and take
+        the task from there instead.
+        """
+        module = getattr(self.fn, "__module__", None)
+        qualname = getattr(self.fn, "__qualname__", "")
+        if module and _lookup(sys.modules.get(module), qualname) is self:
+            return (_load_task, (module, qualname))
+        return (Task, tuple(getattr(self, f.name) for f in dataclasses.fields(self)))
+
+
+def _lookup(module: object, qualname: str) -> object:
+    obj = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def _load_task(module: str, qualname: str) -> Task[Any, Any]:
+    """Find a task in its module again (in a worker process)."""
+    found = _lookup(importlib.import_module(module), qualname)
+    if not isinstance(found, Task):
+        raise PipelineError(f"{module}.{qualname} is no longer a pipeloom task")
+    return found
 
 
 @dataclass(slots=True)
@@ -200,8 +241,11 @@ def to_result(value: object) -> str | None:
             try:
                 text = repr(value)
             except Exception as exc:  # a user __repr__ may raise anything
-                log.warning("result of type %s has a failing repr: %r", type(value).__name__, exc)
-                text = f"<unrepresentable {type(value).__name__}: {exc!r}>"
+                reason = exc_summary(exc)
+                log.warning(
+                    "result of type %s has a failing repr: %s", type(value).__name__, reason
+                )
+                text = f"<unrepresentable {type(value).__name__}: {reason}>"
     if len(text) > RESULT_MAX_CHARS:
         text = f"{text[:RESULT_MAX_CHARS]}… [result truncated: {len(text)} chars in all]"
     return text
@@ -209,10 +253,6 @@ def to_result(value: object) -> str | None:
 
 def _label(key: str) -> str:
     return key if len(key) <= _NAME_MAX_CHARS else key[: _NAME_MAX_CHARS - 1] + "…"
-
-
-def _summary(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:_SUMMARY_CHARS]
 
 
 class _Previous:
@@ -347,18 +387,73 @@ class _SizedTasks:
 
 
 class _Runner:
-    """The worker function of one declarative run: attempts, retries, timeouts, results."""
+    """The worker function of one declarative run: attempts, retries, timeouts, results.
+
+    It pickles (without its locks and threads) so worker processes and Dask workers can run
+    it, and has an async path (`run_async`) for the async executor.
+    """
 
     def __init__(self, pipe: Pipeline, fail_fast: bool) -> None:
-        self.pipe = pipe
+        self.name = pipe.name
+        self.handled = frozenset(pipe.handlers)
+        self.seed = pipe.seed
         self.fail_fast = fail_fast
-        self.rng = random.Random(pipe.seed)
+        self._local()
+
+    def _local(self) -> None:
+        """State that stays in its process: never pickled, made anew where it is unpickled."""
+        self.rng = random.Random(self.seed)
         self.rng_lock = threading.Lock()
         self.abandoned: list[threading.Thread] = []
         self.abandoned_lock = threading.Lock()
-        self.logger = logging.getLogger(f"pipeloom.task.{pipe.name}")
+        self.logger = logging.getLogger(f"pipeloom.task.{self.name}")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Ship the settings only (locks and threads cannot cross a process)."""
+        return {k: getattr(self, k) for k in ("name", "handled", "seed", "fail_fast")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Rebuild in a worker process."""
+        self.__dict__.update(state)
+        self._local()
 
     def __call__(self, task: TaskDef, q: TaskQueue) -> None:
+        job = self._prelude(task, q)
+        if job is None:
+            return
+        attempt = q.first_attempt
+        while True:
+            started = utc_now()
+            outcome, ctx = self._attempt(task, job, q, attempt, started)
+            retry = self._settle(task, job, q, attempt, outcome, ctx)
+            if retry is None:
+                return
+            if q.stopping.is_set() or q.stopping.wait(retry.delay):
+                self._record_failure(task, q, attempt, outcome, True, retry.discarded)
+                return
+            self._retrying(task, q, attempt, started, outcome, ctx, retry.discarded)
+            attempt += 1
+
+    async def run_async(self, task: TaskDef, q: TaskQueue) -> None:
+        """The same as calling the runner, on an event loop: timeouts cancel the coroutine."""
+        job = self._prelude(task, q)
+        if job is None:
+            return
+        attempt = q.first_attempt
+        while True:
+            started = utc_now()
+            outcome, ctx = await self._attempt_async(task, job, q, attempt, started)
+            retry = self._settle(task, job, q, attempt, outcome, ctx)
+            if retry is None:
+                return
+            if await _wait_async(q.stopping, retry.delay):
+                self._record_failure(task, q, attempt, outcome, True, retry.discarded)
+                return
+            self._retrying(task, q, attempt, started, outcome, ctx, retry.discarded)
+            attempt += 1
+
+    def _prelude(self, task: TaskDef, q: TaskQueue) -> _Job | None:
+        """Settle a task that needs no attempt (done before, or broken); else its job."""
         job: _Job = task.payload
         if job.done_in is not None:
             # The key rides on the finish, so a later resume recognises this row too.
@@ -373,7 +468,7 @@ class _Runner:
                     key=task.key,
                 )
             )
-            return
+            return None
         if job.problem is not None:
             summary = job.problem.strip().splitlines()[-1][:_SUMMARY_CHARS]
             q.put(
@@ -388,82 +483,156 @@ class _Runner:
                 )
             )
             self._maybe_stop(summary)
-            return
-        self._run(task, job, q)
+            return None
+        return job
 
-    def _run(self, task: TaskDef, job: _Job, q: TaskQueue) -> None:
-        attempt = 1
-        while True:
-            started = utc_now()
-            outcome, ctx = self._attempt(task, job, q, attempt, started)
-            if outcome.status == "done":
-                result = to_result(outcome.value)
-                q.put(
-                    MsgTaskFinished(
-                        task.task_id,
-                        "done",
-                        utc_now(),
-                        result=result,
-                        attempt=attempt,
-                        name=task.name,
-                    )
+    def _settle(
+        self, task: TaskDef, job: _Job, q: TaskQueue, attempt: int, outcome: Outcome, ctx: Context
+    ) -> _Retry | None:
+        """Record a finished task, or say how long to wait before its next attempt."""
+        outputs: tuple[Any, ...] | list[Any] = ()
+        if outcome.status == "done":
+            try:
+                # The held messages ride on the finish: the writer commits them with the
+                # done row in one savepoint, or none of them and records the task error.
+                outputs = ctx._take_outputs()
+            except OutputLimitError as exc:  # caught by the task, which went on
+                outcome = Outcome("error", exc=exc, error_text=exc_text(exc))
+        if outcome.status == "done":
+            q.put(
+                MsgTaskFinished(
+                    task.task_id,
+                    "done",
+                    utc_now(),
+                    result=to_result(outcome.value),
+                    attempt=attempt,
+                    name=task.name,
+                    outputs=outputs,
                 )
-                return
-            self._note_failure(task, job.task, attempt, outcome)
-            retry = self._should_retry(job.task, attempt, outcome)
-            if retry and self._wait_to_retry(job.task, attempt, q):
-                error = outcome.error_text or ""
-                q.put(MsgTaskAttempt(task.task_id, attempt, outcome.status, error, started))
-                last_total = ctx._last_total
-                if last_total is not None:  # the live bar starts over for the new attempt
-                    q.put(MsgTaskProgress(task.task_id, 0, last_total))
-                attempt += 1
-                continue
-            self._record_failure(task, q, attempt, outcome, retry_cut_short=retry)
-            return
+            )
+            return None
+        discarded = ctx._discard()
+        self._note_failure(task, job.task, attempt, outcome, discarded)
+        if not self._should_retry(job.task, attempt, outcome):
+            self._record_failure(task, q, attempt, outcome, False, discarded)
+            return None
+        with self.rng_lock:
+            delay = backoff_delay(attempt, job.task.backoff, job.task.max_backoff, self.rng)
+        return _Retry(delay, discarded)
 
-    def _attempt(
-        self, task: TaskDef, job: _Job, q: TaskQueue, attempt: int, started: str
-    ) -> tuple[Outcome, Context]:
-        q.put(MsgTaskStarted(task.task_id, task.name, started, attempt=attempt, key=task.key))
-        ctx = Context(
+    def _retrying(
+        self,
+        task: TaskDef,
+        q: TaskQueue,
+        attempt: int,
+        started: str,
+        outcome: Outcome,
+        ctx: Context,
+        discarded: int,
+    ) -> None:
+        q.put(
+            MsgTaskAttempt(
+                task.task_id,
+                attempt,
+                outcome.status,
+                outcome.error_text or "",
+                started,
+                discarded=discarded,
+            )
+        )
+        last_total = ctx._last_total
+        if last_total is not None:  # the live bar starts over for the new attempt
+            q.put(MsgTaskProgress(task.task_id, 0, last_total))
+
+    def _context(self, task: TaskDef, job: _Job, q: TaskQueue, attempt: int) -> Context:
+        q.put(MsgTaskStarted(task.task_id, task.name, utc_now(), attempt=attempt, key=task.key))
+        return Context(
             task_id=task.task_id,
             name=task.name,
             key=task.key,
             attempt=attempt,
             put=q.put,
-            handled=self.pipe.handlers,
+            handled=self.handled,
             logger=self.logger,
+            atomic=job.task.atomic,
+            max_outputs=job.task.max_outputs,
         )
-        fn = job.task.fn
+
+    def _attempt(
+        self, task: TaskDef, job: _Job, q: TaskQueue, attempt: int, started: str
+    ) -> tuple[Outcome, Context]:
+        ctx = self._context(task, job, q, attempt)
+        spec = job.task
+        fn = spec.fn
         call = (
             functools.partial(_run_coroutine, fn, ctx, job.item)
             if inspect.iscoroutinefunction(fn)
             else functools.partial(fn, ctx, job.item)
         )
-        outcome = run_attempt(
-            call,
-            timeout=job.task.timeout,
-            on_timeout=ctx._abandon,
-            thread_name=f"pipeloom-task-{task.task_id}-{attempt}",
+        timeout = spec.timeout
+        # In a worker process the driver kills the process when the attempt runs over, which
+        # really stops it; a thread can only be abandoned.
+        retry = attempt <= spec.retries and any(
+            issubclass(TaskTimeoutError, t) for t in spec.retry_on
         )
+        killed_on_timeout = timeout is not None and attempt_deadline(timeout, attempt, retry)
+        try:
+            outcome = run_attempt(
+                call,
+                timeout=None if killed_on_timeout else timeout,
+                on_timeout=ctx._abandon,
+                thread_name=f"pipeloom-task-{task.task_id}-{attempt}",
+            )
+        finally:
+            if killed_on_timeout:
+                attempt_deadline(None)
         return outcome, ctx
 
-    def _wait_to_retry(self, spec: Task[Any, Any], attempt: int, q: TaskQueue) -> bool:
-        """Wait out the backoff; False when the run started stopping (Ctrl-C, fail_fast)."""
-        if q.stopping.is_set():
-            return False
-        with self.rng_lock:
-            delay = backoff_delay(attempt, spec.backoff, spec.max_backoff, self.rng)
-        return not q.stopping.wait(delay)
+    async def _attempt_async(
+        self, task: TaskDef, job: _Job, q: TaskQueue, attempt: int, started: str
+    ) -> tuple[Outcome, Context]:
+        ctx = self._context(task, job, q, attempt)
+        spec = job.task
+        if not inspect.iscoroutinefunction(spec.fn):
+            # A blocking function must not stall the loop: its attempt runs in a thread.
+            call = functools.partial(spec.fn, ctx, job.item)
+            outcome = await asyncio.to_thread(
+                run_attempt,
+                call,
+                timeout=spec.timeout,
+                on_timeout=ctx._abandon,
+                thread_name=f"pipeloom-task-{task.task_id}-{attempt}",
+            )
+            return outcome, ctx
+        try:
+            value = await asyncio.wait_for(spec.fn(ctx, job.item), spec.timeout)
+        except TimeoutError:
+            ctx._abandon()
+            timed_out = TaskTimeoutError(
+                f"did not finish within {spec.timeout:g} s; the coroutine was cancelled"
+            )
+            return Outcome("timeout", exc=timed_out, error_text=exc_summary(timed_out)), ctx
+        except Exception as exc:
+            return Outcome("error", exc=exc, error_text=exc_text(exc)), ctx
+        return Outcome("done", value=value), ctx
 
     def _record_failure(
-        self, task: TaskDef, q: TaskQueue, attempt: int, outcome: Outcome, retry_cut_short: bool
+        self,
+        task: TaskDef,
+        q: TaskQueue,
+        attempt: int,
+        outcome: Outcome,
+        retry_cut_short: bool,
+        discarded: int,
     ) -> None:
         assert outcome.exc is not None
-        summary = _summary(outcome.exc)
+        notes = []
         if retry_cut_short:
-            summary = f"{summary[: _SUMMARY_CHARS - 40]} (not retried: the run is stopping)"
+            notes.append("not retried: the run is stopping")
+        if discarded:
+            notes.append(f"{_discarded_text(discarded)} of this attempt discarded")
+        note = f" ({'; '.join(notes)})" if notes else ""
+        summary = exc_summary(outcome.exc, _SUMMARY_CHARS - len(note)) + note
         q.put(
             MsgTaskFinished(
                 task.task_id,
@@ -478,10 +647,12 @@ class _Runner:
         self._maybe_stop(summary)
 
     def _should_retry(self, spec: Task[Any, Any], attempt: int, outcome: Outcome) -> bool:
+        if isinstance(outcome.exc, OutputLimitError):
+            return False  # the same work would hold as many messages again
         return attempt <= spec.retries and isinstance(outcome.exc, spec.retry_on)
 
     def _note_failure(
-        self, task: TaskDef, spec: Task[Any, Any], attempt: int, outcome: Outcome
+        self, task: TaskDef, spec: Task[Any, Any], attempt: int, outcome: Outcome, discarded: int
     ) -> None:
         if outcome.thread is not None:
             with self.abandoned_lock:
@@ -489,17 +660,19 @@ class _Runner:
                 self.abandoned.append(outcome.thread)
             log.warning(
                 "task %s: attempt %d timed out after %g s; its thread cannot be killed and is "
-                "left to finish (its result will be ignored)",
+                "left to finish (its result will be ignored)%s",
                 task.name,
                 attempt,
                 spec.timeout,
+                f"; {_discarded_text(discarded)} discarded" if discarded else "",
             )
         else:
             log.info(
-                "task %s: attempt %d failed: %s",
+                "task %s: attempt %d failed: %s%s",
                 task.name,
                 attempt,
-                _summary(outcome.exc or Exception()),
+                exc_summary(outcome.exc or Exception()),
+                f"; {_discarded_text(discarded)} discarded" if discarded else "",
             )
 
     def _maybe_stop(self, summary: str) -> None:
@@ -538,6 +711,9 @@ class Pipeline(HandlerRegistry):
         grace: seconds the run waits at its end for timed-out task threads to return.
         params: JSON-able parameters stored on each run row.
         seed: seeds the retry jitter, for reproducible waits.
+        executor: where tasks run: ``"threads"`` (default), ``"processes"``, ``"async"``,
+            ``"dask"`` or an instance from `pipeloom.executors`. With processes or Dask the
+            task functions, items and results must pickle.
     """
 
     registration_error = PipelineError
@@ -557,6 +733,7 @@ class Pipeline(HandlerRegistry):
         grace: float = 2.0,
         params: Mapping[str, Any] | None = None,
         seed: int | None = None,
+        executor: str | Executor | None = None,
     ) -> None:
         """Create an empty pipeline; add tasks with `task` and work with `map`."""
         if not name or not isinstance(name, str):
@@ -576,6 +753,7 @@ class Pipeline(HandlerRegistry):
         self.grace = grace
         self.params = dict(params or {})
         self.seed = seed
+        self.executor = executor
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._stages: list[_Stage] = []
 
@@ -595,6 +773,8 @@ class Pipeline(HandlerRegistry):
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
         backoff: float = 0.5,
         max_backoff: float = 60.0,
+        atomic: bool = True,
+        max_outputs: int = DEFAULT_MAX_OUTPUTS,
     ) -> Task[T, R]: ...
 
     @overload
@@ -609,6 +789,8 @@ class Pipeline(HandlerRegistry):
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
         backoff: float = 0.5,
         max_backoff: float = 60.0,
+        atomic: bool = True,
+        max_outputs: int = DEFAULT_MAX_OUTPUTS,
     ) -> Callable[[Callable[[Context, T], R]], Task[T, R]]: ...
 
     def task(
@@ -622,6 +804,8 @@ class Pipeline(HandlerRegistry):
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
         backoff: float = 0.5,
         max_backoff: float = 60.0,
+        atomic: bool = True,
+        max_outputs: int = DEFAULT_MAX_OUTPUTS,
     ) -> Task[T, R] | Callable[[Callable[[Context, T], R]], Task[T, R]]:
         """Make ``fn(ctx, item)`` a task: ``@pipe.task``, ``@pipe.task(...)``, ``pipe.task(fn)``.
 
@@ -629,6 +813,10 @@ class Pipeline(HandlerRegistry):
         is up. Python threads cannot be killed: the attempt is recorded ``timeout``,
         ``ctx.cancelled`` is set and what it still sends is dropped, but the function keeps
         running until it returns. Long tasks should check ``ctx.cancelled``.
+
+        By default a task is atomic: what it sends with ``ctx.emit`` is held in memory and
+        commits in one savepoint with its ``done`` row, so a failed attempt leaves none of its
+        domain rows behind. ``atomic=False`` streams each message to the writer instead.
 
         Args:
             fn: the function, when used without arguments.
@@ -638,6 +826,8 @@ class Pipeline(HandlerRegistry):
             retry_on: exception types worth retrying; a timeout counts as TimeoutError.
             backoff: seconds before the first retry, doubled for each further one, jittered.
             max_backoff: the longest wait between attempts.
+            atomic: commit the task's emitted messages with its success, all or none.
+            max_outputs: most messages one atomic attempt may hold in memory.
 
         Raises:
             PipelineError: a setting is out of range or the name is taken.
@@ -647,7 +837,22 @@ class Pipeline(HandlerRegistry):
         def decorate(func: Callable[[Context, T], R]) -> Task[T, R]:
             task_name = name or getattr(func, "__name__", None) or "task"
             self._check_task(task_name, func, retries, timeout, retry_types, backoff, max_backoff)
-            spec = Task(func, task_name, retries, timeout, retry_types, backoff, max_backoff)
+            if not isinstance(max_outputs, int) or max_outputs < 1:
+                raise PipelineError(
+                    f"pipeline {self.name!r}, task {task_name!r}: max_outputs={max_outputs!r}; "
+                    "use 1 or more (or atomic=False to stream instead of holding messages)"
+                )
+            spec = Task(
+                func,
+                task_name,
+                retries,
+                timeout,
+                retry_types,
+                backoff,
+                max_backoff,
+                atomic=bool(atomic),
+                max_outputs=max_outputs,
+            )
             self.tasks[task_name] = spec
             return spec
 
@@ -723,9 +928,10 @@ class Pipeline(HandlerRegistry):
                     break
                 except Exception as exc:
                     # A failing item source becomes a failed task, not a dead worker thread.
-                    log.error("pipeline %s: items of %s raised %s", self.name, spec.name, exc)
+                    reason = exc_summary(exc)
+                    log.error("pipeline %s: items of %s raised %s", self.name, spec.name, reason)
                     task_id += 1
-                    problem = f"reading the items of {spec.name} failed\n" + _format(exc)
+                    problem = f"reading the items of {spec.name} failed\n" + exc_text(exc)
                     yield TaskDef(
                         task_id, f"{spec.name}: items", payload=_Job(spec, problem=problem)
                     )
@@ -737,7 +943,7 @@ class Pipeline(HandlerRegistry):
                     yield TaskDef(
                         task_id,
                         f"{spec.name}:#{task_id}",
-                        payload=_Job(spec, item, problem=_format(exc)),
+                        payload=_Job(spec, item, problem=exc_text(exc)),
                     )
                     continue
                 done_in = previous.done_in(key) if previous is not None else None
@@ -758,6 +964,7 @@ class Pipeline(HandlerRegistry):
         progress: bool | None = None,
         summary_hint: str | None = None,
         console: Console | None = None,
+        executor: str | Executor | None = None,
     ) -> RunResult:
         """Run every mapped task once and record it; returns the engine's `RunResult`.
 
@@ -770,6 +977,7 @@ class Pipeline(HandlerRegistry):
             progress: True live bars, False nothing, None bars on a terminal only.
             summary_hint: an extra line for the end-of-run summary.
             console: where progress and the summary go.
+            executor: overrides the pipeline's executor for this run.
 
         Raises:
             PipelineError: nothing was mapped, or the run to resume does not exist.
@@ -808,6 +1016,7 @@ class Pipeline(HandlerRegistry):
                 run_name=self.name,
                 params=params,
                 summary_hint=summary_hint,
+                executor=executor if executor is not None else self.executor,
             )
         finally:
             if previous is not None:
@@ -820,6 +1029,29 @@ class Pipeline(HandlerRegistry):
         return dataclasses.replace(result, extra={**result.extra, **extra})
 
 
+@dataclass(frozen=True, slots=True)
+class _Retry:
+    """A failed attempt that will be retried: after ``delay`` seconds."""
+
+    delay: float
+    discarded: int
+
+
+async def _wait_async(stopping: threading.Event, delay: float) -> bool:
+    """Wait ``delay`` seconds on the loop; True when the run started stopping meanwhile."""
+    deadline = time.monotonic() + delay
+    while not stopping.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        await asyncio.sleep(min(left, 0.05))
+    return True
+
+
+def _discarded_text(n: int) -> str:
+    return f"{n} emitted message{'' if n == 1 else 's'}"
+
+
 def _run_coroutine(fn: Callable[[Context, Any], Any], ctx: Context, item: Any) -> Any:
     """Run an ``async def`` task on an event loop of its own, in the attempt's thread."""
     return asyncio.run(fn(ctx, item))
@@ -829,7 +1061,3 @@ def _same_definition(old: Callable[..., Any], new: Callable[..., Any]) -> bool:
     """Tell a re-run of the same ``def`` (a notebook cell, a reload) from a name clash."""
     where = ("__module__", "__qualname__")
     return all(getattr(old, a, None) == getattr(new, a, object()) for a in where)
-
-
-def _format(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(exc))

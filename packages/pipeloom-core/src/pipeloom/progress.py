@@ -81,13 +81,17 @@ def make_task_progress(
 
 
 def preregister_task_bars(progress: Progress, n: int) -> dict[int, TaskID]:
-    """Create ``n`` hidden bars keyed 0..n-1 (kept for code written against the seed).
+    """Create one visible bar per task, keyed by the task ids 1..n, as pipeloom 0.0.7 did.
 
-    New code should not need this: `LiveDisplay` adds a bar when a task starts and removes
-    it when the task ends.
+    For code that drives its own Rich ``Progress``: pass the map as ``task_bar_map`` to
+    `SQLiteWriter` and each bar follows its task's committed progress. Task ids start at 1
+    in 0.0.7's examples, so bar ``n`` belongs to the last task. `run_pipeline` does not need
+    this: its display adds a bar when a task starts and removes it when the task ends, so a
+    run of a million tasks never builds a million bars.
     """
     return {
-        i: progress.add_task(f"task {i}", total=None, visible=False, message="") for i in range(n)
+        task_id: progress.add_task(f"task-{task_id}", total=None, message="")
+        for task_id in range(1, n + 1)
     }
 
 

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from pipeloom._atomic import HeldCounts, apply_held, holds_outputs
 from pipeloom._control import Refused, RunEnd
 from pipeloom._fold import (
     AppliedBatch,
@@ -498,12 +499,12 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
     def _apply(self, batch: list[Any]) -> None:
         conn = self._conn
         assert conn is not None
-        lifecycle, steps, known_dead = self._sort(batch)
+        lifecycle, steps, known_dead, held = self._sort(batch)
         fold = _Fold()
         while True:
             dead = list(known_dead)
             try:
-                self._apply_once(conn, lifecycle, steps, fold, dead)
+                outputs = self._apply_once(conn, lifecycle, steps, fold, dead, held)
                 break
             except _TransactionEnded as ended:
                 # A handler committed or rolled back the batch's transaction. Its messages
@@ -525,20 +526,24 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                         for cls, handler, msgs in steps
                     ]
                     fold = _Fold()
+        # A held finish counts as one message of the batch; its outputs count on their own.
+        n_dead = len(dead) + outputs.dead
         applied = fold.applied
-        applied.messages = len(batch)
-        applied.dead_letters = len(dead)
-        self.messages_applied += len(batch) - len(dead) - self._uncounted
+        applied.messages = len(batch) + outputs.messages
+        applied.dead_letters = n_dead
+        self.messages_applied += len(batch) + outputs.messages - n_dead - self._uncounted
         self._uncounted = 0
-        self.messages_dead += len(dead)
+        self.messages_dead += n_dead
         for task_id, status in applied.finished:
             self.status_counts[status] = self.status_counts.get(status, 0) + 1
             if status in FAILED:
                 self.failed_task_ids.append(task_id)
         self._notify(applied)
 
-    def _sort(self, batch: list[Any]) -> tuple[list[Any], list[_Step], list[tuple[Any, str]]]:
-        """Split a batch into lifecycle messages, per-type handler steps and dead letters.
+    def _sort(
+        self, batch: list[Any]
+    ) -> tuple[list[Any], list[_Step], list[tuple[Any, str]], list[MsgTaskFinished]]:
+        """Split a batch: lifecycle messages, handler steps, dead letters, held finishes.
 
         Only ``type(msg)`` and identity are used on a message here: its ``__class__``,
         ``__eq__`` or ``__hash__`` may be user code that raises.
@@ -546,9 +551,13 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         groups: dict[type[Any], list[Any]] = {}
         lifecycle: list[Any] = []
         dead: list[tuple[Any, str]] = []
+        held: list[MsgTaskFinished] = []  # done finishes carrying outputs: see _atomic
         for msg in batch:
             cls = type(msg)
             if cls is MsgTaskProgress or cls is MsgTaskStarted or cls is MsgTaskFinished:
+                if cls is MsgTaskFinished and _carries_outputs(msg):
+                    held.append(msg)
+                    continue
                 lifecycle.append(msg)
             elif cls is MsgRunFinished or cls is RunEnd or cls is Refused:
                 self._control(msg, dead)
@@ -580,7 +589,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                 dead.extend((m, reason) for m in msgs)
                 continue
             steps.append((cls, handler, msgs))
-        return lifecycle, steps, dead
+        return lifecycle, steps, dead, held
 
     def _apply_once(
         self,
@@ -589,7 +598,8 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         steps: list[_Step],
         fold: _Fold,
         dead: list[tuple[Any, str]],
-    ) -> None:
+        held: list[MsgTaskFinished],
+    ) -> HeldCounts:
         """Apply one batch in one transaction; ``dead`` gains what could not be applied.
 
         Raises:
@@ -602,7 +612,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         try:
             if lifecycle:
                 self._apply_lifecycle(conn, lifecycle, fold, dead)
-            if steps:
+            if steps or held:
                 self._write_mark(conn)
                 # The guard judges statements when they are prepared; re-arming it expires
                 # every cached one, so a cached "COMMIT" is judged again when a handler runs it.
@@ -610,6 +620,9 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             for index, (cls, handler, msgs) in enumerate(steps):
                 if msgs:
                     self._apply_group(conn, index, cls, msgs, handler, dead)
+            outputs = HeldCounts()
+            if held:
+                outputs = self._apply_held(conn, held, fold)
             if dead:
                 self._store_dead(conn, dead)
             conn.execute("COMMIT")
@@ -623,6 +636,33 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                 log.debug("rollback after %s failed too: %s", type(exc).__name__, err)
             raise
         self._check_file()
+        return outputs
+
+    def _apply_held(
+        self, conn: sqlite3.Connection, held: list[MsgTaskFinished], fold: _Fold
+    ) -> HeldCounts:
+        """Apply the finishes that carry a task's outputs (see `_atomic`), handlers guarded."""
+        self._refused = None
+        self._in_handler = True
+        try:
+            return apply_held(
+                conn,
+                held,
+                handlers=self.handlers,
+                run_id=self.run_id,
+                store_tasks=self.store_task_status,
+                applied=fold.applied,
+                is_fatal=_is_fatal,
+            )
+        finally:
+            self._in_handler = False
+            if self._refused is not None:
+                log.warning(
+                    "a handler tried to end the writer's transaction (%s) while applying a "
+                    "task's outputs; it was refused and the task recorded error: handlers must "
+                    "not commit or roll back",
+                    self._refused,
+                )
 
     def _write_mark(self, conn: sqlite3.Connection) -> None:
         """Note this batch in a temp table, inside its transaction.
@@ -724,7 +764,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             return
         conn.executemany(
             "INSERT INTO task_attempts (run_id, task_id, attempt, status, started_at, "
-            "finished_at, error) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "finished_at, error, discarded) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     self.run_id,
@@ -734,6 +774,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                     None if m.started_at is None else storable(m.started_at),
                     storable(m.finished_at),
                     storable(m.error),
+                    m.discarded if type(m.discarded) is int else 0,
                 )
                 for m in msgs
             ],
@@ -1002,6 +1043,16 @@ def _type_name_of(cls: type[Any]) -> str:
         return storable(f"{cls.__module__}.{cls.__qualname__}")
     except Exception:  # a metaclass may make even these raise
         return storable(type.__repr__(cls))
+
+
+def _carries_outputs(msg: MsgTaskFinished) -> bool:
+    """Tell whether a finish holds outputs to apply atomically; never raises on odd fields."""
+    outputs = msg.outputs
+    if outputs is None or ((type(outputs) is tuple or type(outputs) is list) and not outputs):
+        return False
+    if type(msg.status) is not str:
+        return False  # the fold records (or refuses) the status; its outputs are not applied
+    return holds_outputs(msg)
 
 
 def _reason(exc: BaseException) -> str:

@@ -134,6 +134,15 @@ def demo(
     dask_address: DaskAddress = None,
     verbose: Verbose = 0,
     log_file: LogFile = None,
+    store_task_status: Annotated[
+        bool,
+        typer.Option(
+            "--store-task-status",
+            "-s",
+            help="Accepted for pipeloom 0.0.7 scripts; has no effect: every demo run is "
+            "recorded in --db.",
+        ),
+    ] = True,
 ) -> None:
     """Simulate a pipeline with live progress.
 
@@ -143,6 +152,8 @@ def demo(
     """
     with user_errors(verbose):
         start_logging(verbose, log_file)
+        # 0.0.7's -s switched task rows on; here they are always kept (run history).
+        del store_task_status
         if seed is None:
             seed = random.SystemRandom().randrange(1_000_000)
         prepare_for_write(db)

@@ -1,0 +1,36 @@
+"""Helpers for the compatibility tests: run a script as a user would, read rows back."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+
+def run_script(code: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Write ``code`` to ``cwd/script.py`` and run it with this interpreter, warnings as errors."""
+    script = cwd / "script.py"
+    script.write_text(textwrap.dedent(code), encoding="utf-8")
+    env = {**os.environ, "PYTHONWARNINGS": "error", "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, str(script)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def rows(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every row of ``sql`` on ``db``, read with a plain connection."""
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
