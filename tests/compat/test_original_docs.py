@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from pipeloom.demo import DemoTask, demo_worker
 from pipeloom.engine import run_pipeline
 from tests.compat._compat_support import rows, run_script
@@ -64,14 +62,6 @@ def test_how_to_extend_custom_worker_runs_unchanged(tmp_path: Path) -> None:
     assert rows(tmp_path / "etl.db", "SELECT * FROM task_runs WHERE status <> 'done';") == []
 
 
-WORKER_FN_DEFAULT = pytest.mark.xfail(
-    reason="run_pipeline has no default worker_fn (0.0.7 defaulted to its demo worker); "
-    "engine.py is the lead's: `worker_fn: WorkerFn = pipeloom.demo.demo_worker` fixes it",
-    strict=True,
-)
-
-
-@WORKER_FN_DEFAULT
 def test_getting_started_hello_runs_unchanged(tmp_path: Path) -> None:
     # docs/getting-started.md, "Hello, Pipeloom".
     proc = run_script(
@@ -98,7 +88,6 @@ def test_getting_started_hello_runs_unchanged(tmp_path: Path) -> None:
     ]
 
 
-@WORKER_FN_DEFAULT
 def test_readme_call_without_a_worker_runs_unchanged(tmp_path: Path) -> None:
     # README.md, "Using pipeloom in Your ETL", step 3 (with the names it leaves to the user).
     proc = run_script(

@@ -179,9 +179,30 @@ def _run_writer(msgs: list[Any], batch_size: int) -> tuple[SQLiteWriter, Path, A
     return writer, db, tmp
 
 
-@SETTINGS
+# 120 examples in all, as three derandomized shards of 40 (each shard's examples come from
+# its own name), so parallel test workers share them.
+SHARD = settings(SETTINGS, max_examples=40)
+
+
+@SHARD
 @given(msgs=st.lists(messages, max_size=30), batch_size=st.integers(1, 40))
 def test_writer_never_crashes_and_books_balance(msgs: list[Any], batch_size: int) -> None:
+    _never_crashes_and_books_balance(msgs, batch_size)
+
+
+@SHARD
+@given(msgs=st.lists(messages, max_size=30), batch_size=st.integers(1, 40))
+def test_writer_never_crashes_and_books_balance_shard_2(msgs: list[Any], batch_size: int) -> None:
+    _never_crashes_and_books_balance(msgs, batch_size)
+
+
+@SHARD
+@given(msgs=st.lists(messages, max_size=30), batch_size=st.integers(1, 40))
+def test_writer_never_crashes_and_books_balance_shard_3(msgs: list[Any], batch_size: int) -> None:
+    _never_crashes_and_books_balance(msgs, batch_size)
+
+
+def _never_crashes_and_books_balance(msgs: list[Any], batch_size: int) -> None:
     writer, db, tmp = _run_writer(msgs, batch_size)
     with tmp:
         assert not writer.is_alive(), "the writer finished"

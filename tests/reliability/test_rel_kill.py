@@ -16,6 +16,7 @@ from pipeloom import TaskDef, TaskQueue, run_pipeline
 from tests.reliability._support import integrity, query, read_events, spawn_child, wait_for
 
 TRIALS = 20
+CHUNKS = 4
 TASKS = 5000
 SEED = 20261123
 
@@ -29,10 +30,12 @@ def _noop(task: TaskDef, q: TaskQueue) -> None:
 
 
 @pytest.mark.timeout(100)
+@pytest.mark.parametrize("chunk", range(CHUNKS))
 def test_sigkill_mid_run_keeps_committed_finishes_and_next_writer_marks_interrupted(
-    tmp_path: Path,
+    tmp_path: Path, chunk: int
 ) -> None:
-    _kill_trials(tmp_path, signal.SIGKILL, TRIALS, SEED)
+    # The 20 trials run as 4 seeded chunks of 5, so parallel test workers share them.
+    _kill_trials(tmp_path, signal.SIGKILL, TRIALS // CHUNKS, SEED + 100 * chunk)
 
 
 @pytest.mark.timeout(60)

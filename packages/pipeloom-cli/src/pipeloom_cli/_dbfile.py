@@ -53,8 +53,8 @@ def prepare_for_write(db: Path) -> None:
     """Make sure ``db`` is a usable path and bring an existing file to the current schema.
 
     Raises:
-        UsageError: the path is a directory, its folder is missing, the file is not SQLite,
-            or the upgrade failed.
+        UsageError: the path is a directory, a FIFO or another non-regular file, its folder
+            is missing or not writable, the file is not SQLite, or the upgrade failed.
         DatabaseError: the file was written by a newer pipeloom (from the migrations).
     """
     _check_is_sqlite(db)

@@ -16,6 +16,7 @@ from typing import Final
 
 import typer
 
+from pipeloom._text import printable
 from pipeloom.engine import RunResult
 from pipeloom.errors import DatabaseError, PipeloomError, WriterFailedError
 
@@ -56,7 +57,8 @@ class UsageError(CliError):
 def _fail(message: str, code: int, verbose: int) -> typer.Exit:
     if verbose >= 2:
         traceback.print_exc(file=sys.stderr)
-    typer.echo(f"Error: {message}", err=True)
+    # Messages quote paths and user values: show their control characters, never obey them.
+    typer.echo(f"Error: {printable(message)}", err=True)
     return typer.Exit(code)
 
 

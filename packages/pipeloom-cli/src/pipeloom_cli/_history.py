@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import sqlite3
 from dataclasses import asdict, dataclass, field
@@ -15,8 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from pipeloom.db import connect_readonly
-from pipeloom.errors import DatabaseError
+from pipeloom.db import connect_readonly, describe_error
 from pipeloom.lease import stale_sql
 from pipeloom.schema import SCHEMA_VERSION, inspect_schema
 from pipeloom_cli._errors import UsageError
@@ -161,16 +161,18 @@ def open_history(db: Path) -> sqlite3.Connection:
     """Open ``db`` read-only and check it holds pipeloom's current run history.
 
     Raises:
-        UsageError: the file is missing, not SQLite, not a pipeloom database, or older.
+        UsageError: the file is missing, not a pipeloom database, or older.
+        DatabaseError: the file is not a regular file, not SQLite, damaged or unreadable.
     """
     quoted = shlex.quote(str(db))
-    if not db.exists():
+    if not os.path.lexists(db):
         raise UsageError(f"{db}: no such database file; {_suggest_databases(db.parent)}")
+    conn = connect_readonly(db)
     try:
-        conn = connect_readonly(db)
         state = inspect_schema(conn)
-    except (DatabaseError, sqlite3.DatabaseError) as exc:
-        raise UsageError(f"{db}: not a SQLite database ({exc}); check the path") from exc
+    except sqlite3.DatabaseError as exc:  # a damaged schema page
+        conn.close()
+        raise describe_error(db, exc) from exc
     kind, version = state.layout, state.version
     if kind == "current":
         return conn

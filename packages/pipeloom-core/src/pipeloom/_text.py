@@ -2,15 +2,17 @@
 
 Every place that stores or prints user text goes through these, so one rule holds
 everywhere: any text can be stored (what SQLite's UTF-8 cannot hold is escaped, never
-refused), and describing a failure never fails itself (a user ``__str__`` may raise).
+refused), any text can be printed (control characters are shown, never obeyed by the
+terminal), and describing a failure never fails itself (a user ``__str__`` may raise).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import traceback
 
-__all__ = ["MAX_TEXT_CHARS", "exc_summary", "exc_text", "storable"]
+__all__ = ["MAX_TEXT_CHARS", "exc_summary", "exc_text", "printable", "storable"]
 
 log = logging.getLogger("pipeloom")
 
@@ -67,3 +69,45 @@ def exc_text(exc: BaseException) -> str:
         log.debug("formatting %s failed: %s", type(exc).__name__, _fallback(err))
         frames = "".join(traceback.format_tb(exc.__traceback__))
         return storable(f"Traceback (most recent call last):\n{frames}{exc_summary(exc)}\n")
+
+
+# C0 controls but tab (ESC starts the sequences that retitle windows or clear screens), DEL,
+# C1 controls (0x9b is a one-byte CSI on some terminals), Unicode line and paragraph
+# separators, and the bidirectional overrides and isolates that reorder what is shown.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_UNPRINTABLE_KEEP_NEWLINES = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+_NAMED = {"\n": "\\n", "\r": "\\r"}
+
+
+def _shown(match: re.Match[str]) -> str:
+    char = match.group()
+    named = _NAMED.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(value: object, *, newlines: bool = False) -> str:
+    r"""Return ``value`` as text that is safe to show on a terminal, never raising.
+
+    User text (task names, messages, keys, results, paths) is data: printed raw, an ESC
+    in it could retitle the window or clear the screen. Control characters are replaced by
+    their visible backslash escapes (``\x1b``), so the reader still sees that they were
+    there; a tab stays; newlines stay only with ``newlines=True`` (multi-line cells), else
+    they show as ``\n`` so one value keeps to one line. Text that cannot be encoded (lone
+    surrogates) is escaped as `storable` does. Rich markup is *not* escaped here: pass the
+    result to Rich as a ``Text`` (or through ``rich.markup.escape`` when building markup).
+    """
+    text = value if type(value) is str else _str(value)
+    if not text.isprintable():
+        pattern = _UNPRINTABLE_KEEP_NEWLINES if newlines else _UNPRINTABLE
+        text = pattern.sub(_shown, text)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text

@@ -428,7 +428,7 @@ def _resolve_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Iterab
 
 def run_pipeline(
     *args: Any,
-    worker_fn: WorkerFn,
+    worker_fn: WorkerFn | None = None,
     workers: int | None = None,
     wal: bool = True,
     store_task_status: bool = True,
@@ -457,7 +457,8 @@ def run_pipeline(
 
     Args:
         *args: ``tasks`` and ``db_path`` positionally, in either order.
-        worker_fn: does one task; sends Started/Progress/Finished on ``msg_q``. If it raises,
+        worker_fn: does one task; sends Started/Progress/Finished on ``msg_q`` (default:
+            `pipeloom.demo.demo_worker`, which simulates work, as in 0.0.7). If it raises,
             the task is recorded as ``error`` with the traceback; if it returns without a
             Finished message, the task is recorded ``done``. A task without a ``task_id``
             attribute is recorded under its 1-based position in the source.
@@ -501,6 +502,10 @@ def run_pipeline(
     if unknown:
         raise TypeError(f"run_pipeline got unexpected keyword(s): {', '.join(sorted(unknown))}")
     tasks, db_path = _resolve_call(args, kw)
+    if worker_fn is None:
+        from pipeloom.demo import demo_worker  # demo imports this module
+
+        worker_fn = demo_worker
     if isinstance(tasks, list | tuple):
         _check_ids(tasks)
     total = len(tasks) if isinstance(tasks, Sized) else None

@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from rich.console import Console
+from rich.console import Console, ConsoleRenderable
 from rich.logging import RichHandler
+
+from pipeloom._text import printable
 
 __all__ = ["console", "logger", "setup_logging"]
 
@@ -68,7 +70,7 @@ def setup_logging(verbose: int = 0, log_file: str | Path | None = None) -> loggi
             logging.Formatter("%(asctime)s %(levelname)s %(name)s %(threadName)s: %(message)s")
         )
         handlers.append(file_handler)
-    rich_handler = RichHandler(
+    rich_handler = _DataHandler(
         console=console,
         show_path=verbose >= 2,
         rich_tracebacks=True,
@@ -85,3 +87,15 @@ def setup_logging(verbose: int = 0, log_file: str | Path | None = None) -> loggi
     logger.setLevel(level)
     logger.propagate = True
     return logger
+
+
+class _DataHandler(RichHandler):
+    """A RichHandler that prints a log line's text as data: no markup, no terminal controls.
+
+    Log lines carry user text (task names, file names, error messages); an ESC sequence in
+    one must not retitle the window or clear the screen.
+    """
+
+    def render_message(self, record: logging.LogRecord, message: str) -> ConsoleRenderable:
+        """Show control characters as visible escapes before Rich renders the line."""
+        return super().render_message(record, printable(message, newlines=True))

@@ -3,6 +3,11 @@
 The overall bar stays after the run; per-task bars exist only for tasks in flight (a few
 visible, then "+N more running"), so a run of a million tasks never builds a million bars.
 When stdout is not a terminal, a plain line every few seconds replaces the bars.
+
+Task names, messages, the run's title and the database path are user data: they are shown
+through `pipeloom._text.printable` and as Rich ``Text`` (columns with ``markup=False``), never
+as markup, so ``copy [users] table`` prints as written and an ESC in a message never reaches
+the terminal.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from pipeloom._text import printable
 from pipeloom.logs import console as shared_console
 from pipeloom.writer import AppliedBatch
 
@@ -49,10 +55,13 @@ FAILED_STATUSES = frozenset({"error", "timeout", "interrupted"})
 def make_overall_progress(
     console: Console | None = None, *, get_time: Callable[[], float] | None = None
 ) -> Progress:
-    """Build the overall bar: done/total, failed count, elapsed and ETA."""
+    """Build the overall bar: done/total, failed count, elapsed and ETA.
+
+    The description is shown as plain text (not markup): pass it through `printable`.
+    """
     return Progress(
         SpinnerColumn(finished_text="[green]✓"),
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("[red]{task.fields[failed]} failed"),
@@ -68,12 +77,16 @@ def make_overall_progress(
 def make_task_progress(
     console: Console | None = None, *, get_time: Callable[[], float] | None = None
 ) -> Progress:
-    """Build the progress used for per-task bars."""
+    """Build the progress used for per-task bars.
+
+    Descriptions and the ``message`` field are shown as plain text (not markup): pass them
+    through `printable`.
+    """
     return Progress(
-        TextColumn("  {task.description}", style="cyan"),
+        TextColumn("  {task.description}", style="cyan", markup=False),
         BarColumn(bar_width=30),
         TaskProgressColumn(),
-        TextColumn("{task.fields[message]}", style="dim"),
+        TextColumn("{task.fields[message]}", style="dim", markup=False),
         console=console or shared_console,
         auto_refresh=False,
         get_time=get_time,
@@ -125,7 +138,7 @@ class LiveDisplay:
         self.max_visible = max_visible
         self.overall = make_overall_progress(self.console, get_time=get_time)
         self.tasks = make_task_progress(self.console, get_time=get_time)
-        self.overall_id = self.overall.add_task(title, total=total, failed=0)
+        self.overall_id = self.overall.add_task(printable(title), total=total, failed=0)
         self._bars: dict[int, TaskID] = {}
         # Tasks running without a bar: task_id -> (name, step, total, message).
         self._hidden: dict[int, tuple[str, int, int, str]] = {}
@@ -181,13 +194,15 @@ class LiveDisplay:
             if task_id in ended or task_id in self._bars or task_id in self._hidden:
                 continue
             if len(self._bars) < self.max_visible:
-                self._bars[task_id] = self.tasks.add_task(name, total=None, message="")
+                self._bars[task_id] = self.tasks.add_task(printable(name), total=None, message="")
             else:
                 self._hidden[task_id] = (name, 0, 0, "")
         for task_id, (step, total, message) in applied.progress.items():
             bar = self._bars.get(task_id)
             if bar is not None:
-                self.tasks.update(bar, completed=step, total=total or None, message=message)
+                self.tasks.update(
+                    bar, completed=step, total=total or None, message=printable(message)
+                )
             elif task_id in self._hidden:
                 self._hidden[task_id] = (self._hidden[task_id][0], step, total, message)
         if applied.finished:
@@ -209,7 +224,7 @@ class LiveDisplay:
             task_id = next(iter(self._hidden))
             name, step, total, message = self._hidden.pop(task_id)
             self._bars[task_id] = self.tasks.add_task(
-                name, total=total or None, completed=step, message=message
+                printable(name), total=total or None, completed=step, message=printable(message)
             )
 
 
@@ -229,7 +244,7 @@ class PlainReporter:
         self.console = console or shared_console
         self.total = total
         self.interval = interval
-        self.title = title
+        self.title = printable(title)
         self._clock = clock
         self._start = clock()
         self._next = self._start + interval
@@ -280,27 +295,31 @@ def render_summary(
     hint: str | None = None,
     not_started: int | None = 0,
 ) -> Table:
-    """Build the end-of-run summary table (statuses, elapsed, throughput, where it is)."""
+    """Build the end-of-run summary table (statuses, elapsed, throughput, where it is).
+
+    Every cell is a ``Text``, never markup: a path such as ``runs[/2024]/x.db`` is printed as
+    written instead of raising after the run was recorded.
+    """
     table = Table(
-        title=f"pipeloom run {run_id}" if run_id is not None else "pipeloom run",
+        title=Text(f"pipeloom run {run_id}" if run_id is not None else "pipeloom run"),
         show_header=False,
     )
     table.add_column("", style="bold")
     table.add_column("", justify="right")
     styles = {"done": "green", "error": "red", "timeout": "red", "cancelled": "yellow"}
     for status in ("done", "error", "cancelled"):
-        table.add_row(status, f"[{styles[status]}]{counts.get(status, 0)}")
+        table.add_row(status, Text(str(counts.get(status, 0)), style=styles[status]))
     for status, n in sorted(counts.items()):
         if status not in ("done", "error", "cancelled"):
-            table.add_row(status, f"[{styles.get(status, 'white')}]{n}")
+            table.add_row(Text(printable(status)), Text(str(n), style=styles.get(status, "white")))
     if not_started is None:
-        table.add_row("not started", "[yellow]the rest of the source")
+        table.add_row("not started", Text("the rest of the source", style="yellow"))
     elif not_started:
-        table.add_row("not started", f"[yellow]{not_started}")
+        table.add_row("not started", Text(str(not_started), style="yellow"))
     table.add_row("elapsed", f"{elapsed:.2f}s")
     rate = messages / elapsed if elapsed > 0 else 0.0
     table.add_row("messages/s", f"{rate:,.0f}")
-    table.add_row("database", db_path)
+    table.add_row("database", Text(printable(db_path)))
     if hint:
-        table.add_row("browse", hint)
+        table.add_row("browse", Text(printable(hint)))
     return table

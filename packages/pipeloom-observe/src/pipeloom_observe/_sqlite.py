@@ -7,25 +7,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeloom.db import connect_readonly
-from pipeloom.errors import DatabaseError
+from pipeloom.db import check_existing, connect_readonly, describe_error
 from pipeloom.schema import Layout, layout
 
 __all__ = ["Layout", "file_layout", "read_only", "require_file"]
 
 
 def require_file(db_path: str | Path) -> Path:
-    """Return the path of an existing file; never create one.
+    """Return the path of an existing regular file; never create one.
 
     Raises:
-        DatabaseError: the path is missing or is a directory.
+        DatabaseError: the path is missing, a directory, a FIFO or another non-regular file.
     """
-    path = Path(db_path)
-    if not path.exists():
-        raise DatabaseError(f"{path}: no such database file; check the path (nothing was created)")
-    if path.is_dir():
-        raise DatabaseError(f"{path}: is a directory, not a database file")
-    return path
+    return check_existing(db_path)
 
 
 @contextmanager
@@ -50,4 +44,7 @@ def file_layout(db_path: str | Path) -> tuple[Path, Layout]:
         DatabaseError: the file is missing, a directory, or not a SQLite database.
     """
     with read_only(db_path) as (conn, path):
-        return path, layout(conn)
+        try:
+            return path, layout(conn)
+        except sqlite3.DatabaseError as exc:  # a damaged schema page
+            raise describe_error(path, exc) from exc

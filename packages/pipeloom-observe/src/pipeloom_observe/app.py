@@ -2,8 +2,12 @@
 
 The file is opened as a normal (mutable) Datasette database: Datasette then reads through
 ``mode=ro`` connections that see the WAL, so rows a running pipeline commits show up on the
-next page load. Immutable mode would skip the WAL and freeze the view. Datasette never writes
-to it because no write plugin is installed and the write API does not exist in 0.65.
+next page load. Immutable mode would skip the WAL and freeze the view.
+
+Datasette 0.65 builds its connection URI as ``file:{path}?mode=ro`` without escaping, so a
+file named ``runs#2.db`` opened ``runs`` (created, writable) instead. pipeloom therefore
+hands Datasette a database whose connections come from `pipeloom.db.connect_readonly`: an
+escaped URI, ``mode=ro`` and ``PRAGMA query_only``, so no query a visitor types can write.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import sqlite3
 import sys
 import webbrowser
 from collections.abc import Mapping
@@ -18,8 +23,11 @@ from pathlib import Path
 from typing import Any, Final
 
 from datasette.app import Datasette
+from datasette.database import Database
 
-from pipeloom.errors import PipeloomError
+from pipeloom._text import printable
+from pipeloom.db import connect_readonly
+from pipeloom.errors import DatabaseError, PipeloomError
 from pipeloom_observe._sqlite import file_layout
 from pipeloom_observe.metadata import default_metadata, layout_note, merge_metadata
 
@@ -57,6 +65,26 @@ def database_note(db_path: str | Path) -> str | None:
     return layout_note(kind, str(path))
 
 
+class _ReadOnlyFile(Database):  # type: ignore[misc]  # Datasette ships no type hints
+    """A Datasette database whose every connection is pipeloom's read-only one.
+
+    Only `connect` changes: Datasette keeps using ``path`` for the file's size, name and
+    modification time, which is why the path itself is not escaped for it.
+    """
+
+    def connect(self, write: bool = False) -> sqlite3.Connection:
+        """Open an escaped ``mode=ro``, ``query_only`` connection; refuse to open for writing.
+
+        Raises:
+            DatabaseError: asked for a write connection, or the file cannot be read.
+        """
+        if write:
+            raise DatabaseError(f"{self.path}: pipeloom observe never writes to the run database")
+        conn = connect_readonly(self.path, check_same_thread=False)
+        self._all_file_connections.append(conn)
+        return conn
+
+
 def build_datasette(
     db_path: str | Path, *, metadata_extra: Mapping[str, Any] | None = None
 ) -> Datasette:
@@ -79,7 +107,13 @@ def build_datasette(
             # Datasette shows description_html first; the user's own text must win.
             metadata.pop("description_html", None)
         metadata = merge_metadata(metadata, metadata_extra)
-    return Datasette(files=[str(path)], metadata=metadata, settings=dict(SETTINGS))
+    ds = Datasette(files=[str(path)], metadata=metadata, settings=dict(SETTINGS))
+    # Swap the database Datasette made (its URI is built unescaped) for a read-only one, under
+    # the same name, before anything has connected to it.
+    (name,) = (key for key, db in ds.databases.items() if db.path == str(path))
+    ds.remove_database(name)
+    ds.add_database(_ReadOnlyFile(ds, path=str(path), is_mutable=True), name=name)
+    return ds
 
 
 def exposure_warning(host: str) -> str | None:
@@ -135,14 +169,14 @@ def serve(
     asyncio.run(ds.invoke_startup())
     for warning in (exposure_warning(host), database_note(path)):
         if warning:
-            print(warning, file=sys.stderr, flush=True)
+            print(printable(warning), file=sys.stderr, flush=True)
     # Binding here, before uvicorn starts, turns "address in use" into one clear error.
     sock = _bind(host, port)
     # A wildcard address is where the server listens, not somewhere a browser can go.
     reachable = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     shown_host = f"[{reachable}]" if ":" in reachable else reachable
     url = f"http://{shown_host}:{sock.getsockname()[1]}/"
-    print(f"pipeloom observe: browsing {path} at {url} (Ctrl-C to stop)", flush=True)
+    print(f"pipeloom observe: browsing {printable(path)} at {url} (Ctrl-C to stop)", flush=True)
     if open_browser:
         webbrowser.open(url)
     config = uvicorn.Config(ds.app(), log_level="warning", lifespan="on")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
+from pipeloom.db import describe_error
 from pipeloom.schema import SCHEMA_VERSION, Layout, inspect_schema
 from pipeloom_observe._sqlite import read_only
 from pipeloom_observe.migrations import migrations
@@ -64,22 +65,25 @@ def database_info(db_path: str | Path) -> DatabaseInfo:
     """Describe a run database; opens it read-only and never creates it.
 
     Raises:
-        DatabaseError: the file is missing or is not a SQLite database.
+        DatabaseError: the file is missing, is not a SQLite database, or is damaged.
     """
     with read_only(db_path) as (conn, path):
-        state = inspect_schema(conn)
-        (journal_mode,) = conn.execute("PRAGMA journal_mode").fetchone()
-        db = Database(conn, execute_plugins=False)
-        applied = [(m.name, m.applied_at) for m in migrations.applied(db)]
-        # Another program's table: no migration may run, so none is pending.
-        pending = [] if state.layout == "conflict" else [m.name for m in migrations.pending(db)]
-        runs_rows: list[tuple[str, int]] = []
-        statuses: list[tuple[str, int]] = []
-        if state.layout != "conflict":  # another program's table: its rows are not runs
-            runs_rows = _count(conn, "SELECT 'runs', COUNT(*) FROM pipeline_runs")
-            statuses = _count(
-                conn, "SELECT status, COUNT(*) FROM task_runs GROUP BY status ORDER BY status"
-            )
+        try:
+            state = inspect_schema(conn)
+            (journal_mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+            db = Database(conn, execute_plugins=False)
+            applied = [(m.name, m.applied_at) for m in migrations.applied(db)]
+            # Another program's table: no migration may run, so none is pending.
+            pending = [] if state.layout == "conflict" else [m.name for m in migrations.pending(db)]
+            runs_rows: list[tuple[str, int]] = []
+            statuses: list[tuple[str, int]] = []
+            if state.layout != "conflict":  # another program's table: its rows are not runs
+                runs_rows = _count(conn, "SELECT 'runs', COUNT(*) FROM pipeline_runs")
+                statuses = _count(
+                    conn, "SELECT status, COUNT(*) FROM task_runs GROUP BY status ORDER BY status"
+                )
+        except sqlite3.DatabaseError as exc:  # damaged pages: one line naming the file
+            raise describe_error(path, exc) from exc
     wal = path.with_name(path.name + "-wal")
     return DatabaseInfo(
         path=path,

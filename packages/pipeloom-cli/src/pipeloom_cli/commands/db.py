@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import shlex
+import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from pipeloom._text import printable
+from pipeloom.db import describe_error
 from pipeloom_cli._errors import user_errors
 
 if TYPE_CHECKING:
@@ -29,12 +33,15 @@ def upgrade(db: DbArg) -> None:
     from pipeloom_observe.migrations import upgrade as apply_migrations
 
     with user_errors():
-        applied = apply_migrations(db)
+        try:
+            applied = apply_migrations(db)
+        except sqlite3.DatabaseError as exc:  # damaged pages: one line naming the file
+            raise describe_error(db, exc, writing=True) from exc
         info = database_info(db)
     for name in applied:
         typer.echo(f"applied {name}")
     state = "upgraded to" if applied else "already at"
-    typer.echo(f"{db}: {state} schema version {info.schema_version}")
+    typer.echo(f"{printable(db)}: {state} schema version {info.schema_version}")
 
 
 def _size(n: int) -> str:
@@ -49,7 +56,7 @@ def _size(n: int) -> str:
 def _describe(info: DatabaseInfo) -> list[str]:
     wal = "none" if info.wal_bytes is None else _size(info.wal_bytes)
     lines = [
-        f"file:            {info.path}",
+        f"file:            {printable(info.path)}",
         f"size:            {_size(info.size_bytes)} (wal: {wal})",
         f"journal mode:    {info.journal_mode}",
         f"schema version:  {info.schema_version} (this pipeloom writes {info.current_version})",
@@ -64,7 +71,8 @@ def _describe(info: DatabaseInfo) -> list[str]:
             "                 (schema is current; `pipeloom db upgrade` only records them)"
         )
     elif info.layout == "outdated":
-        lines.append(f"                 run `pipeloom db upgrade {info.path}` to upgrade in place")
+        quoted = printable(shlex.quote(str(info.path)))
+        lines.append(f"                 run `pipeloom db upgrade {quoted}` to upgrade in place")
     elif info.layout in ("empty", "foreign"):
         lines.append("                 no pipeloom tables in this file")
     elif info.layout == "conflict":
@@ -73,7 +81,9 @@ def _describe(info: DatabaseInfo) -> list[str]:
             "                 (record runs in another file, or pass store_task_status=False)"
         )
     lines.append(f"runs:            {'-' if info.runs is None else info.runs}")
-    by_status = ", ".join(f"{status} {count}" for status, count in info.tasks_by_status.items())
+    by_status = ", ".join(
+        f"{printable(status)} {count}" for status, count in info.tasks_by_status.items()
+    )
     lines.append(f"tasks:           {info.tasks}" + (f" ({by_status})" if by_status else ""))
     return lines
 

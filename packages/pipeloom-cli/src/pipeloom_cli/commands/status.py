@@ -1,7 +1,8 @@
 """``pipeloom status [DB]``: what the latest (or a chosen) run did, from the database alone.
 
 It opens the file read-only, so it is safe beside a pipeline that is still writing, and
-it never creates a file. ``--watch`` re-reads it until the run ends.
+it never creates a file. ``--watch`` re-reads it until the run ends. What the file holds
+(names, messages, the path) is shown as ``Text`` through `printable`, never as Rich markup.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from pipeloom._text import printable
+from pipeloom.db import describe_error
 from pipeloom.logs import console
 from pipeloom_cli._errors import UsageError, user_errors
 from pipeloom_cli._history import (
@@ -67,14 +70,14 @@ def _when(stamp: str | None) -> str:
 
 
 def _styled(status: str) -> Text:
-    return Text(status, style=_STYLES.get(status, ""))
+    return Text(printable(status), style=_STYLES.get(status, ""))
 
 
 def _run_panel(run: RunInfo, db: Path) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    grid.add_row("run", f"{run.id} ({run.name})")
+    grid.add_row("run", Text(f"{run.id} ({printable(run.name)})"))
     if run.stale:
         status = _styled("stale")
         status.append(
@@ -92,7 +95,7 @@ def _run_panel(run: RunInfo, db: Path) -> Table:
     rate = "-" if run.throughput is None else f"{run.throughput:,.1f} tasks/s"
     grid.add_row("throughput", rate)
     grid.add_row("workers", "-" if run.workers is None else str(run.workers))
-    grid.add_row("database", str(db))
+    grid.add_row("database", Text(printable(db)))
     return grid
 
 
@@ -107,11 +110,11 @@ def _tasks_table(tasks: list[TaskInfo], hidden: int) -> Table:
     for task in tasks:
         table.add_row(
             str(task.task_id),
-            task.name,
+            Text(printable(task.name)),
             _styled(task.status),
             f"{task.progress:.0%}",
             _seconds(task.elapsed),
-            task.message or "",
+            Text(printable(task.message or "", newlines=True)),
         )
     if hidden > 0:
         table.caption = f"... and {hidden} more (--limit to show more)"
@@ -136,7 +139,7 @@ def _runs_table(runs: list[RunInfo]) -> Table:
         failed = sum(run.counts.get(s, 0) for s in FAILED_STATUSES)
         table.add_row(
             str(run.id),
-            run.name,
+            Text(printable(run.name)),
             _styled(run.shown_status),
             _when(run.started_at),
             _seconds(run.elapsed),
@@ -174,7 +177,7 @@ class _Snapshot:
 
     def renderable(self) -> RenderableType:
         if self.run is None:
-            return Text(f"No runs recorded in {self.db} yet.")
+            return Text(f"No runs recorded in {printable(self.db)} yet.")
         return Group(_run_panel(self.run, self.db), _tasks_table(self.tasks, self.hidden))
 
     def as_json(self) -> dict[str, Any]:
@@ -286,5 +289,7 @@ def status(
                 _watch(conn, db, run_id, task_limit, fmt, interval)
             else:
                 _emit(_Snapshot(conn, db, run_id, task_limit), fmt)
+        except sqlite3.DatabaseError as exc:  # damaged pages: one line naming the file
+            raise describe_error(db, exc) from exc
         finally:
             conn.close()
