@@ -8,22 +8,26 @@ reopen a finished task, progress is clamped to 0..1, text is size-capped) before
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import logging
 import math
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeloom._text import MAX_TEXT_CHARS, storable
 from pipeloom.messages import MsgTaskFinished, MsgTaskProgress, MsgTaskStarted
+from pipeloom.status import TERMINAL
 
 __all__ = ["MAX_PAYLOAD_CHARS", "TERMINAL", "AppliedBatch"]
 
 log = logging.getLogger("pipeloom.writer")
 
-TERMINAL = ("done", "error", "cancelled", "timeout", "skipped", "interrupted")
-_TERMINAL_SET = frozenset(TERMINAL)
-MAX_PAYLOAD_CHARS = 100_000
+_TERMINAL_SET = TERMINAL
+_TERMINAL_LIST = ", ".join(sorted(TERMINAL))
+MAX_PAYLOAD_CHARS = MAX_TEXT_CHARS
 """Dead-letter payloads and error texts longer than this are cut, with a note."""
 
 
@@ -43,39 +47,108 @@ class AppliedBatch:
     """Messages of the batch that were dead-lettered."""
 
 
-def _truncate(text: str) -> str:
-    if len(text) <= MAX_PAYLOAD_CHARS:
-        return text
-    return text[:MAX_PAYLOAD_CHARS] + f"... [truncated, {len(text)} chars in all]"
+def _truncate(text: object) -> str:
+    """Any value as storable text (kept as a name for callers; `storable` is the one rule)."""
+    return storable(text)
 
 
 def _payload(msg: Any) -> str:
+    """A message as text for ``dead_letters``: JSON of its fields, else its repr; never raises.
+
+    Anything may arrive here (a user object whose ``__repr__`` or properties raise), and a
+    dead letter that cannot be written would take the whole batch down with it.
+    """
     try:
         if dataclasses.is_dataclass(msg) and not isinstance(msg, type):
             data = {f.name: getattr(msg, f.name, None) for f in dataclasses.fields(msg)}
-            return _truncate(json.dumps(data, default=repr))
-    except (TypeError, ValueError, RecursionError) as exc:
+            return storable(json.dumps(data, default=_safe_repr))
+    except Exception as exc:  # a user property, __repr__ or __eq__ may raise anything
         log.debug("payload of %s is not JSON (%s); storing its repr", type(msg).__name__, exc)
+    return _safe_repr(msg)
+
+
+def _safe_repr(value: Any) -> str:
     try:
-        return _truncate(repr(msg))
+        return storable(repr(value))
     except Exception as exc:  # a user __repr__ may raise anything
-        return f"<unrepresentable {type(msg).__name__}: {exc!r}>"
+        return storable(f"<unrepresentable {type(value).__name__}: {type(exc).__name__}>")
 
 
 def _result_text(result: Any) -> str:
     """A task's result as text: a string as is, else JSON, else its repr (never an error)."""
-    if isinstance(result, str):
-        return _truncate(result)
+    if type(result) is str:
+        return storable(result)
     try:
-        return _truncate(json.dumps(result))
-    except (TypeError, ValueError, RecursionError):
+        return storable(json.dumps(result))
+    except Exception:  # not JSON-able (or a user __eq__/__iter__ raised): its repr will do
         return _payload(result)
+
+
+def _text(value: Any) -> str | None:
+    """Optional message text: None for no text (None, "", falsy), else storable text."""
+    if type(value) is str:
+        return storable(value) if value else None
+    if value is None:
+        return None
+    try:
+        empty = not value
+    except Exception:  # a user __bool__/__len__ may raise (numpy arrays do): it is not empty
+        empty = False
+    return None if empty else storable(value)
+
+
+def _task_id(value: Any) -> int:
+    """The task id as an int: ints, bools and int-likes (numpy integers) via ``__index__``."""
+    if type(value) is int:
+        return value
+    try:
+        return operator.index(value)
+    except Exception:
+        raise TypeError(f"task_id must be an int, got {type(value).__name__}") from None
+
+
+def _attempt(value: Any) -> int:
+    if type(value) is int:
+        return value
+    try:
+        return operator.index(value)
+    except Exception:  # anything else counts as the first attempt, as a missing one does
+        return 1
+
+
+def _count(value: Any) -> int | float | None:
+    """A step or total as stored: an int, a finite float as is, else None (column unchanged)."""
+    if type(value) is int:
+        return value
+    try:
+        return operator.index(value)
+    except Exception:
+        pass
+    try:
+        number = float(value)
+    except Exception:  # not a number at all
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _status(value: Any) -> str:
+    """A finish status as text: a string, a string enum's value, else the value as text."""
+    if type(value) is str:
+        return value
+    try:
+        if isinstance(value, enum.Enum) and type(value.value) is str:
+            return value.value
+        if isinstance(value, str):
+            return str.__str__(value)
+    except Exception as exc:  # a user __class__ may raise inside isinstance
+        log.debug("status of type %s is unreadable: %s", type(value).__name__, exc)
+    return storable(value)
 
 
 def _progress_of(step: Any, total: Any) -> float | None:
     try:
         value = float(step) / float(total)
-    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+    except Exception:  # not numbers, zero total, or a user __float__ that raises
         return None
     if not math.isfinite(value):
         return None
@@ -114,17 +187,19 @@ class _Fold:
             if cls is MsgTaskProgress:
                 task_id = msg.task_id
                 if type(task_id) is not int:
-                    raise TypeError(f"task_id must be an int, got {type(task_id).__name__}")
+                    task_id = _task_id(task_id)
                 row = rows.get(task_id)
                 if row is None:
                     row = rows[task_id] = [None] * 12
                 elif row[_STATUS] in _TERMINAL_SET:
                     continue
                 pending[task_id] = msg
-                if msg.message:
-                    text = _truncate(str(msg.message))
+                text = msg.message
+                if type(text) is str:
                     if text:
-                        row[_MESSAGE] = text
+                        row[_MESSAGE] = storable(text)
+                elif text is not None:
+                    row[_MESSAGE] = _text(text) or row[_MESSAGE]
             elif cls is MsgTaskStarted:
                 self._started(msg)
             elif cls is MsgTaskFinished:
@@ -137,9 +212,7 @@ class _Fold:
                 progress[task_id] = self._apply_progress(rows[task_id], msg)
             pending.clear()
 
-    def _row(self, task_id: Any) -> list[Any]:
-        if type(task_id) is not int:
-            raise TypeError(f"task_id must be an int, got {type(task_id).__name__}")
+    def _row(self, task_id: int) -> list[Any]:
         row = self.rows.get(task_id)
         if row is None:
             row = self.rows[task_id] = [None] * 12
@@ -148,52 +221,54 @@ class _Fold:
     @staticmethod
     def _apply_progress(row: list[Any], msg: MsgTaskProgress) -> tuple[int, int, str]:
         step, total = msg.step, msg.total
-        row[_STEP] = step if isinstance(step, int) else None
-        row[_TOTAL] = total if isinstance(total, int) else None
+        row[_STEP] = step if type(step) is int else _count(step)
+        row[_TOTAL] = total if type(total) is int else _count(total)
         row[_PROGRESS] = _progress_of(step, total)
-        text = _truncate(str(msg.message)) if msg.message else ""
-        return (row[_STEP] or 0, row[_TOTAL] or 0, text)
+        message = msg.message
+        text = (storable(message) if message else "") if type(message) is str else _text(message)
+        return (row[_STEP] or 0, row[_TOTAL] or 0, text or "")
 
     def _started(self, msg: MsgTaskStarted) -> None:
-        task_id = msg.task_id
+        task_id = _task_id(msg.task_id)
         row = self._row(task_id)
-        attempt = msg.attempt if isinstance(msg.attempt, int) else 1
+        attempt = _attempt(msg.attempt)
         if row[_STATUS] in _TERMINAL_SET and attempt <= (row[_ATTEMPT] or 1):
             return  # a late or duplicate start must not reopen a finished task
-        row[_KEY] = None if msg.key is None else _truncate(str(msg.key))
-        row[_NAME] = _truncate(str(msg.name))
+        row[_KEY] = None if msg.key is None else storable(msg.key)
+        row[_NAME] = storable(msg.name)
         row[_STATUS] = "running"
-        row[_STARTED] = row[_STARTED] or _truncate(str(msg.started_at))
+        row[_STARTED] = row[_STARTED] or storable(msg.started_at)
         row[_FINISHED] = None
         row[_ATTEMPT] = attempt
         self.applied.started.append((task_id, row[_NAME]))
 
     def _finished(self, msg: MsgTaskFinished) -> None:
-        task_id = msg.task_id
+        task_id = _task_id(msg.task_id)
         row = self._row(task_id)
         earlier = self.pending.pop(task_id, None)
         if earlier is not None:  # progress sent before this finish lands first
             self._apply_progress(row, earlier)
-        attempt = msg.attempt if isinstance(msg.attempt, int) else 1
+        attempt = _attempt(msg.attempt)
         if row[_STATUS] in _TERMINAL_SET and attempt <= (row[_ATTEMPT] or 1):
             return  # duplicate finish: the first one stands
-        status = str(msg.status)
+        status = _status(msg.status)
         if status not in _TERMINAL_SET:
-            raise ValueError(f"status {status!r} is not one of {', '.join(TERMINAL)}")
+            raise ValueError(f"status {status!r} is not one of {_TERMINAL_LIST}")
         row[_STATUS] = status
-        row[_FINISHED] = _truncate(str(msg.finished_at))
+        row[_FINISHED] = storable(msg.finished_at)
         if msg.name is not None and row[_NAME] is None:
-            row[_NAME] = _truncate(str(msg.name))
+            row[_NAME] = storable(msg.name)
         if msg.key is not None and row[_KEY] is None:
-            row[_KEY] = _truncate(str(msg.key))
+            row[_KEY] = storable(msg.key)
         if status == "done" or status == "skipped":  # skipped: done by an earlier run
             row[_PROGRESS] = 1.0
         if msg.result is not None:
             row[_RESULT] = _result_text(msg.result)
-        if msg.message:
-            row[_MESSAGE] = _truncate(str(msg.message))
+        message = _text(msg.message)
+        if message:
+            row[_MESSAGE] = message
         if msg.error is not None:
-            row[_ERROR] = _truncate(str(msg.error))
+            row[_ERROR] = storable(msg.error)
         row[_ATTEMPT] = attempt
         self.applied.progress.pop(task_id, None)
         self.applied.finished.append((task_id, status))

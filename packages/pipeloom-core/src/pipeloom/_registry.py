@@ -12,7 +12,7 @@ from typing import Any, ClassVar, TypeVar
 
 from pipeloom.messages import PIPELOOM_MESSAGES
 
-__all__ = ["Handler", "HandlerRegistry"]
+__all__ = ["Handler", "HandlerRegistry", "callable_name"]
 
 M = TypeVar("M")
 Handler = Callable[[sqlite3.Connection, list[Any]], None]
@@ -46,3 +46,12 @@ class HandlerRegistry:
             return fn
 
         return decorate
+
+
+def callable_name(fn: object) -> str:
+    """Name a user callable in an error by its qualified name, never raising."""
+    try:
+        name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+        return name if type(name) is str else repr(fn)
+    except Exception:  # a user __getattr__/__repr__ may raise anything
+        return f"<{type(fn).__name__} object>"

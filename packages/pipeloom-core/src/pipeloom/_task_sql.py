@@ -9,11 +9,12 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from pipeloom._fold import TERMINAL, _Fold
+from pipeloom._fold import _Fold
+from pipeloom.status import TERMINAL, sql_in
 
 __all__ = ["task_rows", "upsert_tasks"]
 
-_KEEP_FINISHED = f"(status IN {TERMINAL!r} AND coalesce(?14, attempt) <= attempt)"
+_KEEP_FINISHED = f"(status IN {sql_in(TERMINAL)} AND coalesce(?14, attempt) <= attempt)"
 _UPSERT_TASK = f"""
 INSERT INTO task_runs (run_id, task_id, task_key, name, status, progress, step, total,
                        message, started_at, finished_at, result, error, attempt)
@@ -54,7 +55,7 @@ _CREATE_STAGE = (
     "CREATE TEMP TABLE IF NOT EXISTS pipeloom_batch "
     f"(task_id INTEGER PRIMARY KEY, {_STAGE_COLUMNS.removeprefix('task_id, ')})"
 )
-_KEEP_STAGED = f"(t.status IN {TERMINAL!r} AND coalesce(b.attempt, t.attempt) <= t.attempt)"
+_KEEP_STAGED = f"(t.status IN {sql_in(TERMINAL)} AND coalesce(b.attempt, t.attempt) <= t.attempt)"
 # Written as "rows whose task_id is IN the stage, each set from its stage row" rather than
 # UPDATE ... FROM: the join form let the planner scan task_runs whole once stale statistics
 # (from a tiny earlier run's PRAGMA optimize) called it tiny, which made the next big run 15x

@@ -584,7 +584,7 @@ def run_pipeline(
     if writer.error is not None:
         raise WriterFailedError(
             f"{db_path}: the writer stopped, so the run was aborted ({writer.error}); "
-            "rows committed before that are kept"
+            "rows committed before that are kept in the file the writer held"
         ) from writer.error
     if start_error is not None:
         raise PipeloomError(

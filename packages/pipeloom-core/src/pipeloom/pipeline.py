@@ -43,7 +43,7 @@ from rich.console import Console
 from pipeloom._context import DEFAULT_MAX_OUTPUTS, Context, OutputLimitError
 from pipeloom._registry import Handler, HandlerRegistry
 from pipeloom._retry import Outcome, TaskTimeoutError, backoff_delay, run_attempt
-from pipeloom._text import exc_summary, exc_text
+from pipeloom._text import exc_summary, exc_text, storable
 from pipeloom.db import MEMORY
 from pipeloom.engine import RunResult, TaskQueue, run_pipeline
 from pipeloom.errors import DatabaseError, PipeloomError
@@ -272,7 +272,7 @@ class _Previous:
             rows = self.conn.execute(
                 "SELECT status, result FROM task_runs WHERE run_id = ? AND task_key = ? "
                 "AND status IN ('done', 'skipped') LIMIT 1",
-                (self.run_id, key),
+                (self.run_id, storable(key)),  # the form the writer stored
             ).fetchall()  # fetchall ends the statement, so no read stays open during the run
         except sqlite3.Error as exc:
             log.warning(
@@ -337,7 +337,8 @@ def _open_previous(db: str | Path, name: str, resume: bool | int | str) -> _Prev
             raise PipelineError(f"{path}: holds no pipeloom runs, so run {resume} cannot resume")
         if resume is True:
             found = conn.execute(
-                "SELECT id FROM pipeline_runs WHERE name = ? ORDER BY id DESC LIMIT 1", (name,)
+                "SELECT id FROM pipeline_runs WHERE name = ? ORDER BY id DESC LIMIT 1",
+                (storable(name),),  # the form the writer stored
             ).fetchall()
             if not found:
                 log.info("resume: no earlier run of %r in %s, so every task runs", name, path)

@@ -6,6 +6,9 @@ task in a batch are folded into one row change; user messages go to the handler 
 for their type, a whole batch at a time. A message that cannot be applied is kept in the
 ``dead_letters`` table rather than killing the writer. Listeners run after each commit, so
 anything fed from them (the progress display) shows only what the database already holds.
+Handlers may not end the batch's transaction (an authorizer refuses it; if one gets past, the
+batch is applied again without its messages), and the file's identity is checked at each
+commit, so a database deleted or replaced mid-run is an error rather than a silent loss.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pipeloom._fold import (
     _payload,
     _truncate,
 )
-from pipeloom._registry import Handler, HandlerRegistry
+from pipeloom._registry import Handler, HandlerRegistry, callable_name
 from pipeloom._task_sql import _UPSERT_TASK, task_rows, upsert_tasks
 from pipeloom._text import storable
 from pipeloom._version import __version__
@@ -66,7 +69,6 @@ log = logging.getLogger("pipeloom.writer")
 SchemaFn = Callable[[sqlite3.Connection], None]
 
 RUN_STATUSES = ("done", "error", "cancelled", "interrupted")
-_CONTROL = frozenset({MsgRunFinished, RunEnd, Refused})
 DEFAULT_BATCH_SIZE = 5_000
 DEFAULT_COMMIT_INTERVAL = 0.02
 """Seconds the writer may wait for more messages before committing a small batch."""
@@ -165,7 +167,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         self.synchronous: Synchronous = synchronous
         self.batch_size = batch_size
         self.commit_interval = commit_interval
-        self.run_name = run_name
+        self.run_name = storable(run_name)  # stored as the name resume looks up
         self.workers = workers
         self.tasks_total = tasks_total
         self.params = dict(params or {})
@@ -195,6 +197,14 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         self._uncounted = 0
         self._conn: sqlite3.Connection | None = None
         self._warned_types: set[type[Any]] = set()
+        self._file: _FileIdentity | None = None
+        """The database file (and its WAL) this writer opened, to notice it being replaced."""
+        self._in_handler = False
+        """True while user handler code runs: transaction statements are then refused."""
+        self._refused: str | None = None
+        """The transaction statement a handler tried (and was refused), if it did."""
+        self._mark = 0
+        """Counts batches with user handlers, to tell a handler's COMMIT from its ROLLBACK."""
 
     # -- registration -------------------------------------------------------------------
 
@@ -216,6 +226,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         try:
             self._loop()
             self._close_run()
+            self._check_file()
         except BaseException as exc:
             self._fail(exc)
             self._abandon_run(exc)
@@ -251,7 +262,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                     return
                 conn = connect(self.db_path, wal=self.wal, synchronous=self.synchronous)
             now = utc_now()
-            note = _truncate(f"interrupted: the writer stopped ({exc})")
+            note = _truncate(f"interrupted: the writer stopped ({storable(exc)})")
             conn.execute("BEGIN IMMEDIATE")
             conn.execute(
                 "UPDATE task_runs SET status = 'interrupted', finished_at = ?, message = ? "
@@ -291,15 +302,49 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                 init_schema(conn, self.db_path)
                 self._mark_interrupted(conn)
             if self._schema is not None:
-                conn.execute("BEGIN IMMEDIATE")
-                self._schema(conn)
-                conn.execute("COMMIT")
+                self._apply_schema(conn, self._schema)
             if self.store_task_status:
                 self.run_id = self._insert_run(conn)
         except sqlite3.Error as exc:
+            self._close_after_failed_open(conn)
+            raise DatabaseError(f"{self.db_path}: cannot prepare the database ({exc})") from exc
+        except BaseException:
+            self._close_after_failed_open(conn)
+            raise
+        self._file = _FileIdentity.of(self.db_path, wal=self.wal)
+        # Outside any transaction, so no rollback of a batch can take the table away.
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS pipeloom_mark (batch INTEGER)")
+        conn.set_authorizer(self._authorize)
+
+    def _close_after_failed_open(self, conn: sqlite3.Connection) -> None:
+        """Leave no lock behind: another process, or a retry here, must be able to write."""
+        try:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            raise DatabaseError(f"{self.db_path}: cannot prepare the database ({exc})") from exc
+        except sqlite3.Error as exc:
+            log.warning("%s: rollback after a failed open failed: %s", self.db_path, exc)
+        finally:
+            conn.close()
+            self._conn = None
+
+    def _apply_schema(self, conn: sqlite3.Connection, schema: SchemaFn) -> None:
+        """Run the user's ``schema=`` callable in one transaction; its failure is named.
+
+        Raises:
+            DatabaseError: the callable raised; nothing it did is kept.
+        """
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            schema(conn)
+        except Exception as exc:
+            raise DatabaseError(
+                f"{self.db_path}: schema callable {callable_name(schema)} raised "
+                f"{type(exc).__name__}: {storable(exc)}; nothing it did was kept, fix it and "
+                "run again"
+            ) from exc
+        # conn.executescript() commits first: the schema is then already durable.
+        if conn.in_transaction:
+            conn.execute("COMMIT")
 
     def _dead_runs(self, conn: sqlite3.Connection) -> list[tuple[int, str]]:
         """Find other runs still ``running`` whose writer is provably gone, with the reason.
@@ -417,6 +462,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                 first = get(True, idle_wait)
             except queue.Empty:
                 self._heartbeat()
+                self._check_file()  # also while long tasks send nothing
                 continue
             if first is SENTINEL:
                 return
@@ -453,26 +499,112 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
     def _apply(self, batch: list[Any]) -> None:
         conn = self._conn
         assert conn is not None
+        lifecycle, steps, known_dead, held = self._sort(batch)
         fold = _Fold()
+        while True:
+            dead = list(known_dead)
+            try:
+                outputs = self._apply_once(conn, lifecycle, steps, fold, dead, held)
+                break
+            except _TransactionEnded as ended:
+                # A handler committed or rolled back the batch's transaction. Its messages
+                # are dead; what it committed stays, what it threw away is applied again.
+                log.warning(
+                    "%s; its %d message(s) are dead-lettered", ended.reason, len(ended.msgs)
+                )
+                lost = {id(m) for m in ended.msgs}
+                its_dead = [(m, ended.reason) for m in ended.msgs]
+                if ended.committed:
+                    known_dead = dead + its_dead  # this attempt's dead letters are not stored yet
+                    lifecycle = []  # committed, and fold.applied already says so
+                    rest = [m for m in ended.rest if id(m) not in lost]
+                    steps = [(ended.cls, ended.handler, rest), *steps[ended.index + 1 :]]
+                else:
+                    known_dead = known_dead + its_dead
+                    steps = [
+                        (cls, handler, [m for m in msgs if id(m) not in lost])
+                        for cls, handler, msgs in steps
+                    ]
+                    fold = _Fold()
+        # A held finish counts as one message of the batch; its outputs count on their own.
+        n_dead = len(dead) + outputs.dead
+        applied = fold.applied
+        applied.messages = len(batch) + outputs.messages
+        applied.dead_letters = n_dead
+        self.messages_applied += len(batch) + outputs.messages - n_dead - self._uncounted
+        self._uncounted = 0
+        self.messages_dead += n_dead
+        for task_id, status in applied.finished:
+            self.status_counts[status] = self.status_counts.get(status, 0) + 1
+            if status in FAILED:
+                self.failed_task_ids.append(task_id)
+        self._notify(applied)
+
+    def _sort(
+        self, batch: list[Any]
+    ) -> tuple[list[Any], list[_Step], list[tuple[Any, str]], list[MsgTaskFinished]]:
+        """Split a batch: lifecycle messages, handler steps, dead letters, held finishes.
+
+        Only ``type(msg)`` and identity are used on a message here: its ``__class__``,
+        ``__eq__`` or ``__hash__`` may be user code that raises.
+        """
         groups: dict[type[Any], list[Any]] = {}
         lifecycle: list[Any] = []
         dead: list[tuple[Any, str]] = []
         held: list[MsgTaskFinished] = []  # done finishes carrying outputs: see _atomic
         for msg in batch:
-            cls = msg.__class__
+            cls = type(msg)
             if cls is MsgTaskProgress or cls is MsgTaskStarted or cls is MsgTaskFinished:
-                if cls is MsgTaskFinished and msg.outputs and holds_outputs(msg):
+                if cls is MsgTaskFinished and _carries_outputs(msg):
                     held.append(msg)
                     continue
                 lifecycle.append(msg)
-            elif cls in _CONTROL:
+            elif cls is MsgRunFinished or cls is RunEnd or cls is Refused:
                 self._control(msg, dead)
             else:
-                group = groups.get(cls)
-                if group is None:
-                    group = groups[cls] = []
+                try:
+                    group = groups.get(cls)
+                    if group is None:
+                        group = groups[cls] = []
+                except Exception as exc:  # a metaclass __hash__/__eq__ that raises
+                    dead.append((msg, f"message type cannot be looked up: {_reason(exc)}"))
+                    continue
                 group.append(msg)
+        steps: list[_Step] = []
+        attempts = groups.pop(MsgTaskAttempt, None)
+        if attempts:
+            steps.append((MsgTaskAttempt, self._apply_attempts, attempts))
+        for cls, msgs in groups.items():
+            handler = self.handlers.get(cls)
+            if handler is None:
+                if cls not in self._warned_types:
+                    self._warned_types.add(cls)
+                    log.warning(
+                        "no handler for message type %s; dead-lettered (register one "
+                        "with handlers={%s: fn})",
+                        cls.__name__,
+                        cls.__name__,
+                    )
+                reason = f"no handler registered for {_type_name_of(cls)}"
+                dead.extend((m, reason) for m in msgs)
+                continue
+            steps.append((cls, handler, msgs))
+        return lifecycle, steps, dead, held
 
+    def _apply_once(
+        self,
+        conn: sqlite3.Connection,
+        lifecycle: list[Any],
+        steps: list[_Step],
+        fold: _Fold,
+        dead: list[tuple[Any, str]],
+        held: list[MsgTaskFinished],
+    ) -> HeldCounts:
+        """Apply one batch in one transaction; ``dead`` gains what could not be applied.
+
+        Raises:
+            _TransactionEnded: a handler ended the transaction (already cleaned up).
+        """
         # IMMEDIATE takes the write lock up front, waiting out another process's commit
         # (busy timeout). A deferred BEGIN whose first statement reads (a user handler's
         # SELECT) fails at once with "database is locked" when another writer commits first.
@@ -480,53 +612,86 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         try:
             if lifecycle:
                 self._apply_lifecycle(conn, lifecycle, fold, dead)
-            attempts = groups.pop(MsgTaskAttempt, None)
-            if attempts:
-                self._apply_group(conn, MsgTaskAttempt, attempts, self._apply_attempts, dead)
-            for cls, msgs in groups.items():
-                handler = self.handlers.get(cls)
-                if handler is None:
-                    if cls not in self._warned_types:
-                        self._warned_types.add(cls)
-                        log.warning(
-                            "no handler for message type %s; dead-lettered (register one "
-                            "with handlers={%s: fn})",
-                            cls.__name__,
-                            cls.__name__,
-                        )
-                    reason = f"no handler registered for {cls.__module__}.{cls.__qualname__}"
-                    dead.extend((m, reason) for m in msgs)
-                    continue
-                self._apply_group(conn, cls, msgs, handler, dead)
+            if steps or held:
+                self._write_mark(conn)
+                # The guard judges statements when they are prepared; re-arming it expires
+                # every cached one, so a cached "COMMIT" is judged again when a handler runs it.
+                conn.set_authorizer(self._authorize)
+            for index, (cls, handler, msgs) in enumerate(steps):
+                if msgs:
+                    self._apply_group(conn, index, cls, msgs, handler, dead)
             outputs = HeldCounts()
             if held:
-                outputs = apply_held(
-                    conn,
-                    held,
-                    handlers=self.handlers,
-                    run_id=self.run_id,
-                    store_tasks=self.store_task_status,
-                    applied=fold.applied,
-                    is_fatal=_is_fatal,
-                )
+                outputs = self._apply_held(conn, held, fold)
             if dead:
                 self._store_dead(conn, dead)
             conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+        except _TransactionEnded:
+            raise  # the connection is already out of any transaction
+        except BaseException as exc:
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error as err:  # closed or broken: the error that got here says why
+                log.debug("rollback after %s failed too: %s", type(exc).__name__, err)
             raise
-        n_dead = len(dead) + outputs.dead
-        fold.applied.messages = len(batch) + outputs.messages
-        fold.applied.dead_letters = n_dead
-        self.messages_applied += len(batch) + outputs.messages - n_dead - self._uncounted
-        self._uncounted = 0
-        self.messages_dead += n_dead
-        for task_id, status in fold.applied.finished:
-            self.status_counts[status] = self.status_counts.get(status, 0) + 1
-            if status in FAILED:
-                self.failed_task_ids.append(task_id)
-        self._notify(fold.applied)
+        self._check_file()
+        return outputs
+
+    def _apply_held(
+        self, conn: sqlite3.Connection, held: list[MsgTaskFinished], fold: _Fold
+    ) -> HeldCounts:
+        """Apply the finishes that carry a task's outputs (see `_atomic`), handlers guarded."""
+        self._refused = None
+        self._in_handler = True
+        try:
+            return apply_held(
+                conn,
+                held,
+                handlers=self.handlers,
+                run_id=self.run_id,
+                store_tasks=self.store_task_status,
+                applied=fold.applied,
+                is_fatal=_is_fatal,
+            )
+        finally:
+            self._in_handler = False
+            if self._refused is not None:
+                log.warning(
+                    "a handler tried to end the writer's transaction (%s) while applying a "
+                    "task's outputs; it was refused and the task recorded error: handlers must "
+                    "not commit or roll back",
+                    self._refused,
+                )
+
+    def _write_mark(self, conn: sqlite3.Connection) -> None:
+        """Note this batch in a temp table, inside its transaction.
+
+        If a handler ends the transaction, the mark tells which way: a COMMIT kept it, a
+        ROLLBACK threw it away (and the batch's earlier work with it).
+        """
+        self._mark += 1
+        conn.execute("DELETE FROM temp.pipeloom_mark")
+        conn.execute("INSERT INTO temp.pipeloom_mark VALUES (?)", (self._mark,))
+
+    def _mark_committed(self, conn: sqlite3.Connection) -> bool:
+        row = conn.execute("SELECT max(batch) FROM temp.pipeloom_mark").fetchone()
+        return bool(row and row[0] == self._mark)
+
+    def _authorize(self, action: int, arg1: str | None, arg2: str | None, *_: Any) -> int:
+        """Refuse BEGIN, COMMIT, ROLLBACK and the writer's own savepoints to handler code.
+
+        A handler that commits (``conn.commit()``, ``with conn:``, ``executescript``) would
+        end the batch's transaction under the writer; refused, it fails like any handler.
+        """
+        if self._in_handler and (
+            action == sqlite3.SQLITE_TRANSACTION
+            or (action == sqlite3.SQLITE_SAVEPOINT and arg2 in _OWN_SAVEPOINTS and arg1 != "BEGIN")
+        ):
+            if self._refused is None:  # the first one says what it did (`with conn:` tries both)
+                self._refused = arg1 or "COMMIT"
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
 
     def _control(self, msg: Any, dead: list[tuple[Any, str]]) -> None:
         """Note the engine's account of the run; dead-letter what a worker tried to send."""
@@ -536,13 +701,13 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             self._uncounted += 1  # the engine's bookkeeping, not a message anybody sent
         elif cls is Refused:
             dead.append((msg.msg, msg.reason))
-        elif isinstance(msg.status, str) and msg.status in RUN_STATUSES:
+        elif type(msg.status) is str and msg.status in RUN_STATUSES:
             # A bare writer's owner may say the run was stopped; whether it is done is
             # decided from the rows (decide_run_status), never taken on someone's word.
             if msg.status in ("cancelled", "interrupted"):
                 self._stop_hint = msg.status
         else:
-            reason = f"run status {msg.status!r} is not one of {', '.join(RUN_STATUSES)}"
+            reason = f"run status {_payload(msg.status)} is not one of {', '.join(RUN_STATUSES)}"
             dead.append((msg, reason))
 
     def _apply_lifecycle(
@@ -567,7 +732,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             if savepoint:
                 conn.execute("ROLLBACK TO lifecycle")
                 conn.execute("RELEASE lifecycle")
-            log.debug("lifecycle batch failed (%s); retrying message by message", exc)
+            log.debug("lifecycle batch failed (%s); retrying message by message", _reason(exc))
         # Slow path: one message at a time so one bad message costs only itself.
         applied = fold.applied = AppliedBatch()
         for msg in msgs:
@@ -586,7 +751,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             except Exception as exc:
                 if _is_fatal(exc):
                     raise
-                dead.append((msg, f"{type(exc).__name__}: {exc}"))
+                dead.append((msg, _reason(exc)))
                 continue
             applied.started.extend(single.applied.started)
             applied.progress.update(single.applied.progress)
@@ -605,10 +770,10 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                     self.run_id,
                     m.task_id,
                     m.attempt,
-                    str(m.status),
-                    m.started_at,
-                    m.finished_at,
-                    _truncate(str(m.error)),
+                    storable(m.status),
+                    None if m.started_at is None else storable(m.started_at),
+                    storable(m.finished_at),
+                    storable(m.error),
                     m.discarded if type(m.discarded) is int else 0,
                 )
                 for m in msgs
@@ -618,40 +783,107 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
     def _apply_group(
         self,
         conn: sqlite3.Connection,
+        index: int,
         cls: type[Any],
         msgs: list[Any],
-        handler: Callable[[sqlite3.Connection, list[Any]], None],
+        handler: Handler,
         dead: list[tuple[Any, str]],
     ) -> None:
-        conn.execute("SAVEPOINT grp")
+        """Apply one type's messages with its handler: all at once, else one by one.
+
+        Raises:
+            _TransactionEnded: the handler ended the batch's transaction.
+        """
+        failure = self._call_handler(conn, index, cls, handler, msgs, msgs, _GROUP)
+        if failure is None:
+            return
+        if len(msgs) == 1:
+            dead.append((msgs[0], failure))
+            log.warning("handler for %s rejected a message: %s", cls.__name__, failure)
+            return
+        log.debug("handler for %s failed on a batch (%s); retrying one by one", cls, failure)
+        for i, msg in enumerate(msgs):
+            failure = self._call_handler(conn, index, cls, handler, [msg], msgs[i + 1 :], _ONE)
+            if failure is not None:
+                dead.append((msg, failure))
+                log.warning("handler for %s rejected a message: %s", cls.__name__, failure)
+
+    def _call_handler(
+        self,
+        conn: sqlite3.Connection,
+        index: int,
+        cls: type[Any],
+        handler: Handler,
+        msgs: list[Any],
+        rest: list[Any],
+        savepoint: str,
+    ) -> str | None:
+        """Run ``handler(conn, msgs)`` in a savepoint; return why it failed, or None.
+
+        Raises:
+            _TransactionEnded: the handler committed or rolled back the batch's transaction
+                (past the writer's guard); the connection is out of any transaction again.
+        """
+        # Quoted: a handler's own "RELEASE pipeloom_group" must not reuse this cached statement.
+        conn.execute(f'SAVEPOINT "{savepoint}"')
+        error: Exception | None = None
+        self._refused = None
+        self._in_handler = True
         try:
             handler(conn, msgs)
-            conn.execute("RELEASE grp")
-            return
         except Exception as exc:
-            if _is_fatal(exc):
-                raise
-            conn.execute("ROLLBACK TO grp")
-            conn.execute("RELEASE grp")
-            if len(msgs) > 1:
-                log.debug("handler for %s failed on a batch (%s); retrying one by one", cls, exc)
+            error = exc
+        finally:
+            self._in_handler = False
+        refused = self._refused
+        if error is not None and _is_fatal(error):
+            raise error
+        ended = None
+        try:
+            if conn.in_transaction:
+                if error is None and refused is None:
+                    conn.execute(f'RELEASE "{savepoint}"')
+                    return None
+                conn.execute(f'ROLLBACK TO "{savepoint}"')
+                conn.execute(f'RELEASE "{savepoint}"')
             else:
-                dead.append((msgs[0], f"{type(exc).__name__}: {exc}"))
-                log.warning("handler for %s rejected a message: %s", cls.__name__, exc)
-                return
-        for msg in msgs:
-            conn.execute("SAVEPOINT one")
-            try:
-                handler(conn, [msg])
-            except Exception as exc:
-                conn.execute("ROLLBACK TO one")
-                conn.execute("RELEASE one")
-                if _is_fatal(exc):
-                    raise
-                dead.append((msg, f"{type(exc).__name__}: {exc}"))
-                log.warning("handler for %s rejected a message: %s", cls.__name__, exc)
-                continue
-            conn.execute("RELEASE one")
+                ended = "ended"
+        except sqlite3.OperationalError as exc:
+            if "no such savepoint" not in str(exc):
+                raise
+            ended = "ended"  # it committed, then began a transaction of its own
+        except sqlite3.ProgrammingError as exc:  # it closed the connection
+            raise DatabaseError(
+                f"handler {callable_name(handler)} for {cls.__name__} closed the writer's "
+                f"connection ({exc}); handlers must not close it"
+            ) from exc
+        name = f"handler {callable_name(handler)} for {cls.__name__}"
+        if ended is None:
+            if refused is not None:
+                return (
+                    f"{name} tried to end the writer's transaction ({refused}), which the writer "
+                    "refused; handlers must not commit or roll back (no conn.commit(), "
+                    "`with conn:` or executescript): the writer commits each batch itself"
+                )
+            assert error is not None
+            return _reason(error)
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")  # whatever it began after ending ours
+        conn.set_authorizer(self._authorize)  # it got past the guard, maybe by removing it
+        committed = self._mark_committed(conn)
+        how = "COMMIT" if committed else "ROLLBACK"
+        raise _TransactionEnded(
+            index=index,
+            cls=cls,
+            handler=handler,
+            msgs=msgs,
+            rest=rest,
+            committed=committed,
+            reason=(
+                f"{name} ended the writer's transaction ({how}); handlers must not commit or "
+                "roll back: the writer commits each batch itself"
+            ),
+        )
 
     def _store_dead(self, conn: sqlite3.Connection, dead: list[tuple[Any, str]]) -> None:
         for msg, reason in dead:
@@ -663,10 +895,22 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             "INSERT INTO dead_letters (run_id, created_at, msg_type, payload, error) "
             "VALUES (?, ?, ?, ?, ?)",
             [
-                (self.run_id, now, _type_name(msg), _payload(msg), _truncate(reason))
+                (self.run_id, now, _type_name(msg), _payload(msg), storable(reason))
                 for msg, reason in dead
             ],
         )
+
+    # -- the file under the run ---------------------------------------------------------
+
+    def _check_file(self) -> None:
+        """Stop if the path no longer names the file this writer writes to.
+
+        Raises:
+            DatabaseError: the file (or its WAL) was deleted or replaced mid-run; the rows
+                went to the removed file, which no reader of the path will ever see.
+        """
+        if self._file is not None:
+            self._file.check()
 
     def _notify(self, applied: AppliedBatch) -> None:
         for listener in self._listeners:
@@ -791,8 +1035,140 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
 
 
 def _type_name(msg: Any) -> str:
-    cls = type(msg)
-    return f"{cls.__module__}.{cls.__qualname__}"
+    return _type_name_of(type(msg))
+
+
+def _type_name_of(cls: type[Any]) -> str:
+    try:
+        return storable(f"{cls.__module__}.{cls.__qualname__}")
+    except Exception:  # a metaclass may make even these raise
+        return storable(type.__repr__(cls))
+
+
+def _carries_outputs(msg: MsgTaskFinished) -> bool:
+    """Tell whether a finish holds outputs to apply atomically; never raises on odd fields."""
+    outputs = msg.outputs
+    if outputs is None or ((type(outputs) is tuple or type(outputs) is list) and not outputs):
+        return False
+    if type(msg.status) is not str:
+        return False  # the fold records (or refuses) the status; its outputs are not applied
+    return holds_outputs(msg)
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a message was refused, as stored in ``dead_letters.error``; never raises."""
+    return storable(f"{type(exc).__name__}: {storable(exc)}")
+
+
+_Step = tuple[type[Any], Handler, list[Any]]
+"""One message type of a batch: its class, its handler and its messages, in arrival order."""
+_GROUP = "pipeloom_group"
+_ONE = "pipeloom_one"
+_OWN_SAVEPOINTS = frozenset({_GROUP, _ONE})
+"""Savepoints around handler calls; a handler may use savepoints of its own, not these."""
+
+
+class _TransactionEnded(Exception):
+    """A handler committed or rolled back the writer's transaction (past the guard)."""
+
+    def __init__(
+        self,
+        *,
+        index: int,
+        cls: type[Any],
+        handler: Handler,
+        msgs: list[Any],
+        rest: list[Any],
+        committed: bool,
+        reason: str,
+    ) -> None:
+        super().__init__(reason)
+        self.index = index
+        """Position of the handler's step in the batch."""
+        self.cls = cls
+        self.handler = handler
+        self.msgs = msgs
+        """The messages the handler was given when it ended the transaction."""
+        self.rest = rest
+        """Messages of the same step not applied yet (after ``msgs``)."""
+        self.committed = committed
+        """True when it committed: the batch's work before it is durable."""
+        self.reason = reason
+
+
+class _FileIdentity:
+    """The database file (and its WAL) a writer opened, by device and inode.
+
+    Deleting or replacing the file under a running writer does not stop SQLite: it keeps
+    writing to the open, now unreachable, inode. Comparing the path's identity with the one
+    at open after each commit turns that silent loss into an error.
+    """
+
+    __slots__ = ("_wal", "db", "label", "path", "wal_path")
+
+    def __init__(self, label: str, path: str, db: tuple[int, int], wal_path: str | None) -> None:
+        self.label = label
+        self.path = path
+        self.db = db
+        self.wal_path = wal_path
+        self._wal: tuple[int, int] | None = None
+
+    @classmethod
+    def of(cls, db_path: str | Path, *, wal: bool) -> _FileIdentity | None:
+        """Record the identity of ``db_path`` now (None for ``:memory:`` or no file)."""
+        label = str(db_path)
+        if label == MEMORY or not label:
+            return None
+        path = os.path.abspath(label)  # a worker's os.chdir must not move the path
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            log.warning("%s: cannot stat the database (%s); not watching it for removal", path, exc)
+            return None
+        identity = cls(label, path, (st.st_dev, st.st_ino), path + "-wal" if wal else None)
+        identity.check()  # records the WAL's identity when it exists already
+        return identity
+
+    def check(self) -> None:
+        """Raise if the path (or its WAL) is no longer the file opened.
+
+        Raises:
+            DatabaseError: it was deleted or replaced.
+        """
+        tail = (
+            "while the run was writing to it; the rows of this run are in the file that was "
+            "removed, which nothing reading the path will see. Leave the database in place "
+            "while a run writes to it"
+        )
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise DatabaseError(f"{self.label} was deleted (or moved) {tail}") from None
+        except OSError as exc:
+            log.debug("%s: cannot stat the database (%s); not checked this time", self.path, exc)
+            return
+        if (st.st_dev, st.st_ino) != self.db:
+            raise DatabaseError(f"{self.label} was replaced by another file {tail}")
+        if self.wal_path is None:
+            return
+        try:
+            st = os.stat(self.wal_path)
+        except FileNotFoundError:
+            if self._wal is not None:
+                raise DatabaseError(
+                    f"{self.label}-wal (the write-ahead log of {self.label}) was deleted {tail}"
+                ) from None
+            return
+        except OSError as exc:
+            log.debug("%s: cannot stat the WAL (%s); not checked this time", self.wal_path, exc)
+            return
+        wal = (st.st_dev, st.st_ino)
+        if self._wal is None:
+            self._wal = wal
+        elif wal != self._wal:
+            raise DatabaseError(
+                f"{self.label}-wal (the write-ahead log of {self.label}) was replaced {tail}"
+            )
 
 
 def _pid_alive(pid: int) -> bool:

@@ -54,7 +54,13 @@ WorkerFn = Callable[[Any, "TaskQueue"], Any]
 """``worker_fn(task, msg_q)``: do the work, putting lifecycle messages on ``msg_q``."""
 
 _CONTROL: frozenset[type] = frozenset({type(SENTINEL), MsgRunFinished, RunEnd, Refused})
-_WATCHED: frozenset[type] = _CONTROL | {MsgTaskFinished}
+
+
+def _is_control(cls: type) -> bool:
+    try:
+        return cls in _CONTROL
+    except Exception:  # a metaclass whose hash raises: not one of ours, the writer decides
+        return False
 
 
 class TaskQueue:
@@ -80,16 +86,15 @@ class TaskQueue:
 
     def put(self, msg: Any, block: bool = True, timeout: float | None = None) -> None:
         """Send ``msg`` to the writer (pausing if it is behind)."""
-        cls = msg.__class__
-        if cls in _WATCHED:
-            if cls is MsgTaskFinished:
-                self.finished_ids.add(msg.task_id)
-            else:
-                msg = Refused(
-                    msg,
-                    f"a worker sent {cls.__name__}, which only pipeloom's engine may send; "
-                    "it was not applied (return from the worker function to end a task)",
-                )
+        cls = type(msg)  # never msg.__class__: a hostile object may make that raise
+        if cls is MsgTaskFinished:
+            self.finished_ids.add(msg.task_id)
+        elif _is_control(cls):
+            msg = Refused(
+                msg,
+                f"a worker sent {cls.__name__}, which only pipeloom's engine may send; "
+                "it was not applied (return from the worker function to end a task)",
+            )
         self._put(msg, block, timeout)
 
     put_nowait = put

@@ -147,16 +147,18 @@ class ProcessExecutor(Executor):
             for child in self._children:
                 if not self._pending:
                     return
-                if child.task is None and child.alive:
+                # A child killed for a timeout is still "alive" until its exit is seen.
+                if child.task is None and child.alive and child.killed is None:
                     task_id, task, blob, first = self._pending.popleft()
                     child.task = (task_id, task)
                     child.deadline = None
                     try:
                         child.conn.send(("task", task_id, blob, first))
                     except OSError:
+                        # It is dying; its exit, seen next, replaces it. The task waits.
                         self._pending.appendleft((task_id, task, blob, first))
                         child.task = None
-                        child.alive = False
+                        child.killed = child.killed or "its pipe broke"
 
     def _collect(self) -> None:
         engine = self.engine

@@ -1,0 +1,72 @@
+"""Declarative pipelines on every executor: retries, resume, and timeouts that really stop."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from pipeloom import Pipeline
+from tests.executors import _pipes
+
+EXECUTORS = ["threads", "processes", "async"]
+
+
+def rows(db: Path, sql: str) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_retries_results_and_resume(tmp_path: Path, executor: str) -> None:
+    db = tmp_path / "p.db"
+    task = _pipes.square_async if executor == "async" else _pipes.square
+    pipe = Pipeline("squares", db=db, workers=2, executor=executor)
+    pipe.map(task, [1, 2, 3, 4])
+    first = pipe.run(progress=False)
+    assert first.ok and first.counts == {"done": 4}
+    assert rows(
+        db, f"SELECT task_key, result, attempt FROM task_runs WHERE task_key = '{task.name}:3'"
+    ) == [(f"{task.name}:3", "9", 2)]
+    assert rows(db, "SELECT count(*) FROM task_attempts WHERE status = 'error'") == [(1,)]
+
+    again = Pipeline("squares", db=db, workers=2, executor=executor)
+    again.map(task, [1, 2, 3, 4, 5])
+    second = again.run(resume=True, progress=False)
+    assert second.ok and second.counts == {"skipped": 4, "done": 1}
+
+
+def test_a_timeout_kills_a_cpu_bound_task_in_its_process(tmp_path: Path) -> None:
+    db = tmp_path / "spin.db"
+    pipe = Pipeline("spin", db=db, workers=2, executor="processes")
+    pipe.map(_pipes.spin, [1, 2, 3])
+    result = pipe.run(progress=False)
+    assert result.counts == {"done": 2, "timeout": 1}
+    (message,) = rows(db, "SELECT message FROM task_runs WHERE status = 'timeout'")[0]
+    assert "its worker process was killed" in str(message)
+    assert multiprocessing.active_children() == []
+
+
+def test_a_killed_attempt_is_retried_in_a_fresh_process(tmp_path: Path) -> None:
+    db = tmp_path / "retry.db"
+    pipe = Pipeline("spin-once", db=db, workers=1, executor="processes")
+    pipe.map(_pipes.spin_first_try, [10])
+    result = pipe.run(progress=False)
+    assert result.ok
+    assert rows(db, "SELECT status, result, attempt FROM task_runs") == [("done", "12", 2)]
+    assert rows(db, "SELECT attempt, status FROM task_attempts") == [(1, "timeout")]
+
+
+def test_an_async_timeout_cancels_the_coroutine(tmp_path: Path) -> None:
+    db = tmp_path / "aio.db"
+    pipe = Pipeline("aio", db=db, workers=3, executor="async")
+    pipe.map(_pipes.sleepy_async, [1, 2, 3])
+    result = pipe.run(progress=False)
+    assert result.counts == {"done": 2, "timeout": 1}
+    (message,) = rows(db, "SELECT message FROM task_runs WHERE status = 'timeout'")[0]
+    assert "the coroutine was cancelled" in str(message)
