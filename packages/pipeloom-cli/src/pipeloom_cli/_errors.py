@@ -17,8 +17,8 @@ from typing import Final
 import typer
 
 from pipeloom._text import printable
-from pipeloom.engine import RunResult
 from pipeloom.errors import DatabaseError, PipeloomError, WriterFailedError
+from pipeloom.result import RunResult
 
 __all__ = [
     "EXIT_FAILED",

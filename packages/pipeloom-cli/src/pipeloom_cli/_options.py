@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeloom.logs import setup_logging
 from pipeloom_cli._errors import UsageError
 
 __all__ = [
@@ -100,6 +99,8 @@ def start_logging(verbose: int, log_file: Path | None) -> logging.Logger:
     Raises:
         UsageError: the log file cannot be opened.
     """
+    from pipeloom.logs import setup_logging  # here: Rich loads only for a command that runs
+
     try:
         return setup_logging(verbose, log_file)
     except OSError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "DatabaseError",
+    "PipelineError",
     "PipeloomError",
     "RunFailedError",
     "SchemaOutdatedError",
@@ -35,3 +36,7 @@ class RunFailedError(PipeloomError):
         super().__init__(message)
         self.result = result
         """The `RunResult` of the failed run."""
+
+
+class PipelineError(PipeloomError):
+    """A pipeline is used wrongly: nothing mapped, or a run to resume that does not exist."""

@@ -46,7 +46,7 @@ from pipeloom._retry import Outcome, TaskTimeoutError, backoff_delay, run_attemp
 from pipeloom._text import exc_summary, exc_text, storable
 from pipeloom.db import MEMORY
 from pipeloom.engine import RunResult, TaskQueue, run_pipeline
-from pipeloom.errors import DatabaseError, PipeloomError
+from pipeloom.errors import DatabaseError, PipelineError
 from pipeloom.executors import Executor
 from pipeloom.executors.processes import attempt_deadline
 from pipeloom.messages import (
@@ -84,10 +84,6 @@ KEY_MAX_CHARS = 200
 """Longer keys keep a readable prefix and end in a hash of the whole key."""
 _NAME_MAX_CHARS = 80
 _SUMMARY_CHARS = 500
-
-
-class PipelineError(PipeloomError):
-    """A pipeline is used wrongly: nothing mapped, or a run to resume that does not exist."""
 
 
 class _TaskFailedError(Exception):

@@ -8,14 +8,15 @@ when `build_datasette` or `serve` is first used, so upgrading a file stays quick
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from pipeloom_observe._version import __version__
-from pipeloom_observe.info import DatabaseInfo, database_info
-from pipeloom_observe.migrations import applied, migrations, pending, upgrade
 
 if TYPE_CHECKING:
     from pipeloom_observe.app import build_datasette, serve
+    from pipeloom_observe.info import DatabaseInfo, database_info
+    from pipeloom_observe.migrations import applied, migrations, pending, upgrade
 
 __all__ = [
     "DatabaseInfo",
@@ -29,13 +30,25 @@ __all__ = [
     "upgrade",
 ]
 
-_LAZY = frozenset({"build_datasette", "serve"})
+_WHERE = {
+    "build_datasette": "app",
+    "serve": "app",
+    "DatabaseInfo": "info",
+    "database_info": "info",
+    "applied": "migrations",
+    "migrations": "migrations",
+    "pending": "migrations",
+    "upgrade": "migrations",
+}
 
 
 def __getattr__(name: str) -> Any:
-    """Import the Datasette side on first use (it takes about a second)."""
-    if name in _LAZY:
-        from pipeloom_observe import app
-
-        return getattr(app, name)
-    raise AttributeError(f"module 'pipeloom_observe' has no attribute {name!r}")
+    """Import on first use: Datasette takes about a second, sqlite-utils a fifth."""
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module 'pipeloom_observe' has no attribute {name!r}")
+    module = import_module(f"pipeloom_observe.{where}")
+    # The submodule named "migrations" shadows the attribute of the same name once imported.
+    value = getattr(module, name)
+    globals()[name] = value
+    return value

@@ -13,19 +13,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pipeloom import (
-    MsgTaskFinished,
-    MsgTaskProgress,
-    MsgTaskStarted,
-    TaskDef,
-    TaskQueue,
-    run_pipeline,
-    utc_now,
-)
+from pipeloom.messages import MsgTaskFinished, MsgTaskProgress, MsgTaskStarted, TaskDef, utc_now
 from pipeloom_cli._dbfile import observe_hint, prepare_for_write
 from pipeloom_cli._errors import exit_code_for, user_errors
 from pipeloom_cli._options import (
@@ -37,6 +29,9 @@ from pipeloom_cli._options import (
     choose_executor,
     start_logging,
 )
+
+if TYPE_CHECKING:
+    from pipeloom.executors import TaskQueue
 
 __all__ = ["DemoPlan", "demo", "demo_worker"]
 
@@ -161,6 +156,8 @@ def demo(
         log.info(
             "demo: %d tasks, %d failing, seed %d, db %s", num_tasks, len(tasks.failing), seed, db
         )
+        from pipeloom.engine import run_pipeline  # here: `pipeloom --help` stays quick
+
         result = run_pipeline(
             tasks,
             db,

@@ -16,9 +16,8 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeloom.engine import RunResult
-from pipeloom.errors import PipeloomError
-from pipeloom.pipeline import PipelineError
+from pipeloom.errors import PipelineError, PipeloomError
+from pipeloom.result import RunResult
 from pipeloom_cli._dbfile import observe_hint, prepare_for_write
 from pipeloom_cli._errors import CliError, UsageError, exit_code_for, user_errors
 from pipeloom_cli._options import (
