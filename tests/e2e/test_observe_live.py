@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeloom_observe.app import build_datasette
+import pipeloom_observe
 
 TASKS = 240
 
@@ -18,13 +18,21 @@ WRITER_SCRIPT = textwrap.dedent(
     f"""
     import sys
     import time
+    from pathlib import Path
 
     from pipeloom import MsgTaskFinished, MsgTaskStarted, TaskDef, run_pipeline, utc_now
 
+    GATES = {{60: Path(sys.argv[1] + ".gate1"), 120: Path(sys.argv[1] + ".gate2")}}
+
 
     def work(task, q):
+        # Tasks past 60 and past 120 wait for the test to have seen the count so far, so it
+        # sees the count grow however slow this machine is.
+        for first, gate in GATES.items():
+            while task.task_id >= first and not gate.exists():
+                time.sleep(0.005)
         q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))
-        time.sleep(0.01)
+        time.sleep(0.002)
         q.put(MsgTaskFinished(task.task_id, "done", utc_now()))
 
 
@@ -71,7 +79,7 @@ async def test_rows_show_up_while_a_pipeline_is_still_writing(tmp_path: Path) ->
                 pytest.fail(f"the writer never created the schema: {writer.communicate()}")
             await asyncio.sleep(0.02)
 
-        ds = build_datasette(db)
+        ds = pipeloom_observe.build_datasette(db)
         await ds.invoke_startup()
         seen_while_writing: list[int] = []
         failures: list[str] = []
@@ -84,7 +92,13 @@ async def test_rows_show_up_while_a_pipeline_is_still_writing(tmp_path: Path) ->
             if response.status_code != 200:
                 failures.append(f"{response.status_code}: {response.text[:200]}")
             elif running:
-                seen_while_writing.append(response.json()[0]["n"])
+                n = response.json()[0]["n"]
+                seen_while_writing.append(n)
+                partial = sorted({m for m in seen_while_writing if 0 < m < TASKS})
+                if partial:
+                    Path(f"{db}.gate1").touch()
+                if len(partial) >= 2:
+                    Path(f"{db}.gate2").touch()
             if i % 10 == 0:
                 for page in ("/live/task_runs", "/live/latest_run"):
                     page_response = await ds.client.get(page)

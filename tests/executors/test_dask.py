@@ -16,10 +16,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from distributed import Client, LocalCluster
 
 from pipeloom import Context, Pipeline, TaskDef, run_pipeline
 from pipeloom.errors import PipeloomError
@@ -29,7 +28,14 @@ from pipeloom.messages import MsgTaskFinished, MsgTaskProgress, MsgTaskStarted, 
 from pipeloom.result import RunResult
 from tests.reliability._support import query, wait_for
 
+if TYPE_CHECKING:
+    from distributed import Client
+
 ROOT = str(Path(__file__).resolve().parents[2])
+
+
+# One xdist worker runs every test here, so the suite starts one cluster, not one per worker.
+pytestmark = pytest.mark.xdist_group("dask")
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +53,10 @@ def client() -> Iterator[Client]:
 
 
 def _cluster() -> Iterator[Client]:
+    # Imported here: distributed takes a second to import, and only the one test worker that
+    # runs this module should pay for it.
+    from distributed import Client, LocalCluster
+
     with (
         LocalCluster(  # type: ignore[no-untyped-call]
             n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"

@@ -4,13 +4,12 @@ import re
 import shutil
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from datasette.app import Datasette
 
+import pipeloom_observe
 from pipeloom.errors import DatabaseError
-from pipeloom_observe.app import build_datasette, exposure_warning
 from pipeloom_observe.metadata import DASHBOARD, QUERIES, MetadataError, load_metadata
 from tests.observe._observe_support import (
     ERROR_LINE,
@@ -20,9 +19,12 @@ from tests.observe._observe_support import (
     sha256,
 )
 
+if TYPE_CHECKING:
+    from datasette.app import Datasette
+
 
 async def started(path: Path, extra: dict[str, Any] | None = None) -> Datasette:
-    ds = build_datasette(path, metadata_extra=extra)
+    ds = pipeloom_observe.build_datasette(path, metadata_extra=extra)
     await ds.invoke_startup()
     return ds
 
@@ -254,7 +256,7 @@ async def test_an_old_layout_opens_with_a_note_to_upgrade(tmp_path: Path) -> Non
 def test_a_missing_file_is_an_error_and_is_not_created(tmp_path: Path) -> None:
     path = tmp_path / "typo.db"
     with pytest.raises(DatabaseError, match="no such database file"):
-        build_datasette(path)
+        pipeloom_observe.build_datasette(path)
     assert not path.exists()
 
 
@@ -262,7 +264,7 @@ def test_a_file_that_is_not_sqlite_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "runs.db"
     path.write_bytes(b"PK\x03\x04 a zip file, not a database" * 50)
     with pytest.raises(DatabaseError, match="is not a SQLite database"):
-        build_datasette(path)
+        pipeloom_observe.build_datasette(path)
 
 
 @pytest.mark.parametrize(
@@ -277,6 +279,8 @@ def test_a_file_that_is_not_sqlite_is_an_error(tmp_path: Path) -> None:
     ],
 )
 def test_only_loopback_hosts_are_quiet(host: str, warns: bool) -> None:
+    from pipeloom_observe.app import exposure_warning
+
     warning = exposure_warning(host)
     assert (warning is not None) == warns
     if warning:

@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+import pipeloom_observe
 from pipeloom import TaskDef, TaskQueue, run_pipeline
 from pipeloom.lease import DEFAULT_LEASE_S, owner_identity
 from pipeloom.messages import SENTINEL, utc_now
 from pipeloom.queue import MessageQueue
 from pipeloom.writer import SQLiteWriter
 from pipeloom_cli.app import app
-from pipeloom_observe.app import build_datasette
 from tests.reliability._support import query, read_events, spawn_child, wait_for
 
 runner = CliRunner()
@@ -120,7 +120,7 @@ async def test_observe_shows_a_stale_run_without_writing(tmp_path: Path) -> None
         f"VALUES ('dead', 'running', {HOUR_AGO}, {HOUR_AGO}, 15, 'elsewhere')",
     )
     before = _fingerprint(db)
-    ds = build_datasette(db)
+    ds = pipeloom_observe.build_datasette(db)
     await ds.invoke_startup()
     response = await ds.client.get("/observed/runs.json?_shape=array")
     assert response.status_code == 200, response.text

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import pipeloom_observe
 from pipeloom import TaskDef, TaskQueue, run_pipeline
 from pipeloom.errors import DatabaseError
 from pipeloom_cli.app import app
-from pipeloom_observe.app import build_datasette
 from tests.e2e._cli_e2e_support import clean_env, pipeloom_command
 
 runner = CliRunner()
@@ -135,7 +135,7 @@ def test_a_database_in_a_read_only_folder_is_read_and_writing_names_the_folder(
 
 
 async def test_observe_reads_a_database_in_a_read_only_folder(read_only_folder: Path) -> None:
-    ds = build_datasette(read_only_folder / "runs.db")
+    ds = pipeloom_observe.build_datasette(read_only_folder / "runs.db")
     await ds.invoke_startup()
     response = await ds.client.get(
         "/runs.json", params={"sql": "SELECT count(*) AS n FROM task_runs", "_shape": "array"}
@@ -255,7 +255,7 @@ async def test_observe_serves_the_named_file_read_only(
     _table_t(db, "mine")
     _table_t(tmp_path / sibling, "sibling")  # the file an unescaped URI opened instead
     before = sorted(os.listdir(tmp_path))
-    ds = build_datasette(db)
+    ds = pipeloom_observe.build_datasette(db)
     await ds.invoke_startup()
     (db_name,) = (key for key in ds.databases if not key.startswith("_"))
     url = ds.urls.database(db_name, format="json")
