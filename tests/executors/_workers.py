@@ -117,6 +117,13 @@ WORKERS: dict[str, dict[str, Any]] = {
         "noop": noop,
         "interrupt": interrupt_driver,
     },
+    "dask": {
+        "seed": seed_shape,
+        "fails": fails_on_three,
+        "fail_fast": fails_then_waits,
+        "noop": noop,
+        "interrupt": interrupt_driver,
+    },
     "async": {
         "seed": seed_shape_async,
         "fails": fails_on_three_async,

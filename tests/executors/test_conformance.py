@@ -2,30 +2,23 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pipeloom import TaskDef, run_pipeline
+from tests.executors._support import pipeloom_children, rows
 from tests.executors._workers import WORKERS, MsgScore, on_score, schema
-
-EXECUTORS = ["threads", "processes", "async"]
-
-
-def rows(db: Path, sql: str) -> list[tuple[object, ...]]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
+from tests.executors.conftest import EXECUTORS
 
 
 @pytest.mark.parametrize("executor", EXECUTORS)
-def test_the_worker_shape_users_copy_and_a_custom_message(tmp_path: Path, executor: str) -> None:
+def test_the_worker_shape_users_copy_and_a_custom_message(
+    tmp_path: Path, executor: str, make_executor: Any
+) -> None:
     db = tmp_path / "seed.db"
     tasks = [TaskDef(i, f"t{i}", steps=3) for i in range(1, 21)]
     result = run_pipeline(
@@ -33,7 +26,7 @@ def test_the_worker_shape_users_copy_and_a_custom_message(tmp_path: Path, execut
         db,
         worker_fn=WORKERS[executor]["seed"],
         workers=2,
-        executor=executor,
+        executor=make_executor(executor),
         handlers={MsgScore: on_score},
         schema=schema,
         progress=False,
@@ -46,7 +39,9 @@ def test_the_worker_shape_users_copy_and_a_custom_message(tmp_path: Path, execut
 
 
 @pytest.mark.parametrize("executor", EXECUTORS)
-def test_a_raising_task_is_its_error_with_the_traceback(tmp_path: Path, executor: str) -> None:
+def test_a_raising_task_is_its_error_with_the_traceback(
+    tmp_path: Path, executor: str, make_executor: Any
+) -> None:
     db = tmp_path / "raise.db"
     tasks = [TaskDef(i, f"file-{i}.csv") for i in range(1, 6)]
     result = run_pipeline(
@@ -54,7 +49,7 @@ def test_a_raising_task_is_its_error_with_the_traceback(tmp_path: Path, executor
         db,
         worker_fn=WORKERS[executor]["fails"],
         workers=2,
-        executor=executor,
+        executor=make_executor(executor),
         progress=False,
     )
     assert result.counts == {"done": 4, "error": 1} and result.failed_task_ids == [3]
@@ -65,7 +60,7 @@ def test_a_raising_task_is_its_error_with_the_traceback(tmp_path: Path, executor
 
 
 @pytest.mark.parametrize("executor", EXECUTORS)
-def test_fail_fast_stops_admitting(tmp_path: Path, executor: str) -> None:
+def test_fail_fast_stops_admitting(tmp_path: Path, executor: str, make_executor: Any) -> None:
     db = tmp_path / "ff.db"
     tasks = [TaskDef(i, f"t{i}") for i in range(1, 201)]
     result = run_pipeline(
@@ -73,7 +68,7 @@ def test_fail_fast_stops_admitting(tmp_path: Path, executor: str) -> None:
         db,
         worker_fn=WORKERS[executor]["fail_fast"],
         workers=2,
-        executor=executor,
+        executor=make_executor(executor),
         fail_fast=True,
         progress=False,
     )
@@ -86,7 +81,9 @@ def test_fail_fast_stops_admitting(tmp_path: Path, executor: str) -> None:
 
 
 @pytest.mark.parametrize("executor", EXECUTORS)
-def test_a_generator_of_ten_thousand_tasks(tmp_path: Path, executor: str) -> None:
+def test_a_generator_of_ten_thousand_tasks(
+    tmp_path: Path, executor: str, make_executor: Any
+) -> None:
     db = tmp_path / "gen.db"
 
     def tasks() -> Iterator[TaskDef]:
@@ -98,7 +95,7 @@ def test_a_generator_of_ten_thousand_tasks(tmp_path: Path, executor: str) -> Non
         db,
         worker_fn=WORKERS[executor]["noop"],
         workers=4,
-        executor=executor,
+        executor=make_executor(executor),
         progress=False,
     )
     assert result.ok and result.counts == {"done": 10_000}
@@ -106,7 +103,9 @@ def test_a_generator_of_ten_thousand_tasks(tmp_path: Path, executor: str) -> Non
 
 
 @pytest.mark.parametrize("executor", EXECUTORS)
-def test_ctrl_c_stops_admitting_and_leaves_no_child(tmp_path: Path, executor: str) -> None:
+def test_ctrl_c_stops_admitting_and_leaves_no_child(
+    tmp_path: Path, executor: str, make_executor: Any
+) -> None:
     db = tmp_path / "int.db"
     tasks = [TaskDef(i, f"t{i}", payload=os.getpid()) for i in range(1, 101)]
     result = run_pipeline(
@@ -114,11 +113,11 @@ def test_ctrl_c_stops_admitting_and_leaves_no_child(tmp_path: Path, executor: st
         db,
         worker_fn=WORKERS[executor]["interrupt"],
         workers=2,
-        executor=executor,
+        executor=make_executor(executor),
         progress=False,
     )
     assert result.status == "cancelled"
     assert result.not_started is not None and result.not_started > 0
     assert result.total + result.not_started == 100
     assert rows(db, "SELECT count(*) FROM task_runs WHERE status != 'done'") == [(0,)]
-    assert multiprocessing.active_children() == []
+    assert pipeloom_children() == []

@@ -13,7 +13,6 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,39 +30,15 @@ from tests.reliability._support import query, wait_for
 if TYPE_CHECKING:
     from distributed import Client
 
-ROOT = str(Path(__file__).resolve().parents[2])
-
 
 # One xdist worker runs every test here, so the suite starts one cluster, not one per worker.
 pytestmark = pytest.mark.xdist_group("dask")
 
 
-@pytest.fixture(scope="module")
-def client() -> Iterator[Client]:
-    # Declarative tasks pickle by reference to their module (this one), so the worker
-    # processes must be able to import it: they are spawned with this process's sys.path.
-    added = ROOT not in sys.path
-    if added:
-        sys.path.insert(0, ROOT)
-    try:
-        yield from _cluster()
-    finally:
-        if added:
-            sys.path.remove(ROOT)
-
-
-def _cluster() -> Iterator[Client]:
-    # Imported here: distributed takes a second to import, and only the one test worker that
-    # runs this module should pay for it.
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(  # type: ignore[no-untyped-call]
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
-        ) as cluster,
-        Client(cluster) as c,  # type: ignore[no-untyped-call]
-    ):
-        yield c
+@pytest.fixture
+def client(dask_client: Client) -> Client:
+    """The suite's one cluster (tests/executors/conftest.py)."""
+    return dask_client
 
 
 def run(client: Client, tasks: Any, db: Path, worker: Any, **kw: Any) -> RunResult:

@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
-import multiprocessing
-import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pipeloom import Pipeline
 from tests.executors import _pipes
-
-EXECUTORS = ["threads", "processes", "async"]
-
-
-def rows(db: Path, sql: str) -> list[tuple[object, ...]]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
+from tests.executors._support import pipeloom_children, rows
+from tests.executors.conftest import EXECUTORS
 
 
 @pytest.mark.parametrize("executor", EXECUTORS)
-def test_retries_results_and_resume(tmp_path: Path, executor: str) -> None:
+def test_retries_results_and_resume(tmp_path: Path, executor: str, make_executor: Any) -> None:
     db = tmp_path / "p.db"
     task = _pipes.square_async if executor == "async" else _pipes.square
-    pipe = Pipeline("squares", db=db, workers=2, executor=executor)
+    pipe = Pipeline("squares", db=db, workers=2, executor=make_executor(executor))
     pipe.map(task, [1, 2, 3, 4])
     first = pipe.run(progress=False)
     assert first.ok and first.counts == {"done": 4}
@@ -35,7 +26,7 @@ def test_retries_results_and_resume(tmp_path: Path, executor: str) -> None:
     ) == [(f"{task.name}:3", "9", 2)]
     assert rows(db, "SELECT count(*) FROM task_attempts WHERE status = 'error'") == [(1,)]
 
-    again = Pipeline("squares", db=db, workers=2, executor=executor)
+    again = Pipeline("squares", db=db, workers=2, executor=make_executor(executor))
     again.map(task, [1, 2, 3, 4, 5])
     second = again.run(resume=True, progress=False)
     assert second.ok and second.counts == {"skipped": 4, "done": 1}
@@ -49,7 +40,7 @@ def test_a_timeout_kills_a_cpu_bound_task_in_its_process(tmp_path: Path) -> None
     assert result.counts == {"done": 2, "timeout": 1}
     (message,) = rows(db, "SELECT message FROM task_runs WHERE status = 'timeout'")[0]
     assert "its worker process was killed" in str(message)
-    assert multiprocessing.active_children() == []
+    assert pipeloom_children() == []
 
 
 def test_a_killed_attempt_is_retried_in_a_fresh_process(tmp_path: Path) -> None:

@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
-import sqlite3
 from pathlib import Path
 
 import pytest
 
 from pipeloom import PipeloomError, TaskDef, run_pipeline
 from pipeloom.executors import ProcessExecutor
+from tests.executors._support import pipeloom_children, rows
 from tests.executors._workers import dies, logs_a_line, noop, unpicklable_result
-
-
-def rows(db: Path, sql: str) -> list[tuple[object, ...]]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
 
 
 def test_a_child_that_dies_fails_its_task_and_the_run_goes_on(tmp_path: Path) -> None:
@@ -37,7 +28,7 @@ def test_a_child_that_dies_fails_its_task_and_the_run_goes_on(tmp_path: Path) ->
         (2, "WorkerDied: worker process died (signal SIGKILL)"),
         (3, "WorkerDied: worker process died (exit code 3)"),
     ]
-    assert multiprocessing.active_children() == []
+    assert pipeloom_children() == []
 
 
 def test_an_unpicklable_result_is_the_tasks_error_not_a_hang(tmp_path: Path) -> None:
