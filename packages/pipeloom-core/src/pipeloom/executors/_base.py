@@ -56,12 +56,6 @@ WorkerFn = Callable[[Any, "TaskQueue"], Any]
 _CONTROL: frozenset[type] = frozenset({type(SENTINEL), MsgRunFinished, RunEnd, Refused})
 
 
-def _is_control(cls: type) -> bool:
-    try:
-        return cls in _CONTROL
-    except Exception:  # a metaclass whose hash raises: not one of ours, the writer decides
-        return False
-
 
 class TaskQueue:
     """The queue a worker function gets: forwards to the writer, refuses control messages.
@@ -89,7 +83,13 @@ class TaskQueue:
         cls = type(msg)  # never msg.__class__: a hostile object may make that raise
         if cls is MsgTaskFinished:
             self.finished_ids.add(msg.task_id)
-        elif _is_control(cls):
+            self._put(msg, block, timeout)
+            return
+        try:
+            control = cls in _CONTROL
+        except Exception:  # a metaclass whose hash raises: not one of ours, the writer decides
+            control = False
+        if control:
             msg = Refused(
                 msg,
                 f"a worker sent {cls.__name__}, which only pipeloom's engine may send; "
