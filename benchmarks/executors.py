@@ -27,7 +27,7 @@ from typing import Any
 from pipeloom import TaskDef, TaskQueue, run_pipeline
 
 CPU_TASKS = 16
-CPU_LOOPS = 2_500_000
+CPU_LOOPS = 5_000_000
 """Iterations of the CPU task's loop; about 0.3 s of pure Python on this machine."""
 ASYNC_TASKS = 5_000
 
