@@ -56,7 +56,6 @@ WorkerFn = Callable[[Any, "TaskQueue"], Any]
 _CONTROL: frozenset[type] = frozenset({type(SENTINEL), MsgRunFinished, RunEnd, Refused})
 
 
-
 class TaskQueue:
     """The queue a worker function gets: forwards to the writer, refuses control messages.
 
