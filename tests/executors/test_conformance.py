@@ -94,7 +94,8 @@ def test_a_generator_of_ten_thousand_tasks(
         tasks(),
         db,
         worker_fn=WORKERS[executor]["noop"],
-        workers=4,
+        # Dask counts tasks in flight across the cluster: its default lets tiny tasks chunk.
+        workers=None if executor == "dask" else 4,
         executor=make_executor(executor),
         progress=False,
     )
@@ -119,5 +120,8 @@ def test_ctrl_c_stops_admitting_and_leaves_no_child(
     assert result.status == "cancelled"
     assert result.not_started is not None and result.not_started > 0
     assert result.total + result.not_started == 100
-    assert rows(db, "SELECT count(*) FROM task_runs WHERE status != 'done'") == [(0,)]
+    # Tasks taken but never started (Dask: still queued on the cluster) are "cancelled".
+    assert rows(db, "SELECT count(*) FROM task_runs WHERE status NOT IN ('done', 'cancelled')") == [
+        (0,)
+    ]
     assert pipeloom_children() == []
