@@ -1,9 +1,20 @@
 import io
 import re
+from pathlib import Path
 
+import pytest
 from rich.console import Console
+from rich.text import Text
 
-from pipeloom import AppliedBatch, LiveDisplay, PlainReporter, preregister_task_bars
+from pipeloom import (
+    AppliedBatch,
+    LiveDisplay,
+    PlainReporter,
+    TaskDef,
+    TaskQueue,
+    preregister_task_bars,
+    run_pipeline,
+)
 from pipeloom.progress import make_task_progress, render_summary
 
 
@@ -91,3 +102,31 @@ def render(console: Console, display: LiveDisplay) -> str:
         console.print(display.tasks)
         console.print(display._more)
     return re.sub(r"\s+", " ", capture.get())
+
+
+@pytest.mark.parametrize(
+    ("fail", "mark", "not_mark"), [(False, "✓", "✗"), (True, "✗", "✓")], ids=["done", "error"]
+)
+def test_the_final_mark_follows_the_outcome(
+    tmp_path: Path, fail: bool, mark: str, not_mark: str
+) -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=80)
+
+    def worker(task: TaskDef, q: TaskQueue) -> None:
+        if fail and task.task_id == 2:
+            raise ValueError("bad row")
+
+    result = run_pipeline(
+        [TaskDef(i, f"t{i}") for i in range(1, 4)],
+        tmp_path / "mark.db",
+        worker_fn=worker,
+        progress=True,
+        console=console,
+        run_name="marks",
+    )
+    assert result.status == ("error" if fail else "done")
+    last_bar = [
+        line for line in Text.from_ansi(out.getvalue()).plain.splitlines() if "marks" in line
+    ][-1]
+    assert mark in last_bar and not_mark not in last_bar

@@ -19,6 +19,7 @@ from typing import Any, Final
 from pipeloom.db import connect_readonly, describe_error
 from pipeloom.lease import stale_sql
 from pipeloom.schema import SCHEMA_VERSION, inspect_schema
+from pipeloom.status import FAILED, TERMINAL, sql_in
 from pipeloom_cli._errors import UsageError
 
 __all__ = [
@@ -35,8 +36,9 @@ __all__ = [
 log = logging.getLogger("pipeloom.cli")
 
 ACTIVE_STATUSES: Final = frozenset({"running", "queued"})
-FAILED_STATUSES: Final = ("error", "timeout", "interrupted")
-TERMINAL_STATUSES: Final = ("done", "error", "cancelled", "timeout", "skipped", "interrupted")
+FAILED_STATUSES: Final = tuple(sorted(FAILED))
+"""`pipeloom.status.FAILED`: what the bar, `RunResult` and observe count as failed too."""
+TERMINAL_STATUSES: Final = tuple(sorted(TERMINAL))
 
 
 def _parse_time(text: str | None) -> datetime | None:
@@ -265,7 +267,7 @@ def list_runs(conn: sqlite3.Connection, limit: int) -> list[RunInfo]:
 def run_tasks(conn: sqlite3.Connection, run_id: int, limit: int | None) -> list[TaskInfo]:
     """Return a run's tasks, failures first, then running ones, then by task id."""
     order = (
-        "CASE WHEN status IN ('error', 'timeout', 'interrupted') THEN 0 "
+        f"CASE WHEN status IN {sql_in(FAILED)} THEN 0 "
         "WHEN status IN ('running', 'queued') THEN 1 ELSE 2 END, task_id"
     )
     sql = (

@@ -580,6 +580,17 @@ def run_pipeline(
             q.put_nowait(SENTINEL)
         writer.join()
         q.fail(WriterFailedError("the run has ended; late messages are not stored"))
+        end = run.end_message()
+        # Without pipeloom's tables the writer kept no rows to decide from; the same rule
+        # applies to what it counted as it committed.
+        status = writer.run_status or decide_run_status(
+            writer.final_counts or writer.status_counts,
+            taken=end.taken,
+            stop="interrupted" if writer.error is not None else end.stop,
+            source_failed=end.error is not None,
+        )
+        if isinstance(display, LiveDisplay):
+            display.set_outcome(status)
     elapsed = time.perf_counter() - started
     if writer.error is not None:
         raise WriterFailedError(
@@ -592,15 +603,9 @@ def run_pipeline(
             f"the run {writer.run_id} is recorded as error in {db_path}"
         ) from start_error
     counts = dict(writer.final_counts or writer.status_counts)
-    end = run.end_message()
     result = RunResult(
         run_id=writer.run_id,
-        # Without pipeloom's tables the writer kept no rows to decide from; the same rule
-        # applies to what it counted as it committed.
-        status=writer.run_status
-        or decide_run_status(
-            counts, taken=end.taken, stop=end.stop, source_failed=end.error is not None
-        ),
+        status=status,
         counts=counts,
         failed_task_ids=list(writer.failed_task_ids),
         elapsed=elapsed,

@@ -34,6 +34,7 @@ from rich.text import Text
 
 from pipeloom._text import printable
 from pipeloom.logs import console as shared_console
+from pipeloom.status import FAILED
 from pipeloom.writer import AppliedBatch
 
 __all__ = [
@@ -49,7 +50,15 @@ __all__ = [
 DEFAULT_VISIBLE_BARS = 6
 """Per-task bars shown at once; the rest are counted in "+N more running"."""
 
-FAILED_STATUSES = frozenset({"error", "timeout", "interrupted"})
+FAILED_STATUSES = FAILED
+"""Task statuses counted as failed on the bar: `pipeloom.status.FAILED`."""
+
+_OUTCOME = {
+    "done": ("✓", "green"),
+    "error": ("✗", "red"),
+    "cancelled": ("■", "yellow"),
+    "interrupted": ("!", "red"),
+}
 
 
 def make_overall_progress(
@@ -167,6 +176,19 @@ class LiveDisplay:
     ) -> None:
         """Drop per-task bars and leave the overall bar on screen."""
         self.close()
+
+    def set_outcome(self, status: str) -> None:
+        """Make the final mark and the bar's colour say how the run ended.
+
+        A failed run must not end on a green tick and a full green bar: done is a green ✓,
+        error a red ✗, cancelled a yellow ■ and interrupted a red !.
+        """
+        mark, style = _OUTCOME.get(status, ("?", "yellow"))
+        for column in self.overall.columns:
+            if isinstance(column, SpinnerColumn):
+                column.finished_text = Text(mark, style=style)
+            elif isinstance(column, BarColumn):
+                column.complete_style = column.finished_style = style
 
     def close(self) -> None:
         """Remove every per-task bar, draw once more and stop."""

@@ -18,6 +18,7 @@ from datasette.utils import tilde_encode
 
 from pipeloom.errors import PipeloomError
 from pipeloom.lease import stale_sql
+from pipeloom.status import FAILED, sql_in
 from pipeloom_observe._sqlite import Layout
 
 __all__ = [
@@ -33,7 +34,8 @@ __all__ = [
 DASHBOARD: Final = "run-history"
 """Slug of the datasette-dashboards dashboard: ``/-/dashboards/run-history``."""
 
-_FAILED: Final = "('error', 'timeout')"
+_FAILED: Final = sql_in(FAILED)
+"""`pipeloom.status.FAILED` as SQL: the same "failed" as the bar, `RunResult` and status."""
 
 # Durations come from ISO 8601 UTC text; julianday() understands the "+00:00" suffix.
 _SECONDS = "ROUND((julianday({end}) - julianday({start})) * 86400, 3)"
