@@ -135,12 +135,17 @@ def test_non_tty_output_has_no_escape_codes_progress_lines_and_ends_with_the_sum
     )
     assert "failing on purpose" in proc.stdout
     title = max(i for i, line in enumerate(lines) if "pipeloom run 1" in line)
-    summary = "\n".join(lines[title:])
+    end = max(i for i, line in enumerate(lines) if line.startswith("└"))
+    summary = "\n".join(lines[title : end + 1])
     assert re.search(r"done\s+│\s+6", summary)
     assert re.search(r"error\s+│\s+2", summary)
     assert "pipeloom observe ci.db" in summary
-    assert lines[-1].startswith("└")
     assert "task-" not in summary
+    # Under the table: the failed tasks with their errors, and where to read more.
+    failures = lines[end + 1 :]
+    assert len([ln for ln in failures if ln.startswith("  ✗ task-")]) == 2
+    assert all("DemoTaskError" in ln for ln in failures if ln.startswith("  ✗"))
+    assert failures[-1] == "  details: pipeloom status ci.db --run 1"
 
 
 def test_python_m_pipeloom_cli_and_completion(tmp_path: Path) -> None:

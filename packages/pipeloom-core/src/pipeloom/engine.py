@@ -33,7 +33,7 @@ from pipeloom.executors import Executor, TaskQueue, ThreadExecutor, WorkerFn, re
 from pipeloom.executors._remote import RemoteTaskError
 from pipeloom.logs import console as shared_console
 from pipeloom.messages import SENTINEL, MsgTaskFinished, utc_now
-from pipeloom.progress import LiveDisplay, PlainReporter, render_summary
+from pipeloom.progress import LiveDisplay, PlainReporter, render_failures, render_summary
 from pipeloom.queue import DEFAULT_MAXSIZE, MessageQueue
 from pipeloom.result import RunResult
 from pipeloom.status import decide_run_status
@@ -627,6 +627,17 @@ def run_pipeline(
                 not_started=result.not_started,
             )
         )
+        if writer.failed_sample:
+            out.print(
+                render_failures(
+                    writer.failed_sample,
+                    total=len(result.failed_task_ids),
+                    db_path=str(db_path),
+                    run_id=result.run_id,
+                ),
+                no_wrap=True,  # one line per failed task, cut to the terminal's width
+                overflow="ellipsis",
+            )
     return result
 
 

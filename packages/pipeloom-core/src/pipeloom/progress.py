@@ -44,6 +44,7 @@ __all__ = [
     "make_overall_progress",
     "make_task_progress",
     "preregister_task_bars",
+    "render_failures",
     "render_summary",
 ]
 
@@ -345,3 +346,34 @@ def render_summary(
     if hint:
         table.add_row("browse", Text(printable(hint)))
     return table
+
+
+def render_failures(
+    failures: list[tuple[int, str, str]], *, total: int, db_path: str, run_id: int | None
+) -> Text:
+    """Name the first failed tasks and their errors, and where to read the rest.
+
+    Shown under the summary at every verbosity: "2 failed" alone leaves a user nowhere.
+    Print it with ``no_wrap=True, overflow="ellipsis"`` to keep one line per task.
+    """
+    text = Text()
+    for task_id, name, message in failures:
+        text.append("  ✗ ", style="red")
+        text.append(_middle(printable(name), 40), style="bold")
+        text.append(f" (task {task_id}): ")
+        text.append(printable(message)[:300])  # the console cuts it at its width
+        text.append("\n")
+    if total > len(failures):
+        text.append(f"  ... and {total - len(failures)} more\n", style="dim")
+    where = f"pipeloom status {db_path}" + (f" --run {run_id}" if run_id is not None else "")
+    text.append("  details: ", style="dim")
+    text.append(printable(where))
+    return text
+
+
+def _middle(text: str, width: int) -> str:
+    """Shorten in the middle, so both the start and the end of a path stay readable."""
+    if len(text) <= width:
+        return text
+    keep = width - 1
+    return text[: keep - keep // 2] + "…" + text[len(text) - keep // 2 :]

@@ -69,6 +69,8 @@ log = logging.getLogger("pipeloom.writer")
 SchemaFn = Callable[[sqlite3.Connection], None]
 
 RUN_STATUSES = ("done", "error", "cancelled", "interrupted")
+FAILED_SAMPLE = 5
+"""Failed tasks named in the end-of-run summary."""
 DEFAULT_BATCH_SIZE = 5_000
 DEFAULT_COMMIT_INTERVAL = 0.02
 """Seconds the writer may wait for more messages before committing a small batch."""
@@ -191,6 +193,8 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         self.final_counts: dict[str, int] = {}
         """Tasks per status in the run, read back from the database at shutdown."""
         self.failed_task_ids: list[int] = []
+        self.failed_sample: list[tuple[int, str, str]] = []
+        """(task_id, name, one-line error) of the first failed tasks, for the summary."""
         """task_id of every task that ended in error or timeout."""
         self._run_end: RunEnd | None = None
         self._stop_hint: str | None = None
@@ -998,6 +1002,14 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                 f"SELECT task_id FROM task_runs WHERE run_id = ? AND status IN {sql_in(FAILED)} "
                 "ORDER BY task_id",
                 (self.run_id,),
+            )
+        ]
+        self.failed_sample = [
+            (int(r[0]), str(r[1]), str(r[2] or ""))
+            for r in conn.execute(
+                "SELECT task_id, name, coalesce(message, status) FROM task_runs WHERE run_id = ? "
+                f"AND status IN {sql_in(FAILED)} ORDER BY task_id LIMIT ?",
+                (self.run_id, FAILED_SAMPLE),
             )
         ]
 
