@@ -286,7 +286,7 @@ class _Run:
             log.warning(
                 "fail_fast: task %s failed (%s); not starting the rest",
                 task_id,
-                exc_summary(error),
+                error if isinstance(error, RemoteTaskError) else exc_summary(error),
             )
         if not finished:
             self._finish_failed(task_id, task, error)
