@@ -21,6 +21,7 @@ from pipeloom import (
     run_pipeline,
     utc_now,
 )
+from pipeloom.options import RunOptions
 from pipeloom.pipeline import RESULT_MAX_CHARS, item_key, to_result
 
 from .conftest import rows
@@ -324,3 +325,35 @@ def test_a_generator_read_by_an_earlier_run_is_flagged(
     with caplog.at_level(logging.WARNING, logger="pipeloom.pipeline"):
         assert pipe.run(progress=False).counts == {}
     assert "an iterator an earlier run already read" in caplog.text
+
+
+def test_a_pipeline_reaches_every_writer_setting_through_run_options(tmp_path: Path) -> None:
+    db = tmp_path / "opts.db"
+    batches: list[int] = []
+    pipe = Pipeline(
+        "opts",
+        db=db,
+        workers=2,
+        options=RunOptions(
+            synchronous="FULL",
+            batch_size=1,
+            lease=7.5,
+            listeners=(lambda b: batches.append(b.messages),),
+        ),
+    )
+
+    @pipe.task
+    def work(ctx: Context, n: int) -> int:
+        return n
+
+    pipe.map(work, range(1, 6))
+    assert pipe.run(progress=False).ok
+    assert batches and max(batches) == 1  # batch_size=1 reached the writer
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("SELECT lease_s FROM pipeline_runs").fetchone() == (7.5,)
+    finally:
+        conn.close()
+    # A run may override them; a misspelt level is refused, not silently NORMAL.
+    with pytest.raises(ValueError, match=r"RunOptions\(synchronous='FUL'\)"):
+        pipe.run(progress=False, options=RunOptions(synchronous="FUL"))  # type: ignore[arg-type]

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
         TaskDef,
         utc_now,
     )
+    from pipeloom.options import RunOptions
     from pipeloom.pipeline import Context, Pipeline, PipelineError, Task, TaskTimeoutError
     from pipeloom.progress import (
         LiveDisplay,
@@ -64,6 +65,7 @@ _WHERE: dict[str, str] = {
     "TaskTimeoutError": "pipeline",
     "run_pipeline": "engine",
     "RunResult": "result",
+    "RunOptions": "options",
     "TaskDef": "messages",
     "MsgTaskStarted": "messages",
     "MsgTaskProgress": "messages",
@@ -121,6 +123,7 @@ __all__ = [
     "PipeloomError",
     "PlainReporter",
     "RunFailedError",
+    "RunOptions",
     "RunResult",
     "SQLiteWriter",
     "SchemaOutdatedError",

@@ -57,6 +57,7 @@ from pipeloom.messages import (
     TaskDef,
     utc_now,
 )
+from pipeloom.options import RunOptions
 from pipeloom.schema import check_schema
 from pipeloom.writer import SchemaFn
 
@@ -710,6 +711,8 @@ class Pipeline(HandlerRegistry):
         executor: where tasks run: ``"threads"`` (default), ``"processes"``, ``"async"``,
             ``"dask"`` or an instance from `pipeloom.executors`. With processes or Dask the
             task functions, items and results must pickle.
+        options: the writer's settings (`pipeloom.options.RunOptions`): ``synchronous``,
+            ``batch_size``, ``lease``, extra ``listeners``, ...
     """
 
     registration_error = PipelineError
@@ -730,6 +733,7 @@ class Pipeline(HandlerRegistry):
         params: Mapping[str, Any] | None = None,
         seed: int | None = None,
         executor: str | Executor | None = None,
+        options: RunOptions | None = None,
     ) -> None:
         """Create an empty pipeline; add tasks with `task` and work with `map`."""
         if not name or not isinstance(name, str):
@@ -750,6 +754,7 @@ class Pipeline(HandlerRegistry):
         self.params = dict(params or {})
         self.seed = seed
         self.executor = executor
+        self.options = options or RunOptions()
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._stages: list[_Stage] = []
 
@@ -961,6 +966,7 @@ class Pipeline(HandlerRegistry):
         summary_hint: str | None = None,
         console: Console | None = None,
         executor: str | Executor | None = None,
+        options: RunOptions | None = None,
     ) -> RunResult:
         """Run every mapped task once and record it; returns the engine's `RunResult`.
 
@@ -974,6 +980,7 @@ class Pipeline(HandlerRegistry):
             summary_hint: an extra line for the end-of-run summary.
             console: where progress and the summary go.
             executor: overrides the pipeline's executor for this run.
+            options: overrides the pipeline's writer settings for this run.
 
         Raises:
             PipelineError: nothing was mapped, or the run to resume does not exist.
@@ -1013,6 +1020,7 @@ class Pipeline(HandlerRegistry):
                 params=params,
                 summary_hint=summary_hint,
                 executor=executor if executor is not None else self.executor,
+                **(options if options is not None else self.options).as_kwargs(),
             )
         finally:
             if previous is not None:
