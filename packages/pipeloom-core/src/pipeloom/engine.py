@@ -335,9 +335,9 @@ class _Run:
 
     def abandon(self, why: str) -> int:
         """Record every task still in flight ``interrupted`` and stop waiting for them."""
-        self.stop("interrupted")
-        self.stop_reason = "interrupted"
+        self.stop_reason = "interrupted"  # whatever stopped admission first, this ends it
         self.abandoned = True
+        self.stopping.set()
         tasks = list(self.in_flight.items())
         for task_id, task in tasks:
             name, key = _label(task, task_id)
@@ -575,12 +575,12 @@ def run_pipeline(
             run.begin(workers)
             _wait(run, writer, interrupts)
             pool.shutdown(0.0 if run.abandoned else None)
+        end = run.end_message()
         if writer.error is None:
-            q.put_nowait(run.end_message())  # the writer records it on the run row
+            q.put_nowait(end)  # the writer records it on the run row
             q.put_nowait(SENTINEL)
         writer.join()
         q.fail(WriterFailedError("the run has ended; late messages are not stored"))
-        end = run.end_message()
         # Without pipeloom's tables the writer kept no rows to decide from; the same rule
         # applies to what it counted as it committed.
         status = writer.run_status or decide_run_status(

@@ -44,9 +44,9 @@ from pipeloom._context import DEFAULT_MAX_OUTPUTS, Context, OutputLimitError
 from pipeloom._registry import Handler, HandlerRegistry
 from pipeloom._retry import Outcome, TaskTimeoutError, backoff_delay, run_attempt
 from pipeloom._text import exc_summary, exc_text, storable
-from pipeloom.db import MEMORY
+from pipeloom.db import MEMORY, connect_readonly
 from pipeloom.engine import RunResult, TaskQueue, run_pipeline
-from pipeloom.errors import DatabaseError, PipelineError
+from pipeloom.errors import PipelineError
 from pipeloom.executors import Executor
 from pipeloom.executors.processes import attempt_deadline
 from pipeloom.messages import (
@@ -320,12 +320,9 @@ def _open_previous(db: str | Path, name: str, resume: bool | int | str) -> _Prev
         raise PipelineError(
             f"{path}: no such database, so run {resume} cannot be resumed; check the db path"
         )
-    try:
-        conn = sqlite3.connect(
-            f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False, timeout=10
-        )
-    except sqlite3.Error as exc:
-        raise DatabaseError(f"{path}: cannot open it to resume ({exc})") from exc
+    # The same read-only opener as `pipeloom status`: escaped URI, query_only, read-only
+    # folders; its errors name the file.
+    conn = connect_readonly(path, check_same_thread=False)
     try:
         if not check_schema(conn, str(path)):
             conn.close()
@@ -541,8 +538,10 @@ class _Runner:
         if last_total is not None:  # the live bar starts over for the new attempt
             q.put(MsgTaskProgress(task.task_id, 0, last_total))
 
-    def _context(self, task: TaskDef, job: _Job, q: TaskQueue, attempt: int) -> Context:
-        q.put(MsgTaskStarted(task.task_id, task.name, utc_now(), attempt=attempt, key=task.key))
+    def _context(
+        self, task: TaskDef, job: _Job, q: TaskQueue, attempt: int, started: str
+    ) -> Context:
+        q.put(MsgTaskStarted(task.task_id, task.name, started, attempt=attempt, key=task.key))
         return Context(
             task_id=task.task_id,
             name=task.name,
@@ -558,7 +557,7 @@ class _Runner:
     def _attempt(
         self, task: TaskDef, job: _Job, q: TaskQueue, attempt: int, started: str
     ) -> tuple[Outcome, Context]:
-        ctx = self._context(task, job, q, attempt)
+        ctx = self._context(task, job, q, attempt, started)
         spec = job.task
         fn = spec.fn
         call = (
@@ -588,7 +587,7 @@ class _Runner:
     async def _attempt_async(
         self, task: TaskDef, job: _Job, q: TaskQueue, attempt: int, started: str
     ) -> tuple[Outcome, Context]:
-        ctx = self._context(task, job, q, attempt)
+        ctx = self._context(task, job, q, attempt, started)
         spec = job.task
         if not inspect.iscoroutinefunction(spec.fn):
             # A blocking function must not stall the loop: its attempt runs in a thread.

@@ -56,6 +56,7 @@ from pipeloom.messages import (
     utc_now,
 )
 from pipeloom.status import ACTIVE, FAILED, TERMINAL, count_failed, decide_run_status, sql_in
+from pipeloom.status import RUN_STATUSES as ALL_RUN_STATUSES
 
 __all__ = [
     "AppliedBatch",
@@ -68,7 +69,8 @@ log = logging.getLogger("pipeloom.writer")
 
 SchemaFn = Callable[[sqlite3.Connection], None]
 
-RUN_STATUSES = ("done", "error", "cancelled", "interrupted")
+RUN_STATUSES = tuple(s for s in ALL_RUN_STATUSES if s != "running")
+"""What a bare writer's owner may say a run ended as (`MsgRunFinished`)."""
 FAILED_SAMPLE = 5
 """Failed tasks named in the end-of-run summary."""
 DEFAULT_BATCH_SIZE = 5_000

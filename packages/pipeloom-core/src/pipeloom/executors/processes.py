@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
@@ -350,7 +350,6 @@ class _Child:
     attempt: tuple[int, float, bool] = (1, 0.0, False)
     alive: bool = True
     killed: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _exit_text(code: int | None) -> str:
