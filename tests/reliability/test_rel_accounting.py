@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,3 +237,35 @@ def test_second_ctrl_c_on_an_endless_source_abandons_and_exits(tmp_path: Path) -
     statuses = dict(query(db, "SELECT status, count(*) FROM task_runs GROUP BY status"))
     assert statuses["interrupted"] == 4 and set(statuses) == {"done", "interrupted"}
     assert query(db, "SELECT status FROM pipeline_runs") == [("interrupted",)]
+
+
+def test_tasks_without_ids_in_a_list_keep_their_own_position(tmp_path: Path) -> None:
+    """Workers share a list's iterator without a lock: each task's id is still its position.
+
+    A thread switch between taking a task and numbering it used to swap ids between tasks,
+    so a row could carry another task's name and its worker's result was lost. A tiny switch
+    interval makes such switches frequent.
+    """
+    db = tmp_path / "positions.db"
+    n = 20_000
+
+    def worker(task: int, q: TaskQueue) -> None:
+        if task % 2:  # odd tasks report their own finish under their value (= their position)
+            q.put(MsgTaskFinished(task, "done", utc_now(), result=f"r{task}"))
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        result = run_pipeline(
+            list(range(1, n + 1)), db, worker_fn=worker, workers=4, progress=False
+        )
+    finally:
+        sys.setswitchinterval(previous)
+    assert result.counts == {"done": n}
+    wrong = query(
+        db,
+        "SELECT task_id, name, result FROM task_runs WHERE (task_id % 2 = 1 AND "
+        "result IS NOT 'r' || task_id) OR (task_id % 2 = 0 AND name IS NOT "
+        "'task ' || task_id || ': ' || task_id) LIMIT 5",
+    )
+    assert wrong == []

@@ -151,7 +151,12 @@ class _Run:
         # a holder preempted inside it made every other worker sleep on it, one context
         # switch per task (100,000 x 1 tasks: 2.0-2.6 s and ~100,000 switches in about half
         # the runs, 1.5-1.6 s and ~5,800 switches without it). Their ids are checked up front.
+        # The position is taken in the same C call as the task (enumerate): numbered after
+        # next(), a thread switch in between gave two tasks each other's position.
         self._lock_free = type(tasks) in _ATOMIC_ITERATORS
+        self._numbered: Iterator[tuple[int, Any]] = enumerate(tasks, 1)
+        self._source = tasks
+        self._length = operator.length_hint(tasks) if self._lock_free else 0
         self._ids = _IdSet()
 
     # -- admission ---------------------------------------------------------------------
@@ -184,7 +189,14 @@ class _Run:
 
     def _take(self) -> tuple[int, Any] | None:
         if self._lock_free:
-            return self._advance()
+            if self.stopping.is_set() or self.exhausted or self.abandoned:
+                return None
+            try:
+                position, task = next(self._numbered)
+            except StopIteration:
+                self.exhausted = True
+                return None
+            return _task_id(task, position), task
         self._acquire()
         try:
             return self._advance()
@@ -203,8 +215,6 @@ class _Run:
             self._source_failed(f"the task source raised {exc_summary(exc)}", exc)
             return None
         position = next(self._seq)
-        if self._lock_free:
-            return _task_id(task, position), task
         try:
             task_id = _task_id(task, position)
         except TaskSourceError as exc:
@@ -250,11 +260,14 @@ class _Run:
     def taken(self) -> int:
         """Tasks admitted (each owes the record exactly one terminal row); read at the end.
 
-        The position counter is shared lock-free by the workers, so it is read once, after
-        admission stopped, by taking its next value.
+        Workers share the position counter (or a list's iterator) without a lock, so it is
+        read once, after admission stopped.
         """
         if self._taken is None:
-            self._taken = next(self._seq) - 1 - self._refused
+            if self._lock_free:  # a list, tuple or range: what is left of it was not taken
+                self._taken = self._length - operator.length_hint(self._source)
+            else:
+                self._taken = next(self._seq) - 1 - self._refused
         return self._taken
 
     # -- completions (called from executor threads) -----------------------------------
