@@ -30,6 +30,8 @@ class ThreadExecutor(Executor):
         self.max_workers = max_workers
         self._threads: list[threading.Thread] = []
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._local = threading.local()
+        """``next``: on a worker thread, the task its completion just admitted."""
 
     def start(self, workers: int, worker_fn: WorkerFn, sink: Sink, engine: Completions) -> None:
         """Start the worker threads."""
@@ -42,7 +44,16 @@ class ThreadExecutor(Executor):
             self._threads.append(t)
 
     def submit(self, task_id: int, task: Any) -> None:
-        """Hand the task to the next free thread."""
+        """Hand the task to the next free thread: the submitting one, when it is a worker.
+
+        The engine admits the next task from a worker's completion; that worker is free, so
+        it keeps the task instead of waking another thread through the inbox (a futex wake and
+        a context switch per task: 100,000 no-op tasks took 1.9-2.2 s, 0.4-0.5 s without).
+        """
+        local = self._local
+        if getattr(local, "next", False) is None:
+            local.next = (task_id, task)
+            return
         self._inbox.put((task_id, task))
 
     def _work(self, /) -> None:
@@ -51,10 +62,16 @@ class ThreadExecutor(Executor):
         done = self.engine.task_done
         q = TaskQueue(self.sink, self.engine.stopping)
         finished = q.finished_ids
+        local = self._local
+        local.next = None
         while True:
-            item = get()
-            if item is _STOP:
-                return
+            item = local.next
+            if item is None:
+                item = get()
+                if item is _STOP:
+                    return
+            else:
+                local.next = None
             task_id, task = item
             try:
                 fn(task, q)
