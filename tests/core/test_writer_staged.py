@@ -123,3 +123,40 @@ def test_deferred_progress_folds_like_applying_each_message_at_once(msgs: list[A
     assert list(batched.rows) == list(one_by_one.rows)
     assert batched.applied == one_by_one.applied
     assert list(batched.applied.progress) == list(one_by_one.applied.progress)
+
+
+class _Id(int):
+    """An int-like task id: the fold's inline paths leave it to the general methods."""
+
+
+ODD_TEXT = st.text(alphabet="ab\u00e9\ud800", max_size=3)
+odd_messages = st.one_of(
+    messages,
+    st.builds(MsgTaskStarted, IDS, ODD_TEXT, TIMES, ATTEMPTS),
+    st.builds(MsgTaskProgress, IDS, st.integers(-2, 12), st.integers(-1, 10), ODD_TEXT),
+    st.builds(
+        MsgTaskFinished,
+        IDS,
+        st.sampled_from(["done", "error", "skipped", "interrupted"]),
+        TIMES,
+        st.one_of(st.none(), ODD_TEXT),
+        st.one_of(st.just(""), st.none(), ODD_TEXT),
+    ),
+)
+
+
+def _general(msg: Any) -> Any:
+    fields = {f: getattr(msg, f) for f in msg.__slots__}
+    return type(msg)(**{**fields, "task_id": _Id(msg.task_id)})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(odd_messages, max_size=120))
+def test_inline_fold_equals_the_general_rules(msgs: list[Any]) -> None:
+    fast = fold_module._Fold()
+    general = fold_module._Fold()
+    fast.add_all(msgs)
+    general.add_all([_general(m) for m in msgs])
+    assert fast.rows == general.rows
+    assert list(fast.rows) == list(general.rows)
+    assert fast.applied == general.applied

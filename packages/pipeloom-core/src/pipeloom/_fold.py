@@ -181,7 +181,13 @@ class _Fold:
         self.add_all((msg,))
 
     def add_all(self, msgs: Iterable[Any]) -> None:
+        # The usual messages (int ids and attempts, short ASCII text, no error) are folded
+        # inline: the same row as _started/_finished give, without their calls and checks.
+        # Anything else takes those methods, which apply every rule.
         rows, pending = self.rows, self.pending
+        applied = self.applied
+        started, finished = applied.started.append, applied.finished.append
+        limit = MAX_TEXT_CHARS
         for msg in msgs:
             cls = msg.__class__
             if cls is MsgTaskProgress:
@@ -197,13 +203,75 @@ class _Fold:
                 text = msg.message
                 if type(text) is str:
                     if text:
-                        row[_MESSAGE] = storable(text)
+                        row[_MESSAGE] = (
+                            text if text.isascii() and len(text) <= limit else storable(text)
+                        )
                 elif text is not None:
                     row[_MESSAGE] = _text(text) or row[_MESSAGE]
             elif cls is MsgTaskStarted:
-                self._started(msg)
+                task_id, name, at = msg.task_id, msg.name, msg.started_at
+                if (
+                    type(task_id) is int
+                    and task_id not in rows
+                    and type(msg.attempt) is int
+                    and msg.key is None
+                    and type(name) is str
+                    and name.isascii()
+                    and len(name) <= limit
+                    and type(at) is str
+                    and at.isascii()
+                    and len(at) <= limit
+                ):
+                    # fmt: off
+                    rows[task_id] = [
+                        None, name, "running", None, None, None, None, at, None, None, None,
+                        msg.attempt,
+                    ]
+                    # fmt: on
+                    started((task_id, name))
+                else:
+                    self._started(msg)
             elif cls is MsgTaskFinished:
-                self._finished(msg)
+                task_id, status, at, result = msg.task_id, msg.status, msg.finished_at, msg.result
+                message = msg.message
+                if (
+                    type(task_id) is int
+                    and type(status) is str
+                    and status in _TERMINAL_SET
+                    and type(at) is str
+                    and at.isascii()
+                    and len(at) <= limit
+                    and type(msg.attempt) is int
+                    and (
+                        result is None
+                        or (type(result) is str and result.isascii() and len(result) <= limit)
+                    )
+                    and (message is None or (type(message) is str and not message))
+                    and msg.error is None
+                    and msg.name is None
+                    and msg.key is None
+                ):
+                    attempt = msg.attempt
+                    row = rows.get(task_id)
+                    if row is None:
+                        row = rows[task_id] = [None] * 12
+                    else:
+                        earlier = pending.pop(task_id, None)
+                        if earlier is not None:  # progress sent before this finish lands first
+                            self._apply_progress(row, earlier)
+                        if row[_STATUS] in _TERMINAL_SET and attempt <= (row[_ATTEMPT] or 1):
+                            continue  # duplicate finish: the first one stands
+                    row[_STATUS] = status
+                    row[_FINISHED] = at
+                    if status == "done" or status == "skipped":
+                        row[_PROGRESS] = 1.0
+                    if result is not None:
+                        row[_RESULT] = result
+                    row[_ATTEMPT] = attempt
+                    applied.progress.pop(task_id, None)
+                    finished((task_id, status))
+                else:
+                    self._finished(msg)
             else:
                 raise TypeError(f"not a lifecycle message: {cls.__name__}")
         if pending:
@@ -220,11 +288,15 @@ class _Fold:
 
     @staticmethod
     def _apply_progress(row: list[Any], msg: MsgTaskProgress) -> tuple[int, int, str]:
-        step, total = msg.step, msg.total
-        row[_STEP] = step if type(step) is int else _count(step)
-        row[_TOTAL] = total if type(total) is int else _count(total)
-        row[_PROGRESS] = _progress_of(step, total)
-        message = msg.message
+        step, total, message = msg.step, msg.total, msg.message
+        if type(step) is int and type(total) is int and 0 <= step <= total:  # the usual case
+            row[_STEP], row[_TOTAL], row[_PROGRESS] = step, total, step / total if total else None
+            if type(message) is str and message.isascii() and len(message) <= MAX_TEXT_CHARS:
+                return (step, total, message)
+        else:
+            row[_STEP] = step if type(step) is int else _count(step)
+            row[_TOTAL] = total if type(total) is int else _count(total)
+            row[_PROGRESS] = _progress_of(step, total)
         text = (storable(message) if message else "") if type(message) is str else _text(message)
         return (row[_STEP] or 0, row[_TOTAL] or 0, text or "")
 
