@@ -72,11 +72,14 @@ def write(db: Path, msgs: list[Any], batch_size: int) -> list[tuple[Any, ...]]:
 @given(st.lists(messages, min_size=60, max_size=250), st.sampled_from([40, 100, 1000]))
 def test_staged_rows_equal_executemany_rows(msgs: list[Any], batch_size: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        staged = write(Path(tmp) / "staged.db", msgs, batch_size)
+        default = write(Path(tmp) / "default.db", msgs, batch_size)  # new rows inserted
         with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(task_sql, "_NEW_ROWS", False)
+            staged = write(Path(tmp) / "staged.db", msgs, batch_size)
             mp.setattr(task_sql, "_STAGE_MIN_ROWS", 10**9)
             plain = write(Path(tmp) / "plain.db", msgs, batch_size)
     assert staged == plain
+    assert default == plain
 
 
 def test_a_big_batch_of_whole_tasks_is_stored(tmp_path: Path) -> None:

@@ -6,10 +6,11 @@ temp-table stage for big ones.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from typing import Any
 
-from pipeloom._fold import _Fold
+from pipeloom._fold import _ATTEMPT, _STARTED, _Fold
 from pipeloom.status import TERMINAL, sql_in
 
 __all__ = ["task_rows", "upsert_tasks"]
@@ -101,16 +102,79 @@ def _stage_sql(rows: int) -> str:
 _STAGE_SQL = {1 << k: _stage_sql(1 << k) for k in range(_STAGE_MAX_CHUNK.bit_length())}
 
 
+# Rows the fold saw begin (a first attempt's Started) are nearly always new to the run: they
+# go in with one multi-row INSERT per chunk of up to 2,048 rows, no conflict check and no stage
+# (100,000 x 1 user-like tasks in 5,000-message batches: 11 statements per batch -> 5, and the
+# SQL 0.58 -> ~0.4 s). The rest (tasks begun in an earlier batch) take the upsert. A row that
+# exists after all (a duplicate Started) fails its chunk, which SQLite undoes whole; that
+# chunk and every later row then take the upsert, which gives the same row either way.
+_NEW_MAX_CHUNK = 2048
+"""Most rows per INSERT of new rows (2,048 x 13 parameters, below SQLite's 32,766)."""
+_NEW_ROWS = True
+"""Take the INSERT path for rows the fold saw begin (tests turn it off to compare)."""
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_new_sql(run_id: int, rows: int) -> str:
+    values = "(" + ", ".join("?" * _STAGE_WIDTH) + ")"
+    return f"""
+INSERT INTO task_runs (run_id, task_id, task_key, name, status, progress, step, total,
+                       message, started_at, finished_at, result, error, attempt)
+SELECT {int(run_id)}, column1, column2, coalesce(column3, 'task ' || column1),
+       coalesce(column4, 'running'), coalesce(column5, 0.0), column6, column7, column8,
+       column9, column10, column11, column12, coalesce(column13, 1)
+FROM (VALUES {", ".join([values] * rows)})
+"""
+
+
+def _insert_new(
+    conn: sqlite3.Connection, run_id: int, rows: dict[int, list[Any]]
+) -> dict[int, list[Any]]:
+    """INSERT the rows begun in this fold; return the rows left for the upsert."""
+    flat: list[Any] = []
+    append, extend = flat.append, flat.extend
+    rest: dict[int, list[Any]] = {}
+    new: list[int] = []
+    for task_id, row in rows.items():
+        if row[_STARTED] is not None and row[_ATTEMPT] == 1:
+            new.append(task_id)
+            append(task_id)
+            extend(row)
+        else:
+            rest[task_id] = row
+    n, done, size = len(new), 0, _NEW_MAX_CHUNK
+    while done < n:
+        while size > n - done:
+            size >>= 1
+        try:
+            conn.execute(
+                _insert_new_sql(run_id, size),
+                flat[done * _STAGE_WIDTH : (done + size) * _STAGE_WIDTH],
+            )
+        except sqlite3.IntegrityError:  # one of them has a row already: upsert from here on
+            rest.update((task_id, rows[task_id]) for task_id in new[done:])
+            return rest
+        done += size
+    return rest
+
+
 def task_rows(run_id: int | None, fold: _Fold) -> list[tuple[Any, ...]]:
     """Parameters of `_UPSERT_TASK` for every task in the fold."""
     return [(run_id, task_id, *row) for task_id, row in fold.rows.items()]
 
 
 def upsert_tasks(conn: sqlite3.Connection, run_id: int | None, fold: _Fold) -> None:
-    """Write one row change per task: executemany when few, the temp stage when many."""
+    """Write one row change per task: new rows inserted, the rest upserted.
+
+    Upserts go by executemany when few, through the temp stage when many.
+    """
     rows = fold.rows
+    if _NEW_ROWS and run_id is not None and len(rows) >= _STAGE_MIN_ROWS:
+        rows = _insert_new(conn, run_id, rows)
+        if not rows:
+            return
     if len(rows) < _STAGE_MIN_ROWS or not _CAN_STAGE:
-        conn.executemany(_UPSERT_TASK, task_rows(run_id, fold))
+        conn.executemany(_UPSERT_TASK, [(run_id, task_id, *row) for task_id, row in rows.items()])
         return
     conn.execute(_CREATE_STAGE)
     flat: list[Any] = []

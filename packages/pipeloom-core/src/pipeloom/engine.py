@@ -82,12 +82,22 @@ class _IdSet:
         return True
 
 
+_NO_ID_TYPES: frozenset[type] = frozenset({int, str, bytes, float, tuple, list, dict, type(None)})
+"""Types whose instances cannot carry a ``task_id``: their tasks are numbered by position.
+
+Looking the attribute up on them raises (and catches) an AttributeError: ~0.5 us a task,
+0.1 s before a run of 100,000 plain ints even starts.
+"""
+
+
 def _task_id(task: Any, position: int) -> int:
     """The id a task is recorded under: its ``task_id``, else its 1-based position.
 
     Raises:
         TaskSourceError: the task's ``task_id`` is not an integer.
     """
+    if type(task) in _NO_ID_TYPES:
+        return position
     task_id = getattr(task, "task_id", None)
     if task_id is None:
         return position
@@ -104,6 +114,8 @@ def _task_id(task: Any, position: int) -> int:
 
 def _label(task: Any, task_id: int) -> tuple[str | None, str | None]:
     """(name, key) to record for a task the engine finishes itself."""
+    if type(task) is int or type(task) is str:  # no attributes to look up; repr is safe
+        return storable(f"task {task_id}: {task!r}", _LABEL_CHARS), None
     name = getattr(task, "name", None)
     if name is None and getattr(task, "task_id", None) is None:
         try:
@@ -401,6 +413,8 @@ def _check_ids(tasks: list[Any] | tuple[Any, ...]) -> None:
     Raises:
         TaskSourceError: naming the first duplicate and both its positions.
     """
+    if {type(task) for task in tasks} <= _NO_ID_TYPES:
+        return  # every id is a position: unique
     seen: dict[int, int] = {}
     for position, task in enumerate(tasks, 1):
         task_id = _task_id(task, position)
