@@ -959,10 +959,12 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         now = utc_now()
         # A task still active in a finished run never got its finish (its worker never sent
         # one, or it was lost): say so on its row rather than leave it looking alive.
+        # "+run_id": found through the status index (few rows are active by now), not by
+        # visiting every row of the run (100,000 rows: ~0.1 s).
         left = conn.execute(
             "UPDATE task_runs SET status = 'interrupted', finished_at = ?, "
             "message = 'no finish was recorded for this task (its worker never reported one)' "
-            f"WHERE run_id = ? AND status IN {sql_in(ACTIVE)}",
+            f"WHERE +run_id = ? AND status IN {sql_in(ACTIVE)}",
             (now, self.run_id),
         ).rowcount
         counts = self._store_counts(conn, self.run_id)
@@ -998,6 +1000,9 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         conn.execute("COMMIT")
         self.run_status = status
         self.final_counts = counts
+        if not count_failed(counts):  # nothing to list; each query visits every row of the run
+            self.failed_task_ids, self.failed_sample = [], []
+            return
         self.failed_task_ids = [
             int(r[0])
             for r in conn.execute(
@@ -1023,6 +1028,10 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             if self.error is None:
                 # IMMEDIATE: optimize may read, then write (ANALYZE); in autocommit that upgrade
                 # fails at once with "database is locked" if another process just committed.
+                # A bounded ANALYZE, as SQLite advises for optimize: without the limit it reads
+                # every row of every table it analyses (100,000 tasks: 50-90 ms more, and it
+                # grows with the file's whole history).
+                conn.execute("PRAGMA analysis_limit = 1000")
                 conn.execute("BEGIN IMMEDIATE")
                 conn.execute("PRAGMA optimize")
                 conn.execute("COMMIT")
