@@ -28,12 +28,20 @@ README = HERE / "README.md"
 RESULTS = HERE / "results.jsonl"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 SHAPES = ((1000, 100), (10_000, 10), (100_000, 1))
+LIMIT_SHAPES = ((100_000, 1), (1000, 100))
+LIMIT_TARGET = 0.65
+"""pipeloom's messages/s at least this share of the messaging limit's (issue #16)."""
 
 
-def run(script: str, *args: str) -> list[dict[str, Any]]:
-    """Run one benchmark script in a fresh interpreter; return its JSON lines."""
-    cmd = [sys.executable, str(HERE / script), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+def run(script: str, *args: str, python: str | None = None) -> list[dict[str, Any]]:
+    """Run one benchmark script in a fresh interpreter; return its JSON lines.
+
+    ``python`` is another checkout's interpreter (its ``.venv``): this checkout's script then
+    measures that checkout's pipeloom.
+    """
+    cmd = [python or sys.executable, str(HERE / script), *args]
+    env = {**os.environ, "PYTHONPATH": ""} if python else None
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
     if proc.returncode != 0 or not lines:
         sys.stderr.write(proc.stderr)
@@ -47,19 +55,62 @@ def median_of(rows: list[dict[str, Any]], key: str) -> float:
     return float(statistics.median(r[key] for r in rows))
 
 
-def throughput_rows(reps: int) -> list[dict[str, Any]]:
+def limit_rows(reps: int, before: str | None) -> list[dict[str, Any]]:
+    """The user-like workload: the messaging limit, pipeloom, and pipeloom before, alternated.
+
+    The order rotates each repetition, so drifting load hits every side alike.
+    """
+    sides = ["limit", "pipeloom"] + (["before"] if before else [])
+    table = []
+    for tasks, steps in LIMIT_SHAPES:
+        shape = ["--tasks", str(tasks), "--steps", str(steps)]
+        got: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
+        for rep in range(reps):
+            for side in sides[rep % len(sides) :] + sides[: rep % len(sides)]:
+                impl = "limit" if side == "limit" else "pipeloom"
+                python = before if side == "before" else None
+                lines = run("limit.py", "--impl", impl, *shape, python=python)
+                got[side] += [{**line, "side": side} for line in lines]
+        row: dict[str, Any] = {"tasks": tasks, "steps": steps, "messages": tasks * (steps + 2)}
+        for side, lines in got.items():
+            rate = median_of(lines, "msgs_per_s")
+            row[side] = {
+                "msgs_per_s": rate,
+                "wall_s": median_of(lines, "wall_s"),
+                "cpu_s": median_of(lines, "cpu_s"),
+                "voluntary_switches": median_of(lines, "voluntary_switches"),
+                "peak_rss_mb": max(r["peak_rss_mb"] for r in lines),
+                "rate_range": [
+                    min(r["msgs_per_s"] for r in lines),
+                    max(r["msgs_per_s"] for r in lines),
+                ],
+                "ratio": rate / median_of(got["limit"], "msgs_per_s"),
+                "verified": all(r["verified"] for r in lines),
+            }
+        table.append(row)
+    return table
+
+
+def throughput_rows(reps: int, before: str | None) -> list[dict[str, Any]]:
     table = []
     for tasks, steps in SHAPES:
         shape = ["--tasks", str(tasks), "--steps", str(steps)]
         ours: list[dict[str, Any]] = []
         floor: list[dict[str, Any]] = []
+        old: list[dict[str, Any]] = []
         for rep in range(reps):
             order = ("floor.py", "throughput.py") if rep % 2 == 0 else ("throughput.py", "floor.py")
             for script in order:
                 (floor if script == "floor.py" else ours).extend(run(script, *shape))
+            if before:
+                old.extend(run("throughput.py", *shape, python=before))
         wall, floor_wall = median_of(ours, "wall_s"), median_of(floor, "wall_s")
         table.append(
             {
+                "before_msgs_ratio": (
+                    median_of(old, "msgs_per_s") / median_of(floor, "msgs_per_s") if old else None
+                ),
+                "before_msgs_per_s": median_of(old, "msgs_per_s") if old else None,
                 "tasks": tasks,
                 "steps": steps,
                 "messages": ours[0]["messages"],
@@ -89,8 +140,37 @@ def fmt(n: float) -> str:
     return f"{n:,.0f}"
 
 
+def render_limit(limit: list[dict[str, Any]], reps: int, before: str | None) -> list[str]:
+    """The user-like workload's table: each side's median, spread and share of the limit."""
+    out = [
+        "User-like workload (`limit.py`: plain-int tasks, keyword-argument messages, a text per "
+        "step, `datetime.now(UTC).isoformat()` timestamps, a result string; 4 workers; not a "
+        f"terminal), medians of {reps} runs per side, the sides alternated in rotating order"
+        + (f"; before = `{before}`" if before else "")
+        + ".",
+        "",
+        "| tasks x steps | side | msgs/s (min-max) | wall | CPU | vol. switches | peak RSS "
+        "| share of the limit | verified |",
+        "|---|---|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for r in limit:
+        for side in ("limit", "before", "pipeloom"):
+            if side not in r:
+                continue
+            d = r[side]
+            out.append(
+                f"| {r['tasks']:,} x {r['steps']} | {side} | {fmt(d['msgs_per_s'])} "
+                f"({fmt(d['rate_range'][0])}-{fmt(d['rate_range'][1])}) | {d['wall_s']:.3f} s "
+                f"| {d['cpu_s']:.3f} s | {fmt(d['voluntary_switches'])} "
+                f"| {d['peak_rss_mb']:.0f} MB | {d['ratio']:.2f}x "
+                f"| {'yes' if d['verified'] else 'NO'} |"
+            )
+    return out
+
+
 def render(
     machine: str,
+    limit: list[dict[str, Any]],
     through: list[dict[str, Any]],
     sqlite_rows: list[dict[str, Any]],
     memory: dict[str, Any],
@@ -98,8 +178,11 @@ def render(
     display: list[dict[str, Any]],
     reps: int,
     took: float,
+    before: str | None = None,
+    load_end: float = float("nan"),
 ) -> str:
     out = [BEGIN, "", machine, ""]
+    out += [*render_limit(limit, reps, before), ""]
     out += [
         f"Throughput: 4 workers, no-op tasks, medians of {reps} alternating runs each.",
         "",
@@ -114,6 +197,18 @@ def render(
             f"| {r['floor_wall_s']:.3f} s | {fmt(r['floor_msgs_per_s'])} "
             f"| {r['floor_peak_rss_mb']:.0f} MB | {r['msgs_ratio']:.2f}x "
             f"| {r['wall_ratio']:.2f} | {'yes' if r['verified'] else 'NO'} |"
+        )
+    if any(r.get("before_msgs_ratio") for r in through):
+        out.append("")
+        out.append(
+            "The same shapes with pipeloom before (one run per repetition, against the same "
+            "floor runs): "
+            + "; ".join(
+                f"{r['tasks']:,} x {r['steps']}: before {fmt(r['before_msgs_per_s'])} msgs/s "
+                f"= {r['before_msgs_ratio']:.2f}x the floor, after {r['msgs_ratio']:.2f}x"
+                for r in through
+            )
+            + "."
         )
     out.append("")
     out.append(
@@ -156,6 +251,14 @@ def render(
     paced = next(s for s in stale if s["load"] == "paced")
     worst_display = min(d["on_over_off"] for d in display)
     targets = [
+        *(
+            (
+                f"{r['tasks']:,} x {r['steps']} user-like msgs/s >= {LIMIT_TARGET}x the limit",
+                f"{r['pipeloom']['ratio']:.2f}x",
+                r["pipeloom"]["ratio"] >= LIMIT_TARGET,
+            )
+            for r in limit
+        ),
         (
             "1000 x 100 msgs/s >= 4x the floor",
             f"{first['msgs_ratio']:.2f}x",
@@ -176,7 +279,12 @@ def render(
     ]
     out += ["", "| target | this run | met |", "|---|--:|---|"]
     out += [f"| {t} | {v} | {'yes' if ok else '**no**'} |" for t, v, ok in targets]
-    out += ["", f"Whole run: {took:.0f} s.", "", END]
+    out += [
+        "",
+        f"Whole run: {took:.0f} s; 1-minute load average at the end {load_end:.1f}.",
+        "",
+        END,
+    ]
     return "\n".join(out)
 
 
@@ -194,20 +302,46 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--no-readme", action="store_true", help="print only")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="another checkout (with its own .venv) to measure beside this one, alternated",
+    )
     args = parser.parse_args()
+    before = None
+    if args.before is not None:
+        before = str(args.before.resolve() / ".venv" / "bin" / "python")
+        if not os.path.exists(before):
+            raise SystemExit(f"--before {args.before}: no {before}; run `uv sync` in it first")
     started = time.perf_counter()
     machine = machine_line()
     sqlite_rows = run("sqlite_ceilings.py")
-    through = throughput_rows(args.reps)
+    limit = limit_rows(args.reps, before)
+    through = throughput_rows(args.reps, before)
     memory = run("memory.py")[0]
     stale = run("staleness.py")
     display = run("display.py", "--shape", "10000x10", "--shape", "100000x1", "--reps", "3")
     took = time.perf_counter() - started
+    load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     for row in through:
         print(json.dumps({"bench": "ratio", **row}), flush=True)
-    section = render(machine, through, sqlite_rows, memory, stale, display, args.reps, took)
+    for row in limit:
+        print(json.dumps({"bench": "limit_ratio", **row}), flush=True)
+    section = render(
+        machine,
+        limit,
+        through,
+        sqlite_rows,
+        memory,
+        stale,
+        display,
+        args.reps,
+        took,
+        str(args.before) if args.before else None,
+        load_end,
+    )
     with RESULTS.open("w", encoding="utf-8") as fh:
-        for item in [*sqlite_rows, *through, memory, *stale, *display]:
+        for item in [*sqlite_rows, *limit, *through, memory, *stale, *display]:
             fh.write(json.dumps(item) + "\n")
     if not args.no_readme:
         text = README.read_text(encoding="utf-8")
