@@ -26,6 +26,7 @@ from typing import Any
 from rich.console import Console
 
 from pipeloom._control import RunEnd
+from pipeloom._idset import IdSet
 from pipeloom._text import exc_summary, exc_text, storable
 from pipeloom.db import Synchronous
 from pipeloom.errors import DatabaseError, PipeloomError, WriterFailedError
@@ -33,11 +34,12 @@ from pipeloom.executors import Executor, TaskQueue, ThreadExecutor, WorkerFn, re
 from pipeloom.executors._remote import RemoteTaskError
 from pipeloom.logs import console as shared_console
 from pipeloom.messages import SENTINEL, MsgTaskFinished, utc_now
+from pipeloom.options import RunOptions
 from pipeloom.progress import LiveDisplay, PlainReporter, render_failures, render_summary
 from pipeloom.queue import DEFAULT_MAXSIZE, MessageQueue
 from pipeloom.result import RunResult
 from pipeloom.status import decide_run_status
-from pipeloom.writer import Handler, Listener, SchemaFn, SQLiteWriter
+from pipeloom.writer import DEFAULT_TASK_LOG_LIMIT, Handler, Listener, SchemaFn, SQLiteWriter
 
 __all__ = ["Executor", "RunResult", "TaskQueue", "ThreadExecutor", "WorkerFn", "run_pipeline"]
 
@@ -47,39 +49,11 @@ _GRACE = 1.0
 _LABEL_CHARS = 80
 
 
+_DEFAULTS = RunOptions()
+
+
 class TaskSourceError(PipeloomError, ValueError):
     """The task source is unusable before anything runs (duplicate or non-integer ids)."""
-
-
-class _IdSet:
-    """Task ids seen so far, in about one bit per id for the usual 1..N ids.
-
-    A set of a million ints costs tens of megabytes; a run of a million generated tasks must
-    stay small, so ids below 2**27 live in a growing bitmap and only others in a set.
-    """
-
-    __slots__ = ("_bits", "_other")
-    _BITMAP_LIMIT = 1 << 27
-
-    def __init__(self) -> None:
-        self._bits = bytearray()
-        self._other: set[int] = set()
-
-    def add(self, task_id: int) -> bool:
-        """Record ``task_id``; False when it was already there."""
-        if 0 <= task_id < self._BITMAP_LIMIT:
-            byte, mask = task_id >> 3, 1 << (task_id & 7)
-            bits = self._bits
-            if byte >= len(bits):
-                bits.extend(bytes(max(byte + 1 - len(bits), len(bits))))
-            if bits[byte] & mask:
-                return False
-            bits[byte] |= mask
-            return True
-        if task_id in self._other:
-            return False
-        self._other.add(task_id)
-        return True
 
 
 _NO_ID_TYPES: frozenset[type] = frozenset({int, str, bytes, float, tuple, list, dict, type(None)})
@@ -169,7 +143,7 @@ class _Run:
         self._numbered: Iterator[tuple[int, Any]] = enumerate(tasks, 1)
         self._source = tasks
         self._length = operator.length_hint(tasks) if self._lock_free else 0
-        self._ids = _IdSet()
+        self._ids = IdSet()
 
     # -- admission ---------------------------------------------------------------------
 
@@ -475,6 +449,8 @@ def run_pipeline(
     summary_hint: str | None = None,
     handle_signals: bool = True,
     lease: float | None = None,
+    task_log_limit: int = DEFAULT_TASK_LOG_LIMIT,
+    options: RunOptions | None = None,
     **kw: Any,
 ) -> RunResult:
     """Run ``worker_fn(task, msg_q)`` for every task, persisting through one writer thread.
@@ -511,6 +487,12 @@ def run_pipeline(
             Ctrl-C abandons the tasks in flight, a third raises KeyboardInterrupt).
         lease: seconds after its last heartbeat that readers call the run stale (the writer
             beats every lease/3 seconds; default `pipeloom.lease.DEFAULT_LEASE_S`).
+        task_log_limit: log records stored per task in ``task_logs`` (records logged inside
+            a task: ``ctx.log`` and the user's own ``logging``); the rest are counted.
+        options: the writer's and the queue's settings as one `RunOptions` (the same object
+            a `Pipeline` takes), instead of ``wal``, ``synchronous``, ``batch_size``,
+            ``commit_interval``, ``queue_size``, ``lease``, ``listeners`` and
+            ``task_log_limit`` one by one; a setting may come one way or the other, not both.
         **kw: ``tasks=`` and ``db_path=`` by keyword.
 
     Returns:
@@ -529,6 +511,27 @@ def run_pipeline(
     if unknown:
         raise TypeError(f"run_pipeline got unexpected keyword(s): {', '.join(sorted(unknown))}")
     tasks, db_path = _resolve_call(args, kw)
+    if options is not None:
+        given = {
+            "wal": wal,
+            "synchronous": synchronous,
+            "batch_size": batch_size,
+            "commit_interval": commit_interval,
+            "queue_size": queue_size,
+            "lease": lease,
+            "listeners": tuple(listeners),
+            "task_log_limit": task_log_limit,
+        }
+        both = [name for name, value in given.items() if value != getattr(_DEFAULTS, name)]
+        if both:
+            raise TypeError(
+                f"run_pipeline got {', '.join(both)} both as keyword(s) and in options=; "
+                "pass each setting one way"
+            )
+        wal, synchronous, batch_size = options.wal, options.synchronous, options.batch_size
+        commit_interval, queue_size = options.commit_interval, options.queue_size
+        lease, listeners = options.lease, options.listeners
+        task_log_limit = options.task_log_limit
     if worker_fn is None:
         from pipeloom.demo import demo_worker  # demo imports this module
 
@@ -573,6 +576,7 @@ def run_pipeline(
         params=params,
         synchronous=synchronous,
         lease=lease,
+        task_log_limit=task_log_limit,
         **writer_kwargs,
     )
     started = time.perf_counter()
