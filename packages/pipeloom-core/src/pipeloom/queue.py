@@ -45,6 +45,9 @@ class MessageQueue:
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         """Queue a message, pausing while the writer is behind.
 
+        `pipeloom.executors.TaskQueue.put` repeats these lines inline (the workers' hot path);
+        change both together.
+
         Raises:
             WriterFailedError: the writer has stopped, so the message could never be stored.
         """
