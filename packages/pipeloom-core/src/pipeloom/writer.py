@@ -57,6 +57,7 @@ from pipeloom.messages import (
     MsgTaskStarted,
     utc_now,
 )
+from pipeloom.queue import MessageQueue
 from pipeloom.status import FAILED
 from pipeloom.status import RUN_STATUSES as ALL_RUN_STATUSES
 from pipeloom.tasklogs import TaskLogStore
@@ -411,6 +412,8 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
 
     def _loop(self) -> None:
         get, get_nowait = self.msg_q.get, self.msg_q.get_nowait
+        if type(self.msg_q) is MessageQueue:  # drain its deque directly: a call less a message
+            get_nowait = self.msg_q._q.get_nowait
         batch_size, interval = self.batch_size, self.commit_interval
         monotonic, sleep = time.monotonic, time.sleep
         idle_wait = min(0.5, self._beat_every)
@@ -432,7 +435,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             # writer and the workers; a 2 ms sleep costs one hand-off per tick instead.
             while True:
                 try:
-                    while len(batch) < batch_size:
+                    for _ in range(batch_size - len(batch)):
                         msg = get_nowait()
                         if msg is SENTINEL:
                             stop = True
