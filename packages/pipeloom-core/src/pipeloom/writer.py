@@ -412,8 +412,10 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
 
     def _loop(self) -> None:
         get, get_nowait = self.msg_q.get, self.msg_q.get_nowait
+        drained: Callable[[], None] | None = None
         if type(self.msg_q) is MessageQueue:  # drain its deque directly: a call less a message
             get_nowait = self.msg_q._q.get_nowait
+            drained = self.msg_q.drained
         batch_size, interval = self.batch_size, self.commit_interval
         monotonic, sleep = time.monotonic, time.sleep
         idle_wait = min(0.5, self._beat_every)
@@ -449,6 +451,8 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                 if remaining <= 0:
                     break
                 sleep(min(remaining, _LINGER_TICK))
+            if drained is not None:
+                drained()  # paused workers make the next batch while this one is applied
             self._apply(batch)
             if stop:
                 return
