@@ -131,6 +131,13 @@ class TaskInfo:
     attempt: int
     result: str | None
     error: str | None
+    key: str | None = None
+    """The task's stable key (``load:data/a.csv``); its name may be a shortened form of it."""
+
+    @property
+    def label(self) -> str:
+        """What to call the task on screen: its full key when it has one, else its name."""
+        return self.key or self.name
 
     @property
     def elapsed(self) -> float | None:
@@ -272,7 +279,8 @@ def run_tasks(conn: sqlite3.Connection, run_id: int, limit: int | None) -> list[
     )
     sql = (
         "SELECT task_id, name, status, progress, step, total, message, started_at, "
-        f"finished_at, attempt, result, error FROM task_runs WHERE run_id = ? ORDER BY {order}"
+        f"finished_at, attempt, result, error, task_key FROM task_runs WHERE run_id = ? "
+        f"ORDER BY {order}"
     )
     params: tuple[Any, ...] = (run_id,)
     if limit is not None:

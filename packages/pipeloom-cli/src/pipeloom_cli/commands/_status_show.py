@@ -17,17 +17,20 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Group, RenderableType
+from rich import box
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from pipeloom._fit import Fit
 from pipeloom._text import printable
 from pipeloom.db import describe_error
 from pipeloom.logs import console
+from pipeloom.status import count_failed
 from pipeloom_cli._errors import UsageError, user_errors
 from pipeloom_cli._history import (
-    FAILED_STATUSES,
     RunInfo,
     TaskInfo,
     get_run,
@@ -90,54 +93,89 @@ def _run_panel(run: RunInfo, db: Path) -> Table:
     return grid
 
 
-def _tasks_table(tasks: list[TaskInfo], hidden: int) -> Table:
-    table = Table(title="Tasks (failures first)", title_justify="left")
-    table.add_column("id", justify="right")
+def _plain_table(title: str) -> Table:
+    """A table with a header rule and two-cell gaps: borders cost a 60-column line too much."""
+    return Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+
+
+class _NameFirst:
+    """Render a table whose last column (the message) leaves the name its full width first.
+
+    Rich squeezes the widest columns of a table that does not fit, which would cut a short
+    name as much as a long message. Here the message gets what the longest name leaves (at
+    least a fifth of the line), so a key stays readable and the message ends in "…".
+    """
+
+    def __init__(self, table: Table, used: int) -> None:
+        self.table = table
+        self.used = used
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = options.max_width
+        self.table.columns[-1].max_width = max(10, width // 5, width - self.used)
+        yield self.table
+
+
+def _tasks_table(tasks: list[TaskInfo], hidden: int) -> RenderableType:
+    table = _plain_table("Tasks (failures first)")
+    # Only the name and the message give way on a narrow terminal: a name (often a path) is
+    # cut in the middle, a message at its end (`--task ID` shows all of it).
+    table.add_column("id", justify="right", no_wrap=True)
     table.add_column("name")
-    table.add_column("status")
-    table.add_column("progress", justify="right")
-    table.add_column("elapsed", justify="right")
-    table.add_column("message", overflow="fold")
+    table.add_column("status", no_wrap=True)
+    table.add_column("%", justify="right", no_wrap=True)
+    table.add_column("elapsed", justify="right", no_wrap=True)
+    table.add_column("message")
+    used = 0
     for task in tasks:
-        table.add_row(
+        row = (
             str(task.task_id),
-            Text(printable(task.name)),
-            _styled(task.status),
+            printable(task.label),
+            printable(task.status),
             f"{task.progress:.0%}",
             _seconds(task.elapsed),
-            Text(printable(task.message or "", newlines=True)),
+        )
+        used = max(used, sum(cell_len(cell) for cell in row))
+        table.add_row(
+            row[0],
+            Fit(row[1]),
+            _styled(task.status),
+            row[3],
+            row[4],
+            Fit(printable(task.message or ""), middle=False),
         )
     if hidden > 0:
         table.caption = f"... and {hidden} more (--limit to show more)"
-    return table
+    # the five columns before the message at their widest (headers included), 2-cell gaps
+    used = max(used, 2 + 4 + 6 + 1 + 7) + 5 * 2
+    return _NameFirst(table, used)
 
 
 def _runs_table(runs: list[RunInfo]) -> Table:
-    table = Table(title="Recent runs (times in UTC)", title_justify="left")
-    for name, justify in (
-        ("id", "right"),
-        ("name", "left"),
-        ("status", "left"),
-        ("started", "left"),
-        ("elapsed", "right"),
-        ("tasks", "right"),
-        ("done", "right"),
-        ("failed", "right"),
-        ("cancelled", "right"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    table = _plain_table("Recent runs (times in UTC)")
+    table.add_column("id", justify="right", no_wrap=True)
+    table.add_column("name")
+    table.add_column("status", no_wrap=True)
+    table.add_column("started")  # the date, then the time below it on a narrow terminal
+    for name in ("duration", "done", "failed", "total"):
+        table.add_column(name, justify="right", no_wrap=True)
     for run in runs:
-        failed = sum(run.counts.get(s, 0) for s in FAILED_STATUSES)
         table.add_row(
             str(run.id),
-            Text(printable(run.name)),
+            Fit(printable(run.name)),
             _styled(run.shown_status),
             _when(run.started_at),
             _seconds(run.elapsed),
-            str(run.tasks_total),
             str(run.counts.get("done", 0)),
-            str(failed),
-            str(run.counts.get("cancelled", 0)),
+            str(count_failed(run.counts)),
+            str(run.tasks_total),
         )
     return table
 
