@@ -106,21 +106,33 @@ def _plain_table(title: str) -> Table:
 
 
 class _NameFirst:
-    """Render a table whose last column (the message) leaves the name its full width first.
+    """Render a table so that its name column gives way last.
 
     Rich squeezes the widest columns of a table that does not fit, which would cut a short
-    name as much as a long message. Here the message gets what the longest name leaves (at
-    least a fifth of the line), so a key stays readable and the message ends in "…".
+    name as much as a long message. Given how many cells the other columns take at most
+    (``used``), the message gets what the longest name leaves (at least a sixth of the
+    line, then it ends in "…"), and a start time wraps onto two lines (date, then time)
+    before the name is cut.
     """
 
-    def __init__(self, table: Table, used: int) -> None:
+    def __init__(self, table: Table, used: int, *, wrap: int | None = None, name: int = 16) -> None:
         self.table = table
         self.used = used
+        self.wrap = wrap
+        self.name = name
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         width = options.max_width
-        self.table.columns[-1].max_width = max(10, width // 5, width - self.used)
+        if self.wrap is None:
+            self.table.columns[-1].max_width = max(10, width // 6, width - self.used)
+        else:
+            one_line = width - self.used >= _STAMP_CELLS + min(self.name, 16)
+            self.table.columns[self.wrap].max_width = None if one_line else _DATE_CELLS
         yield self.table
+
+
+_STAMP_CELLS = len("2026-01-31 12:00:00")
+_DATE_CELLS = len("2026-01-31")
 
 
 def _tasks_table(tasks: list[TaskInfo], hidden: int) -> RenderableType:
@@ -158,26 +170,32 @@ def _tasks_table(tasks: list[TaskInfo], hidden: int) -> RenderableType:
     return _NameFirst(table, used)
 
 
-def _runs_table(runs: list[RunInfo]) -> Table:
+def _runs_table(runs: list[RunInfo]) -> RenderableType:
     table = _plain_table("Recent runs (times in UTC)")
     table.add_column("id", justify="right", no_wrap=True)
     table.add_column("name")
     table.add_column("status", no_wrap=True)
-    table.add_column("started")  # the date, then the time below it on a narrow terminal
-    for name in ("duration", "done", "failed", "total"):
+    table.add_column("started")
+    for name in ("duration", "done", "failed"):
         table.add_column(name, justify="right", no_wrap=True)
+    used = 0
     for run in runs:
-        table.add_row(
+        row = (
             str(run.id),
-            Fit(printable(run.name)),
-            _styled(run.shown_status),
-            _when(run.started_at),
+            printable(run.shown_status),
             _seconds(run.elapsed),
-            str(run.counts.get("done", 0)),
+            f"{run.counts.get('done', 0)}/{run.tasks_total}",
             str(count_failed(run.counts)),
-            str(run.tasks_total),
         )
-    return table
+        used = max(used, sum(cell_len(cell) for cell in row))
+        table.add_row(
+            row[0], Fit(printable(run.name)), _styled(run.shown_status), _when(run.started_at),
+            *row[2:],
+        )  # fmt: skip
+    # the columns but the name and start at their widest (headers included), 2-cell gaps
+    used = max(used, 2 + 6 + 8 + 4 + 6) + 6 * 2
+    longest = max((cell_len(printable(run.name)) for run in runs), default=0)
+    return _NameFirst(table, used, wrap=3, name=longest)
 
 
 class _Snapshot:
