@@ -176,9 +176,10 @@ def test_unusable_files_are_one_line_errors(tmp_path: Path) -> None:
 def test_watch_on_a_finished_run_prints_once_and_returns(history: Path) -> None:
     result = runner.invoke(app, ["status", str(history), "--watch", "--format", "json"])
     assert result.exit_code == 0, result.output
-    lines = result.stdout.strip().splitlines()
-    assert len(lines) == 1
-    assert json.loads(lines[0])["run"]["status"] == "error"
+    snapshot, end = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert snapshot["type"] == "snapshot" and len(snapshot["tasks"]) == 5
+    assert end == {"type": "end", "run": snapshot["run"]}
+    assert end["run"]["status"] == "error"
 
 
 def test_watch_follows_a_live_run_until_it_ends(tmp_path: Path) -> None:

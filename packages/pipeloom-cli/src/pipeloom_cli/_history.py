@@ -19,13 +19,14 @@ from typing import Any, Final
 from pipeloom.db import connect_readonly, describe_error
 from pipeloom.lease import stale_sql
 from pipeloom.schema import SCHEMA_VERSION, inspect_schema
-from pipeloom.status import FAILED, TERMINAL, sql_in
+from pipeloom.status import ACTIVE, FAILED, TERMINAL, sql_in
 from pipeloom_cli._errors import UsageError
 
 __all__ = [
     "ACTIVE_STATUSES",
     "FAILED_STATUSES",
     "RunInfo",
+    "TaskChanges",
     "TaskInfo",
     "get_run",
     "list_runs",
@@ -35,7 +36,7 @@ __all__ = [
 
 log = logging.getLogger("pipeloom.cli")
 
-ACTIVE_STATUSES: Final = frozenset({"running", "queued"})
+ACTIVE_STATUSES: Final = ACTIVE
 FAILED_STATUSES: Final = tuple(sorted(FAILED))
 """`pipeloom.status.FAILED`: what the bar, `RunResult` and observe count as failed too."""
 TERMINAL_STATUSES: Final = tuple(sorted(TERMINAL))
@@ -271,19 +272,76 @@ def list_runs(conn: sqlite3.Connection, limit: int) -> list[RunInfo]:
     return [_run_from_row(conn, row) for row in rows]
 
 
+_TASK_COLUMNS = (
+    "task_id, name, status, progress, step, total, message, started_at, finished_at, attempt, "
+    "result, error, task_key"
+)
+
+
 def run_tasks(conn: sqlite3.Connection, run_id: int, limit: int | None) -> list[TaskInfo]:
     """Return a run's tasks, failures first, then running ones, then by task id."""
     order = (
         f"CASE WHEN status IN {sql_in(FAILED)} THEN 0 "
-        "WHEN status IN ('running', 'queued') THEN 1 ELSE 2 END, task_id"
+        f"WHEN status IN {sql_in(ACTIVE)} THEN 1 ELSE 2 END, task_id"
     )
-    sql = (
-        "SELECT task_id, name, status, progress, step, total, message, started_at, "
-        f"finished_at, attempt, result, error, task_key FROM task_runs WHERE run_id = ? "
-        f"ORDER BY {order}"
-    )
+    sql = f"SELECT {_TASK_COLUMNS} FROM task_runs WHERE run_id = ? ORDER BY {order}"
     params: tuple[Any, ...] = (run_id,)
     if limit is not None:
         sql += " LIMIT ?"
         params = (run_id, limit)
     return [TaskInfo(*row) for row in conn.execute(sql, params)]
+
+
+_IDS_PER_QUERY = 500
+"""Row ids per ``IN (...)`` list: far below SQLite's limit on bound parameters."""
+
+
+class TaskChanges:
+    """Which of a run's task rows changed since the last look, without rereading them all.
+
+    A row in a terminal status never changes again (one terminal row per task), so each look
+    reads only the rows added since (by ``task_runs.id``) and those that were still open,
+    however many tasks the run holds. Call `start` and `changed` inside one read transaction
+    with whatever else must agree with them.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, run_id: int) -> None:
+        """Follow ``run_id``'s rows through ``conn``."""
+        self.conn = conn
+        self.run_id = run_id
+        self.last_row = 0
+        self.open: dict[int, TaskInfo] = {}
+
+    def start(self) -> None:
+        """Remember where the run stands now: its last row and its rows not yet terminal."""
+        row = self.conn.execute(
+            "SELECT max(id) FROM task_runs WHERE run_id = ?", (self.run_id,)
+        ).fetchone()
+        self.last_row = int(row[0] or 0)
+        self.open = dict(
+            self._read(f"WHERE run_id = ? AND status NOT IN {sql_in(TERMINAL)}", (self.run_id,))
+        )
+
+    def changed(self) -> list[TaskInfo]:
+        """The rows added or changed since the last call (or `start`), by task id."""
+        rows = self._read("WHERE run_id = ? AND id > ?", (self.run_id, self.last_row))
+        ids = list(self.open)
+        for i in range(0, len(ids), _IDS_PER_QUERY):
+            chunk = ids[i : i + _IDS_PER_QUERY]
+            marks = ", ".join("?" * len(chunk))
+            rows += self._read(f"WHERE id IN ({marks})", tuple(chunk))
+        changed = []
+        for row_id, task in rows:
+            self.last_row = max(self.last_row, row_id)
+            if self.open.get(row_id) == task:
+                continue
+            changed.append(task)
+            if task.status in TERMINAL:
+                self.open.pop(row_id, None)
+            else:
+                self.open[row_id] = task
+        return sorted(changed, key=lambda t: t.task_id)
+
+    def _read(self, where: str, params: tuple[Any, ...]) -> list[tuple[int, TaskInfo]]:
+        sql = f"SELECT id, {_TASK_COLUMNS} FROM task_runs {where}"
+        return [(int(row[0]), TaskInfo(*row[1:])) for row in self.conn.execute(sql, params)]

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,7 @@ from pipeloom.status import count_failed
 from pipeloom_cli._errors import UsageError, user_errors
 from pipeloom_cli._history import (
     RunInfo,
+    TaskChanges,
     TaskInfo,
     get_run,
     list_runs,
@@ -218,9 +222,7 @@ class _Snapshot:
 
     def key(self) -> Any:
         """What changes when the run moves on (to print only changes on a pipe)."""
-        if self.run is None:
-            return None
-        return (self.run.status, self.run.stale, tuple(sorted(self.run.counts.items())))
+        return None if self.run is None else _run_key(self.run)
 
     def renderable(self) -> RenderableType:
         if self.run is None:
@@ -250,11 +252,14 @@ def _watch(
     fmt: Format,
     interval: float,
 ) -> None:
-    snap = _Snapshot(conn, db, run_id, limit)
-    # Follow the run that was latest when watching began, even if another starts meanwhile.
-    run_id = None if snap.run is None else snap.run.id
     try:
-        if fmt is Format.table and console.is_terminal:
+        if fmt is Format.json:
+            _watch_json(conn, db, run_id, limit, interval)
+            return
+        snap = _Snapshot(conn, db, run_id, limit)
+        # Follow the run that was latest when watching began, even if another starts meanwhile.
+        run_id = None if snap.run is None else snap.run.id
+        if console.is_terminal:
             with Live(snap.renderable(), console=console, auto_refresh=False) as live:
                 while snap.active:
                     time.sleep(interval)
@@ -271,6 +276,73 @@ def _watch(
                 _emit(snap, fmt, compact=True)
     except KeyboardInterrupt:
         typer.echo("Stopped watching.", err=True)
+
+
+@contextmanager
+def _one_read(conn: sqlite3.Connection) -> Iterator[None]:
+    """Read inside one transaction, so a run's counts and its task rows agree."""
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        conn.execute("COMMIT")
+
+
+_BRIEF_RUN_FIELDS = (
+    "id",
+    "status",
+    "stale",
+    "counts",
+    "finished",
+    "tasks_total",
+    "elapsed",
+    "throughput",
+    "finished_at",
+    "heartbeat_at",
+)
+"""The run fields a ``changes`` line carries: what moves while a run goes on."""
+
+
+def _watch_json(
+    conn: sqlite3.Connection, db: Path, run_id: int | None, limit: int | None, interval: float
+) -> None:
+    """Print a snapshot, then only what changed each tick, then the run as it ended.
+
+    At 20,000 tasks the whole run is megabytes of JSON: printing it every tick would flood a
+    pipe. See docs/cli.md for the line format.
+    """
+    with _one_read(conn):
+        snap = _Snapshot(conn, db, run_id, limit)
+        changes = None if snap.run is None else TaskChanges(conn, snap.run.id)
+        if changes is not None:
+            changes.start()
+    _echo_line({"type": "snapshot", **snap.as_json()})
+    run = snap.run
+    if run is None or changes is None:
+        return
+    last = _run_key(run)
+    while run.active:
+        time.sleep(interval)
+        with _one_read(conn):
+            now = get_run(conn, db, run.id)
+            tasks = changes.changed()
+        assert now is not None  # a run id that was read is never deleted
+        run = now
+        if tasks or _run_key(run) != last:
+            last = _run_key(run)
+            brief = {k: v for k, v in run.as_json().items() if k in _BRIEF_RUN_FIELDS}
+            _echo_line({"type": "changes", "run": brief, "tasks": [t.as_json() for t in tasks]})
+    _echo_line({"type": "end", "run": run.as_json()})
+
+
+def _run_key(run: RunInfo) -> Any:
+    return (run.status, run.stale, run.tasks_total, tuple(sorted(run.counts.items())))
+
+
+def _echo_line(payload: dict[str, Any]) -> None:
+    # flush: a reader on a pipe sees each line when it is printed, not when a buffer fills
+    typer.echo(json.dumps(payload, separators=(",", ":")))
+    sys.stdout.flush()
 
 
 def _emit(snap: _Snapshot, fmt: Format, *, compact: bool = False) -> None:
