@@ -25,13 +25,18 @@ from pipeloom_cli._errors import UsageError
 __all__ = [
     "ACTIVE_STATUSES",
     "FAILED_STATUSES",
+    "AttemptInfo",
+    "LogInfo",
     "RunInfo",
     "TaskChanges",
     "TaskInfo",
     "get_run",
+    "get_task",
     "list_runs",
     "open_history",
     "run_tasks",
+    "task_attempts",
+    "task_logs",
 ]
 
 log = logging.getLogger("pipeloom.cli")
@@ -345,3 +350,94 @@ class TaskChanges:
     def _read(self, where: str, params: tuple[Any, ...]) -> list[tuple[int, TaskInfo]]:
         sql = f"SELECT id, {_TASK_COLUMNS} FROM task_runs {where}"
         return [(int(row[0]), TaskInfo(*row[1:])) for row in self.conn.execute(sql, params)]
+
+
+def get_task(conn: sqlite3.Connection, db: Path, run: RunInfo, task_id: int) -> TaskInfo:
+    """Return task ``task_id`` of ``run``.
+
+    Raises:
+        UsageError: the run has no such task (the message names the run and its task ids).
+    """
+    row = conn.execute(
+        f"SELECT {_TASK_COLUMNS} FROM task_runs WHERE run_id = ? AND task_id = ?",
+        (run.id, task_id),
+    ).fetchone()
+    if row is not None:
+        return TaskInfo(*row)
+    low, high = conn.execute(
+        "SELECT min(task_id), max(task_id) FROM task_runs WHERE run_id = ?", (run.id,)
+    ).fetchone()
+    have = f"its task ids are {low}..{high}" if low is not None else "it has no tasks"
+    quoted = shlex.quote(str(db))
+    raise UsageError(
+        f"--task {task_id}: no such task in run {run.id} ({run.name}) of {db}; {have} "
+        f"(list them with `pipeloom status {quoted} --run {run.id}`)"
+    )
+
+
+@dataclass
+class AttemptInfo:
+    """One ``task_attempts`` row: an attempt of a task that failed and was retried or not."""
+
+    attempt: int
+    status: str
+    started_at: str | None
+    finished_at: str | None
+    error: str | None
+    discarded: int
+    """Messages the attempt sent that were dropped with it (a failed attempt's output)."""
+
+    @property
+    def error_line(self) -> str:
+        """The error's last non-blank line (``ValueError: bad row``), for one table cell."""
+        lines = [line for line in (self.error or "").splitlines() if line.strip()]
+        return lines[-1].strip() if lines else ""
+
+    @property
+    def elapsed(self) -> float | None:
+        """Seconds the attempt ran."""
+        return _seconds_between(self.started_at, self.finished_at)
+
+    def as_json(self) -> dict[str, Any]:
+        """Plain data for ``--format json``."""
+        return {**asdict(self), "elapsed": self.elapsed}
+
+
+@dataclass
+class LogInfo:
+    """One ``task_logs`` row: a record logged inside a task."""
+
+    created_at: str
+    level: str
+    logger: str | None
+    message: str
+    attempt: int
+    dropped: int
+    """More than 0 on the row that counts the records dropped beyond the bound."""
+
+    def as_json(self) -> dict[str, Any]:
+        """Plain data for ``--format json``."""
+        return asdict(self)
+
+
+def task_logs(conn: sqlite3.Connection, run_id: int, task_id: int) -> list[LogInfo]:
+    """Return the log records stored for a task, oldest first."""
+    rows = conn.execute(
+        "SELECT created_at, level, logger, message, attempt, dropped FROM task_logs "
+        "WHERE run_id = ? AND task_id = ? ORDER BY created_at, id",
+        (run_id, task_id),
+    )
+    return [LogInfo(*row) for row in rows]
+
+
+def task_attempts(conn: sqlite3.Connection, run_id: int, task_id: int) -> list[AttemptInfo]:
+    """Return a task's recorded failed attempts (``task_attempts``), first attempt first.
+
+    The attempt that ended the task is its ``task_runs`` row, not one of these.
+    """
+    rows = conn.execute(
+        "SELECT attempt, status, started_at, finished_at, error, discarded FROM task_attempts "
+        "WHERE run_id = ? AND task_id = ? ORDER BY attempt, id",
+        (run_id, task_id),
+    )
+    return [AttemptInfo(*row) for row in rows]

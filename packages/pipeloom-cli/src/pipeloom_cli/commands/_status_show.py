@@ -34,13 +34,18 @@ from pipeloom.logs import console
 from pipeloom.status import count_failed
 from pipeloom_cli._errors import UsageError, user_errors
 from pipeloom_cli._history import (
+    AttemptInfo,
+    LogInfo,
     RunInfo,
     TaskChanges,
     TaskInfo,
     get_run,
+    get_task,
     list_runs,
     open_history,
     run_tasks,
+    task_attempts,
+    task_logs,
 )
 from pipeloom_cli.commands.status import DEFAULT_DB, TABLE_TASK_LIMIT, Format
 
@@ -353,10 +358,113 @@ def _emit(snap: _Snapshot, fmt: Format, *, compact: bool = False) -> None:
         console.print(snap.renderable())
 
 
+_LOG_STYLES = {"DEBUG": "dim", "WARNING": "yellow", "ERROR": "red", "CRITICAL": "bold red"}
+
+
+def _task_panel(run: RunInfo, task: TaskInfo) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("task", Text(f"{task.task_id} of run {run.id} ({printable(run.name)})"))
+    if task.key is not None:
+        grid.add_row("key", Text(printable(task.key)))
+    if task.key is None or task.name != task.key:
+        grid.add_row("name", Text(printable(task.name)))
+    grid.add_row("status", _styled(task.status))
+    grid.add_row("started", f"{_when(task.started_at)} UTC" if task.started_at else "-")
+    grid.add_row("finished", f"{_when(task.finished_at)} UTC" if task.finished_at else "-")
+    grid.add_row("elapsed", _seconds(task.elapsed))
+    grid.add_row("attempt", str(task.attempt))
+    steps = f" (step {task.step}/{task.total})" if task.total else ""
+    grid.add_row("progress", f"{task.progress:.0%}{steps}")
+    if task.message:
+        grid.add_row("message", Text(printable(task.message, newlines=True)))
+    if task.result is not None:
+        grid.add_row("result", Text(printable(task.result, newlines=True)))
+    return grid
+
+
+def _attempts_table(attempts: list[AttemptInfo]) -> Table:
+    table = _plain_table("Attempts before the last (task_attempts)")
+    table.add_column("attempt", justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("started", no_wrap=True)
+    table.add_column("elapsed", justify="right", no_wrap=True)
+    table.add_column("discarded", justify="right", no_wrap=True)
+    table.add_column("error")
+    for attempt in attempts:
+        table.add_row(
+            str(attempt.attempt),
+            _styled(attempt.status),
+            _when(attempt.started_at),
+            _seconds(attempt.elapsed),
+            str(attempt.discarded),
+            Fit(printable(attempt.error_line), middle=False),
+        )
+    return table
+
+
+def _logs_table(logs: list[LogInfo]) -> Table:
+    table = _plain_table(f"Logs ({len(logs)})")
+    table.add_column("time", no_wrap=True)
+    table.add_column("level", no_wrap=True)
+    table.add_column("logger")
+    table.add_column("message", overflow="fold")
+    for row in logs:
+        style = "yellow" if row.dropped else ""
+        table.add_row(
+            row.created_at[11:23],
+            Text(printable(row.level), style=_LOG_STYLES.get(row.level, "")),
+            Fit(printable(row.logger or "")),
+            Text(printable(row.message, newlines=True), style=style),
+        )
+    return table
+
+
+def _show_task(
+    conn: sqlite3.Connection, db: Path, run_id: int | None, task_id: int, fmt: Format
+) -> None:
+    """Print one task in full: its row, its error, its earlier attempts and its logs."""
+    run = get_run(conn, db, run_id)
+    if run is None:
+        raise UsageError(f"--task {task_id}: {db} holds no runs yet")
+    task = get_task(conn, db, run, task_id)
+    logs = task_logs(conn, run.id, task_id)
+    attempts = task_attempts(conn, run.id, task_id)
+    dropped = sum(row.dropped for row in logs)
+    if fmt is Format.json:
+        payload = {
+            "db": str(db),
+            "run": {"id": run.id, "name": run.name, "status": run.shown_status},
+            "task": task.as_json(),
+            "attempts": [a.as_json() for a in attempts],
+            "logs": [row.as_json() for row in logs],
+            "logs_dropped": dropped,
+        }
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    parts: list[RenderableType] = [_task_panel(run, task)]
+    if task.error:
+        error = printable(task.error.rstrip(), newlines=True)
+        parts += [Text("\nError", style="bold red"), Text(error)]
+    if attempts:
+        parts += [Text(""), _attempts_table(attempts)]
+    parts += [Text(""), _logs_table(logs) if logs else Text("No logs stored for this task.")]
+    if dropped:
+        parts.append(
+            Text(
+                f"{dropped} records dropped (beyond RunOptions.task_log_limit per task)",
+                style="yellow",
+            )
+        )
+    console.print(Group(*parts))
+
+
 def show(
     db_arg: Path | None,
     db_opt: Path | None,
     run_id: int | None,
+    task_id: int | None,
     runs: bool,
     fmt: Format,
     limit: int | None,
@@ -369,6 +477,12 @@ def show(
         db = _resolve_db(db_arg, db_opt)
         conn = open_history(db)
         try:
+            if task_id is not None:
+                if runs or watch:
+                    extra = "--runs" if runs else "--watch"
+                    raise UsageError(f"--task {task_id} shows one task once; drop {extra}")
+                _show_task(conn, db, run_id, task_id, fmt)
+                return
             if runs:
                 found = list_runs(conn, limit or 20)
                 if fmt is Format.json:
