@@ -12,8 +12,6 @@ import logging
 import re
 import traceback
 
-from rich.cells import cell_len, get_character_cell_size
-
 __all__ = [
     "MAX_TEXT_CHARS",
     "exc_summary",
@@ -133,6 +131,8 @@ def shorten_middle(text: str, width: int) -> str:
     Rich's cell widths, so a wide character (CJK, most emoji) counts as two cells and is never
     split. Text that fits is returned as it is.
     """
+    from rich.cells import cell_len  # here: reading history (and this module) needs no Rich
+
     if cell_len(text) <= width:
         return text
     if width <= 1:
@@ -145,6 +145,8 @@ def shorten_middle(text: str, width: int) -> str:
 
 def _fit_cells(text: str, width: int) -> str:
     """The longest prefix of ``text`` that takes at most ``width`` cells."""
+    from rich.cells import get_character_cell_size
+
     used = 0
     for index, char in enumerate(text):
         used += get_character_cell_size(char)
