@@ -440,22 +440,43 @@ def render_summary(
 
 def render_failures(
     failures: list[tuple[int, str, str]], *, total: int, db_path: str, run_id: int | None
-) -> Text:
+) -> RenderableType:
     """Name the first failed tasks and their errors, and where to read the rest.
 
     Shown under the summary at every verbosity: "2 failed" alone leaves a user nowhere.
-    Print it with ``no_wrap=True, overflow="ellipsis"`` to keep one line per task.
+    Print it with ``no_wrap=True, overflow="ellipsis"`` to keep one line per task. A task's
+    name takes at most a third of the line (cut in the middle), so its error still shows on
+    a narrow terminal.
     """
-    text = Text()
-    for task_id, name, message in failures:
-        text.append("  ✗ ", style="red")
-        text.append(shorten_middle(printable(name), 40), style="bold")
-        text.append(f" (task {task_id}): ")
-        text.append(printable(message)[:300])  # the console cuts it at its width
-        text.append("\n")
-    if total > len(failures):
-        text.append(f"  ... and {total - len(failures)} more\n", style="dim")
-    where = f"pipeloom status {db_path}" + (f" --run {run_id}" if run_id is not None else "")
-    text.append("  details: ", style="dim")
-    text.append(printable(where))
-    return text
+    return _Failures(failures, total, db_path, run_id)
+
+
+class _Failures:
+    def __init__(
+        self, failures: list[tuple[int, str, str]], total: int, db_path: str, run_id: int | None
+    ) -> None:
+        self.failures = failures
+        self.total = total
+        self.db_path = db_path
+        self.run_id = run_id
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        room = max(16, min(40, options.max_width // 3))
+        text = Text()
+        for task_id, name, message in self.failures:
+            text.append("  ✗ ", style="red")
+            text.append(shorten_middle(printable(name), room), style="bold")
+            text.append(f" (task {task_id}): ")
+            text.append(printable(message)[:300])  # the console cuts it at its width
+            text.append("\n")
+        if self.total > len(self.failures):
+            text.append(f"  ... and {self.total - len(self.failures)} more\n", style="dim")
+        run = f" --run {self.run_id}" if self.run_id is not None else ""
+        where = f"pipeloom status {self.db_path}{run}"
+        if self.failures:
+            text.append("  one task: ", style="dim")
+            text.append(printable(f"{where} --task {self.failures[0][0]}"))
+            text.append("\n")
+        text.append("  details: ", style="dim")
+        text.append(printable(where))
+        yield text
