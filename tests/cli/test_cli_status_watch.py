@@ -1,6 +1,7 @@
 """``status --watch --format json`` on a live run: a snapshot, then only what changed."""
 
 import json
+import sqlite3
 import subprocess
 import threading
 import time
@@ -11,7 +12,7 @@ from typer.testing import CliRunner
 
 from pipeloom import TaskDef, TaskQueue, run_pipeline
 from pipeloom_cli.app import app
-from tests.cli._cli_support import query
+from tests._db import rows
 from tests.e2e._cli_e2e_support import clean_env, pipeloom_command
 
 runner = CliRunner()
@@ -53,10 +54,11 @@ def test_watch_json_prints_a_snapshot_then_only_the_tasks_that_changed(tmp_path:
         deadline = time.monotonic() + 60
         done = 0
         while done < HELD and time.monotonic() < deadline:
-            try:
-                done = query(db, "SELECT count(*) FROM task_runs WHERE status = 'done'")[0][0]
-            except Exception:  # the file or its tables do not exist yet
-                done = 0
+            if db.exists():  # never create it: the pipeline does
+                try:
+                    done = rows(db, "SELECT count(*) FROM task_runs WHERE status = 'done'")[0][0]
+                except sqlite3.OperationalError:  # its tables are not there yet
+                    done = 0
             time.sleep(0.02)
         assert done == HELD
         watcher = subprocess.Popen(
