@@ -58,6 +58,7 @@ DEFAULT_VISIBLE_BARS = 6
 TASK_BAR_WIDTH = 30
 """Cells of a per-task bar on a wide terminal; a narrow one gets a fifth of its width."""
 MIN_BAR_WIDTH = 10
+"""A per-task bar never gets fewer cells than this; the key gives way first."""
 
 FAILED_STATUSES = FAILED
 """Task statuses counted as failed on the bar: `pipeloom.status.FAILED`."""
@@ -158,6 +159,8 @@ class _FittedProgress(Progress):
 
 
 class _Shared:
+    """The rows' table, with its columns' widths set by ``share`` just before it renders."""
+
     def __init__(self, table: Table, share: _Shares) -> None:
         self.table = table
         self.share = share
@@ -452,6 +455,8 @@ def render_failures(
 
 
 class _Failures:
+    """`render_failures`' lines, laid out for the width they are printed at."""
+
     def __init__(
         self, failures: list[tuple[int, str, str]], total: int, db_path: str, run_id: int | None
     ) -> None:
