@@ -14,7 +14,7 @@ import json
 import sqlite3
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -114,29 +114,19 @@ def _plain_table(title: str) -> Table:
     )
 
 
-class _NameFirst:
-    """Render a table so that its name column gives way last.
+class _Fitted:
+    """A table whose columns' widths are set by ``share`` from the width it renders at.
 
     Rich squeezes the widest columns of a table that does not fit, which would cut a short
-    name as much as a long message. Given how many cells the other columns take at most
-    (``used``), the message gets what the longest name leaves (at least a sixth of the
-    line, then it ends in "…"), and a start time wraps onto two lines (date, then time)
-    before the name is cut.
+    name as much as a long message; ``share`` lets the name give way last instead.
     """
 
-    def __init__(self, table: Table, used: int, *, wrap: int | None = None, name: int = 16) -> None:
+    def __init__(self, table: Table, share: Callable[[Table, int], None]) -> None:
         self.table = table
-        self.used = used
-        self.wrap = wrap
-        self.name = name
+        self.share = share
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        width = options.max_width
-        if self.wrap is None:
-            self.table.columns[-1].max_width = max(10, width // 6, width - self.used)
-        else:
-            one_line = width - self.used >= _STAMP_CELLS + min(self.name, 16)
-            self.table.columns[self.wrap].max_width = None if one_line else _DATE_CELLS
+        self.share(self.table, options.max_width)
         yield self.table
 
 
@@ -176,7 +166,12 @@ def _tasks_table(tasks: list[TaskInfo], hidden: int) -> RenderableType:
         table.caption = f"... and {hidden} more (--limit to show more)"
     # the five columns before the message at their widest (headers included), 2-cell gaps
     used = max(used, 2 + 4 + 6 + 1 + 7) + 5 * 2
-    return _NameFirst(table, used)
+
+    def share(table: Table, width: int) -> None:
+        # The message gets what the longest name leaves, at least a sixth of the line.
+        table.columns[-1].max_width = max(10, width // 6, width - used)
+
+    return _Fitted(table, share)
 
 
 def _runs_table(runs: list[RunInfo]) -> RenderableType:
@@ -203,8 +198,14 @@ def _runs_table(runs: list[RunInfo]) -> RenderableType:
         )  # fmt: skip
     # the columns but the name and start at their widest (headers included), 2-cell gaps
     used = max(used, 2 + 6 + 8 + 4 + 6) + 6 * 2
-    longest = max((cell_len(printable(run.name)) for run in runs), default=0)
-    return _NameFirst(table, used, wrap=3, name=longest)
+    longest = min(16, max((cell_len(printable(run.name)) for run in runs), default=0))
+
+    def share(table: Table, width: int) -> None:
+        # The start wraps onto two lines (date, then time) before the name is cut.
+        one_line = width - used >= _STAMP_CELLS + longest
+        table.columns[3].max_width = None if one_line else _DATE_CELLS
+
+    return _Fitted(table, share)
 
 
 class _Snapshot:
