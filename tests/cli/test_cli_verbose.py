@@ -22,7 +22,7 @@ PIPELINE = """
 """
 
 
-def test_vv_prints_debug_lines_and_the_traceback_of_a_failed_task(tmp_path: Path) -> None:
+def test_demo_vv_prints_debug_lines_and_the_traceback_of_a_failed_task(tmp_path: Path) -> None:
     demo = pipeloom(
         "demo", "--db", "demo.db", "-n", "3", "--fail-rate", "0.34", "--seed", "1",
         "--delay", "0", "-vv", cwd=tmp_path,
@@ -33,6 +33,8 @@ def test_vv_prints_debug_lines_and_the_traceback_of_a_failed_task(tmp_path: Path
     assert "Traceback (most recent call last)" in out
     assert "DemoTaskError: task-" in out
 
+
+def test_run_vv_prints_the_traceback_of_a_failed_pipeline_task(tmp_path: Path) -> None:
     write(tmp_path / "vv.py", PIPELINE)
     run = pipeloom("run", "vv.py:pipe", "-vv", cwd=tmp_path)
     assert run.returncode == 1, run.stderr
