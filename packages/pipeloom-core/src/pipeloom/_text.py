@@ -131,12 +131,19 @@ def shorten_middle(text: str, width: int) -> str:
     Rich's cell widths, so a wide character (CJK, most emoji) counts as two cells and is never
     split. Text that fits is returned as it is.
     """
+    if text.isascii():  # one cell per character: the common case, called once per task
+        if len(text) <= width:
+            return text
+        if width <= 1:
+            return ELLIPSIS[: max(width, 0)]
+        keep = width - 1
+        return text[: keep - keep // 2] + ELLIPSIS + text[len(text) - keep // 2 :]
     from rich.cells import cell_len  # here: reading history (and this module) needs no Rich
 
     if cell_len(text) <= width:
         return text
     if width <= 1:
-        return ELLIPSIS[:width]
+        return ELLIPSIS[: max(width, 0)]
     keep = width - 1
     head = _fit_cells(text, keep - keep // 2)
     tail = _fit_cells(text[::-1], keep - cell_len(head))[::-1]
