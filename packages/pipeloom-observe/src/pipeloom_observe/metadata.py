@@ -124,9 +124,9 @@ SELECT
   v.duration_s,
   v.tasks_done AS done,
   v.tasks_failed AS failed,
-  v.tasks_total,
-  v.progress,
-  v.tasks_per_s,
+  v.tasks_total AS total,
+  CASE WHEN v.status = 'running' THEN v.progress END AS progress,
+  ROUND(v.tasks_per_s, 1) AS tasks_per_s,
   r.params,
   r.error
 FROM ({RUNS_SELECT}) AS v
@@ -299,7 +299,8 @@ def _run_dashboard(db_name: str) -> dict[str, Any]:
                 "name": "Run id (blank: newest)",
                 "type": "select",
                 "db": db_name,
-                "query": "SELECT id FROM pipeline_runs ORDER BY id DESC",
+                # Text, as the page compares it with ?run_id=N to select the option.
+                "query": "SELECT CAST(id AS TEXT) FROM pipeline_runs ORDER BY id DESC",
             }
         },
         "layout": [
@@ -329,7 +330,8 @@ def _run_dashboard(db_name: str) -> dict[str, Any]:
                 "title": "Duration",
                 "db": db_name,
                 "query": (
-                    "SELECT CASE WHEN v.duration_s < 60 THEN printf('%.1f s', v.duration_s) "
+                    "SELECT CASE WHEN v.duration_s < 10 THEN printf('%.2f s', v.duration_s) "
+                    "WHEN v.duration_s < 60 THEN printf('%.1f s', v.duration_s) "
                     "WHEN v.duration_s < 3600 THEN printf('%d m %02d s', v.duration_s / 60, "
                     "v.duration_s % 60) ELSE printf('%d h %02d m', v.duration_s / 3600, "
                     "(v.duration_s % 3600) / 60) END AS duration "

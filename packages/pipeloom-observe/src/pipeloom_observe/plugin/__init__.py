@@ -184,7 +184,7 @@ def _render(row: Any, value: Any, column: str, table: str | None, database: str,
         return Markup('<span class="pl-num" title="{} s">{}</span>').format(
             raw, format_duration(float(raw))
         )
-    if column == "progress" and isinstance(raw, int | float) and "tasks_total" in keys:
+    if column == "progress" and isinstance(raw, int | float) and {"total", "tasks_total"} & keys:
         percent = max(0.0, min(1.0, float(raw))) * 100
         return Markup(
             '<span class="pl-progress"><span style="width:{0:.0f}%"></span></span> {0:.0f}%'
@@ -296,6 +296,19 @@ async def task_page(datasette: Any, request: Any) -> Response:
         "ORDER BY attempt, id",
         params,
     )
+    if not any(a["attempt"] == task["attempt"] for a in attempts):
+        # task_attempts keeps the attempts that were retried; the last one is the task's row.
+        attempts.append(
+            {
+                "attempt": task["attempt"],
+                "status": task["status"],
+                "started_at": task["started_at"],
+                "finished_at": task["finished_at"],
+                "error": task["error"],
+                "discarded": 0,
+                "logs_dropped": 0,
+            }
+        )
     has_logs = bool(await _columns(db, "task_logs"))
     logs = (
         await _rows(
