@@ -128,6 +128,10 @@ def register_plugin() -> None:
     """
     if not pm.is_registered(plugin):
         pm.register(plugin, name=plugin.PLUGIN_NAME)
+    # Every handle_exception hook runs, and Datasette's prints ~300 lines for a mistyped
+    # query; pipeloom's answers those in one line and hands the rest to Datasette's.
+    if pm.get_plugin(plugin.DEFAULT_EXCEPTION_HANDLER) is not None:
+        pm.unregister(name=plugin.DEFAULT_EXCEPTION_HANDLER)
 
 
 def exposure_warning(host: str) -> str | None:

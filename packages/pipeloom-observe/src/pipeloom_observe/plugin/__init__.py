@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sqlite3
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -32,6 +33,7 @@ from markupsafe import Markup
 from pipeloom.status import RUN_STATUSES, TASK_STATUSES
 
 __all__ = [
+    "DEFAULT_EXCEPTION_HANDLER",
     "HISTORY_DASHBOARD",
     "PLUGIN_NAME",
     "RUN_DASHBOARD",
@@ -367,38 +369,66 @@ def register_routes() -> list[tuple[str, Callable[..., Any]]]:
     ]
 
 
-def _rejected(exception: BaseException) -> tuple[int, str, str | None] | None:
-    """Status, message and title of an error that is the visitor's, not pipeloom's."""
+DEFAULT_EXCEPTION_HANDLER: Final = "datasette.handle_exception"
+"""Datasette's own handle_exception plugin: every handler runs, and this one prints a Rich
+traceback with locals (~300 lines) for any error, a mistyped query included. `pipeloom_observe.
+app.register_plugin` unregisters it; `handle_exception` here calls it for real bugs."""
+
+
+def _rejected(exception: BaseException) -> tuple[int, str, str | None, bool] | None:
+    """Status, message, title and is-HTML of an error that is the visitor's, not a bug."""
     if isinstance(exception, Base400):
-        return exception.status, str(exception.args[0]), None
+        return exception.status, str(exception.args[0]), None, False
     if isinstance(exception, DatasetteError):
-        message = exception.message
-        return exception.status, str(message), exception.title
+        return exception.status, str(exception.message), exception.title, exception.message_is_html
     return None
+
+
+def _sqlite_logged(exception: BaseException) -> bool:
+    """True when Datasette already wrote its one ``ERROR: conn=...`` line for this error.
+
+    It does for every SQLite error of a query except the time limit's ``interrupted``.
+    """
+    seen: BaseException | None = exception
+    while seen is not None:
+        if isinstance(seen, sqlite3.Error) and seen.args != ("interrupted",):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 @hookimpl
 def handle_exception(datasette: Any, request: Any, exception: BaseException) -> Any:
-    """Answer a rejected query with Datasette's error page and one log line, not a traceback.
+    """Answer a rejected query with Datasette's error page and one line, not a traceback.
 
-    Anything else (a bug) is left to Datasette, which prints the whole traceback.
+    A bad query, a write, an unknown column or page is the visitor's mistake: one log line
+    (none when Datasette already printed its own line for a SQLite error). Anything else is
+    a bug, and goes to Datasette's handler with its full traceback.
     """
     rejected = _rejected(exception)
     if rejected is None:
-        return None
-    status, message, title = rejected
-    log.warning(
-        "pipeloom observe: %s %s rejected (%s): %s",
-        request.method,
-        request.path,
-        status,
-        " ".join(message.split()),
-    )
+        from datasette import handle_exception as default
+
+        return default.handle_exception(datasette, request, exception)
+    status, message, title, is_html = rejected
+    if not _sqlite_logged(exception):
+        log.warning(
+            "pipeloom observe: %s %s answered %s: %s",
+            request.method,
+            request.path,
+            status,
+            " ".join(message.split()),
+        )
 
     async def inner() -> Response:
-        info = {"ok": False, "error": message, "status": status, "title": title}
+        info = {
+            "ok": False,
+            "error": Markup(message) if is_html else message,
+            "status": status,
+            "title": title,
+        }
         if request.path.split("?")[0].endswith(".json"):
-            return Response.json(info, status=status)
+            return Response.json({**info, "error": message}, status=status)
         template = datasette.jinja_env.select_template([f"{status}.html", "error.html"])
         body = await template.render_async(
             dict(
