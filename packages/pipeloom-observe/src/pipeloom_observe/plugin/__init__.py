@@ -189,7 +189,8 @@ def _render(row: Any, value: Any, column: str, table: str | None, database: str,
     if column == "progress" and isinstance(raw, int | float) and {"total", "tasks_total"} & keys:
         percent = max(0.0, min(1.0, float(raw))) * 100
         return Markup(
-            '<span class="pl-progress"><span style="width:{0:.0f}%"></span></span> {0:.0f}%'
+            '<span class="pl-nowrap"><span class="pl-progress"><span style="width:{0:.0f}%">'
+            "</span></span> {0:.0f}%</span>"
         ).format(percent)
     if column == "params" and isinstance(raw, str):
         return _params(raw)
@@ -198,7 +199,9 @@ def _render(row: Any, value: Any, column: str, table: str | None, database: str,
         link = Markup('<a href="{}" title="the run\'s dashboard">#{}</a>').format(
             run_url(ds, raw), raw
         )
-        return link + Markup(" {}").format(label) if label and label != str(raw) else link
+        if label is not None and str(label) != str(raw):
+            return link + Markup(" {}").format(label)
+        return link
     if column == "task_id" and isinstance(raw, int) and "run_id" in keys:
         run_id = _plain(row["run_id"])
         if isinstance(run_id, int):
@@ -219,6 +222,9 @@ def _render(row: Any, value: Any, column: str, table: str | None, database: str,
             )
             return link + folded
         return folded
+    if column == "owner" and isinstance(raw, str) and " " in raw:
+        # "host pidns=... boot=...": the host says enough in a list; the rest on a click.
+        return _folded(raw, summary=raw.split(" ", 1)[0])
     if column in _FOLDED_TEXT and isinstance(raw, str):
         return _folded(raw)
     return None
