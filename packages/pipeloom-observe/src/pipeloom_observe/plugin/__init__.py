@@ -22,9 +22,9 @@ import logging
 import math
 import sqlite3
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, TypeVar, cast
 
-from datasette import hookimpl
+from datasette import hookimpl as _datasette_hookimpl
 from datasette.utils import tilde_encode
 from datasette.utils.asgi import Base400, NotFound, Response
 from datasette.views.base import DatasetteError
@@ -45,6 +45,13 @@ __all__ = [
 ]
 
 log = logging.getLogger("pipeloom.observe")
+
+_Hook = TypeVar("_Hook", bound=Callable[..., Any])
+
+
+def hookimpl(fn: _Hook) -> _Hook:
+    """Datasette's ``hookimpl`` marker, typed (Datasette ships no type hints)."""
+    return cast(_Hook, _datasette_hookimpl(fn))
 
 PLUGIN_NAME: Final = __name__
 """The name Datasette lists this plugin under (``/-/plugins``, ``/-/static-plugins/...``)."""
