@@ -260,3 +260,43 @@ def _qs(params: dict[str, object]) -> str:
     from urllib.parse import urlencode
 
     return urlencode({key: str(value) for key, value in params.items()})
+
+
+async def test_a_stale_run_is_flagged_and_a_live_run_shows_its_progress(
+    tmp_path: Path, mixed_db: Path
+) -> None:
+    path = tmp_path / "etl.db"
+    shutil.copy(mixed_db, path)
+    conn = sqlite3.connect(path)
+    # Run 5 still 'running' in the file, its writer silent for an hour (lease 15 s).
+    conn.execute(
+        "UPDATE pipeline_runs SET status = 'running', finished_at = NULL, tasks_total = 4, "
+        "heartbeat_at = strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now', '-1 hour'), lease_s = 15 "
+        "WHERE id = 5"
+    )
+    conn.commit()
+    conn.close()
+    ds = await started(path)
+    runs = {r["run_id"]: r for r in await rows(ds, "/etl/run_list.json?_shape=array")}
+    assert (runs[5]["status"], runs[5]["stale"]) == ("running", 1)
+    assert runs[5]["progress"] == pytest.approx(0.25)
+    assert runs[4]["progress"] is None  # finished runs need no bar
+    page = (await ds.client.get("/etl/run_list")).text
+    assert f'style="background:{STATUS_COLORS["stale"]}">stale</span>' in page
+    assert 'class="pl-progress"><span style="width:25%">' in page
+
+
+async def test_observe_works_when_the_file_has_its_own_object_named_runs(
+    tmp_path: Path, mixed_db: Path
+) -> None:
+    path = tmp_path / "etl.db"
+    shutil.copy(mixed_db, path)
+    conn = sqlite3.connect(path)
+    conn.execute("DROP VIEW IF EXISTS runs")
+    conn.execute("CREATE TABLE runs (sku TEXT)")  # the application's own, not pipeloom's
+    conn.commit()
+    conn.close()
+    ds = await started(path)
+    assert len(await rows(ds, "/etl/run_list.json?_shape=array")) == 5
+    for page in (f"/-/dashboards/{RUN_DASHBOARD}", "/-/pipeloom/etl/task/2/4", "/etl/runs"):
+        assert (await ds.client.get(page)).status_code == 200, page
