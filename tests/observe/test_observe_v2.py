@@ -300,3 +300,32 @@ async def test_observe_works_when_the_file_has_its_own_object_named_runs(
     assert len(await rows(ds, "/etl/run_list.json?_shape=array")) == 5
     for page in (f"/-/dashboards/{RUN_DASHBOARD}", "/-/pipeloom/etl/task/2/4", "/etl/runs"):
         assert (await ds.client.get(page)).status_code == 200, page
+
+
+async def test_throughput_has_at_most_120_bars_however_long_the_run(
+    tmp_path: Path, mixed_db: Path
+) -> None:
+    path = tmp_path / "etl.db"
+    shutil.copy(mixed_db, path)
+    conn = sqlite3.connect(path)
+    # Spread run 1's tasks over a 10-hour run: one task finishing every 75 minutes.
+    conn.execute(
+        "UPDATE pipeline_runs SET started_at = '2026-01-01T00:00:00+00:00', "
+        "finished_at = '2026-01-01T10:00:00+00:00' WHERE id = 1"
+    )
+    conn.execute(
+        "UPDATE task_runs SET finished_at = strftime('%Y-%m-%dT%H:%M:%S+00:00', "
+        "'2026-01-01T00:00:00', '+' || (task_id * 75) || ' minutes') WHERE run_id = 1"
+    )
+    conn.commit()
+    conn.close()
+    ds = await started(path)
+    chart = default_metadata("etl")["plugins"]["datasette-dashboards"][RUN_DASHBOARD]["charts"]
+    sql = chart["finished"]["query"]
+    bars = await rows(ds, "/etl.json?" + _qs({"sql": sql, "run_id": 1, "_shape": "array"}))
+    assert sum(b["tasks"] for b in bars) == 8
+    [width] = {b["to_s"] - b["from_s"] for b in bars}
+    assert width in (300, 301)  # 36,000 s / 120 bars in whole seconds
+    assert max(b["from_s"] for b in bars) // width <= 120
+    short = await rows(ds, "/etl.json?" + _qs({"sql": sql, "run_id": 2, "_shape": "array"}))
+    assert sum(b["tasks"] for b in short) == 8

@@ -445,18 +445,30 @@ WHERE NOT EXISTS (
                 "library": "table",
             },
             "finished": {
-                "title": "Tasks finished over time (throughput)",
+                "title": "Tasks finished over the run (throughput, at most 120 bars)",
                 "db": db_name,
                 "query": f"""
+WITH run AS (
+  SELECT
+    r.id,
+    r.started_at,
+    -- Bars of a whole number of seconds, at most 120 of them however long the run.
+    CAST((julianday(COALESCE(r.finished_at, 'now')) - julianday(r.started_at)) * 86400 / 120
+      AS INTEGER) + 1 AS width
+  FROM pipeline_runs r
+  {run_filter}
+)
 SELECT
-  substr(t.finished_at, 1, 19) || '+00:00' AS second,
+  CAST((julianday(t.finished_at) - julianday(run.started_at)) * 86400 / run.width AS INTEGER)
+    * run.width AS from_s,
+  (CAST((julianday(t.finished_at) - julianday(run.started_at)) * 86400 / run.width AS INTEGER)
+    + 1) * run.width AS to_s,
   t.status,
   COUNT(*) AS tasks
-FROM task_runs t
-WHERE t.run_id = {_RUN} AND t.finished_at IS NOT NULL AND t.status IN {_TERMINAL}
-GROUP BY second, t.status
-ORDER BY second
-LIMIT 1000
+FROM task_runs t JOIN run ON t.run_id = run.id
+WHERE t.finished_at IS NOT NULL AND t.status IN {_TERMINAL}
+GROUP BY from_s, t.status
+ORDER BY from_s
 """.strip(),
                 "library": "vega-lite",
                 "display": {
@@ -465,11 +477,11 @@ LIMIT 1000
                     "mark": {"type": "bar", "tooltip": True},
                     "encoding": {
                         "x": {
-                            "field": "second",
-                            "type": "temporal",
-                            "timeUnit": "utcyearmonthdatehoursminutesseconds",
-                            "title": "finished (UTC, per second)",
+                            "field": "from_s",
+                            "type": "quantitative",
+                            "title": "seconds since the run started",
                         },
+                        "x2": {"field": "to_s"},
                         "y": {"field": "tasks", "type": "quantitative", "stack": True},
                         "color": _color(),
                     },

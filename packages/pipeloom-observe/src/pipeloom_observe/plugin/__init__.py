@@ -53,6 +53,7 @@ def hookimpl(fn: _Hook) -> _Hook:
     """Datasette's ``hookimpl`` marker, typed (Datasette ships no type hints)."""
     return cast(_Hook, _datasette_hookimpl(fn))
 
+
 PLUGIN_NAME: Final = __name__
 """The name Datasette lists this plugin under (``/-/plugins``, ``/-/static-plugins/...``)."""
 
