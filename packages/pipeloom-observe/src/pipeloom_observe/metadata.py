@@ -18,25 +18,10 @@ from datasette.utils import tilde_encode
 
 from pipeloom.errors import PipeloomError
 from pipeloom.lease import stale_sql
+from pipeloom.schema import RUNS_SELECT
 from pipeloom.status import ACTIVE, FAILED, SUCCEEDED, TERMINAL, sql_in
 from pipeloom_observe._sqlite import Layout
 from pipeloom_observe.plugin import HISTORY_DASHBOARD, RUN_DASHBOARD, STATUS_COLORS
-
-# TEMPORARY until schema 4 lands in core (pipeloom.schema.RUNS_SELECT).
-RUNS_SELECT: Final = f"""
-SELECT
-  r.id, r.name, r.status, r.started_at, r.finished_at,
-  ROUND((julianday(COALESCE(r.finished_at, 'now')) - julianday(r.started_at)) * 86400, 3)
-    AS duration_s,
-  r.tasks_total, r.tasks_done, r.tasks_error AS tasks_failed,
-  CASE WHEN r.tasks_total > 0
-    THEN (r.tasks_done + r.tasks_error + r.tasks_cancelled) * 1.0 / r.tasks_total END AS progress,
-  (r.tasks_done + r.tasks_error + r.tasks_cancelled) / NULLIF(
-    (julianday(COALESCE(r.finished_at, 'now')) - julianday(r.started_at)) * 86400, 0)
-    AS tasks_per_s,
-  {stale_sql("r")} AS stale
-FROM pipeline_runs r
-"""
 
 __all__ = [
     "DASHBOARD",
