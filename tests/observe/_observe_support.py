@@ -174,6 +174,9 @@ MIXED_ERROR_ITEM: Final = 3
 MIXED_TIMEOUT_ITEM: Final = 5
 MIXED_RETRIED_ITEM: Final = 6
 MIXED_BAD_ROW_ITEM: Final = 1
+MIXED_CHATTY_ITEM: Final = 7
+MIXED_LOG_LIMIT: Final = 5
+"""Log records kept per task; partition 7 of run 2 logs more, the rest are counted."""
 MIXED_ERROR_LINE: Final = "ValueError: partition 3 has a corrupt header"
 
 
@@ -231,10 +234,11 @@ def make_mixed_db(path: Path) -> Path:
     """Three runs of pipeline ``etl`` over 8 partitions, then a one-task run of ``report``.
 
     Run 1: everything done. Run 2: partition 3 raises (a traceback), 5 times out, 6 fails once
-    and is retried, 1 sends a row the handler refuses (a dead letter). Run 3: fail_fast stops
+    and is retried, 1 sends a row the handler refuses (a dead letter), 7 logs more than
+    ``task_log_limit``. Run 3: fail_fast stops
     at partition 2. Run 4: partitions 5-7 are cancelled. Tasks log through ``ctx.log``.
     """
-    from pipeloom import Pipeline
+    from pipeloom import Pipeline, RunOptions
 
     for run in (1, 2, 3):
         pipe = Pipeline(
@@ -245,6 +249,7 @@ def make_mixed_db(path: Path) -> Path:
             schema=_loaded_schema,
             fail_fast=run == 3,
             params={"run": run, "source": "s3://bucket/nightly", "partitions": len(MIXED_ITEMS)},
+            options=RunOptions(task_log_limit=MIXED_LOG_LIMIT),
         )
 
         @pipe.task(name="load", retries=1, backoff=0.0, timeout=5.0 if run != 2 else None)
@@ -264,6 +269,9 @@ def make_mixed_db(path: Path) -> Path:
                     raise ConnectionError("partition 6: throttled, try again")
             if run == 2 and item == MIXED_BAD_ROW_ITEM:
                 ctx.emit(LoadedRow(ctx.task_id, -1))
+            if run == 2 and item == MIXED_CHATTY_ITEM:
+                for batch in range(MIXED_LOG_LIMIT):
+                    ctx.log.info("partition %d: batch %d loaded", item, batch)
             ctx.log.info("partition %d: %d rows", item, 100 * item)
             return {"rows": 100 * item}
 

@@ -27,7 +27,7 @@ from pipeloom_observe.plugin import (
     format_duration,
     format_time,
 )
-from tests.observe._observe_support import MIXED_ERROR_LINE
+from tests.observe._observe_support import MIXED_CHATTY_ITEM, MIXED_ERROR_LINE, MIXED_LOG_LIMIT
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
@@ -213,6 +213,23 @@ async def test_the_task_page_shows_error_attempts_and_dead_letters(mixed_db: Pat
     body = attempts.group(1).split("<tbody>", 1)[1]
     assert len(re.findall(r"<tr>", body)) == 2  # attempt 1 (retried) and 2
     assert 'href="/-/pipeloom/etl/task/1/4"' in html  # the same key in run 1
+    logs = re.findall(r'<tr class="pl-log-(\w+)[^"]*">(.*?)</tr>', html, re.S)
+    assert [(level, "#1" in row or "#2" in row) for level, row in logs] == [
+        ("info", True),
+        ("warning", True),
+        ("info", True),
+        ("warning", True),
+    ]
+    assert all("header checksum mismatch" in row for level, row in logs if level == "warning")
+    [(chatty_id,)] = task_rows(
+        mixed_db,
+        "SELECT task_id FROM task_runs WHERE run_id = 2 AND task_key = ?",
+        f"load:{MIXED_CHATTY_ITEM}",
+    )
+    chatty = (await ds.client.get(f"/-/pipeloom/etl/task/2/{chatty_id}")).text
+    kept = re.findall(r'<tr class="pl-log-info">', chatty)
+    assert len(kept) == MIXED_LOG_LIMIT
+    assert "more log record(s) of this task were dropped" in chatty
     rejected = (await ds.client.get("/-/pipeloom/etl/task/2/2")).text
     assert "LoadedRow" in rejected and "negative rows" in rejected
     assert (await ds.client.get("/-/pipeloom/etl/task/2/99")).status_code == 404

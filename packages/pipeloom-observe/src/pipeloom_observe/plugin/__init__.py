@@ -303,13 +303,10 @@ async def task_page(datasette: Any, request: Any) -> Response:
     if not tasks:
         raise NotFound(f"run {run_id} has no task {task_id}")
     task = tasks[0]
-    attempt_columns = await _columns(db, "task_attempts")
-    dropped = "logs_dropped" if "logs_dropped" in attempt_columns else "0"
     attempts = await _rows(
         db,
-        f"SELECT attempt, status, started_at, finished_at, error, discarded, {dropped} AS "
-        "logs_dropped FROM task_attempts WHERE run_id = :run_id AND task_id = :task_id "
-        "ORDER BY attempt, id",
+        "SELECT attempt, status, started_at, finished_at, error, discarded FROM task_attempts "
+        "WHERE run_id = :run_id AND task_id = :task_id ORDER BY attempt, id",
         params,
     )
     if not any(a["attempt"] == task["attempt"] for a in attempts):
@@ -322,18 +319,18 @@ async def task_page(datasette: Any, request: Any) -> Response:
                 "finished_at": task["finished_at"],
                 "error": task["error"],
                 "discarded": 0,
-                "logs_dropped": 0,
             }
         )
-    has_logs = bool(await _columns(db, "task_logs"))
+    log_columns = await _columns(db, "task_logs")
+    dropped = "dropped" if "dropped" in log_columns else "0"
     logs = (
         await _rows(
             db,
-            "SELECT created_at, attempt, level, logger, message FROM task_logs "
-            "WHERE run_id = :run_id AND task_id = :task_id ORDER BY id LIMIT 2000",
+            f"SELECT created_at, attempt, level, logger, message, {dropped} AS dropped "
+            "FROM task_logs WHERE run_id = :run_id AND task_id = :task_id ORDER BY id LIMIT 2000",
             params,
         )
-        if has_logs
+        if log_columns
         else []
     )
     letters = await _rows(
@@ -358,8 +355,7 @@ async def task_page(datasette: Any, request: Any) -> Response:
         "task": task,
         "attempts": attempts,
         "logs": logs,
-        "has_logs": has_logs,
-        "logs_dropped": sum(int(a["logs_dropped"] or 0) for a in attempts),
+        "has_logs": bool(log_columns),
         "dead_letters": letters,
         "other_runs": other_runs,
         "badge": status_badge,
