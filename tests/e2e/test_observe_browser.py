@@ -224,6 +224,13 @@ def test_a_task_page_shows_its_traceback_in_monospace_attempts_and_logs(
     expect(attempts).to_have_count(2)
     expect(attempts.nth(0)).to_contain_text("error")
     expect(page.locator("h1")).to_contain_text("load:3")
+    logs = page.locator("table.pl-logs tr")
+    expect(logs).to_have_count(4)  # two lines per attempt, from ctx.log
+    expect(page.locator("table.pl-logs tr.pl-log-warning").first).to_contain_text(
+        "header checksum mismatch"
+    )
+    log_font = logs.first.locator("td").first.evaluate("el => getComputedStyle(el).fontFamily")
+    assert "mono" in log_font.lower(), log_font
     expect(page.locator("#other-runs ~ table")).to_contain_text("#1")
 
 
