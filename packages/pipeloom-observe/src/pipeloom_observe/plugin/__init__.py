@@ -294,6 +294,11 @@ async def task_page(datasette: Any, request: Any) -> Response:
     except KeyError:
         raise NotFound(f"no database {database}") from None
     params = {"run_id": run_id, "task_id": task_id}
+    if not {"run_id", "task_id"} <= await _columns(db, "task_runs"):
+        raise NotFound(
+            f"{database} holds no pipeloom run history of the current layout; "
+            f"run `pipeloom db upgrade` on it for task pages"
+        )
     tasks = await _rows(
         db,
         "SELECT t.*, r.name AS run_name, r.status AS run_status FROM task_runs t "
