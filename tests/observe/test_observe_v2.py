@@ -289,14 +289,17 @@ async def test_a_stale_run_is_flagged_and_a_live_run_shows_its_progress(
     # Run 5 still 'running' in the file, its writer silent for an hour (lease 15 s).
     conn.execute(
         "UPDATE pipeline_runs SET status = 'running', finished_at = NULL, tasks_total = 4, "
-        "heartbeat_at = strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now', '-1 hour'), lease_s = 15 "
-        "WHERE id = 5"
+        "started_at = strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now', '-90 minutes'), "
+        "heartbeat_at = strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now', '-60 minutes'), "
+        "lease_s = 15 WHERE id = 5"
     )
     conn.commit()
     conn.close()
     ds = await started(path)
     runs = {r["run_id"]: r for r in await rows(ds, "/etl/run_list.json?_shape=array")}
     assert (runs[5]["status"], runs[5]["stale"]) == ("running", 1)
+    # Its clock stopped at its last heartbeat (30 minutes in), as in `pipeloom status`.
+    assert runs[5]["duration_s"] == pytest.approx(1800, abs=1)
     assert runs[5]["progress"] == pytest.approx(0.25)
     assert runs[4]["progress"] is None  # finished runs need no bar
     page = (await ds.client.get("/etl/run_list")).text

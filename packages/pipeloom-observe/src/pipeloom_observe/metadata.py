@@ -54,6 +54,13 @@ _SECONDS = "ROUND((julianday({end}) - julianday({start})) * 86400, 3)"
 _STALE = stale_sql("r")
 _RUN_END = f"CASE WHEN {_STALE} THEN r.heartbeat_at ELSE COALESCE(r.finished_at, 'now') END"
 
+_DURATION: Final = (
+    "CASE WHEN v.stale = 1 THEN ROUND((julianday(r.heartbeat_at) - julianday(v.started_at)) "
+    "* 86400, 3) ELSE v.duration_s END"
+)
+"""A run's duration from the runs view ``v`` joined to its row ``r``: a stale run's clock
+stops at its last heartbeat (as in ``pipeloom status``) instead of growing forever."""
+
 _RUN: Final = "COALESCE(CAST(NULLIF(:run_id, '') AS INTEGER), (SELECT MAX(id) FROM pipeline_runs))"
 """The run a query is about: its ``run_id`` parameter, or the newest run when left blank."""
 
@@ -106,7 +113,7 @@ SELECT
   v.stale,
   v.name,
   v.started_at,
-  v.duration_s,
+  {_DURATION} AS duration_s,
   v.tasks_done AS done,
   v.tasks_failed AS failed,
   v.tasks_total AS total,
@@ -315,12 +322,12 @@ def _run_dashboard(db_name: str) -> dict[str, Any]:
                 "title": "Duration",
                 "db": db_name,
                 "query": (
-                    "SELECT CASE WHEN v.duration_s < 10 THEN printf('%.2f s', v.duration_s) "
-                    "WHEN v.duration_s < 60 THEN printf('%.1f s', v.duration_s) "
-                    "WHEN v.duration_s < 3600 THEN printf('%d m %02d s', v.duration_s / 60, "
-                    "v.duration_s % 60) ELSE printf('%d h %02d m', v.duration_s / 3600, "
-                    "(v.duration_s % 3600) / 60) END AS duration "
-                    f"FROM ({RUNS_SELECT}) AS v WHERE v.id = {_RUN}"
+                    "SELECT CASE WHEN d < 10 THEN printf('%.2f s', d) "
+                    "WHEN d < 60 THEN printf('%.1f s', d) "
+                    "WHEN d < 3600 THEN printf('%d m %02d s', d / 60, d % 60) "
+                    "ELSE printf('%d h %02d m', d / 3600, (d % 3600) / 60) END AS duration "
+                    f"FROM (SELECT {_DURATION} AS d FROM ({RUNS_SELECT}) AS v "
+                    f"JOIN pipeline_runs r ON r.id = v.id WHERE v.id = {_RUN})"
                 ),
                 "library": "metric",
                 "display": {"field": "duration"},
@@ -497,8 +504,8 @@ def _history_dashboard(db_name: str) -> dict[str, Any]:
                 "title": "Duration of each run",
                 "db": db_name,
                 "query": f"""
-SELECT v.id AS run_id, v.status, v.started_at, v.duration_s
-FROM ({RUNS_SELECT}) AS v
+SELECT v.id AS run_id, v.status, v.started_at, {_DURATION} AS duration_s
+FROM ({RUNS_SELECT}) AS v JOIN pipeline_runs r ON r.id = v.id
 WHERE v.name = {name}
 ORDER BY v.id DESC
 LIMIT 1000
