@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pipeloom.db import connect, init_schema
 from pipeloom_observe.plugin import STATUS_COLORS
 from tests.observe._observe_support import MIXED_ERROR_LINE, make_mixed_db
 
@@ -99,10 +100,19 @@ class Served:
 def browser_and_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Browser, Served]]:
-    """Chromium starts while the server imports Datasette: the two slowest starts overlap."""
+    """The server boots while the history is written and Chromium starts (the slow parts).
+
+    pipeloom observe reads the file live, so the runs written after it started show up; the
+    schema is there first, so it configures its queries and dashboards.
+    """
     from playwright.sync_api import sync_playwright
 
-    db = make_mixed_db(tmp_path_factory.mktemp("observe-browser") / "etl.db")
+    db = tmp_path_factory.mktemp("observe-browser") / "etl.db"
+    conn = connect(db)
+    try:
+        init_schema(conn, db)
+    finally:
+        conn.close()
     server = subprocess.Popen(
         [*pipeloom_command(), "observe", str(db), "--port", "0", "--no-open"],
         stdout=subprocess.PIPE,
@@ -110,6 +120,7 @@ def browser_and_server(
         text=True,
     )
     try:
+        make_mixed_db(db)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             try:
