@@ -162,6 +162,13 @@ async def test_the_run_dashboard_shows_the_newest_run_or_the_chosen_one(mixed_db
     assert sorted((b["task_id"], b["status"]) for b in bars) == sorted(started_tasks)
 
 
+def test_every_status_has_its_own_color() -> None:
+    from pipeloom.status import RUN_STATUSES, TASK_STATUSES
+
+    assert set(TASK_STATUSES) | set(RUN_STATUSES) | {"stale"} == set(STATUS_COLORS)
+    assert len(set(STATUS_COLORS.values())) == len(STATUS_COLORS)
+
+
 def test_every_chart_colors_statuses_with_the_one_fixed_scale() -> None:
     dashboards = default_metadata("etl")["plugins"]["datasette-dashboards"]
     scales = []
