@@ -27,6 +27,7 @@ def test_help_lists_every_command() -> None:
 
 def test_no_arguments_shows_help() -> None:
     result = runner.invoke(app, [])
+    assert result.exit_code == 2  # a usage error, as any command line tool says it
     assert "Usage: pipeloom" in result.output
     assert "demo" in result.output
 

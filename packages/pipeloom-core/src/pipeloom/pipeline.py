@@ -1019,7 +1019,7 @@ class Pipeline(HandlerRegistry):
                 params=params,
                 summary_hint=summary_hint,
                 executor=executor if executor is not None else self.executor,
-                **(options if options is not None else self.options).as_kwargs(),
+                options=options if options is not None else self.options,
             )
         finally:
             if previous is not None:
