@@ -12,10 +12,14 @@ it with ``pipeloom observe`` and photographs each page into this folder.
 from __future__ import annotations
 
 import re
+import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -23,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from playwright.sync_api import sync_playwright  # noqa: E402
 
+from pipeloom import Pipeline  # noqa: E402
 from tests.observe._observe_support import make_mixed_db  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
@@ -35,10 +40,40 @@ PAGES = {
 }
 
 
+def start_live_run(db: Path, release: threading.Event) -> threading.Thread:
+    """A run of ``export`` left half done (its later tasks wait for ``release``)."""
+    pipe = Pipeline("export", db=db, workers=2)
+
+    @pipe.task
+    def export(ctx: Any, item: int) -> int:
+        if item >= 12:
+            release.wait(60)
+        return item
+
+    pipe.map(export, range(30))
+    thread = threading.Thread(target=pipe.run, kwargs={"progress": False}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        conn = sqlite3.connect(db)
+        try:
+            row = conn.execute(
+                "SELECT tasks_done FROM pipeline_runs WHERE name = 'export'"
+            ).fetchone()
+        finally:
+            conn.close()
+        if row and row[0] >= 12:
+            return thread
+        time.sleep(0.05)
+    raise SystemExit("the live run did not get going")
+
+
 def main() -> None:
     """Seed, serve, photograph, stop."""
     with tempfile.TemporaryDirectory() as tmp:
         db = make_mixed_db(Path(tmp) / "etl.db")
+        release = threading.Event()
+        live = start_live_run(db, release)
         server = subprocess.Popen(
             [sys.executable, "-m", "pipeloom_cli", "observe", str(db), "--port", "0", "--no-open"],
             stdout=subprocess.PIPE,
@@ -62,6 +97,8 @@ def main() -> None:
                     print(f"{name}: {base}{path} ({size // 1024} KiB)")
                 browser.close()
         finally:
+            release.set()
+            live.join(timeout=30)
             server.terminate()
             server.wait(timeout=10)
 
