@@ -210,9 +210,18 @@ def _cancelled_run(path: Path) -> None:
 
     def work(task: TaskDef, q: TaskQueue) -> None:
         if task.task_id >= MIXED_CANCELLED_FROM:
-            q.put(MsgTaskFinished(task.task_id, "cancelled", utc_now(), message="withdrawn"))
+            q.put(
+                MsgTaskFinished(
+                    task.task_id,
+                    "cancelled",
+                    utc_now(),
+                    message="withdrawn",
+                    name=task.name,
+                    key=task.key,
+                )
+            )
             return
-        q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))
+        q.put(MsgTaskStarted(task.task_id, task.name, utc_now(), key=task.key))
         _pause.wait(0.02)
         q.put(MsgTaskFinished(task.task_id, "done", utc_now()))
 

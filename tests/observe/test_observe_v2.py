@@ -202,8 +202,11 @@ async def test_the_history_dashboard_shows_each_run_and_the_task_grid(mixed_db: 
     assert (cells[("load:3", 1)], cells[("load:3", 2)]) == ("done", "error")
     assert cells[("slow:5", 2)] == "timeout"
     assert not any(key == "load:0" for key, _ in cells)
-    flaky = await rows(ds, "/etl/flaky_tasks.json?_shape=array")
-    assert "load:3" in {f["task_key"] for f in flaky}
+    flaky = {f["task_key"]: f for f in await rows(ds, "/etl/flaky_tasks.json?_shape=array")}
+    assert (flaky["load:3"]["failed"], flaky["load:3"]["succeeded"]) == (1, 2)  # runs 1, 4
+    assert (flaky["load:3"]["run_id"], flaky["load:3"]["task_id"]) == (2, 4)  # its failure
+    assert (flaky["load:2"]["run_id"], flaky["load:2"]["task_id"]) == (3, 3)
+    assert "load:0" not in flaky
 
 
 async def test_the_task_page_shows_error_attempts_and_dead_letters(mixed_db: Path) -> None:

@@ -217,7 +217,7 @@ ORDER BY minute
         "title": "Flaky tasks",
         "description": (
             "Task keys that failed in some runs and succeeded in others, across every run of "
-            "the file: the tasks to look at first."
+            "the file: the tasks to look at first. run_id and task_id: its latest failure."
         ),
         "hide_sql": True,
         "sql": f"""
@@ -226,9 +226,14 @@ SELECT
   COUNT(*) AS runs,
   SUM(t.status IN {_SUCCEEDED}) AS succeeded,
   SUM(t.status IN {_FAILED}) AS failed,
-  MAX(CASE WHEN t.status IN {_FAILED} THEN t.run_id END) AS run_id,
-  MAX(CASE WHEN t.status IN {_FAILED} THEN t.task_id END) AS last_failed_task_id
+  f.run_id AS run_id,
+  f.task_id AS task_id
 FROM task_runs t
+-- Its latest failure, to open on the task page.
+JOIN task_runs f ON f.id = (
+  SELECT l.id FROM task_runs l WHERE l.task_key = t.task_key AND l.status IN {_FAILED}
+  ORDER BY l.run_id DESC LIMIT 1
+)
 WHERE t.task_key IS NOT NULL
 GROUP BY t.task_key
 HAVING failed > 0 AND succeeded > 0
