@@ -571,7 +571,12 @@ LIMIT 1000
                     "height": {"step": 18},
                     "mark": {"type": "rect", "tooltip": True, "stroke": "white"},
                     "encoding": {
-                        "x": {"field": "run_id", "type": "ordinal", "title": "run"},
+                        "x": {
+                            "field": "run_id",
+                            "type": "ordinal",
+                            "title": "run",
+                            "axis": {"labelAngle": 0},
+                        },
                         "y": {"field": "task_key", "type": "nominal", "title": None},
                         "color": _color(),
                     },
