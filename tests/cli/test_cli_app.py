@@ -51,7 +51,16 @@ def test_each_command_documents_its_flags() -> None:
             "--delay",
         ],
         "run": ["TARGET", "--arg", "--db", "--workers", "--resume", "--resume-run", "-v", "-l"],
-        "status": ["--db", "--run", "--runs", "--format", "--limit", "--watch", "--interval"],
+        "status": [
+            "--db",
+            "--run",
+            "--task",
+            "--runs",
+            "--format",
+            "--limit",
+            "--watch",
+            "--interval",
+        ],
     }
     for command, flags in expected.items():
         result = runner.invoke(app, [command, "--help"], terminal_width=200)

@@ -294,13 +294,15 @@ class _Run:
         name, key = _label(task, task_id)
         remote = isinstance(error, RemoteTaskError)
         text = error.remote_traceback if isinstance(error, RemoteTaskError) else None
+        text = text or exc_text(error)
+        log.debug("task %s (%s) failed:\n%s", task_id, name or key, text.rstrip())  # -vv
         self._post(
             MsgTaskFinished(
                 task_id,
                 "error",
                 utc_now(),
                 message=str(error) if remote else exc_summary(error),
-                error=text or exc_text(error),
+                error=text,
                 name=name,
                 key=key,
             )
