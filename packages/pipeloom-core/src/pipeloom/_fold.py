@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeloom._text import MAX_TEXT_CHARS, storable
+from pipeloom._text import MAX_TEXT_CHARS, result_text, storable
 from pipeloom.messages import MsgTaskFinished, MsgTaskProgress, MsgTaskStarted
 from pipeloom.status import TERMINAL
 
@@ -72,16 +72,6 @@ def _safe_repr(value: Any) -> str:
         return storable(repr(value))
     except Exception as exc:  # a user __repr__ may raise anything
         return storable(f"<unrepresentable {type(value).__name__}: {type(exc).__name__}>")
-
-
-def _result_text(result: Any) -> str:
-    """A task's result as text: a string as is, else JSON, else its repr (never an error)."""
-    if type(result) is str:
-        return storable(result)
-    try:
-        return storable(json.dumps(result))
-    except Exception:  # not JSON-able (or a user __eq__/__iter__ raised): its repr will do
-        return _payload(result)
 
 
 def _text(value: Any) -> str | None:
@@ -263,7 +253,7 @@ class _Fold:
         if status == "done" or status == "skipped":  # skipped: done by an earlier run
             row[_PROGRESS] = 1.0
         if msg.result is not None:
-            row[_RESULT] = _result_text(msg.result)
+            row[_RESULT] = result_text(msg.result)
         message = _text(msg.message)
         if message:
             row[_MESSAGE] = message
