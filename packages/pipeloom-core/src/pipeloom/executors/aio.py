@@ -73,13 +73,13 @@ class AsyncExecutor(Executor):
         assert self._call is not None
         q = TaskQueue(self.sink, self.engine.stopping)
         try:
-            await self._call(task, q)
+            returned = await self._call(task, q)
         except BaseException as exc:  # handed to the engine, which records it
             self.engine.task_done(task_id, task, exc, task_id in q.finished_ids)
             if isinstance(exc, asyncio.CancelledError):
                 raise
         else:
-            self.engine.task_done(task_id, task, None, task_id in q.finished_ids)
+            self.engine.task_done(task_id, task, None, task_id in q.finished_ids, returned)
 
     def cancel(self) -> None:
         """Cancel every task in flight (a second Ctrl-C)."""

@@ -57,11 +57,11 @@ class ThreadExecutor(Executor):
                 return
             task_id, task = item
             try:
-                fn(task, q)
+                returned = fn(task, q)
             except BaseException as exc:  # handed to the engine, which records it
                 done(task_id, task, exc, task_id in finished)
             else:
-                done(task_id, task, None, task_id in finished)
+                done(task_id, task, None, task_id in finished, returned)
             finished.clear()
 
     def shutdown(self, timeout: float | None) -> bool:
