@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import threading
 from pathlib import Path
+from typing import Any
 
 from pipeloom._text import storable
 from pipeloom.db import MEMORY, connect_readonly
@@ -20,22 +22,21 @@ log = logging.getLogger("pipeloom.pipeline")
 class Previous:
     """Read-only view of the run being resumed: which keys it (or its own source) finished.
 
-    Looked up one key at a time from the task generator, so resuming a run of millions of
-    tasks does not load millions of keys into memory.
+    Looked up one key at a time from the task generator (and, for stages, from completions
+    on executor threads: one lock serialises them), so resuming a run of millions of tasks
+    does not load millions of keys into memory.
     """
 
     def __init__(self, conn: sqlite3.Connection, run_id: int) -> None:
         self.conn = conn
         self.run_id = run_id
+        self.lock = threading.Lock()
 
     def done_in(self, key: str) -> int | None:
         """Return the run that finished ``key`` (None when it must run again)."""
         try:
-            rows = self.conn.execute(
-                "SELECT status, result FROM task_runs WHERE run_id = ? AND task_key = ? "
-                "AND status IN ('done', 'skipped') LIMIT 1",
-                (self.run_id, storable(key)),  # the form the writer stored
-            ).fetchall()  # fetchall ends the statement, so no read stays open during the run
+            with self.lock:
+                rows = self._done_rows(key)
         except sqlite3.Error as exc:
             log.warning(
                 "resume: cannot look up %r in run %d (%s); running it", key, self.run_id, exc
@@ -47,6 +48,42 @@ class Previous:
         if status == "skipped":
             return _pointer(result) or self.run_id
         return self.run_id
+
+    def result_of(self, key: str, run_id: int) -> tuple[bool, Any]:
+        """Read back the result ``key`` stored in ``run_id`` (the run that did the work).
+
+        Results of tasks that feed other tasks are stored as JSON; one stored as its
+        ``repr`` (not JSON-able) or cut (too long) cannot be read back.
+
+        Returns:
+            (True, the value) when it could be read back, else (False, None).
+        """
+        try:
+            with self.lock:
+                rows = self.conn.execute(
+                    "SELECT result FROM task_runs WHERE run_id = ? AND task_key = ? "
+                    "AND status = 'done' LIMIT 1",
+                    (run_id, storable(key)),
+                ).fetchall()
+        except sqlite3.Error as exc:
+            log.warning("resume: cannot read the result of %r in run %d (%s)", key, run_id, exc)
+            return False, None
+        if not rows:
+            return False, None
+        text = rows[0][0]
+        if text is None:
+            return True, None
+        try:
+            return True, json.loads(text)
+        except ValueError:
+            return False, None
+
+    def _done_rows(self, key: str) -> list[Any]:
+        return self.conn.execute(
+            "SELECT status, result FROM task_runs WHERE run_id = ? AND task_key = ? "
+            "AND status IN ('done', 'skipped') LIMIT 1",
+            (self.run_id, storable(key)),  # the form the writer stored
+        ).fetchall()  # fetchall ends the statement, so no read stays open during the run
 
     def close(self) -> None:
         self.conn.close()

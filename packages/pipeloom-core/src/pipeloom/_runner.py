@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeloom._context import Context, OutputLimitError
 from pipeloom._retry import Outcome, TaskTimeoutError, backoff_delay, run_attempt
-from pipeloom._tasks import Job
+from pipeloom._tasks import Handoff, Job
 from pipeloom._text import exc_summary, exc_text, result_text
 from pipeloom.executors import TaskQueue
 from pipeloom.executors.processes import attempt_deadline
@@ -79,44 +79,58 @@ class Runner:
         self.__dict__.update(state)
         self._local()
 
-    def __call__(self, task: TaskDef, q: TaskQueue) -> None:
+    def __call__(self, task: TaskDef, q: TaskQueue) -> Handoff | None:
+        """Run one task to its end; a `Handoff` of its result when other stages consume it."""
         job = self._prelude(task, q)
         if job is None:
-            return
+            return None
         attempt = q.first_attempt
         while True:
             started = utc_now()
             outcome, ctx = self._attempt(task, job, q, attempt, started)
             retry = self._settle(task, job, q, attempt, outcome, ctx)
-            if retry is None:
-                return
+            if not isinstance(retry, _Retry):
+                return retry
             if q.stopping.is_set() or q.stopping.wait(retry.delay):
                 self._record_failure(task, q, attempt, outcome, True, retry.discarded)
-                return
+                return None
             self._retrying(task, q, attempt, started, outcome, ctx, retry.discarded)
             attempt += 1
 
-    async def run_async(self, task: TaskDef, q: TaskQueue) -> None:
+    async def run_async(self, task: TaskDef, q: TaskQueue) -> Handoff | None:
         """The same as calling the runner, on an event loop: timeouts cancel the coroutine."""
         job = self._prelude(task, q)
         if job is None:
-            return
+            return None
         attempt = q.first_attempt
         while True:
             started = utc_now()
             outcome, ctx = await self._attempt_async(task, job, q, attempt, started)
             retry = self._settle(task, job, q, attempt, outcome, ctx)
-            if retry is None:
-                return
+            if not isinstance(retry, _Retry):
+                return retry
             if await _wait_async(q.stopping, retry.delay):
                 self._record_failure(task, q, attempt, outcome, True, retry.discarded)
-                return
+                return None
             self._retrying(task, q, attempt, started, outcome, ctx, retry.discarded)
             attempt += 1
 
     def _prelude(self, task: TaskDef, q: TaskQueue) -> Job | None:
-        """Settle a task that needs no attempt (done before, or broken); else its job."""
+        """Settle a task that needs no attempt (done before, blocked, broken); else its job."""
         job: Job = task.payload
+        if job.blocked is not None:
+            # Not a failure of its own: the upstream's row says what went wrong.
+            q.put(
+                MsgTaskFinished(
+                    task.task_id,
+                    "upstream_failed",
+                    utc_now(),
+                    message=job.blocked,
+                    name=task.name,
+                    key=task.key,
+                )
+            )
+            return None
         if job.done_in is not None:
             # The key rides on the finish, so a later resume recognises this row too.
             q.put(
@@ -150,8 +164,13 @@ class Runner:
 
     def _settle(
         self, task: TaskDef, job: Job, q: TaskQueue, attempt: int, outcome: Outcome, ctx: Context
-    ) -> _Retry | None:
-        """Record a finished task, or say how long to wait before its next attempt."""
+    ) -> _Retry | Handoff | None:
+        """Record a finished task, or say how long to wait before its next attempt.
+
+        Returns:
+            A `_Retry` to try again; a `Handoff` of the result when the task is done and
+            other stages consume it; None when it is recorded and nothing waits for it.
+        """
         outputs: tuple[Any, ...] | list[Any] = ()
         if outcome.status == "done":
             try:
@@ -166,13 +185,13 @@ class Runner:
                     task.task_id,
                     "done",
                     utc_now(),
-                    result=result_text(outcome.value),
+                    result=result_text(outcome.value, exact=job.hands_off),
                     attempt=attempt,
                     name=task.name,
                     outputs=outputs,
                 )
             )
-            return None
+            return Handoff(outcome.value) if job.hands_off else None
         discarded = ctx._discard()
         self._note_failure(task, job.task, attempt, outcome, discarded)
         if not self._should_retry(job.task, attempt, outcome):

@@ -51,7 +51,7 @@ def storable(value: object, limit: int = MAX_TEXT_CHARS) -> str:
     return text
 
 
-def result_text(value: object) -> str | None:
+def result_text(value: object, *, exact: bool = False) -> str | None:
     """Turn a task's return value into ``task_runs.result`` text: the one rule for results.
 
     Used by the declarative runner (before the value crosses a process) and by the writer
@@ -59,10 +59,13 @@ def result_text(value: object) -> str | None:
     stays None, strings are kept as they are, other values become JSON when they can and
     their ``repr`` otherwise. Text over `RESULT_MAX_CHARS` is cut with a note, and the cut
     text with its note fits the cap, so applying this twice changes nothing.
+
+    ``exact=True`` (a task whose result other stages consume) stores strings as JSON too, so
+    a resume can read every JSON-able result back as the value it was.
     """
     if value is None:
         return None
-    if isinstance(value, str):
+    if isinstance(value, str) and not exact:
         text = value
     else:
         try:

@@ -27,7 +27,9 @@ __all__ = [
     "utc_now",
 ]
 
-FinishStatus: TypeAlias = Literal["done", "error", "cancelled", "timeout", "skipped", "interrupted"]
+FinishStatus: TypeAlias = Literal[
+    "done", "error", "cancelled", "timeout", "skipped", "interrupted", "upstream_failed"
+]
 """Terminal statuses: the seed's three, the declarative layer's, and a forced stop's."""
 
 

@@ -37,7 +37,7 @@ from pipeloom._registry import Handler, HandlerRegistry
 from pipeloom._resume import open_previous
 from pipeloom._retry import TaskTimeoutError
 from pipeloom._runner import Runner
-from pipeloom._tasks import Mapped, task_stream
+from pipeloom._tasks import Flow, Stage, plan_stages, task_stream
 from pipeloom._text import RESULT_MAX_CHARS
 from pipeloom._text import result_text as to_result
 from pipeloom.engine import RunResult, run_pipeline
@@ -54,6 +54,7 @@ __all__ = [
     "OutputLimitError",
     "Pipeline",
     "PipelineError",
+    "Stage",
     "Task",
     "TaskTimeoutError",
     "item_key",
@@ -190,7 +191,7 @@ class Pipeline(HandlerRegistry):
         self.executor = executor
         self.options = options or RunOptions()
         self.tasks: dict[str, Task[Any, Any]] = {}
-        self._stages: list[Mapped] = []
+        self._stages: list[Stage] = []
 
     def __repr__(self) -> str:
         """Show the name, database and tasks, which is what a REPL user wants to check."""
@@ -323,26 +324,96 @@ class Pipeline(HandlerRegistry):
     def map(
         self,
         task: Task[T, Any] | Callable[[Context, T], Any],
-        items: Iterable[T],
+        items: Iterable[T] | Task[Any, T] | Stage,
         *,
         key: Callable[[T], object] | None = None,
-    ) -> None:
-        """Add one task per item. ``items`` may be a generator: it is read as workers free up.
+    ) -> Stage:
+        """Add one task per item, or one task per result of another task (a chain).
 
-        Each task's key is ``"<task name>:<item key>"``, the item key coming from ``key(item)``
-        or from the item itself (see `item_key`). Keys should be unique within a run: resume
-        recognises work by them.
+        ``items`` may be a generator: it is read as workers free up. Each task's key is
+        ``"<task name>:<item key>"``, the item key coming from ``key(item)`` or from the item
+        itself (see `item_key`). Keys should be unique within a run: resume recognises work
+        by them.
+
+        ``items`` may instead be a task of this pipeline (every stage that runs it) or a
+        `Stage` returned by an earlier ``map``: ``pipe.map(load, parse)`` runs ``load`` on
+        each ``parse`` result as soon as that ``parse`` is done, with the same item key
+        (``parse:a.csv`` feeds ``load:a.csv``). When a ``parse`` fails, its ``load`` is
+        recorded ``upstream_failed``.
+
+        Returns:
+            The `Stage`, which later stages may consume.
 
         Raises:
-            PipelineError: ``items`` is a string or not iterable.
+            PipelineError: ``items`` is a string, not iterable, or a task of another pipeline.
         """
-        if isinstance(items, str | bytes) or not isinstance(items, Iterable):
-            raise PipelineError(
-                f"pipe.map(..., {type(items).__name__}): pass an iterable of items "
-                "(a list, a generator); a single string would become one task per character"
-            )
         spec = task if isinstance(task, Task) else self._plain(task)
-        self._stages.append(Mapped(spec, items, key))
+        upstream = self._upstream("map", items)
+        if upstream is not None:
+            if key is not None:
+                raise PipelineError(
+                    f"pipe.map({spec.name}, {upstream!r}, key=...): a chained stage takes its "
+                    "keys from its upstream's; drop key="
+                )
+            stage = Stage(spec, upstream=upstream)
+        else:
+            if isinstance(items, str | bytes) or not isinstance(items, Iterable):
+                raise PipelineError(
+                    f"pipe.map(..., {type(items).__name__}): pass an iterable of items "
+                    "(a list, a generator), a task of this pipeline or a Stage; a single "
+                    "string would become one task per character"
+                )
+            stage = Stage(spec, items, key)
+        self._stages.append(stage)
+        return stage
+
+    def gather(
+        self,
+        task: Task[list[Any], Any] | Callable[[Context, list[Any]], Any],
+        upstream: Task[Any, Any] | Stage,
+    ) -> Stage:
+        """Add one task that runs after every task of ``upstream``, with all their results.
+
+        ``pipe.gather(summarise, load)`` calls ``summarise(ctx, results)`` once, when every
+        ``load`` task has completed, with the list of their results in the order the loads
+        were made (a stage's items, in order). The list is held in memory until then: have
+        the upstream return small values (counts, paths), not data. When any upstream task
+        did not succeed, the fan-in is recorded ``upstream_failed`` instead.
+
+        Returns:
+            The `Stage`, which later stages may consume (its one result).
+
+        Raises:
+            PipelineError: ``upstream`` is neither a task of this pipeline nor a `Stage`.
+        """
+        spec = task if isinstance(task, Task) else self._plain(task)
+        found = self._upstream("gather", upstream)
+        if found is None:
+            raise PipelineError(
+                f"pipe.gather({spec.name}, {type(upstream).__name__}): pass the task (or the "
+                "Stage from pipe.map) whose results it collects"
+            )
+        stage = Stage(spec, upstream=found, fan_in=True)
+        self._stages.append(stage)
+        return stage
+
+    def _upstream(self, how: str, ref: object) -> Task[Any, Any] | Stage | None:
+        """``ref`` as what a stage consumes (None: it is not a task or a stage)."""
+        if isinstance(ref, Stage):
+            if not any(s is ref for s in self._stages):
+                raise PipelineError(
+                    f"pipe.{how}(..., {ref!r}): that stage belongs to another pipeline; "
+                    f"consume a stage of {self.name!r}"
+                )
+            return ref
+        if isinstance(ref, Task):
+            if self.tasks.get(ref.name) is not ref:
+                raise PipelineError(
+                    f"pipe.{how}(..., {ref.name}): {ref.name} is not a task of pipeline "
+                    f"{self.name!r}; decorate it with @{self.name}.task (or pass its Stage)"
+                )
+            return ref
+        return None
 
     def _plain(self, fn: Callable[[Context, Any], Any]) -> Task[Any, Any]:
         name = getattr(fn, "__name__", None) or "task"
@@ -378,15 +449,17 @@ class Pipeline(HandlerRegistry):
             options: overrides the pipeline's writer settings for this run.
 
         Raises:
-            PipelineError: nothing was mapped, or the run to resume does not exist.
+            PipelineError: nothing was mapped, a stage consumes a task that is never mapped,
+                stages consume each other in a cycle, or the run to resume does not exist.
             DatabaseError: the database cannot be opened or prepared.
         """
         if not self._stages:
             raise PipelineError(
                 f"pipeline {self.name!r} has no work: call pipe.map(task, items) before run()"
             )
+        plan = plan_stages(self.name, self._stages)  # unknown tasks, cycles: before anything
         for stage in self._stages:
-            if stage.used and iter(stage.items) is stage.items:
+            if stage.items is not None and stage.used and iter(stage.items) is stage.items:
                 log.warning(
                     "pipeline %s: the items of %s are an iterator an earlier run already read, "
                     "so they may yield nothing now; pass a list, or call pipe.map() again",
@@ -400,9 +473,10 @@ class Pipeline(HandlerRegistry):
         if previous is not None:
             params["resumed_from"] = previous.run_id
         runner = Runner(self, self.fail_fast)
+        flow = Flow(self.name, plan, previous)
         try:
             result = run_pipeline(
-                task_stream(self.name, self._stages, previous),
+                task_stream(flow, plan),
                 db_path,
                 worker_fn=runner,
                 workers=workers if workers is not None else self.workers,
@@ -415,6 +489,7 @@ class Pipeline(HandlerRegistry):
                 params=params,
                 summary_hint=summary_hint,
                 executor=executor if executor is not None else self.executor,
+                follow_up=flow.follow_up,
                 **(options if options is not None else self.options).as_kwargs(),
             )
         finally:
