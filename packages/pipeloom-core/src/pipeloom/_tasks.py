@@ -275,14 +275,14 @@ class Flow:
             ok, value = True, returned.value
         else:
             ok, value = False, None
+        if not job.hands_off:
+            return []  # nothing consumes this stage, so nothing waits for its tasks
         task_id: int = task.task_id
         with self.lock:
             node = self.nodes[job.stage]
             node.completed += 1
             if job.done_in is None:
                 node.fresh = True
-            if not job.hands_off:
-                return self._cascade(job.stage) if self._complete(node) else []
             if not ok:
                 node.failed += 1
                 if node.first_failed is None:
