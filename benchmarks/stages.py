@@ -76,7 +76,9 @@ def main() -> int:
         (done,) = conn.execute("SELECT count(*) FROM task_runs WHERE status = 'done'").fetchone()
         loads = 0
         if not args.flat:
-            sql = "SELECT count(*) FROM task_runs WHERE task_key LIKE 'load:%' AND result IS NOT NULL"
+            sql = (
+                "SELECT count(*) FROM task_runs WHERE task_key LIKE 'load:%' AND result IS NOT NULL"
+            )
             (loads,) = conn.execute(sql).fetchone()
         conn.close()
     ok = done == tasks and result.counts == {"done": tasks}

@@ -33,6 +33,7 @@ from pipeloom._fold import (
     _payload,
     _truncate,
 )
+from pipeloom._idset import IdSet
 from pipeloom._registry import Handler, HandlerRegistry, callable_name
 from pipeloom._task_sql import _UPSERT_TASK, task_rows, upsert_tasks
 from pipeloom._text import storable
@@ -51,6 +52,7 @@ from pipeloom.messages import (
     MsgRunFinished,
     MsgTaskAttempt,
     MsgTaskFinished,
+    MsgTaskLog,
     MsgTaskProgress,
     MsgTaskStarted,
     utc_now,
@@ -75,6 +77,8 @@ FAILED_SAMPLE = 5
 """Failed tasks named in the end-of-run summary."""
 DEFAULT_BATCH_SIZE = 5_000
 DEFAULT_COMMIT_INTERVAL = 0.02
+DEFAULT_TASK_LOG_LIMIT = 200
+"""Log records stored per task; the rest are counted in one summary row of the task."""
 """Seconds the writer may wait for more messages before committing a small batch."""
 _CHECKPOINT_BUSY_MS = 250
 """How long the final WAL checkpoint waits for readers before settling for less."""
@@ -126,6 +130,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         batch_size: int = DEFAULT_BATCH_SIZE,
         commit_interval: float = DEFAULT_COMMIT_INTERVAL,
         lease: float | None = None,
+        task_log_limit: int = DEFAULT_TASK_LOG_LIMIT,
     ) -> None:
         """Prepare the writer; nothing touches the database until ``start``.
 
@@ -151,8 +156,15 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                 The writer beats every third of it, also when no messages flow; a user
                 handler or schema hook that blocks the writer longer than the lease makes
                 the run look dead.
+            task_log_limit: log records stored per task (``task_logs``); the rest are
+                dropped and counted in one summary row of the task. 0 stores none.
         """
         super().__init__(name="pipeloom-writer", daemon=True)
+        if task_log_limit < 0:
+            raise ValueError(
+                f"task_log_limit={task_log_limit}: use 0 (store no task logs) or more "
+                f"(default {DEFAULT_TASK_LOG_LIMIT})"
+            )
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: use at least 1")
         if lease is None:
@@ -211,6 +223,14 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         """The transaction statement a handler tried (and was refused), if it did."""
         self._mark = 0
         """Counts batches with user handlers, to tell a handler's COMMIT from its ROLLBACK."""
+        self._live = _LiveCounts(tasks_total)
+        self._live_next: _LiveCounts | None = None
+        """The counts as of the batch being applied, adopted once it commits."""
+        self.task_log_limit = task_log_limit
+        self._logs_kept: dict[int, int] = {}
+        """task_id -> log records stored, for tasks that logged and are not finished yet."""
+        self._logs_dropped: dict[int, list[int]] = {}
+        """task_id -> [id of its summary row in task_logs, records dropped so far]."""
 
     # -- registration -------------------------------------------------------------------
 
@@ -544,6 +564,11 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             self.status_counts[status] = self.status_counts.get(status, 0) + 1
             if status in FAILED:
                 self.failed_task_ids.append(task_id)
+            if self._logs_kept:
+                self._logs_kept.pop(task_id, None)
+                self._logs_dropped.pop(task_id, None)
+        if self._live_next is not None:
+            self._live, self._live_next = self._live_next.adopt(), None
         self._notify(applied)
 
     def _sort(
@@ -558,6 +583,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         lifecycle: list[Any] = []
         dead: list[tuple[Any, str]] = []
         held: list[MsgTaskFinished] = []  # done finishes carrying outputs: see _atomic
+        logs: list[MsgTaskLog] = []
         for msg in batch:
             cls = type(msg)
             if cls is MsgTaskProgress or cls is MsgTaskStarted or cls is MsgTaskFinished:
@@ -565,6 +591,8 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                     held.append(msg)
                     continue
                 lifecycle.append(msg)
+            elif cls is MsgTaskLog:
+                logs.append(msg)
             elif cls is MsgRunFinished or cls is RunEnd or cls is Refused:
                 self._control(msg, dead)
             else:
@@ -580,6 +608,8 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         attempts = groups.pop(MsgTaskAttempt, None)
         if attempts:
             steps.append((MsgTaskAttempt, self._apply_attempts, attempts))
+        if logs:
+            steps.append((MsgTaskLog, self._apply_logs, logs))
         for cls, msgs in groups.items():
             handler = self.handlers.get(cls)
             if handler is None:
@@ -631,6 +661,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                 outputs = self._apply_held(conn, held, fold)
             if dead:
                 self._store_dead(conn, dead)
+            self._write_live(conn, fold.applied)
             conn.execute("COMMIT")
         except _TransactionEnded:
             raise  # the connection is already out of any transaction
@@ -786,6 +817,76 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             ],
         )
 
+    def _write_live(self, conn: sqlite3.Connection, applied: AppliedBatch) -> None:
+        """Move the run row's counts with this batch, in its transaction (see `_LiveCounts`)."""
+        if not (applied.started or applied.finished) or not self.store_task_status:
+            return
+        live = self._live_next = self._live.after(applied)
+        conn.execute(
+            "UPDATE pipeline_runs SET tasks_total = ?, tasks_done = ?, tasks_error = ?, "
+            "tasks_cancelled = ?, tasks_finished = ? WHERE id = ?",
+            (*live.row(), self.run_id),
+        )
+
+    def _apply_logs(self, conn: sqlite3.Connection, msgs: list[MsgTaskLog]) -> None:
+        """Store task log records, at most ``task_log_limit`` per task; count the rest.
+
+        The bound is kept here, in the one writer, so it holds whatever executor ran the
+        task; counters live only while a task is unfinished.
+        """
+        if not self.store_task_status:
+            return
+        limit, kept, dropped = self.task_log_limit, self._logs_kept, self._logs_dropped
+        rows: list[tuple[Any, ...]] = []
+        over: dict[int, tuple[int, str, int]] = {}  # task_id -> (dropped now, time, attempt)
+        for m in msgs:
+            task_id = m.task_id if type(m.task_id) is int else int(m.task_id)
+            attempt = m.attempt if type(m.attempt) is int else 1
+            n = kept.get(task_id, 0)
+            if n < limit:
+                kept[task_id] = n + 1
+                rows.append(
+                    (
+                        self.run_id,
+                        task_id,
+                        attempt,
+                        storable(m.created_at),
+                        storable(m.level, 20),
+                        None if m.logger is None else storable(m.logger, 200),
+                        storable(m.message, _LOG_CHARS),
+                    )
+                )
+            else:
+                kept[task_id] = n
+                before = over.get(task_id, (0, "", 1))[0]
+                over[task_id] = (before + 1, storable(m.created_at), attempt)
+        if rows:
+            conn.executemany(
+                "INSERT INTO task_logs (run_id, task_id, attempt, created_at, level, logger, "
+                "message) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        for task_id, (n, when, attempt) in over.items():
+            summary = dropped.get(task_id)
+            total = n + (summary[1] if summary else 0)
+            text = (
+                f"{total} more log record(s) of this task were dropped "
+                f"(task_log_limit={limit}; raise it in RunOptions to keep more)"
+            )
+            if summary is None:
+                cur = conn.execute(
+                    "INSERT INTO task_logs (run_id, task_id, attempt, created_at, level, "
+                    "logger, message, dropped) VALUES (?, ?, ?, ?, 'WARNING', 'pipeloom', ?, ?)",
+                    (self.run_id, task_id, attempt, when, text, total),
+                )
+                dropped[task_id] = [int(cur.lastrowid or 0), total]
+            else:
+                conn.execute(
+                    "UPDATE task_logs SET dropped = ?, message = ?, created_at = ? WHERE id = ?",
+                    (total, text, when, summary[0]),
+                )
+                summary[1] = total
+
     def _apply_group(
         self,
         conn: sqlite3.Connection,
@@ -937,12 +1038,13 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         }
         conn.execute(
             "UPDATE pipeline_runs SET tasks_total = ?, tasks_done = ?, tasks_error = ?, "
-            "tasks_cancelled = ? WHERE id = ?",
+            "tasks_cancelled = ?, tasks_finished = ? WHERE id = ?",
             (
                 sum(counts.values()),
                 counts.get("done", 0),
                 count_failed(counts),
                 counts.get("cancelled", 0),
+                sum(n for status, n in counts.items() if status in TERMINAL),
                 run_id,
             ),
         )
@@ -1075,6 +1177,74 @@ def _reason(exc: BaseException) -> str:
 
 
 _Step = tuple[type[Any], Handler, list[Any]]
+
+_LOG_CHARS = 20_000
+"""Longest stored log record (a long traceback is cut, with a note)."""
+
+
+class _LiveCounts:
+    """The run's task counts as batches commit, for a live ``pipeline_runs`` row.
+
+    Kept from what each batch applied rather than counted in SQL (a count over the run's
+    rows per commit grows with the run). A task counts once, on its first terminal row (ids in
+    an `IdSet`, about a bit each); if a later, higher attempt changes a finished task's
+    status, the split between statuses is put right when the run closes and counts its rows.
+    ``tasks_total`` is the planned total when the source has a length, else the tasks seen so
+    far (finished, plus started and not finished).
+    """
+
+    __slots__ = ("active", "by_status", "finished", "new_ids", "planned")
+
+    def __init__(self, planned: int | None) -> None:
+        self.planned = planned
+        self.by_status: dict[str, int] = {}
+        self.finished = IdSet()
+        """Tasks counted, shared by every generation; see `adopt`."""
+        self.new_ids: list[int] = []
+        """Tasks this generation counts that ``finished`` does not hold yet."""
+        self.active: set[int] = set()
+
+    def after(self, applied: AppliedBatch) -> _LiveCounts:
+        """The counts once ``applied`` commits; nothing changes until `adopt`."""
+        new = _LiveCounts(self.planned)
+        new.finished = finished = self.finished
+        by_status = new.by_status = dict(self.by_status)
+        active = new.active = set(self.active)
+        seen: set[int] = set()
+        for task_id, _name in applied.started:
+            if task_id not in finished:
+                active.add(task_id)
+        for task_id, status in applied.finished:
+            active.discard(task_id)
+            if task_id not in finished and task_id not in seen:
+                seen.add(task_id)
+                new.new_ids.append(task_id)
+                by_status[status] = by_status.get(status, 0) + 1
+        return new
+
+    def adopt(self) -> _LiveCounts:
+        """Make these the counts, once their batch committed."""
+        add = self.finished.add
+        for task_id in self.new_ids:
+            add(task_id)
+        self.new_ids = []
+        return self
+
+    def row(self) -> tuple[int, int, int, int, int]:
+        """(tasks_total, tasks_done, tasks_error, tasks_cancelled, tasks_finished)."""
+        counts = self.by_status
+        finished = sum(n for status, n in counts.items() if status in TERMINAL)
+        seen = finished + len(self.active)
+        total = max(self.planned, seen) if self.planned is not None else seen
+        return (
+            total,
+            counts.get("done", 0),
+            count_failed(counts),
+            counts.get("cancelled", 0),
+            finished,
+        )
+
+
 """One message type of a batch: its class, its handler and its messages, in arrival order."""
 _GROUP = "pipeloom_group"
 _ONE = "pipeloom_one"

@@ -37,6 +37,7 @@ from pipeloom.executors._base import Completions, Executor, Sink, TaskQueue, Wor
 from pipeloom.executors._remote import BatchingSink, Outcome, RemoteTaskError
 from pipeloom.executors.processes import _file_modules, _load_file_module
 from pipeloom.messages import MsgTaskAttempt, MsgTaskFinished, MsgTaskStarted, utc_now
+from pipeloom.tasklogs import enter_task, leave_task
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -203,12 +204,15 @@ def _run_one(
     event per task (which the scheduler would also keep, one per task, in its event log).
     """
     q = TaskQueue(sink, stopping)
+    scope = enter_task(q.put, task_id)
     try:
         returned = fn(task, q)
     except Exception as exc:
         return Outcome(task_id, exc_summary(exc), exc_text(exc), task_id in q.finished_ids)
     except BaseException as exc:  # KeyboardInterrupt, SystemExit: the run should stop
         return Outcome(task_id, exc_summary(exc), exc_text(exc), task_id in q.finished_ids, True)
+    finally:
+        leave_task(scope)
     return Outcome(task_id, finished=task_id in q.finished_ids, returned=returned)
 
 
