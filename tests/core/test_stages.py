@@ -79,6 +79,28 @@ def test_a_failed_item_blocks_only_its_own_downstream(tmp_path: Path) -> None:
         ),
     ]
     assert "load:3" not in ran and "summarise" not in ran
+    # Dependencies are recorded on each row: its stage, and whose result it consumed.
+    (download2, parse2, load2) = (
+        rows(db, "SELECT task_id FROM task_runs WHERE task_key = ?", (k,))[0][0]
+        for k in ("download:2", "parse:2", "load:2")
+    )
+    sql = (
+        "SELECT task_key, stage, upstream_stage, upstream_task_id FROM task_runs "
+        "WHERE task_key IN ('download:2', 'parse:2', 'load:2', 'load:3', 'summarise:all load') "
+        "ORDER BY task_id"
+    )
+    recorded = {key: rest for key, *rest in rows(db, sql)}
+    assert recorded == {
+        "download:2": ["download", None, None],
+        "parse:2": ["parse", "download", download2],
+        "load:2": ["load", "parse", parse2],
+        "load:3": ["load", "parse", parse3],
+        "summarise:all load": ["summarise", "load", load3],  # blocked: the first failed load
+    }
+    assert load2 not in (parse3, load3)
+    assert rows(
+        db, "SELECT stage, count(*) FROM task_runs GROUP BY stage ORDER BY min(task_id)"
+    ) == [("download", 5), ("parse", 5), ("load", 5), ("summarise", 1)]
     # Each item's chain carries its own item's result along.
     sql = "SELECT task_key, result FROM task_runs WHERE task_key LIKE 'load:%' ORDER BY task_key"
     assert rows(db, sql) == [

@@ -97,6 +97,16 @@ def _task_id(value: Any) -> int:
         raise TypeError(f"task_id must be an int, got {type(value).__name__}") from None
 
 
+def _optional_id(value: Any) -> int | None:
+    """An optional task id (an upstream pointer): an int, or None when it is not one."""
+    if value is None or type(value) is int:
+        return value
+    try:
+        return operator.index(value)
+    except Exception:  # not an id: the pointer is left empty rather than the finish lost
+        return None
+
+
 def _attempt(value: Any) -> int:
     if type(value) is int:
         return value
@@ -148,6 +158,8 @@ def _progress_of(step: Any, total: Any) -> float | None:
 # Column order of the folded per-task change; None means "leave the stored value".
 _KEY, _NAME, _STATUS, _PROGRESS, _STEP, _TOTAL, _MESSAGE = range(7)
 _STARTED, _FINISHED, _RESULT, _ERROR, _ATTEMPT = range(7, 12)
+_STAGE, _UPSTREAM_STAGE, _UPSTREAM_TASK = range(12, 15)
+_WIDTH = 15
 
 
 class _Fold:
@@ -180,7 +192,7 @@ class _Fold:
                     task_id = _task_id(task_id)
                 row = rows.get(task_id)
                 if row is None:
-                    row = rows[task_id] = [None] * 12
+                    row = rows[task_id] = [None] * _WIDTH
                 elif row[_STATUS] in _TERMINAL_SET:
                     continue
                 pending[task_id] = msg
@@ -205,7 +217,7 @@ class _Fold:
     def _row(self, task_id: int) -> list[Any]:
         row = self.rows.get(task_id)
         if row is None:
-            row = self.rows[task_id] = [None] * 12
+            row = self.rows[task_id] = [None] * _WIDTH
         return row
 
     @staticmethod
@@ -230,6 +242,8 @@ class _Fold:
         row[_STARTED] = row[_STARTED] or storable(msg.started_at)
         row[_FINISHED] = None
         row[_ATTEMPT] = attempt
+        if msg.stage is not None:
+            row[_STAGE] = storable(msg.stage)
         self.applied.started.append((task_id, row[_NAME]))
 
     def _finished(self, msg: MsgTaskFinished) -> None:
@@ -259,6 +273,11 @@ class _Fold:
             row[_MESSAGE] = message
         if msg.error is not None:
             row[_ERROR] = storable(msg.error)
+        if msg.stage is not None:
+            row[_STAGE] = storable(msg.stage)
+            if msg.upstream_stage is not None:
+                row[_UPSTREAM_STAGE] = storable(msg.upstream_stage)
+            row[_UPSTREAM_TASK] = _optional_id(msg.upstream_task_id)
         row[_ATTEMPT] = attempt
         self.applied.progress.pop(task_id, None)
         self.applied.finished.append((task_id, status))

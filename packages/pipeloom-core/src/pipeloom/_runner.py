@@ -128,6 +128,7 @@ class Runner:
                     message=job.blocked,
                     name=task.name,
                     key=task.key,
+                    **_stage_fields(task),
                 )
             )
             return None
@@ -142,6 +143,7 @@ class Runner:
                     message=f"skipped: done in run {job.done_in}",
                     name=task.name,
                     key=task.key,
+                    **_stage_fields(task),
                 )
             )
             return None
@@ -156,6 +158,7 @@ class Runner:
                     error=job.problem,
                     name=task.name,
                     key=task.key,
+                    **_stage_fields(task),
                 )
             )
             self._maybe_stop(summary)
@@ -189,6 +192,7 @@ class Runner:
                     attempt=attempt,
                     name=task.name,
                     outputs=outputs,
+                    **_stage_fields(task),
                 )
             )
             return Handoff(outcome.value) if job.hands_off else None
@@ -228,7 +232,16 @@ class Runner:
     def _context(
         self, task: TaskDef, job: Job, q: TaskQueue, attempt: int, started: str
     ) -> Context:
-        q.put(MsgTaskStarted(task.task_id, task.name, started, attempt=attempt, key=task.key))
+        q.put(
+            MsgTaskStarted(
+                task.task_id,
+                task.name,
+                started,
+                attempt=attempt,
+                key=task.key,
+                stage=job.task.name,
+            )
+        )
         return Context(
             task_id=task.task_id,
             name=task.name,
@@ -325,6 +338,7 @@ class Runner:
                 error=outcome.error_text,
                 attempt=attempt,
                 name=task.name,
+                **_stage_fields(task),
             )
         )
         self._maybe_stop(summary)
@@ -398,6 +412,16 @@ async def _wait_async(stopping: threading.Event, delay: float) -> bool:
             return False
         await asyncio.sleep(min(left, 0.05))
     return True
+
+
+def _stage_fields(task: TaskDef) -> dict[str, Any]:
+    """Where a task sits among the stages, for its row (``stage``, ``upstream_*``)."""
+    job: Job = task.payload
+    return {
+        "stage": job.task.name,
+        "upstream_stage": job.upstream_stage,
+        "upstream_task_id": job.upstream_id,
+    }
 
 
 def _discarded_text(n: int) -> str:
