@@ -31,6 +31,7 @@ __all__ = [
     "list_runs",
     "open_history",
     "run_tasks",
+    "stage_counts",
 ]
 
 log = logging.getLogger("pipeloom.cli")
@@ -262,6 +263,24 @@ def list_runs(conn: sqlite3.Connection, limit: int) -> list[RunInfo]:
         f"SELECT {_RUN_COLUMNS} FROM pipeline_runs ORDER BY id DESC LIMIT ?", (limit,)
     ).fetchall()
     return [_run_from_row(conn, row) for row in rows]
+
+
+def stage_counts(conn: sqlite3.Connection, run_id: int) -> dict[str, dict[str, int]]:
+    """A run's task counts per stage and status, stages in the order their first task ran.
+
+    Empty for a run without stages (a low-level ``run_pipeline``, which records none).
+    """
+    per_stage: dict[str, dict[str, int]] = {}
+    first: dict[str, int] = {}
+    sql = (
+        "SELECT stage, status, count(*), min(task_id) FROM task_runs "
+        "WHERE run_id = ? AND stage IS NOT NULL GROUP BY stage, status"
+    )
+    for stage, status, n, low in conn.execute(sql, (run_id,)):
+        name = str(stage)
+        per_stage.setdefault(name, {})[str(status)] = int(n)
+        first[name] = min(first.get(name, low), low)
+    return {name: per_stage[name] for name in sorted(per_stage, key=first.__getitem__)}
 
 
 def run_tasks(conn: sqlite3.Connection, run_id: int, limit: int | None) -> list[TaskInfo]:
