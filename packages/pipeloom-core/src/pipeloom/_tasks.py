@@ -125,6 +125,11 @@ class Plan:
 
     nodes: list[_Node]
 
+    @property
+    def consumed(self) -> bool:
+        """Some stage consumes another's results (else no completion makes new tasks)."""
+        return any(node.stage.upstream is not None for node in self.nodes)
+
     def total(self) -> int | None:
         """Tasks the run will make, when every source has a length (else None)."""
         counts: list[int] = []

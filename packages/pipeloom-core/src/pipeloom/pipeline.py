@@ -484,7 +484,7 @@ class Pipeline(HandlerRegistry):
                 params=params,
                 summary_hint=summary_hint,
                 executor=executor if executor is not None else self.executor,
-                follow_up=flow.follow_up,
+                follow_up=flow.follow_up if plan.consumed else None,
                 **(options if options is not None else self.options).as_kwargs(),
             )
         finally:
