@@ -322,3 +322,46 @@ def test_a_chain_with_nothing_upstream_still_runs_its_fan_in(tmp_path: Path) -> 
     pipe.gather(count, pipe.map(parse, []))
     assert pipe.run(progress=False).counts == {"done": 1}
     assert seen == [[]]
+
+
+def test_a_timed_out_upstream_blocks_its_downstream(tmp_path: Path) -> None:
+    pipe = Pipeline("slow", db=tmp_path / "t.db", workers=2)
+
+    @pipe.task(timeout=0.2)
+    def fetch(ctx: Context, n: int) -> int:
+        if n == 2:
+            ctx.cancelled.wait(10)  # returns as soon as the attempt is given up
+        return n
+
+    @pipe.task
+    def store(ctx: Context, n: int) -> int:
+        return n
+
+    pipe.map(store, pipe.map(fetch, [1, 2, 3]))
+    result = pipe.run(progress=False)
+    assert result.counts == {"done": 4, "timeout": 1, "upstream_failed": 1}
+    assert rows(tmp_path / "t.db", "SELECT status FROM task_runs WHERE task_key = 'store:2'") == [
+        ("upstream_failed",)
+    ]
+
+
+def test_fail_fast_stops_the_chains_too(tmp_path: Path) -> None:
+    pipe = Pipeline("ff", db=tmp_path / "ff.db", workers=1, fail_fast=True)
+    ran: list[int] = []
+
+    @pipe.task
+    def first(ctx: Context, n: int) -> int:
+        if n == 2:
+            raise RuntimeError("stop here")
+        return n
+
+    @pipe.task
+    def second(ctx: Context, n: int) -> int:
+        ran.append(n)
+        return n
+
+    pipe.map(second, pipe.map(first, range(1, 50)))
+    result = pipe.run(progress=False)
+    assert result.status == "error"
+    assert ran == [1]  # item 1 went all the way; nothing was admitted after item 2 failed
+    assert result.counts == {"done": 2, "error": 1}
