@@ -119,11 +119,12 @@ class Executor(ABC):
                 def run():
                     q = TaskQueue(self.sink, self.engine.stopping)
                     try:
-                        self.worker_fn(task, q)
+                        returned = self.worker_fn(task, q)
                     except BaseException as exc:
                         self.engine.task_done(task_id, task, exc, task_id in q.finished_ids)
                     else:
-                        self.engine.task_done(task_id, task, None, task_id in q.finished_ids)
+                        finished = task_id in q.finished_ids
+                        self.engine.task_done(task_id, task, None, finished, returned)
 
                 threading.Thread(target=run, daemon=True).start()
 
