@@ -33,8 +33,10 @@ def _gated(gate: threading.Event) -> Any:
         q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))
         if task.task_id == 5:
             gate.wait(30)
-        status = "error" if task.task_id == 2 else "done"
-        q.put(MsgTaskFinished(task.task_id, status, utc_now(), message="boom" * (status != "done")))
+        if task.task_id == 2:
+            q.put(MsgTaskFinished(task.task_id, "error", utc_now(), message="boom"))
+        else:
+            q.put(MsgTaskFinished(task.task_id, "done", utc_now()))
 
     return worker
 

@@ -18,6 +18,7 @@ task (``task_log_limit``) and counts the rest.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import traceback
 from collections.abc import Callable, Iterator
@@ -25,10 +26,12 @@ from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from typing import Any
 
+from pipeloom._text import storable
 from pipeloom.messages import MsgTaskLog, utc_now
 
 __all__ = [
     "TaskLogHandler",
+    "TaskLogStore",
     "enter_task",
     "leave_task",
     "record_text",
@@ -176,3 +179,95 @@ def set_attempt(attempt: int) -> None:
     scope = _current.get()
     if scope is not None:
         scope.attempt = attempt
+
+
+_LOG_CHARS = 20_000
+"""Longest stored log record (a long traceback is cut, with a note)."""
+
+
+class TaskLogStore:
+    """The writer's side: stores records, at most ``limit`` per task, and counts the rest.
+
+    The bound is kept in the one writer, so it holds whatever executor ran the task.
+    Counters exist only for tasks that logged and are not finished yet (`forget`).
+    """
+
+    __slots__ = ("_dropped", "_kept", "limit")
+
+    def __init__(self, limit: int) -> None:
+        """Store at most ``limit`` records per task (0: none, only the count)."""
+        self.limit = limit
+        self._kept: dict[int, int] = {}
+        """task_id -> records stored."""
+        self._dropped: dict[int, list[int]] = {}
+        """task_id -> [id of its summary row in task_logs, records dropped so far]."""
+
+    def forget(self, task_id: int) -> None:
+        """The task finished: its records are all in (they travel ahead of its finish)."""
+        if self._kept:
+            self._kept.pop(task_id, None)
+            self._dropped.pop(task_id, None)
+
+    def store(self, conn: sqlite3.Connection, run_id: int | None, msgs: list[MsgTaskLog]) -> None:
+        """Insert the records within the bound; keep one summary row per task for the rest."""
+        limit, kept = self.limit, self._kept
+        rows: list[tuple[object, ...]] = []
+        over: dict[int, tuple[int, str, int]] = {}  # task_id -> (dropped now, when, attempt)
+        for m in msgs:
+            task_id = m.task_id if type(m.task_id) is int else int(m.task_id)
+            attempt = m.attempt if type(m.attempt) is int else 1
+            n = kept.get(task_id, 0)
+            if n < limit:
+                kept[task_id] = n + 1
+                rows.append(
+                    (
+                        run_id,
+                        task_id,
+                        attempt,
+                        storable(m.created_at),
+                        storable(m.level, 20),
+                        None if m.logger is None else storable(m.logger, 200),
+                        storable(m.message, _LOG_CHARS),
+                    )
+                )
+            else:
+                kept[task_id] = n
+                before = over.get(task_id, (0, "", 1))[0]
+                over[task_id] = (before + 1, storable(m.created_at), attempt)
+        if rows:
+            conn.executemany(
+                "INSERT INTO task_logs (run_id, task_id, attempt, created_at, level, logger, "
+                "message) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        for task_id, (n, when, attempt) in over.items():
+            self._count_dropped(conn, run_id, task_id, n, when, attempt)
+
+    def _count_dropped(
+        self,
+        conn: sqlite3.Connection,
+        run_id: int | None,
+        task_id: int,
+        n: int,
+        when: str,
+        attempt: int,
+    ) -> None:
+        summary = self._dropped.get(task_id)
+        total = n + (summary[1] if summary else 0)
+        text = (
+            f"{total} more log record(s) of this task were dropped "
+            f"(task_log_limit={self.limit}; raise it in RunOptions to keep more)"
+        )
+        if summary is None:
+            cur = conn.execute(
+                "INSERT INTO task_logs (run_id, task_id, attempt, created_at, level, logger, "
+                "message, dropped) VALUES (?, ?, ?, ?, 'WARNING', 'pipeloom', ?, ?)",
+                (run_id, task_id, attempt, when, text, total),
+            )
+            self._dropped[task_id] = [int(cur.lastrowid or 0), total]
+        else:
+            conn.execute(
+                "UPDATE task_logs SET dropped = ?, message = ?, created_at = ? WHERE id = ?",
+                (total, text, when, summary[0]),
+            )
+            summary[1] = total

@@ -13,11 +13,8 @@ commit, so a database deleted or replaced mid-run is an error rather than a sile
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import queue
-import socket
 import sqlite3
 import threading
 import time
@@ -27,25 +24,28 @@ from typing import Any, Protocol
 
 from pipeloom._atomic import HeldCounts, apply_held, holds_outputs
 from pipeloom._control import Refused, RunEnd
+from pipeloom._fileid import FileIdentity
 from pipeloom._fold import (
     AppliedBatch,
     _Fold,
     _payload,
-    _truncate,
 )
-from pipeloom._idset import IdSet
 from pipeloom._registry import Handler, HandlerRegistry, callable_name
 from pipeloom._task_sql import _UPSERT_TASK, task_rows, upsert_tasks
 from pipeloom._text import storable
-from pipeloom._version import __version__
 from pipeloom.db import MEMORY, Synchronous, connect, init_schema, wal_checkpoint
 from pipeloom.errors import DatabaseError, WriterFailedError
+from pipeloom.history import (
+    LiveCounts,
+    beat,
+    close_run,
+    insert_run,
+    interrupt_run,
+    mark_dead_runs,
+)
 from pipeloom.lease import (
     DEFAULT_LEASE_S,
-    STALE_SQL,
     heartbeat_every,
-    owner_identity,
-    provable_owner,
 )
 from pipeloom.messages import (
     SENTINEL,
@@ -57,8 +57,9 @@ from pipeloom.messages import (
     MsgTaskStarted,
     utc_now,
 )
-from pipeloom.status import ACTIVE, FAILED, TERMINAL, count_failed, decide_run_status, sql_in
+from pipeloom.status import FAILED
 from pipeloom.status import RUN_STATUSES as ALL_RUN_STATUSES
+from pipeloom.tasklogs import TaskLogStore
 
 __all__ = [
     "AppliedBatch",
@@ -73,7 +74,6 @@ SchemaFn = Callable[[sqlite3.Connection], None]
 
 RUN_STATUSES = tuple(s for s in ALL_RUN_STATUSES if s != "running")
 """What a bare writer's owner may say a run ended as (`MsgRunFinished`)."""
-FAILED_SAMPLE = 5
 """Failed tasks named in the end-of-run summary."""
 DEFAULT_BATCH_SIZE = 5_000
 DEFAULT_COMMIT_INTERVAL = 0.02
@@ -215,7 +215,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         self._uncounted = 0
         self._conn: sqlite3.Connection | None = None
         self._warned_types: set[type[Any]] = set()
-        self._file: _FileIdentity | None = None
+        self._file: FileIdentity | None = None
         """The database file (and its WAL) this writer opened, to notice it being replaced."""
         self._in_handler = False
         """True while user handler code runs: transaction statements are then refused."""
@@ -223,14 +223,10 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         """The transaction statement a handler tried (and was refused), if it did."""
         self._mark = 0
         """Counts batches with user handlers, to tell a handler's COMMIT from its ROLLBACK."""
-        self._live = _LiveCounts(tasks_total)
-        self._live_next: _LiveCounts | None = None
+        self._live = LiveCounts(tasks_total)
+        self._live_next: LiveCounts | None = None
         """The counts as of the batch being applied, adopted once it commits."""
-        self.task_log_limit = task_log_limit
-        self._logs_kept: dict[int, int] = {}
-        """task_id -> log records stored, for tasks that logged and are not finished yet."""
-        self._logs_dropped: dict[int, list[int]] = {}
-        """task_id -> [id of its summary row in task_logs, records dropped so far]."""
+        self._task_logs = TaskLogStore(task_log_limit)
 
     # -- registration -------------------------------------------------------------------
 
@@ -287,19 +283,14 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                 if str(self.db_path) == MEMORY:
                     return
                 conn = connect(self.db_path, wal=self.wal, synchronous=self.synchronous)
-            now = utc_now()
-            note = _truncate(f"interrupted: the writer stopped ({storable(exc)})")
+            why = f"the writer stopped ({storable(exc)})"
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute(
-                "UPDATE task_runs SET status = 'interrupted', finished_at = ?, message = ? "
-                "WHERE run_id = ? AND status IN ('running', 'queued')",
-                (now, note, self.run_id),
-            )
-            self._store_counts(conn, self.run_id)
-            conn.execute(
-                "UPDATE pipeline_runs SET status = 'interrupted', finished_at = ?, messages = ? "
-                "WHERE id = ?",
-                (now, self.messages_applied + self.messages_dead, self.run_id),
+            interrupt_run(
+                conn,
+                self.run_id,
+                why=why,
+                task_message=f"interrupted: {why}",
+                messages=self.messages_applied + self.messages_dead,
             )
             conn.execute("COMMIT")
             self.run_status = "interrupted"
@@ -337,7 +328,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         except BaseException:
             self._close_after_failed_open(conn)
             raise
-        self._file = _FileIdentity.of(self.db_path, wal=self.wal)
+        self._file = FileIdentity.of(self.db_path, wal=self.wal)
         # Outside any transaction, so no rollback of a batch can take the table away.
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS pipeloom_mark (batch INTEGER)")
         conn.set_authorizer(self._authorize)
@@ -372,50 +363,8 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         if conn.in_transaction:
             conn.execute("COMMIT")
 
-    def _dead_runs(self, conn: sqlite3.Connection) -> list[tuple[int, str]]:
-        """Find other runs still ``running`` whose writer is provably gone, with the reason.
-
-        A run with a lease is gone once its heartbeat is older than the lease, or sooner when
-        its owner is this very host, PID namespace and boot and its pid no longer exists. A
-        run written before leases existed keeps the old rule: its pid is gone on this host.
-        """
-        host = socket.gethostname()
-        rows = conn.execute(
-            "SELECT id, host, pid, owner, heartbeat_at, lease_s, "
-            f"{STALE_SQL} FROM pipeline_runs WHERE status = 'running'"
-        ).fetchall()
-        dead: list[tuple[int, str]] = []
-        for run_id, run_host, pid, owner, beat, lease_s, expired in rows:
-            gone = pid is not None and not _pid_alive(int(pid))
-            if beat is not None and lease_s is not None:
-                if expired:
-                    dead.append((run_id, f"no heartbeat since {beat} (lease {lease_s} s)"))
-                elif gone and provable_owner(owner):
-                    dead.append((run_id, f"its process {pid} is gone"))
-            elif run_host == host and gone:
-                dead.append((run_id, f"its process {pid} on {host} is gone"))
-        return dead
-
     def _mark_interrupted(self, conn: sqlite3.Connection) -> None:
-        if not self._dead_runs(conn):
-            return
-        now = utc_now()
-        conn.execute("BEGIN IMMEDIATE")
-        # Again under the write lock: a run may have beaten or finished since the first look.
-        dead = self._dead_runs(conn)
-        for run_id, why in dead:
-            conn.execute(
-                "UPDATE task_runs SET status = 'interrupted', finished_at = ? "
-                "WHERE run_id = ? AND status IN ('running', 'queued')",
-                (now, run_id),
-            )
-            conn.execute(
-                "UPDATE pipeline_runs SET status = 'interrupted', finished_at = ?, "
-                "error = COALESCE(error, ?) WHERE id = ?",
-                (now, _truncate(f"the writer stopped: {why}"), run_id),
-            )
-            self._store_counts(conn, run_id)
-        conn.execute("COMMIT")
+        dead = mark_dead_runs(conn)
         if dead:
             log.warning(
                 "marked %d run(s) whose writer is gone as interrupted: %s",
@@ -424,28 +373,16 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             )
 
     def _insert_run(self, conn: sqlite3.Connection) -> int:
-        now = utc_now()
-        cur = conn.execute(
-            "INSERT INTO pipeline_runs (name, status, started_at, workers, tasks_total, host, "
-            "pid, pipeloom_version, params, heartbeat_at, lease_s, owner) "
-            "VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                self.run_name,
-                now,
-                self.workers,
-                self.tasks_total or 0,
-                socket.gethostname(),
-                os.getpid(),
-                __version__,
-                json.dumps(self.params, default=str),
-                now,
-                self.lease,
-                owner_identity(),
-            ),
+        run_id = insert_run(
+            conn,
+            name=self.run_name,
+            workers=self.workers,
+            tasks_total=self.tasks_total,
+            params=self.params,
+            lease=self.lease,
         )
-        assert cur.lastrowid is not None
         self._last_beat = time.monotonic()
-        return cur.lastrowid
+        return run_id
 
     def _heartbeat(self) -> None:
         """Refresh this run's ``heartbeat_at`` when a third of the lease has passed.
@@ -462,14 +399,8 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         if now - self._last_beat < self._beat_every:
             return
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute(
-                "UPDATE pipeline_runs SET heartbeat_at = ? WHERE id = ?", (utc_now(), self.run_id)
-            )
-            conn.execute("COMMIT")
+            beat(conn, self.run_id)
         except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
             if _is_fatal(exc):
                 raise
             log.warning(
@@ -564,9 +495,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             self.status_counts[status] = self.status_counts.get(status, 0) + 1
             if status in FAILED:
                 self.failed_task_ids.append(task_id)
-            if self._logs_kept:
-                self._logs_kept.pop(task_id, None)
-                self._logs_dropped.pop(task_id, None)
+            self._task_logs.forget(task_id)
         if self._live_next is not None:
             self._live, self._live_next = self._live_next.adopt(), None
         self._notify(applied)
@@ -818,74 +747,15 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         )
 
     def _write_live(self, conn: sqlite3.Connection, applied: AppliedBatch) -> None:
-        """Move the run row's counts with this batch, in its transaction (see `_LiveCounts`)."""
-        if not (applied.started or applied.finished) or not self.store_task_status:
+        """Move the run row's counts with this batch, in its transaction (see `LiveCounts`)."""
+        if not (applied.started or applied.finished) or self.run_id is None:
             return
-        live = self._live_next = self._live.after(applied)
-        conn.execute(
-            "UPDATE pipeline_runs SET tasks_total = ?, tasks_done = ?, tasks_error = ?, "
-            "tasks_cancelled = ?, tasks_finished = ? WHERE id = ?",
-            (*live.row(), self.run_id),
-        )
+        self._live_next = self._live.after(applied)
+        self._live_next.write(conn, self.run_id)
 
     def _apply_logs(self, conn: sqlite3.Connection, msgs: list[MsgTaskLog]) -> None:
-        """Store task log records, at most ``task_log_limit`` per task; count the rest.
-
-        The bound is kept here, in the one writer, so it holds whatever executor ran the
-        task; counters live only while a task is unfinished.
-        """
-        if not self.store_task_status:
-            return
-        limit, kept, dropped = self.task_log_limit, self._logs_kept, self._logs_dropped
-        rows: list[tuple[Any, ...]] = []
-        over: dict[int, tuple[int, str, int]] = {}  # task_id -> (dropped now, time, attempt)
-        for m in msgs:
-            task_id = m.task_id if type(m.task_id) is int else int(m.task_id)
-            attempt = m.attempt if type(m.attempt) is int else 1
-            n = kept.get(task_id, 0)
-            if n < limit:
-                kept[task_id] = n + 1
-                rows.append(
-                    (
-                        self.run_id,
-                        task_id,
-                        attempt,
-                        storable(m.created_at),
-                        storable(m.level, 20),
-                        None if m.logger is None else storable(m.logger, 200),
-                        storable(m.message, _LOG_CHARS),
-                    )
-                )
-            else:
-                kept[task_id] = n
-                before = over.get(task_id, (0, "", 1))[0]
-                over[task_id] = (before + 1, storable(m.created_at), attempt)
-        if rows:
-            conn.executemany(
-                "INSERT INTO task_logs (run_id, task_id, attempt, created_at, level, logger, "
-                "message) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-        for task_id, (n, when, attempt) in over.items():
-            summary = dropped.get(task_id)
-            total = n + (summary[1] if summary else 0)
-            text = (
-                f"{total} more log record(s) of this task were dropped "
-                f"(task_log_limit={limit}; raise it in RunOptions to keep more)"
-            )
-            if summary is None:
-                cur = conn.execute(
-                    "INSERT INTO task_logs (run_id, task_id, attempt, created_at, level, "
-                    "logger, message, dropped) VALUES (?, ?, ?, ?, 'WARNING', 'pipeloom', ?, ?)",
-                    (self.run_id, task_id, attempt, when, text, total),
-                )
-                dropped[task_id] = [int(cur.lastrowid or 0), total]
-            else:
-                conn.execute(
-                    "UPDATE task_logs SET dropped = ?, message = ?, created_at = ? WHERE id = ?",
-                    (total, text, when, summary[0]),
-                )
-                summary[1] = total
+        if self.store_task_status:
+            self._task_logs.store(conn, self.run_id, msgs)
 
     def _apply_group(
         self,
@@ -1028,94 +898,21 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
 
     # -- shutdown -----------------------------------------------------------------------
 
-    def _store_counts(self, conn: sqlite3.Connection, run_id: int) -> dict[str, int]:
-        counts = {
-            str(status): int(n)
-            for status, n in conn.execute(
-                "SELECT status, count(*) FROM task_runs WHERE run_id = ? GROUP BY status",
-                (run_id,),
-            )
-        }
-        conn.execute(
-            "UPDATE pipeline_runs SET tasks_total = ?, tasks_done = ?, tasks_error = ?, "
-            "tasks_cancelled = ?, tasks_finished = ? WHERE id = ?",
-            (
-                sum(counts.values()),
-                counts.get("done", 0),
-                count_failed(counts),
-                counts.get("cancelled", 0),
-                sum(n for status, n in counts.items() if status in TERMINAL),
-                run_id,
-            ),
-        )
-        return counts
-
     def _close_run(self) -> None:
         conn = self._conn
         if conn is None or not self.store_task_status or self.run_id is None:
             return
-        end = self._run_end
-        # IMMEDIATE: this transaction reads before it writes, and a deferred one would fail
-        # at once (SQLITE_BUSY, no busy wait) if another process committed in between.
-        conn.execute("BEGIN IMMEDIATE")
-        now = utc_now()
-        # A task still active in a finished run never got its finish (its worker never sent
-        # one, or it was lost): say so on its row rather than leave it looking alive.
-        left = conn.execute(
-            "UPDATE task_runs SET status = 'interrupted', finished_at = ?, "
-            "message = 'no finish was recorded for this task (its worker never reported one)' "
-            f"WHERE run_id = ? AND status IN {sql_in(ACTIVE)}",
-            (now, self.run_id),
-        ).rowcount
-        counts = self._store_counts(conn, self.run_id)
-        status = decide_run_status(
-            counts,
-            taken=end.taken if end is not None else None,
-            stop=end.stop if end is not None else self._stop_hint,
-            source_failed=end is not None and end.error is not None,
+        closed = close_run(
+            conn,
+            self.run_id,
+            end=self._run_end,
+            stop_hint=self._stop_hint,
+            messages=self.messages_applied + self.messages_dead,
         )
-        notes = [end.note] if end is not None and end.note else []
-        if left:
-            notes.append(f"{left} task(s) had no finish recorded and were marked interrupted")
-        missing = (end.taken if end is not None else 0) - sum(
-            n for st, n in counts.items() if st in TERMINAL
-        )
-        if missing > 0:
-            notes.append(
-                f"{missing} task(s) taken from the source have no row (their messages were "
-                "dead-lettered; see dead_letters)"
-            )
-        conn.execute(
-            "UPDATE pipeline_runs SET status = ?, finished_at = ?, messages = ?, error = ?, "
-            "note = ? WHERE id = ?",
-            (
-                status,
-                now,
-                self.messages_applied + self.messages_dead,
-                storable(end.error) if end is not None and end.error else None,
-                "; ".join(notes) or None,
-                self.run_id,
-            ),
-        )
-        conn.execute("COMMIT")
-        self.run_status = status
-        self.final_counts = counts
-        self.failed_task_ids = [
-            int(r[0])
-            for r in conn.execute(
-                f"SELECT task_id FROM task_runs WHERE run_id = ? AND status IN {sql_in(FAILED)} "
-                "ORDER BY task_id",
-                (self.run_id,),
-            )
-        ]
-        self.failed_sample = [
-            (int(r[0]), str(r[1]), str(r[2] or ""))
-            for r in conn.execute(
-                "SELECT task_id, name, coalesce(message, status) FROM task_runs WHERE run_id = ? "
-                f"AND status IN {sql_in(FAILED)} ORDER BY task_id LIMIT ?",
-                (self.run_id, FAILED_SAMPLE),
-            )
-        ]
+        self.run_status = closed.status
+        self.final_counts = closed.counts
+        self.failed_task_ids = closed.failed_task_ids
+        self.failed_sample = closed.failed_sample
 
     def _close(self) -> None:
         conn = self._conn
@@ -1177,74 +974,6 @@ def _reason(exc: BaseException) -> str:
 
 
 _Step = tuple[type[Any], Handler, list[Any]]
-
-_LOG_CHARS = 20_000
-"""Longest stored log record (a long traceback is cut, with a note)."""
-
-
-class _LiveCounts:
-    """The run's task counts as batches commit, for a live ``pipeline_runs`` row.
-
-    Kept from what each batch applied rather than counted in SQL (a count over the run's
-    rows per commit grows with the run). A task counts once, on its first terminal row (ids in
-    an `IdSet`, about a bit each); if a later, higher attempt changes a finished task's
-    status, the split between statuses is put right when the run closes and counts its rows.
-    ``tasks_total`` is the planned total when the source has a length, else the tasks seen so
-    far (finished, plus started and not finished).
-    """
-
-    __slots__ = ("active", "by_status", "finished", "new_ids", "planned")
-
-    def __init__(self, planned: int | None) -> None:
-        self.planned = planned
-        self.by_status: dict[str, int] = {}
-        self.finished = IdSet()
-        """Tasks counted, shared by every generation; see `adopt`."""
-        self.new_ids: list[int] = []
-        """Tasks this generation counts that ``finished`` does not hold yet."""
-        self.active: set[int] = set()
-
-    def after(self, applied: AppliedBatch) -> _LiveCounts:
-        """The counts once ``applied`` commits; nothing changes until `adopt`."""
-        new = _LiveCounts(self.planned)
-        new.finished = finished = self.finished
-        by_status = new.by_status = dict(self.by_status)
-        active = new.active = set(self.active)
-        seen: set[int] = set()
-        for task_id, _name in applied.started:
-            if task_id not in finished:
-                active.add(task_id)
-        for task_id, status in applied.finished:
-            active.discard(task_id)
-            if task_id not in finished and task_id not in seen:
-                seen.add(task_id)
-                new.new_ids.append(task_id)
-                by_status[status] = by_status.get(status, 0) + 1
-        return new
-
-    def adopt(self) -> _LiveCounts:
-        """Make these the counts, once their batch committed."""
-        add = self.finished.add
-        for task_id in self.new_ids:
-            add(task_id)
-        self.new_ids = []
-        return self
-
-    def row(self) -> tuple[int, int, int, int, int]:
-        """(tasks_total, tasks_done, tasks_error, tasks_cancelled, tasks_finished)."""
-        counts = self.by_status
-        finished = sum(n for status, n in counts.items() if status in TERMINAL)
-        seen = finished + len(self.active)
-        total = max(self.planned, seen) if self.planned is not None else seen
-        return (
-            total,
-            counts.get("done", 0),
-            count_failed(counts),
-            counts.get("cancelled", 0),
-            finished,
-        )
-
-
 """One message type of a batch: its class, its handler and its messages, in arrival order."""
 _GROUP = "pipeloom_group"
 _ONE = "pipeloom_one"
@@ -1278,95 +1007,6 @@ class _TransactionEnded(Exception):
         self.committed = committed
         """True when it committed: the batch's work before it is durable."""
         self.reason = reason
-
-
-class _FileIdentity:
-    """The database file (and its WAL) a writer opened, by device and inode.
-
-    Deleting or replacing the file under a running writer does not stop SQLite: it keeps
-    writing to the open, now unreachable, inode. Comparing the path's identity with the one
-    at open after each commit turns that silent loss into an error.
-    """
-
-    __slots__ = ("_wal", "db", "label", "path", "wal_path")
-
-    def __init__(self, label: str, path: str, db: tuple[int, int], wal_path: str | None) -> None:
-        self.label = label
-        self.path = path
-        self.db = db
-        self.wal_path = wal_path
-        self._wal: tuple[int, int] | None = None
-
-    @classmethod
-    def of(cls, db_path: str | Path, *, wal: bool) -> _FileIdentity | None:
-        """Record the identity of ``db_path`` now (None for ``:memory:`` or no file)."""
-        label = str(db_path)
-        if label == MEMORY or not label:
-            return None
-        path = os.path.abspath(label)  # a worker's os.chdir must not move the path
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            log.warning("%s: cannot stat the database (%s); not watching it for removal", path, exc)
-            return None
-        identity = cls(label, path, (st.st_dev, st.st_ino), path + "-wal" if wal else None)
-        identity.check()  # records the WAL's identity when it exists already
-        return identity
-
-    def check(self) -> None:
-        """Raise if the path (or its WAL) is no longer the file opened.
-
-        Raises:
-            DatabaseError: it was deleted or replaced.
-        """
-        tail = (
-            "while the run was writing to it; the rows of this run are in the file that was "
-            "removed, which nothing reading the path will see. Leave the database in place "
-            "while a run writes to it"
-        )
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            raise DatabaseError(f"{self.label} was deleted (or moved) {tail}") from None
-        except OSError as exc:
-            log.debug("%s: cannot stat the database (%s); not checked this time", self.path, exc)
-            return
-        if (st.st_dev, st.st_ino) != self.db:
-            raise DatabaseError(f"{self.label} was replaced by another file {tail}")
-        if self.wal_path is None:
-            return
-        try:
-            st = os.stat(self.wal_path)
-        except FileNotFoundError:
-            if self._wal is not None:
-                raise DatabaseError(
-                    f"{self.label}-wal (the write-ahead log of {self.label}) was deleted {tail}"
-                ) from None
-            return
-        except OSError as exc:
-            log.debug("%s: cannot stat the WAL (%s); not checked this time", self.wal_path, exc)
-            return
-        wal = (st.st_dev, st.st_ino)
-        if self._wal is None:
-            self._wal = wal
-        elif wal != self._wal:
-            raise DatabaseError(
-                f"{self.label}-wal (the write-ahead log of {self.label}) was replaced {tail}"
-            )
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
 
 
 def _seed_bar_listener(progress: Any, bar_map: Mapping[int, Any]) -> Listener:
