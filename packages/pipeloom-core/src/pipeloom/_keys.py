@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import PurePath
 from typing import Any
 
+from pipeloom._text import shorten_middle
+
 __all__ = ["KEY_MAX_CHARS", "item_key", "label"]
 
 log = logging.getLogger("pipeloom.pipeline")
@@ -70,4 +72,5 @@ def _json_leaf(value: object) -> object:
 
 def label(key: str) -> str:
     """A task's display name: its key, cut to fit a progress bar's label."""
-    return key if len(key) <= _NAME_MAX_CHARS else key[: _NAME_MAX_CHARS - 1] + "…"
+    # Cut in the middle: a key's end (the file, the page) tells tasks apart as much as its start.
+    return shorten_middle(key, _NAME_MAX_CHARS)

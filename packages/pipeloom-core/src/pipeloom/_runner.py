@@ -371,6 +371,8 @@ class Runner:
                 exc_summary(outcome.exc or Exception()),
                 f"; {_discarded_text(discarded)} discarded" if discarded else "",
             )
+        if outcome.error_text:  # -vv: the traceback, as stored on the task's row
+            log.debug("task %s: attempt %d:\n%s", task.name, attempt, outcome.error_text.rstrip())
 
     def _maybe_stop(self, summary: str) -> None:
         if self.fail_fast:

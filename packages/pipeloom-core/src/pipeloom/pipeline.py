@@ -485,7 +485,7 @@ class Pipeline(HandlerRegistry):
                 summary_hint=summary_hint,
                 executor=executor if executor is not None else self.executor,
                 follow_up=flow.follow_up if plan.consumed else None,
-                **(options if options is not None else self.options).as_kwargs(),
+                options=options if options is not None else self.options,
             )
         finally:
             if previous is not None:
