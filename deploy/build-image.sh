@@ -172,8 +172,9 @@ previous="$(podman image inspect --format '{{.Id}}' "$TAG" 2>/dev/null || true)"
 podman build --network none --build-arg "BASE=$BASE" --tag "$TAG" \
     --file "$ROOT/Containerfile" "$CONTEXT" >&2
 current="$(podman image inspect --format '{{.Id}}' "$TAG")"
-# The image this tag named before is ~100 MB of venv: drop it unless another tag holds it.
-if [ -n "$previous" ] && [ "$previous" != "$current" ]; then
+# The image this tag named before is ~100 MB of venv: drop it once no tag names it.
+if [ -n "$previous" ] && [ "$previous" != "$current" ] \
+    && [ "$(podman image inspect --format '{{len .RepoTags}}' "$previous" 2>/dev/null)" = 0 ]; then
     podman rmi "$previous" >/dev/null 2>&1 || true
 fi
 say "image: $TAG ready ($(podman image inspect --format '{{.Size}}' "$TAG" | numfmt --to=si)B)"
