@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 
 from pipeloom import Context, Pipeline
 
 pipe = Pipeline("exec", db="unused.db")
+logging.getLogger("user.etl").setLevel(logging.WARNING)  # the same in every worker process
 
 
 @pipe.task(retries=1, backoff=0)
@@ -53,3 +55,27 @@ def spin_first_try(ctx: Context, n: int) -> int:
 async def sleepy_async(ctx: Context, n: int) -> int:
     await asyncio.sleep(30 if n == 2 else 0)
     return n
+
+
+@pipe.task(retries=1, backoff=0)
+def chatty(ctx: Context, n: int) -> int:
+    """Logs through ctx.log and through the user's own logger; task 3 fails once, 4 floods."""
+    ctx.log.info("loading item %s", n)
+    logging.getLogger("user.etl").warning("user line %d", n)
+    logging.getLogger("user.etl").debug("never stored: the logger is at WARNING")
+    if n == 3 and ctx.attempt == 1:
+        try:
+            raise ConnectionError("flaky on the first try")
+        except ConnectionError:
+            ctx.log.exception("attempt %d failed", ctx.attempt)
+            raise
+    if n == 4:
+        for i in range(30):
+            ctx.log.info("row %d", i)
+    return n
+
+
+@pipe.task(retries=1, backoff=0)
+async def chatty_async(ctx: Context, n: int) -> int:
+    await asyncio.sleep(0)
+    return chatty.fn(ctx, n)

@@ -121,7 +121,7 @@ def sha256(path: Path) -> str:
 
 
 def normalised_schema(conn: sqlite3.Connection) -> dict[str, Any]:
-    """Describe tables and indexes by what SQLite reports, not by the text of their DDL.
+    """Describe tables, indexes and views by what SQLite reports, not by the text of their DDL.
 
     Skips SQLite's own tables and sqlite-utils' ``_sqlite_migrations`` record.
     """
@@ -143,6 +143,10 @@ def normalised_schema(conn: sqlite3.Connection) -> dict[str, Any]:
             cols = [row[2] for row in conn.execute(f"PRAGMA index_info([{name}])")]
             indexes[name] = (unique, origin, partial, cols)
         schema[table] = {"columns": columns, "foreign_keys": foreign_keys, "indexes": indexes}
+    for (view,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'view' ORDER BY name"):
+        schema[f"view {view}"] = [
+            tuple(row) for row in conn.execute(f"PRAGMA table_xinfo([{view}])")
+        ]
     return schema
 
 

@@ -289,3 +289,74 @@ def test_any_seed_content_survives_the_upgrade(
     expected = core_schema()
     expected.pop("user_version")
     assert structure(db.conn) == expected
+
+
+def test_the_migrated_runs_view_reads_like_cores_runs_select(tmp_path: Path) -> None:
+    from pipeloom.schema import RUNS_SELECT
+
+    db = tmp_path / "runs.db"
+    db.touch()
+    upgrade(db)
+    conn = sqlite3.connect(db)
+    conn.executemany(
+        "INSERT INTO pipeline_runs (name, status, started_at, finished_at, tasks_total, "
+        "tasks_done, tasks_error, tasks_finished, heartbeat_at, lease_s) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                "a",
+                "done",
+                "2026-01-01T00:00:00+00:00",
+                "2026-01-01T00:00:10+00:00",
+                4,
+                3,
+                1,
+                4,
+                None,
+                None,
+            ),
+            (
+                "b",
+                "running",
+                "2026-01-01T00:00:00+00:00",
+                None,
+                10,
+                2,
+                0,
+                2,
+                "2026-01-01T00:00:01+00:00",
+                30.0,
+            ),
+            ("c", "running", "2026-01-01T00:00:00+00:00", None, 0, 0, 0, 0, None, None),
+        ],
+    )
+    conn.commit()
+    view = conn.execute("SELECT * FROM runs ORDER BY id").fetchall()
+    assert view == conn.execute(f"SELECT * FROM ({RUNS_SELECT}) ORDER BY id").fetchall()
+    assert view[0][5:] == (10.0, 4, 3, 1, 1.0, 0.4, 0)
+    assert view[1][9] == 0.2 and view[1][11] == 1  # b: a fifth done; its lease ran out long ago
+    assert view[2][9] is None and view[2][11] == 0  # c: nothing planned yet, no lease
+    conn.close()
+
+
+def test_an_applications_own_runs_table_keeps_its_name(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY, athlete TEXT, km REAL)")
+    conn.execute("INSERT INTO runs (athlete, km) VALUES ('ann', 5.0)")
+    conn.commit()
+    conn.close()
+    upgrade(db)
+    created = tmp_path / "created.db"
+    conn = sqlite3.connect(created)
+    conn.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY, athlete TEXT, km REAL)")
+    create_schema(conn)
+    conn.commit()
+    assert conn.execute("SELECT type FROM sqlite_master WHERE name = 'runs'").fetchall() == [
+        ("table",)
+    ]
+    conn.close()
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT athlete, km FROM runs").fetchall() == [("ann", 5.0)]
+    assert schema_version(conn) == SCHEMA_VERSION
+    conn.close()

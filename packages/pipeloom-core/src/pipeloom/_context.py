@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Container, MutableMapping
+from collections.abc import Callable, Container, Mapping, MutableMapping
 from typing import Any
 
 from pipeloom.messages import PIPELOOM_MESSAGES, MsgTaskProgress
+from pipeloom.tasklogs import record_text, send_log, set_attempt
 
 __all__ = ["DEFAULT_MAX_OUTPUTS", "Context", "OutputLimitError", "TaskLog"]
 
@@ -27,7 +28,29 @@ class TaskLog(logging.LoggerAdapter[logging.Logger]):
 
     The text is prefixed with ``[task name]`` for the console, and the record carries
     ``task``, ``task_id``, ``task_key`` and ``attempt`` attributes for structured handlers.
+    Each record is also stored in the task's log (``task_logs``): INFO and above always,
+    DEBUG when the logger is enabled for it (``-vv``), whatever the console shows.
     """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        extra: Mapping[str, object],
+        store: Callable[[int, str], None] | None = None,
+    ) -> None:
+        """Wrap ``logger``; ``store(level, text)`` keeps a record in the task's log."""
+        super().__init__(logger, extra)
+        self._store = store
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        """Store the record in the task's log, then log it as usual."""
+        store = self._store
+        if store is not None and (level >= logging.INFO or self.logger.isEnabledFor(level)):
+            try:
+                store(level, record_text(msg, args, kwargs.get("exc_info")))
+            except Exception as exc:  # never let a log line fail the task
+                log.debug("could not store a log line of the task: %s", exc)
+        super().log(level, msg, *args, **kwargs)
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
         """Prefix the task's name and attach its identity to the record."""
@@ -105,8 +128,11 @@ class Context:
         self.cancelled = threading.Event()
         """Set when the attempt timed out: a long task should check it and return early."""
         self.log = TaskLog(
-            logger, {"task": name, "task_id": task_id, "task_key": key, "attempt": attempt}
+            logger,
+            {"task": name, "task_id": task_id, "task_key": key, "attempt": attempt},
+            lambda level, text: send_log(put, task_id, attempt, level, logger.name, text),
         )
+        set_attempt(attempt)  # the user's own logging calls in this attempt carry it too
         """A logger whose lines carry the task's name, id, key and attempt."""
         self._last_total: int | None = None
         self._put = put

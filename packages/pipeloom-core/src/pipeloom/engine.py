@@ -26,6 +26,7 @@ from typing import Any
 from rich.console import Console
 
 from pipeloom._control import RunEnd
+from pipeloom._idset import IdSet
 from pipeloom._text import exc_summary, exc_text, storable
 from pipeloom.db import Synchronous
 from pipeloom.errors import DatabaseError, PipeloomError, WriterFailedError
@@ -37,7 +38,7 @@ from pipeloom.progress import LiveDisplay, PlainReporter, render_failures, rende
 from pipeloom.queue import DEFAULT_MAXSIZE, MessageQueue
 from pipeloom.result import RunResult
 from pipeloom.status import decide_run_status
-from pipeloom.writer import Handler, Listener, SchemaFn, SQLiteWriter
+from pipeloom.writer import DEFAULT_TASK_LOG_LIMIT, Handler, Listener, SchemaFn, SQLiteWriter
 
 __all__ = ["Executor", "RunResult", "TaskQueue", "ThreadExecutor", "WorkerFn", "run_pipeline"]
 
@@ -49,37 +50,6 @@ _LABEL_CHARS = 80
 
 class TaskSourceError(PipeloomError, ValueError):
     """The task source is unusable before anything runs (duplicate or non-integer ids)."""
-
-
-class _IdSet:
-    """Task ids seen so far, in about one bit per id for the usual 1..N ids.
-
-    A set of a million ints costs tens of megabytes; a run of a million generated tasks must
-    stay small, so ids below 2**27 live in a growing bitmap and only others in a set.
-    """
-
-    __slots__ = ("_bits", "_other")
-    _BITMAP_LIMIT = 1 << 27
-
-    def __init__(self) -> None:
-        self._bits = bytearray()
-        self._other: set[int] = set()
-
-    def add(self, task_id: int) -> bool:
-        """Record ``task_id``; False when it was already there."""
-        if 0 <= task_id < self._BITMAP_LIMIT:
-            byte, mask = task_id >> 3, 1 << (task_id & 7)
-            bits = self._bits
-            if byte >= len(bits):
-                bits.extend(bytes(max(byte + 1 - len(bits), len(bits))))
-            if bits[byte] & mask:
-                return False
-            bits[byte] |= mask
-            return True
-        if task_id in self._other:
-            return False
-        self._other.add(task_id)
-        return True
 
 
 def _task_id(task: Any, position: int) -> int:
@@ -152,7 +122,7 @@ class _Run:
         # switch per task (100,000 x 1 tasks: 2.0-2.6 s and ~100,000 switches in about half
         # the runs, 1.5-1.6 s and ~5,800 switches without it). Their ids are checked up front.
         self._lock_free = type(tasks) in _ATOMIC_ITERATORS
-        self._ids = _IdSet()
+        self._ids = IdSet()
 
     # -- admission ---------------------------------------------------------------------
 
@@ -448,6 +418,7 @@ def run_pipeline(
     summary_hint: str | None = None,
     handle_signals: bool = True,
     lease: float | None = None,
+    task_log_limit: int = DEFAULT_TASK_LOG_LIMIT,
     **kw: Any,
 ) -> RunResult:
     """Run ``worker_fn(task, msg_q)`` for every task, persisting through one writer thread.
@@ -484,6 +455,8 @@ def run_pipeline(
             Ctrl-C abandons the tasks in flight, a third raises KeyboardInterrupt).
         lease: seconds after its last heartbeat that readers call the run stale (the writer
             beats every lease/3 seconds; default `pipeloom.lease.DEFAULT_LEASE_S`).
+        task_log_limit: log records stored per task in ``task_logs`` (records logged inside
+            a task: ``ctx.log`` and the user's own ``logging``); the rest are counted.
         **kw: ``tasks=`` and ``db_path=`` by keyword.
 
     Returns:
@@ -546,6 +519,7 @@ def run_pipeline(
         params=params,
         synchronous=synchronous,
         lease=lease,
+        task_log_limit=task_log_limit,
         **writer_kwargs,
     )
     started = time.perf_counter()

@@ -20,6 +20,7 @@ __all__ = [
     "MsgTaskAttempt",
     "MsgTaskFinish",
     "MsgTaskFinished",
+    "MsgTaskLog",
     "MsgTaskProgress",
     "MsgTaskStart",
     "MsgTaskStarted",
@@ -134,6 +135,28 @@ class MsgTaskAttempt:
 
 
 @dataclass(frozen=True, slots=True)
+class MsgTaskLog:
+    """A log record emitted inside a task, stored in ``task_logs`` (bounded per task).
+
+    Sent by pipeloom's capture (`pipeloom.tasklogs`) for ``ctx.log`` and the user's own
+    ``logging`` calls made while the task runs; a worker function may send one itself.
+    """
+
+    task_id: int
+    """The task the record belongs to."""
+    message: str
+    """The formatted record (with its traceback, if it had one)."""
+    level: str = "INFO"
+    """The record's level name."""
+    logger: str | None = None
+    """The logger's name."""
+    attempt: int = 1
+    """The attempt that logged it."""
+    created_at: str = field(default_factory=utc_now)
+    """When it was logged."""
+
+
+@dataclass(frozen=True, slots=True)
 class MsgRunFinished:
     """The engine's verdict on the whole run, sent just before SENTINEL."""
 
@@ -163,6 +186,7 @@ PIPELOOM_MESSAGES: Final = (
     MsgTaskProgress,
     MsgTaskFinished,
     MsgTaskAttempt,
+    MsgTaskLog,
     MsgRunFinished,
 )
 """Message types the writer applies itself; no user handler may be registered for them."""

@@ -13,7 +13,7 @@ from typing import Any, get_args
 
 from pipeloom.db import Synchronous
 from pipeloom.queue import DEFAULT_MAXSIZE
-from pipeloom.writer import Listener
+from pipeloom.writer import DEFAULT_TASK_LOG_LIMIT, Listener
 
 __all__ = ["RunOptions"]
 
@@ -36,6 +36,8 @@ class RunOptions:
     """Seconds after its last heartbeat that readers call the run stale (None: 15 s)."""
     listeners: tuple[Listener, ...] = ()
     """Extra post-commit listeners, called with what each commit made durable."""
+    task_log_limit: int = DEFAULT_TASK_LOG_LIMIT
+    """Log records stored per task in ``task_logs``; the rest are counted, not stored."""
 
     def __post_init__(self) -> None:
         """Refuse a setting no run could use, when it is written rather than mid-run.
@@ -52,6 +54,11 @@ class RunOptions:
             raise ValueError(f"RunOptions(batch_size={self.batch_size}): use 1 or more")
         if self.queue_size < 2:
             raise ValueError(f"RunOptions(queue_size={self.queue_size}): use 2 or more")
+        if self.task_log_limit < 0:
+            raise ValueError(
+                f"RunOptions(task_log_limit={self.task_log_limit}): use 0 (store no task "
+                f"logs) or more (default {DEFAULT_TASK_LOG_LIMIT})"
+            )
         if self.lease is not None and not 0 < self.lease < float("inf"):
             raise ValueError(f"RunOptions(lease={self.lease!r}): use a positive number of seconds")
 

@@ -22,6 +22,8 @@ from pipeloom.errors import DatabaseError, SchemaOutdatedError
 
 __all__ = [
     "PIPELOOM_TABLES",
+    "RUNS_SELECT",
+    "RUNS_VIEW",
     "SCHEMA_STATEMENTS",
     "SCHEMA_VERSION",
     "VERSION_TABLE",
@@ -29,13 +31,14 @@ __all__ = [
     "SchemaState",
     "check_schema",
     "conflict_error",
+    "create_runs_view",
     "create_schema",
     "inspect_schema",
     "layout",
     "schema_version",
 ]
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 """Bump together with a new migration in pipeloom_observe.migrations."""
 
 VERSION_TABLE: Final = "pipeloom_schema"
@@ -46,6 +49,7 @@ PIPELOOM_TABLES: Final = (
     "task_runs",
     "task_attempts",
     "dead_letters",
+    "task_logs",
     VERSION_TABLE,
 )
 
@@ -71,7 +75,8 @@ SCHEMA_STATEMENTS: Final[tuple[str, ...]] = (
         note TEXT,
         heartbeat_at TEXT,
         lease_s REAL,
-        owner TEXT
+        owner TEXT,
+        tasks_finished INTEGER NOT NULL DEFAULT 0
     )
     """,
     """
@@ -122,6 +127,20 @@ SCHEMA_STATEMENTS: Final[tuple[str, ...]] = (
     )
     """,
     "CREATE INDEX IF NOT EXISTS idx_dead_letters_run ON dead_letters (run_id)",
+    """
+    CREATE TABLE IF NOT EXISTS task_logs (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL REFERENCES pipeline_runs(id),
+        task_id INTEGER NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 1,
+        created_at TEXT NOT NULL,
+        level TEXT NOT NULL,
+        logger TEXT,
+        message TEXT NOT NULL,
+        dropped INTEGER NOT NULL DEFAULT 0
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS idx_task_logs_run_task ON task_logs (run_id, task_id)",
     f"""
     CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (
         id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -129,7 +148,42 @@ SCHEMA_STATEMENTS: Final[tuple[str, ...]] = (
     )
     """,
 )
-"""Idempotent DDL for the current schema, in dependency order."""
+"""Idempotent DDL for the current schema's tables and indexes, in dependency order."""
+
+RUNS_VIEW: Final = "runs"
+"""The name of the view over `RUNS_SELECT`, created only where no other object has it."""
+
+RUNS_SELECT: Final = """
+SELECT
+    id,
+    name,
+    status,
+    started_at,
+    finished_at,
+    round((julianday(coalesce(finished_at, 'now')) - julianday(started_at)) * 86400.0, 3)
+        AS duration_s,
+    tasks_total,
+    tasks_done,
+    tasks_error AS tasks_failed,
+    CASE WHEN tasks_total > 0
+        THEN round(min(1.0, CAST(tasks_finished AS REAL) / tasks_total), 4) END AS progress,
+    CASE WHEN julianday(coalesce(finished_at, 'now')) > julianday(started_at)
+        THEN round(tasks_finished
+            / ((julianday(coalesce(finished_at, 'now')) - julianday(started_at)) * 86400.0), 3)
+        END AS tasks_per_s,
+    CASE WHEN status = 'running' AND heartbeat_at IS NOT NULL AND lease_s IS NOT NULL
+        AND (julianday('now') - julianday(heartbeat_at)) * 86400.0 > lease_s
+        THEN 1 ELSE 0 END AS stale
+FROM pipeline_runs
+"""
+"""One row per run, read at a glance: the body of the ``runs`` view.
+
+``duration_s`` runs to now while a run is in progress; ``progress`` is the share of its tasks
+in a terminal status (``tasks_total`` is the planned total when the source has a length, else
+the tasks taken so far); ``stale`` is 1 for a ``running`` run whose heartbeat is older than
+its lease. pipeloom's own readers use this text, not the view, which a file whose
+application already has an object named ``runs`` does not get.
+"""
 
 
 Layout: TypeAlias = Literal["current", "outdated", "newer", "empty", "foreign", "conflict"]
@@ -158,6 +212,29 @@ _V2_COLUMNS: Final[dict[str, frozenset[str]]] = {
     "dead_letters": frozenset({"id", "run_id", "created_at", "msg_type", "payload", "error"}),
 }
 """Columns every pipeloom table had at schema 2 (the last version kept in user_version)."""
+
+
+_ADDED_IN: Final[dict[str, int]] = {"task_logs": 4}
+"""Tables pipeloom creates only from a schema version on: in an older file such a table is
+an application's own, unless it has exactly pipeloom's columns (an interrupted upgrade)."""
+
+_ADDED_COLUMNS: Final[dict[str, frozenset[str]]] = {
+    "task_logs": frozenset(
+        {"id", "run_id", "task_id", "attempt", "created_at", "level", "logger", "message"}
+        | {"dropped"}
+    ),
+}
+
+
+def _same(conn: sqlite3.Connection, table: str) -> bool:
+    return _columns(conn, table) == _ADDED_COLUMNS[table]
+
+
+def _added_later(table: str, since: int) -> str:
+    return (
+        f"table {table} was not created by pipeloom (pipeloom creates it from schema {since} on, "
+        "and this file's pipeloom schema is older)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,10 +290,18 @@ def _inspect(conn: sqlite3.Connection) -> SchemaState:
             )
         if version == SCHEMA_VERSION:
             return SchemaState("current", version)
-        return SchemaState("newer" if version > SCHEMA_VERSION else "outdated", version)
+        if version > SCHEMA_VERSION:
+            return SchemaState("newer", version)
+        for table, since in _ADDED_IN.items():
+            if version < since and table in tables and not _same(conn, table):
+                return SchemaState("conflict", version, _added_later(table, since))
+        return SchemaState("outdated", version)
     ours = [table for table in PIPELOOM_TABLES if table in tables]
     if not ours:
         return SchemaState("foreign" if tables else "empty", 0)
+    for table, since in _ADDED_IN.items():
+        if table in tables and not _same(conn, table):
+            return SchemaState("conflict", 0, _added_later(table, since))
     # Written before the version table existed: schema 0 (the original single-run layout) or
     # schema 2, told apart from other applications' tables by their columns alone.
     if ours == ["task_runs"] and _columns(conn, "task_runs") == _ORIGINAL_TASK_RUNS:
@@ -300,6 +385,21 @@ def check_schema(conn: sqlite3.Connection, db_label: str) -> bool:
     return False
 
 
+def create_runs_view(conn: sqlite3.Connection) -> bool:
+    """Create the ``runs`` view unless the name is taken; True when the view is there.
+
+    The name belongs to whoever had it first: an application's own ``runs`` table or view is
+    left alone (pipeloom's readers do not need the view, they use `RUNS_SELECT`).
+    """
+    row = conn.execute(
+        "SELECT type, sql FROM sqlite_master WHERE name = ? COLLATE NOCASE", (RUNS_VIEW,)
+    ).fetchone()
+    if row is None:
+        conn.execute(f"CREATE VIEW {RUNS_VIEW} AS {RUNS_SELECT}")
+        return True
+    return row[0] == "view" and "tasks_per_s" in str(row[1] or "")
+
+
 def create_schema(conn: sqlite3.Connection) -> None:
     """Create every pipeloom table and index and record the schema version in its table.
 
@@ -307,6 +407,7 @@ def create_schema(conn: sqlite3.Connection) -> None:
     """
     for statement in SCHEMA_STATEMENTS:
         conn.execute(statement)
+    create_runs_view(conn)
     conn.execute(
         f"INSERT OR REPLACE INTO {VERSION_TABLE} (id, version) VALUES (1, ?)", (SCHEMA_VERSION,)
     )

@@ -13,11 +13,8 @@ commit, so a database deleted or replaced mid-run is an error rather than a sile
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import queue
-import socket
 import sqlite3
 import threading
 import time
@@ -27,36 +24,42 @@ from typing import Any, Protocol
 
 from pipeloom._atomic import HeldCounts, apply_held, holds_outputs
 from pipeloom._control import Refused, RunEnd
+from pipeloom._fileid import FileIdentity
 from pipeloom._fold import (
     AppliedBatch,
     _Fold,
     _payload,
-    _truncate,
 )
 from pipeloom._registry import Handler, HandlerRegistry, callable_name
 from pipeloom._task_sql import _UPSERT_TASK, task_rows, upsert_tasks
 from pipeloom._text import storable
-from pipeloom._version import __version__
 from pipeloom.db import MEMORY, Synchronous, connect, init_schema, wal_checkpoint
 from pipeloom.errors import DatabaseError, WriterFailedError
+from pipeloom.history import (
+    LiveCounts,
+    beat,
+    close_run,
+    insert_run,
+    interrupt_run,
+    mark_dead_runs,
+)
 from pipeloom.lease import (
     DEFAULT_LEASE_S,
-    STALE_SQL,
     heartbeat_every,
-    owner_identity,
-    provable_owner,
 )
 from pipeloom.messages import (
     SENTINEL,
     MsgRunFinished,
     MsgTaskAttempt,
     MsgTaskFinished,
+    MsgTaskLog,
     MsgTaskProgress,
     MsgTaskStarted,
     utc_now,
 )
-from pipeloom.status import ACTIVE, FAILED, TERMINAL, count_failed, decide_run_status, sql_in
+from pipeloom.status import FAILED
 from pipeloom.status import RUN_STATUSES as ALL_RUN_STATUSES
+from pipeloom.tasklogs import TaskLogStore
 
 __all__ = [
     "AppliedBatch",
@@ -71,10 +74,11 @@ SchemaFn = Callable[[sqlite3.Connection], None]
 
 RUN_STATUSES = tuple(s for s in ALL_RUN_STATUSES if s != "running")
 """What a bare writer's owner may say a run ended as (`MsgRunFinished`)."""
-FAILED_SAMPLE = 5
 """Failed tasks named in the end-of-run summary."""
 DEFAULT_BATCH_SIZE = 5_000
 DEFAULT_COMMIT_INTERVAL = 0.02
+DEFAULT_TASK_LOG_LIMIT = 200
+"""Log records stored per task; the rest are counted in one summary row of the task."""
 """Seconds the writer may wait for more messages before committing a small batch."""
 _CHECKPOINT_BUSY_MS = 250
 """How long the final WAL checkpoint waits for readers before settling for less."""
@@ -126,6 +130,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         batch_size: int = DEFAULT_BATCH_SIZE,
         commit_interval: float = DEFAULT_COMMIT_INTERVAL,
         lease: float | None = None,
+        task_log_limit: int = DEFAULT_TASK_LOG_LIMIT,
     ) -> None:
         """Prepare the writer; nothing touches the database until ``start``.
 
@@ -151,8 +156,15 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                 The writer beats every third of it, also when no messages flow; a user
                 handler or schema hook that blocks the writer longer than the lease makes
                 the run look dead.
+            task_log_limit: log records stored per task (``task_logs``); the rest are
+                dropped and counted in one summary row of the task. 0 stores none.
         """
         super().__init__(name="pipeloom-writer", daemon=True)
+        if task_log_limit < 0:
+            raise ValueError(
+                f"task_log_limit={task_log_limit}: use 0 (store no task logs) or more "
+                f"(default {DEFAULT_TASK_LOG_LIMIT})"
+            )
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: use at least 1")
         if lease is None:
@@ -203,7 +215,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         self._uncounted = 0
         self._conn: sqlite3.Connection | None = None
         self._warned_types: set[type[Any]] = set()
-        self._file: _FileIdentity | None = None
+        self._file: FileIdentity | None = None
         """The database file (and its WAL) this writer opened, to notice it being replaced."""
         self._in_handler = False
         """True while user handler code runs: transaction statements are then refused."""
@@ -211,6 +223,10 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         """The transaction statement a handler tried (and was refused), if it did."""
         self._mark = 0
         """Counts batches with user handlers, to tell a handler's COMMIT from its ROLLBACK."""
+        self._live = LiveCounts(tasks_total)
+        self._live_next: LiveCounts | None = None
+        """The counts as of the batch being applied, adopted once it commits."""
+        self._task_logs = TaskLogStore(task_log_limit)
 
     # -- registration -------------------------------------------------------------------
 
@@ -267,19 +283,14 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                 if str(self.db_path) == MEMORY:
                     return
                 conn = connect(self.db_path, wal=self.wal, synchronous=self.synchronous)
-            now = utc_now()
-            note = _truncate(f"interrupted: the writer stopped ({storable(exc)})")
+            why = f"the writer stopped ({storable(exc)})"
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute(
-                "UPDATE task_runs SET status = 'interrupted', finished_at = ?, message = ? "
-                "WHERE run_id = ? AND status IN ('running', 'queued')",
-                (now, note, self.run_id),
-            )
-            self._store_counts(conn, self.run_id)
-            conn.execute(
-                "UPDATE pipeline_runs SET status = 'interrupted', finished_at = ?, messages = ? "
-                "WHERE id = ?",
-                (now, self.messages_applied + self.messages_dead, self.run_id),
+            interrupt_run(
+                conn,
+                self.run_id,
+                why=why,
+                task_message=f"interrupted: {why}",
+                messages=self.messages_applied + self.messages_dead,
             )
             conn.execute("COMMIT")
             self.run_status = "interrupted"
@@ -317,7 +328,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         except BaseException:
             self._close_after_failed_open(conn)
             raise
-        self._file = _FileIdentity.of(self.db_path, wal=self.wal)
+        self._file = FileIdentity.of(self.db_path, wal=self.wal)
         # Outside any transaction, so no rollback of a batch can take the table away.
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS pipeloom_mark (batch INTEGER)")
         conn.set_authorizer(self._authorize)
@@ -352,50 +363,8 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         if conn.in_transaction:
             conn.execute("COMMIT")
 
-    def _dead_runs(self, conn: sqlite3.Connection) -> list[tuple[int, str]]:
-        """Find other runs still ``running`` whose writer is provably gone, with the reason.
-
-        A run with a lease is gone once its heartbeat is older than the lease, or sooner when
-        its owner is this very host, PID namespace and boot and its pid no longer exists. A
-        run written before leases existed keeps the old rule: its pid is gone on this host.
-        """
-        host = socket.gethostname()
-        rows = conn.execute(
-            "SELECT id, host, pid, owner, heartbeat_at, lease_s, "
-            f"{STALE_SQL} FROM pipeline_runs WHERE status = 'running'"
-        ).fetchall()
-        dead: list[tuple[int, str]] = []
-        for run_id, run_host, pid, owner, beat, lease_s, expired in rows:
-            gone = pid is not None and not _pid_alive(int(pid))
-            if beat is not None and lease_s is not None:
-                if expired:
-                    dead.append((run_id, f"no heartbeat since {beat} (lease {lease_s} s)"))
-                elif gone and provable_owner(owner):
-                    dead.append((run_id, f"its process {pid} is gone"))
-            elif run_host == host and gone:
-                dead.append((run_id, f"its process {pid} on {host} is gone"))
-        return dead
-
     def _mark_interrupted(self, conn: sqlite3.Connection) -> None:
-        if not self._dead_runs(conn):
-            return
-        now = utc_now()
-        conn.execute("BEGIN IMMEDIATE")
-        # Again under the write lock: a run may have beaten or finished since the first look.
-        dead = self._dead_runs(conn)
-        for run_id, why in dead:
-            conn.execute(
-                "UPDATE task_runs SET status = 'interrupted', finished_at = ? "
-                "WHERE run_id = ? AND status IN ('running', 'queued')",
-                (now, run_id),
-            )
-            conn.execute(
-                "UPDATE pipeline_runs SET status = 'interrupted', finished_at = ?, "
-                "error = COALESCE(error, ?) WHERE id = ?",
-                (now, _truncate(f"the writer stopped: {why}"), run_id),
-            )
-            self._store_counts(conn, run_id)
-        conn.execute("COMMIT")
+        dead = mark_dead_runs(conn)
         if dead:
             log.warning(
                 "marked %d run(s) whose writer is gone as interrupted: %s",
@@ -404,28 +373,16 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             )
 
     def _insert_run(self, conn: sqlite3.Connection) -> int:
-        now = utc_now()
-        cur = conn.execute(
-            "INSERT INTO pipeline_runs (name, status, started_at, workers, tasks_total, host, "
-            "pid, pipeloom_version, params, heartbeat_at, lease_s, owner) "
-            "VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                self.run_name,
-                now,
-                self.workers,
-                self.tasks_total or 0,
-                socket.gethostname(),
-                os.getpid(),
-                __version__,
-                json.dumps(self.params, default=str),
-                now,
-                self.lease,
-                owner_identity(),
-            ),
+        run_id = insert_run(
+            conn,
+            name=self.run_name,
+            workers=self.workers,
+            tasks_total=self.tasks_total,
+            params=self.params,
+            lease=self.lease,
         )
-        assert cur.lastrowid is not None
         self._last_beat = time.monotonic()
-        return cur.lastrowid
+        return run_id
 
     def _heartbeat(self) -> None:
         """Refresh this run's ``heartbeat_at`` when a third of the lease has passed.
@@ -442,14 +399,8 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         if now - self._last_beat < self._beat_every:
             return
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute(
-                "UPDATE pipeline_runs SET heartbeat_at = ? WHERE id = ?", (utc_now(), self.run_id)
-            )
-            conn.execute("COMMIT")
+            beat(conn, self.run_id)
         except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
             if _is_fatal(exc):
                 raise
             log.warning(
@@ -544,6 +495,9 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             self.status_counts[status] = self.status_counts.get(status, 0) + 1
             if status in FAILED:
                 self.failed_task_ids.append(task_id)
+            self._task_logs.forget(task_id)
+        if self._live_next is not None:
+            self._live, self._live_next = self._live_next.adopt(), None
         self._notify(applied)
 
     def _sort(
@@ -558,6 +512,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         lifecycle: list[Any] = []
         dead: list[tuple[Any, str]] = []
         held: list[MsgTaskFinished] = []  # done finishes carrying outputs: see _atomic
+        logs: list[MsgTaskLog] = []
         for msg in batch:
             cls = type(msg)
             if cls is MsgTaskProgress or cls is MsgTaskStarted or cls is MsgTaskFinished:
@@ -565,6 +520,8 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                     held.append(msg)
                     continue
                 lifecycle.append(msg)
+            elif cls is MsgTaskLog:
+                logs.append(msg)
             elif cls is MsgRunFinished or cls is RunEnd or cls is Refused:
                 self._control(msg, dead)
             else:
@@ -580,6 +537,8 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         attempts = groups.pop(MsgTaskAttempt, None)
         if attempts:
             steps.append((MsgTaskAttempt, self._apply_attempts, attempts))
+        if logs:
+            steps.append((MsgTaskLog, self._apply_logs, logs))
         for cls, msgs in groups.items():
             handler = self.handlers.get(cls)
             if handler is None:
@@ -631,6 +590,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                 outputs = self._apply_held(conn, held, fold)
             if dead:
                 self._store_dead(conn, dead)
+            self._write_live(conn, fold.applied)
             conn.execute("COMMIT")
         except _TransactionEnded:
             raise  # the connection is already out of any transaction
@@ -786,6 +746,17 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             ],
         )
 
+    def _write_live(self, conn: sqlite3.Connection, applied: AppliedBatch) -> None:
+        """Move the run row's counts with this batch, in its transaction (see `LiveCounts`)."""
+        if not (applied.started or applied.finished) or self.run_id is None:
+            return
+        self._live_next = self._live.after(applied)
+        self._live_next.write(conn, self.run_id)
+
+    def _apply_logs(self, conn: sqlite3.Connection, msgs: list[MsgTaskLog]) -> None:
+        if self.store_task_status:
+            self._task_logs.store(conn, self.run_id, msgs)
+
     def _apply_group(
         self,
         conn: sqlite3.Connection,
@@ -927,93 +898,21 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
 
     # -- shutdown -----------------------------------------------------------------------
 
-    def _store_counts(self, conn: sqlite3.Connection, run_id: int) -> dict[str, int]:
-        counts = {
-            str(status): int(n)
-            for status, n in conn.execute(
-                "SELECT status, count(*) FROM task_runs WHERE run_id = ? GROUP BY status",
-                (run_id,),
-            )
-        }
-        conn.execute(
-            "UPDATE pipeline_runs SET tasks_total = ?, tasks_done = ?, tasks_error = ?, "
-            "tasks_cancelled = ? WHERE id = ?",
-            (
-                sum(counts.values()),
-                counts.get("done", 0),
-                count_failed(counts),
-                counts.get("cancelled", 0),
-                run_id,
-            ),
-        )
-        return counts
-
     def _close_run(self) -> None:
         conn = self._conn
         if conn is None or not self.store_task_status or self.run_id is None:
             return
-        end = self._run_end
-        # IMMEDIATE: this transaction reads before it writes, and a deferred one would fail
-        # at once (SQLITE_BUSY, no busy wait) if another process committed in between.
-        conn.execute("BEGIN IMMEDIATE")
-        now = utc_now()
-        # A task still active in a finished run never got its finish (its worker never sent
-        # one, or it was lost): say so on its row rather than leave it looking alive.
-        left = conn.execute(
-            "UPDATE task_runs SET status = 'interrupted', finished_at = ?, "
-            "message = 'no finish was recorded for this task (its worker never reported one)' "
-            f"WHERE run_id = ? AND status IN {sql_in(ACTIVE)}",
-            (now, self.run_id),
-        ).rowcount
-        counts = self._store_counts(conn, self.run_id)
-        status = decide_run_status(
-            counts,
-            taken=end.taken if end is not None else None,
-            stop=end.stop if end is not None else self._stop_hint,
-            source_failed=end is not None and end.error is not None,
+        closed = close_run(
+            conn,
+            self.run_id,
+            end=self._run_end,
+            stop_hint=self._stop_hint,
+            messages=self.messages_applied + self.messages_dead,
         )
-        notes = [end.note] if end is not None and end.note else []
-        if left:
-            notes.append(f"{left} task(s) had no finish recorded and were marked interrupted")
-        missing = (end.taken if end is not None else 0) - sum(
-            n for st, n in counts.items() if st in TERMINAL
-        )
-        if missing > 0:
-            notes.append(
-                f"{missing} task(s) taken from the source have no row (their messages were "
-                "dead-lettered; see dead_letters)"
-            )
-        conn.execute(
-            "UPDATE pipeline_runs SET status = ?, finished_at = ?, messages = ?, error = ?, "
-            "note = ? WHERE id = ?",
-            (
-                status,
-                now,
-                self.messages_applied + self.messages_dead,
-                storable(end.error) if end is not None and end.error else None,
-                "; ".join(notes) or None,
-                self.run_id,
-            ),
-        )
-        conn.execute("COMMIT")
-        self.run_status = status
-        self.final_counts = counts
-        self.failed_task_ids = [
-            int(r[0])
-            for r in conn.execute(
-                f"SELECT task_id FROM task_runs WHERE run_id = ? AND status IN {sql_in(FAILED)} "
-                "ORDER BY task_id",
-                (self.run_id,),
-            )
-        ]
-        self.failed_sample = [
-            (int(r[0]), str(r[1]), str(r[2] or ""))
-            for r in conn.execute(
-                "SELECT task_id, name, coalesce(message, status) FROM task_runs WHERE run_id = ? "
-                f"AND status IN {sql_in(FAILED)} ORDER BY task_id LIMIT ?",
-                (self.run_id, FAILED_SAMPLE),
-            )
-        ]
+        self.run_status = closed.status
+        self.final_counts = closed.counts
+        self.failed_task_ids = closed.failed_task_ids
+        self.failed_sample = closed.failed_sample
 
     def _close(self) -> None:
         conn = self._conn
@@ -1108,95 +1007,6 @@ class _TransactionEnded(Exception):
         self.committed = committed
         """True when it committed: the batch's work before it is durable."""
         self.reason = reason
-
-
-class _FileIdentity:
-    """The database file (and its WAL) a writer opened, by device and inode.
-
-    Deleting or replacing the file under a running writer does not stop SQLite: it keeps
-    writing to the open, now unreachable, inode. Comparing the path's identity with the one
-    at open after each commit turns that silent loss into an error.
-    """
-
-    __slots__ = ("_wal", "db", "label", "path", "wal_path")
-
-    def __init__(self, label: str, path: str, db: tuple[int, int], wal_path: str | None) -> None:
-        self.label = label
-        self.path = path
-        self.db = db
-        self.wal_path = wal_path
-        self._wal: tuple[int, int] | None = None
-
-    @classmethod
-    def of(cls, db_path: str | Path, *, wal: bool) -> _FileIdentity | None:
-        """Record the identity of ``db_path`` now (None for ``:memory:`` or no file)."""
-        label = str(db_path)
-        if label == MEMORY or not label:
-            return None
-        path = os.path.abspath(label)  # a worker's os.chdir must not move the path
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            log.warning("%s: cannot stat the database (%s); not watching it for removal", path, exc)
-            return None
-        identity = cls(label, path, (st.st_dev, st.st_ino), path + "-wal" if wal else None)
-        identity.check()  # records the WAL's identity when it exists already
-        return identity
-
-    def check(self) -> None:
-        """Raise if the path (or its WAL) is no longer the file opened.
-
-        Raises:
-            DatabaseError: it was deleted or replaced.
-        """
-        tail = (
-            "while the run was writing to it; the rows of this run are in the file that was "
-            "removed, which nothing reading the path will see. Leave the database in place "
-            "while a run writes to it"
-        )
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            raise DatabaseError(f"{self.label} was deleted (or moved) {tail}") from None
-        except OSError as exc:
-            log.debug("%s: cannot stat the database (%s); not checked this time", self.path, exc)
-            return
-        if (st.st_dev, st.st_ino) != self.db:
-            raise DatabaseError(f"{self.label} was replaced by another file {tail}")
-        if self.wal_path is None:
-            return
-        try:
-            st = os.stat(self.wal_path)
-        except FileNotFoundError:
-            if self._wal is not None:
-                raise DatabaseError(
-                    f"{self.label}-wal (the write-ahead log of {self.label}) was deleted {tail}"
-                ) from None
-            return
-        except OSError as exc:
-            log.debug("%s: cannot stat the WAL (%s); not checked this time", self.wal_path, exc)
-            return
-        wal = (st.st_dev, st.st_ino)
-        if self._wal is None:
-            self._wal = wal
-        elif wal != self._wal:
-            raise DatabaseError(
-                f"{self.label}-wal (the write-ahead log of {self.label}) was replaced {tail}"
-            )
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
 
 
 def _seed_bar_listener(progress: Any, bar_map: Mapping[int, Any]) -> Listener:

@@ -245,6 +245,72 @@ def m003_version_table_and_liveness(db: Database) -> None:
     )
 
 
+_V4_TASK_LOGS: Final = """
+    CREATE TABLE IF NOT EXISTS task_logs (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL REFERENCES pipeline_runs(id),
+        task_id INTEGER NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 1,
+        created_at TEXT NOT NULL,
+        level TEXT NOT NULL,
+        logger TEXT,
+        message TEXT NOT NULL,
+        dropped INTEGER NOT NULL DEFAULT 0
+    )
+"""
+
+_V4_RUNS_VIEW: Final = """
+CREATE VIEW runs AS
+SELECT
+    id,
+    name,
+    status,
+    started_at,
+    finished_at,
+    round((julianday(coalesce(finished_at, 'now')) - julianday(started_at)) * 86400.0, 3)
+        AS duration_s,
+    tasks_total,
+    tasks_done,
+    tasks_error AS tasks_failed,
+    CASE WHEN tasks_total > 0
+        THEN round(min(1.0, CAST(tasks_finished AS REAL) / tasks_total), 4) END AS progress,
+    CASE WHEN julianday(coalesce(finished_at, 'now')) > julianday(started_at)
+        THEN round(tasks_finished
+            / ((julianday(coalesce(finished_at, 'now')) - julianday(started_at)) * 86400.0), 3)
+        END AS tasks_per_s,
+    CASE WHEN status = 'running' AND heartbeat_at IS NOT NULL AND lease_s IS NOT NULL
+        AND (julianday('now') - julianday(heartbeat_at)) * 86400.0 > lease_s
+        THEN 1 ELSE 0 END AS stale
+FROM pipeline_runs
+"""
+
+
+@migrations(name="m004_task_logs_and_runs_view")
+def m004_task_logs_and_runs_view(db: Database) -> None:
+    """Add task logs, a live count of finished tasks and the ``runs`` view.
+
+    ``pipeline_runs.tasks_finished`` is filled from the rows of runs already recorded, so the
+    view's progress is right for old runs too. The view is created only where no other object
+    is named ``runs`` (an application's own table keeps the name).
+    """
+    if "tasks_finished" not in _columns(db, "pipeline_runs"):
+        db.execute("ALTER TABLE pipeline_runs ADD COLUMN tasks_finished INTEGER NOT NULL DEFAULT 0")
+        db.execute(
+            "UPDATE pipeline_runs SET tasks_finished = (SELECT count(*) FROM task_runs t "
+            "WHERE t.run_id = pipeline_runs.id AND t.status IN ('done', 'error', 'cancelled', "
+            "'timeout', 'skipped', 'interrupted'))"
+        )
+    db.execute(_V4_TASK_LOGS)
+    db.execute("CREATE INDEX IF NOT EXISTS idx_task_logs_run_task ON task_logs (run_id, task_id)")
+    taken = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs' COLLATE NOCASE").fetchone()
+    if taken is None:
+        db.execute(_V4_RUNS_VIEW)
+    db.execute(
+        "INSERT INTO pipeloom_schema (id, version) VALUES (1, 4) "
+        "ON CONFLICT (id) DO UPDATE SET version = max(version, excluded.version)"
+    )
+
+
 def _refuse_unusable(conn: sqlite3.Connection, path: Path) -> None:
     """Refuse a file no migration may touch: not SQLite, a newer pipeloom, another's table."""
     try:

@@ -18,6 +18,7 @@ from typing import Any
 
 from pipeloom._text import exc_summary, exc_text
 from pipeloom.executors._base import TaskQueue, WorkerFn
+from pipeloom.tasklogs import enter_task, leave_task
 
 __all__ = ["BatchingSink", "Outcome", "RemoteTaskError", "run_remote"]
 
@@ -143,6 +144,7 @@ def run_remote(
         stopping: set when the driver stops admitting tasks (retries should end).
     """
     q = TaskQueue(sink, stopping, first_attempt)
+    scope = enter_task(q.put, task_id, first_attempt)
     try:
         worker_fn(task, q)
     except Exception as exc:
@@ -153,5 +155,7 @@ def run_remote(
         outcome = Outcome(task_id, exc_summary(exc), exc_text(exc), task_id in q.finished_ids, True)
     else:
         outcome = Outcome(task_id, finished=task_id in q.finished_ids)
+    finally:
+        leave_task(scope)
     sink.flush()
     return outcome

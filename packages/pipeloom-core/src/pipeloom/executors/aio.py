@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pipeloom.executors._base import Completions, Executor, Sink, TaskQueue, WorkerFn
+from pipeloom.tasklogs import enter_task
 
 __all__ = ["AsyncExecutor"]
 
@@ -72,6 +73,7 @@ class AsyncExecutor(Executor):
     async def _run(self, task_id: int, task: Any) -> None:
         assert self._call is not None
         q = TaskQueue(self.sink, self.engine.stopping)
+        enter_task(q.put, task_id)  # this asyncio task's own context: nothing to undo
         try:
             await self._call(task, q)
         except BaseException as exc:  # handed to the engine, which records it

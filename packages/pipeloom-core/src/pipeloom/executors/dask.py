@@ -35,8 +35,9 @@ from pipeloom._text import exc_summary, exc_text
 from pipeloom.errors import WriterFailedError
 from pipeloom.executors._base import Completions, Executor, Sink, TaskQueue, WorkerFn
 from pipeloom.executors._remote import BatchingSink, Outcome, RemoteTaskError
-from pipeloom.executors.processes import _file_modules, _load_file_module
+from pipeloom.executors._shipping import file_modules, load_file_module
 from pipeloom.messages import MsgTaskAttempt, MsgTaskFinished, MsgTaskStarted, utc_now
+from pipeloom.tasklogs import enter_task, leave_task
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -113,7 +114,7 @@ def _load_fn(topic: str, fn_bytes: bytes, preload: list[tuple[str, str]]) -> Wor
         # no importable name: load them from the same path first, where it exists.
         for name, path in preload:
             if name not in sys.modules and os.path.isfile(path):
-                _load_file_module(name, path)
+                load_file_module(name, path)
         fn = pickle.loads(fn_bytes)
         while len(_FN_CACHE) >= _FN_CACHE_SIZE:
             _FN_CACHE.pop(next(iter(_FN_CACHE)))
@@ -203,12 +204,15 @@ def _run_one(
     event per task (which the scheduler would also keep, one per task, in its event log).
     """
     q = TaskQueue(sink, stopping)
+    scope = enter_task(q.put, task_id)
     try:
         fn(task, q)
     except Exception as exc:
         return Outcome(task_id, exc_summary(exc), exc_text(exc), task_id in q.finished_ids)
     except BaseException as exc:  # KeyboardInterrupt, SystemExit: the run should stop
         return Outcome(task_id, exc_summary(exc), exc_text(exc), task_id in q.finished_ids, True)
+    finally:
+        leave_task(scope)
     return Outcome(task_id, finished=task_id in q.finished_ids)
 
 
@@ -365,7 +369,7 @@ class DaskExecutor(Executor):
         self._stop_sent = False
         try:
             self._fn_bytes = _dump_value(worker_fn)
-            self._preload = _file_modules()
+            self._preload = file_modules()
         except Exception as exc:
             raise TypeError(
                 f"DaskExecutor: the worker function {worker_fn!r} cannot be sent to Dask "

@@ -12,10 +12,8 @@ which threads cannot do.
 from __future__ import annotations
 
 import collections
-import importlib.machinery
 import logging
 import multiprocessing
-import os
 import pickle
 import queue
 import signal
@@ -24,13 +22,13 @@ import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from pathlib import Path
 from typing import Any
 
 from pipeloom._text import exc_summary, exc_text, storable
 from pipeloom.errors import PipeloomError
 from pipeloom.executors._base import Completions, Executor, Sink, WorkerFn
 from pipeloom.executors._remote import BatchingSink, Outcome, RemoteTaskError, run_remote
+from pipeloom.executors._shipping import file_modules, load_file_module
 from pipeloom.messages import MsgTaskAttempt, MsgTaskFinished, utc_now
 
 __all__ = ["ProcessExecutor", "attempt_deadline"]
@@ -94,7 +92,7 @@ class ProcessExecutor(Executor):
             workers = min(workers, self.max_workers)
         super().start(workers, worker_fn, sink, engine)
         self._payload = _pickle_worker(worker_fn)
-        self._preload = _file_modules()
+        self._preload = file_modules()
         self._ctx = multiprocessing.get_context(self.start_method)
         if self.start_method == "forkserver":
             # Children fork from a server that has imported pipeloom once, instead of each
@@ -386,28 +384,6 @@ def _pickle_worker(worker_fn: WorkerFn) -> bytes:
         ) from exc
 
 
-def _file_modules() -> list[tuple[str, str]]:
-    """Find the modules a fresh process could not import by name.
-
-    Those were loaded straight from a file (``pipeloom run file.py:pipe``); each child loads
-    them from their files before it unpickles the worker function.
-    """
-    found: list[tuple[str, str]] = []
-    stdlib = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix)}
-    for name, module in list(sys.modules.items()):
-        if "." in name or name in ("__main__", "__mp_main__"):
-            continue
-        origin = getattr(getattr(module, "__spec__", None), "origin", None)
-        if not origin or not origin.endswith(".py") or not Path(origin).is_file():
-            continue
-        real = os.path.realpath(origin)
-        if any(real.startswith(p + os.sep) for p in stdlib):
-            continue
-        if importlib.machinery.PathFinder.find_spec(name, sys.path) is None:
-            found.append((name, origin))
-    return found
-
-
 class _PipeHandler(logging.Handler):
     """Sends a child's log records to the driver, which re-emits them there."""
 
@@ -479,7 +455,7 @@ def _child_main(
     root.setLevel(level)
     try:
         for name, path in preload:
-            _load_file_module(name, path)
+            load_file_module(name, path)
         worker_fn = pickle.loads(payload)
     except Exception as exc:
         send(
@@ -523,17 +499,6 @@ def _child_main(
         outcome = run_remote(worker_fn, task_id, task, sink, first, stopping)
         send(("done", outcome))
     sink.close()
-
-
-def _load_file_module(name: str, path: str) -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {name} from {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
 
 
 def _picklable(batch: list[Any]) -> list[Any]:

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from pipeloom.executors._base import Completions, Executor, Sink, TaskQueue, WorkerFn
+from pipeloom.tasklogs import enter_task, leave_task
 
 __all__ = ["ThreadExecutor"]
 
@@ -51,16 +52,20 @@ class ThreadExecutor(Executor):
         done = self.engine.task_done
         q = TaskQueue(self.sink, self.engine.stopping)
         finished = q.finished_ids
+        put = q.put
         while True:
             item = get()
             if item is _STOP:
                 return
             task_id, task = item
+            scope = enter_task(put, task_id)
             try:
                 fn(task, q)
             except BaseException as exc:  # handed to the engine, which records it
+                leave_task(scope)
                 done(task_id, task, exc, task_id in finished)
             else:
+                leave_task(scope)
                 done(task_id, task, None, task_id in finished)
             finished.clear()
 
