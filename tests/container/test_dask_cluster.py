@@ -89,6 +89,7 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(
             driver.wait()
 
     assert returncode == 0, output()
+    assert f"{dask_driver.TASKS}/{dask_driver.TASKS}" in output()  # the driver's progress bar
     assert 0 < done_before < dask_driver.TASKS  # killed mid-run
     # Exactly one terminal row per task: 1,000 rows, all done, none twice.
     rows = query(db, "SELECT task_id, status, attempt, result FROM task_runs")
