@@ -43,6 +43,8 @@ mkdir -p "$CACHE"
 # One build at a time per cache (a test session and a manual build may overlap).
 exec 9>"$CACHE/.lock"
 flock 9
+# Left by a build that was killed: nobody else holds the lock, so nobody is using them.
+find "$CACHE" -maxdepth 1 \( -name '.deps.*' -o -name '.rootfs.*' \) -exec rm -rf {} +
 
 say() { echo "build-image: $*" >&2; }
 need() {
