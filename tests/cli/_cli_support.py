@@ -5,10 +5,13 @@ from __future__ import annotations
 import sqlite3
 import textwrap
 from pathlib import Path
-from typing import Any
 
 from pipeloom import MsgTaskProgress, TaskDef, TaskQueue, run_pipeline
 from pipeloom.engine import RunResult
+from tests._db import rows
+
+query = rows
+"""Kept under the name these tests use."""
 
 
 def _worker(task: TaskDef, q: TaskQueue) -> None:
@@ -23,15 +26,6 @@ def make_run(db: Path, n: int = 5, failing: tuple[int, ...] = ()) -> RunResult:
         TaskDef(i, f"job-{i}", payload="fail" if i in failing else None) for i in range(1, n + 1)
     ]
     return run_pipeline(tasks, db, worker_fn=_worker, progress=False, run_name="fixture")
-
-
-def query(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Run ``sql`` on ``db`` with a plain connection and return every row."""
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def write(path: Path, code: str) -> Path:

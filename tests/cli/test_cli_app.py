@@ -27,6 +27,7 @@ def test_help_lists_every_command() -> None:
 
 def test_no_arguments_shows_help() -> None:
     result = runner.invoke(app, [])
+    assert result.exit_code == 2  # a usage error, as any command line tool says it
     assert "Usage: pipeloom" in result.output
     assert "demo" in result.output
 
@@ -50,7 +51,16 @@ def test_each_command_documents_its_flags() -> None:
             "--delay",
         ],
         "run": ["TARGET", "--arg", "--db", "--workers", "--resume", "--resume-run", "-v", "-l"],
-        "status": ["--db", "--run", "--runs", "--format", "--limit", "--watch", "--interval"],
+        "status": [
+            "--db",
+            "--run",
+            "--task",
+            "--runs",
+            "--format",
+            "--limit",
+            "--watch",
+            "--interval",
+        ],
     }
     for command, flags in expected.items():
         result = runner.invoke(app, [command, "--help"], terminal_width=200)

@@ -1,16 +1,20 @@
 import json
 import sqlite3
+import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from rich.cells import cell_len
 from typer.testing import CliRunner
 
-from pipeloom import MsgTaskStarted, TaskDef, TaskQueue, run_pipeline, utc_now
+from pipeloom import Context, MsgTaskStarted, Pipeline, TaskDef, TaskQueue, run_pipeline, utc_now
+from pipeloom.logs import console
 from pipeloom.schema import SCHEMA_VERSION
 from pipeloom_cli.app import app
 from tests.cli._cli_support import make_run, make_seed_layout
+from tests.e2e._cli_e2e_support import clean_env, pipeloom_command
 
 runner = CliRunner()
 
@@ -39,7 +43,7 @@ def test_table_shows_the_latest_run_with_failures_first(history: Path) -> None:
     assert "5/5 finished: done 3, error 2" in out
     assert "tasks/s" in out
     rows = [line for line in out.splitlines() if "job-" in line]
-    assert [r.split("│")[2].strip() for r in rows] == ["job-2", "job-4", "job-1", "job-3", "job-5"]
+    assert [r.split()[1] for r in rows] == ["job-2", "job-4", "job-1", "job-3", "job-5"]
     assert "ValueError: job-2 broke" in out
 
 
@@ -172,9 +176,10 @@ def test_unusable_files_are_one_line_errors(tmp_path: Path) -> None:
 def test_watch_on_a_finished_run_prints_once_and_returns(history: Path) -> None:
     result = runner.invoke(app, ["status", str(history), "--watch", "--format", "json"])
     assert result.exit_code == 0, result.output
-    lines = result.stdout.strip().splitlines()
-    assert len(lines) == 1
-    assert json.loads(lines[0])["run"]["status"] == "error"
+    snapshot, end = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert snapshot["type"] == "snapshot" and len(snapshot["tasks"]) == 5
+    assert end == {"type": "end", "run": snapshot["run"]}
+    assert end["run"]["status"] == "error"
 
 
 def test_watch_follows_a_live_run_until_it_ends(tmp_path: Path) -> None:
@@ -214,3 +219,48 @@ def test_watch_follows_a_live_run_until_it_ends(tmp_path: Path) -> None:
     assert snapshots[0]["run"]["status"] == "running"
     assert snapshots[-1]["run"]["status"] == "done"
     assert snapshots[-1]["run"]["counts"] == {"done": 3}
+
+
+def path_key_run(db: Path) -> None:
+    """One run of a pipeline named at length whose task keys are long file paths."""
+    pipe = Pipeline("nightly-customer-exports-into-the-warehouse", db=db, workers=2)
+
+    @pipe.task
+    def load_file(ctx: Context, path: str) -> int:
+        if path.endswith("3.csv"):
+            raise ValueError(f"bad row 200 in {path}: expected 12 columns, found 11")
+        return 1
+
+    paths = [
+        f"/home/me/projects/data/2024/11/exports/customers/part-{i:04d}.csv" for i in (1, 2, 3)
+    ]
+    pipe.map(load_file, paths)
+    pipe.run(progress=False)
+
+
+def test_status_at_60_columns_keeps_rows_on_one_line_with_both_ends_of_each_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "paths.db"
+    path_key_run(db)
+    env = {**clean_env(), "COLUMNS": "60"}
+    tasks = subprocess.run(
+        [*pipeloom_command(), "status", str(db)],
+        env=env, capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    lines = tasks.splitlines()
+    assert all(cell_len(line) <= 60 for line in lines), tasks
+    rows = [line for line in lines if "load_file" in line]
+    assert len(rows) == 3, tasks  # one line per task: nothing wraps
+    for row, n in zip(rows, (3, 1, 2), strict=True):
+        assert row.split()[1].startswith("load_file:"), row
+        assert row.split()[1].endswith(f"-{n:04d}.csv"), row
+        assert "…" in row.split()[1]
+    assert rows[0].split()[2] == "error" and "ValueErr" in rows[0]
+    monkeypatch.setattr(console, "_width", 60)  # the shared console, as COLUMNS=60 sets it
+    runs = runner.invoke(app, ["status", str(db), "--runs"]).stdout
+    assert all(cell_len(line) <= 60 for line in runs.splitlines()), runs
+    (row,) = [line for line in runs.splitlines() if line.strip().startswith("1 ")]
+    assert row.split()[1].startswith("nightl") and row.split()[1].endswith("house"), row
+    assert row.split()[2] == "error"
+    assert row.split()[-2:] == ["2/3", "1"]  # done/total, failed

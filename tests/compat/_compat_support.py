@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+
+from tests._db import rows as rows
 
 
 def run_script(code: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -25,12 +25,3 @@ def run_script(code: str, cwd: Path, timeout: float = 60) -> subprocess.Complete
         timeout=timeout,
         check=False,
     )
-
-
-def rows(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Every row of ``sql`` on ``db``, read with a plain connection."""
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
 from typing import Any
 
 from pipeloom import MsgTaskFinished, MsgTaskProgress, MsgTaskStarted, TaskDef, utc_now
+from tests._db import rows as rows
 
 
 def seed_worker(task: TaskDef, msg_q: Any) -> None:
@@ -15,11 +14,3 @@ def seed_worker(task: TaskDef, msg_q: Any) -> None:
     for step in range(1, 4):
         msg_q.put(MsgTaskProgress(task.task_id, step, 3, f"step {step}"))
     msg_q.put(MsgTaskFinished(task.task_id, "done", utc_now(), result=f"ok {task.task_id}"))
-
-
-def rows(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()

@@ -144,3 +144,24 @@ def test_runs_select_works_where_the_file_keeps_its_own_runs_table(tmp_path: Pat
     assert rows(db, f"SELECT name, status, progress FROM ({RUNS_SELECT})") == [
         ("pipeline", "done", 1.0)
     ]
+
+
+def test_run_pipeline_takes_the_same_options_object_a_pipeline_does(tmp_path: Path) -> None:
+    import pytest
+
+    from pipeloom import RunOptions
+
+    db = tmp_path / "opts.db"
+    result = run_pipeline(
+        tasks=[TaskDef(1, "a")],
+        db_path=db,
+        worker_fn=_gated(threading.Event()),
+        progress=False,
+        options=RunOptions(lease=7.5, synchronous="FULL"),
+    )
+    assert result.ok
+    assert rows(db, "SELECT lease_s FROM pipeline_runs") == [(7.5,)]
+    other = tmp_path / "never.db"
+    with pytest.raises(TypeError, match="lease both as keyword"):
+        run_pipeline(tasks=[TaskDef(1, "a")], db_path=other, lease=3.0, options=RunOptions())
+    assert not other.exists()  # refused before anything was written

@@ -3,6 +3,7 @@ import re
 from pathlib import Path
 
 import pytest
+from rich.cells import cell_len
 from rich.console import Console
 from rich.text import Text
 
@@ -15,6 +16,7 @@ from pipeloom import (
     preregister_task_bars,
     run_pipeline,
 )
+from pipeloom._text import shorten_middle
 from pipeloom.progress import make_task_progress, render_summary
 
 
@@ -130,3 +132,57 @@ def test_the_final_mark_follows_the_outcome(
         line for line in Text.from_ansi(out.getvalue()).plain.splitlines() if "marks" in line
     ][-1]
     assert mark in last_bar and not_mark not in last_bar
+
+
+PATH_KEYS = [
+    f"load_file:/home/me/projects/data/2024/11/{i:02d}/exports/customers/part-{i:04d}.csv"
+    for i in range(1, 9)
+]
+
+
+def test_shorten_middle_keeps_both_ends_within_the_cell_width() -> None:
+    key = PATH_KEYS[6]
+    short = shorten_middle(key, 30)
+    assert cell_len(short) == 30
+    assert short.startswith("load_file:/home") and short.endswith("/part-0007.csv")
+    assert "…" in short
+    assert shorten_middle("fits", 30) == "fits"
+    # A wide character takes two cells and is never split in half.
+    wide = shorten_middle("日本語のファイル名/データ/とても長い/パス.csv", 15)
+    assert cell_len(wide) <= 15 and wide.startswith("日本語") and wide.endswith("パス.csv")
+    assert shorten_middle("abc", 1) == "…" and shorten_middle("abc", 0) == ""
+
+
+def test_task_bars_for_path_keys_keep_their_bar_and_both_ends_at_60_columns() -> None:
+    console = Console(
+        file=io.StringIO(), force_terminal=True, width=60, record=True, color_system=None
+    )
+    display = LiveDisplay(
+        100, console=console, max_visible=4, get_time=fake_clock, title="nightly-load"
+    )
+    display(AppliedBatch(started=list(enumerate(PATH_KEYS, start=1))))
+    display(
+        AppliedBatch(
+            progress={
+                1: (1, 5, "100 rows"),
+                2: (3, 5, "a long message about what the task is doing right now"),
+                3: (5, 5, "500 rows"),
+                4: (2, 5, ""),
+            }
+        )
+    )
+    console.print(display.overall)
+    console.print(display.tasks)
+    lines = console.export_text().splitlines()
+    assert all(cell_len(line) <= 60 for line in lines), lines
+    assert "nightly-load" in lines[0] and "0/100" in lines[0]
+    task_lines = lines[1:]
+    assert len(task_lines) == 4
+    percent = {1: "20%", 2: "60%", 3: "100%", 4: "40%"}
+    for n, line in enumerate(task_lines, start=1):
+        assert line.strip().startswith("load_file:/"), line
+        assert f"/part-{n:04d}.csv" in line, line  # the file name at the key's end survives
+        assert "━" in line and percent[n] in line, line
+    # A finished bar is drawn whole: at least 10 cells were left to it.
+    assert "━" * 10 in task_lines[2]
+    assert "100 rows" in task_lines[0] and "a long" in task_lines[1]

@@ -7,6 +7,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,6 +83,7 @@ async def test_rows_show_up_while_a_pipeline_is_still_writing(tmp_path: Path) ->
         ds = pipeloom_observe.build_datasette(db)
         await ds.invoke_startup()
         seen_while_writing: list[int] = []
+        live_runs: list[dict[str, Any]] = []
         failures: list[str] = []
         deadline = time.monotonic() + 60
         for i in range(2_000):
@@ -95,6 +97,11 @@ async def test_rows_show_up_while_a_pipeline_is_still_writing(tmp_path: Path) ->
                 n = response.json()[0]["n"]
                 seen_while_writing.append(n)
                 partial = sorted({m for m in seen_while_writing if 0 < m < TASKS})
+                if partial and not live_runs:
+                    # Tasks past 60 wait for gate 1: the run is still going, part done.
+                    live_runs.extend(
+                        (await ds.client.get("/live/run_list.json?_shape=array")).json()
+                    )
                 if partial:
                     Path(f"{db}.gate1").touch()
                 if len(partial) >= 2:
@@ -119,5 +126,10 @@ async def test_rows_show_up_while_a_pipeline_is_still_writing(tmp_path: Path) ->
     assert failures == []
     assert final.json()[0]["n"] == TASKS
     assert seen_while_writing == sorted(seen_while_writing), "the count went backwards"
+    # The runs list showed the run live: running, its planned total, part of it done.
+    [run] = live_runs
+    assert (run["status"], run["total"], run["stale"]) == ("running", TASKS, 0)
+    assert 0 < run["done"] < TASKS
+    assert 0 < run["progress"] < 1
     grown = [n for n in set(seen_while_writing) if 0 < n < TASKS]
     assert len(grown) >= 2, f"no partial counts seen while writing: {seen_while_writing}"

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from pipeloom import MsgTaskFinished, MsgTaskStarted, TaskDef, TaskQueue, run_pipeline
+from pipeloom import (
+    MsgTaskFinished,
+    MsgTaskStarted,
+    TaskDef,
+    TaskQueue,
+    run_pipeline,
+    utc_now,
+)
 
 FAILED_TASK: Final = 3
 ERROR_LINE: Final = "ValueError: partition 3 is corrupt"
@@ -156,3 +165,144 @@ def schema_of(path: Path) -> dict[str, Any]:
         return normalised_schema(conn)
     finally:
         conn.close()
+
+
+# -- A mixed history written by real pipelines: done, error, timeout, retried, cancelled ------
+
+MIXED_ITEMS: Final = tuple(range(8))
+MIXED_ERROR_ITEM: Final = 3
+MIXED_TIMEOUT_ITEM: Final = 5
+MIXED_RETRIED_ITEM: Final = 6
+MIXED_BAD_ROW_ITEM: Final = 1
+MIXED_CHATTY_ITEM: Final = 7
+MIXED_LOG_LIMIT: Final = 5
+"""Log records kept per task; partition 7 of run 2 logs more, the rest are counted."""
+MIXED_ERROR_LINE: Final = "ValueError: partition 3 has a corrupt header"
+
+
+@dataclass(frozen=True)
+class LoadedRow:
+    """A domain row a task emits; a negative ``rows`` is refused by the handler."""
+
+    task_id: int
+    rows: int
+
+
+def _store_rows(conn: sqlite3.Connection, msgs: list[LoadedRow]) -> None:
+    for msg in msgs:
+        if msg.rows < 0:
+            raise ValueError(f"rows={msg.rows}: a partition cannot have negative rows")
+        conn.execute("INSERT INTO loaded (task_id, rows) VALUES (?, ?)", (msg.task_id, msg.rows))
+
+
+def _loaded_schema(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS loaded (task_id INTEGER, rows INTEGER)")
+
+
+_ATTEMPTS: dict[tuple[str, int], int] = {}
+
+
+MIXED_CANCELLED_FROM: Final = 5
+
+
+def _cancelled_run(path: Path) -> None:
+    """Run 4 of ``etl``: its worker withdraws partitions 5-7 before they start (cancelled)."""
+
+    def work(task: TaskDef, q: TaskQueue) -> None:
+        if task.task_id >= MIXED_CANCELLED_FROM:
+            q.put(
+                MsgTaskFinished(
+                    task.task_id,
+                    "cancelled",
+                    utc_now(),
+                    message="withdrawn",
+                    name=task.name,
+                    key=task.key,
+                )
+            )
+            return
+        q.put(MsgTaskStarted(task.task_id, task.name, utc_now(), key=task.key))
+        _pause.wait(0.02)
+        q.put(MsgTaskFinished(task.task_id, "done", utc_now()))
+
+    run_pipeline(
+        [TaskDef(i, f"load:{i}", key=f"load:{i}") for i in MIXED_ITEMS],
+        path,
+        worker_fn=work,
+        workers=2,
+        progress=False,
+        run_name="etl",
+        handle_signals=False,
+    )
+
+
+_pause = threading.Event()
+
+
+def make_mixed_db(path: Path) -> Path:
+    """Three runs of pipeline ``etl`` over 8 partitions, then a one-task run of ``report``.
+
+    Run 1: everything done. Run 2: partition 3 raises (a traceback), 5 times out, 6 fails once
+    and is retried, 1 sends a row the handler refuses (a dead letter), 7 logs more than
+    ``task_log_limit``. Run 3: fail_fast stops
+    at partition 2. Run 4: partitions 5-7 are cancelled. Tasks log through ``ctx.log``.
+    """
+    from pipeloom import Pipeline, RunOptions
+
+    for run in (1, 2, 3):
+        pipe = Pipeline(
+            "etl",
+            db=path,
+            workers=1 if run == 3 else 2,
+            handlers={LoadedRow: _store_rows},
+            schema=_loaded_schema,
+            fail_fast=run == 3,
+            params={"run": run, "source": "s3://bucket/nightly", "partitions": len(MIXED_ITEMS)},
+            options=RunOptions(task_log_limit=MIXED_LOG_LIMIT),
+        )
+
+        @pipe.task(name="load", retries=1, backoff=0.0, timeout=5.0 if run != 2 else None)
+        def load(ctx: Any, item: int, run: int = run) -> dict[str, int]:
+            ctx.log.info("reading partition %d", item)
+            # Visible bars in the Gantt: tasks take 20-60 ms (no test reads these times).
+            _pause.wait(0.02 * (1 + item % 3))
+            if run == 2 and item == MIXED_ERROR_ITEM:
+                ctx.log.warning("partition %d: header checksum mismatch", item)
+                raise ValueError(MIXED_ERROR_LINE.removeprefix("ValueError: "))
+            if run == 3 and item == 2:
+                raise OSError("partition 2: connection reset by peer")
+            if run == 2 and item == MIXED_RETRIED_ITEM:
+                key = (str(path), item)
+                _ATTEMPTS[key] = _ATTEMPTS.get(key, 0) + 1
+                if _ATTEMPTS[key] == 1:
+                    raise ConnectionError("partition 6: throttled, try again")
+            if run == 2 and item == MIXED_BAD_ROW_ITEM:
+                ctx.emit(LoadedRow(ctx.task_id, -1))
+            if run == 2 and item == MIXED_CHATTY_ITEM:
+                for batch in range(MIXED_LOG_LIMIT):
+                    ctx.log.info("partition %d: batch %d loaded", item, batch)
+            ctx.log.info("partition %d: %d rows", item, 100 * item)
+            return {"rows": 100 * item}
+
+        @pipe.task(name="slow", timeout=0.3)
+        def slow(ctx: Any, item: int) -> None:
+            ctx.log.info("waiting for the upstream export of %d", item)
+            ctx.cancelled.wait(30)  # returns as soon as the timeout abandons the attempt
+
+        if run == 2:
+            pipe.map(load, [i for i in MIXED_ITEMS if i != MIXED_TIMEOUT_ITEM])
+            pipe.map(slow, [MIXED_TIMEOUT_ITEM])
+        else:
+            pipe.map(load, list(MIXED_ITEMS))
+        pipe.run(progress=False)
+    _cancelled_run(path)
+    report = Pipeline("report", db=path, workers=1)
+
+    @report.task
+    def render(ctx: Any, item: str) -> str:
+        ctx.log.info("rendering %s", item)
+        return item
+
+    report.map(render, ["summary.html"])
+    report.run(progress=False)
+    return path

@@ -89,23 +89,27 @@ async def test_failures_lists_the_failed_task_with_its_error(run_db: Path) -> No
 async def test_slowest_tasks_are_ordered_by_duration(run_db: Path) -> None:
     ds = await started(run_db)
     slowest = await rows(ds, "/nightly/slowest_tasks.json?_shape=array")
-    # Task k of a run takes k + 1 seconds; run 2 has tasks 0-5, run 1 tasks 0-1.
+    # Task k of a run takes k + 1 seconds; the newest run (2) has tasks 0-5.
     assert [(s["run_id"], s["task_id"], s["seconds"]) for s in slowest[:4]] == [
         (2, 5, 6.0),
         (2, 4, 5.0),
         (2, 3, 4.0),
         (2, 2, 3.0),
     ]
-    assert len(slowest) == 8
+    assert len(slowest) == 6
+    older = await rows(ds, "/nightly/slowest_tasks.json?_shape=array&run_id=1")
+    assert [(s["run_id"], s["task_id"], s["seconds"]) for s in older] == [(1, 1, 2.0), (1, 0, 1.0)]
 
 
-async def test_tasks_per_minute_counts_finished_tasks(run_db: Path) -> None:
+async def test_tasks_per_minute_counts_finished_tasks_of_one_run(run_db: Path) -> None:
     ds = await started(run_db)
     minutes = await rows(ds, "/nightly/tasks_per_minute.json?_shape=array")
     assert minutes == [
-        {"minute": "2026-01-01T10:00", "tasks": 5, "done": 5, "failed": 0},
+        {"minute": "2026-01-01T10:00", "tasks": 3, "done": 3, "failed": 0},
         {"minute": "2026-01-01T10:01", "tasks": 3, "done": 2, "failed": 1},
     ]
+    first = await rows(ds, "/nightly/tasks_per_minute.json?_shape=array&run_id=1")
+    assert first == [{"minute": "2026-01-01T10:00", "tasks": 2, "done": 2, "failed": 0}]
 
 
 async def test_tables_are_sorted_newest_first_with_facets(run_db: Path) -> None:
@@ -134,7 +138,7 @@ async def test_the_chart_plugin_loads_with_local_assets(run_db: Path) -> None:
     plugins = (await ds.client.get("/-/plugins.json")).json()
     assert "datasette-dashboards" in {p["name"] for p in plugins}
     page = (await ds.client.get(f"/-/dashboards/{DASHBOARD}")).text
-    assert 'id="chart-tasks-per-minute"' in page
+    assert 'id="chart-gantt"' in page
     for asset in ("vega.min.js", "vega-lite.min.js", "vega-embed.min.js", "dashboards.js"):
         path = f"/-/static-plugins/datasette_dashboards/{asset}"
         assert path in page

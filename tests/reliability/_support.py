@@ -8,9 +8,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from tests._db import query as query
 
 CHILD = Path(__file__).with_name("rel_child.py")
 
@@ -64,14 +65,5 @@ def integrity(db: Path) -> str:
     conn = sqlite3.connect(db)
     try:
         return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
-    finally:
-        conn.close()
-
-
-def query(db: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
-    """Run one read query on a fresh connection."""
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(sql, args).fetchall()
     finally:
         conn.close()

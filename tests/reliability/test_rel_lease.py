@@ -122,11 +122,11 @@ async def test_observe_shows_a_stale_run_without_writing(tmp_path: Path) -> None
     before = _fingerprint(db)
     ds = pipeloom_observe.build_datasette(db)
     await ds.invoke_startup()
-    response = await ds.client.get("/observed/runs.json?_shape=array")
+    response = await ds.client.get("/observed/run_list.json?_shape=array")
     assert response.status_code == 200, response.text
     runs = {row["name"]: row for row in response.json()}
-    assert (runs["dead"]["status"], runs["dead"]["stale"]) == ("stale", 1)
-    assert runs["dead"]["seconds"] == 0  # stopped at its heartbeat, not growing
+    assert (runs["dead"]["status"], runs["dead"]["stale"]) == ("running", 1)
+    assert runs["dead"]["duration_s"] == 0  # stopped at its heartbeat, not growing
     assert (runs["pipeline"]["status"], runs["pipeline"]["stale"]) == ("done", 0)
     [latest] = (await ds.client.get("/observed/latest_run.json?_shape=array")).json()
     assert (latest["name"], latest["stale"]) == ("dead", 1)

@@ -12,7 +12,14 @@ import logging
 import re
 import traceback
 
-__all__ = ["MAX_TEXT_CHARS", "exc_summary", "exc_text", "printable", "storable"]
+__all__ = [
+    "MAX_TEXT_CHARS",
+    "exc_summary",
+    "exc_text",
+    "printable",
+    "shorten_middle",
+    "storable",
+]
 
 log = logging.getLogger("pipeloom")
 
@@ -110,4 +117,46 @@ def printable(value: object, *, newlines: bool = False) -> str:
             text.encode("utf-8")
         except UnicodeEncodeError:
             text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+ELLIPSIS = "…"
+
+
+def shorten_middle(text: str, width: int) -> str:
+    """Fit ``text`` into ``width`` terminal cells by cutting its middle.
+
+    Keys and names are often paths (``load:/data/2024/11/…/part-0007.csv``): their start says
+    which task and their end which file, so both stay and the middle gives way. Widths are
+    Rich's cell widths, so a wide character (CJK, most emoji) counts as two cells and is never
+    split. Text that fits is returned as it is.
+    """
+    if text.isascii():  # one cell per character: the common case, called once per task
+        if len(text) <= width:
+            return text
+        if width <= 1:
+            return ELLIPSIS[: max(width, 0)]
+        keep = width - 1
+        return text[: keep - keep // 2] + ELLIPSIS + text[len(text) - keep // 2 :]
+    from rich.cells import cell_len  # here: reading history (and this module) needs no Rich
+
+    if cell_len(text) <= width:
+        return text
+    if width <= 1:
+        return ELLIPSIS[: max(width, 0)]
+    keep = width - 1
+    head = _fit_cells(text, keep - keep // 2)
+    tail = _fit_cells(text[::-1], keep - cell_len(head))[::-1]
+    return head + ELLIPSIS + tail
+
+
+def _fit_cells(text: str, width: int) -> str:
+    """The longest prefix of ``text`` that takes at most ``width`` cells."""
+    from rich.cells import get_character_cell_size
+
+    used = 0
+    for index, char in enumerate(text):
+        used += get_character_cell_size(char)
+        if used > width:
+            return text[:index]
     return text

@@ -34,6 +34,7 @@ from pipeloom.executors import Executor, TaskQueue, ThreadExecutor, WorkerFn, re
 from pipeloom.executors._remote import RemoteTaskError
 from pipeloom.logs import console as shared_console
 from pipeloom.messages import SENTINEL, MsgTaskFinished, utc_now
+from pipeloom.options import RunOptions
 from pipeloom.progress import LiveDisplay, PlainReporter, render_failures, render_summary
 from pipeloom.queue import DEFAULT_MAXSIZE, MessageQueue
 from pipeloom.result import RunResult
@@ -46,6 +47,9 @@ log = logging.getLogger("pipeloom.engine")
 _GRACE = 1.0
 """Seconds to let workers wind down after the writer or executor failed before ending anyway."""
 _LABEL_CHARS = 80
+
+
+_DEFAULTS = RunOptions()
 
 
 class TaskSourceError(PipeloomError, ValueError):
@@ -265,13 +269,15 @@ class _Run:
         name, key = _label(task, task_id)
         remote = isinstance(error, RemoteTaskError)
         text = error.remote_traceback if isinstance(error, RemoteTaskError) else None
+        text = text or exc_text(error)
+        log.debug("task %s (%s) failed:\n%s", task_id, name or key, text.rstrip())  # -vv
         self._post(
             MsgTaskFinished(
                 task_id,
                 "error",
                 utc_now(),
                 message=str(error) if remote else exc_summary(error),
-                error=text or exc_text(error),
+                error=text,
                 name=name,
                 key=key,
             )
@@ -419,6 +425,7 @@ def run_pipeline(
     handle_signals: bool = True,
     lease: float | None = None,
     task_log_limit: int = DEFAULT_TASK_LOG_LIMIT,
+    options: RunOptions | None = None,
     **kw: Any,
 ) -> RunResult:
     """Run ``worker_fn(task, msg_q)`` for every task, persisting through one writer thread.
@@ -457,6 +464,10 @@ def run_pipeline(
             beats every lease/3 seconds; default `pipeloom.lease.DEFAULT_LEASE_S`).
         task_log_limit: log records stored per task in ``task_logs`` (records logged inside
             a task: ``ctx.log`` and the user's own ``logging``); the rest are counted.
+        options: the writer's and the queue's settings as one `RunOptions` (the same object
+            a `Pipeline` takes), instead of ``wal``, ``synchronous``, ``batch_size``,
+            ``commit_interval``, ``queue_size``, ``lease``, ``listeners`` and
+            ``task_log_limit`` one by one; a setting may come one way or the other, not both.
         **kw: ``tasks=`` and ``db_path=`` by keyword.
 
     Returns:
@@ -475,6 +486,27 @@ def run_pipeline(
     if unknown:
         raise TypeError(f"run_pipeline got unexpected keyword(s): {', '.join(sorted(unknown))}")
     tasks, db_path = _resolve_call(args, kw)
+    if options is not None:
+        given = {
+            "wal": wal,
+            "synchronous": synchronous,
+            "batch_size": batch_size,
+            "commit_interval": commit_interval,
+            "queue_size": queue_size,
+            "lease": lease,
+            "listeners": tuple(listeners),
+            "task_log_limit": task_log_limit,
+        }
+        both = [name for name, value in given.items() if value != getattr(_DEFAULTS, name)]
+        if both:
+            raise TypeError(
+                f"run_pipeline got {', '.join(both)} both as keyword(s) and in options=; "
+                "pass each setting one way"
+            )
+        wal, synchronous, batch_size = options.wal, options.synchronous, options.batch_size
+        commit_interval, queue_size = options.commit_interval, options.queue_size
+        lease, listeners = options.lease, options.listeners
+        task_log_limit = options.task_log_limit
     if worker_fn is None:
         from pipeloom.demo import demo_worker  # demo imports this module
 

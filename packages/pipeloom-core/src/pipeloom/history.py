@@ -1,12 +1,25 @@
-"""Run history: the one place that writes a run's own rows (``pipeline_runs``).
+"""Run history: the one place that writes a run's own rows, and reads a file's runs back.
 
-The writer thread calls these at a run's landmarks: it opens a run (`insert_run`), keeps it
-alive (`beat`), moves its counts with each commit (`LiveCounts`), closes it
+Writing: the writer thread calls these at a run's landmarks: it opens a run (`insert_run`),
+keeps it alive (`beat`), moves its counts with each commit (`LiveCounts`), closes it
 (`close_run`), and, when it stops early or finds another writer gone, marks a run
 interrupted (`interrupt_run`, `mark_dead_runs`). Everything here runs on the writer's
 connection inside the transaction its caller opened, except where a function says it opens
-its own. Readers (`pipeloom status`, observe, resume) read the same tables and
-`pipeloom.schema.RUNS_SELECT`; none of them writes.
+its own.
+
+Reading: `open_history` opens a file read-only (safe beside a pipeline that is writing it,
+and it never creates a file); `list_runs`, `get_run`, `run_tasks`, `get_task`,
+`task_attempts`, `task_logs` and `TaskChanges` read runs, tasks, attempts and logs back as
+plain dataclasses. ``pipeloom status`` is built on them; so can a script::
+
+    from pipeloom.history import get_run, open_history, run_tasks
+    from pipeloom.status import FAILED
+
+    conn = open_history("runs.db")
+    run = get_run(conn)  # the latest run
+    failed = [t for t in run_tasks(conn, run.id) if t.status in FAILED]
+
+Nothing here imports Rich; readers never write.
 """
 
 from __future__ import annotations
@@ -14,10 +27,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import socket
 import sqlite3
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pipeloom._control import RunEnd
@@ -26,21 +42,39 @@ from pipeloom._fold import AppliedBatch
 from pipeloom._idset import IdSet
 from pipeloom._text import storable
 from pipeloom._version import __version__
-from pipeloom.lease import STALE_SQL, owner_identity, provable_owner
+from pipeloom.db import connect_readonly, describe_error
+from pipeloom.errors import DatabaseError, SchemaOutdatedError
+from pipeloom.lease import STALE_SQL, owner_identity, provable_owner, stale_sql
 from pipeloom.messages import utc_now
+from pipeloom.schema import SCHEMA_VERSION, inspect_schema
 from pipeloom.status import ACTIVE, FAILED, TERMINAL, count_failed, decide_run_status, sql_in
 
 __all__ = [
     "FAILED_SAMPLE",
+    "AttemptInfo",
     "ClosedRun",
+    "HistoryError",
     "LiveCounts",
+    "LogInfo",
+    "RunInfo",
+    "RunNotFoundError",
+    "TaskChanges",
+    "TaskInfo",
+    "TaskNotFoundError",
     "beat",
     "close_run",
     "dead_runs",
+    "get_run",
+    "get_task",
     "insert_run",
     "interrupt_run",
+    "list_runs",
     "mark_dead_runs",
+    "open_history",
+    "run_tasks",
     "store_counts",
+    "task_attempts",
+    "task_logs",
 ]
 
 log = logging.getLogger("pipeloom.writer")
@@ -362,3 +396,407 @@ class LiveCounts:
                 run_id,
             ),
         )
+
+
+# -- Reading ------------------------------------------------------------------------------
+
+
+class HistoryError(DatabaseError):
+    """The file holds no run history this pipeloom can read (or not the run or task asked)."""
+
+
+class RunNotFoundError(HistoryError, LookupError):
+    """A run id that is not in the file; ``first`` and ``last`` are the ids that are."""
+
+    def __init__(self, run_id: int, first: int | None, last: int | None) -> None:
+        """Name the missing run and the ids there are."""
+        self.run_id, self.first, self.last = run_id, first, last
+        have = f"its runs are {first}..{last}" if first is not None else "it holds no runs"
+        super().__init__(f"run {run_id} is not in this file; {have}")
+
+
+class TaskNotFoundError(HistoryError, LookupError):
+    """A task id that is not in a run; ``first`` and ``last`` are the run's task ids."""
+
+    def __init__(self, run_id: int, task_id: int, first: int | None, last: int | None) -> None:
+        """Name the missing task, its run and the task ids there are."""
+        self.run_id, self.task_id, self.first, self.last = run_id, task_id, first, last
+        have = f"its task ids are {first}..{last}" if first is not None else "it has no tasks"
+        super().__init__(f"task {task_id} is not in run {run_id}; {have}")
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _seconds_between(start: str | None, end: str | None) -> float | None:
+    began = _parse_time(start)
+    if began is None:
+        return None
+    ended = _parse_time(end) or datetime.now(UTC)
+    return max(0.0, (ended - began).total_seconds())
+
+
+@dataclass
+class RunInfo:
+    """One ``pipeline_runs`` row, with its task counts as the task rows hold them now."""
+
+    id: int
+    name: str
+    status: str
+    started_at: str
+    finished_at: str | None
+    workers: int | None
+    tasks_total: int
+    counts: dict[str, int]
+    """Tasks per status, counted from ``task_runs``."""
+    messages: int
+    params: Any
+    host: str | None
+    pid: int | None
+    heartbeat_at: str | None = None
+    """When the run's writer last said it was alive (None: written before leases)."""
+    lease_s: float | None = None
+    """Seconds after ``heartbeat_at`` that the run counts as stale."""
+    stale: bool = False
+    """Still ``running`` in the file, but its lease expired: its writer is gone or stuck."""
+    elapsed: float | None = None
+    """Seconds from start to finish (to now while running; to the last heartbeat if stale)."""
+    finished: int = 0
+    """Tasks in a terminal status."""
+    throughput: float | None = None
+    """Finished tasks per second."""
+
+    def __post_init__(self) -> None:
+        """Derive elapsed time and throughput from the row."""
+        end = self.heartbeat_at if self.stale else self.finished_at
+        self.elapsed = _seconds_between(self.started_at, end)
+        self.finished = sum(n for s, n in self.counts.items() if s in TERMINAL)
+        self.tasks_total = max(self.tasks_total, sum(self.counts.values()))
+        if self.elapsed:
+            self.throughput = self.finished / self.elapsed
+
+    @property
+    def active(self) -> bool:
+        """True while the run may still change (a stale run's writer is gone)."""
+        return self.status in ACTIVE and not self.stale
+
+    @property
+    def failed(self) -> int:
+        """Tasks in a `pipeloom.status.FAILED` status."""
+        return count_failed(self.counts)
+
+    @property
+    def shown_status(self) -> str:
+        """The status to show: ``stale`` for a running run whose lease expired."""
+        return "stale" if self.stale else self.status
+
+    def as_json(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return asdict(self)
+
+
+@dataclass
+class TaskInfo:
+    """One ``task_runs`` row: a task as its run left it (or as it stands, while running)."""
+
+    task_id: int
+    name: str
+    status: str
+    progress: float
+    step: int | None
+    total: int | None
+    message: str | None
+    started_at: str | None
+    finished_at: str | None
+    attempt: int
+    result: str | None
+    error: str | None
+    """The traceback of a failure, as text."""
+    key: str | None = None
+    """The task's stable key (``load:data/a.csv``); its name may be a shortened form of it."""
+
+    @property
+    def label(self) -> str:
+        """What to call the task on screen: its full key when it has one, else its name."""
+        return self.key or self.name
+
+    @property
+    def elapsed(self) -> float | None:
+        """Seconds the task ran (so far, while running)."""
+        return _seconds_between(self.started_at, self.finished_at)
+
+    def as_json(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return {**asdict(self), "elapsed": self.elapsed}
+
+
+@dataclass
+class AttemptInfo:
+    """One ``task_attempts`` row: an attempt that failed (the last one is the task's row)."""
+
+    attempt: int
+    status: str
+    started_at: str | None
+    finished_at: str | None
+    error: str | None
+    discarded: int
+    """Messages the attempt sent that were dropped with it (a failed attempt's output)."""
+
+    @property
+    def error_line(self) -> str:
+        """The error's last non-blank line (``ValueError: bad row``), for one table cell."""
+        lines = [line for line in (self.error or "").splitlines() if line.strip()]
+        return lines[-1].strip() if lines else ""
+
+    @property
+    def elapsed(self) -> float | None:
+        """Seconds the attempt ran."""
+        return _seconds_between(self.started_at, self.finished_at)
+
+    def as_json(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return {**asdict(self), "elapsed": self.elapsed}
+
+
+@dataclass
+class LogInfo:
+    """One ``task_logs`` row: a record logged inside a task."""
+
+    created_at: str
+    level: str
+    logger: str | None
+    message: str
+    attempt: int
+    dropped: int
+    """More than 0 on the row that counts the records dropped beyond the bound."""
+
+    def as_json(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return asdict(self)
+
+
+def open_history(db: str | Path) -> sqlite3.Connection:
+    """Open ``db`` read-only and check it holds run history this pipeloom can read.
+
+    Safe beside a pipeline that is writing the file; never creates or changes it.
+
+    Raises:
+        HistoryError: the file is missing, holds no pipeloom runs, or a newer schema.
+        SchemaOutdatedError: it holds an older schema (``pipeloom db upgrade PATH``).
+        DatabaseError: it is not a regular file, not SQLite, damaged or unreadable.
+    """
+    path = Path(db)
+    if not os.path.lexists(path):
+        raise HistoryError(f"{path}: no such database file")
+    conn = connect_readonly(path)
+    try:
+        state = inspect_schema(conn)
+    except sqlite3.DatabaseError as exc:  # a damaged schema page
+        conn.close()
+        raise describe_error(path, exc) from exc
+    if state.layout == "current":
+        return conn
+    conn.close()
+    if state.layout == "conflict":
+        raise HistoryError(f"{path}: holds no pipeloom runs: {state.conflict}")
+    if state.layout in ("empty", "foreign"):
+        raise HistoryError(f"{path}: holds no pipeloom runs (no task_runs table); check the path")
+    if state.layout == "newer":
+        raise HistoryError(f"{path}: was written by a newer pipeloom; upgrade pipeloom to read it")
+    raise SchemaOutdatedError(
+        f"{path}: holds an older pipeloom schema (version {state.version}, current "
+        f"{SCHEMA_VERSION}); run `pipeloom db upgrade {shlex.quote(str(path))}` first"
+    )
+
+
+_RUN_COLUMNS = (
+    "id, name, status, started_at, finished_at, workers, tasks_total, messages, params, host, "
+    f"pid, heartbeat_at, lease_s, {stale_sql()}"
+)
+
+
+def _run_from_row(conn: sqlite3.Connection, row: tuple[Any, ...]) -> RunInfo:
+    run_id, name, status, started, finished, workers, total, messages, params, host = row[:10]
+    pid, heartbeat_at, lease_s, stale = row[10:]
+    # Per status from task_runs: the row's own counts group every failure under tasks_error.
+    counts = {
+        str(s): int(n)
+        for s, n in conn.execute(
+            "SELECT status, count(*) FROM task_runs WHERE run_id = ? GROUP BY status", (run_id,)
+        )
+    }
+    try:
+        parsed = json.loads(params) if params else None
+    except ValueError:
+        parsed = params
+    return RunInfo(
+        id=int(run_id),
+        name=str(name),
+        status=str(status),
+        started_at=str(started),
+        finished_at=finished,
+        workers=workers,
+        tasks_total=int(total or 0),
+        counts=counts,
+        messages=int(messages or 0),
+        params=parsed,
+        host=host,
+        pid=pid,
+        heartbeat_at=heartbeat_at,
+        lease_s=lease_s,
+        stale=bool(stale),
+    )
+
+
+def get_run(conn: sqlite3.Connection, run_id: int | None = None) -> RunInfo | None:
+    """Return run ``run_id`` (the latest when None); None when the file has no runs.
+
+    Raises:
+        RunNotFoundError: ``run_id`` is not in the file.
+    """
+    if run_id is None:
+        row = conn.execute(
+            f"SELECT {_RUN_COLUMNS} FROM pipeline_runs ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else _run_from_row(conn, row)
+    row = conn.execute(
+        f"SELECT {_RUN_COLUMNS} FROM pipeline_runs WHERE id = ?", (run_id,)
+    ).fetchone()
+    if row is None:
+        first, last = conn.execute("SELECT min(id), max(id) FROM pipeline_runs").fetchone()
+        raise RunNotFoundError(run_id, first, last)
+    return _run_from_row(conn, row)
+
+
+def list_runs(conn: sqlite3.Connection, limit: int = 20) -> list[RunInfo]:
+    """Return the most recent runs, newest first."""
+    rows = conn.execute(
+        f"SELECT {_RUN_COLUMNS} FROM pipeline_runs ORDER BY id DESC LIMIT ?", (limit,)
+    ).fetchall()
+    return [_run_from_row(conn, row) for row in rows]
+
+
+_TASK_COLUMNS = (
+    "task_id, name, status, progress, step, total, message, started_at, finished_at, attempt, "
+    "result, error, task_key"
+)
+
+
+def run_tasks(conn: sqlite3.Connection, run_id: int, limit: int | None = None) -> list[TaskInfo]:
+    """Return a run's tasks, failures first, then unfinished ones, then by task id."""
+    order = (
+        f"CASE WHEN status IN {sql_in(FAILED)} THEN 0 "
+        f"WHEN status IN {sql_in(ACTIVE)} THEN 1 ELSE 2 END, task_id"
+    )
+    sql = f"SELECT {_TASK_COLUMNS} FROM task_runs WHERE run_id = ? ORDER BY {order}"
+    params: tuple[Any, ...] = (run_id,)
+    if limit is not None:
+        sql += " LIMIT ?"
+        params = (run_id, limit)
+    return [TaskInfo(*row) for row in conn.execute(sql, params)]
+
+
+def get_task(conn: sqlite3.Connection, run_id: int, task_id: int) -> TaskInfo:
+    """Return task ``task_id`` of run ``run_id``.
+
+    Raises:
+        TaskNotFoundError: the run has no such task.
+    """
+    row = conn.execute(
+        f"SELECT {_TASK_COLUMNS} FROM task_runs WHERE run_id = ? AND task_id = ?",
+        (run_id, task_id),
+    ).fetchone()
+    if row is not None:
+        return TaskInfo(*row)
+    first, last = conn.execute(
+        "SELECT min(task_id), max(task_id) FROM task_runs WHERE run_id = ?", (run_id,)
+    ).fetchone()
+    raise TaskNotFoundError(run_id, task_id, first, last)
+
+
+def task_attempts(conn: sqlite3.Connection, run_id: int, task_id: int) -> list[AttemptInfo]:
+    """Return a task's recorded failed attempts (``task_attempts``), first attempt first.
+
+    The attempt that ended the task is its ``task_runs`` row, not one of these.
+    """
+    rows = conn.execute(
+        "SELECT attempt, status, started_at, finished_at, error, discarded FROM task_attempts "
+        "WHERE run_id = ? AND task_id = ? ORDER BY attempt, id",
+        (run_id, task_id),
+    )
+    return [AttemptInfo(*row) for row in rows]
+
+
+def task_logs(conn: sqlite3.Connection, run_id: int, task_id: int) -> list[LogInfo]:
+    """Return the log records stored for a task, oldest first.
+
+    A row with ``dropped`` above 0 counts the records dropped beyond the task's bound.
+    """
+    rows = conn.execute(
+        "SELECT created_at, level, logger, message, attempt, dropped FROM task_logs "
+        "WHERE run_id = ? AND task_id = ? ORDER BY created_at, id",
+        (run_id, task_id),
+    )
+    return [LogInfo(*row) for row in rows]
+
+
+_IDS_PER_QUERY = 500
+"""Row ids per ``IN (...)`` list: far below SQLite's limit on bound parameters."""
+
+
+class TaskChanges:
+    """Which of a run's task rows changed since the last look, without rereading them all.
+
+    A row in a terminal status never changes again (one terminal row per task), so each look
+    reads only the rows added since (by ``task_runs.id``) and those that were still open,
+    however many tasks the run holds. Call `start` and `changed` inside one read transaction
+    with whatever else must agree with them (the run's counts).
+    """
+
+    def __init__(self, conn: sqlite3.Connection, run_id: int) -> None:
+        """Follow ``run_id``'s rows through ``conn``."""
+        self.conn = conn
+        self.run_id = run_id
+        self.last_row = 0
+        self.open: dict[int, TaskInfo] = {}
+
+    def start(self) -> None:
+        """Remember where the run stands now: its last row and its rows not yet terminal."""
+        row = self.conn.execute(
+            "SELECT max(id) FROM task_runs WHERE run_id = ?", (self.run_id,)
+        ).fetchone()
+        self.last_row = int(row[0] or 0)
+        self.open = dict(
+            self._read(f"WHERE run_id = ? AND status NOT IN {sql_in(TERMINAL)}", (self.run_id,))
+        )
+
+    def changed(self) -> list[TaskInfo]:
+        """The rows added or changed since the last call (or `start`), by task id."""
+        rows = self._read("WHERE run_id = ? AND id > ?", (self.run_id, self.last_row))
+        ids = list(self.open)
+        for i in range(0, len(ids), _IDS_PER_QUERY):
+            chunk = ids[i : i + _IDS_PER_QUERY]
+            marks = ", ".join("?" * len(chunk))
+            rows += self._read(f"WHERE id IN ({marks})", tuple(chunk))
+        changed = []
+        for row_id, task in rows:
+            self.last_row = max(self.last_row, row_id)
+            if self.open.get(row_id) == task:
+                continue
+            changed.append(task)
+            if task.status in TERMINAL:
+                self.open.pop(row_id, None)
+            else:
+                self.open[row_id] = task
+        return sorted(changed, key=lambda t: t.task_id)
+
+    def _read(self, where: str, params: tuple[Any, ...]) -> list[tuple[int, TaskInfo]]:
+        sql = f"SELECT id, {_TASK_COLUMNS} FROM task_runs {where}"
+        return [(int(row[0]), TaskInfo(*row[1:])) for row in self.conn.execute(sql, params)]

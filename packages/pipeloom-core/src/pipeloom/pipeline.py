@@ -43,7 +43,7 @@ from rich.console import Console
 from pipeloom._context import DEFAULT_MAX_OUTPUTS, Context, OutputLimitError
 from pipeloom._registry import Handler, HandlerRegistry
 from pipeloom._retry import Outcome, TaskTimeoutError, backoff_delay, run_attempt
-from pipeloom._text import exc_summary, exc_text, storable
+from pipeloom._text import exc_summary, exc_text, shorten_middle, storable
 from pipeloom.db import MEMORY, connect_readonly
 from pipeloom.engine import RunResult, TaskQueue, run_pipeline
 from pipeloom.errors import PipelineError
@@ -249,7 +249,8 @@ def to_result(value: object) -> str | None:
 
 
 def _label(key: str) -> str:
-    return key if len(key) <= _NAME_MAX_CHARS else key[: _NAME_MAX_CHARS - 1] + "…"
+    # Cut in the middle: a key's end (the file, the page) tells tasks apart as much as its start.
+    return shorten_middle(key, _NAME_MAX_CHARS)
 
 
 class _Previous:
@@ -670,6 +671,8 @@ class _Runner:
                 exc_summary(outcome.exc or Exception()),
                 f"; {_discarded_text(discarded)} discarded" if discarded else "",
             )
+        if outcome.error_text:  # -vv: the traceback, as stored on the task's row
+            log.debug("task %s: attempt %d:\n%s", task.name, attempt, outcome.error_text.rstrip())
 
     def _maybe_stop(self, summary: str) -> None:
         if self.fail_fast:
@@ -1019,7 +1022,7 @@ class Pipeline(HandlerRegistry):
                 params=params,
                 summary_hint=summary_hint,
                 executor=executor if executor is not None else self.executor,
-                **(options if options is not None else self.options).as_kwargs(),
+                options=options if options is not None else self.options,
             )
         finally:
             if previous is not None:

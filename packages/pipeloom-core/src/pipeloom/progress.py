@@ -13,16 +13,20 @@ the terminal.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
+from typing import Any
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.live import Live
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     SpinnerColumn,
+    Task,
     TaskID,
     TaskProgressColumn,
     TextColumn,
@@ -32,7 +36,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from pipeloom._text import printable
+from pipeloom._fit import Fit
+from pipeloom._text import printable, shorten_middle
 from pipeloom.logs import console as shared_console
 from pipeloom.status import FAILED
 from pipeloom.writer import AppliedBatch
@@ -50,6 +55,10 @@ __all__ = [
 
 DEFAULT_VISIBLE_BARS = 6
 """Per-task bars shown at once; the rest are counted in "+N more running"."""
+TASK_BAR_WIDTH = 30
+"""Cells of a per-task bar on a wide terminal; a narrow one gets a fifth of its width."""
+MIN_BAR_WIDTH = 10
+"""A per-task bar never gets fewer cells than this; the key gives way first."""
 
 FAILED_STATUSES = FAILED
 """Task statuses counted as failed on the bar: `pipeloom.status.FAILED`."""
@@ -62,6 +71,30 @@ _OUTCOME = {
 }
 
 
+class _FitColumn(ProgressColumn):
+    """A task's description (or one of its fields) that gives way before the bar does.
+
+    A long key (``load:/home/me/data/2024/11/.../part-0007.csv``) in a ``TextColumn``
+    measures as one unbreakable word and pushes the bar off a 60-column line; here it is cut
+    in the middle to the room left, so the bar, the counts and both ends of the key stay.
+    The text is shown as written (never markup).
+    """
+
+    def __init__(
+        self, field: str | None = None, *, style: str = "", middle: bool = True, indent: int = 0
+    ) -> None:
+        super().__init__()
+        self.field = field
+        self.style = style
+        self.middle = middle
+        self.indent = indent
+
+    def render(self, task: Task) -> Fit:
+        """Render the description (or ``field``) fitted to its cell."""
+        text = task.description if self.field is None else task.fields.get(self.field, "")
+        return Fit(str(text), self.style, middle=self.middle, indent=self.indent)
+
+
 def make_overall_progress(
     console: Console | None = None, *, get_time: Callable[[], float] | None = None
 ) -> Progress:
@@ -69,9 +102,9 @@ def make_overall_progress(
 
     The description is shown as plain text (not markup): pass it through `printable`.
     """
-    return Progress(
+    return _FittedProgress(
         SpinnerColumn(finished_text="[green]✓"),
-        TextColumn("{task.description}", style="bold", markup=False),
+        _FitColumn(style="bold"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("[red]{task.fields[failed]} failed"),
@@ -81,6 +114,7 @@ def make_overall_progress(
         console=console or shared_console,
         auto_refresh=False,
         get_time=get_time,
+        share=_overall_shares,
     )
 
 
@@ -92,15 +126,74 @@ def make_task_progress(
     Descriptions and the ``message`` field are shown as plain text (not markup): pass them
     through `printable`.
     """
-    return Progress(
-        TextColumn("  {task.description}", style="cyan", markup=False),
-        BarColumn(bar_width=30),
+    return _FittedProgress(
+        _FitColumn(style="cyan", indent=2),
+        BarColumn(bar_width=TASK_BAR_WIDTH),
         TaskProgressColumn(),
-        TextColumn("{task.fields[message]}", style="dim", markup=False),
+        _FitColumn("message", style="dim", middle=False),
         console=console or shared_console,
         auto_refresh=False,
         get_time=get_time,
+        share=_task_shares,
     )
+
+
+_Shares = Callable[[Table, Console, ConsoleOptions], None]
+
+
+class _FittedProgress(Progress):
+    """A ``Progress`` whose rows share a narrow line by a rule, not by Rich's squeeze.
+
+    Rich squeezes the widest columns of a row that does not fit: a 40-cell bar beside a
+    short run name cuts the name, and a long message cuts a task's key as much as itself.
+    ``share`` sets the columns' widths each time the rows are drawn, from the width they get.
+    """
+
+    def __init__(self, *columns: ProgressColumn, share: _Shares, **kwargs: Any) -> None:
+        self._share = share
+        super().__init__(*columns, **kwargs)
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        """The rows, laid out when Rich knows the width they get."""
+        yield _Shared(self.make_tasks_table(self.tasks), self._share)
+
+
+class _Shared:
+    """The rows' table, with its columns' widths set by ``share`` just before it renders."""
+
+    def __init__(self, table: Table, share: _Shares) -> None:
+        self.table = table
+        self.share = share
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        self.share(self.table, console, options)
+        yield self.table
+
+
+def _widest(table: Table, index: int, console: Console, options: ConsoleOptions) -> int:
+    """The widest cell of column ``index``, as Rich measures it."""
+    return max(
+        (Measurement.get(console, options, cell).maximum for cell in table.columns[index].cells),
+        default=0,
+    )
+
+
+def _overall_shares(table: Table, console: Console, options: ConsoleOptions) -> None:
+    """The bar gives way first (down to a few cells: the counts say it too), then the name."""
+    bar = 2  # after the spinner and the name
+    others = sum(_widest(table, i, console, options) for i in range(len(table.columns)) if i != bar)
+    gaps = len(table.columns) - 1
+    table.columns[bar].max_width = max(6, options.max_width - others - gaps)
+
+
+def _task_shares(table: Table, console: Console, options: ConsoleOptions) -> None:
+    """The key comes first: the bar takes a fifth of the line, the message what is left."""
+    width = options.max_width
+    bar = max(MIN_BAR_WIDTH, min(TASK_BAR_WIDTH, width // 5))
+    key = _widest(table, 0, console, options)
+    # the key, the bar, "100%" and the three one-cell gaps between the four columns
+    table.columns[1].max_width = bar
+    table.columns[3].max_width = max(10, width // 6, width - key - bar - 4 - 3)
 
 
 def preregister_task_bars(progress: Progress, n: int) -> dict[int, TaskID]:
@@ -350,30 +443,45 @@ def render_summary(
 
 def render_failures(
     failures: list[tuple[int, str, str]], *, total: int, db_path: str, run_id: int | None
-) -> Text:
+) -> RenderableType:
     """Name the first failed tasks and their errors, and where to read the rest.
 
     Shown under the summary at every verbosity: "2 failed" alone leaves a user nowhere.
-    Print it with ``no_wrap=True, overflow="ellipsis"`` to keep one line per task.
+    Print it with ``no_wrap=True, overflow="ellipsis"`` to keep one line per task. A task's
+    name takes at most a third of the line (cut in the middle), so its error still shows on
+    a narrow terminal.
     """
-    text = Text()
-    for task_id, name, message in failures:
-        text.append("  ✗ ", style="red")
-        text.append(_middle(printable(name), 40), style="bold")
-        text.append(f" (task {task_id}): ")
-        text.append(printable(message)[:300])  # the console cuts it at its width
-        text.append("\n")
-    if total > len(failures):
-        text.append(f"  ... and {total - len(failures)} more\n", style="dim")
-    where = f"pipeloom status {db_path}" + (f" --run {run_id}" if run_id is not None else "")
-    text.append("  details: ", style="dim")
-    text.append(printable(where))
-    return text
+    return _Failures(failures, total, db_path, run_id)
 
 
-def _middle(text: str, width: int) -> str:
-    """Shorten in the middle, so both the start and the end of a path stay readable."""
-    if len(text) <= width:
-        return text
-    keep = width - 1
-    return text[: keep - keep // 2] + "…" + text[len(text) - keep // 2 :]
+class _Failures:
+    """`render_failures`' lines, laid out for the width they are printed at."""
+
+    def __init__(
+        self, failures: list[tuple[int, str, str]], total: int, db_path: str, run_id: int | None
+    ) -> None:
+        self.failures = failures
+        self.total = total
+        self.db_path = db_path
+        self.run_id = run_id
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        room = max(16, min(40, options.max_width // 3))
+        text = Text()
+        for task_id, name, message in self.failures:
+            text.append("  ✗ ", style="red")
+            text.append(shorten_middle(printable(name), room), style="bold")
+            text.append(f" (task {task_id}): ")
+            text.append(printable(message)[:300])  # the console cuts it at its width
+            text.append("\n")
+        if self.total > len(self.failures):
+            text.append(f"  ... and {self.total - len(self.failures)} more\n", style="dim")
+        run = f" --run {self.run_id}" if self.run_id is not None else ""
+        where = f"pipeloom status {self.db_path}{run}"
+        if self.failures:
+            text.append("  one task: ", style="dim")
+            text.append(printable(f"{where} --task {self.failures[0][0]}"))
+            text.append("\n")
+        text.append("  details: ", style="dim")
+        text.append(printable(where))
+        yield text

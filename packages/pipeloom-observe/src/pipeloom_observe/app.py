@@ -24,10 +24,12 @@ from typing import Any, Final
 
 from datasette.app import Datasette
 from datasette.database import Database
+from datasette.plugins import pm
 
 from pipeloom._text import printable
 from pipeloom.db import connect_readonly
 from pipeloom.errors import DatabaseError, PipeloomError
+from pipeloom_observe import plugin
 from pipeloom_observe._sqlite import file_layout
 from pipeloom_observe.metadata import default_metadata, layout_note, merge_metadata
 
@@ -36,6 +38,7 @@ __all__ = [
     "build_datasette",
     "database_note",
     "exposure_warning",
+    "register_plugin",
     "serve",
 ]
 
@@ -101,6 +104,7 @@ def build_datasette(
         DatabaseError: the file is missing or is not a SQLite database.
     """
     path, kind = file_layout(db_path)
+    register_plugin()
     metadata = default_metadata(path.stem, kind, path.name)
     if metadata_extra:
         if "description" in metadata_extra and "description_html" not in metadata_extra:
@@ -114,6 +118,20 @@ def build_datasette(
     ds.remove_database(name)
     ds.add_database(_ReadOnlyFile(ds, path=str(path), is_mutable=True), name=name)
     return ds
+
+
+def register_plugin() -> None:
+    """Register pipeloom's Datasette plugin in this process (once; Datasette's registry is global).
+
+    It is in-package rather than an installed plugin so that it goes wherever
+    ``pipeloom observe`` goes, and a plain ``datasette`` run elsewhere is left alone.
+    """
+    if not pm.is_registered(plugin):
+        pm.register(plugin, name=plugin.PLUGIN_NAME)
+    # Every handle_exception hook runs, and Datasette's prints ~300 lines for a mistyped
+    # query; pipeloom's answers those in one line and hands the rest to Datasette's.
+    if pm.get_plugin(plugin.DEFAULT_EXCEPTION_HANDLER) is not None:
+        pm.unregister(name=plugin.DEFAULT_EXCEPTION_HANDLER)
 
 
 def exposure_warning(host: str) -> str | None:

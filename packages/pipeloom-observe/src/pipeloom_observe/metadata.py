@@ -18,11 +18,14 @@ from datasette.utils import tilde_encode
 
 from pipeloom.errors import PipeloomError
 from pipeloom.lease import stale_sql
-from pipeloom.status import FAILED, sql_in
+from pipeloom.schema import RUNS_SELECT
+from pipeloom.status import ACTIVE, FAILED, SUCCEEDED, TERMINAL, sql_in
 from pipeloom_observe._sqlite import Layout
+from pipeloom_observe.plugin import HISTORY_DASHBOARD, RUN_DASHBOARD, STATUS_COLORS
 
 __all__ = [
     "DASHBOARD",
+    "HISTORY_DASHBOARD",
     "QUERIES",
     "MetadataError",
     "default_metadata",
@@ -31,11 +34,17 @@ __all__ = [
     "merge_metadata",
 ]
 
-DASHBOARD: Final = "run-history"
-"""Slug of the datasette-dashboards dashboard: ``/-/dashboards/run-history``."""
+DASHBOARD: Final = RUN_DASHBOARD
+"""Slug of the per-run dashboard: ``/-/dashboards/run`` (newest run), ``?run_id=N`` for another."""
 
 _FAILED: Final = sql_in(FAILED)
 """`pipeloom.status.FAILED` as SQL: the same "failed" as the bar, `RunResult` and status."""
+_SUCCEEDED: Final = sql_in(SUCCEEDED)
+_TERMINAL: Final = sql_in(TERMINAL)
+_ACTIVE: Final = sql_in(ACTIVE)
+# Tasks whose start and finish both describe the work: an interrupted task's finish is when
+# someone noticed its process had died, a cancelled or skipped one never ran here.
+_TIMED: Final = sql_in((SUCCEEDED | FAILED) - {"skipped", "interrupted"})
 
 # Durations come from ISO 8601 UTC text; julianday() understands the "+00:00" suffix.
 _SECONDS = "ROUND((julianday({end}) - julianday({start})) * 86400, 3)"
@@ -45,10 +54,84 @@ _SECONDS = "ROUND((julianday({end}) - julianday({start})) * 86400, 3)"
 _STALE = stale_sql("r")
 _RUN_END = f"CASE WHEN {_STALE} THEN r.heartbeat_at ELSE COALESCE(r.finished_at, 'now') END"
 
+_DURATION: Final = (
+    "CASE WHEN v.stale = 1 THEN ROUND((julianday(r.heartbeat_at) - julianday(v.started_at)) "
+    "* 86400, 3) ELSE v.duration_s END"
+)
+"""A run's duration from the runs view ``v`` joined to its row ``r``: a stale run's clock
+stops at its last heartbeat (as in ``pipeloom status``) instead of growing forever."""
+
+_RUN: Final = "COALESCE(CAST(NULLIF(:run_id, '') AS INTEGER), (SELECT MAX(id) FROM pipeline_runs))"
+"""The run a query is about: its ``run_id`` parameter, or the newest run when left blank."""
+
+_RUN_PARAM_NOTE: Final = " Leave run_id blank for the newest run."
+
+
+def _html(expr: str) -> str:
+    """SQL that HTML-escapes ``expr``, for cells the dashboards' tables insert as HTML."""
+    return (
+        f"replace(replace(replace(replace(COALESCE({expr}, ''), '&', '&amp;'), '<', '&lt;'), "
+        "'>', '&gt;'), '\"', '&quot;')"
+    )
+
+
+def _badge(expr: str) -> str:
+    """SQL for a status badge in `STATUS_COLORS`, the same as the cells' badges."""
+    cases = " ".join(f"WHEN '{status}' THEN '{color}'" for status, color in STATUS_COLORS.items())
+    return (
+        f'\'<span class="pl-status" style="background:\' || CASE {expr} {cases} '
+        f"ELSE '#e5e7eb' END || '\">' || {_html(expr)} || '</span>'"
+    )
+
+
+def _color(field: str = "status") -> dict[str, Any]:
+    """A vega-lite color channel with the fixed status scale: colors never shift."""
+    return {
+        "field": field,
+        "type": "nominal",
+        "title": "status",
+        "scale": {"domain": list(STATUS_COLORS), "range": list(STATUS_COLORS.values())},
+    }
+
+
+# Every chart renders as SVG (crisp, and its marks can be inspected) with no action menu.
+_EMBED: Final = {"embedOptions": {"renderer": "svg", "actions": False}}
+
 QUERIES: Final[dict[str, dict[str, Any]]] = {
+    "run_list": {
+        "title": "Runs",
+        "description": (
+            "Every run, newest first: status, duration, tasks done / failed / total, progress "
+            "of a live run. stale: still 'running' in the file, but its writer stopped sending "
+            "heartbeats (its process died or is stuck). Open a run id for its dashboard."
+        ),
+        "hide_sql": True,
+        "sql": f"""
+SELECT
+  v.id AS run_id,
+  v.status,
+  v.stale,
+  v.name,
+  v.started_at,
+  {_DURATION} AS duration_s,
+  v.tasks_done AS done,
+  v.tasks_failed AS failed,
+  v.tasks_total AS total,
+  CASE WHEN v.status = 'running' THEN v.progress END AS progress,
+  ROUND(v.tasks_per_s, 1) AS tasks_per_s,
+  r.params,
+  r.error
+FROM ({RUNS_SELECT}) AS v
+JOIN pipeline_runs r ON r.id = v.id
+ORDER BY v.id DESC
+LIMIT 1000
+""".strip(),
+    },
     "latest_run": {
-        "title": "Latest run",
-        "description": "The newest run with its task counts, counted live from task_runs.",
+        "title": "Run summary",
+        "description": "One run with its task counts, counted live from task_runs."
+        + _RUN_PARAM_NOTE,
+        "hide_sql": True,
         "sql": f"""
 SELECT
   r.id AS run_id,
@@ -61,40 +144,20 @@ SELECT
   {_SECONDS.format(end=_RUN_END, start="r.started_at")} AS seconds,
   r.workers,
   COUNT(t.id) AS tasks,
-  COALESCE(SUM(t.status = 'done'), 0) AS done,
+  COALESCE(SUM(t.status IN {_SUCCEEDED}), 0) AS done,
   COALESCE(SUM(t.status IN {_FAILED}), 0) AS failed,
-  COALESCE(SUM(t.status IN ('running', 'queued')), 0) AS in_flight
+  COALESCE(SUM(t.status IN {_ACTIVE}), 0) AS in_flight
 FROM pipeline_runs r
 LEFT JOIN task_runs t ON t.run_id = r.id
-WHERE r.id = (SELECT MAX(id) FROM pipeline_runs)
+WHERE r.id = {_RUN}
 GROUP BY r.id
-""".strip(),
-    },
-    "runs": {
-        "title": "Runs",
-        "description": (
-            "Every run, newest first. stale = 1: still 'running' in the file, but its writer "
-            "stopped sending heartbeats (its process died or is stuck)."
-        ),
-        "sql": f"""
-SELECT
-  r.id AS run_id,
-  r.name,
-  CASE WHEN {_STALE} THEN 'stale' ELSE r.status END AS status,
-  {_STALE} AS stale,
-  r.started_at,
-  r.finished_at,
-  {_SECONDS.format(end=_RUN_END, start="r.started_at")} AS seconds,
-  r.heartbeat_at,
-  r.error
-FROM pipeline_runs r
-ORDER BY r.id DESC
-LIMIT 1000
 """.strip(),
     },
     "failures": {
         "title": "Failed tasks",
-        "description": "Tasks that ended in error or timeout, newest run first, with their error.",
+        "description": "Tasks of a run that failed (error, timeout, interrupted), with their error."
+        + _RUN_PARAM_NOTE,
+        "hide_sql": True,
         "sql": f"""
 SELECT
   t.run_id,
@@ -106,14 +169,18 @@ SELECT
   t.message,
   t.error
 FROM task_runs t
-WHERE t.status IN {_FAILED}
-ORDER BY t.run_id DESC, t.task_id
+WHERE t.run_id = {_RUN} AND t.status IN {_FAILED}
+ORDER BY t.task_id
 LIMIT 1000
 """.strip(),
     },
     "slowest_tasks": {
         "title": "Slowest tasks",
-        "description": "The 100 longest finished tasks across all runs.",
+        "description": (
+            "The 100 longest tasks of a run that ran to an end (done, error, timeout; an "
+            "interrupted task's finish is only when its death was noticed)." + _RUN_PARAM_NOTE
+        ),
+        "hide_sql": True,
         "sql": f"""
 SELECT
   t.run_id,
@@ -124,38 +191,70 @@ SELECT
   t.finished_at,
   {_SECONDS.format(end="t.finished_at", start="t.started_at")} AS seconds
 FROM task_runs t
-WHERE t.started_at IS NOT NULL AND t.finished_at IS NOT NULL
-ORDER BY seconds DESC, t.run_id DESC, t.task_id
+WHERE t.run_id = {_RUN} AND t.status IN {_TIMED}
+  AND t.started_at IS NOT NULL AND t.finished_at IS NOT NULL
+ORDER BY seconds DESC, t.task_id
 LIMIT 100
 """.strip(),
     },
     "tasks_per_minute": {
         "title": "Tasks finished per minute",
-        "description": "Throughput over time (UTC minutes), all runs together.",
+        "description": "Throughput of a run, in UTC minutes." + _RUN_PARAM_NOTE,
+        "hide_sql": True,
         "sql": f"""
 SELECT
   substr(finished_at, 1, 16) AS minute,
   COUNT(*) AS tasks,
-  SUM(status = 'done') AS done,
+  SUM(status IN {_SUCCEEDED}) AS done,
   SUM(status IN {_FAILED}) AS failed
 FROM task_runs
-WHERE finished_at IS NOT NULL
+WHERE run_id = {_RUN} AND finished_at IS NOT NULL
 GROUP BY minute
 ORDER BY minute
 """.strip(),
     },
+    "flaky_tasks": {
+        "title": "Flaky tasks",
+        "description": (
+            "Task keys that failed in some runs and succeeded in others, across every run of "
+            "the file: the tasks to look at first. run_id and task_id: its latest failure."
+        ),
+        "hide_sql": True,
+        "sql": f"""
+SELECT
+  t.task_key,
+  COUNT(*) AS runs,
+  SUM(t.status IN {_SUCCEEDED}) AS succeeded,
+  SUM(t.status IN {_FAILED}) AS failed,
+  f.run_id AS run_id,
+  f.task_id AS task_id
+FROM task_runs t
+-- Its latest failure, to open on the task page.
+JOIN task_runs f ON f.id = (
+  SELECT l.id FROM task_runs l WHERE l.task_key = t.task_key AND l.status IN {_FAILED}
+  ORDER BY l.run_id DESC LIMIT 1
+)
+WHERE t.task_key IS NOT NULL
+GROUP BY t.task_key
+HAVING failed > 0 AND succeeded > 0
+ORDER BY failed DESC, t.task_key
+LIMIT 1000
+""".strip(),
+    },
 }
-"""Canned queries: the questions people ask of run history first."""
+"""Canned queries: the questions people ask of run history first (their SQL folded away)."""
 
 _TABLES: Final[dict[str, dict[str, Any]]] = {
     "pipeline_runs": {
         "description": "One row per run_pipeline call, newest first. Open a run for its tasks.",
         "sort_desc": "id",
         "facets": ["status", "name"],
-        "label_column": "name",
+        # Facets and foreign-key cells name a run by its id: by name, every run of a
+        # pipeline would look the same ("demo x 6").
+        "label_column": "id",
     },
     "task_runs": {
-        "description": "One row per task per run, newest first.",
+        "description": "One row per task per run, newest first. Open a task id for its page.",
         "sort_desc": "id",
         "facets": ["status", "run_id"],
         "label_column": "name",
@@ -164,6 +263,11 @@ _TABLES: Final[dict[str, dict[str, Any]]] = {
         "description": "Failed attempts of tasks that were retried.",
         "sort_desc": "id",
         "facets": ["status"],
+    },
+    "task_logs": {
+        "description": "Log records written inside tasks (ctx.log and logging), per attempt.",
+        "sort_desc": "id",
+        "facets": ["level"],
     },
     "dead_letters": {
         "description": "Messages the writer could not apply, with the error it met.",
@@ -174,49 +278,309 @@ _TABLES: Final[dict[str, dict[str, Any]]] = {
 }
 
 
-def _dashboard(db_name: str) -> dict[str, Any]:
+def _task_link(db_name: str, label: str) -> str:
+    """SQL for a link to the task page of ``t``'s row, labelled with SQL ``label``."""
+    base = html.escape(f"/-/pipeloom/{tilde_encode(db_name)}/task/")
+    return f"'<a href=\"{base}' || t.run_id || '/' || t.task_id || '\">' || {label} || '</a>'"
+
+
+def _run_dashboard(db_name: str) -> dict[str, Any]:
+    """One run at a glance: its numbers, Gantt, failures, slowest tasks and throughput."""
+    run_filter = f"WHERE r.id = {_RUN}"
     return {
-        "title": "pipeloom run history",
-        "description": "Throughput and outcomes across every run in this file.",
-        # Redraw every minute, so the dashboard follows a run in progress.
+        "title": "Run",
+        "description": "One run: the newest unless you pick another run id.",
         "settings": {"autorefresh": 1, "allow_fullscreen": True},
-        "charts": {
-            "tasks-per-minute": {
-                "title": "Tasks finished per minute",
+        "filters": {
+            "run_id": {
+                "name": "Run id (blank: newest)",
+                "type": "select",
                 "db": db_name,
-                "query": QUERIES["tasks_per_minute"]["sql"],
+                # Text, as the page compares it with ?run_id=N to select the option.
+                "query": "SELECT CAST(id AS TEXT) FROM pipeline_runs ORDER BY id DESC",
+            }
+        },
+        "layout": [
+            ["run", "duration", "tasks", "throughput"],
+            ["gantt", "gantt", "gantt", "gantt"],
+            ["failures", "failures", "slowest", "slowest"],
+            ["finished", "finished", "finished", "finished"],
+        ],
+        "charts": {
+            "run": {
+                "title": "Run",
+                "db": db_name,
+                "query": (
+                    "SELECT '#' || v.id || ' ' || "
+                    + _html("v.name")
+                    + " || ' ' || "
+                    + _badge("v.status")
+                    + " || CASE WHEN v.stale THEN ' ' || "
+                    + _badge("'stale'")
+                    + " ELSE '' END AS run "
+                    f"FROM ({RUNS_SELECT}) AS v WHERE v.id = {_RUN}"
+                ),
+                "library": "metric",
+                "display": {"field": "run"},
+            },
+            "duration": {
+                "title": "Duration",
+                "db": db_name,
+                "query": (
+                    "SELECT CASE WHEN d < 10 THEN printf('%.2f s', d) "
+                    "WHEN d < 60 THEN printf('%.1f s', d) "
+                    "WHEN d < 3600 THEN printf('%d m %02d s', d / 60, d % 60) "
+                    "ELSE printf('%d h %02d m', d / 3600, (d % 3600) / 60) END AS duration "
+                    f"FROM (SELECT {_DURATION} AS d FROM ({RUNS_SELECT}) AS v "
+                    f"JOIN pipeline_runs r ON r.id = v.id WHERE v.id = {_RUN})"
+                ),
+                "library": "metric",
+                "display": {"field": "duration"},
+            },
+            "tasks": {
+                "title": "Tasks done / failed / total",
+                "db": db_name,
+                "query": (
+                    "SELECT COALESCE(SUM(t.status IN " + _SUCCEEDED + "), 0) || ' / ' || "
+                    "COALESCE(SUM(t.status IN " + _FAILED + "), 0) || ' / ' || COUNT(t.id) "
+                    "AS tasks FROM pipeline_runs r LEFT JOIN task_runs t ON t.run_id = r.id "
+                    + run_filter
+                ),
+                "library": "metric",
+                "display": {"field": "tasks"},
+            },
+            "throughput": {
+                "title": "Throughput",
+                "db": db_name,
+                "query": (
+                    "SELECT printf('%.1f', COALESCE(v.tasks_per_s, 0)) AS per_s "
+                    f"FROM ({RUNS_SELECT}) AS v WHERE v.id = {_RUN}"
+                ),
+                "library": "metric",
+                "display": {"field": "per_s", "suffix": " tasks/s"},
+            },
+            "gantt": {
+                "title": "Tasks, start to finish (one bar per task that started)",
+                "db": db_name,
+                "query": f"""
+SELECT
+  t.task_id,
+  t.task_id || ' ' || t.name AS task,
+  t.status,
+  t.started_at,
+  COALESCE(t.finished_at, strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')) AS finished_at,
+  {_SECONDS.format(end="COALESCE(t.finished_at, 'now')", start="t.started_at")} AS seconds
+FROM task_runs t
+WHERE t.run_id = {_RUN} AND t.started_at IS NOT NULL
+ORDER BY t.started_at, t.task_id
+LIMIT 1000
+""".strip(),
                 "library": "vega-lite",
                 "display": {
-                    "mark": {"type": "bar", "tooltip": True},
+                    "usermeta": _EMBED,
+                    "height": {"step": 18},
+                    "mark": {"type": "bar", "tooltip": True, "cornerRadius": 2},
                     "encoding": {
-                        "x": {"field": "minute", "type": "ordinal", "title": "minute (UTC)"},
-                        "y": {"field": "tasks", "type": "quantitative", "title": "tasks"},
+                        "y": {"field": "task", "type": "nominal", "sort": None, "title": None},
+                        "x": {
+                            "field": "started_at",
+                            "type": "temporal",
+                            "scale": {"type": "utc"},
+                            "axis": {"format": "%H:%M:%S", "title": "UTC"},
+                        },
+                        "x2": {"field": "finished_at"},
+                        "color": _color(),
+                        "tooltip": [
+                            {"field": "task", "type": "nominal"},
+                            {"field": "status", "type": "nominal"},
+                            {"field": "seconds", "type": "quantitative"},
+                            {"field": "started_at", "type": "nominal"},
+                            {"field": "finished_at", "type": "nominal"},
+                        ],
                     },
                 },
             },
-            "tasks-by-status": {
-                "title": "Tasks by status",
+            "failures": {
+                "title": "Failures",
                 "db": db_name,
-                "query": (
-                    "SELECT status, COUNT(*) AS tasks FROM task_runs "
-                    "GROUP BY status ORDER BY tasks DESC"
-                ),
+                "query": f"""
+SELECT
+  {_task_link(db_name, _html("t.name"))} AS task,
+  {_badge("t.status")} AS status,
+  '<span class="pl-mono">' || {_html("COALESCE(t.message, t.error)")} || '</span>' AS error
+FROM task_runs t
+WHERE t.run_id = {_RUN} AND t.status IN {_FAILED}
+UNION ALL
+SELECT 'none', '', ''
+WHERE NOT EXISTS (SELECT 1 FROM task_runs t WHERE t.run_id = {_RUN} AND t.status IN {_FAILED})
+LIMIT 200
+""".strip(),
+                "library": "table",
+            },
+            "slowest": {
+                "title": "Slowest tasks",
+                "db": db_name,
+                "query": f"""
+SELECT task, status, seconds FROM (
+  SELECT
+    {_task_link(db_name, _html("t.name"))} AS task,
+    {_badge("t.status")} AS status,
+    {_SECONDS.format(end="t.finished_at", start="t.started_at")} AS seconds
+  FROM task_runs t
+  WHERE t.run_id = {_RUN} AND t.status IN {_TIMED}
+    AND t.started_at IS NOT NULL AND t.finished_at IS NOT NULL
+  ORDER BY seconds DESC, t.task_id
+  LIMIT 10
+)
+UNION ALL
+SELECT 'none yet', '', ''
+WHERE NOT EXISTS (
+  SELECT 1 FROM task_runs t WHERE t.run_id = {_RUN} AND t.status IN {_TIMED}
+    AND t.started_at IS NOT NULL AND t.finished_at IS NOT NULL
+)
+""".strip(),
+                "library": "table",
+            },
+            "finished": {
+                "title": "Tasks finished over the run (throughput, at most 120 bars)",
+                "db": db_name,
+                "query": f"""
+WITH run AS (
+  SELECT
+    r.id,
+    r.started_at,
+    -- Bars of a whole number of seconds, at most 120 of them however long the run.
+    CAST((julianday(COALESCE(r.finished_at, 'now')) - julianday(r.started_at)) * 86400 / 120
+      AS INTEGER) + 1 AS width
+  FROM pipeline_runs r
+  {run_filter}
+)
+SELECT
+  CAST((julianday(t.finished_at) - julianday(run.started_at)) * 86400 / run.width AS INTEGER)
+    * run.width AS from_s,
+  (CAST((julianday(t.finished_at) - julianday(run.started_at)) * 86400 / run.width AS INTEGER)
+    + 1) * run.width AS to_s,
+  t.status,
+  COUNT(*) AS tasks
+FROM task_runs t JOIN run ON t.run_id = run.id
+WHERE t.finished_at IS NOT NULL AND t.status IN {_TERMINAL}
+GROUP BY from_s, t.status
+ORDER BY from_s
+""".strip(),
                 "library": "vega-lite",
                 "display": {
+                    "usermeta": _EMBED,
+                    "height": 160,
                     "mark": {"type": "bar", "tooltip": True},
                     "encoding": {
-                        "x": {"field": "status", "type": "nominal", "sort": "-y"},
-                        "y": {"field": "tasks", "type": "quantitative"},
-                        "color": {"field": "status", "type": "nominal"},
+                        "x": {
+                            "field": "from_s",
+                            "type": "quantitative",
+                            "title": "seconds since the run started",
+                        },
+                        "x2": {"field": "to_s"},
+                        "y": {"field": "tasks", "type": "quantitative", "stack": True},
+                        "color": _color(),
                     },
+                },
+            },
+        },
+    }
+
+
+def _history_dashboard(db_name: str) -> dict[str, Any]:
+    """Across runs of one pipeline: how long each took, and which tasks failed in which run."""
+    name = "COALESCE(NULLIF(:name, ''), (SELECT name FROM pipeline_runs ORDER BY id DESC LIMIT 1))"
+    return {
+        "title": "Run history",
+        "description": "Every run of one pipeline (the newest run's unless you pick another).",
+        "settings": {"autorefresh": 1, "allow_fullscreen": True},
+        "filters": {
+            "name": {
+                "name": "Pipeline",
+                "type": "select",
+                "db": db_name,
+                "query": "SELECT DISTINCT name FROM pipeline_runs ORDER BY name",
+            }
+        },
+        "layout": [["durations", "runs"], ["grid", "grid"]],
+        "charts": {
+            "durations": {
+                "title": "Duration of each run",
+                "db": db_name,
+                "query": f"""
+SELECT v.id AS run_id, v.status, v.started_at, {_DURATION} AS duration_s
+FROM ({RUNS_SELECT}) AS v JOIN pipeline_runs r ON r.id = v.id
+WHERE v.name = {name}
+ORDER BY v.id DESC
+LIMIT 1000
+""".strip(),
+                "library": "vega-lite",
+                "display": {
+                    "usermeta": _EMBED,
+                    "height": 200,
+                    "encoding": {
+                        "x": {
+                            "field": "started_at",
+                            "type": "temporal",
+                            "scale": {"type": "utc"},
+                            "title": "run started (UTC)",
+                        },
+                        "y": {"field": "duration_s", "type": "quantitative", "title": "seconds"},
+                    },
+                    "layer": [
+                        {"mark": {"type": "line", "color": "#94a3b8"}},
+                        {
+                            "mark": {"type": "point", "filled": True, "size": 70, "tooltip": True},
+                            "encoding": {"color": _color()},
+                        },
+                    ],
                 },
             },
             "runs": {
-                "title": "Runs recorded",
+                "title": "Runs of this pipeline",
                 "db": db_name,
-                "query": "SELECT COUNT(*) AS runs FROM pipeline_runs",
+                "query": f"SELECT COUNT(*) AS runs FROM pipeline_runs WHERE name = {name}",
                 "library": "metric",
-                "display": {"field": "runs", "prefix": "", "suffix": " runs"},
+                "display": {"field": "runs", "suffix": " runs"},
+            },
+            "grid": {
+                "title": "Task x run: tasks that did not succeed in every one of the last 30 runs",
+                "db": db_name,
+                "query": f"""
+WITH recent AS (
+  SELECT id FROM pipeline_runs WHERE name = {name} ORDER BY id DESC LIMIT 30
+),
+unsteady AS (
+  SELECT task_key FROM task_runs
+  WHERE run_id IN (SELECT id FROM recent) AND task_key IS NOT NULL
+  GROUP BY task_key
+  HAVING SUM(status IN {_SUCCEEDED}) < COUNT(*)
+  ORDER BY SUM(status IN {_FAILED}) DESC, task_key
+  LIMIT 40
+)
+SELECT t.run_id, t.task_key, t.status
+FROM task_runs t
+WHERE t.run_id IN (SELECT id FROM recent) AND t.task_key IN (SELECT task_key FROM unsteady)
+ORDER BY t.task_key, t.run_id
+LIMIT 1000
+""".strip(),
+                "library": "vega-lite",
+                "display": {
+                    "usermeta": _EMBED,
+                    "height": {"step": 18},
+                    "mark": {"type": "rect", "tooltip": True, "stroke": "white"},
+                    "encoding": {
+                        "x": {
+                            "field": "run_id",
+                            "type": "ordinal",
+                            "title": "run",
+                            "axis": {"labelAngle": 0},
+                        },
+                        "y": {"field": "task_key", "type": "nominal", "title": None},
+                        "color": _color(),
+                    },
+                },
             },
         },
     }
@@ -270,7 +634,12 @@ def default_metadata(db_name: str, kind: Layout = "current", file_name: str = ""
         # Sorts, facets and queries name today's columns; on other layouts they would fail.
         database["tables"] = copy.deepcopy(_TABLES)
         database["queries"] = copy.deepcopy(QUERIES)
-        metadata["plugins"] = {"datasette-dashboards": {DASHBOARD: _dashboard(db_name)}}
+        metadata["plugins"] = {
+            "datasette-dashboards": {
+                RUN_DASHBOARD: _run_dashboard(db_name),
+                HISTORY_DASHBOARD: _history_dashboard(db_name),
+            }
+        }
         metadata["description_html"] = _start_here(db_name, metadata["description"])
     return metadata
 
@@ -279,11 +648,16 @@ def _start_here(db_name: str, description: str) -> str:
     """Link the home page to the questions people ask first."""
     route = "/" + tilde_encode(db_name)
     links = [
-        f'<a href="{route}/{name}">{html.escape(query["title"].lower())}</a>'
-        for name, query in QUERIES.items()
+        f'<a href="{route}/run_list">the runs</a>',
+        f'<a href="/-/dashboards/{RUN_DASHBOARD}">the newest run</a>',
+        f'<a href="/-/dashboards/{HISTORY_DASHBOARD}">run history</a>',
+        *(
+            f'<a href="{route}/{name}">{html.escape(query["title"].lower())}</a>'
+            for name, query in QUERIES.items()
+            if name != "run_list"
+        ),
+        f'<a href="{route}/task_runs">all tasks</a>',
     ]
-    links.append(f'<a href="{route}/pipeline_runs">all runs</a>')
-    links.append(f'<a href="/-/dashboards/{DASHBOARD}">the dashboard</a>')
     return (
         f"<p>{html.escape(description)}</p>"
         f"<p>Start with: {', '.join(links[:-1])} or {links[-1]}.</p>"

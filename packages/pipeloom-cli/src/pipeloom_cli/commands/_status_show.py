@@ -12,28 +12,40 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Group, RenderableType
+from rich import box
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from pipeloom._fit import Fit
 from pipeloom._text import printable
 from pipeloom.db import describe_error
 from pipeloom.logs import console
+from pipeloom.status import count_failed
 from pipeloom_cli._errors import UsageError, user_errors
 from pipeloom_cli._history import (
-    FAILED_STATUSES,
+    AttemptInfo,
+    LogInfo,
     RunInfo,
+    TaskChanges,
     TaskInfo,
     get_run,
+    get_task,
     list_runs,
     open_history,
     run_tasks,
+    task_attempts,
+    task_logs,
 )
 from pipeloom_cli.commands.status import DEFAULT_DB, TABLE_TASK_LIMIT, Format
 
@@ -90,56 +102,110 @@ def _run_panel(run: RunInfo, db: Path) -> Table:
     return grid
 
 
-def _tasks_table(tasks: list[TaskInfo], hidden: int) -> Table:
-    table = Table(title="Tasks (failures first)", title_justify="left")
-    table.add_column("id", justify="right")
+def _plain_table(title: str) -> Table:
+    """A table with a header rule and two-cell gaps: borders cost a 60-column line too much."""
+    return Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+
+
+class _Fitted:
+    """A table whose columns' widths are set by ``share`` from the width it renders at.
+
+    Rich squeezes the widest columns of a table that does not fit, which would cut a short
+    name as much as a long message; ``share`` lets the name give way last instead.
+    """
+
+    def __init__(self, table: Table, share: Callable[[Table, int], None]) -> None:
+        self.table = table
+        self.share = share
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        self.share(self.table, options.max_width)
+        yield self.table
+
+
+_STAMP_CELLS = len("2026-01-31 12:00:00")
+_DATE_CELLS = len("2026-01-31")
+
+
+def _tasks_table(tasks: list[TaskInfo], hidden: int) -> RenderableType:
+    table = _plain_table("Tasks (failures first)")
+    # Only the name and the message give way on a narrow terminal: a name (often a path) is
+    # cut in the middle, a message at its end (`--task ID` shows all of it).
+    table.add_column("id", justify="right", no_wrap=True)
     table.add_column("name")
-    table.add_column("status")
-    table.add_column("progress", justify="right")
-    table.add_column("elapsed", justify="right")
-    table.add_column("message", overflow="fold")
+    table.add_column("status", no_wrap=True)
+    table.add_column("%", justify="right", no_wrap=True)
+    table.add_column("elapsed", justify="right", no_wrap=True)
+    table.add_column("message")
+    used = 0
     for task in tasks:
-        table.add_row(
+        row = (
             str(task.task_id),
-            Text(printable(task.name)),
-            _styled(task.status),
+            printable(task.label),
+            printable(task.status),
             f"{task.progress:.0%}",
             _seconds(task.elapsed),
-            Text(printable(task.message or "", newlines=True)),
+        )
+        used = max(used, sum(cell_len(cell) for cell in row))
+        table.add_row(
+            row[0],
+            Fit(row[1]),
+            _styled(task.status),
+            row[3],
+            row[4],
+            Fit(printable(task.message or ""), middle=False),
         )
     if hidden > 0:
         table.caption = f"... and {hidden} more (--limit to show more)"
-    return table
+    # the five columns before the message at their widest (headers included), 2-cell gaps
+    used = max(used, 2 + 4 + 6 + 1 + 7) + 5 * 2
+
+    def share(table: Table, width: int) -> None:
+        # The message gets what the longest name leaves, at least a sixth of the line.
+        table.columns[-1].max_width = max(10, width // 6, width - used)
+
+    return _Fitted(table, share)
 
 
-def _runs_table(runs: list[RunInfo]) -> Table:
-    table = Table(title="Recent runs (times in UTC)", title_justify="left")
-    for name, justify in (
-        ("id", "right"),
-        ("name", "left"),
-        ("status", "left"),
-        ("started", "left"),
-        ("elapsed", "right"),
-        ("tasks", "right"),
-        ("done", "right"),
-        ("failed", "right"),
-        ("cancelled", "right"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+def _runs_table(runs: list[RunInfo]) -> RenderableType:
+    table = _plain_table("Recent runs (times in UTC)")
+    table.add_column("id", justify="right", no_wrap=True)
+    table.add_column("name")
+    table.add_column("status", no_wrap=True)
+    table.add_column("started")
+    for name in ("duration", "done", "failed"):
+        table.add_column(name, justify="right", no_wrap=True)
+    used = 0
     for run in runs:
-        failed = sum(run.counts.get(s, 0) for s in FAILED_STATUSES)
-        table.add_row(
+        row = (
             str(run.id),
-            Text(printable(run.name)),
-            _styled(run.shown_status),
-            _when(run.started_at),
+            printable(run.shown_status),
             _seconds(run.elapsed),
-            str(run.tasks_total),
-            str(run.counts.get("done", 0)),
-            str(failed),
-            str(run.counts.get("cancelled", 0)),
+            f"{run.counts.get('done', 0)}/{run.tasks_total}",
+            str(count_failed(run.counts)),
         )
-    return table
+        used = max(used, sum(cell_len(cell) for cell in row))
+        table.add_row(
+            row[0], Fit(printable(run.name)), _styled(run.shown_status), _when(run.started_at),
+            *row[2:],
+        )  # fmt: skip
+    # the columns but the name and start at their widest (headers included), 2-cell gaps
+    used = max(used, 2 + 6 + 8 + 4 + 6) + 6 * 2
+    longest = min(16, max((cell_len(printable(run.name)) for run in runs), default=0))
+
+    def share(table: Table, width: int) -> None:
+        # The start wraps onto two lines (date, then time) before the name is cut.
+        one_line = width - used >= _STAMP_CELLS + longest
+        table.columns[3].max_width = None if one_line else _DATE_CELLS
+
+    return _Fitted(table, share)
 
 
 class _Snapshot:
@@ -162,9 +228,7 @@ class _Snapshot:
 
     def key(self) -> Any:
         """What changes when the run moves on (to print only changes on a pipe)."""
-        if self.run is None:
-            return None
-        return (self.run.status, self.run.stale, tuple(sorted(self.run.counts.items())))
+        return None if self.run is None else _run_key(self.run)
 
     def renderable(self) -> RenderableType:
         if self.run is None:
@@ -194,11 +258,14 @@ def _watch(
     fmt: Format,
     interval: float,
 ) -> None:
-    snap = _Snapshot(conn, db, run_id, limit)
-    # Follow the run that was latest when watching began, even if another starts meanwhile.
-    run_id = None if snap.run is None else snap.run.id
     try:
-        if fmt is Format.table and console.is_terminal:
+        if fmt is Format.json:
+            _watch_json(conn, db, run_id, limit, interval)
+            return
+        snap = _Snapshot(conn, db, run_id, limit)
+        # Follow the run that was latest when watching began, even if another starts meanwhile.
+        run_id = None if snap.run is None else snap.run.id
+        if console.is_terminal:
             with Live(snap.renderable(), console=console, auto_refresh=False) as live:
                 while snap.active:
                     time.sleep(interval)
@@ -217,6 +284,73 @@ def _watch(
         typer.echo("Stopped watching.", err=True)
 
 
+@contextmanager
+def _one_read(conn: sqlite3.Connection) -> Iterator[None]:
+    """Read inside one transaction, so a run's counts and its task rows agree."""
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        conn.execute("COMMIT")
+
+
+_BRIEF_RUN_FIELDS = (
+    "id",
+    "status",
+    "stale",
+    "counts",
+    "finished",
+    "tasks_total",
+    "elapsed",
+    "throughput",
+    "finished_at",
+    "heartbeat_at",
+)
+"""The run fields a ``changes`` line carries: what moves while a run goes on."""
+
+
+def _watch_json(
+    conn: sqlite3.Connection, db: Path, run_id: int | None, limit: int | None, interval: float
+) -> None:
+    """Print a snapshot, then only what changed each tick, then the run as it ended.
+
+    At 20,000 tasks the whole run is megabytes of JSON: printing it every tick would flood a
+    pipe. See docs/cli.md for the line format.
+    """
+    with _one_read(conn):
+        snap = _Snapshot(conn, db, run_id, limit)
+        changes = None if snap.run is None else TaskChanges(conn, snap.run.id)
+        if changes is not None:
+            changes.start()
+    _echo_line({"type": "snapshot", **snap.as_json()})
+    run = snap.run
+    if run is None or changes is None:
+        return
+    last = _run_key(run)
+    while run.active:
+        time.sleep(interval)
+        with _one_read(conn):
+            now = get_run(conn, db, run.id)
+            tasks = changes.changed()
+        assert now is not None  # a run id that was read is never deleted
+        run = now
+        if tasks or _run_key(run) != last:
+            last = _run_key(run)
+            brief = {k: v for k, v in run.as_json().items() if k in _BRIEF_RUN_FIELDS}
+            _echo_line({"type": "changes", "run": brief, "tasks": [t.as_json() for t in tasks]})
+    _echo_line({"type": "end", "run": run.as_json()})
+
+
+def _run_key(run: RunInfo) -> Any:
+    return (run.status, run.stale, run.tasks_total, tuple(sorted(run.counts.items())))
+
+
+def _echo_line(payload: dict[str, Any]) -> None:
+    # flush: a reader on a pipe sees each line when it is printed, not when a buffer fills
+    typer.echo(json.dumps(payload, separators=(",", ":")))
+    sys.stdout.flush()
+
+
 def _emit(snap: _Snapshot, fmt: Format, *, compact: bool = False) -> None:
     if fmt is Format.json:
         indent = None if compact else 2
@@ -225,10 +359,113 @@ def _emit(snap: _Snapshot, fmt: Format, *, compact: bool = False) -> None:
         console.print(snap.renderable())
 
 
+_LOG_STYLES = {"DEBUG": "dim", "WARNING": "yellow", "ERROR": "red", "CRITICAL": "bold red"}
+
+
+def _task_panel(run: RunInfo, task: TaskInfo) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("task", Text(f"{task.task_id} of run {run.id} ({printable(run.name)})"))
+    if task.key is not None:
+        grid.add_row("key", Text(printable(task.key)))
+    if task.key is None or task.name != task.key:
+        grid.add_row("name", Text(printable(task.name)))
+    grid.add_row("status", _styled(task.status))
+    grid.add_row("started", f"{_when(task.started_at)} UTC" if task.started_at else "-")
+    grid.add_row("finished", f"{_when(task.finished_at)} UTC" if task.finished_at else "-")
+    grid.add_row("elapsed", _seconds(task.elapsed))
+    grid.add_row("attempt", str(task.attempt))
+    steps = f" (step {task.step}/{task.total})" if task.total else ""
+    grid.add_row("progress", f"{task.progress:.0%}{steps}")
+    if task.message:
+        grid.add_row("message", Text(printable(task.message, newlines=True)))
+    if task.result is not None:
+        grid.add_row("result", Text(printable(task.result, newlines=True)))
+    return grid
+
+
+def _attempts_table(attempts: list[AttemptInfo]) -> Table:
+    table = _plain_table("Attempts before the last (task_attempts)")
+    table.add_column("attempt", justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("started", no_wrap=True)
+    table.add_column("elapsed", justify="right", no_wrap=True)
+    table.add_column("discarded", justify="right", no_wrap=True)
+    table.add_column("error")
+    for attempt in attempts:
+        table.add_row(
+            str(attempt.attempt),
+            _styled(attempt.status),
+            _when(attempt.started_at),
+            _seconds(attempt.elapsed),
+            str(attempt.discarded),
+            Fit(printable(attempt.error_line), middle=False),
+        )
+    return table
+
+
+def _logs_table(logs: list[LogInfo]) -> Table:
+    table = _plain_table(f"Logs ({len(logs)})")
+    table.add_column("time", no_wrap=True)
+    table.add_column("level", no_wrap=True)
+    table.add_column("logger")
+    table.add_column("message", overflow="fold")
+    for row in logs:
+        style = "yellow" if row.dropped else ""
+        table.add_row(
+            row.created_at[11:23],
+            Text(printable(row.level), style=_LOG_STYLES.get(row.level, "")),
+            Fit(printable(row.logger or "")),
+            Text(printable(row.message, newlines=True), style=style),
+        )
+    return table
+
+
+def _show_task(
+    conn: sqlite3.Connection, db: Path, run_id: int | None, task_id: int, fmt: Format
+) -> None:
+    """Print one task in full: its row, its error, its earlier attempts and its logs."""
+    run = get_run(conn, db, run_id)
+    if run is None:
+        raise UsageError(f"--task {task_id}: {db} holds no runs yet")
+    task = get_task(conn, db, run, task_id)
+    logs = task_logs(conn, run.id, task_id)
+    attempts = task_attempts(conn, run.id, task_id)
+    dropped = sum(row.dropped for row in logs)
+    if fmt is Format.json:
+        payload = {
+            "db": str(db),
+            "run": {"id": run.id, "name": run.name, "status": run.shown_status},
+            "task": task.as_json(),
+            "attempts": [a.as_json() for a in attempts],
+            "logs": [row.as_json() for row in logs],
+            "logs_dropped": dropped,
+        }
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    parts: list[RenderableType] = [_task_panel(run, task)]
+    if task.error:
+        error = printable(task.error.rstrip(), newlines=True)
+        parts += [Text("\nError", style="bold red"), Text(error)]
+    if attempts:
+        parts += [Text(""), _attempts_table(attempts)]
+    parts += [Text(""), _logs_table(logs) if logs else Text("No logs stored for this task.")]
+    if dropped:
+        parts.append(
+            Text(
+                f"{dropped} records dropped (beyond RunOptions.task_log_limit per task)",
+                style="yellow",
+            )
+        )
+    console.print(Group(*parts))
+
+
 def show(
     db_arg: Path | None,
     db_opt: Path | None,
     run_id: int | None,
+    task_id: int | None,
     runs: bool,
     fmt: Format,
     limit: int | None,
@@ -241,6 +478,12 @@ def show(
         db = _resolve_db(db_arg, db_opt)
         conn = open_history(db)
         try:
+            if task_id is not None:
+                if runs or watch:
+                    extra = "--runs" if runs else "--watch"
+                    raise UsageError(f"--task {task_id} shows one task once; drop {extra}")
+                _show_task(conn, db, run_id, task_id, fmt)
+                return
             if runs:
                 found = list_runs(conn, limit or 20)
                 if fmt is Format.json:

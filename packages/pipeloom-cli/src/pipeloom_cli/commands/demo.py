@@ -94,6 +94,7 @@ def demo_worker(task: TaskDef, msg_q: TaskQueue) -> None:
             log.info("%s: failing on purpose at step %d (--fail-rate)", task.name, step)
             raise DemoTaskError(f"{task.name}: simulated failure at step {step} (--fail-rate)")
         rows += 100 * step
+        log.debug("%s: step %d/%d, %d rows", task.name, step, task.steps, rows)  # -vv
         msg_q.put(MsgTaskProgress(task.task_id, step, task.steps, f"{rows} rows"))
     log.info("%s done: %d rows", task.name, rows)
     msg_q.put(MsgTaskFinished(task.task_id, "done", utc_now(), result=f'{{"rows": {rows}}}'))

@@ -42,6 +42,16 @@ def status(
     run_id: Annotated[
         int | None, typer.Option("--run", metavar="ID", help="Show run ID instead of the latest.")
     ] = None,
+    task_id: Annotated[
+        int | None,
+        typer.Option(
+            "--task",
+            metavar="ID",
+            help="Show task ID of the run (--run, default the latest): its row, error, "
+            "attempts and logs.",
+            show_default=False,
+        ),
+    ] = None,
     runs: Annotated[bool, typer.Option("--runs", help="List recent runs.")] = False,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="table or json.")] = Format.table,
     limit: Annotated[
@@ -64,9 +74,9 @@ def status(
 ) -> None:
     """Show a run's summary and tasks.
 
-    The latest run by default, failures first; the database is opened read-only and never
-    created.
+    The latest run by default, failures first; --task ID shows one task in full. The
+    database is opened read-only and never created.
     """
     from pipeloom_cli.commands._status_show import show
 
-    show(db_arg, db_opt, run_id, runs, fmt, limit, watch, interval, verbose)
+    show(db_arg, db_opt, run_id, task_id, runs, fmt, limit, watch, interval, verbose)

@@ -1,0 +1,456 @@
+"""pipeloom's Datasette plugin: readable cells, one color per status, the task page, quiet errors.
+
+Registered in-process by `pipeloom_observe.app.build_datasette` (it is not an installed
+Datasette plugin, so ``datasette`` run by hand on a run database does not load it):
+
+- ``render_cell``: statuses as colored badges, timestamps without their ISO clutter,
+  durations in s / m / h, params and errors folded in ``<details>``, run ids linked to the run
+  dashboard and task ids to the task page;
+- ``extra_css_urls``: ``static/pipeloom.css`` (monospace tracebacks, no wrapping timestamps);
+- ``register_routes``: the task page, ``/-/pipeloom/DB/task/RUN_ID/TASK_ID``;
+- ``handle_exception``: a rejected query (bad SQL, a write, the time limit) is one log line
+  instead of Datasette's ~300-line Rich traceback on the terminal.
+
+`STATUS_COLORS` is the one color per status, used both here and by the dashboards' vega-lite
+scales (a fixed domain and range), so a color never shifts when a new status appears.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+from collections.abc import Callable, Mapping
+from typing import Any, Final, TypeVar, cast
+
+from datasette import hookimpl as _datasette_hookimpl
+from datasette.utils import tilde_encode
+from datasette.utils.asgi import Base400, NotFound, Response
+from datasette.views.base import DatasetteError
+from markupsafe import Markup
+
+__all__ = [
+    "DEFAULT_EXCEPTION_HANDLER",
+    "HISTORY_DASHBOARD",
+    "PLUGIN_NAME",
+    "RUN_DASHBOARD",
+    "STATUS_COLORS",
+    "format_duration",
+    "format_time",
+    "run_url",
+    "task_url",
+]
+
+log = logging.getLogger("pipeloom.observe")
+
+_Hook = TypeVar("_Hook", bound=Callable[..., Any])
+
+
+def hookimpl(fn: _Hook) -> _Hook:
+    """Datasette's ``hookimpl`` marker, typed (Datasette ships no type hints)."""
+    return cast(_Hook, _datasette_hookimpl(fn))
+
+
+PLUGIN_NAME: Final = __name__
+"""The name Datasette lists this plugin under (``/-/plugins``, ``/-/static-plugins/...``)."""
+
+RUN_DASHBOARD: Final = "run"
+"""Slug of the per-run dashboard: ``/-/dashboards/run?run_id=N`` (newest run without it)."""
+HISTORY_DASHBOARD: Final = "run-history"
+"""Slug of the cross-run dashboard: duration of a pipeline's runs, the task x run grid."""
+
+STATUS_COLORS: Final[dict[str, str]] = {
+    "queued": "#cbd5e1",
+    "running": "#3b82f6",
+    "done": "#16a34a",
+    "skipped": "#86efac",
+    "error": "#dc2626",
+    "timeout": "#f97316",
+    "interrupted": "#9333ea",
+    "cancelled": "#64748b",
+    "stale": "#eab308",
+}
+"""One fixed color per task and run status (and ``stale``, a running run nobody keeps alive).
+
+Every status in `pipeloom.status.TASK_STATUSES` and ``RUN_STATUSES`` has one (a test checks):
+a new status needs its color here."""
+
+_TIME_COLUMNS: Final = frozenset(
+    {"started_at", "finished_at", "heartbeat_at", "created_at", "last_started_at"}
+)
+_DURATION_COLUMNS: Final = frozenset({"duration_s", "seconds"})
+_FOLDED_TEXT: Final = frozenset({"error", "payload", "result"})
+
+
+def format_time(value: str) -> str:
+    """``2026-01-01T10:00:20.123456+00:00`` -> ``2026-01-01 10:00:20`` (every time is UTC)."""
+    text = value.replace("T", " ", 1)
+    for cut in (".", "+"):
+        if cut in text[10:]:
+            text = text[: 10 + text[10:].index(cut)]
+    return text.removesuffix("Z")
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as people read them: ``0.42 s``, ``12.3 s``, ``4 m 05 s``, ``2 h 03 m``."""
+    if not math.isfinite(seconds):
+        return str(seconds)
+    if seconds < 10:
+        return f"{seconds:.2f} s"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60} m {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} m"
+
+
+def _db_path(datasette: Any, database: str) -> str:
+    return str(datasette.urls.path("/-/pipeloom/" + tilde_encode(database)))
+
+
+def run_url(datasette: Any, run_id: object) -> str:
+    """The per-run dashboard of one run."""
+    return str(datasette.urls.path(f"/-/dashboards/{RUN_DASHBOARD}?run_id={int(str(run_id))}"))
+
+
+def task_url(datasette: Any, database: str, run_id: object, task_id: object) -> str:
+    """The task page of one task of one run."""
+    return f"{_db_path(datasette, database)}/task/{int(str(run_id))}/{int(str(task_id))}"
+
+
+def status_badge(status: str, *, stale: bool = False) -> Markup:
+    """A colored badge; a stale run also gets the ``stale`` badge."""
+    color = STATUS_COLORS.get(status, "#e5e7eb")
+    badge = Markup('<span class="pl-status pl-status-{0}" style="background:{1}">{0}</span>')
+    html = badge.format(status, color)
+    if stale:
+        html += badge.format("stale", STATUS_COLORS["stale"])
+    return html
+
+
+def _folded(text: str, *, summary: str | None = None, css: str = "pl-mono") -> Markup:
+    lines = [line for line in text.splitlines() if line.strip()]
+    first = summary if summary is not None else (lines[-1] if lines else "")
+    if len(lines) <= 1 and len(text) <= 80 and summary is None:
+        return Markup('<span class="{}">{}</span>').format(css, text)
+    short = first if len(first) <= 100 else first[:99] + "…"
+    return Markup(
+        '<details class="pl-fold"><summary>{}</summary><pre class="{}">{}</pre></details>'
+    ).format(short, css, text)
+
+
+def _params(value: str) -> Markup:
+    try:
+        loaded = json.loads(value)
+    except ValueError:
+        return _folded(value)
+    if not loaded:
+        return Markup('<span class="pl-muted">none</span>')
+    pretty = json.dumps(loaded, indent=2, sort_keys=True, default=str)
+    count = len(loaded) if isinstance(loaded, dict | list) else 1
+    return _folded(pretty, summary=f"{count} param{'s' if count != 1 else ''}")
+
+
+def _payload_task(value: str) -> int | None:
+    try:
+        loaded = json.loads(value)
+    except ValueError:
+        return None
+    task_id = loaded.get("task_id") if isinstance(loaded, dict) else None
+    return task_id if isinstance(task_id, int) else None
+
+
+def _keys(row: Any) -> set[str]:
+    try:
+        return set(row.keys())
+    except AttributeError:
+        return set()
+
+
+def _plain(value: Any) -> Any:
+    """The stored value of a cell (an expanded foreign key arrives as value and label)."""
+    return value["value"] if isinstance(value, dict) and "value" in value else value
+
+
+def _render(row: Any, value: Any, column: str, table: str | None, database: str, ds: Any) -> Any:
+    keys = _keys(row)
+    raw = _plain(value)
+    if raw is None:
+        return None
+    if column in {"status", "run_status"} and isinstance(raw, str):
+        stale = "stale" in keys and bool(row["stale"]) and column == "status"
+        return status_badge(raw, stale=stale)
+    if column == "stale":
+        return Markup(status_badge("stale") if raw else '<span class="pl-muted">-</span>')
+    if column in _TIME_COLUMNS and isinstance(raw, str) and len(raw) >= 19:
+        return Markup('<time class="pl-time" datetime="{0}" title="{0}">{1}</time>').format(
+            raw, format_time(raw)
+        )
+    if column in _DURATION_COLUMNS and isinstance(raw, int | float):
+        return Markup('<span class="pl-num" title="{} s">{}</span>').format(
+            raw, format_duration(float(raw))
+        )
+    if column == "progress" and isinstance(raw, int | float) and {"total", "tasks_total"} & keys:
+        percent = max(0.0, min(1.0, float(raw))) * 100
+        return Markup(
+            '<span class="pl-nowrap"><span class="pl-progress"><span style="width:{0:.0f}%">'
+            "</span></span> {0:.0f}%</span>"
+        ).format(percent)
+    if column == "params" and isinstance(raw, str):
+        return _params(raw)
+    if column == "run_id" and isinstance(raw, int):
+        label = value.get("label") if isinstance(value, dict) else None
+        link = Markup('<a href="{}" title="the run\'s dashboard">#{}</a>').format(
+            run_url(ds, raw), raw
+        )
+        if label is not None and str(label) != str(raw):
+            return link + Markup(" {}").format(label)
+        return link
+    if column == "task_id" and isinstance(raw, int) and "run_id" in keys:
+        run_id = _plain(row["run_id"])
+        if isinstance(run_id, int):
+            return Markup('<a href="{}" title="the task page">{}</a>').format(
+                task_url(ds, database, run_id, raw), raw
+            )
+    if table == "pipeline_runs" and column == "name" and "id" in keys:
+        return Markup('<a href="{}" title="the run\'s dashboard">{}</a>').format(
+            run_url(ds, row["id"]), raw
+        )
+    if column == "payload" and isinstance(raw, str) and "run_id" in keys:
+        folded = _folded(raw)
+        task_id = _payload_task(raw)
+        run_id = _plain(row["run_id"])
+        if task_id is not None and isinstance(run_id, int):
+            link = Markup('<a href="{}">task {}</a> ').format(
+                task_url(ds, database, run_id, task_id), task_id
+            )
+            return link + folded
+        return folded
+    if column == "owner" and isinstance(raw, str) and " " in raw:
+        # "host pidns=... boot=...": the host says enough in a list; the rest on a click.
+        return _folded(raw, summary=raw.split(" ", 1)[0])
+    if column in _FOLDED_TEXT and isinstance(raw, str):
+        return _folded(raw)
+    return None
+
+
+@hookimpl
+def render_cell(
+    row: Any, value: Any, column: str, table: str | None, database: str, datasette: Any
+) -> Any:
+    """Render pipeloom's columns for people; None leaves a cell to Datasette."""
+    try:
+        return _render(row, value, column, table, database, datasette)
+    except (TypeError, ValueError, KeyError, IndexError) as exc:
+        # A cell is never worth a failed page: show it as Datasette would, and say why once.
+        log.debug("pipeloom observe: plain cell for %s=%r (%s)", column, value, exc)
+        return None
+
+
+@hookimpl
+def extra_css_urls(datasette: Any) -> list[str]:
+    """Add the stylesheet (badges, monospace tracebacks) to every page."""
+    return [datasette.urls.static_plugins(PLUGIN_NAME, "pipeloom.css")]
+
+
+async def _rows(db: Any, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    result = await db.execute(sql, dict(params))
+    return [dict(row) for row in result.rows]
+
+
+async def _columns(db: Any, table: str) -> set[str]:
+    if not await db.table_exists(table):
+        return set()
+    return set(await db.table_columns(table))
+
+
+def _duration(started: str | None, finished: str | None) -> str:
+    if not started or not finished:
+        return ""
+    from datetime import datetime
+
+    try:
+        seconds = (
+            datetime.fromisoformat(finished) - datetime.fromisoformat(started)
+        ).total_seconds()
+    except ValueError:
+        return ""
+    return format_duration(seconds)
+
+
+async def task_page(datasette: Any, request: Any) -> Response:
+    """One task of one run: its error and traceback, attempts, logs and dead letters."""
+    from datasette.utils import tilde_decode
+
+    database = tilde_decode(request.url_vars["database"])
+    run_id = int(request.url_vars["run_id"])
+    task_id = int(request.url_vars["task_id"])
+    try:
+        db = datasette.get_database(database)
+    except KeyError:
+        raise NotFound(f"no database {database}") from None
+    params = {"run_id": run_id, "task_id": task_id}
+    if not {"run_id", "task_id"} <= await _columns(db, "task_runs"):
+        raise NotFound(
+            f"{database} holds no pipeloom run history of the current layout; "
+            f"run `pipeloom db upgrade` on it for task pages"
+        )
+    tasks = await _rows(
+        db,
+        "SELECT t.*, r.name AS run_name, r.status AS run_status FROM task_runs t "
+        "JOIN pipeline_runs r ON r.id = t.run_id WHERE t.run_id = :run_id AND t.task_id = :task_id",
+        params,
+    )
+    if not tasks:
+        raise NotFound(f"run {run_id} has no task {task_id}")
+    task = tasks[0]
+    attempts = await _rows(
+        db,
+        "SELECT attempt, status, started_at, finished_at, error, discarded FROM task_attempts "
+        "WHERE run_id = :run_id AND task_id = :task_id ORDER BY attempt, id",
+        params,
+    )
+    if not any(a["attempt"] == task["attempt"] for a in attempts):
+        # task_attempts keeps the attempts that were retried; the last one is the task's row.
+        attempts.append(
+            {
+                "attempt": task["attempt"],
+                "status": task["status"],
+                "started_at": task["started_at"],
+                "finished_at": task["finished_at"],
+                "error": task["error"],
+                "discarded": 0,
+            }
+        )
+    log_columns = await _columns(db, "task_logs")
+    dropped = "dropped" if "dropped" in log_columns else "0"
+    logs = (
+        await _rows(
+            db,
+            f"SELECT created_at, attempt, level, logger, message, {dropped} AS dropped "
+            "FROM task_logs WHERE run_id = :run_id AND task_id = :task_id ORDER BY id LIMIT 2000",
+            params,
+        )
+        if log_columns
+        else []
+    )
+    letters = await _rows(
+        db,
+        "SELECT id, created_at, msg_type, payload, error FROM dead_letters "
+        "WHERE run_id = :run_id AND json_valid(payload) "
+        "AND json_extract(payload, '$.task_id') = :task_id ORDER BY id",
+        params,
+    )
+    other_runs = []
+    if task.get("task_key"):
+        other_runs = await _rows(
+            db,
+            "SELECT run_id, task_id, status, started_at, finished_at FROM task_runs "
+            "WHERE task_key = :key ORDER BY run_id DESC LIMIT 20",
+            {"key": task["task_key"]},
+        )
+    for row in (task, *attempts, *other_runs):
+        row["duration"] = _duration(row.get("started_at"), row.get("finished_at"))
+    context = {
+        "database": database,
+        "task": task,
+        "attempts": attempts,
+        "logs": logs,
+        "has_logs": bool(log_columns),
+        "dead_letters": letters,
+        "other_runs": other_runs,
+        "badge": status_badge,
+        "fmt_time": format_time,
+        "run_url": lambda rid: run_url(datasette, rid),
+        "task_url": lambda rid, tid: task_url(datasette, database, rid, tid),
+        "db_url": datasette.urls.database(database),
+    }
+    html = await datasette.render_template("pipeloom_task.html", context, request=request)
+    return Response.html(html)
+
+
+@hookimpl
+def register_routes() -> list[tuple[str, Callable[..., Any]]]:
+    """The task page."""
+    return [
+        (
+            r"^/-/pipeloom/(?P<database>[^/]+)/task/(?P<run_id>\d+)/(?P<task_id>-?\d+)$",
+            task_page,
+        )
+    ]
+
+
+DEFAULT_EXCEPTION_HANDLER: Final = "datasette.handle_exception"
+"""Datasette's own handle_exception plugin: every handler runs, and this one prints a Rich
+traceback with locals (~300 lines) for any error, a mistyped query included. `pipeloom_observe.
+app.register_plugin` unregisters it; `handle_exception` here calls it for real bugs."""
+
+
+def _rejected(exception: BaseException) -> tuple[int, str, str | None, bool] | None:
+    """Status, message, title and is-HTML of an error that is the visitor's, not a bug."""
+    if isinstance(exception, Base400):
+        return exception.status, str(exception.args[0]), None, False
+    if isinstance(exception, DatasetteError):
+        return exception.status, str(exception.message), exception.title, exception.message_is_html
+    return None
+
+
+def _sqlite_logged(exception: BaseException) -> bool:
+    """True when Datasette already wrote its one ``ERROR: conn=...`` line for this error.
+
+    It does for every SQLite error of a query except the time limit's ``interrupted``.
+    """
+    seen: BaseException | None = exception
+    while seen is not None:
+        if isinstance(seen, sqlite3.Error) and seen.args != ("interrupted",):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+@hookimpl
+def handle_exception(datasette: Any, request: Any, exception: BaseException) -> Any:
+    """Answer a rejected query with Datasette's error page and one line, not a traceback.
+
+    A bad query, a write, an unknown column or page is the visitor's mistake: one log line
+    (none when Datasette already printed its own line for a SQLite error). Anything else is
+    a bug, and goes to Datasette's handler with its full traceback.
+    """
+    rejected = _rejected(exception)
+    if rejected is None:
+        from datasette import handle_exception as default
+
+        return default.handle_exception(datasette, request, exception)
+    status, message, title, is_html = rejected
+    if not _sqlite_logged(exception):
+        log.warning(
+            "pipeloom observe: %s %s answered %s: %s",
+            request.method,
+            request.path,
+            status,
+            " ".join(message.split()),
+        )
+
+    async def inner() -> Response:
+        info = {
+            "ok": False,
+            "error": Markup(message) if is_html else message,
+            "status": status,
+            "title": title,
+        }
+        if request.path.split("?")[0].endswith(".json"):
+            return Response.json({**info, "error": message}, status=status)
+        template = datasette.jinja_env.select_template([f"{status}.html", "error.html"])
+        body = await template.render_async(
+            dict(
+                info,
+                urls=datasette.urls,
+                app_css_hash=datasette.app_css_hash(),
+                menu_links=lambda: [],
+            )
+        )
+        return Response.html(body, status=status)
+
+    return inner
