@@ -1,3 +1,7 @@
+import subprocess
+import sys
+
+import pytest
 from typer.testing import CliRunner
 
 import pipeloom
@@ -86,3 +90,22 @@ def test_click_usage_errors_end_in_one_plain_error_line() -> None:
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("Error: Invalid value for '--workers' / '-w'")
     assert "╭" not in result.stderr
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["status", "--help"], ["demo", "--help"]])
+def test_starting_the_cli_imports_only_what_the_command_needs(argv: list[str]) -> None:
+    """Start-up time is import time: a help text or the versions need no Rich, no pipeline
+    engine, no Datasette and no pydantic (which newer typer releases pull in)."""
+    code = (
+        "import sys\n"
+        f"sys.argv = ['pipeloom', *{argv!r}]\n"
+        "from pipeloom_cli.app import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = ['pydantic', 'rich.live', 'pipeloom.engine', 'datasette', 'sqlite_utils']\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

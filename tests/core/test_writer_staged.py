@@ -24,15 +24,18 @@ from .conftest import rows
 
 COLUMNS = (
     "task_id, task_key, name, status, progress, step, total, message, started_at, "
-    "finished_at, result, error, attempt"
+    "finished_at, result, error, attempt, stage, upstream_stage, upstream_task_id"
 )
 TIMES = st.sampled_from(["2026-01-01T00:00:00.000+00:00", "2026-01-01T00:00:01.000+00:00"])
 IDS = st.integers(1, 30)
 ATTEMPTS = st.integers(1, 3)
 TEXT = st.text(alphabet="abc", max_size=3)
 
+STAGES = st.one_of(st.none(), st.just("parse"))
 messages = st.one_of(
-    st.builds(MsgTaskStarted, IDS, TEXT, TIMES, ATTEMPTS, st.one_of(st.none(), st.just("k"))),
+    st.builds(
+        MsgTaskStarted, IDS, TEXT, TIMES, ATTEMPTS, st.one_of(st.none(), st.just("k")), STAGES
+    ),
     st.builds(MsgTaskProgress, IDS, st.integers(-2, 12), st.integers(-1, 10), TEXT),
     st.builds(
         MsgTaskFinished,
@@ -44,6 +47,9 @@ messages = st.one_of(
         st.one_of(st.none(), TEXT),
         ATTEMPTS,
         st.one_of(st.none(), TEXT),
+        stage=STAGES,
+        upstream_stage=STAGES,
+        upstream_task_id=st.one_of(st.none(), IDS),
     ),
 )
 
@@ -135,7 +141,7 @@ class _Id(int):
 ODD_TEXT = st.text(alphabet="ab\u00e9\ud800", max_size=3)
 odd_messages = st.one_of(
     messages,
-    st.builds(MsgTaskStarted, IDS, ODD_TEXT, TIMES, ATTEMPTS),
+    st.builds(MsgTaskStarted, IDS, ODD_TEXT, TIMES, ATTEMPTS, stage=STAGES),
     st.builds(MsgTaskProgress, IDS, st.integers(-2, 12), st.integers(-1, 10), ODD_TEXT),
     st.builds(
         MsgTaskFinished,
@@ -144,6 +150,9 @@ odd_messages = st.one_of(
         TIMES,
         st.one_of(st.none(), ODD_TEXT),
         st.one_of(st.just(""), st.none(), ODD_TEXT),
+        stage=STAGES,
+        upstream_stage=STAGES,
+        upstream_task_id=st.one_of(st.none(), IDS),
     ),
 )
 

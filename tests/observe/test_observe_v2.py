@@ -371,3 +371,33 @@ async def test_a_task_page_of_a_file_in_the_old_layout_is_a_clear_404(tmp_path: 
     response = await ds.client.get("/-/pipeloom/seed/task/1/1")
     assert response.status_code == 404
     assert "pipeloom db upgrade" in response.text
+
+
+async def test_the_run_dashboard_shows_a_pipelines_stages(tmp_path: Path) -> None:
+    from tests.core.test_stages import etl
+
+    db = tmp_path / "etl.db"
+    etl(db, {3}, []).run(progress=False)  # parse:3 fails: load:3 and the summary are blocked
+    ds = await started(db)
+    charts = default_metadata("etl")["plugins"]["datasette-dashboards"][RUN_DASHBOARD]["charts"]
+    page = (await ds.client.get(f"/-/dashboards/{RUN_DASHBOARD}")).text
+    assert 'id="chart-stages"' in page
+    stages = await rows(
+        ds, "/etl.json?" + _qs({"sql": charts["stages"]["query"], "run_id": "", "_shape": "array"})
+    )
+    assert [
+        (s["stage"], s["consumes"], s["done"], s["failed"], s["upstream_failed"], s["tasks"])
+        for s in stages
+    ] == [
+        ("download", "", 5, 0, 0, 5),
+        ("parse", "download", 4, 1, 0, 5),
+        ("load", "parse", 4, 0, 1, 5),
+        ("summarise", "load", 0, 0, 1, 1),
+    ]
+    bars = await rows(
+        ds, "/etl.json?" + _qs({"sql": charts["gantt"]["query"], "run_id": "", "_shape": "array"})
+    )
+    # One band per stage, in the order the stages began; each bar names its stage and key.
+    order = [b["stage"] for b in bars]
+    assert order == sorted(order, key=["download", "parse", "load"].index)
+    assert {b["task"] for b in bars if b["stage"] == "load"} >= {"load · load:1", "load · load:5"}

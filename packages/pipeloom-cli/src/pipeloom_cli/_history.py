@@ -39,6 +39,7 @@ __all__ = [
     "list_runs",
     "open_history",
     "run_tasks",
+    "stage_counts",
     "task_attempts",
     "task_logs",
 ]
@@ -61,6 +62,24 @@ def _suggest_databases(folder: Path) -> str:
     example = shlex.quote(str(folder / found[0]))
     shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
     return f"databases in {folder}: {shown} (e.g. `pipeloom status {example}`)"
+
+
+def stage_counts(conn: sqlite3.Connection, run_id: int) -> dict[str, dict[str, int]]:
+    """A run's task counts per stage and status, stages in the order their first task ran.
+
+    Empty for a run without stages (a low-level ``run_pipeline``, which records none).
+    """
+    per_stage: dict[str, dict[str, int]] = {}
+    first: dict[str, int] = {}
+    sql = (
+        "SELECT stage, status, count(*), min(task_id) FROM task_runs "
+        "WHERE run_id = ? AND stage IS NOT NULL GROUP BY stage, status"
+    )
+    for stage, status, n, low in conn.execute(sql, (run_id,)):
+        name = str(stage)
+        per_stage.setdefault(name, {})[str(status)] = int(n)
+        first[name] = min(first.get(name, low), low)
+    return {name: per_stage[name] for name in sorted(per_stage, key=first.__getitem__)}
 
 
 def open_history(db: Path) -> sqlite3.Connection:

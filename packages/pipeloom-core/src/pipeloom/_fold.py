@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeloom._text import MAX_TEXT_CHARS, storable
+from pipeloom._text import MAX_TEXT_CHARS, result_text, storable
 from pipeloom.messages import MsgTaskFinished, MsgTaskProgress, MsgTaskStarted
 from pipeloom.status import TERMINAL
 
@@ -74,16 +74,6 @@ def _safe_repr(value: Any) -> str:
         return storable(f"<unrepresentable {type(value).__name__}: {type(exc).__name__}>")
 
 
-def _result_text(result: Any) -> str:
-    """A task's result as text: a string as is, else JSON, else its repr (never an error)."""
-    if type(result) is str:
-        return storable(result)
-    try:
-        return storable(json.dumps(result))
-    except Exception:  # not JSON-able (or a user __eq__/__iter__ raised): its repr will do
-        return _payload(result)
-
-
 def _text(value: Any) -> str | None:
     """Optional message text: None for no text (None, "", falsy), else storable text."""
     if type(value) is str:
@@ -105,6 +95,16 @@ def _task_id(value: Any) -> int:
         return operator.index(value)
     except Exception:
         raise TypeError(f"task_id must be an int, got {type(value).__name__}") from None
+
+
+def _optional_id(value: Any) -> int | None:
+    """An optional task id (an upstream pointer): an int, or None when it is not one."""
+    if value is None or type(value) is int:
+        return value
+    try:
+        return operator.index(value)
+    except Exception:  # not an id: the pointer is left empty rather than the finish lost
+        return None
 
 
 def _attempt(value: Any) -> int:
@@ -158,6 +158,8 @@ def _progress_of(step: Any, total: Any) -> float | None:
 # Column order of the folded per-task change; None means "leave the stored value".
 _KEY, _NAME, _STATUS, _PROGRESS, _STEP, _TOTAL, _MESSAGE = range(7)
 _STARTED, _FINISHED, _RESULT, _ERROR, _ATTEMPT = range(7, 12)
+_STAGE, _UPSTREAM_STAGE, _UPSTREAM_TASK = range(12, 15)
+_WIDTH = 15
 
 
 class _Fold:
@@ -196,7 +198,7 @@ class _Fold:
                     task_id = _task_id(task_id)
                 row = rows.get(task_id)
                 if row is None:
-                    row = rows[task_id] = [None] * 12
+                    row = rows[task_id] = [None] * _WIDTH
                 elif row[_STATUS] in _TERMINAL_SET:
                     continue
                 pending[task_id] = msg
@@ -215,6 +217,7 @@ class _Fold:
                     and task_id not in rows
                     and type(msg.attempt) is int
                     and msg.key is None
+                    and msg.stage is None
                     and type(name) is str
                     and name.isascii()
                     and len(name) <= limit
@@ -225,7 +228,7 @@ class _Fold:
                     # fmt: off
                     rows[task_id] = [
                         None, name, "running", None, None, None, None, at, None, None, None,
-                        msg.attempt,
+                        msg.attempt, None, None, None,
                     ]
                     # fmt: on
                     started((task_id, name))
@@ -250,11 +253,12 @@ class _Fold:
                     and msg.error is None
                     and msg.name is None
                     and msg.key is None
+                    and msg.stage is None
                 ):
                     attempt = msg.attempt
                     row = rows.get(task_id)
                     if row is None:
-                        row = rows[task_id] = [None] * 12
+                        row = rows[task_id] = [None] * _WIDTH
                     else:
                         earlier = pending.pop(task_id, None)
                         if earlier is not None:  # progress sent before this finish lands first
@@ -283,7 +287,7 @@ class _Fold:
     def _row(self, task_id: int) -> list[Any]:
         row = self.rows.get(task_id)
         if row is None:
-            row = self.rows[task_id] = [None] * 12
+            row = self.rows[task_id] = [None] * _WIDTH
         return row
 
     @staticmethod
@@ -312,6 +316,8 @@ class _Fold:
         row[_STARTED] = row[_STARTED] or storable(msg.started_at)
         row[_FINISHED] = None
         row[_ATTEMPT] = attempt
+        if msg.stage is not None:
+            row[_STAGE] = storable(msg.stage)
         self.applied.started.append((task_id, row[_NAME]))
 
     def _finished(self, msg: MsgTaskFinished) -> None:
@@ -335,12 +341,17 @@ class _Fold:
         if status == "done" or status == "skipped":  # skipped: done by an earlier run
             row[_PROGRESS] = 1.0
         if msg.result is not None:
-            row[_RESULT] = _result_text(msg.result)
+            row[_RESULT] = result_text(msg.result)
         message = _text(msg.message)
         if message:
             row[_MESSAGE] = message
         if msg.error is not None:
             row[_ERROR] = storable(msg.error)
+        if msg.stage is not None:
+            row[_STAGE] = storable(msg.stage)
+            if msg.upstream_stage is not None:
+                row[_UPSTREAM_STAGE] = storable(msg.upstream_stage)
+            row[_UPSTREAM_TASK] = _optional_id(msg.upstream_task_id)
         row[_ATTEMPT] = attempt
         self.applied.progress.pop(task_id, None)
         self.applied.finished.append((task_id, status))

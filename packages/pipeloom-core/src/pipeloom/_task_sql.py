@@ -18,9 +18,10 @@ __all__ = ["task_rows", "upsert_tasks"]
 _KEEP_FINISHED = f"(status IN {sql_in(TERMINAL)} AND coalesce(?14, attempt) <= attempt)"
 _UPSERT_TASK = f"""
 INSERT INTO task_runs (run_id, task_id, task_key, name, status, progress, step, total,
-                       message, started_at, finished_at, result, error, attempt)
+                       message, started_at, finished_at, result, error, attempt,
+                       stage, upstream_stage, upstream_task_id)
 VALUES (?1, ?2, ?3, coalesce(?4, 'task ' || ?2), coalesce(?5, 'running'), coalesce(?6, 0.0),
-        ?7, ?8, ?9, ?10, ?11, ?12, ?13, coalesce(?14, 1))
+        ?7, ?8, ?9, ?10, ?11, ?12, ?13, coalesce(?14, 1), ?15, ?16, ?17)
 ON CONFLICT (run_id, task_id) DO UPDATE SET
     task_key = coalesce(?3, task_key),
     name = coalesce(?4, name),
@@ -33,7 +34,10 @@ ON CONFLICT (run_id, task_id) DO UPDATE SET
     result = CASE WHEN {_KEEP_FINISHED} THEN result ELSE coalesce(?12, result) END,
     error = CASE WHEN {_KEEP_FINISHED} THEN error ELSE coalesce(?13, error) END,
     status = CASE WHEN {_KEEP_FINISHED} THEN status ELSE coalesce(?5, status) END,
-    attempt = max(attempt, coalesce(?14, attempt))
+    attempt = max(attempt, coalesce(?14, attempt)),
+    stage = coalesce(?15, stage),
+    upstream_stage = coalesce(?16, upstream_stage),
+    upstream_task_id = coalesce(?17, upstream_task_id)
 """
 # SQLite evaluates every SET expression against the old row, so the order above is safe.
 
@@ -45,13 +49,13 @@ ON CONFLICT (run_id, task_id) DO UPDATE SET
 # The UPDATE and INSERT apply exactly the rules of _UPSERT_TASK above.
 _STAGE_COLUMNS = (
     "task_id, task_key, name, status, progress, step, total, message, started_at, "
-    "finished_at, result, error, attempt"
+    "finished_at, result, error, attempt, stage, upstream_stage, upstream_task_id"
 )
-_STAGE_WIDTH = 13
+_STAGE_WIDTH = 16
 _STAGE_MIN_ROWS = 16
 """Smaller folds use executemany: fewer statements, and few GIL hand-offs anyway."""
 _STAGE_MAX_CHUNK = 256
-"""Most rows per multi-row INSERT (256 x 13 parameters, far below SQLite's limit)."""
+"""Most rows per multi-row INSERT (256 x 16 parameters, far below SQLite's limit)."""
 _CREATE_STAGE = (
     "CREATE TEMP TABLE IF NOT EXISTS pipeloom_batch "
     f"(task_id INTEGER PRIMARY KEY, {_STAGE_COLUMNS.removeprefix('task_id, ')})"
@@ -64,7 +68,7 @@ _KEEP_STAGED = f"(t.status IN {sql_in(TERMINAL)} AND coalesce(b.attempt, t.attem
 _UPDATE_FROM_STAGE = f"""
 UPDATE task_runs AS t SET
     (task_key, name, progress, step, total, message, started_at, finished_at, result, error,
-     status, attempt) =
+     status, attempt, stage, upstream_stage, upstream_task_id) =
     (SELECT
         coalesce(b.task_key, t.task_key),
         coalesce(b.name, t.name),
@@ -77,16 +81,21 @@ UPDATE task_runs AS t SET
         CASE WHEN {_KEEP_STAGED} THEN t.result ELSE coalesce(b.result, t.result) END,
         CASE WHEN {_KEEP_STAGED} THEN t.error ELSE coalesce(b.error, t.error) END,
         CASE WHEN {_KEEP_STAGED} THEN t.status ELSE coalesce(b.status, t.status) END,
-        max(t.attempt, coalesce(b.attempt, t.attempt))
+        max(t.attempt, coalesce(b.attempt, t.attempt)),
+        coalesce(b.stage, t.stage),
+        coalesce(b.upstream_stage, t.upstream_stage),
+        coalesce(b.upstream_task_id, t.upstream_task_id)
      FROM temp.pipeloom_batch AS b WHERE b.task_id = t.task_id)
 WHERE t.run_id = ?1 AND t.task_id IN (SELECT task_id FROM temp.pipeloom_batch)
 """
 _INSERT_FROM_STAGE = """
 INSERT INTO task_runs (run_id, task_id, task_key, name, status, progress, step, total,
-                       message, started_at, finished_at, result, error, attempt)
+                       message, started_at, finished_at, result, error, attempt,
+                       stage, upstream_stage, upstream_task_id)
 SELECT ?1, b.task_id, b.task_key, coalesce(b.name, 'task ' || b.task_id),
        coalesce(b.status, 'running'), coalesce(b.progress, 0.0), b.step, b.total, b.message,
-       b.started_at, b.finished_at, b.result, b.error, coalesce(b.attempt, 1)
+       b.started_at, b.finished_at, b.result, b.error, coalesce(b.attempt, 1),
+       b.stage, b.upstream_stage, b.upstream_task_id
 FROM temp.pipeloom_batch AS b
 WHERE NOT EXISTS (SELECT 1 FROM task_runs AS t WHERE t.run_id = ?1 AND t.task_id = b.task_id)
 ORDER BY b.rowid
@@ -103,13 +112,13 @@ _STAGE_SQL = {1 << k: _stage_sql(1 << k) for k in range(_STAGE_MAX_CHUNK.bit_len
 
 
 # Rows the fold saw begin (a first attempt's Started) are nearly always new to the run: they
-# go in with one multi-row INSERT per chunk of up to 2,048 rows, no conflict check and no stage
+# go in with one multi-row INSERT per chunk of up to 1,024 rows, no conflict check and no stage
 # (100,000 x 1 user-like tasks in 5,000-message batches: 880 statements -> 440, and 10-15%
 # less CPU in SQL). The rest (tasks begun in an earlier batch) take the upsert. A row that
 # exists after all (a duplicate Started) fails its chunk, which SQLite undoes whole; that
 # chunk and every later row then take the upsert, which gives the same row either way.
-_NEW_MAX_CHUNK = 2048
-"""Most rows per INSERT of new rows (2,048 x 13 parameters, below SQLite's 32,766)."""
+_NEW_MAX_CHUNK = 1024
+"""Most rows per INSERT of new rows (1,024 x 16 parameters, below SQLite's 32,766)."""
 _NEW_ROWS = True
 """Take the INSERT path for rows the fold saw begin (tests turn it off to compare)."""
 
@@ -119,10 +128,12 @@ def _insert_new_sql(run_id: int, rows: int) -> str:
     values = "(" + ", ".join("?" * _STAGE_WIDTH) + ")"
     return f"""
 INSERT INTO task_runs (run_id, task_id, task_key, name, status, progress, step, total,
-                       message, started_at, finished_at, result, error, attempt)
+                       message, started_at, finished_at, result, error, attempt,
+                       stage, upstream_stage, upstream_task_id)
 SELECT {int(run_id)}, column1, column2, coalesce(column3, 'task ' || column1),
        coalesce(column4, 'running'), coalesce(column5, 0.0), column6, column7, column8,
-       column9, column10, column11, column12, coalesce(column13, 1)
+       column9, column10, column11, column12, coalesce(column13, 1), column14, column15,
+       column16
 FROM (VALUES {", ".join([values] * rows)})
 """
 

@@ -8,15 +8,19 @@ terminal), and describing a failure never fails itself (a user ``__str__`` may r
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import sys
 import traceback
 
 __all__ = [
     "MAX_TEXT_CHARS",
+    "RESULT_MAX_CHARS",
     "exc_summary",
     "exc_text",
     "printable",
+    "result_text",
     "shorten_middle",
     "storable",
 ]
@@ -27,6 +31,8 @@ MAX_TEXT_CHARS = 100_000
 """Stored texts (errors, payloads) longer than this are cut, with a note."""
 SUMMARY_CHARS = 500
 """A one-line error summary is cut to this many characters."""
+RESULT_MAX_CHARS = 10_000
+"""A task's stored result is at most this long; longer text is cut, with a note."""
 
 
 def storable(value: object, limit: int = MAX_TEXT_CHARS) -> str:
@@ -43,6 +49,41 @@ def storable(value: object, limit: int = MAX_TEXT_CHARS) -> str:
             text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     if len(text) > limit:
         text = text[:limit] + f"... [truncated, {len(text)} chars in all]"
+    return text
+
+
+def result_text(value: object, *, exact: bool = False) -> str | None:
+    """Turn a task's return value into ``task_runs.result`` text: the one rule for results.
+
+    Used by the declarative runner (before the value crosses a process) and by the writer
+    (for whatever a hand-written ``worker_fn`` sends), so both store the same text. None
+    stays None, strings are kept as they are, other values become JSON when they can and
+    their ``repr`` otherwise. Text over `RESULT_MAX_CHARS` is cut with a note, and the cut
+    text with its note fits the cap, so applying this twice changes nothing.
+
+    ``exact=True`` (a task whose result other stages consume) stores strings as JSON too, so
+    a resume can read every JSON-able result back as the value it was.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str) and not exact:
+        text = value
+    else:
+        try:
+            text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        except Exception:  # not JSON-able (or a user __eq__/__iter__ raised): its repr
+            try:
+                text = repr(value)
+            except Exception as exc:  # a user __repr__ may raise anything
+                reason = exc_summary(exc)
+                log.warning(
+                    "result of type %s has a failing repr: %s", type(value).__name__, reason
+                )
+                text = f"<unrepresentable {type(value).__name__}: {reason}>"
+    text = storable(text, sys.maxsize)  # escapes what UTF-8 cannot hold before measuring
+    if len(text) > RESULT_MAX_CHARS:
+        note = f"… [result truncated: {len(text)} chars in all]"
+        text = text[: RESULT_MAX_CHARS - len(note)] + note
     return text
 
 

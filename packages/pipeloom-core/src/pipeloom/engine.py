@@ -18,7 +18,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sized
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -41,7 +42,15 @@ from pipeloom.result import RunResult
 from pipeloom.status import decide_run_status
 from pipeloom.writer import DEFAULT_TASK_LOG_LIMIT, Handler, Listener, SchemaFn, SQLiteWriter
 
-__all__ = ["Executor", "RunResult", "TaskQueue", "ThreadExecutor", "WorkerFn", "run_pipeline"]
+__all__ = [
+    "Executor",
+    "FollowUp",
+    "RunResult",
+    "TaskQueue",
+    "ThreadExecutor",
+    "WorkerFn",
+    "run_pipeline",
+]
 
 log = logging.getLogger("pipeloom.engine")
 _GRACE = 1.0
@@ -50,6 +59,8 @@ _LABEL_CHARS = 80
 
 
 _DEFAULTS = RunOptions()
+FollowUp = Callable[[Any, Any], Iterable[Any]]
+"""``follow_up(task, returned)``: the tasks a completed task makes ready (stages use it)."""
 
 
 class TaskSourceError(PipeloomError, ValueError):
@@ -110,6 +121,7 @@ class _Run:
         executor: Executor,
         fail_fast: bool,
         total: int | None,
+        follow_up: FollowUp | None = None,
     ) -> None:
         self.tasks = tasks
         self.q = q
@@ -132,6 +144,10 @@ class _Run:
         self._refused = 0
         self._taken: int | None = None
         self._slots = 0
+        self._workers = 0
+        self.follow_up = follow_up
+        self.ready: deque[Any] = deque()
+        """Tasks made ready by completions (`follow_up`): admitted before the source's next."""
         # A list/tuple/range iterator advances in C without letting go of the GIL, so each
         # task still goes to exactly one worker without the lock. The lock convoyed instead:
         # a holder preempted inside it made every other worker sleep on it, one context
@@ -139,7 +155,7 @@ class _Run:
         # the runs, 1.5-1.6 s and ~5,800 switches without it). Their ids are checked up front.
         # The position is taken in the same C call as the task (enumerate): numbered after
         # next(), a thread switch in between gave two tasks each other's position.
-        self._lock_free = type(tasks) in _ATOMIC_ITERATORS
+        self._lock_free = type(tasks) in _ATOMIC_ITERATORS and follow_up is None
         self._numbered: Iterator[tuple[int, Any]] = enumerate(tasks, 1)
         self._source = tasks
         self._length = operator.length_hint(tasks) if self._lock_free else 0
@@ -150,7 +166,7 @@ class _Run:
     def begin(self, workers: int) -> None:
         """Fill every slot once; each completion refills its own slot after that."""
         with self.lock:
-            self._slots = workers
+            self._slots = self._workers = workers
         for _ in range(workers):
             self._fill()
 
@@ -190,10 +206,17 @@ class _Run:
             self.lock.release()
 
     def _advance(self) -> tuple[int, Any] | None:
-        if self.stopping.is_set() or self.exhausted or self.abandoned:
+        if self.stopping.is_set() or self.abandoned:
             return None
         try:
-            task = next(self.tasks)
+            # Ready follow-ups first (depth first): a finished parse(x) feeds load(x) at once
+            # instead of piling up behind new source items.
+            if self.ready:
+                task = self.ready.popleft()
+            elif self.exhausted:
+                return None
+            else:
+                task = next(self.tasks)
         except StopIteration:
             self.exhausted = True
             return None
@@ -259,7 +282,12 @@ class _Run:
     # -- completions (called from executor threads) -----------------------------------
 
     def task_done(
-        self, task_id: int, task: Any, error: BaseException | None, finished: bool
+        self,
+        task_id: int,
+        task: Any,
+        error: BaseException | None,
+        finished: bool,
+        returned: Any = None,
     ) -> None:
         """Record how the task ended unless its worker did, then refill its slot."""
         self.in_flight.pop(task_id, None)
@@ -272,7 +300,30 @@ class _Run:
                 self._post(MsgTaskFinished(task_id, "done", utc_now(), name=name, key=key))
         else:
             self._task_raised(task_id, task, error, finished)
+        if self.follow_up is not None:
+            self._follow(task_id, task, returned)
         self._fill()
+
+    def _follow(self, task_id: int, task: Any, returned: Any) -> None:
+        """Queue the tasks this completion made ready; wake idle slots for all but one."""
+        try:
+            more = list(self.follow_up(task, returned)) if self.follow_up is not None else []
+        except Exception as exc:  # a bug in the hook: stop admitting rather than lose tasks
+            self._source_failed(
+                f"follow-up tasks of task {task_id} failed: {exc_summary(exc)}", exc
+            )
+            return
+        if not more:
+            return
+        self.ready.extend(more)
+        # This slot takes one; slots that went idle (source exhausted) take the others.
+        woken = 0
+        with self.lock:
+            while woken < len(more) - 1 and self._slots < self._workers:
+                self._slots += 1
+                woken += 1
+        for _ in range(woken):
+            self._fill()
 
     def _task_raised(self, task_id: int, task: Any, error: BaseException, finished: bool) -> None:
         if isinstance(error, WriterFailedError):
@@ -453,6 +504,7 @@ def run_pipeline(
     lease: float | None = None,
     task_log_limit: int = DEFAULT_TASK_LOG_LIMIT,
     options: RunOptions | None = None,
+    follow_up: FollowUp | None = None,
     **kw: Any,
 ) -> RunResult:
     """Run ``worker_fn(task, msg_q)`` for every task, persisting through one writer thread.
@@ -495,6 +547,9 @@ def run_pipeline(
             a `Pipeline` takes), instead of ``wal``, ``synchronous``, ``batch_size``,
             ``commit_interval``, ``queue_size``, ``lease``, ``listeners`` and
             ``task_log_limit`` one by one; a setting may come one way or the other, not both.
+        follow_up: ``follow_up(task, returned)`` is called as each task completes, with what
+            ``worker_fn`` returned (None when it raised); the tasks it returns are admitted
+            before any further task from the source. `pipeloom.Pipeline` stages use it.
         **kw: ``tasks=`` and ``db_path=`` by keyword.
 
     Returns:
@@ -590,7 +645,7 @@ def run_pipeline(
             raise writer.error
         raise DatabaseError(f"{db_path}: {writer.error}") from writer.error
 
-    run = _Run(iter(tasks), q, pool, fail_fast, total)
+    run = _Run(iter(tasks), q, pool, fail_fast, total, follow_up)
     interrupts = _InterruptHandler(run) if handle_signals else None
     start_error: BaseException | None = None
     with contextlib.ExitStack() as stack:

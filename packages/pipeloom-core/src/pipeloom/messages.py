@@ -28,7 +28,9 @@ __all__ = [
     "utc_now",
 ]
 
-FinishStatus: TypeAlias = Literal["done", "error", "cancelled", "timeout", "skipped", "interrupted"]
+FinishStatus: TypeAlias = Literal[
+    "done", "error", "cancelled", "timeout", "skipped", "interrupted", "upstream_failed"
+]
 """Terminal statuses: the seed's three, the declarative layer's, and a forced stop's."""
 
 
@@ -67,6 +69,8 @@ class MsgTaskStarted:
     """1 for the first try; retries count up."""
     key: str | None = None
     """The task's stable key, if it has one."""
+    stage: str | None = None
+    """The stage (declarative task name) it belongs to, stored as ``task_runs.stage``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +116,13 @@ class MsgTaskFinished:
     ``done`` row; if a handler rejects one, none of them stays and the task is recorded
     ``error`` instead. Outputs of any other status are never applied.
     """
+    stage: str | None = None
+    """The stage (declarative task name) it belongs to, stored as ``task_runs.stage``."""
+    upstream_stage: str | None = None
+    """The stage whose results this task consumed (``task_runs.upstream_stage``)."""
+    upstream_task_id: int | None = None
+    """The upstream task it consumed (a chain), or for a blocked fan-in the first upstream
+    task that did not succeed (``task_runs.upstream_task_id``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,54 +20,41 @@ a run skips the keys that run finished, so only the failed and the new work runs
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import functools
-import hashlib
 import importlib
-import inspect
-import json
 import logging
-import random
-import sqlite3
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any, Generic, TypeVar, overload
 
 from rich.console import Console
 
 from pipeloom._context import DEFAULT_MAX_OUTPUTS, Context, OutputLimitError
+from pipeloom._keys import KEY_MAX_CHARS, item_key
 from pipeloom._registry import Handler, HandlerRegistry
-from pipeloom._retry import Outcome, TaskTimeoutError, backoff_delay, run_attempt
-from pipeloom._text import exc_summary, exc_text, shorten_middle, storable
-from pipeloom.db import MEMORY, connect_readonly
-from pipeloom.engine import RunResult, TaskQueue, run_pipeline
+from pipeloom._resume import open_previous
+from pipeloom._retry import TaskTimeoutError
+from pipeloom._runner import Runner
+from pipeloom._tasks import Flow, Stage, plan_stages, task_stream
+from pipeloom._text import RESULT_MAX_CHARS
+from pipeloom._text import result_text as to_result
+from pipeloom.engine import RunResult, run_pipeline
 from pipeloom.errors import PipelineError
 from pipeloom.executors import Executor
-from pipeloom.executors.processes import attempt_deadline
-from pipeloom.messages import (
-    MsgTaskAttempt,
-    MsgTaskFinished,
-    MsgTaskProgress,
-    MsgTaskStarted,
-    TaskDef,
-    utc_now,
-)
 from pipeloom.options import RunOptions
-from pipeloom.schema import check_schema
 from pipeloom.writer import SchemaFn
 
 __all__ = [
     "DEFAULT_MAX_OUTPUTS",
+    "KEY_MAX_CHARS",
     "RESULT_MAX_CHARS",
     "Context",
     "OutputLimitError",
     "Pipeline",
     "PipelineError",
+    "Stage",
     "Task",
     "TaskTimeoutError",
     "item_key",
@@ -78,17 +65,6 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 log = logging.getLogger("pipeloom.pipeline")
-
-RESULT_MAX_CHARS = 10_000
-"""A task's result text longer than this is cut, with a note saying how long it was."""
-KEY_MAX_CHARS = 200
-"""Longer keys keep a readable prefix and end in a hash of the whole key."""
-_NAME_MAX_CHARS = 80
-_SUMMARY_CHARS = 500
-
-
-class _TaskFailedError(Exception):
-    """Raised to the engine after a failure is recorded, so ``fail_fast`` can stop the run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,549 +130,6 @@ def _load_task(module: str, qualname: str) -> Task[Any, Any]:
     return found
 
 
-@dataclass(slots=True)
-class _Stage:
-    task: Task[Any, Any]
-    items: Iterable[Any]
-    key: Callable[[Any], object] | None
-    used: bool = False
-    """An earlier run read the items (matters for generators, which can be read once)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Job:
-    """What a TaskDef's payload carries from the task generator to the worker."""
-
-    task: Task[Any, Any]
-    item: Any = None
-    done_in: int | None = None
-    """Set when a resumed run already finished this key: the run that did it."""
-    problem: str | None = None
-    """Set when the task cannot run at all (its key or its items failed)."""
-
-
-def item_key(item: object, key: Callable[[Any], object] | None = None) -> str:
-    """Derive a stable key from an item: the same item gives the same key in every run.
-
-    Strings, numbers and paths are used as they are; lists, tuples and dicts of those as
-    compact JSON; other objects by their ``repr``. Keys over `KEY_MAX_CHARS` keep a prefix and
-    end in a hash of the whole.
-
-    Args:
-        item: the mapped item.
-        key: the user's ``key=`` function; its return value is turned into text.
-
-    Raises:
-        TypeError: the item's repr holds a memory address, so it would differ in every run.
-    """
-    text = _plain_key(key(item) if key is not None else item)
-    if len(text) > KEY_MAX_CHARS:
-        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-        text = f"{text[: KEY_MAX_CHARS - 20]}…#{digest}"
-    return text
-
-
-def _plain_key(value: object) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int | float | PurePath):
-        return str(value)
-    if isinstance(value, list | tuple | dict):
-        try:
-            return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_json_leaf)
-        except (TypeError, ValueError):
-            log.debug("key of %s is not JSON; using its repr", type(value).__name__)
-    text = repr(value)
-    if " at 0x" in text:
-        raise TypeError(
-            f"cannot derive a stable key from {text[:80]}: its repr holds a memory address, "
-            "which changes every run; pass key=lambda item: ... to pipe.map()"
-        )
-    return text
-
-
-def _json_leaf(value: object) -> object:
-    if isinstance(value, PurePath):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not a simple key value")
-
-
-def to_result(value: object) -> str | None:
-    """Turn a task's return value into ``task_runs.result`` text.
-
-    None stays None, strings are kept as they are, other values become JSON when they can and
-    their ``repr`` otherwise. Text over `RESULT_MAX_CHARS` is cut with a note.
-    """
-    if value is None:
-        return None
-    if isinstance(value, str):
-        text = value
-    else:
-        try:
-            text = json.dumps(value, ensure_ascii=False, allow_nan=False)
-        except (TypeError, ValueError, RecursionError):
-            try:
-                text = repr(value)
-            except Exception as exc:  # a user __repr__ may raise anything
-                reason = exc_summary(exc)
-                log.warning(
-                    "result of type %s has a failing repr: %s", type(value).__name__, reason
-                )
-                text = f"<unrepresentable {type(value).__name__}: {reason}>"
-    if len(text) > RESULT_MAX_CHARS:
-        text = f"{text[:RESULT_MAX_CHARS]}… [result truncated: {len(text)} chars in all]"
-    return text
-
-
-def _label(key: str) -> str:
-    # Cut in the middle: a key's end (the file, the page) tells tasks apart as much as its start.
-    return shorten_middle(key, _NAME_MAX_CHARS)
-
-
-class _Previous:
-    """Read-only view of the run being resumed: which keys it (or its own source) finished.
-
-    Looked up one key at a time from the task generator, so resuming a run of millions of
-    tasks does not load millions of keys into memory.
-    """
-
-    def __init__(self, conn: sqlite3.Connection, run_id: int) -> None:
-        self.conn = conn
-        self.run_id = run_id
-
-    def done_in(self, key: str) -> int | None:
-        """Return the run that finished ``key`` (None when it must run again)."""
-        try:
-            rows = self.conn.execute(
-                "SELECT status, result FROM task_runs WHERE run_id = ? AND task_key = ? "
-                "AND status IN ('done', 'skipped') LIMIT 1",
-                (self.run_id, storable(key)),  # the form the writer stored
-            ).fetchall()  # fetchall ends the statement, so no read stays open during the run
-        except sqlite3.Error as exc:
-            log.warning(
-                "resume: cannot look up %r in run %d (%s); running it", key, self.run_id, exc
-            )
-            return None
-        if not rows:
-            return None
-        status, result = rows[0]
-        if status == "skipped":
-            return _pointer(result) or self.run_id
-        return self.run_id
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-def _pointer(result: str | None) -> int | None:
-    """The run a skipped row points to (skipped rows store ``{"done_in_run": N}``)."""
-    try:
-        data = json.loads(result or "")
-    except ValueError:
-        return None
-    run = data.get("done_in_run") if isinstance(data, dict) else None
-    return run if isinstance(run, int) else None
-
-
-def _open_previous(db: str | Path, name: str, resume: bool | int | str) -> _Previous | None:
-    """Find the run to resume before the writer starts (and before it adds a new run).
-
-    Raises:
-        PipelineError: ``resume`` names a run that does not exist, or the database is missing
-            or in memory.
-    """
-    if resume is False or resume is None:
-        return None
-    if isinstance(resume, str):
-        resume = True if resume.strip().lower() in ("", "latest", "true") else _run_number(resume)
-    if str(db) == MEMORY:
-        raise PipelineError(
-            f"{db}: an in-memory database keeps no history to resume; use a file for db="
-        )
-    path = Path(db)
-    if not path.is_file():
-        if resume is True:
-            log.info("resume: %s does not exist yet, so every task runs", path)
-            return None
-        raise PipelineError(
-            f"{path}: no such database, so run {resume} cannot be resumed; check the db path"
-        )
-    # The same read-only opener as `pipeloom status`: escaped URI, query_only, read-only
-    # folders; its errors name the file.
-    conn = connect_readonly(path, check_same_thread=False)
-    try:
-        if not check_schema(conn, str(path)):
-            conn.close()
-            if resume is True:
-                return None
-            raise PipelineError(f"{path}: holds no pipeloom runs, so run {resume} cannot resume")
-        if resume is True:
-            found = conn.execute(
-                "SELECT id FROM pipeline_runs WHERE name = ? ORDER BY id DESC LIMIT 1",
-                (storable(name),),  # the form the writer stored
-            ).fetchall()
-            if not found:
-                log.info("resume: no earlier run of %r in %s, so every task runs", name, path)
-                conn.close()
-                return None
-            return _Previous(conn, int(found[0][0]))
-        found = conn.execute("SELECT name FROM pipeline_runs WHERE id = ?", (resume,)).fetchall()
-        if not found:
-            last = conn.execute("SELECT max(id) FROM pipeline_runs").fetchone()[0]
-            known = f"runs go up to {last}" if last is not None else "it holds no runs yet"
-            raise PipelineError(
-                f"{path}: has no run {resume} to resume ({known}); "
-                f"`pipeloom status {path}` lists them, or pass resume=True for the latest"
-            )
-        if found[0][0] != name:
-            log.warning(
-                "resume: run %d of %s was pipeline %r, not %r", resume, path, found[0][0], name
-            )
-        return _Previous(conn, resume)
-    except BaseException:
-        conn.close()
-        raise
-
-
-def _run_number(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise PipelineError(
-            f"resume={text!r}: pass True (the latest run), a run id such as 3, or False"
-        ) from None
-
-
-class _SizedTasks:
-    """The mapped items as TaskDefs, with a length when every item collection has one."""
-
-    def __init__(self, gen: Callable[[], Iterator[TaskDef]], total: int) -> None:
-        self._gen = gen
-        self._total = total
-
-    def __len__(self) -> int:
-        return self._total
-
-    def __iter__(self) -> Iterator[TaskDef]:
-        return self._gen()
-
-
-class _Runner:
-    """The worker function of one declarative run: attempts, retries, timeouts, results.
-
-    It pickles (without its locks and threads) so worker processes and Dask workers can run
-    it, and has an async path (`run_async`) for the async executor.
-    """
-
-    def __init__(self, pipe: Pipeline, fail_fast: bool) -> None:
-        self.name = pipe.name
-        self.handled = frozenset(pipe.handlers)
-        self.seed = pipe.seed
-        self.fail_fast = fail_fast
-        self._local()
-
-    def _local(self) -> None:
-        """State that stays in its process: never pickled, made anew where it is unpickled."""
-        self.rng = random.Random(self.seed)
-        self.rng_lock = threading.Lock()
-        self.abandoned: list[threading.Thread] = []
-        self.abandoned_lock = threading.Lock()
-        self.logger = logging.getLogger(f"pipeloom.task.{self.name}")
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Ship the settings only (locks and threads cannot cross a process)."""
-        return {k: getattr(self, k) for k in ("name", "handled", "seed", "fail_fast")}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        """Rebuild in a worker process."""
-        self.__dict__.update(state)
-        self._local()
-
-    def __call__(self, task: TaskDef, q: TaskQueue) -> None:
-        job = self._prelude(task, q)
-        if job is None:
-            return
-        attempt = q.first_attempt
-        while True:
-            started = utc_now()
-            outcome, ctx = self._attempt(task, job, q, attempt, started)
-            retry = self._settle(task, job, q, attempt, outcome, ctx)
-            if retry is None:
-                return
-            if q.stopping.is_set() or q.stopping.wait(retry.delay):
-                self._record_failure(task, q, attempt, outcome, True, retry.discarded)
-                return
-            self._retrying(task, q, attempt, started, outcome, ctx, retry.discarded)
-            attempt += 1
-
-    async def run_async(self, task: TaskDef, q: TaskQueue) -> None:
-        """The same as calling the runner, on an event loop: timeouts cancel the coroutine."""
-        job = self._prelude(task, q)
-        if job is None:
-            return
-        attempt = q.first_attempt
-        while True:
-            started = utc_now()
-            outcome, ctx = await self._attempt_async(task, job, q, attempt, started)
-            retry = self._settle(task, job, q, attempt, outcome, ctx)
-            if retry is None:
-                return
-            if await _wait_async(q.stopping, retry.delay):
-                self._record_failure(task, q, attempt, outcome, True, retry.discarded)
-                return
-            self._retrying(task, q, attempt, started, outcome, ctx, retry.discarded)
-            attempt += 1
-
-    def _prelude(self, task: TaskDef, q: TaskQueue) -> _Job | None:
-        """Settle a task that needs no attempt (done before, or broken); else its job."""
-        job: _Job = task.payload
-        if job.done_in is not None:
-            # The key rides on the finish, so a later resume recognises this row too.
-            q.put(
-                MsgTaskFinished(
-                    task.task_id,
-                    "skipped",
-                    utc_now(),
-                    result=json.dumps({"done_in_run": job.done_in}),
-                    message=f"skipped: done in run {job.done_in}",
-                    name=task.name,
-                    key=task.key,
-                )
-            )
-            return None
-        if job.problem is not None:
-            summary = job.problem.strip().splitlines()[-1][:_SUMMARY_CHARS]
-            q.put(
-                MsgTaskFinished(
-                    task.task_id,
-                    "error",
-                    utc_now(),
-                    message=summary,
-                    error=job.problem,
-                    name=task.name,
-                    key=task.key,
-                )
-            )
-            self._maybe_stop(summary)
-            return None
-        return job
-
-    def _settle(
-        self, task: TaskDef, job: _Job, q: TaskQueue, attempt: int, outcome: Outcome, ctx: Context
-    ) -> _Retry | None:
-        """Record a finished task, or say how long to wait before its next attempt."""
-        outputs: tuple[Any, ...] | list[Any] = ()
-        if outcome.status == "done":
-            try:
-                # The held messages ride on the finish: the writer commits them with the
-                # done row in one savepoint, or none of them and records the task error.
-                outputs = ctx._take_outputs()
-            except OutputLimitError as exc:  # caught by the task, which went on
-                outcome = Outcome("error", exc=exc, error_text=exc_text(exc))
-        if outcome.status == "done":
-            q.put(
-                MsgTaskFinished(
-                    task.task_id,
-                    "done",
-                    utc_now(),
-                    result=to_result(outcome.value),
-                    attempt=attempt,
-                    name=task.name,
-                    outputs=outputs,
-                )
-            )
-            return None
-        discarded = ctx._discard()
-        self._note_failure(task, job.task, attempt, outcome, discarded)
-        if not self._should_retry(job.task, attempt, outcome):
-            self._record_failure(task, q, attempt, outcome, False, discarded)
-            return None
-        with self.rng_lock:
-            delay = backoff_delay(attempt, job.task.backoff, job.task.max_backoff, self.rng)
-        return _Retry(delay, discarded)
-
-    def _retrying(
-        self,
-        task: TaskDef,
-        q: TaskQueue,
-        attempt: int,
-        started: str,
-        outcome: Outcome,
-        ctx: Context,
-        discarded: int,
-    ) -> None:
-        q.put(
-            MsgTaskAttempt(
-                task.task_id,
-                attempt,
-                outcome.status,
-                outcome.error_text or "",
-                started,
-                discarded=discarded,
-            )
-        )
-        last_total = ctx._last_total
-        if last_total is not None:  # the live bar starts over for the new attempt
-            q.put(MsgTaskProgress(task.task_id, 0, last_total))
-
-    def _context(
-        self, task: TaskDef, job: _Job, q: TaskQueue, attempt: int, started: str
-    ) -> Context:
-        q.put(MsgTaskStarted(task.task_id, task.name, started, attempt=attempt, key=task.key))
-        return Context(
-            task_id=task.task_id,
-            name=task.name,
-            key=task.key,
-            attempt=attempt,
-            put=q.put,
-            handled=self.handled,
-            logger=self.logger,
-            atomic=job.task.atomic,
-            max_outputs=job.task.max_outputs,
-        )
-
-    def _attempt(
-        self, task: TaskDef, job: _Job, q: TaskQueue, attempt: int, started: str
-    ) -> tuple[Outcome, Context]:
-        ctx = self._context(task, job, q, attempt, started)
-        spec = job.task
-        fn = spec.fn
-        call = (
-            functools.partial(_run_coroutine, fn, ctx, job.item)
-            if inspect.iscoroutinefunction(fn)
-            else functools.partial(fn, ctx, job.item)
-        )
-        timeout = spec.timeout
-        # In a worker process the driver kills the process when the attempt runs over, which
-        # really stops it; a thread can only be abandoned.
-        retry = attempt <= spec.retries and any(
-            issubclass(TaskTimeoutError, t) for t in spec.retry_on
-        )
-        killed_on_timeout = timeout is not None and attempt_deadline(timeout, attempt, retry)
-        try:
-            outcome = run_attempt(
-                call,
-                timeout=None if killed_on_timeout else timeout,
-                on_timeout=ctx._abandon,
-                thread_name=f"pipeloom-task-{task.task_id}-{attempt}",
-            )
-        finally:
-            if killed_on_timeout:
-                attempt_deadline(None)
-        return outcome, ctx
-
-    async def _attempt_async(
-        self, task: TaskDef, job: _Job, q: TaskQueue, attempt: int, started: str
-    ) -> tuple[Outcome, Context]:
-        ctx = self._context(task, job, q, attempt, started)
-        spec = job.task
-        if not inspect.iscoroutinefunction(spec.fn):
-            # A blocking function must not stall the loop: its attempt runs in a thread.
-            call = functools.partial(spec.fn, ctx, job.item)
-            outcome = await asyncio.to_thread(
-                run_attempt,
-                call,
-                timeout=spec.timeout,
-                on_timeout=ctx._abandon,
-                thread_name=f"pipeloom-task-{task.task_id}-{attempt}",
-            )
-            return outcome, ctx
-        try:
-            value = await asyncio.wait_for(spec.fn(ctx, job.item), spec.timeout)
-        except TimeoutError:
-            ctx._abandon()
-            timed_out = TaskTimeoutError(
-                f"did not finish within {spec.timeout:g} s; the coroutine was cancelled"
-            )
-            return Outcome("timeout", exc=timed_out, error_text=exc_summary(timed_out)), ctx
-        except Exception as exc:
-            return Outcome("error", exc=exc, error_text=exc_text(exc)), ctx
-        return Outcome("done", value=value), ctx
-
-    def _record_failure(
-        self,
-        task: TaskDef,
-        q: TaskQueue,
-        attempt: int,
-        outcome: Outcome,
-        retry_cut_short: bool,
-        discarded: int,
-    ) -> None:
-        assert outcome.exc is not None
-        notes = []
-        if retry_cut_short:
-            notes.append("not retried: the run is stopping")
-        if discarded:
-            notes.append(f"{_discarded_text(discarded)} of this attempt discarded")
-        note = f" ({'; '.join(notes)})" if notes else ""
-        summary = exc_summary(outcome.exc, _SUMMARY_CHARS - len(note)) + note
-        q.put(
-            MsgTaskFinished(
-                task.task_id,
-                "timeout" if outcome.status == "timeout" else "error",
-                utc_now(),
-                message=summary,
-                error=outcome.error_text,
-                attempt=attempt,
-                name=task.name,
-            )
-        )
-        self._maybe_stop(summary)
-
-    def _should_retry(self, spec: Task[Any, Any], attempt: int, outcome: Outcome) -> bool:
-        if isinstance(outcome.exc, OutputLimitError):
-            return False  # the same work would hold as many messages again
-        return attempt <= spec.retries and isinstance(outcome.exc, spec.retry_on)
-
-    def _note_failure(
-        self, task: TaskDef, spec: Task[Any, Any], attempt: int, outcome: Outcome, discarded: int
-    ) -> None:
-        if outcome.thread is not None:
-            with self.abandoned_lock:
-                self.abandoned = [t for t in self.abandoned if t.is_alive()]
-                self.abandoned.append(outcome.thread)
-            log.warning(
-                "task %s: attempt %d timed out after %g s; its thread cannot be killed and is "
-                "left to finish (its result will be ignored)%s",
-                task.name,
-                attempt,
-                spec.timeout,
-                f"; {_discarded_text(discarded)} discarded" if discarded else "",
-            )
-        else:
-            log.info(
-                "task %s: attempt %d failed: %s%s",
-                task.name,
-                attempt,
-                exc_summary(outcome.exc or Exception()),
-                f"; {_discarded_text(discarded)} discarded" if discarded else "",
-            )
-        if outcome.error_text:  # -vv: the traceback, as stored on the task's row
-            log.debug("task %s: attempt %d:\n%s", task.name, attempt, outcome.error_text.rstrip())
-
-    def _maybe_stop(self, summary: str) -> None:
-        if self.fail_fast:
-            raise _TaskFailedError(summary)
-
-    def wait_for_abandoned(self, grace: float) -> int:
-        """Give timed-out threads up to ``grace`` seconds to return; count those still running."""
-        deadline = time.monotonic() + grace
-        with self.abandoned_lock:
-            threads = list(self.abandoned)
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        alive = [t.name for t in threads if t.is_alive()]
-        if alive:
-            log.warning(
-                "%d timed-out task thread(s) still running after the %g s grace period (%s); "
-                "the run ends without them and they stop when the process exits",
-                len(alive),
-                grace,
-                ", ".join(alive[:5]),
-            )
-        return len(alive)
-
-
 class Pipeline(HandlerRegistry):
     """A named set of task functions mapped over items, run on the pipeloom engine.
 
@@ -758,7 +191,7 @@ class Pipeline(HandlerRegistry):
         self.executor = executor
         self.options = options or RunOptions()
         self.tasks: dict[str, Task[Any, Any]] = {}
-        self._stages: list[_Stage] = []
+        self._stages: list[Stage] = []
 
     def __repr__(self) -> str:
         """Show the name, database and tasks, which is what a REPL user wants to check."""
@@ -891,26 +324,91 @@ class Pipeline(HandlerRegistry):
     def map(
         self,
         task: Task[T, Any] | Callable[[Context, T], Any],
-        items: Iterable[T],
+        items: Iterable[T] | Task[Any, T] | Stage,
         *,
         key: Callable[[T], object] | None = None,
-    ) -> None:
-        """Add one task per item. ``items`` may be a generator: it is read as workers free up.
+    ) -> Stage:
+        """Add one task per item, or one task per result of another task (a chain).
 
-        Each task's key is ``"<task name>:<item key>"``, the item key coming from ``key(item)``
-        or from the item itself (see `item_key`). Keys should be unique within a run: resume
-        recognises work by them.
+        ``items`` may be a generator: it is read as workers free up. Each task's key is
+        ``"<task name>:<item key>"``, the item key coming from ``key(item)`` or from the item
+        itself (see `item_key`). Keys should be unique within a run: resume recognises work
+        by them.
+
+        ``items`` may instead be a task of this pipeline (every stage that runs it) or a
+        `Stage` returned by an earlier ``map``: ``pipe.map(load, parse)`` runs ``load`` on
+        each ``parse`` result as soon as that ``parse`` is done, with the same item key
+        (``parse:a.csv`` feeds ``load:a.csv``). When a ``parse`` fails, its ``load`` is
+        recorded ``upstream_failed``.
+
+        Returns:
+            The `Stage`, which later stages may consume.
 
         Raises:
-            PipelineError: ``items`` is a string or not iterable.
+            PipelineError: ``items`` is a string, not iterable, or a stage of another pipeline.
         """
-        if isinstance(items, str | bytes) or not isinstance(items, Iterable):
-            raise PipelineError(
-                f"pipe.map(..., {type(items).__name__}): pass an iterable of items "
-                "(a list, a generator); a single string would become one task per character"
-            )
         spec = task if isinstance(task, Task) else self._plain(task)
-        self._stages.append(_Stage(spec, items, key))
+        upstream = self._upstream("map", items)
+        if upstream is not None:
+            if key is not None:
+                raise PipelineError(
+                    f"pipe.map({spec.name}, {upstream!r}, key=...): a chained stage takes its "
+                    "keys from its upstream's; drop key="
+                )
+            stage = Stage(spec, upstream=upstream)
+        else:
+            if isinstance(items, str | bytes) or not isinstance(items, Iterable):
+                raise PipelineError(
+                    f"pipe.map(..., {type(items).__name__}): pass an iterable of items "
+                    "(a list, a generator), a task of this pipeline or a Stage; a single "
+                    "string would become one task per character"
+                )
+            stage = Stage(spec, items, key)
+        self._stages.append(stage)
+        return stage
+
+    def gather(
+        self,
+        task: Task[list[Any], Any] | Callable[[Context, list[Any]], Any],
+        upstream: Task[Any, Any] | Stage,
+    ) -> Stage:
+        """Add one task that runs after every task of ``upstream``, with all their results.
+
+        ``pipe.gather(summarise, load)`` calls ``summarise(ctx, results)`` once, when every
+        ``load`` task has completed, with the list of their results in the order the loads
+        were made (a stage's items, in order). The list is held in memory until then: have
+        the upstream return small values (counts, paths), not data. When any upstream task
+        did not succeed, the fan-in is recorded ``upstream_failed`` instead.
+
+        Returns:
+            The `Stage`, which later stages may consume (its one result).
+
+        Raises:
+            PipelineError: ``upstream`` is neither a task of this pipeline nor a `Stage`.
+        """
+        spec = task if isinstance(task, Task) else self._plain(task)
+        found = self._upstream("gather", upstream)
+        if found is None:
+            raise PipelineError(
+                f"pipe.gather({spec.name}, {type(upstream).__name__}): pass the task (or the "
+                "Stage from pipe.map) whose results it collects"
+            )
+        stage = Stage(spec, upstream=found, fan_in=True)
+        self._stages.append(stage)
+        return stage
+
+    def _upstream(self, how: str, ref: object) -> Task[Any, Any] | Stage | None:
+        """``ref`` as what a stage consumes (None: it is not a task or a stage)."""
+        if isinstance(ref, Stage):
+            if not any(s is ref for s in self._stages):
+                raise PipelineError(
+                    f"pipe.{how}(..., {ref!r}): that stage belongs to another pipeline; "
+                    f"consume a stage of {self.name!r}"
+                )
+            return ref
+        if isinstance(ref, Task):
+            return ref  # checked at run(): some stage of this pipeline must run it
+        return None
 
     def _plain(self, fn: Callable[[Context, Any], Any]) -> Task[Any, Any]:
         name = getattr(fn, "__name__", None) or "task"
@@ -918,45 +416,6 @@ class Pipeline(HandlerRegistry):
         if existing is not None and existing.fn is fn:
             return existing
         return self.task(fn)
-
-    def _task_defs(self, previous: _Previous | None) -> Iterator[TaskDef]:
-        task_id = 0
-        for stage in self._stages:
-            spec = stage.task
-            items = iter(stage.items)
-            while True:
-                try:
-                    item = next(items)
-                except StopIteration:
-                    break
-                except Exception as exc:
-                    # A failing item source becomes a failed task, not a dead worker thread.
-                    reason = exc_summary(exc)
-                    log.error("pipeline %s: items of %s raised %s", self.name, spec.name, reason)
-                    task_id += 1
-                    problem = f"reading the items of {spec.name} failed\n" + exc_text(exc)
-                    yield TaskDef(
-                        task_id, f"{spec.name}: items", payload=_Job(spec, problem=problem)
-                    )
-                    break
-                task_id += 1
-                try:
-                    key = f"{spec.name}:{item_key(item, stage.key)}"
-                except Exception as exc:
-                    yield TaskDef(
-                        task_id,
-                        f"{spec.name}:#{task_id}",
-                        payload=_Job(spec, item, problem=exc_text(exc)),
-                    )
-                    continue
-                done_in = previous.done_in(key) if previous is not None else None
-                yield TaskDef(task_id, _label(key), payload=_Job(spec, item, done_in), key=key)
-
-    def _tasks(self, previous: _Previous | None) -> Iterable[TaskDef]:
-        if all(isinstance(s.items, Sized) for s in self._stages):
-            total = sum(len(s.items) for s in self._stages if isinstance(s.items, Sized))
-            return _SizedTasks(lambda: self._task_defs(previous), total)
-        return self._task_defs(previous)
 
     def run(
         self,
@@ -985,15 +444,17 @@ class Pipeline(HandlerRegistry):
             options: overrides the pipeline's writer settings for this run.
 
         Raises:
-            PipelineError: nothing was mapped, or the run to resume does not exist.
+            PipelineError: nothing was mapped, a stage consumes a task that is never mapped,
+                stages consume each other in a cycle, or the run to resume does not exist.
             DatabaseError: the database cannot be opened or prepared.
         """
         if not self._stages:
             raise PipelineError(
                 f"pipeline {self.name!r} has no work: call pipe.map(task, items) before run()"
             )
+        plan = plan_stages(self.name, self._stages)  # unknown tasks, cycles: before anything
         for stage in self._stages:
-            if stage.used and iter(stage.items) is stage.items:
+            if stage.items is not None and stage.used and iter(stage.items) is stage.items:
                 log.warning(
                     "pipeline %s: the items of %s are an iterator an earlier run already read, "
                     "so they may yield nothing now; pass a list, or call pipe.map() again",
@@ -1002,14 +463,15 @@ class Pipeline(HandlerRegistry):
                 )
             stage.used = True
         db_path = self.db if db is None else db
-        previous = _open_previous(db_path, self.name, resume)
+        previous = open_previous(db_path, self.name, resume)
         params = dict(self.params)
         if previous is not None:
             params["resumed_from"] = previous.run_id
-        runner = _Runner(self, self.fail_fast)
+        runner = Runner(self, self.fail_fast)
+        flow = Flow(self.name, plan, previous)
         try:
             result = run_pipeline(
-                self._tasks(previous),
+                task_stream(flow, plan),
                 db_path,
                 worker_fn=runner,
                 workers=workers if workers is not None else self.workers,
@@ -1022,6 +484,7 @@ class Pipeline(HandlerRegistry):
                 params=params,
                 summary_hint=summary_hint,
                 executor=executor if executor is not None else self.executor,
+                follow_up=flow.follow_up if plan.consumed else None,
                 options=options if options is not None else self.options,
             )
         finally:
@@ -1033,34 +496,6 @@ class Pipeline(HandlerRegistry):
             "abandoned_threads": still_running,
         }
         return dataclasses.replace(result, extra={**result.extra, **extra})
-
-
-@dataclass(frozen=True, slots=True)
-class _Retry:
-    """A failed attempt that will be retried: after ``delay`` seconds."""
-
-    delay: float
-    discarded: int
-
-
-async def _wait_async(stopping: threading.Event, delay: float) -> bool:
-    """Wait ``delay`` seconds on the loop; True when the run started stopping meanwhile."""
-    deadline = time.monotonic() + delay
-    while not stopping.is_set():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        await asyncio.sleep(min(left, 0.05))
-    return True
-
-
-def _discarded_text(n: int) -> str:
-    return f"{n} emitted message{'' if n == 1 else 's'}"
-
-
-def _run_coroutine(fn: Callable[[Context, Any], Any], ctx: Context, item: Any) -> Any:
-    """Run an ``async def`` task on an event loop of its own, in the attempt's thread."""
-    return asyncio.run(fn(ctx, item))
 
 
 def _same_definition(old: Callable[..., Any], new: Callable[..., Any]) -> bool:

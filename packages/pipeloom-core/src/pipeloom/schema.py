@@ -38,7 +38,7 @@ __all__ = [
     "schema_version",
 ]
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 """Bump together with a new migration in pipeloom_observe.migrations."""
 
 VERSION_TABLE: Final = "pipeloom_schema"
@@ -95,7 +95,10 @@ SCHEMA_STATEMENTS: Final[tuple[str, ...]] = (
         finished_at TEXT,
         result TEXT,
         error TEXT,
-        attempt INTEGER NOT NULL DEFAULT 1
+        attempt INTEGER NOT NULL DEFAULT 1,
+        stage TEXT,
+        upstream_stage TEXT,
+        upstream_task_id INTEGER
     )
     """,
     "CREATE UNIQUE INDEX IF NOT EXISTS idx_task_runs_run_task ON task_runs (run_id, task_id)",

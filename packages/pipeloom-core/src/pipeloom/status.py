@@ -6,7 +6,9 @@ live bar, `RunResult`, ``pipeloom status`` and Datasette always give the same nu
 A task that started and did not complete its work for a reason other than a deliberate stop
 is *failed*: ``error``, ``timeout`` and ``interrupted`` (its process or writer died, or a
 second Ctrl-C abandoned it). ``cancelled`` tasks never started because the run was stopped;
-``skipped`` tasks were done by an earlier run and count as succeeded.
+``skipped`` tasks were done by an earlier run and count as succeeded. ``upstream_failed``
+tasks never ran because a task whose result they consume did not succeed: not a failure of
+their own (not in `FAILED`), but a run that holds one has not done its work, so it fails.
 """
 
 from __future__ import annotations
@@ -29,7 +31,15 @@ __all__ = [
 ]
 
 TaskStatus: TypeAlias = Literal[
-    "queued", "running", "done", "error", "timeout", "cancelled", "skipped", "interrupted"
+    "queued",
+    "running",
+    "done",
+    "error",
+    "timeout",
+    "cancelled",
+    "skipped",
+    "interrupted",
+    "upstream_failed",
 ]
 """Every status a ``task_runs`` row can hold."""
 
@@ -45,6 +55,7 @@ TASK_STATUSES: Final[tuple[TaskStatus, ...]] = (
     "cancelled",
     "skipped",
     "interrupted",
+    "upstream_failed",
 )
 RUN_STATUSES: Final[tuple[RunStatus, ...]] = (
     "running",
@@ -54,7 +65,9 @@ RUN_STATUSES: Final[tuple[RunStatus, ...]] = (
     "interrupted",
 )
 
-TERMINAL: Final = frozenset({"done", "error", "timeout", "cancelled", "skipped", "interrupted"})
+TERMINAL: Final = frozenset(
+    {"done", "error", "timeout", "cancelled", "skipped", "interrupted", "upstream_failed"}
+)
 """A task in one of these has finished for good in its run."""
 SUCCEEDED: Final = frozenset({"done", "skipped"})
 """The work is done (``skipped``: by an earlier run)."""
@@ -96,8 +109,9 @@ def decide_run_status(
 
     Returns:
         ``interrupted`` after an abandoning stop; ``error`` when the source failed, any task
-        failed or some task taken has no terminal row; ``cancelled`` after a deliberate stop;
-        ``done`` only when every task taken ended ``done`` or ``skipped``.
+        failed or was ``upstream_failed``, or some task taken has no terminal row;
+        ``cancelled`` after a deliberate stop; ``done`` only when every task taken ended
+        ``done`` or ``skipped``.
     """
     terminal = sum(n for status, n in counts.items() if status in TERMINAL)
     unaccounted = sum(n for status, n in counts.items() if status not in TERMINAL)
@@ -105,7 +119,7 @@ def decide_run_status(
         unaccounted += taken - terminal
     if stop == "interrupted":
         return "interrupted"
-    if source_failed or unaccounted or count_failed(counts):
+    if source_failed or unaccounted or count_failed(counts) or counts.get("upstream_failed", 0):
         return "error"
     if stop == "cancelled" or counts.get("cancelled", 0):
         return "cancelled"

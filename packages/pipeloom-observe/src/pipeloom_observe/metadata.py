@@ -302,6 +302,7 @@ def _run_dashboard(db_name: str) -> dict[str, Any]:
         },
         "layout": [
             ["run", "duration", "tasks", "throughput"],
+            ["stages", "stages", "stages", "stages"],
             ["gantt", "gantt", "gantt", "gantt"],
             ["failures", "failures", "slowest", "slowest"],
             ["finished", "finished", "finished", "finished"],
@@ -365,14 +366,21 @@ def _run_dashboard(db_name: str) -> dict[str, Any]:
                 "query": f"""
 SELECT
   t.task_id,
-  t.task_id || ' ' || t.name AS task,
+  CASE WHEN t.stage IS NULL THEN t.task_id || ' ' || t.name
+       ELSE t.stage || ' · ' || COALESCE(t.task_key, t.task_id) END AS task,
+  COALESCE(t.stage, t.name) AS stage,
   t.status,
   t.started_at,
   COALESCE(t.finished_at, strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')) AS finished_at,
   {_SECONDS.format(end="COALESCE(t.finished_at, 'now')", start="t.started_at")} AS seconds
 FROM task_runs t
+LEFT JOIN (
+  SELECT stage AS s, MIN(id) AS first FROM task_runs
+  WHERE run_id = {_RUN} AND stage IS NOT NULL GROUP BY stage
+) f ON f.s = t.stage
 WHERE t.run_id = {_RUN} AND t.started_at IS NOT NULL
-ORDER BY t.started_at, t.task_id
+-- A pipeline with stages reads as bands, one per stage, in the order the stages began.
+ORDER BY f.first, t.started_at, t.task_id
 LIMIT 1000
 """.strip(),
                 "library": "vega-lite",
@@ -392,6 +400,7 @@ LIMIT 1000
                         "color": _color(),
                         "tooltip": [
                             {"field": "task", "type": "nominal"},
+                            {"field": "stage", "type": "nominal"},
                             {"field": "status", "type": "nominal"},
                             {"field": "seconds", "type": "quantitative"},
                             {"field": "started_at", "type": "nominal"},
@@ -399,6 +408,25 @@ LIMIT 1000
                         ],
                     },
                 },
+            },
+            "stages": {
+                "title": "Stages (a pipeline whose tasks consume other tasks' results)",
+                "db": db_name,
+                "query": f"""
+SELECT
+  COALESCE(t.stage, '(no stages)') AS stage,
+  COALESCE(MAX(t.upstream_stage), '') AS consumes,
+  SUM(t.status IN {_SUCCEEDED}) AS done,
+  SUM(t.status IN {_FAILED}) AS failed,
+  SUM(t.status = 'upstream_failed') AS upstream_failed,
+  SUM(t.status IN {_ACTIVE}) AS running,
+  COUNT(*) AS tasks
+FROM task_runs t
+WHERE t.run_id = {_RUN}
+GROUP BY t.stage
+ORDER BY MIN(t.id)
+""".strip(),
+                "library": "table",
             },
             "failures": {
                 "title": "Failures",

@@ -311,6 +311,33 @@ def m004_task_logs_and_runs_view(db: Database) -> None:
     )
 
 
+_V5_TASK_COLUMNS: Final = (
+    ("stage", "TEXT"),
+    ("upstream_stage", "TEXT"),
+    ("upstream_task_id", "INTEGER"),
+)
+
+
+@migrations(name="m005_task_stages")
+def m005_task_stages(db: Database) -> None:
+    """Record stages: which stage a task belongs to and whose result it consumed.
+
+    ``task_runs`` gains ``stage`` (the declarative task's name), ``upstream_stage`` and
+    ``upstream_task_id`` (the task of this run whose result it consumed; for a fan-in only
+    the stage, plus the first upstream task that failed when it was blocked). Three columns
+    on the row, not a row per edge, so a chain of a million items costs no extra rows; older
+    rows keep NULL. Added, never rebuilt.
+    """
+    have = _columns(db, "task_runs")
+    for column, kind in _V5_TASK_COLUMNS:
+        if column not in have:
+            db.execute(f"ALTER TABLE task_runs ADD COLUMN {column} {kind}")
+    db.execute(
+        "INSERT INTO pipeloom_schema (id, version) VALUES (1, 5) "
+        "ON CONFLICT (id) DO UPDATE SET version = max(version, excluded.version)"
+    )
+
+
 def _refuse_unusable(conn: sqlite3.Connection, path: Path) -> None:
     """Refuse a file no migration may touch: not SQLite, a newer pipeloom, another's table."""
     try:

@@ -31,7 +31,7 @@ from pipeloom._fit import Fit
 from pipeloom._text import printable
 from pipeloom.db import describe_error
 from pipeloom.logs import console
-from pipeloom.status import count_failed
+from pipeloom.status import ACTIVE, count_failed
 from pipeloom_cli._errors import UsageError, user_errors
 from pipeloom_cli._history import (
     AttemptInfo,
@@ -44,6 +44,7 @@ from pipeloom_cli._history import (
     list_runs,
     open_history,
     run_tasks,
+    stage_counts,
     task_attempts,
     task_logs,
 )
@@ -100,6 +101,17 @@ def _run_panel(run: RunInfo, db: Path) -> Table:
     grid.add_row("workers", "-" if run.workers is None else str(run.workers))
     grid.add_row("database", Text(printable(db)))
     return grid
+
+
+def _add_stages(grid: Table, stages: dict[str, dict[str, int]]) -> None:
+    """One line per stage under the run's totals (only when the run has stages)."""
+    if len(stages) < 2:
+        return
+    for i, (name, counts) in enumerate(stages.items()):
+        finished = sum(n for s, n in counts.items() if s not in ACTIVE)
+        text = ", ".join(f"{s} {n}" for s, n in sorted(counts.items()))
+        line = f"{printable(name)}: {finished}/{sum(counts.values())} finished: {text}"
+        grid.add_row("stages" if i == 0 else "", Text(line))
 
 
 def _plain_table(title: str) -> Table:
@@ -218,7 +230,9 @@ class _Snapshot:
         self.run = get_run(conn, db, run_id)
         self.tasks: list[TaskInfo] = []
         self.hidden = 0
+        self.stages: dict[str, dict[str, int]] = {}
         if self.run is not None:
+            self.stages = stage_counts(conn, self.run.id)
             self.tasks = run_tasks(conn, self.run.id, limit)
             self.hidden = max(0, sum(self.run.counts.values()) - len(self.tasks))
 
@@ -233,7 +247,9 @@ class _Snapshot:
     def renderable(self) -> RenderableType:
         if self.run is None:
             return Text(f"No runs recorded in {printable(self.db)} yet.")
-        return Group(_run_panel(self.run, self.db), _tasks_table(self.tasks, self.hidden))
+        panel = _run_panel(self.run, self.db)
+        _add_stages(panel, self.stages)
+        return Group(panel, _tasks_table(self.tasks, self.hidden))
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -241,6 +257,7 @@ class _Snapshot:
             "run": None if self.run is None else self.run.as_json(),
             "tasks": [t.as_json() for t in self.tasks],
             "tasks_not_shown": self.hidden,
+            "stages": self.stages,
         }
 
 

@@ -42,7 +42,12 @@ class Completions(Protocol):
     """Set once the run stops admitting tasks (Ctrl-C, fail_fast, a failed writer)."""
 
     def task_done(
-        self, task_id: int, task: Any, error: BaseException | None, finished: bool
+        self,
+        task_id: int,
+        task: Any,
+        error: BaseException | None,
+        finished: bool,
+        returned: Any = None,
     ) -> None:
         """Report that the task submitted as ``task_id`` returned (``error`` None) or raised.
 
@@ -51,6 +56,8 @@ class Completions(Protocol):
             task: the task object itself.
             error: what the worker function raised, if anything.
             finished: the worker already sent a terminal ``MsgTaskFinished`` for the task.
+            returned: what the worker function returned (stages hand it to the tasks that
+                consume it); an executor that cannot bring it back passes None.
         """
 
     def executor_failed(self, error: BaseException) -> None:
@@ -128,11 +135,12 @@ class Executor(ABC):
                 def run():
                     q = TaskQueue(self.sink, self.engine.stopping)
                     try:
-                        self.worker_fn(task, q)
+                        returned = self.worker_fn(task, q)
                     except BaseException as exc:
                         self.engine.task_done(task_id, task, exc, task_id in q.finished_ids)
                     else:
-                        self.engine.task_done(task_id, task, None, task_id in q.finished_ids)
+                        finished = task_id in q.finished_ids
+                        self.engine.task_done(task_id, task, None, finished, returned)
 
                 threading.Thread(target=run, daemon=True).start()
 

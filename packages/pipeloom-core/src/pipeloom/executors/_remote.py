@@ -57,6 +57,8 @@ class Outcome:
     """The worker sent a terminal message for the task itself."""
     fatal: bool = False
     """It raised KeyboardInterrupt/SystemExit: the run should stop."""
+    returned: Any = None
+    """What the worker function returned (must pickle; stages hand it downstream)."""
 
     def as_error(self) -> BaseException | None:
         """The exception to hand to `Completions.task_done`."""
@@ -146,7 +148,7 @@ def run_remote(
     q = TaskQueue(sink, stopping, first_attempt)
     scope = enter_task(q.put, task_id, first_attempt)
     try:
-        worker_fn(task, q)
+        returned = worker_fn(task, q)
     except Exception as exc:
         outcome = Outcome(
             task_id, exc_summary(exc), exc_text(exc), finished=task_id in q.finished_ids
@@ -154,7 +156,7 @@ def run_remote(
     except BaseException as exc:  # KeyboardInterrupt, SystemExit: the run should stop
         outcome = Outcome(task_id, exc_summary(exc), exc_text(exc), task_id in q.finished_ids, True)
     else:
-        outcome = Outcome(task_id, finished=task_id in q.finished_ids)
+        outcome = Outcome(task_id, finished=task_id in q.finished_ids, returned=returned)
     finally:
         leave_task(scope)
     sink.flush()

@@ -75,13 +75,13 @@ class AsyncExecutor(Executor):
         q = TaskQueue(self.sink, self.engine.stopping)
         enter_task(q.put, task_id)  # this asyncio task's own context: nothing to undo
         try:
-            await self._call(task, q)
+            returned = await self._call(task, q)
         except BaseException as exc:  # handed to the engine, which records it
             self.engine.task_done(task_id, task, exc, task_id in q.finished_ids)
             if isinstance(exc, asyncio.CancelledError):
                 raise
         else:
-            self.engine.task_done(task_id, task, None, task_id in q.finished_ids)
+            self.engine.task_done(task_id, task, None, task_id in q.finished_ids, returned)
 
     def cancel(self) -> None:
         """Cancel every task in flight (a second Ctrl-C)."""

@@ -206,14 +206,14 @@ def _run_one(
     q = TaskQueue(sink, stopping)
     scope = enter_task(q.put, task_id)
     try:
-        fn(task, q)
+        returned = fn(task, q)
     except Exception as exc:
         return Outcome(task_id, exc_summary(exc), exc_text(exc), task_id in q.finished_ids)
     except BaseException as exc:  # KeyboardInterrupt, SystemExit: the run should stop
         return Outcome(task_id, exc_summary(exc), exc_text(exc), task_id in q.finished_ids, True)
     finally:
         leave_task(scope)
-    return Outcome(task_id, finished=task_id in q.finished_ids)
+    return Outcome(task_id, finished=task_id in q.finished_ids, returned=returned)
 
 
 def _run_chunk(
@@ -702,12 +702,14 @@ class DaskExecutor(Executor):
         if error is None and st.lost is not None and not st.finished:
             error = RemoteTaskError(st.lost, None)
         # What reached the sink decides, not what the worker believes it sent.
-        self._complete(task_id, error, st.finished)
+        self._complete(task_id, error, st.finished, outcome.returned)
 
-    def _complete(self, task_id: int, error: BaseException | None, finished: bool) -> None:
+    def _complete(
+        self, task_id: int, error: BaseException | None, finished: bool, returned: Any = None
+    ) -> None:
         st = self._tasks.pop(task_id, None)
         if st is not None:
-            self.engine.task_done(task_id, st.task, error, finished)
+            self.engine.task_done(task_id, st.task, error, finished, returned)
 
     def _future_done(self, chunk_id: int) -> None:
         chunk = self._chunks.pop(chunk_id, None)
@@ -745,7 +747,7 @@ class DaskExecutor(Executor):
             st = self._tasks[i]
             out = ran.get(i)
             if out is not None:
-                self._complete(i, out.as_error(), st.finished)
+                self._complete(i, out.as_error(), st.finished, out.returned)
             elif st.token is None:  # the chunk stopped early (a task raised KeyboardInterrupt)
                 self._cancelled_task(i, "cancelled: its chunk stopped before it started")
             else:

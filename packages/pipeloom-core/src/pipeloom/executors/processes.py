@@ -230,7 +230,9 @@ class ProcessExecutor(Executor):
             child.task = None
             child.deadline = None
             if task is not None:
-                self.engine.task_done(task[0], task[1], outcome.as_error(), outcome.finished)
+                self.engine.task_done(
+                    task[0], task[1], outcome.as_error(), outcome.finished, outcome.returned
+                )
         elif kind == "deadline":
             _, seconds, attempt, retry = item
             child.deadline = None if seconds is None else (time.monotonic() + seconds)

@@ -79,13 +79,13 @@ class ThreadExecutor(Executor):
             task_id, task = item
             scope = enter_task(put, task_id)
             try:
-                fn(task, q)
+                returned = fn(task, q)
             except BaseException as exc:  # handed to the engine, which records it
                 leave_task(scope)
                 done(task_id, task, exc, task_id in finished)
             else:
                 leave_task(scope)
-                done(task_id, task, None, task_id in finished)
+                done(task_id, task, None, task_id in finished, returned)
             finished.clear()
 
     def shutdown(self, timeout: float | None) -> bool:

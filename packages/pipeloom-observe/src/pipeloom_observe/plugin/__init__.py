@@ -68,6 +68,7 @@ STATUS_COLORS: Final[dict[str, str]] = {
     "error": "#dc2626",
     "timeout": "#f97316",
     "interrupted": "#9333ea",
+    "upstream_failed": "#fca5a5",
     "cancelled": "#64748b",
     "stale": "#eab308",
 }
