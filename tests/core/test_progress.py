@@ -186,3 +186,13 @@ def test_task_bars_for_path_keys_keep_their_bar_and_both_ends_at_60_columns() ->
     # A finished bar is drawn whole: at least 10 cells were left to it.
     assert "━" * 10 in task_lines[2]
     assert "100 rows" in task_lines[0] and "a long" in task_lines[1]
+
+
+def test_plain_reporter_prints_a_title_with_emoji_codes_as_written() -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=False, width=100)
+    now = [0.0]
+    reporter = PlainReporter(1, console=console, title="load :warning: rows", clock=lambda: now[0])
+    now[0] = 6.0
+    reporter(AppliedBatch(finished=[(1, "done")]))
+    assert out.getvalue().startswith("load :warning: rows: 1/1 finished")

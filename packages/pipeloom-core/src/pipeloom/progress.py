@@ -398,7 +398,11 @@ class PlainReporter:
         now = self._clock()
         if now >= self._next:
             self._next = now + self.interval
-            self.console.print(self.line(), markup=False, highlight=False, soft_wrap=True)
+            # emoji=False: a title is user text (":warning:" stays as written), and Rich's
+            # emoji table is not imported into the writer thread mid-run.
+            self.console.print(
+                self.line(), markup=False, highlight=False, emoji=False, soft_wrap=True
+            )
 
 
 def render_summary(
