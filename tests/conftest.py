@@ -28,3 +28,21 @@ def _quiet_pipeloom_logger() -> Iterator[None]:
     logger.setLevel(level)
     logger.propagate = propagate
     root.setLevel(root_level)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Compile pipeloom's sources once, before any test starts a Python subprocess.
+
+    Many tests run real ``pipeloom`` and Python child processes. Where
+    ``PYTHONDONTWRITEBYTECODE`` is set (as on the CI machines), each of them would compile the
+    workspace's sources again; written once here, they are only read.
+    """
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller did it
+        return
+    import compileall
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for src in sorted((root / "packages").glob("*/src")):
+        compileall.compile_dir(src, quiet=1)
+    compileall.compile_dir(root / "tests", quiet=1)
