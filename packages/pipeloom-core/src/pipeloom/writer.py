@@ -447,6 +447,10 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                     pass
                 if stop or len(batch) >= batch_size:
                     break
+                if drained is not None:
+                    # Workers paused on a full queue would otherwise wait out the whole
+                    # linger with nothing left to drain (a small queue_size: 20 ms a batch).
+                    drained()
                 remaining = deadline - monotonic()
                 if remaining <= 0:
                     break
