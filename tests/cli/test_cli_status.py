@@ -1,6 +1,7 @@
 import json
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -205,17 +206,24 @@ def test_watch_follows_a_live_run_until_it_ends(tmp_path: Path) -> None:
             if polled.exit_code == 0 and json.loads(polled.stdout)["tasks"]:
                 break
             time.sleep(0.05)
-        timer = threading.Timer(1.0, release.set)
-        timer.start()
-        result = runner.invoke(
-            app, ["status", str(db), "--watch", "--interval", "0.05", "--format", "json"]
-        )
-        timer.join()
+        # The run goes on until the watcher has printed its first, running snapshot.
+        watcher = subprocess.Popen(
+            [sys.executable, "-m", "pipeloom_cli", "status", str(db), "--watch",
+             "--interval", "0.05", "--format", "json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        assert watcher.stdout is not None
+        first = watcher.stdout.readline()
+        release.set()
+        rest, errors = watcher.communicate(timeout=60)
     finally:
         release.set()
         thread.join(30)
-    assert result.exit_code == 0, result.output
-    snapshots = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert watcher.returncode == 0, errors
+    lines = [first, *rest.strip().splitlines()]
+    snapshots = [json.loads(line) for line in lines]
     assert snapshots[0]["run"]["status"] == "running"
     assert snapshots[-1]["run"]["status"] == "done"
     assert snapshots[-1]["run"]["counts"] == {"done": 3}
