@@ -269,3 +269,20 @@ def test_tasks_without_ids_in_a_list_keep_their_own_position(tmp_path: Path) -> 
         "'task ' || task_id || ': ' || task_id) LIMIT 5",
     )
     assert wrong == []
+
+
+def test_an_iterator_over_a_list_is_checked_for_duplicate_ids_as_it_goes(tmp_path: Path) -> None:
+    """iter([...]) looks like a list to the engine's fast path, but nobody checked its ids."""
+    db = tmp_path / "iter.db"
+    tasks = iter([TaskDef(1, "a"), TaskDef(2, "b"), TaskDef(1, "again")])
+    result = run_pipeline(tasks, db, worker_fn=_iter_worker, workers=1, progress=False)
+    assert result.status == "error"
+    assert "task_id 1 twice" in str(result.error)
+    assert query(db, "SELECT task_id, name FROM task_runs ORDER BY task_id") == [
+        (1, "a"),
+        (2, "b"),
+    ]
+
+
+def _iter_worker(task: TaskDef, q: Any) -> None:
+    q.put(MsgTaskFinished(task.task_id, "done", utc_now(), name=task.name))

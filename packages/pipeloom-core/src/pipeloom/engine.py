@@ -122,6 +122,7 @@ class _Run:
         fail_fast: bool,
         total: int | None,
         follow_up: FollowUp | None = None,
+        checked: bool = False,
     ) -> None:
         self.tasks = tasks
         self.q = q
@@ -155,7 +156,9 @@ class _Run:
         # the runs, 1.5-1.6 s and ~5,800 switches without it). Their ids are checked up front.
         # The position is taken in the same C call as the task (enumerate): numbered after
         # next(), a thread switch in between gave two tasks each other's position.
-        self._lock_free = type(tasks) in _ATOMIC_ITERATORS and follow_up is None
+        # Only a source whose ids were checked before the run (``checked``: a list, tuple or
+        # range) may skip the per-task check; iter([...]) handed in is checked as it goes.
+        self._lock_free = checked and type(tasks) in _ATOMIC_ITERATORS and follow_up is None
         self._numbered: Iterator[tuple[int, Any]] = enumerate(tasks, 1)
         self._source = tasks
         self._length = operator.length_hint(tasks) if self._lock_free else 0
@@ -645,7 +648,8 @@ def run_pipeline(
             raise writer.error
         raise DatabaseError(f"{db_path}: {writer.error}") from writer.error
 
-    run = _Run(iter(tasks), q, pool, fail_fast, total, follow_up)
+    checked = isinstance(tasks, list | tuple | range)
+    run = _Run(iter(tasks), q, pool, fail_fast, total, follow_up, checked)
     interrupts = _InterruptHandler(run) if handle_signals else None
     start_error: BaseException | None = None
     with contextlib.ExitStack() as stack:
