@@ -249,3 +249,27 @@ def test_no_handler_may_take_over_pipeloom_own_messages(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="MsgRunFinished is handled by pipeloom itself"):
         pipe.register(MsgRunFinished, print)
     assert writer.handlers == {} and pipe.handlers == {}
+
+
+def test_the_writer_takes_the_same_options_object_a_pipeline_does(tmp_path: Path) -> None:
+    from pipeloom import MsgTaskLog, RunOptions
+
+    db = tmp_path / "opts.db"
+    seen: list[int] = []
+    options = RunOptions(
+        lease=9.0, task_log_limit=1, listeners=(lambda applied: seen.append(applied.messages),)
+    )
+    messages: list[Any] = [
+        MsgTaskStarted(1, "a", utc_now()),
+        MsgTaskLog(1, "kept"),
+        MsgTaskLog(1, "dropped"),
+        MsgTaskFinished(1, "done", utc_now()),
+    ]
+    writer = run_writer(db, messages, options=options)
+    assert writer.lease == 9.0 and writer.batch_size == 5_000
+    assert rows(db, "SELECT lease_s FROM pipeline_runs") == [(9.0,)]
+    assert rows(db, "SELECT message, dropped FROM task_logs ORDER BY id")[0] == ("kept", 0)
+    assert rows(db, "SELECT sum(dropped) FROM task_logs") == [(1,)]
+    assert seen == [4]  # its listener was called with the one batch
+    with pytest.raises(TypeError, match="lease both as keyword"):
+        SQLiteWriter(db, MessageQueue(), lease=3.0, options=options)

@@ -40,7 +40,8 @@ from pipeloom.progress import LiveDisplay, PlainReporter, render_failures, rende
 from pipeloom.queue import DEFAULT_MAXSIZE, MessageQueue
 from pipeloom.result import RunResult
 from pipeloom.status import decide_run_status
-from pipeloom.writer import DEFAULT_TASK_LOG_LIMIT, Handler, Listener, SchemaFn, SQLiteWriter
+from pipeloom.tasklogs import DEFAULT_TASK_LOG_LIMIT
+from pipeloom.writer import Handler, Listener, SchemaFn, SQLiteWriter
 
 __all__ = [
     "Executor",

@@ -9,11 +9,14 @@ without `Pipeline` copying each keyword by hand.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from pipeloom.db import Synchronous
 from pipeloom.queue import DEFAULT_MAXSIZE
-from pipeloom.writer import DEFAULT_TASK_LOG_LIMIT, Listener
+from pipeloom.tasklogs import DEFAULT_TASK_LOG_LIMIT
+
+if TYPE_CHECKING:  # the writer takes RunOptions itself
+    from pipeloom.writer import Listener
 
 __all__ = ["RunOptions"]
 

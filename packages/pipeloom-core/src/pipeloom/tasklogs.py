@@ -30,6 +30,7 @@ from pipeloom._text import storable
 from pipeloom.messages import MsgTaskLog, utc_now
 
 __all__ = [
+    "DEFAULT_TASK_LOG_LIMIT",
     "TaskLogHandler",
     "TaskLogStore",
     "enter_task",
@@ -41,6 +42,9 @@ __all__ = [
 ]
 
 Put = Callable[..., None]
+
+DEFAULT_TASK_LOG_LIMIT = 200
+"""Log records stored per task; the rest are counted in one summary row of the task."""
 
 
 class _Scope:

@@ -57,10 +57,11 @@ from pipeloom.messages import (
     MsgTaskStarted,
     utc_now,
 )
+from pipeloom.options import RunOptions
 from pipeloom.queue import MessageQueue
 from pipeloom.status import FAILED
 from pipeloom.status import RUN_STATUSES as ALL_RUN_STATUSES
-from pipeloom.tasklogs import TaskLogStore
+from pipeloom.tasklogs import DEFAULT_TASK_LOG_LIMIT, TaskLogStore
 
 __all__ = [
     "AppliedBatch",
@@ -75,11 +76,9 @@ SchemaFn = Callable[[sqlite3.Connection], None]
 
 RUN_STATUSES = tuple(s for s in ALL_RUN_STATUSES if s != "running")
 """What a bare writer's owner may say a run ended as (`MsgRunFinished`)."""
-"""Failed tasks named in the end-of-run summary."""
 DEFAULT_BATCH_SIZE = 5_000
+"""Most messages applied in one transaction."""
 DEFAULT_COMMIT_INTERVAL = 0.02
-DEFAULT_TASK_LOG_LIMIT = 200
-"""Log records stored per task; the rest are counted in one summary row of the task."""
 """Seconds the writer may wait for more messages before committing a small batch."""
 _CHECKPOINT_BUSY_MS = 250
 """How long the final WAL checkpoint waits for readers before settling for less."""
@@ -132,6 +131,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         commit_interval: float = DEFAULT_COMMIT_INTERVAL,
         lease: float | None = None,
         task_log_limit: int = DEFAULT_TASK_LOG_LIMIT,
+        options: RunOptions | None = None,
     ) -> None:
         """Prepare the writer; nothing touches the database until ``start``.
 
@@ -159,8 +159,32 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                 the run look dead.
             task_log_limit: log records stored per task (``task_logs``); the rest are
                 dropped and counted in one summary row of the task. 0 stores none.
+            options: the same settings as one `RunOptions` (what `run_pipeline` and a
+                `Pipeline` take) instead of ``wal`` ... ``task_log_limit`` one by one; its
+                listeners are added to ``listeners``. A setting may come one way, not both.
         """
         super().__init__(name="pipeloom-writer", daemon=True)
+        if options is not None:
+            given = {
+                "wal": (wal, True),
+                "synchronous": (synchronous, "NORMAL"),
+                "batch_size": (batch_size, DEFAULT_BATCH_SIZE),
+                "commit_interval": (commit_interval, DEFAULT_COMMIT_INTERVAL),
+                "lease": (lease, None),
+                "task_log_limit": (task_log_limit, DEFAULT_TASK_LOG_LIMIT),
+            }
+            both = [name for name, (value, default) in given.items() if value != default]
+            if both:
+                raise TypeError(
+                    f"SQLiteWriter got {', '.join(both)} both as keyword(s) and in options=; "
+                    "pass each setting one way"
+                )
+            wal, synchronous, lease = options.wal, options.synchronous, options.lease
+            batch_size = options.batch_size or DEFAULT_BATCH_SIZE
+            if options.commit_interval is not None:
+                commit_interval = options.commit_interval
+            task_log_limit = options.task_log_limit
+            listeners = (*listeners, *options.listeners)
         if task_log_limit < 0:
             raise ValueError(
                 f"task_log_limit={task_log_limit}: use 0 (store no task logs) or more "
