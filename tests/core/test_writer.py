@@ -273,3 +273,15 @@ def test_the_writer_takes_the_same_options_object_a_pipeline_does(tmp_path: Path
     assert seen == [4]  # its listener was called with the one batch
     with pytest.raises(TypeError, match="lease both as keyword"):
         SQLiteWriter(db, MessageQueue(), lease=3.0, options=options)
+
+
+def test_without_tables_a_repeated_finish_counts_its_task_once(tmp_path: Path) -> None:
+    """The counts a run without pipeloom's tables is judged by: one per task, as with rows."""
+    messages: list[Any] = [
+        MsgTaskFinished(1, "error", utc_now(), message="boom"),
+        MsgTaskFinished(1, "error", utc_now(), message="boom again"),  # its own batch
+        MsgTaskFinished(2, "done", utc_now()),
+    ]
+    writer = run_writer(tmp_path / "bare.db", messages, store_task_status=False, batch_size=1)
+    assert writer.status_counts == {"error": 1, "done": 1}
+    assert writer.failed_task_ids == [1]

@@ -344,7 +344,7 @@ class LiveCounts:
     far (finished, plus started and not finished).
     """
 
-    __slots__ = ("active", "by_status", "finished", "new_ids", "planned")
+    __slots__ = ("active", "by_status", "finished", "new", "planned")
 
     def __init__(self, planned: int | None) -> None:
         """Start a run's counts at zero (``planned``: its task count, if known)."""
@@ -352,8 +352,8 @@ class LiveCounts:
         self.by_status: dict[str, int] = {}
         self.finished = IdSet()
         """Tasks counted, shared by every generation; see `adopt`."""
-        self.new_ids: list[int] = []
-        """Tasks this generation counts that ``finished`` does not hold yet."""
+        self.new: list[tuple[int, str]] = []
+        """(task_id, status) this generation counts that ``finished`` does not hold yet."""
         self.active: set[int] = set()
 
     def after(self, applied: AppliedBatch) -> LiveCounts:
@@ -373,16 +373,16 @@ class LiveCounts:
         for task_id, status in applied.finished:
             if task_id not in finished and task_id not in seen:
                 seen.add(task_id)
-                new.new_ids.append(task_id)
+                new.new.append((task_id, status))
                 by_status[status] = by_status.get(status, 0) + 1
         return new
 
     def adopt(self) -> LiveCounts:
         """Make these the counts, once their batch committed."""
         add = self.finished.add
-        for task_id in self.new_ids:
+        for task_id, _status in self.new:
             add(task_id)
-        self.new_ids = []
+        self.new = []
         return self
 
     def write(self, conn: sqlite3.Connection, run_id: int) -> None:

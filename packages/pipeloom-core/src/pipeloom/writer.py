@@ -226,8 +226,6 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         """Why the writer stopped early, if it did."""
         self.messages_applied = 0
         self.messages_dead = 0
-        self.status_counts: dict[str, int] = {}
-        """Terminal statuses applied, counted as they commit (used when no tables exist)."""
         self.run_status: str | None = None
         self.final_counts: dict[str, int] = {}
         """Tasks per status in the run, read back from the database at shutdown."""
@@ -254,6 +252,11 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         self._task_logs = TaskLogStore(task_log_limit)
 
     # -- registration -------------------------------------------------------------------
+
+    @property
+    def status_counts(self) -> dict[str, int]:
+        """Terminal statuses committed so far, each task once (used when no tables exist)."""
+        return self._live.by_status
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener`` after every commit (call before ``start``)."""
@@ -526,13 +529,14 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         self.messages_applied += len(batch) + outputs.messages - n_dead - self._uncounted
         self._uncounted = 0
         self.messages_dead += n_dead
-        for task_id, status in applied.finished:
-            self.status_counts[status] = self.status_counts.get(status, 0) + 1
-            if status in FAILED:
-                self.failed_task_ids.append(task_id)
-            self._task_logs.forget(task_id)
-        if self._live_next is not None:
-            self._live, self._live_next = self._live_next.adopt(), None
+        live = self._live_next
+        if live is not None:
+            # Counted once per task (a duplicate or late finish is not a second failure).
+            self.failed_task_ids.extend(t for t, status in live.new if status in FAILED)
+            self._live, self._live_next = live.adopt(), None
+        forget = self._task_logs.forget
+        for task_id, _status in applied.finished:
+            forget(task_id)
         self._notify(applied)
 
     def _sort(
@@ -783,10 +787,11 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
 
     def _write_live(self, conn: sqlite3.Connection, applied: AppliedBatch) -> None:
         """Move the run row's counts with this batch, in its transaction (see `LiveCounts`)."""
-        if not (applied.started or applied.finished) or self.run_id is None:
+        if not (applied.started or applied.finished):
             return
         self._live_next = self._live.after(applied)
-        self._live_next.write(conn, self.run_id)
+        if self.run_id is not None:
+            self._live_next.write(conn, self.run_id)
 
     def _apply_logs(self, conn: sqlite3.Connection, msgs: list[MsgTaskLog]) -> None:
         if self.store_task_status:
