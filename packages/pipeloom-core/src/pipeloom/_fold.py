@@ -262,7 +262,12 @@ class _Fold:
                     else:
                         earlier = pending.pop(task_id, None)
                         if earlier is not None:  # progress sent before this finish lands first
-                            self._apply_progress(row, earlier)
+                            step, total = earlier.step, earlier.total
+                            if type(step) is int and type(total) is int and 0 <= step <= total:
+                                row[_STEP], row[_TOTAL] = step, total  # _apply_progress, inline
+                                row[_PROGRESS] = step / total if total else None
+                            else:
+                                self._apply_progress(row, earlier)
                         if row[_STATUS] in _TERMINAL_SET and attempt <= (row[_ATTEMPT] or 1):
                             continue  # duplicate finish: the first one stands
                     row[_STATUS] = status

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
 __all__ = ["IdSet"]
+
+_Pair = TypeVar("_Pair", bound=tuple[Any, ...])
 
 
 class IdSet:
@@ -44,3 +49,43 @@ class IdSet:
             bits = self._bits
             return byte < len(bits) and bool(bits[byte] & (1 << (task_id & 7)))
         return task_id in self._other
+
+    def add_all(self, task_ids: Iterable[int]) -> None:
+        """Record every id of ``task_ids`` (`add`, without a call per id: the writer's hot path)."""
+        limit = self._BITMAP_LIMIT
+        bits = self._bits
+        for task_id in task_ids:
+            if 0 <= task_id < limit:
+                byte = task_id >> 3
+                if byte >= len(bits):
+                    bits.extend(bytes(max(byte + 1 - len(bits), len(bits))))
+                bits[byte] |= 1 << (task_id & 7)
+            else:
+                self._other.add(task_id)
+
+    def fresh(self, pairs: list[_Pair], unique: bool = False) -> list[_Pair]:
+        """The pairs whose first item (a task id) is not in the set, each id's first pair once.
+
+        Args:
+            pairs: (task_id, ...) tuples in order.
+            unique: the caller knows no id repeats in ``pairs`` (skips tracking repeats).
+        """
+        limit = self._BITMAP_LIMIT
+        bits, other = self._bits, self._other
+        size = len(bits)
+        seen: set[int] = set()
+        out: list[_Pair] = []
+        for pair in pairs:
+            task_id = pair[0]
+            if not unique:
+                if task_id in seen:
+                    continue
+                seen.add(task_id)
+            if type(task_id) is int and 0 <= task_id < limit:
+                byte = task_id >> 3
+                if byte < size and bits[byte] & (1 << (task_id & 7)):
+                    continue
+            elif task_id in other:
+                continue
+            out.append(pair)
+        return out

@@ -30,9 +30,11 @@ import os
 import shlex
 import socket
 import sqlite3
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -362,26 +364,22 @@ class LiveCounts:
         new.finished = finished = self.finished
         by_status = new.by_status = dict(self.by_status)
         active = new.active = set(self.active)
-        seen: set[int] = set()
-        # Most tasks start and finish in one batch: those never join `active`, and need no
-        # look-up in `finished` for their start (100,000 one-step tasks: 0.075 -> 0.053 s).
-        ended = {task_id for task_id, _status in applied.finished}
-        for task_id, _name in applied.started:
-            if task_id not in ended and task_id not in finished:
+        ended_pairs = applied.finished
+        ended = {task_id for task_id, _status in ended_pairs}
+        # Most tasks start and finish in one batch: set arithmetic leaves only the others to
+        # look up one by one.
+        for task_id in {task_id for task_id, _name in applied.started} - ended:
+            if task_id not in finished:
                 active.add(task_id)
         active.difference_update(ended)
-        for task_id, status in applied.finished:
-            if task_id not in finished and task_id not in seen:
-                seen.add(task_id)
-                new.new.append((task_id, status))
-                by_status[status] = by_status.get(status, 0) + 1
+        fresh = new.new = finished.fresh(ended_pairs, unique=len(ended) == len(ended_pairs))
+        for status, n in Counter(map(itemgetter(1), fresh)).items():
+            by_status[status] = by_status.get(status, 0) + n
         return new
 
     def adopt(self) -> LiveCounts:
         """Make these the counts, once their batch committed."""
-        add = self.finished.add
-        for task_id, _status in self.new:
-            add(task_id)
+        self.finished.add_all(map(itemgetter(0), self.new))
         self.new = []
         return self
 

@@ -21,7 +21,7 @@ import logging
 import sqlite3
 import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from typing import Any
@@ -206,11 +206,15 @@ class TaskLogStore:
         self._dropped: dict[int, list[int]] = {}
         """task_id -> [id of its summary row in task_logs, records dropped so far]."""
 
-    def forget(self, task_id: int) -> None:
-        """The task finished: its records are all in (they travel ahead of its finish)."""
-        if self._kept:
-            self._kept.pop(task_id, None)
-            self._dropped.pop(task_id, None)
+    def forget(self, task_ids: Iterable[int]) -> None:
+        """These tasks finished: their records are all in (they travel ahead of a finish)."""
+        kept = self._kept
+        if not kept:  # the usual case: no task logged since the last batch
+            return
+        dropped = self._dropped
+        for task_id in task_ids:
+            kept.pop(task_id, None)
+            dropped.pop(task_id, None)
 
     def store(self, conn: sqlite3.Connection, run_id: int | None, msgs: list[MsgTaskLog]) -> None:
         """Insert the records within the bound; keep one summary row per task for the rest."""

@@ -542,9 +542,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             # Counted once per task (a duplicate or late finish is not a second failure).
             self.failed_task_ids.extend(t for t, status in live.new if status in FAILED)
             self._live, self._live_next = live.adopt(), None
-        forget = self._task_logs.forget
-        for task_id, _status in applied.finished:
-            forget(task_id)
+        self._task_logs.forget(task_id for task_id, _status in applied.finished)
         self._notify(applied)
 
     def _sort(
@@ -560,13 +558,17 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         dead: list[tuple[Any, str]] = []
         held: list[MsgTaskFinished] = []  # done finishes carrying outputs: see _atomic
         logs: list[MsgTaskLog] = []
+        keep = lifecycle.append
         for msg in batch:
             cls = type(msg)
-            if cls is MsgTaskProgress or cls is MsgTaskStarted or cls is MsgTaskFinished:
-                if cls is MsgTaskFinished and _carries_outputs(msg):
+            if cls is MsgTaskProgress or cls is MsgTaskStarted:
+                keep(msg)
+            elif cls is MsgTaskFinished:
+                outputs = msg.outputs  # usually the default (), else a user's object
+                if (type(outputs) is tuple and not outputs) or not _carries_outputs(msg):
+                    keep(msg)
+                else:
                     held.append(msg)
-                    continue
-                lifecycle.append(msg)
             elif cls is MsgTaskLog:
                 logs.append(msg)
             elif cls is MsgRunFinished or cls is RunEnd or cls is Refused:
