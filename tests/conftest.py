@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -45,12 +46,42 @@ def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):  # an xdist worker: the controller did it
         return
     import compileall
-    from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     for src in sorted((root / "packages").glob("*/src")):
         compileall.compile_dir(src, quiet=1)
     compileall.compile_dir(root / "tests", quiet=1)
+    _rewrite_test_modules_once(config, root / "tests")
+
+
+def _rewrite_test_modules_once(config: pytest.Config, tests: Path) -> None:
+    """Write pytest's assertion-rewritten test modules once, for every test worker to read.
+
+    pytest rewrites the asserts of each test module and conftest as it imports them, and
+    caches the result beside the ``.pyc`` files, unless ``PYTHONDONTWRITEBYTECODE`` is set
+    (as on the CI machines): then each of the three test workers rewrote all 70-odd modules
+    again, about 2 CPU-seconds each. This does what pytest's import hook does when it may
+    write (same functions, same config), here in the controller before the workers start.
+    pytest checks each cached file against its source, so a stale one is rewritten as usual.
+    """
+    try:
+        from _pytest.assertion import rewrite
+
+        state = config.stash[rewrite.assertstate_key]
+    except (ImportError, AttributeError, KeyError) as exc:  # --assert=plain, or pytest moved
+        logging.getLogger(__name__).info("not caching rewritten test modules: %r", exc)
+        return
+    for fn in sorted(tests.rglob("*.py")):
+        if not (fn.name.startswith("test_") or fn.name == "conftest.py"):
+            continue  # only what pytest rewrites here (default python_files, conftests)
+        cache_dir = rewrite.get_cache_dir(fn)
+        pyc = cache_dir / (fn.name[:-3] + rewrite.PYC_TAIL)
+        if rewrite._read_pyc(fn, pyc) is not None:
+            continue
+        if not rewrite.try_makedirs(cache_dir):
+            return  # a read-only tree: the workers rewrite in memory, as before
+        source_hash, code = rewrite._rewrite_test(fn, config)
+        rewrite._write_pyc(state, code, source_hash, pyc)
 
 
 @pytest.hookimpl(trylast=True)
