@@ -1,6 +1,5 @@
 """The writer's fast paths (deferred progress, the staged write) change no stored value."""
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from pipeloom import (
     SQLiteWriter,
 )
 from pipeloom.db import connect
+from tests._db import scratch_dir
 
 from .conftest import rows
 
@@ -77,7 +77,7 @@ def write(db: Path, msgs: list[Any], batch_size: int) -> list[tuple[Any, ...]]:
 @settings(max_examples=30, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate])
 @given(st.lists(messages, min_size=60, max_size=250), st.sampled_from([40, 100, 1000]))
 def test_staged_rows_equal_executemany_rows(msgs: list[Any], batch_size: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_dir() as tmp:
         default = write(Path(tmp) / "default.db", msgs, batch_size)  # new rows inserted
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(task_sql, "_NEW_ROWS", False)
