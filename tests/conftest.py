@@ -55,31 +55,35 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _rewrite_test_modules_once(config: pytest.Config, tests: Path) -> None:
-    """Write pytest's assertion-rewritten test modules once, for every test worker to read.
+    """Write pytest's assertion-rewritten modules once, for every test worker to read.
 
-    pytest rewrites the asserts of each test module and conftest as it imports them, and
-    caches the result beside the ``.pyc`` files, unless ``PYTHONDONTWRITEBYTECODE`` is set
-    (as on the CI machines): then each of the three test workers rewrote all 70-odd modules
-    again, about 2 CPU-seconds each. This does what pytest's import hook does when it may
-    write (same functions, same config), here in the controller before the workers start.
-    pytest checks each cached file against its source, so a stale one is rewritten as usual.
+    pytest rewrites the asserts of each test module, conftest and pytest plugin (hypothesis
+    is about 60 modules) as it imports them, and caches the result beside the ``.pyc``
+    files, unless ``PYTHONDONTWRITEBYTECODE`` is set (as on the CI machines): then each of
+    the three test workers rewrote all of them again, about 3 CPU-seconds each. This does what
+    pytest's import hook does when it may write (same functions, same config), here in the
+    controller before the workers start. pytest checks each cached file against its source,
+    so a stale one is rewritten as usual; a folder that cannot be written is skipped.
     """
     try:
         from _pytest.assertion import rewrite
 
         state = config.stash[rewrite.assertstate_key]
+        # The plugins this process already imported through the hook, then the test modules.
+        sources = set() if state.hook is None else set(state.hook._rewritten_names.values())
     except (ImportError, AttributeError, KeyError) as exc:  # --assert=plain, or pytest moved
-        logging.getLogger(__name__).info("not caching rewritten test modules: %r", exc)
+        logging.getLogger(__name__).info("not caching rewritten modules: %r", exc)
         return
-    for fn in sorted(tests.rglob("*.py")):
-        if not (fn.name.startswith("test_") or fn.name == "conftest.py"):
-            continue  # only what pytest rewrites here (default python_files, conftests)
+    sources.update(
+        fn
+        for fn in tests.rglob("*.py")
+        if fn.name.startswith("test_") or fn.name == "conftest.py"  # default python_files
+    )
+    for fn in sorted(sources):
         cache_dir = rewrite.get_cache_dir(fn)
         pyc = cache_dir / (fn.name[:-3] + rewrite.PYC_TAIL)
-        if rewrite._read_pyc(fn, pyc) is not None:
+        if rewrite._read_pyc(fn, pyc) is not None or not rewrite.try_makedirs(cache_dir):
             continue
-        if not rewrite.try_makedirs(cache_dir):
-            return  # a read-only tree: the workers rewrite in memory, as before
         source_hash, code = rewrite._rewrite_test(fn, config)
         rewrite._write_pyc(state, code, source_hash, pyc)
 
