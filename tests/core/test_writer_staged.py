@@ -1,5 +1,6 @@
-"""The writer's fast paths (deferred progress, the staged write) change no stored value."""
+"""The writer's fast paths (deferred progress, bulk writes) change no stored value."""
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ from hypothesis import strategies as st
 
 import pipeloom._fold as fold_module
 import pipeloom._task_sql as task_sql
+import pipeloom.writer as writer_module
 from pipeloom import (
     SENTINEL,
     MessageQueue,
@@ -17,7 +19,6 @@ from pipeloom import (
     MsgTaskStarted,
     SQLiteWriter,
 )
-from pipeloom.db import connect
 from tests._db import scratch_dir
 
 from .conftest import rows
@@ -73,18 +74,29 @@ def write(db: Path, msgs: list[Any], batch_size: int) -> list[tuple[Any, ...]]:
     ]
 
 
-# No shrinking: each example runs two writers, and shrinking a failure would take minutes.
+def _row_by_row(conn: sqlite3.Connection, run_id: int | None, fold: Any) -> None:
+    """The reference: the same merge rules, one plain upsert statement per row."""
+    sql = task_sql._upsert(lambda column: f":{column}", ":run_id")
+    for task_id, row in fold.rows.items():
+        conn.execute(
+            sql, dict(zip(COLUMNS.split(", "), (task_id, *row), strict=True), run_id=run_id)
+        )
+
+
+# No shrinking: each example runs three writers, and shrinking a failure would take minutes.
 @settings(max_examples=30, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate])
 @given(st.lists(messages, min_size=60, max_size=250), st.sampled_from([40, 100, 1000]))
-def test_staged_rows_equal_executemany_rows(msgs: list[Any], batch_size: int) -> None:
+def test_bulk_rows_equal_row_by_row_upserts(msgs: list[Any], batch_size: int) -> None:
+    """Padded multi-row statements (inserts of new rows, the inbox trigger's upserts) store
+    what one upsert per row stores."""
     with scratch_dir() as tmp:
         default = write(Path(tmp) / "default.db", msgs, batch_size)  # new rows inserted
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(task_sql, "_NEW_ROWS", False)
-            staged = write(Path(tmp) / "staged.db", msgs, batch_size)
-            mp.setattr(task_sql, "_STAGE_MIN_ROWS", 10**9)
+            upserted = write(Path(tmp) / "upserted.db", msgs, batch_size)
+            mp.setattr(writer_module, "upsert_tasks", _row_by_row)
             plain = write(Path(tmp) / "plain.db", msgs, batch_size)
-    assert staged == plain
+    assert upserted == plain
     assert default == plain
 
 
@@ -102,22 +114,23 @@ def test_a_big_batch_of_whole_tasks_is_stored(tmp_path: Path) -> None:
     assert [r[0] for r in stored] == list(range(1, 301))
 
 
-def test_a_big_run_after_a_tiny_one_still_finds_rows_by_index(tmp_path: Path) -> None:
-    """A tiny run's PRAGMA optimize leaves statistics saying task_runs has one row; the staged
-    UPDATE must still look rows up by (run_id, task_id) rather than scan the table."""
-    db = tmp_path / "stats.db"
-    write(db, [MsgTaskStarted(1, "tiny", "2026-01-01T00:00:00.000+00:00")], 10)
-    conn = connect(db)
-    try:
-        assert conn.execute("SELECT count(*) FROM sqlite_stat1").fetchone()[0] > 0
-        conn.execute(task_sql._CREATE_STAGE)
-        plan = [
-            r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {task_sql._UPDATE_FROM_STAGE}", (1,))
-        ]
-    finally:
-        conn.close()
-    assert any("USING INDEX idx_task_runs_run_task (run_id=? AND task_id=?)" in p for p in plan)
-    assert not any(p.startswith("SCAN t") for p in plan)
+@pytest.mark.parametrize("tasks", [1, 7, 9, 513, 2041, 4100])
+def test_statements_padded_to_a_fixed_size_store_exactly_the_batch(
+    tmp_path: Path, tasks: int
+) -> None:
+    """A batch is written in a few fixed-size statements padded with empty rows; the padding
+    never becomes a row, and every row arrives, new (inserted) or begun earlier (upserted)."""
+    half = "2026-01-01T00:00:00.000+00:00"
+    msgs: list[Any] = [MsgTaskStarted(i, f"t{i}", half) for i in range(1, tasks + 1)]
+    msgs += [
+        MsgTaskFinished(i, "done", "2026-01-01T00:00:01.000+00:00", result=f"r{i}")
+        for i in range(1, tasks + 1)
+    ]
+    # One batch holds every start (inserted), the next every finish (upserted).
+    stored = write(tmp_path / "padded.db", msgs, tasks)
+    assert [(r[0], r[3], r[10]) for r in stored] == [
+        (i, "done", f"r{i}") for i in range(1, tasks + 1)
+    ]
 
 
 @settings(max_examples=200, deadline=None)

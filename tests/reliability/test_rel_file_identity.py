@@ -2,7 +2,8 @@
 
 SQLite keeps writing to the open inode of a deleted or replaced file, so without a check the
 run reports success while the path holds none of its rows. The writer compares the path's
-identity (device, inode) with the one it opened, after each commit and at the end.
+identity (device, inode) with the one it opened, after commits (at most every 0.2 s), while idle
+and at the end.
 """
 
 from __future__ import annotations

@@ -31,7 +31,8 @@ from pipeloom._fold import (
     _payload,
 )
 from pipeloom._registry import Handler, HandlerRegistry, callable_name
-from pipeloom._task_sql import _UPSERT_TASK, task_rows, upsert_tasks
+from pipeloom._task_sql import prepare as prepare_task_sql
+from pipeloom._task_sql import upsert_tasks
 from pipeloom._text import storable
 from pipeloom.db import MEMORY, Synchronous, connect, init_schema, wal_checkpoint
 from pipeloom.errors import DatabaseError, WriterFailedError
@@ -84,6 +85,9 @@ _CHECKPOINT_BUSY_MS = 250
 """How long the final WAL checkpoint waits for readers before settling for less."""
 _LINGER_TICK = 0.002
 """While lingering, how often the writer looks for more messages (seconds)."""
+_FILE_CHECK_EVERY = 0.2
+"""Seconds between looks at the database path after commits (idle ticks and the end always
+look)."""
 
 # SQLite primary result codes after which no further write can succeed.
 _FATAL_CODES = frozenset({8, 10, 11, 13, 14, 26})  # READONLY IOERR CORRUPT FULL CANTOPEN NOTADB
@@ -239,6 +243,8 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         self._conn: sqlite3.Connection | None = None
         self._warned_types: set[type[Any]] = set()
         self._file: FileIdentity | None = None
+        self._file_checked = 0.0
+        """When `_check_file` last looked at the path (monotonic seconds)."""
         """The database file (and its WAL) this writer opened, to notice it being replaced."""
         self._in_handler = False
         """True while user handler code runs: transaction statements are then refused."""
@@ -359,6 +365,8 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         self._file = FileIdentity.of(self.db_path, wal=self.wal)
         # Outside any transaction, so no rollback of a batch can take the table away.
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS pipeloom_mark (batch INTEGER)")
+        if self.store_task_status:
+            prepare_task_sql(conn)
         conn.set_authorizer(self._authorize)
 
     def _close_after_failed_open(self, conn: sqlite3.Connection) -> None:
@@ -614,7 +622,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         # SELECT) fails at once with "database is locked" when another writer commits first.
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if lifecycle:
+            if lifecycle:  # first: on failure it rolls the transaction back and begins again
                 self._apply_lifecycle(conn, lifecycle, fold, dead)
             if steps or held:
                 self._write_mark(conn)
@@ -640,7 +648,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             except sqlite3.Error as err:  # closed or broken: the error that got here says why
                 log.debug("rollback after %s failed too: %s", type(exc).__name__, err)
             raise
-        self._check_file()
+        self._check_file(soon=True)
         return outputs
 
     def _apply_held(
@@ -722,21 +730,18 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         fold: _Fold,
         dead: list[tuple[Any, str]],
     ) -> None:
-        savepoint = False
         try:
             fold.add_all(msgs)
             if self.store_task_status:
-                conn.execute("SAVEPOINT lifecycle")
-                savepoint = True
                 upsert_tasks(conn, self.run_id, fold)
-                conn.execute("RELEASE lifecycle")
             return
         except Exception as exc:
             if _is_fatal(exc):
                 raise
-            if savepoint:
-                conn.execute("ROLLBACK TO lifecycle")
-                conn.execute("RELEASE lifecycle")
+            # The batch's first writes (see _apply_once): rolling its transaction back undoes
+            # only them, with no savepoint (two statements, and two GIL hand-offs) per batch.
+            conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
             log.debug("lifecycle batch failed (%s); retrying message by message", _reason(exc))
         # Slow path: one message at a time so one bad message costs only itself.
         applied = fold.applied = AppliedBatch()
@@ -747,7 +752,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                 if self.store_task_status:
                     conn.execute("SAVEPOINT one")
                     try:
-                        conn.executemany(_UPSERT_TASK, task_rows(self.run_id, single))
+                        upsert_tasks(conn, self.run_id, single)
                     except BaseException:
                         conn.execute("ROLLBACK TO one")
                         raise
@@ -919,15 +924,25 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
 
     # -- the file under the run ---------------------------------------------------------
 
-    def _check_file(self) -> None:
+    def _check_file(self, soon: bool = False) -> None:
         """Stop if the path no longer names the file this writer writes to.
+
+        Args:
+            soon: after a commit, look only if the last look is `_FILE_CHECK_EVERY` old: each
+                look is two ``stat`` calls, and each hands the GIL to a worker that may keep
+                it for a switch interval (5 ms) while the writer has a batch to write.
 
         Raises:
             DatabaseError: the file (or its WAL) was deleted or replaced mid-run; the rows
                 went to the removed file, which no reader of the path will ever see.
         """
-        if self._file is not None:
-            self._file.check()
+        if self._file is None:
+            return
+        now = time.monotonic()
+        if soon and now - self._file_checked < _FILE_CHECK_EVERY:
+            return
+        self._file_checked = now
+        self._file.check()
 
     def _notify(self, applied: AppliedBatch) -> None:
         for listener in self._listeners:
