@@ -1,7 +1,6 @@
 import json
 import queue
 import sqlite3
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from pipeloom import (
     run_pipeline,
     utc_now,
 )
+from tests._db import scratch_dir
 
 from .conftest import rows
 
@@ -215,7 +215,7 @@ lifecycle = st.one_of(
 @settings(max_examples=40, deadline=None)
 @given(st.lists(lifecycle, max_size=30))
 def test_any_lifecycle_sequence_leaves_consistent_rows(messages: list[Any]) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_dir() as tmp:
         db = Path(tmp) / "h.db"
         writer = run_writer(db, messages)
         stored = {

@@ -1,7 +1,6 @@
 """The writer's fast paths (deferred progress, bulk writes) change no stored value."""
 
 import sqlite3
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from pipeloom import (
     MsgTaskStarted,
     SQLiteWriter,
 )
+from tests._db import scratch_dir
 
 from .conftest import rows
 
@@ -89,7 +89,7 @@ def _row_by_row(conn: sqlite3.Connection, run_id: int | None, fold: Any) -> None
 def test_bulk_rows_equal_row_by_row_upserts(msgs: list[Any], batch_size: int) -> None:
     """Padded multi-row statements (inserts of new rows, the inbox trigger's upserts) store
     what one upsert per row stores."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_dir() as tmp:
         default = write(Path(tmp) / "default.db", msgs, batch_size)  # new rows inserted
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(task_sql, "_NEW_ROWS", False)

@@ -31,6 +31,7 @@ from pipeloom import (
     TaskQueue,
     run_pipeline,
 )
+from tests._db import scratch_dir
 
 TERMINAL = ("done", "error", "cancelled", "timeout", "skipped", "interrupted")
 
@@ -167,7 +168,7 @@ def _expected_finishes(msgs: list[Any]) -> dict[int, str]:
 
 
 def _run_writer(msgs: list[Any], batch_size: int) -> tuple[SQLiteWriter, Path, Any]:
-    tmp = tempfile.TemporaryDirectory()
+    tmp = scratch_dir()
     db = Path(tmp.name) / "bad.db"
     q = MessageQueue()
     writer = SQLiteWriter(db, q, batch_size=batch_size, commit_interval=0.001)
@@ -344,7 +345,7 @@ def test_run_pipeline_books_balance_with_bad_messages(per_task: list[list[Any]])
         for msg in per_task[task.task_id - 1]:
             q.put(msg)
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_dir() as tmp:
         db = Path(tmp) / "engine.db"
         tasks = [TaskDef(i, f"t{i}") for i in range(1, len(per_task) + 1)]
         result = run_pipeline(tasks, db, worker_fn=worker, workers=2, progress=False)

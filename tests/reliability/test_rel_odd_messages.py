@@ -9,7 +9,6 @@ messages carrying such objects as text keep their task's row.
 from __future__ import annotations
 
 import sqlite3
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from pipeloom import (
     run_pipeline,
     utc_now,
 )
+from tests._db import scratch_dir
 from tests.reliability._support import query
 
 
@@ -190,7 +190,7 @@ def test_odd_objects_through_run_pipeline_do_not_stop_the_run(tmp_path: Path) ->
 )
 def test_any_mix_of_odd_objects_balances_the_books(picks: list[int], batch_size: int) -> None:
     msgs = [ODD[i] for i in picks]
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_dir() as tmp:
         db = Path(tmp) / "mix.db"
         writer = _write([*msgs, *_lifecycle_with_odd_text(1)], db, batch_size)
         assert writer.error is None, writer.error
