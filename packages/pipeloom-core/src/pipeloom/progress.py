@@ -418,7 +418,8 @@ def render_summary(
     """Build the end-of-run summary table (statuses, elapsed, throughput, where it is).
 
     Every cell is a ``Text``, never markup: a path such as ``runs[/2024]/x.db`` is printed as
-    written instead of raising after the run was recorded.
+    written instead of raising after the run was recorded, and printing it never loads Rich's
+    emoji table (27 ms of import, once per process, on every run's clock).
     """
     table = Table(
         title=Text(f"pipeloom run {run_id}" if run_id is not None else "pipeloom run"),
@@ -428,20 +429,20 @@ def render_summary(
     table.add_column("", justify="right")
     styles = {"done": "green", "error": "red", "timeout": "red", "cancelled": "yellow"}
     for status in ("done", "error", "cancelled"):
-        table.add_row(status, Text(str(counts.get(status, 0)), style=styles[status]))
+        table.add_row(Text(status), Text(str(counts.get(status, 0)), style=styles[status]))
     for status, n in sorted(counts.items()):
         if status not in ("done", "error", "cancelled"):
             table.add_row(Text(printable(status)), Text(str(n), style=styles.get(status, "white")))
     if not_started is None:
-        table.add_row("not started", Text("the rest of the source", style="yellow"))
+        table.add_row(Text("not started"), Text("the rest of the source", style="yellow"))
     elif not_started:
-        table.add_row("not started", Text(str(not_started), style="yellow"))
-    table.add_row("elapsed", f"{elapsed:.2f}s")
+        table.add_row(Text("not started"), Text(str(not_started), style="yellow"))
+    table.add_row(Text("elapsed"), Text(f"{elapsed:.2f}s"))
     rate = messages / elapsed if elapsed > 0 else 0.0
-    table.add_row("messages/s", f"{rate:,.0f}")
-    table.add_row("database", Text(printable(db_path)))
+    table.add_row(Text("messages/s"), Text(f"{rate:,.0f}"))
+    table.add_row(Text("database"), Text(printable(db_path)))
     if hint:
-        table.add_row("browse", Text(printable(hint)))
+        table.add_row(Text("browse"), Text(printable(hint)))
     return table
 
 
