@@ -463,8 +463,14 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                 continue
             if first is SENTINEL:
                 return
-            batch = [first]
-            append = batch.append
+            # The drain sorts as it takes (one pass a message, not two): lifecycle messages
+            # in their order, finishes carrying outputs, and the rest for `_sort`.
+            lifecycle: list[Any] = []
+            held: list[MsgTaskFinished] = []
+            others: list[Any] = []
+            keep, hold, other = lifecycle.append, held.append, others.append
+            _sort_one(first, keep, hold, other)
+            taken = 1
             stop = False
             deadline = monotonic() + interval
             # Linger by sleeping and draining, not by blocking in get(): a blocked get() is
@@ -472,15 +478,28 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             # writer and the workers; a 2 ms sleep costs one hand-off per tick instead.
             while True:
                 try:
-                    for _ in range(batch_size - len(batch)):
+                    for _ in range(batch_size - taken):
                         msg = get_nowait()
-                        if msg is SENTINEL:
+                        cls = type(msg)  # _sort_one, inline (and SENTINEL ends the drain)
+                        if cls is MsgTaskProgress or cls is MsgTaskStarted:
+                            keep(msg)
+                        elif cls is MsgTaskFinished:
+                            outputs = msg.outputs  # usually the default (), else user data
+                            if (type(outputs) is tuple and not outputs) or not _carries_outputs(
+                                msg
+                            ):
+                                keep(msg)
+                            else:
+                                hold(msg)
+                        elif msg is SENTINEL:
                             stop = True
                             break
-                        append(msg)
+                        else:
+                            other(msg)
                 except queue.Empty:
                     pass
-                if stop or len(batch) >= batch_size:
+                taken = len(lifecycle) + len(held) + len(others)
+                if stop or taken >= batch_size:
                     break
                 if drained is not None:
                     # Workers paused on a full queue would otherwise wait out the whole
@@ -492,17 +511,20 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                 sleep(min(remaining, _LINGER_TICK))
             if drained is not None:
                 drained()  # paused workers make the next batch while this one is applied
-            self._apply(batch)
+            self._apply(lifecycle, held, others, taken)
             if stop:
                 return
             self._heartbeat()
 
     # -- applying a batch ---------------------------------------------------------------
 
-    def _apply(self, batch: list[Any]) -> None:
+    def _apply(
+        self, lifecycle: list[Any], held: list[MsgTaskFinished], others: list[Any], taken: int
+    ) -> None:
+        """Apply one batch: ``taken`` messages, sorted by the drain (see `_sort_one`)."""
         conn = self._conn
         assert conn is not None
-        lifecycle, steps, known_dead, held = self._sort(batch)
+        steps, known_dead = self._sort(others)
         fold = _Fold()
         while True:
             dead = list(known_dead)
@@ -532,9 +554,9 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         # A held finish counts as one message of the batch; its outputs count on their own.
         n_dead = len(dead) + outputs.dead
         applied = fold.applied
-        applied.messages = len(batch) + outputs.messages
+        applied.messages = taken + outputs.messages
         applied.dead_letters = n_dead
-        self.messages_applied += len(batch) + outputs.messages - n_dead - self._uncounted
+        self.messages_applied += taken + outputs.messages - n_dead - self._uncounted
         self._uncounted = 0
         self.messages_dead += n_dead
         live = self._live_next
@@ -545,31 +567,18 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         self._task_logs.forget(task_id for task_id, _status in applied.finished)
         self._notify(applied)
 
-    def _sort(
-        self, batch: list[Any]
-    ) -> tuple[list[Any], list[_Step], list[tuple[Any, str]], list[MsgTaskFinished]]:
-        """Split a batch: lifecycle messages, handler steps, dead letters, held finishes.
+    def _sort(self, others: list[Any]) -> tuple[list[_Step], list[tuple[Any, str]]]:
+        """Split what is not a lifecycle message: handler steps, and dead letters.
 
         Only ``type(msg)`` and identity are used on a message here: its ``__class__``,
         ``__eq__`` or ``__hash__`` may be user code that raises.
         """
         groups: dict[type[Any], list[Any]] = {}
-        lifecycle: list[Any] = []
         dead: list[tuple[Any, str]] = []
-        held: list[MsgTaskFinished] = []  # done finishes carrying outputs: see _atomic
         logs: list[MsgTaskLog] = []
-        keep = lifecycle.append
-        for msg in batch:
+        for msg in others:
             cls = type(msg)
-            if cls is MsgTaskProgress or cls is MsgTaskStarted:
-                keep(msg)
-            elif cls is MsgTaskFinished:
-                outputs = msg.outputs  # usually the default (), else a user's object
-                if (type(outputs) is tuple and not outputs) or not _carries_outputs(msg):
-                    keep(msg)
-                else:
-                    held.append(msg)
-            elif cls is MsgTaskLog:
+            if cls is MsgTaskLog:
                 logs.append(msg)
             elif cls is MsgRunFinished or cls is RunEnd or cls is Refused:
                 self._control(msg, dead)
@@ -603,7 +612,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                 dead.extend((m, reason) for m in msgs)
                 continue
             steps.append((cls, handler, msgs))
-        return lifecycle, steps, dead, held
+        return steps, dead
 
     def _apply_once(
         self,
@@ -1017,6 +1026,31 @@ def _type_name_of(cls: type[Any]) -> str:
         return storable(f"{cls.__module__}.{cls.__qualname__}")
     except Exception:  # a metaclass may make even these raise
         return storable(type.__repr__(cls))
+
+
+def _sort_one(
+    msg: Any,
+    keep: Callable[[Any], None],
+    hold: Callable[[MsgTaskFinished], None],
+    other: Callable[[Any], None],
+) -> None:
+    """Sort one message of a batch, in the order the batch arrived.
+
+    A lifecycle message is kept, a done finish with outputs is held (see `_atomic`), anything
+    else goes to `SQLiteWriter._sort`. The writer's drain repeats these lines inline; change
+    both together.
+    """
+    cls = type(msg)
+    if cls is MsgTaskProgress or cls is MsgTaskStarted:
+        keep(msg)
+    elif cls is MsgTaskFinished:
+        outputs = msg.outputs  # usually the default (), else user data
+        if (type(outputs) is tuple and not outputs) or not _carries_outputs(msg):
+            keep(msg)
+        else:
+            hold(msg)
+    else:
+        other(msg)
 
 
 def _carries_outputs(msg: MsgTaskFinished) -> bool:
