@@ -10,6 +10,7 @@ them back (batched) and puts them on the sink in this process.
 
 from __future__ import annotations
 
+import queue
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -77,7 +78,7 @@ class TaskQueue:
     for the tasks whose worker returned without saying so.
     """
 
-    __slots__ = ("_mq", "_put", "finished_ids", "first_attempt", "stopping")
+    __slots__ = ("_max", "_mq", "_put", "_q", "finished_ids", "first_attempt", "stopping")
 
     def __init__(
         self, sink: Sink, stopping: threading.Event | None = None, first_attempt: int = 1
@@ -86,6 +87,10 @@ class TaskQueue:
         self._put = sink.put
         self._mq = sink if type(sink) is MessageQueue else None
         """The writer's own queue, put on directly (one Python call less per message)."""
+        self._q: queue.SimpleQueue[Any] = (
+            self._mq._q if self._mq is not None else queue.SimpleQueue()  # unused then
+        )
+        self._max = self._mq.maxsize if self._mq is not None else 0
         self.first_attempt = first_attempt
         """The attempt a retrying worker starts at (above 1 when its process was killed by a
         timeout and the task was handed to a fresh one)."""
@@ -96,9 +101,11 @@ class TaskQueue:
     def put(self, msg: Any, block: bool = True, timeout: float | None = None) -> None:
         """Send ``msg`` to the writer (pausing if it is behind)."""
         cls = type(msg)  # never msg.__class__: a hostile object may make that raise
-        if cls is MsgTaskFinished:
+        if cls is MsgTaskProgress or cls is MsgTaskStarted:
+            pass
+        elif cls is MsgTaskFinished:
             self.finished_ids.add(msg.task_id)
-        elif cls is not MsgTaskProgress and cls is not MsgTaskStarted:
+        else:
             try:
                 control = cls in _CONTROL
             except Exception:  # a metaclass whose hash raises: not ours, the writer decides
@@ -114,9 +121,9 @@ class TaskQueue:
             self._put(msg, block, timeout)
             return
         # MessageQueue.put inlined: the message on its deque, a pause when the writer is behind.
-        q = mq._q
+        q = self._q
         q.put(msg)
-        if q.qsize() >= mq.maxsize:
+        if q.qsize() >= self._max:
             mq._wait_for_room(timeout if block else 0.0)
 
     put_nowait = put
