@@ -26,7 +26,8 @@ def examples() -> list[tuple[str, str]]:
 def test_example_runs_as_written(where: str, code: str, tmp_path: Path) -> None:
     script = tmp_path / "example.py"
     script.write_text(code)
-    env = {**os.environ, "PYTHONWARNINGS": "error"}
+    # TMPDIR: an example's tempfile.mkdtemp() lands in tmp_path, not in the machine's /tmp.
+    env = {**os.environ, "PYTHONWARNINGS": "error", "TMPDIR": str(tmp_path)}
     proc = subprocess.run(
         [sys.executable, str(script)],
         cwd=tmp_path,
