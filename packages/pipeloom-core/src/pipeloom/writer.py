@@ -243,9 +243,9 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         self._conn: sqlite3.Connection | None = None
         self._warned_types: set[type[Any]] = set()
         self._file: FileIdentity | None = None
+        """The database file (and its WAL) this writer opened, to notice it being replaced."""
         self._file_checked = 0.0
         """When `_check_file` last looked at the path (monotonic seconds)."""
-        """The database file (and its WAL) this writer opened, to notice it being replaced."""
         self._in_handler = False
         """True while user handler code runs: transaction statements are then refused."""
         self._refused: str | None = None
