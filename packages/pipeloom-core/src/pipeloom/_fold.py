@@ -201,14 +201,16 @@ class _Fold:
                     row = rows[task_id] = [None] * _WIDTH
                 elif row[_STATUS] in _TERMINAL_SET:
                     continue
-                pending[task_id] = msg
                 text = msg.message
-                if type(text) is str:
-                    if text:
-                        row[_MESSAGE] = (
-                            text if text.isascii() and len(text) <= limit else storable(text)
-                        )
-                elif text is not None:
+                if type(text) is str and text:
+                    pending[task_id] = msg  # its text goes in with its step (_apply_progress)
+                    continue
+                # No text of its own: the text of the progress it replaces is the latest.
+                earlier = pending.get(task_id)
+                if earlier is not None:
+                    self._apply_text(row, earlier.message)
+                pending[task_id] = msg
+                if text is not None and type(text) is not str:
                     row[_MESSAGE] = _text(text) or row[_MESSAGE]
             elif cls is MsgTaskStarted:
                 task_id, name, at = msg.task_id, msg.name, msg.started_at
@@ -266,6 +268,7 @@ class _Fold:
                             if type(step) is int and type(total) is int and 0 <= step <= total:
                                 row[_STEP], row[_TOTAL] = step, total  # _apply_progress, inline
                                 row[_PROGRESS] = step / total if total else None
+                                self._apply_text(row, earlier.message)
                             else:
                                 self._apply_progress(row, earlier)
                         if row[_STATUS] in _TERMINAL_SET and attempt <= (row[_ATTEMPT] or 1):
@@ -296,8 +299,19 @@ class _Fold:
         return row
 
     @staticmethod
+    def _apply_text(row: list[Any], message: Any) -> None:
+        """A progress message's own text, applied with its step: non-empty text replaces."""
+        if type(message) is str and message:
+            row[_MESSAGE] = (
+                message
+                if message.isascii() and len(message) <= MAX_TEXT_CHARS
+                else storable(message)
+            )
+
+    @staticmethod
     def _apply_progress(row: list[Any], msg: MsgTaskProgress) -> tuple[int, int, str]:
         step, total, message = msg.step, msg.total, msg.message
+        _Fold._apply_text(row, message)
         if type(step) is int and type(total) is int and 0 <= step <= total:  # the usual case
             row[_STEP], row[_TOTAL], row[_PROGRESS] = step, total, step / total if total else None
             if type(message) is str and message.isascii() and len(message) <= MAX_TEXT_CHARS:
