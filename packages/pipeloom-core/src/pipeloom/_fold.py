@@ -268,7 +268,13 @@ class _Fold:
                             if type(step) is int and type(total) is int and 0 <= step <= total:
                                 row[_STEP], row[_TOTAL] = step, total  # _apply_progress, inline
                                 row[_PROGRESS] = step / total if total else None
-                                self._apply_text(row, earlier.message)
+                                text = earlier.message  # _apply_text, inline
+                                if type(text) is str and text:
+                                    row[_MESSAGE] = (
+                                        text
+                                        if text.isascii() and len(text) <= limit
+                                        else storable(text)
+                                    )
                             else:
                                 self._apply_progress(row, earlier)
                         if row[_STATUS] in _TERMINAL_SET and attempt <= (row[_ATTEMPT] or 1):
