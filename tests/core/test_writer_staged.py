@@ -13,11 +13,13 @@ import pipeloom._task_sql as task_sql
 import pipeloom.writer as writer_module
 from pipeloom import (
     SENTINEL,
+    DatabaseError,
     MessageQueue,
     MsgTaskFinished,
     MsgTaskProgress,
     MsgTaskStarted,
     SQLiteWriter,
+    run_pipeline,
 )
 from tests._db import scratch_dir
 
@@ -185,3 +187,17 @@ def test_inline_fold_equals_the_general_rules(msgs: list[Any]) -> None:
     assert fast.rows == general.rows
     assert list(fast.rows) == list(general.rows)
     assert fast.applied == general.applied
+
+
+def test_a_writer_that_cannot_prepare_its_statements_names_sqlite_and_leaves_no_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where SQLite is too old for the task SQL, the run fails at once with the reason, and the
+    file stays writable for the next writer."""
+    db = tmp_path / "old.db"
+    monkeypatch.setattr(task_sql, "_CREATE_INBOX", ("CREATE TEMP TRIGGER broken",))
+    with pytest.raises(DatabaseError, match=r"old\.db: SQLite [\d.]+ cannot prepare") as info:
+        run_pipeline([1, 2], db, worker_fn=lambda task, q: None, progress=False)
+    assert "3.24 or newer" in str(info.value)
+    monkeypatch.undo()
+    assert run_pipeline([1, 2], db, worker_fn=lambda task, q: None, progress=False).ok

@@ -363,10 +363,17 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             self._close_after_failed_open(conn)
             raise
         self._file = FileIdentity.of(self.db_path, wal=self.wal)
-        # Outside any transaction, so no rollback of a batch can take the table away.
-        conn.execute("CREATE TEMP TABLE IF NOT EXISTS pipeloom_mark (batch INTEGER)")
-        if self.store_task_status:
-            prepare_task_sql(conn)
+        try:
+            # Outside any transaction, so no rollback of a batch can take the table away.
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS pipeloom_mark (batch INTEGER)")
+            if self.store_task_status:
+                prepare_task_sql(conn)
+        except sqlite3.Error as exc:
+            self._close_after_failed_open(conn)
+            raise DatabaseError(
+                f"{self.db_path}: SQLite {sqlite3.sqlite_version} cannot prepare the writer's "
+                f"statements ({exc}); pipeloom needs SQLite 3.24 or newer (UPSERT)"
+            ) from exc
         conn.set_authorizer(self._authorize)
 
     def _close_after_failed_open(self, conn: sqlite3.Connection) -> None:
