@@ -14,7 +14,7 @@ their own (not in `FAILED`), but a run that holds one has not done its work, so 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Final, Literal, TypeAlias
+from typing import Final, Literal, TypeAlias, get_args
 
 __all__ = [
     "ACTIVE",
@@ -46,24 +46,10 @@ TaskStatus: TypeAlias = Literal[
 RunStatus: TypeAlias = Literal["running", "done", "error", "cancelled", "interrupted"]
 """Every status a ``pipeline_runs`` row can hold."""
 
-TASK_STATUSES: Final[tuple[TaskStatus, ...]] = (
-    "queued",
-    "running",
-    "done",
-    "error",
-    "timeout",
-    "cancelled",
-    "skipped",
-    "interrupted",
-    "upstream_failed",
-)
-RUN_STATUSES: Final[tuple[RunStatus, ...]] = (
-    "running",
-    "done",
-    "error",
-    "cancelled",
-    "interrupted",
-)
+TASK_STATUSES: Final[tuple[TaskStatus, ...]] = get_args(TaskStatus)
+"""`TaskStatus` as a tuple, in its order (written once, in the Literal)."""
+RUN_STATUSES: Final[tuple[RunStatus, ...]] = get_args(RunStatus)
+"""`RunStatus` as a tuple, in its order."""
 
 TERMINAL: Final = frozenset(
     {"done", "error", "timeout", "cancelled", "skipped", "interrupted", "upstream_failed"}
