@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pipeloom._control import RunEnd
 from pipeloom._fileid import pid_alive
@@ -507,8 +507,28 @@ class RunInfo:
         return asdict(self)
 
 
+class _Timed:
+    """What a row with a start and a finish answers: how long it ran, and itself as JSON.
+
+    A mixin without fields, so each dataclass keeps its own field order.
+    """
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]  # each subclass is a dataclass
+    started_at: str | None
+    finished_at: str | None
+
+    @property
+    def elapsed(self) -> float | None:
+        """Seconds it ran (so far, while running)."""
+        return _seconds_between(self.started_at, self.finished_at)
+
+    def as_json(self) -> dict[str, Any]:
+        """Plain data for JSON, with ``elapsed``."""
+        return {**asdict(self), "elapsed": self.elapsed}
+
+
 @dataclass
-class TaskInfo:
+class TaskInfo(_Timed):
     """One ``task_runs`` row: a task as its run left it (or as it stands, while running)."""
 
     task_id: int
@@ -532,18 +552,9 @@ class TaskInfo:
         """What to call the task on screen: its full key when it has one, else its name."""
         return self.key or self.name
 
-    @property
-    def elapsed(self) -> float | None:
-        """Seconds the task ran (so far, while running)."""
-        return _seconds_between(self.started_at, self.finished_at)
-
-    def as_json(self) -> dict[str, Any]:
-        """Plain data for JSON."""
-        return {**asdict(self), "elapsed": self.elapsed}
-
 
 @dataclass
-class AttemptInfo:
+class AttemptInfo(_Timed):
     """One ``task_attempts`` row: an attempt that failed (the last one is the task's row)."""
 
     attempt: int
@@ -559,15 +570,6 @@ class AttemptInfo:
         """The error's last non-blank line (``ValueError: bad row``), for one table cell."""
         lines = [line for line in (self.error or "").splitlines() if line.strip()]
         return lines[-1].strip() if lines else ""
-
-    @property
-    def elapsed(self) -> float | None:
-        """Seconds the attempt ran."""
-        return _seconds_between(self.started_at, self.finished_at)
-
-    def as_json(self) -> dict[str, Any]:
-        """Plain data for JSON."""
-        return {**asdict(self), "elapsed": self.elapsed}
 
 
 @dataclass
