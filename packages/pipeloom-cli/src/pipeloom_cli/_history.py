@@ -111,13 +111,8 @@ def get_run(conn: sqlite3.Connection, db: Path, run_id: int | None) -> RunInfo |
     try:
         return history.get_run(conn, run_id)
     except history.RunNotFoundError as exc:
-        have = (
-            f"runs there are {exc.first}..{exc.last}"
-            if exc.first is not None
-            else "it holds no runs"
-        )
         raise UsageError(
-            f"--run {run_id}: no such run in {db}; {have} "
+            f"--run {run_id}: no such run in {db}; {exc.have} "
             f"(list them with `pipeloom status {shlex.quote(str(db))} --runs`)"
         ) from exc
 
@@ -131,12 +126,7 @@ def get_task(conn: sqlite3.Connection, db: Path, run: RunInfo, task_id: int) -> 
     try:
         return history.get_task(conn, run.id, task_id)
     except history.TaskNotFoundError as exc:
-        have = (
-            f"its task ids are {exc.first}..{exc.last}"
-            if exc.first is not None
-            else "it has no tasks"
-        )
         raise UsageError(
-            f"--task {task_id}: no such task in run {run.id} ({run.name}) of {db}; {have} "
+            f"--task {task_id}: no such task in run {run.id} ({run.name}) of {db}; {exc.have} "
             f"(list them with `pipeloom status {shlex.quote(str(db))} --run {run.id}`)"
         ) from exc

@@ -416,8 +416,9 @@ class RunNotFoundError(HistoryError, LookupError):
     def __init__(self, run_id: int, first: int | None, last: int | None) -> None:
         """Name the missing run and the ids there are."""
         self.run_id, self.first, self.last = run_id, first, last
-        have = f"its runs are {first}..{last}" if first is not None else "it holds no runs"
-        super().__init__(f"run {run_id} is not in this file; {have}")
+        self.have = f"its runs are {first}..{last}" if first is not None else "it holds no runs"
+        """The ids there are, as words for a message."""
+        super().__init__(f"run {run_id} is not in this file; {self.have}")
 
 
 class TaskNotFoundError(HistoryError, LookupError):
@@ -426,8 +427,9 @@ class TaskNotFoundError(HistoryError, LookupError):
     def __init__(self, run_id: int, task_id: int, first: int | None, last: int | None) -> None:
         """Name the missing task, its run and the task ids there are."""
         self.run_id, self.task_id, self.first, self.last = run_id, task_id, first, last
-        have = f"its task ids are {first}..{last}" if first is not None else "it has no tasks"
-        super().__init__(f"task {task_id} is not in run {run_id}; {have}")
+        self.have = f"its task ids are {first}..{last}" if first is not None else "it has no tasks"
+        """The run's task ids, as words for a message."""
+        super().__init__(f"task {task_id} is not in run {run_id}; {self.have}")
 
 
 def _parse_time(text: str | None) -> datetime | None:
