@@ -7,7 +7,7 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from pipeloom import (
     MsgTaskFinished,
@@ -17,6 +17,9 @@ from pipeloom import (
     run_pipeline,
     utc_now,
 )
+
+if TYPE_CHECKING:
+    from datasette.app import Datasette
 
 FAILED_TASK: Final = 3
 ERROR_LINE: Final = "ValueError: partition 3 is corrupt"
@@ -306,3 +309,20 @@ def make_mixed_db(path: Path) -> Path:
     report.map(render, ["summary.html"])
     report.run(progress=False)
     return path
+
+
+async def started(path: Path, extra: dict[str, Any] | None = None) -> Datasette:
+    """A Datasette over ``path`` as ``pipeloom observe`` builds it, its startup hooks run."""
+    import pipeloom_observe
+
+    ds = pipeloom_observe.build_datasette(path, metadata_extra=extra)
+    await ds.invoke_startup()
+    return ds
+
+
+async def rows(ds: Datasette, path: str) -> list[dict[str, Any]]:
+    """The JSON rows a page answers with (it must answer 200)."""
+    response = await ds.client.get(path)
+    assert response.status_code == 200, response.text
+    result: list[dict[str, Any]] = response.json()
+    return result

@@ -4,7 +4,7 @@ import re
 import shutil
 import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -16,24 +16,13 @@ from tests.observe._observe_support import (
     FAILED_TASK,
     TRACEBACK,
     make_seed_db,
+    rows,
     sha256,
+    started,
 )
 
 if TYPE_CHECKING:
-    from datasette.app import Datasette
-
-
-async def started(path: Path, extra: dict[str, Any] | None = None) -> Datasette:
-    ds = pipeloom_observe.build_datasette(path, metadata_extra=extra)
-    await ds.invoke_startup()
-    return ds
-
-
-async def rows(ds: Datasette, path: str) -> list[dict[str, Any]]:
-    response = await ds.client.get(path)
-    assert response.status_code == 200, response.text
-    result: list[dict[str, Any]] = response.json()
-    return result
+    pass
 
 
 @pytest.mark.parametrize(

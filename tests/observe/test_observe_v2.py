@@ -13,11 +13,10 @@ import re
 import shutil
 import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
-import pipeloom_observe
 from pipeloom.status import FAILED
 from pipeloom_observe.metadata import QUERIES, default_metadata
 from pipeloom_observe.plugin import (
@@ -27,31 +26,17 @@ from pipeloom_observe.plugin import (
     format_duration,
     format_time,
 )
-from tests.observe._observe_support import MIXED_CHATTY_ITEM, MIXED_ERROR_LINE, MIXED_LOG_LIMIT
+from tests._db import query
+from tests.observe._observe_support import (
+    MIXED_CHATTY_ITEM,
+    MIXED_ERROR_LINE,
+    MIXED_LOG_LIMIT,
+    rows,
+    started,
+)
 
 if TYPE_CHECKING:
-    from datasette.app import Datasette
-
-
-async def started(path: Path) -> Datasette:
-    ds = pipeloom_observe.build_datasette(path)
-    await ds.invoke_startup()
-    return ds
-
-
-async def rows(ds: Datasette, path: str) -> list[dict[str, Any]]:
-    response = await ds.client.get(path)
-    assert response.status_code == 200, response.text
-    result: list[dict[str, Any]] = response.json()
-    return result
-
-
-def task_rows(db: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+    pass
 
 
 async def test_the_runs_list_answers_in_one_glance(mixed_db: Path) -> None:
@@ -92,8 +77,8 @@ async def test_canned_queries_take_a_run_and_default_to_the_newest(mixed_db: Pat
     [chosen] = await rows(ds, "/etl/latest_run.json?_shape=array&run_id=4")
     assert (chosen["run_id"], chosen["done"], chosen["tasks"]) == (4, 5, 8)
     assert await rows(ds, "/etl/failures.json?_shape=array") == []  # run 5 failed nothing
-    for name, query in QUERIES.items():
-        assert query.get("hide_sql") is True, name
+    for name, canned in QUERIES.items():
+        assert canned.get("hide_sql") is True, name
 
 
 async def test_canned_queries_link_run_and_task_ids(mixed_db: Path) -> None:
@@ -152,7 +137,7 @@ async def test_the_run_dashboard_shows_the_newest_run_or_the_chosen_one(mixed_db
             ds, "/etl.json?" + _qs({"sql": gantt["query"], "run_id": run_id, "_shape": "array"})
         )
         assert len(bars) == expected
-    started_tasks = task_rows(
+    started_tasks = query(
         mixed_db,
         "SELECT task_id, status FROM task_runs WHERE run_id = 4 AND started_at IS NOT NULL",
     )
@@ -231,7 +216,7 @@ async def test_the_task_page_shows_error_attempts_and_dead_letters(mixed_db: Pat
         ("warning", True),
     ]
     assert all("header checksum mismatch" in row for level, row in logs if level == "warning")
-    [(chatty_id,)] = task_rows(
+    [(chatty_id,)] = query(
         mixed_db,
         "SELECT task_id FROM task_runs WHERE run_id = 2 AND task_key = ?",
         f"load:{MIXED_CHATTY_ITEM}",
