@@ -91,6 +91,7 @@ class TaskQueue:
             self._mq._q if self._mq is not None else queue.SimpleQueue()  # unused then
         )
         self._max = self._mq.maxsize if self._mq is not None else 0
+        """``_mq``'s deque and bound, kept here: two attribute look-ups less a message."""
         self.first_attempt = first_attempt
         """The attempt a retrying worker starts at (above 1 when its process was killed by a
         timeout and the task was handed to a fresh one)."""
