@@ -29,7 +29,7 @@ def test_m005_adds_the_stage_columns_in_place(tmp_path: Path) -> None:
     db.conn.commit()
 
     migrations.apply(db)
-    assert schema_version(db.conn) == SCHEMA_VERSION == 5
+    assert schema_version(db.conn) == SCHEMA_VERSION
     columns = _columns(db.conn)
     assert {k: columns[k] for k in ("stage", "upstream_stage", "upstream_task_id")} == {
         "stage": "TEXT",

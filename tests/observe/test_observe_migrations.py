@@ -337,8 +337,10 @@ def test_the_migrated_runs_view_reads_like_cores_runs_select(tmp_path: Path) -> 
     assert [row[:5] + row[6:10] + row[11:] for row in view] == [
         row[:5] + row[6:10] + row[11:] for row in same
     ]
-    assert view[0][5:] == (10.0, 4, 3, 1, 1.0, 0.4, 0)
+    assert view[0][5:16] == (10.0, 4, 3, 1, 1.0, 0.4, 0, 0, None, None, "done")
     assert view[1][9] == 0.2 and view[1][11] == 1  # b: a fifth done; its lease ran out long ago
+    # b is stale: shown so, and its time ends at its last heartbeat, not at "now"
+    assert view[1][5] == 1.0 and view[1][15] == "stale"
     assert view[2][9] is None and view[2][11] == 0  # c: nothing planned yet, no lease
     conn.close()
 

@@ -26,6 +26,12 @@ class RunEnd:
     """Why the run failed as a whole (the task source or the executor raised)."""
     note: str | None = None
     """What else a reader should know (how many tasks were never started)."""
+    cause: str | None = None
+    """What stopped the run early (a `pipeloom.status.StopReason`), or None."""
+    planned: int | None = None
+    """Tasks the source held when the run began (None: it has no length)."""
+    not_started: int | None = 0
+    """Tasks the source still held when the run stopped (None: unknown, no length)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -138,6 +138,10 @@ class _Run:
         self.in_flight: dict[int, Any] = {}
         self.exhausted = False
         self.stop_reason: str | None = None
+        self.stop_cause: str | None = None
+        """What stopped the run early, first cause wins (a `pipeloom.status.StopReason`)."""
+        self.drained = False
+        """The source said StopIteration: nothing was left unstarted in it."""
         self.error: str | None = None
         """Why the run failed as a whole (task source, executor), for the run row."""
         self.abandoned = False
@@ -200,7 +204,7 @@ class _Run:
             try:
                 position, task = next(self._numbered)
             except StopIteration:
-                self.exhausted = True
+                self.exhausted = self.drained = True
                 return None
             return _task_id(task, position), task
         self._acquire()
@@ -222,7 +226,7 @@ class _Run:
             else:
                 task = next(self.tasks)
         except StopIteration:
-            self.exhausted = True
+            self.exhausted = self.drained = True
             return None
         except Exception as exc:
             self._source_failed(f"the task source raised {exc_summary(exc)}", exc)
@@ -246,6 +250,8 @@ class _Run:
 
     def _source_failed(self, reason: str, exc: BaseException | None) -> None:
         self.exhausted = True
+        if self.stop_cause is None:
+            self.stop_cause = "source_failed"
         detail = exc_text(exc) if exc is not None else reason
         self.error = reason if exc is None else f"{reason}\n\n{detail}"
         log.error("run stops admitting tasks: %s", reason)
@@ -331,12 +337,12 @@ class _Run:
 
     def _task_raised(self, task_id: int, task: Any, error: BaseException, finished: bool) -> None:
         if isinstance(error, WriterFailedError):
-            self.stop("interrupted")
+            self.stop("interrupted", "writer_failed")
             return
         if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit: stop the run
-            self.stop("cancelled")
+            self.stop("cancelled", "sigint" if isinstance(error, KeyboardInterrupt) else None)
         if self.fail_fast and not self.stopping.is_set():
-            self.stop("cancelled")  # before the slow part: logging, formatting
+            self.stop("cancelled", "fail_fast")  # before the slow part: logging, formatting
             log.warning(
                 "fail_fast: task %s failed (%s); not starting the rest",
                 task_id,
@@ -370,20 +376,30 @@ class _Run:
         if self.error is None:
             self.error = f"executor {name} failed: {exc_summary(error)}\n\n{exc_text(error)}"
         self.executor_broken = True
-        self.stop("cancelled")
+        cause = getattr(error, "stop_reason", None)  # an executor may say more (cluster_lost)
+        self.stop("cancelled", cause if isinstance(cause, str) else "executor_failed")
 
-    def stop(self, reason: str) -> None:
-        """Stop admitting tasks; the first reason given is the one recorded."""
+    def stop(self, reason: str, cause: str | None = None) -> None:
+        """Stop admitting tasks; the first reason and the first cause given are recorded.
+
+        Args:
+            reason: how the run ends if nothing worse happens: ``cancelled`` (let running
+                tasks finish) or ``interrupted`` (abandon them).
+            cause: what stopped it, a `pipeloom.status.StopReason` (shown in every view and
+                deciding the exit code).
+        """
         # No lock: the Ctrl-C handler calls this on the main thread, which may hold it.
         if self.stop_reason is None:
             self.stop_reason = reason
+        if self.stop_cause is None and cause is not None:
+            self.stop_cause = cause
         self.stopping.set()
 
     def _post(self, msg: Any) -> bool:
         try:
             self.q.put(msg)
         except WriterFailedError:
-            self.stop("interrupted")
+            self.stop("interrupted", "writer_failed")
             return False
         return True
 
@@ -409,18 +425,21 @@ class _Run:
             stop=self.stop_reason if self.stop_reason in ("cancelled", "interrupted") else None,
             error=self.error,
             note=self._note(),
+            cause=self.stop_cause,
+            planned=self.total,
+            not_started=self.not_started(),
         )
 
     def not_started(self) -> int | None:
         """Tasks the source still held when the run stopped (None when it has no length)."""
-        if self.exhausted or self.stop_reason is None:
+        if self.drained or (self.stop_reason is None and self.stop_cause is None):
             return 0
         if self.total is None:
             return None
         return max(0, self.total - self.taken - self._refused)
 
     def _note(self) -> str | None:
-        if self.stop_reason is None or self.exhausted:
+        if self.drained or (self.stop_reason is None and self.stop_cause is None):
             return None
         left = self.not_started()
         if left is None:
@@ -706,7 +725,9 @@ def run_pipeline(
         messages=writer.messages_applied + writer.messages_dead,
         dead_letters=writer.messages_dead,
         error=run.error.split("\n\n", 1)[0] if run.error else None,
-        not_started=run.not_started(),
+        not_started=end.not_started,
+        stop_reason=end.cause,
+        planned=total,
     )
     if display is not None:
         out.print(
@@ -718,6 +739,7 @@ def run_pipeline(
                 run_id=result.run_id,
                 hint=summary_hint,
                 not_started=result.not_started,
+                stopped=result.stop_reason,
             )
         )
         if writer.failed_sample:
@@ -739,7 +761,10 @@ def _wait(run: _Run, writer: SQLiteWriter, interrupts: _InterruptHandler | None)
     failed_at: float | None = None
     while not run.idle.wait(0.1):
         if writer.error is not None or run.executor_broken:
-            run.stop("interrupted" if writer.error is not None else "cancelled")
+            if writer.error is not None:
+                run.stop("interrupted", "writer_failed")
+            else:
+                run.stop("cancelled", "executor_failed")
             # Nothing more can be stored (or run): workers blocked on the queue wake at once,
             # but a task deep in its own work may take hours; do not wait for it.
             if failed_at is None:
@@ -766,7 +791,7 @@ class _InterruptHandler:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.count += 1
-        self.run.stop("cancelled")
+        self.run.stop("cancelled", "sigint")
         if self.count == 1:
             shared_console.print(
                 "[yellow]Stopping: letting running tasks finish (Ctrl-C again to abandon them)"

@@ -49,7 +49,15 @@ from pipeloom.errors import DatabaseError, SchemaOutdatedError
 from pipeloom.lease import STALE_SQL, owner_identity, provable_owner, stale_sql
 from pipeloom.messages import utc_now
 from pipeloom.schema import SCHEMA_VERSION, inspect_schema
-from pipeloom.status import ACTIVE, FAILED, TERMINAL, count_failed, decide_run_status, sql_in
+from pipeloom.status import (
+    ACTIVE,
+    FAILED,
+    TERMINAL,
+    count_failed,
+    count_succeeded,
+    decide_run_status,
+    sql_in,
+)
 
 __all__ = [
     "FAILED_SAMPLE",
@@ -97,14 +105,15 @@ def insert_run(
     """Add this run's row, ``running``, with its owner and a first heartbeat; return its id."""
     now = utc_now()
     cur = conn.execute(
-        "INSERT INTO pipeline_runs (name, status, started_at, workers, tasks_total, host, "
-        "pid, pipeloom_version, params, heartbeat_at, lease_s, owner) "
-        "VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO pipeline_runs (name, status, started_at, workers, tasks_total, "
+        "tasks_planned, host, pid, pipeloom_version, params, heartbeat_at, lease_s, owner) "
+        "VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             name,
             now,
             workers,
             tasks_total or 0,
+            tasks_total,
             socket.gethostname(),
             os.getpid(),
             __version__,
@@ -139,12 +148,15 @@ def store_counts(conn: sqlite3.Connection, run_id: int) -> dict[str, int]:
             (run_id,),
         )
     }
+    # The planned total stays: a stopped run still says how much it was meant to do.
     conn.execute(
-        "UPDATE pipeline_runs SET tasks_total = ?, tasks_done = ?, tasks_error = ?, "
-        "tasks_cancelled = ?, tasks_finished = ? WHERE id = ?",
+        "UPDATE pipeline_runs SET tasks_total = max(coalesce(tasks_planned, 0), ?), "
+        "tasks_done = ?, tasks_skipped = ?, tasks_error = ?, tasks_cancelled = ?, "
+        "tasks_finished = ? WHERE id = ?",
         (
             sum(counts.values()),
-            counts.get("done", 0),
+            count_succeeded(counts),
+            counts.get("skipped", 0),
             count_failed(counts),
             counts.get("cancelled", 0),
             sum(n for status, n in counts.items() if status in TERMINAL),
@@ -161,8 +173,13 @@ def interrupt_run(
     why: str,
     task_message: str | None = None,
     messages: int | None = None,
+    cause: str = "crashed",
 ) -> None:
     """Mark the run and its unfinished tasks ``interrupted`` (in the caller's transaction).
+
+    A run whose process died (``cause="crashed"``) ends at its last sign of life, its
+    heartbeat (every commit refreshes it), and so do its unfinished tasks: the moment another
+    writer noticed would add minutes that never ran to its duration and to theirs.
 
     Args:
         conn: the writer's connection, inside a write transaction.
@@ -170,19 +187,29 @@ def interrupt_run(
         why: stored in ``pipeline_runs.error`` unless an error is there already.
         task_message: stored on each task row it closes (their message is kept if None).
         messages: the run's message count, when this writer knows it.
+        cause: the `pipeloom.status.StopReason` recorded (``writer_failed`` when the run's
+            own writer gives up: it ends now).
     """
     now = utc_now()
+    if cause == "crashed":
+        row = conn.execute(
+            "SELECT heartbeat_at FROM pipeline_runs WHERE id = ?", (run_id,)
+        ).fetchone()
+        if row is not None and isinstance(row[0], str) and row[0] < now:
+            now = row[0]
+    # A task that started after the last heartbeat (between beats) ends where it started.
     conn.execute(
-        "UPDATE task_runs SET status = 'interrupted', finished_at = ?, "
-        "message = coalesce(?, message) "
+        "UPDATE task_runs SET status = 'interrupted', "
+        "finished_at = max(?, coalesce(started_at, ?)), message = coalesce(?, message) "
         f"WHERE run_id = ? AND status IN {sql_in(ACTIVE)}",
-        (now, None if task_message is None else storable(task_message), run_id),
+        (now, now, None if task_message is None else storable(task_message), run_id),
     )
     store_counts(conn, run_id)
     conn.execute(
         "UPDATE pipeline_runs SET status = 'interrupted', finished_at = ?, "
-        "error = coalesce(error, ?), messages = coalesce(?, messages) WHERE id = ?",
-        (now, storable(why), messages, run_id),
+        "error = coalesce(error, ?), messages = coalesce(?, messages), "
+        "stop_reason = coalesce(stop_reason, ?) WHERE id = ?",
+        (now, storable(why), messages, cause, run_id),
     )
 
 
@@ -295,13 +322,16 @@ def close_run(
             )
         conn.execute(
             "UPDATE pipeline_runs SET status = ?, finished_at = ?, messages = ?, error = ?, "
-            "note = ? WHERE id = ?",
+            "note = ?, stop_reason = ?, tasks_taken = ?, tasks_not_started = ? WHERE id = ?",
             (
                 status,
                 now,
                 messages,
                 storable(end.error) if end is not None and end.error else None,
                 "; ".join(notes) or None,
+                end.cause if end is not None else None,
+                end.taken if end is not None else None,
+                end.not_started if end is not None else None,
                 run_id,
             ),
         )
@@ -390,14 +420,17 @@ class LiveCounts:
         seen = finished + len(self.active)
         total = max(self.planned, seen) if self.planned is not None else seen
         conn.execute(
-            "UPDATE pipeline_runs SET tasks_total = ?, tasks_done = ?, tasks_error = ?, "
-            "tasks_cancelled = ?, tasks_finished = ? WHERE id = ?",
+            "UPDATE pipeline_runs SET tasks_total = ?, tasks_done = ?, tasks_skipped = ?, "
+            "tasks_error = ?, tasks_cancelled = ?, tasks_finished = ?, heartbeat_at = ? "
+            "WHERE id = ?",
             (
                 total,
-                counts.get("done", 0),
+                count_succeeded(counts),
+                counts.get("skipped", 0),
                 count_failed(counts),
                 counts.get("cancelled", 0),
                 finished,
+                utc_now(),  # a commit is a sign of life: a crashed run ends at its last one
                 run_id,
             ),
         )

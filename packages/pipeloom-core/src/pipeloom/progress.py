@@ -39,7 +39,7 @@ from rich.text import Text
 from pipeloom._fit import Fit
 from pipeloom._text import printable, shorten_middle
 from pipeloom.logs import console as shared_console
-from pipeloom.status import FAILED
+from pipeloom.status import FAILED, STOP_TEXT
 from pipeloom.writer import AppliedBatch
 
 __all__ = [
@@ -414,6 +414,7 @@ def render_summary(
     run_id: int | None,
     hint: str | None = None,
     not_started: int | None = 0,
+    stopped: str | None = None,
 ) -> Table:
     """Build the end-of-run summary table (statuses, elapsed, throughput, where it is).
 
@@ -433,6 +434,8 @@ def render_summary(
     for status, n in sorted(counts.items()):
         if status not in ("done", "error", "cancelled"):
             table.add_row(Text(printable(status)), Text(str(n), style=styles.get(status, "white")))
+    if stopped is not None:
+        table.add_row(Text("stopped"), Text(STOP_TEXT.get(stopped, stopped), style="yellow"))
     if not_started is None:
         table.add_row(Text("not started"), Text("the rest of the source", style="yellow"))
     elif not_started:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeloom.errors import RunFailedError
+from pipeloom.status import exit_code
 
 __all__ = ["RunResult"]
 
@@ -38,6 +39,20 @@ class RunResult:
     not_started: int | None = None
     """Tasks never started because the run stopped early (None: unknown, the source has no
     length)."""
+    stop_reason: str | None = None
+    """What stopped the run early (a `pipeloom.status.StopReason`: ``sigint``, ``sigterm``,
+    ``fail_fast``, ``source_failed``, ...), or None when it ran to the end of its source."""
+    planned: int | None = None
+    """Tasks the run was planned with (None when its source has no length)."""
+
+    @property
+    def exit_code(self) -> int:
+        """The exit code this outcome maps to (docs/cli.md's table): ``sys.exit(r.exit_code)``.
+
+        0 done; 1 failed; 3 its executor, cluster or writer was lost; 130/143/129 stopped by
+        SIGINT/SIGTERM/SIGHUP, whatever else happened.
+        """
+        return exit_code(self.status, self.stop_reason)
 
     @property
     def total(self) -> int:

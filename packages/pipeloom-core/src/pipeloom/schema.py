@@ -38,7 +38,7 @@ __all__ = [
     "schema_version",
 ]
 
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 """Bump together with a new migration in pipeloom_observe.migrations."""
 
 VERSION_TABLE: Final = "pipeloom_schema"
@@ -76,7 +76,12 @@ SCHEMA_STATEMENTS: Final[tuple[str, ...]] = (
         heartbeat_at TEXT,
         lease_s REAL,
         owner TEXT,
-        tasks_finished INTEGER NOT NULL DEFAULT 0
+        tasks_finished INTEGER NOT NULL DEFAULT 0,
+        tasks_planned INTEGER,
+        tasks_taken INTEGER,
+        tasks_not_started INTEGER,
+        tasks_skipped INTEGER NOT NULL DEFAULT 0,
+        stop_reason TEXT
     )
     """,
     """
@@ -126,10 +131,13 @@ SCHEMA_STATEMENTS: Final[tuple[str, ...]] = (
         created_at TEXT NOT NULL,
         msg_type TEXT NOT NULL,
         payload TEXT,
-        error TEXT NOT NULL
+        error TEXT NOT NULL,
+        task_id INTEGER,
+        attempt INTEGER
     )
     """,
     "CREATE INDEX IF NOT EXISTS idx_dead_letters_run ON dead_letters (run_id)",
+    "CREATE INDEX IF NOT EXISTS idx_dead_letters_run_task ON dead_letters (run_id, task_id)",
     """
     CREATE TABLE IF NOT EXISTS task_logs (
         id INTEGER PRIMARY KEY,
@@ -163,29 +171,44 @@ SELECT
     status,
     started_at,
     finished_at,
-    round((julianday(coalesce(finished_at, 'now')) - julianday(started_at)) * 86400.0, 3)
-        AS duration_s,
+    round((julianday(ended_at) - julianday(started_at)) * 86400.0, 3) AS duration_s,
     tasks_total,
     tasks_done,
     tasks_error AS tasks_failed,
     CASE WHEN tasks_total > 0
         THEN round(min(1.0, CAST(tasks_finished AS REAL) / tasks_total), 4) END AS progress,
-    CASE WHEN julianday(coalesce(finished_at, 'now')) > julianday(started_at)
+    CASE WHEN julianday(ended_at) > julianday(started_at)
         THEN round(tasks_finished
-            / ((julianday(coalesce(finished_at, 'now')) - julianday(started_at)) * 86400.0), 3)
+            / ((julianday(ended_at) - julianday(started_at)) * 86400.0), 3)
         END AS tasks_per_s,
-    CASE WHEN status = 'running' AND heartbeat_at IS NOT NULL AND lease_s IS NOT NULL
-        AND (julianday('now') - julianday(heartbeat_at)) * 86400.0 > lease_s
-        THEN 1 ELSE 0 END AS stale
-FROM pipeline_runs
+    stale,
+    tasks_skipped,
+    tasks_not_started,
+    stop_reason,
+    CASE WHEN stale = 1 THEN 'stale' ELSE status END AS shown_status,
+    heartbeat_at
+FROM (
+    SELECT *,
+        CASE WHEN status = 'running' AND heartbeat_at IS NOT NULL AND lease_s IS NOT NULL
+            AND (julianday('now') - julianday(heartbeat_at)) * 86400.0 > lease_s
+            THEN 1 ELSE 0 END AS stale,
+        coalesce(finished_at, CASE
+            WHEN status = 'running' AND heartbeat_at IS NOT NULL AND lease_s IS NOT NULL
+                AND (julianday('now') - julianday(heartbeat_at)) * 86400.0 > lease_s
+            THEN heartbeat_at ELSE strftime('%Y-%m-%dT%H:%M:%f', 'now') END) AS ended_at
+    FROM pipeline_runs
+)
 """
 """One row per run, read at a glance: the body of the ``runs`` view.
 
-``duration_s`` runs to now while a run is in progress; ``progress`` is the share of its tasks
-in a terminal status (``tasks_total`` is the planned total when the source has a length, else
-the tasks taken so far); ``stale`` is 1 for a ``running`` run whose heartbeat is older than
-its lease. pipeloom's own readers use this text, not the view, which a file whose
-application already has an object named ``runs`` does not get.
+``duration_s`` runs to now while a run is in progress, and to its last sign of life (its
+heartbeat, refreshed by every commit) once it is stale; ``tasks_total`` is the planned total
+when the source has a length, else the tasks taken; ``tasks_done`` counts ``skipped`` too (a
+resumed run that had nothing left to do is done); ``progress`` is the share of its tasks in a
+terminal status; ``stale`` is 1 for a ``running`` run whose heartbeat is older than its lease
+(``shown_status`` then says ``stale``); ``tasks_not_started`` and ``stop_reason`` say whether
+and why it stopped early. pipeloom's own readers use this text, not the view, which a file
+whose application already has an object named ``runs`` does not get.
 """
 
 
@@ -401,6 +424,16 @@ def create_runs_view(conn: sqlite3.Connection) -> bool:
         conn.execute(f"CREATE VIEW {RUNS_VIEW} AS {RUNS_SELECT}")
         return True
     return row[0] == "view" and "tasks_per_s" in str(row[1] or "")
+
+
+def replace_runs_view(conn: sqlite3.Connection) -> None:
+    """Recreate pipeloom's own ``runs`` view with `RUNS_SELECT` (never another's object)."""
+    row = conn.execute(
+        "SELECT type, sql FROM sqlite_master WHERE name = ? COLLATE NOCASE", (RUNS_VIEW,)
+    ).fetchone()
+    if row is not None and row[0] == "view" and "tasks_per_s" in str(row[1] or ""):
+        conn.execute(f"DROP VIEW {RUNS_VIEW}")
+    create_runs_view(conn)
 
 
 def create_schema(conn: sqlite3.Connection) -> None:

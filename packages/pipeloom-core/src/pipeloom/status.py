@@ -18,15 +18,22 @@ from typing import Final, Literal, TypeAlias, get_args
 
 __all__ = [
     "ACTIVE",
+    "EXIT_CODES",
     "FAILED",
     "RUN_STATUSES",
+    "SIGNAL_STOPS",
+    "STOP_REASONS",
+    "STOP_TEXT",
     "SUCCEEDED",
     "TASK_STATUSES",
     "TERMINAL",
     "RunStatus",
+    "StopReason",
     "TaskStatus",
     "count_failed",
+    "count_succeeded",
     "decide_run_status",
+    "exit_code",
     "sql_in",
 ]
 
@@ -45,6 +52,58 @@ TaskStatus: TypeAlias = Literal[
 
 RunStatus: TypeAlias = Literal["running", "done", "error", "cancelled", "interrupted"]
 """Every status a ``pipeline_runs`` row can hold."""
+
+StopReason: TypeAlias = Literal[
+    "sigint",
+    "sigterm",
+    "sighup",
+    "fail_fast",
+    "source_failed",
+    "executor_failed",
+    "cluster_lost",
+    "writer_failed",
+    "crashed",
+]
+"""Why a run stopped before its task source was done (``pipeline_runs.stop_reason``).
+
+``sigint`` is Ctrl-C; ``sigterm`` and ``sighup`` are a process manager or a closed terminal;
+``fail_fast`` a task failed under ``fail_fast=True``; ``source_failed`` the task source raised
+or gave a bad task id; ``executor_failed`` / ``cluster_lost`` the executor (or its Dask
+cluster) could not go on; ``writer_failed`` the writer could not write (disk full, file
+removed); ``crashed`` the run's process died without closing it (set by the next writer, once
+its lease expired). The first cause wins: a second Ctrl-C does not change it.
+"""
+
+STOP_TEXT: Final[dict[str, str]] = {
+    "sigint": "stopped by Ctrl-C (SIGINT)",
+    "sigterm": "stopped by SIGTERM",
+    "sighup": "stopped by SIGHUP (its terminal closed)",
+    "fail_fast": "stopped after the first failure (fail_fast)",
+    "source_failed": "stopped: the task source failed",
+    "executor_failed": "stopped: the executor failed",
+    "cluster_lost": "stopped: the Dask cluster was lost",
+    "writer_failed": "stopped: the writer could not write",
+    "crashed": "its process died (no sign of life since)",
+}
+"""Each `StopReason` in words, for the summary, ``pipeloom status`` and observe."""
+
+STOP_REASONS: Final[tuple[StopReason, ...]] = get_args(StopReason)
+"""`StopReason` as a tuple, in its order."""
+
+SIGNAL_STOPS: Final = {"sigint": 130, "sighup": 129, "sigterm": 143}
+"""Stops by a signal and their exit codes, as shells report a process killed by it (128 + n)."""
+
+EXIT_CODES: Final = {
+    "done": 0,
+    "failed": 1,
+    "usage": 2,
+    "lost": 3,
+    **SIGNAL_STOPS,
+}
+"""The documented exit-code table (docs/cli.md): 0 every task done or skipped; 1 a task failed
+or the run did not do all its work (fail_fast, a failed source, a crash); 2 a usage error;
+3 the run could not go on (its executor, cluster or writer was lost); 129/130/143 it was
+stopped by SIGHUP/SIGINT/SIGTERM, whatever else happened."""
 
 TASK_STATUSES: Final[tuple[TaskStatus, ...]] = get_args(TaskStatus)
 """`TaskStatus` as a tuple, in its order (written once, in the Literal)."""
@@ -69,6 +128,25 @@ def sql_in(statuses: Iterable[str]) -> str:
     Sorted, so the SQL text is the same in every process (views compare equal).
     """
     return "(" + ", ".join(f"'{s}'" for s in sorted(statuses)) + ")"
+
+
+def count_succeeded(counts: Mapping[str, int]) -> int:
+    """Tasks whose work is done (``done``, or ``skipped``: done by an earlier run)."""
+    return sum(n for status, n in counts.items() if status in SUCCEEDED)
+
+
+def exit_code(status: str, stop_reason: str | None) -> int:
+    """The exit code a run's outcome maps to: the one rule behind `EXIT_CODES`.
+
+    A stop by a signal decides the code whatever else happened (tasks that failed before a
+    Ctrl-C still exit 130, so a wrapper script can tell "stopped" from "failed"); then a lost
+    executor, cluster or writer (3); then the run's status: ``done`` 0, anything else 1.
+    """
+    if stop_reason in SIGNAL_STOPS:
+        return SIGNAL_STOPS[stop_reason]
+    if stop_reason in ("executor_failed", "cluster_lost", "writer_failed"):
+        return EXIT_CODES["lost"]
+    return EXIT_CODES["done"] if status == "done" else EXIT_CODES["failed"]
 
 
 def count_failed(counts: Mapping[str, int]) -> int:

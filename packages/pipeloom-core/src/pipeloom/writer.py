@@ -80,6 +80,8 @@ RUN_STATUSES = tuple(s for s in ALL_RUN_STATUSES if s != "running")
 DEFAULT_BATCH_SIZE = 5_000
 """Most messages applied in one transaction."""
 DEFAULT_COMMIT_INTERVAL = 0.02
+_SIGN_OF_LIFE = 1.0
+"""Seconds between heartbeats written by commits that change no count (progress alone)."""
 """Seconds the writer may wait for more messages before committing a small batch."""
 _CHECKPOINT_BUSY_MS = 250
 """How long the final WAL checkpoint waits for readers before settling for less."""
@@ -325,6 +327,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                 why=why,
                 task_message=f"interrupted: {why}",
                 messages=self.messages_applied + self.messages_dead,
+                cause="writer_failed",
             )
             conn.execute("COMMIT")
             self.run_status = "interrupted"
@@ -811,10 +814,18 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
     def _write_live(self, conn: sqlite3.Connection, applied: AppliedBatch) -> None:
         """Move the run row's counts with this batch, in its transaction (see `LiveCounts`)."""
         if not (applied.started or applied.finished):
+            # Progress alone is a sign of life too: a crashed run ends at its last one.
+            if self.run_id is not None and time.monotonic() - self._last_beat >= _SIGN_OF_LIFE:
+                conn.execute(
+                    "UPDATE pipeline_runs SET heartbeat_at = ? WHERE id = ?",
+                    (utc_now(), self.run_id),
+                )
+                self._last_beat = time.monotonic()
             return
         self._live_next = self._live.after(applied)
         if self.run_id is not None:
-            self._live_next.write(conn, self.run_id)
+            self._live_next.write(conn, self.run_id)  # its heartbeat too
+            self._last_beat = time.monotonic()
 
     def _apply_logs(self, conn: sqlite3.Connection, msgs: list[MsgTaskLog]) -> None:
         if self.store_task_status:

@@ -338,6 +338,102 @@ def m005_task_stages(db: Database) -> None:
     )
 
 
+_V6_RUN_COLUMNS: Final = (
+    ("tasks_planned", "INTEGER"),
+    ("tasks_taken", "INTEGER"),
+    ("tasks_not_started", "INTEGER"),
+    ("tasks_skipped", "INTEGER NOT NULL DEFAULT 0"),
+    ("stop_reason", "TEXT"),
+)
+
+_V6_DEAD_LETTER_COLUMNS: Final = (("task_id", "INTEGER"), ("attempt", "INTEGER"))
+
+_V6_RUNS_VIEW: Final = """
+CREATE VIEW runs AS
+SELECT
+    id,
+    name,
+    status,
+    started_at,
+    finished_at,
+    round((julianday(ended_at) - julianday(started_at)) * 86400.0, 3) AS duration_s,
+    tasks_total,
+    tasks_done,
+    tasks_error AS tasks_failed,
+    CASE WHEN tasks_total > 0
+        THEN round(min(1.0, CAST(tasks_finished AS REAL) / tasks_total), 4) END AS progress,
+    CASE WHEN julianday(ended_at) > julianday(started_at)
+        THEN round(tasks_finished
+            / ((julianday(ended_at) - julianday(started_at)) * 86400.0), 3)
+        END AS tasks_per_s,
+    stale,
+    tasks_skipped,
+    tasks_not_started,
+    stop_reason,
+    CASE WHEN stale = 1 THEN 'stale' ELSE status END AS shown_status,
+    heartbeat_at
+FROM (
+    SELECT *,
+        CASE WHEN status = 'running' AND heartbeat_at IS NOT NULL AND lease_s IS NOT NULL
+            AND (julianday('now') - julianday(heartbeat_at)) * 86400.0 > lease_s
+            THEN 1 ELSE 0 END AS stale,
+        coalesce(finished_at, CASE
+            WHEN status = 'running' AND heartbeat_at IS NOT NULL AND lease_s IS NOT NULL
+                AND (julianday('now') - julianday(heartbeat_at)) * 86400.0 > lease_s
+            THEN heartbeat_at ELSE strftime('%Y-%m-%dT%H:%M:%f', 'now') END) AS ended_at
+    FROM pipeline_runs
+)
+"""
+
+
+@migrations(name="m006_stops_and_traceable_dead_letters")
+def m006_stops_and_traceable_dead_letters(db: Database) -> None:
+    """Say why a run stopped and what it left undone; tie every dead letter to its task.
+
+    ``pipeline_runs`` gains ``stop_reason`` (sigint, sigterm, fail_fast, crashed, ...),
+    ``tasks_planned``, ``tasks_taken``, ``tasks_not_started`` and ``tasks_skipped``;
+    ``tasks_done`` of older runs gains their skipped tasks (done means the work is done).
+    ``dead_letters`` gains ``task_id`` and ``attempt``, filled for older rows from the
+    "task N:" prefix their error text carried. The ``runs`` view (when it is pipeloom's) is
+    recreated with the new columns and a stale run's duration ending at its last heartbeat.
+    """
+    have = _columns(db, "pipeline_runs")
+    for column, kind in _V6_RUN_COLUMNS:
+        if column not in have:
+            db.execute(f"ALTER TABLE pipeline_runs ADD COLUMN {column} {kind}")
+            if column == "tasks_skipped":
+                db.execute(
+                    "UPDATE pipeline_runs SET tasks_skipped = (SELECT count(*) FROM task_runs t "
+                    "WHERE t.run_id = pipeline_runs.id AND t.status = 'skipped')"
+                )
+                db.execute("UPDATE pipeline_runs SET tasks_done = tasks_done + tasks_skipped")
+    have = _columns(db, "dead_letters")
+    for column, kind in _V6_DEAD_LETTER_COLUMNS:
+        if column not in have:
+            db.execute(f"ALTER TABLE dead_letters ADD COLUMN {column} {kind}")
+            if column == "task_id":
+                db.execute(
+                    "UPDATE dead_letters SET task_id = CAST(substr(error, 6, "
+                    "instr(error, ':') - 6) AS INTEGER) WHERE error GLOB 'task [0-9]*:*'"
+                )
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS idx_dead_letters_run_task ON dead_letters (run_id, task_id)"
+    )
+    view = db.execute(
+        "SELECT type, sql FROM sqlite_master WHERE name = 'runs' COLLATE NOCASE"
+    ).fetchone()
+    sql = str(view[1] or "") if view is not None else ""
+    if view is not None and view[0] == "view" and "tasks_per_s" in sql and "stop_reason" not in sql:
+        db.execute("DROP VIEW runs")  # pipeloom's view of schema 4 or 5
+        view = None
+    if view is None:
+        db.execute(_V6_RUNS_VIEW)
+    db.execute(
+        "INSERT INTO pipeloom_schema (id, version) VALUES (1, 6) "
+        "ON CONFLICT (id) DO UPDATE SET version = max(version, excluded.version)"
+    )
+
+
 def _refuse_unusable(conn: sqlite3.Connection, path: Path) -> None:
     """Refuse a file no migration may touch: not SQLite, a newer pipeloom, another's table."""
     try:
