@@ -292,7 +292,7 @@ async def test_a_stale_run_is_flagged_and_a_live_run_shows_its_progress(
     conn.close()
     ds = await started(path)
     runs = {r["run_id"]: r for r in await rows(ds, "/etl/run_list.json?_shape=array")}
-    assert (runs[5]["status"], runs[5]["stale"]) == ("running", 1)
+    assert (runs[5]["status"], runs[5]["stale"]) == ("stale", 1)  # shown stale, not running
     # Its clock stopped at its last heartbeat (30 minutes in), as in `pipeloom status`.
     assert runs[5]["duration_s"] == pytest.approx(1800, abs=1)
     assert runs[5]["progress"] == pytest.approx(0.25)

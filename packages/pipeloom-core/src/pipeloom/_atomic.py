@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeloom._fold import AppliedBatch, _Fold, _payload, _truncate
+from pipeloom._fold import AppliedBatch, _Fold, _payload, _truncate, origin_of
 from pipeloom._registry import Handler
 from pipeloom._task_sql import upsert_tasks
 from pipeloom._text import SUMMARY_CHARS as _SUMMARY_CHARS
@@ -182,7 +182,7 @@ class _HeldBatch:
                     f"a later finish (attempt {attempt}) are not applied"
                 )
                 log.warning("%s; %s dead-lettered", reason, _count_text(outputs))
-                self._dead_letter(outputs, reason)
+                self._dead_letter(outputs, reason, msg)
                 continue
             seen[msg.task_id] = attempt
             unit = _Unit(msg, list(outputs))
@@ -293,19 +293,25 @@ class _HeldBatch:
                 return
             self.conn.execute("RELEASE pipeloom_atomic")
         _merge(self.applied, fold.applied)
-        self._dead_letter(outputs, f"task {finish.task_id}: {reason}")
+        self._dead_letter(outputs, f"task {finish.task_id}: {reason}", finish)
 
-    def _dead_letter(self, outputs: list[Any] | tuple[Any, ...], reason: str) -> None:
-        """Keep ``outputs`` in ``dead_letters`` (the caller logs one line for all of them)."""
+    def _dead_letter(
+        self, outputs: list[Any] | tuple[Any, ...], reason: str, finish: MsgTaskFinished
+    ) -> None:
+        """Keep ``outputs`` in ``dead_letters`` under their task and attempt (the caller logs)."""
         self.counts.dead += len(outputs)
         if not outputs or not self.store_tasks:
             return
         now = utc_now()
         error = _truncate(reason)
+        task_id, attempt = origin_of(finish)
         self.conn.executemany(
-            "INSERT INTO dead_letters (run_id, created_at, msg_type, payload, error) "
-            "VALUES (?, ?, ?, ?, ?)",
-            [(self.run_id, now, _type_name(type(m)), _payload(m), error) for m in outputs],
+            "INSERT INTO dead_letters (run_id, task_id, attempt, created_at, msg_type, payload, "
+            "error) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (self.run_id, task_id, attempt, now, _type_name(type(m)), _payload(m), error)
+                for m in outputs
+            ],
         )
 
     def _terminal_rows(self, held: list[MsgTaskFinished]) -> dict[int, tuple[str, int]]:

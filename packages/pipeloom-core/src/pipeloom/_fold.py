@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeloom._control import Refused
 from pipeloom._text import MAX_TEXT_CHARS, result_text, storable
 from pipeloom.messages import MsgTaskFinished, MsgTaskProgress, MsgTaskStarted
 from pipeloom.status import TERMINAL
@@ -50,6 +51,30 @@ class AppliedBatch:
 def _truncate(text: object) -> str:
     """Any value as storable text (kept as a name for callers; `storable` is the one rule)."""
     return storable(text)
+
+
+def origin_of(msg: Any) -> tuple[int | None, int | None]:
+    """The task and attempt a dead-lettered message came from, where it says; never raises.
+
+    pipeloom's own messages carry ``task_id`` (and ``attempt``); a refused control message
+    is judged by what the worker sent (``msg.msg``); a user message that names its task is
+    taken at its word. Anything else (no such field, not an int SQLite can hold, an object
+    whose attributes raise) is None: the letter is still kept, under its run.
+    """
+    found: list[int | None] = []
+    for name in ("task_id", "attempt"):
+        try:
+            inner = msg.msg if isinstance(msg, Refused) else msg
+            value = getattr(inner, name, None)
+        except Exception as exc:  # an odd object; its letter is kept without an origin
+            log.debug("dead letter of %s: reading %s raised %r", type(msg).__name__, name, exc)
+            value = None
+        found.append(value if type(value) is int and _INT_MIN <= value <= _INT_MAX else None)
+    return found[0], found[1]
+
+
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+"""What an SQLite INTEGER holds."""
 
 
 def _payload(msg: Any) -> str:
@@ -338,7 +363,8 @@ class _Fold:
         row[_KEY] = None if msg.key is None else storable(msg.key)
         row[_NAME] = storable(msg.name)
         row[_STATUS] = "running"
-        row[_STARTED] = row[_STARTED] or storable(msg.started_at)
+        if row[_STARTED] is None or attempt > (row[_ATTEMPT] or 1):
+            row[_STARTED] = storable(msg.started_at)  # the row tells its latest attempt
         row[_FINISHED] = None
         row[_ATTEMPT] = attempt
         if msg.stage is not None:

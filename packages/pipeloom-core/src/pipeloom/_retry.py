@@ -108,9 +108,11 @@ def run_attempt(
             f"did not finish within {timeout:g} s; its thread was abandoned (threads cannot "
             "be killed) and keeps running until the function returns"
         )
+        # The one-line error is the text's last line (as in a traceback): the stack comes
+        # first, as the detail, so every reader shows the timeout, not a frame of the dump.
         text = exc_summary(timed_out) + "\n"
         if stack:
-            text += f"\nWhere the attempt's thread was when it was abandoned:\n{stack}"
+            text = f"Where the attempt's thread was when it was abandoned:\n{stack}\n{text}"
         return Outcome("timeout", exc=timed_out, error_text=text, thread=thread)
     if "exc" in box:
         caught: BaseException = box["exc"]

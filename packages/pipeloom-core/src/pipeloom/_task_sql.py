@@ -56,6 +56,8 @@ def _upsert(value: Callable[[str], str], run_id: str) -> str:
 
     A None value means "leave the stored value". A task whose row is terminal keeps it unless
     the change is a later attempt; a duplicate or late message never reopens a finished task.
+    The row tells its latest attempt: a later attempt's start replaces the earlier start (each
+    earlier attempt keeps its own in ``task_attempts``).
     SQLite evaluates every SET expression against the old row, so their order is free.
     """
     v = value
@@ -74,7 +76,9 @@ ON CONFLICT (run_id, task_id) DO UPDATE SET
     step = CASE WHEN {keep} THEN step ELSE coalesce({v("step")}, step) END,
     total = CASE WHEN {keep} THEN total ELSE coalesce({v("total")}, total) END,
     message = CASE WHEN {keep} THEN message ELSE coalesce({v("message")}, message) END,
-    started_at = coalesce(started_at, {v("started_at")}),
+    started_at = CASE WHEN coalesce({v("attempt")}, attempt) > attempt
+        THEN coalesce({v("started_at")}, started_at)
+        ELSE coalesce(started_at, {v("started_at")}) END,
     finished_at = CASE WHEN {keep} THEN finished_at ELSE {v("finished_at")} END,
     result = CASE WHEN {keep} THEN result ELSE coalesce({v("result")}, result) END,
     error = CASE WHEN {keep} THEN error ELSE coalesce({v("error")}, error) END,

@@ -52,6 +52,7 @@ from pipeloom.schema import SCHEMA_VERSION, inspect_schema
 from pipeloom.status import (
     ACTIVE,
     FAILED,
+    STOP_TEXT,
     TERMINAL,
     count_failed,
     count_succeeded,
@@ -63,6 +64,7 @@ __all__ = [
     "FAILED_SAMPLE",
     "AttemptInfo",
     "ClosedRun",
+    "DeadLetterInfo",
     "HistoryError",
     "LiveCounts",
     "LogInfo",
@@ -84,6 +86,7 @@ __all__ = [
     "run_tasks",
     "store_counts",
     "task_attempts",
+    "task_dead_letters",
     "task_logs",
 ]
 
@@ -512,6 +515,12 @@ class RunInfo:
     """Tasks in a terminal status."""
     throughput: float | None = None
     """Finished tasks per second."""
+    stop_reason: str | None = None
+    """What stopped the run early (a `pipeloom.status.StopReason`), None if nothing did."""
+    not_started: int | None = 0
+    """Tasks the run never started because it stopped early (None: unknown)."""
+    planned: int | None = None
+    """Tasks it was planned with (None: its source had no length)."""
 
     def __post_init__(self) -> None:
         """Derive elapsed time and throughput from the row."""
@@ -537,9 +546,21 @@ class RunInfo:
         """The status to show: ``stale`` for a running run whose lease expired."""
         return "stale" if self.stale else self.status
 
+    @property
+    def done(self) -> int:
+        """Tasks whose work is done: ``done`` plus ``skipped`` (done by an earlier run)."""
+        return count_succeeded(self.counts)
+
+    @property
+    def stopped(self) -> str | None:
+        """Why the run stopped early, in words (None when it ran to the end of its source)."""
+        if self.stop_reason is None:
+            return STOP_TEXT["crashed"] if self.stale else None  # its lease says so already
+        return STOP_TEXT.get(self.stop_reason, self.stop_reason)
+
     def as_json(self) -> dict[str, Any]:
-        """Plain data for JSON."""
-        return asdict(self)
+        """Plain data for JSON (with ``done`` and ``stopped``)."""
+        return {**asdict(self), "done": self.done, "stopped": self.stopped}
 
 
 class _Timed:
@@ -581,6 +602,14 @@ class TaskInfo(_Timed):
     """The traceback of a failure, as text."""
     key: str | None = None
     """The task's stable key (``load:data/a.csv``); its name may be a shortened form of it."""
+    stale_at: str | None = None
+    """For a task left active by a stale run: the run's last sign of life, where its time
+    ends (it is not running on, whatever the row says)."""
+
+    @property
+    def elapsed(self) -> float | None:
+        """Seconds it ran (so far while running; up to its run's last sign of life if stale)."""
+        return _seconds_between(self.started_at, self.finished_at or self.stale_at)
 
     @property
     def label(self) -> str:
@@ -660,13 +689,13 @@ def open_history(db: str | Path) -> sqlite3.Connection:
 
 _RUN_COLUMNS = (
     "id, name, status, started_at, finished_at, workers, tasks_total, messages, params, host, "
-    f"pid, heartbeat_at, lease_s, {stale_sql()}"
+    f"pid, heartbeat_at, lease_s, {stale_sql()}, stop_reason, tasks_not_started, tasks_planned"
 )
 
 
 def _run_from_row(conn: sqlite3.Connection, row: tuple[Any, ...]) -> RunInfo:
     run_id, name, status, started, finished, workers, total, messages, params, host = row[:10]
-    pid, heartbeat_at, lease_s, stale = row[10:]
+    pid, heartbeat_at, lease_s, stale, stop_reason, not_started, planned = row[10:]
     # Per status from task_runs: the row's own counts group every failure under tasks_error.
     counts = {
         str(s): int(n)
@@ -694,6 +723,9 @@ def _run_from_row(conn: sqlite3.Connection, row: tuple[Any, ...]) -> RunInfo:
         heartbeat_at=heartbeat_at,
         lease_s=lease_s,
         stale=bool(stale),
+        stop_reason=stop_reason,
+        not_started=not_started if status != "running" else 0,
+        planned=planned,
     )
 
 
@@ -727,7 +759,10 @@ def list_runs(conn: sqlite3.Connection, limit: int = 20) -> list[RunInfo]:
 
 _TASK_COLUMNS = (
     "task_id, name, status, progress, step, total, message, started_at, finished_at, attempt, "
-    "result, error, task_key"
+    "result, error, task_key, "
+    # A task still active in a stale run stopped at the run's last sign of life.
+    f"CASE WHEN status IN {sql_in(ACTIVE)} THEN (SELECT r.heartbeat_at FROM pipeline_runs r "
+    f"WHERE r.id = task_runs.run_id AND {stale_sql('r')}) END"
 )
 
 
@@ -774,6 +809,43 @@ def task_attempts(conn: sqlite3.Connection, run_id: int, task_id: int) -> list[A
         (run_id, task_id),
     )
     return [AttemptInfo(*row) for row in rows]
+
+
+@dataclass
+class DeadLetterInfo:
+    """One ``dead_letters`` row of a task: a message it sent that could not be applied."""
+
+    id: int
+    attempt: int | None
+    created_at: str
+    msg_type: str
+    error: str
+    payload: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return asdict(self)
+
+
+def task_dead_letters(
+    conn: sqlite3.Connection, run_id: int, task_id: int, limit: int = 200
+) -> tuple[list[DeadLetterInfo], int]:
+    """Return a task's first ``limit`` dead letters and how many it has in all.
+
+    Found by their ``run_id`` and ``task_id`` columns (schema 6), never by their text.
+    """
+    rows = conn.execute(
+        "SELECT id, attempt, created_at, msg_type, error, payload FROM dead_letters "
+        "WHERE run_id = ? AND task_id = ? ORDER BY id LIMIT ?",
+        (run_id, task_id, limit),
+    ).fetchall()
+    total = len(rows)
+    if total == limit:
+        (total,) = conn.execute(
+            "SELECT count(*) FROM dead_letters WHERE run_id = ? AND task_id = ?",
+            (run_id, task_id),
+        ).fetchone()
+    return [DeadLetterInfo(*row) for row in rows], int(total)
 
 
 def task_logs(conn: sqlite3.Connection, run_id: int, task_id: int) -> list[LogInfo]:

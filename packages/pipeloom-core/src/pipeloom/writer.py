@@ -29,6 +29,7 @@ from pipeloom._fold import (
     AppliedBatch,
     _Fold,
     _payload,
+    origin_of,
 )
 from pipeloom._registry import Handler, HandlerRegistry, callable_name
 from pipeloom._task_sql import prepare as prepare_task_sql
@@ -943,10 +944,17 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             return
         now = utc_now()
         conn.executemany(
-            "INSERT INTO dead_letters (run_id, created_at, msg_type, payload, error) "
-            "VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO dead_letters (run_id, task_id, attempt, created_at, msg_type, payload, "
+            "error) VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
-                (self.run_id, now, _type_name(msg), _payload(msg), storable(reason))
+                (
+                    self.run_id,
+                    *origin_of(msg),
+                    now,
+                    _type_name(msg),
+                    _payload(msg),
+                    storable(reason),
+                )
                 for msg, reason in dead
             ],
         )

@@ -19,7 +19,7 @@ from datasette.utils import tilde_encode
 from pipeloom.errors import PipeloomError
 from pipeloom.lease import stale_sql
 from pipeloom.schema import RUNS_SELECT
-from pipeloom.status import ACTIVE, FAILED, SUCCEEDED, TERMINAL, sql_in
+from pipeloom.status import ACTIVE, FAILED, STOP_TEXT, SUCCEEDED, TERMINAL, sql_in
 from pipeloom_observe._sqlite import Layout
 from pipeloom_observe.plugin import HISTORY_DASHBOARD, RUN_DASHBOARD, STATUS_COLORS
 
@@ -54,12 +54,23 @@ _SECONDS = "ROUND((julianday({end}) - julianday({start})) * 86400, 3)"
 _STALE = stale_sql("r")
 _RUN_END = f"CASE WHEN {_STALE} THEN r.heartbeat_at ELSE COALESCE(r.finished_at, 'now') END"
 
-_DURATION: Final = (
-    "CASE WHEN v.stale = 1 THEN ROUND((julianday(r.heartbeat_at) - julianday(v.started_at)) "
-    "* 86400, 3) ELSE v.duration_s END"
-)
-"""A run's duration from the runs view ``v`` joined to its row ``r``: a stale run's clock
-stops at its last heartbeat (as in ``pipeloom status``) instead of growing forever."""
+
+def _stop_text(reason: str, stale: str) -> str:
+    """SQL for why a run stopped, in the words every view uses (`STOP_TEXT`).
+
+    Args:
+        reason: the SQL of its ``stop_reason``.
+        stale: SQL true when the run is stale (its process died and nobody closed it yet).
+    """
+    cases = " ".join(f"WHEN '{key}' THEN '{text}'" for key, text in STOP_TEXT.items())
+    return (
+        f"CASE WHEN {reason} IS NULL AND {stale} THEN '{STOP_TEXT['crashed']}' "
+        f"ELSE CASE {reason} {cases} ELSE {reason} END END"
+    )
+
+
+_STOP_TEXT_SQL: Final = _stop_text("v.stop_reason", "v.stale = 1")
+"""Why a run of the runs view ``v`` stopped."""
 
 _RUN: Final = "COALESCE(CAST(NULLIF(:run_id, '') AS INTEGER), (SELECT MAX(id) FROM pipeline_runs))"
 """The run a query is about: its ``run_id`` parameter, or the newest run when left blank."""
@@ -101,22 +112,26 @@ QUERIES: Final[dict[str, dict[str, Any]]] = {
     "run_list": {
         "title": "Runs",
         "description": (
-            "Every run, newest first: status, duration, tasks done / failed / total, progress "
+            "Every run, newest first: status, duration, tasks done (skipped included) / "
+            "failed / planned total, tasks not started and why the run stopped, progress "
             "of a live run. stale: still 'running' in the file, but its writer stopped sending "
-            "heartbeats (its process died or is stuck). Open a run id for its dashboard."
+            "heartbeats (its process died or is stuck); its duration ends at its last sign of "
+            "life. Open a run id for its dashboard."
         ),
         "hide_sql": True,
         "sql": f"""
 SELECT
   v.id AS run_id,
-  v.status,
+  v.shown_status AS status,
   v.stale,
   v.name,
   v.started_at,
-  {_DURATION} AS duration_s,
+  v.duration_s,
   v.tasks_done AS done,
   v.tasks_failed AS failed,
   v.tasks_total AS total,
+  v.tasks_not_started AS not_started,
+  {_STOP_TEXT_SQL} AS stopped,
   CASE WHEN v.status = 'running' THEN v.progress END AS progress,
   ROUND(v.tasks_per_s, 1) AS tasks_per_s,
   r.params,
@@ -143,10 +158,12 @@ SELECT
   r.finished_at,
   {_SECONDS.format(end=_RUN_END, start="r.started_at")} AS seconds,
   r.workers,
-  COUNT(t.id) AS tasks,
+  MAX(r.tasks_total, COUNT(t.id)) AS tasks,
   COALESCE(SUM(t.status IN {_SUCCEEDED}), 0) AS done,
   COALESCE(SUM(t.status IN {_FAILED}), 0) AS failed,
-  COALESCE(SUM(t.status IN {_ACTIVE}), 0) AS in_flight
+  COALESCE(SUM(t.status IN {_ACTIVE}), 0) AS in_flight,
+  r.tasks_not_started AS not_started,
+  {_stop_text("r.stop_reason", _STALE)} AS stopped
 FROM pipeline_runs r
 LEFT JOIN task_runs t ON t.run_id = r.id
 WHERE r.id = {_RUN}
@@ -318,7 +335,11 @@ def _run_dashboard(db_name: str) -> dict[str, Any]:
                     + _badge("v.status")
                     + " || CASE WHEN v.stale THEN ' ' || "
                     + _badge("'stale'")
-                    + " ELSE '' END AS run "
+                    + " ELSE '' END || CASE WHEN v.stop_reason IS NOT NULL OR v.stale "
+                    "THEN '<br>' || "
+                    + _html(_STOP_TEXT_SQL)
+                    + " ELSE '' END || CASE WHEN v.tasks_not_started > 0 THEN '<br>' || "
+                    "v.tasks_not_started || ' not started' ELSE '' END AS run "
                     f"FROM ({RUNS_SELECT}) AS v WHERE v.id = {_RUN}"
                 ),
                 "library": "metric",
@@ -332,18 +353,18 @@ def _run_dashboard(db_name: str) -> dict[str, Any]:
                     "WHEN d < 60 THEN printf('%.1f s', d) "
                     "WHEN d < 3600 THEN printf('%d m %02d s', d / 60, d % 60) "
                     "ELSE printf('%d h %02d m', d / 3600, (d % 3600) / 60) END AS duration "
-                    f"FROM (SELECT {_DURATION} AS d FROM ({RUNS_SELECT}) AS v "
-                    f"JOIN pipeline_runs r ON r.id = v.id WHERE v.id = {_RUN})"
+                    f"FROM (SELECT v.duration_s AS d FROM ({RUNS_SELECT}) AS v WHERE v.id = {_RUN})"
                 ),
                 "library": "metric",
                 "display": {"field": "duration"},
             },
             "tasks": {
-                "title": "Tasks done / failed / total",
+                "title": "Tasks done / failed / planned",
                 "db": db_name,
                 "query": (
                     "SELECT COALESCE(SUM(t.status IN " + _SUCCEEDED + "), 0) || ' / ' || "
-                    "COALESCE(SUM(t.status IN " + _FAILED + "), 0) || ' / ' || COUNT(t.id) "
+                    "COALESCE(SUM(t.status IN " + _FAILED + "), 0) || ' / ' || "
+                    "MAX(r.tasks_total, COUNT(t.id)) "
                     "AS tasks FROM pipeline_runs r LEFT JOIN task_runs t ON t.run_id = r.id "
                     + run_filter
                 ),
@@ -537,8 +558,9 @@ def _history_dashboard(db_name: str) -> dict[str, Any]:
                 "title": "Duration of each run",
                 "db": db_name,
                 "query": f"""
-SELECT v.id AS run_id, v.status, v.started_at, {_DURATION} AS duration_s
-FROM ({RUNS_SELECT}) AS v JOIN pipeline_runs r ON r.id = v.id
+SELECT v.id AS run_id, v.shown_status AS status, v.started_at, v.duration_s,
+  {_STOP_TEXT_SQL} AS stopped
+FROM ({RUNS_SELECT}) AS v
 WHERE v.name = {name}
 ORDER BY v.id DESC
 LIMIT 1000

@@ -181,8 +181,10 @@ def _render(row: Any, value: Any, column: str, table: str | None, database: str,
     if raw is None:
         return None
     if column in {"status", "run_status"} and isinstance(raw, str):
-        stale = "stale" in keys and bool(row["stale"]) and column == "status"
+        stale = "stale" in keys and bool(row["stale"]) and column == "status" and raw != "stale"
         return status_badge(raw, stale=stale)
+    if column == "stopped" and isinstance(raw, str):
+        return Markup('<span class="pl-nowrap">{}</span>').format(raw)
     if column == "stale":
         return Markup(status_badge("stale") if raw else '<span class="pl-muted">-</span>')
     if column in _TIME_COLUMNS and isinstance(raw, str) and len(raw) >= 19:
@@ -281,6 +283,10 @@ def _duration(started: str | None, finished: str | None) -> str:
     return format_duration(seconds)
 
 
+_DEAD_LETTERS_SHOWN = 200
+"""Dead letters listed on a task page; the rest are counted and one SQL query away."""
+
+
 async def task_page(datasette: Any, request: Any) -> Response:
     """One task of one run: its error and traceback, attempts, logs and dead letters."""
     from datasette.utils import tilde_decode
@@ -337,13 +343,26 @@ async def task_page(datasette: Any, request: Any) -> Response:
         if log_columns
         else []
     )
+    # Since schema 6 a dead letter names its task and attempt; older rows only in their
+    # payload. Found through idx_dead_letters_run_task, never by scanning the run's letters.
+    traced = "task_id" in await _columns(db, "dead_letters")
+    where = (
+        "WHERE run_id = :run_id AND task_id = :task_id"
+        if traced
+        else "WHERE run_id = :run_id AND json_valid(payload) "
+        "AND json_extract(payload, '$.task_id') = :task_id"
+    )
+    attempt = "attempt" if traced else "NULL AS attempt"
     letters = await _rows(
         db,
-        "SELECT id, created_at, msg_type, payload, error FROM dead_letters "
-        "WHERE run_id = :run_id AND json_valid(payload) "
-        "AND json_extract(payload, '$.task_id') = :task_id ORDER BY id",
+        f"SELECT id, {attempt}, created_at, msg_type, payload, error FROM dead_letters {where} "
+        f"ORDER BY id LIMIT {_DEAD_LETTERS_SHOWN}",
         params,
     )
+    letters_total = len(letters)
+    if letters_total == _DEAD_LETTERS_SHOWN:
+        counted = await _rows(db, f"SELECT count(*) AS n FROM dead_letters {where}", params)
+        letters_total = int(counted[0]["n"])
     other_runs = []
     if task.get("task_key"):
         other_runs = await _rows(
@@ -361,6 +380,7 @@ async def task_page(datasette: Any, request: Any) -> Response:
         "logs": logs,
         "has_logs": bool(log_columns),
         "dead_letters": letters,
+        "dead_letters_total": letters_total,
         "other_runs": other_runs,
         "badge": status_badge,
         "fmt_time": format_time,
