@@ -53,6 +53,11 @@ _SECONDS = "ROUND((julianday({end}) - julianday({start})) * 86400, 3)"
 # its last heartbeat instead of growing forever.
 _STALE = stale_sql("r")
 _RUN_END = f"CASE WHEN {_STALE} THEN r.heartbeat_at ELSE COALESCE(r.finished_at, 'now') END"
+# Where an unfinished task's bar ends: now while its run lives, its run's last sign of life
+# once the run is stale (its process died; the task is not running on).
+_TASK_END = (
+    f"CASE WHEN {_STALE} THEN r.heartbeat_at ELSE strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now') END"
+)
 
 
 def _stop_text(reason: str, stale: str) -> str:
@@ -392,9 +397,10 @@ SELECT
   COALESCE(t.stage, t.name) AS stage,
   t.status,
   t.started_at,
-  COALESCE(t.finished_at, strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')) AS finished_at,
-  {_SECONDS.format(end="COALESCE(t.finished_at, 'now')", start="t.started_at")} AS seconds
+  COALESCE(t.finished_at, {_TASK_END}) AS finished_at,
+  {_SECONDS.format(end=f"COALESCE(t.finished_at, {_TASK_END})", start="t.started_at")} AS seconds
 FROM task_runs t
+JOIN pipeline_runs r ON r.id = t.run_id
 LEFT JOIN (
   SELECT stage AS s, MIN(id) AS first FROM task_runs
   WHERE run_id = {_RUN} AND stage IS NOT NULL GROUP BY stage
@@ -499,7 +505,7 @@ WITH run AS (
     r.id,
     r.started_at,
     -- Bars of a whole number of seconds, at most 120 of them however long the run.
-    CAST((julianday(COALESCE(r.finished_at, 'now')) - julianday(r.started_at)) * 86400 / 120
+    CAST((julianday({_RUN_END}) - julianday(r.started_at)) * 86400 / 120
       AS INTEGER) + 1 AS width
   FROM pipeline_runs r
   {run_filter}
