@@ -26,7 +26,7 @@ from typing import Any, Final, TypeVar, cast
 
 from datasette import hookimpl as _datasette_hookimpl
 from datasette.utils import tilde_encode
-from datasette.utils.asgi import Base400, BadRequest, NotFound, Response
+from datasette.utils.asgi import BadRequest, Base400, NotFound, Response
 from datasette.views.base import DatasetteError
 from markupsafe import Markup
 
@@ -37,8 +37,8 @@ __all__ = [
     "RUN_DASHBOARD",
     "STATUS_COLORS",
     "format_duration",
-    "id_param",
     "format_time",
+    "id_param",
     "run_url",
     "task_url",
 ]
