@@ -13,6 +13,7 @@ import math
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -189,7 +190,8 @@ def test_run_pipeline_refuses_a_setting_no_run_could_use(
 ) -> None:
     db = tmp_path / "never.db"
     with pytest.raises(InvalidArgumentError, match=rf"run_pipeline\({setting}={value!r}\): use "):
-        run_pipeline([TaskDef(1, "one")], db, worker_fn=_noop, progress=False, **{setting: value})
+        keywords: dict[str, Any] = {setting: value}
+        run_pipeline([TaskDef(1, "one")], db, worker_fn=_noop, progress=False, **keywords)
     assert not db.exists()  # refused before the file was made
     assert issubclass(InvalidArgumentError, PipeloomError | ValueError)
 
