@@ -28,6 +28,7 @@ from tests._db import query
 from tests.cli._cli_support import make_run
 from tests.e2e._cli_e2e_support import clean_env, pipeloom_command
 from tests.observe._observe_support import started
+from tests.reliability._support import wait_for
 
 runner = CliRunner()
 
@@ -244,3 +245,50 @@ async def test_an_observe_url_id_out_of_range_is_a_400_and_one_line(
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(lines) == 1 and name in lines[0] and "answered 400" in lines[0]
     assert not any(r.exc_info for r in caplog.records)
+
+
+def test_a_real_observe_server_answers_a_huge_id_without_a_traceback(tmp_path: Path) -> None:
+    """`pipeloom observe`: the 400 is one line on the server's terminal, not ~300."""
+    import urllib.error
+    import urllib.request
+
+    db = tmp_path / "runs.db"
+    make_run(db, n=2)
+    server = subprocess.Popen(
+        [*pipeloom_command(), "observe", str(db), "--port", "0", "--no-open"],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None and server.stderr is not None
+    try:
+        line = server.stdout.readline()  # "pipeloom observe: browsing ... at URL (Ctrl-C ...)"
+        url = line.split(" at ", 1)[1].split()[0]
+        bad = f"{url}-/pipeloom/runs/task/99999999999999999999999/1"
+        codes: list[int] = []
+
+        def answered() -> bool:  # the address is printed before the server listens
+            try:
+                urllib.request.urlopen(bad, timeout=10).close()
+            except urllib.error.HTTPError as exc:
+                codes.append(exc.code)
+                exc.close()
+                return True
+            except urllib.error.URLError:
+                return False
+            return True
+
+        wait_for(answered, "the observe server to answer")
+        assert codes == [400]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        with server.stdout, server.stderr:
+            err = server.stderr.read()
+    assert "Traceback" not in err
+    assert [x for x in err.splitlines() if "99999999999999999999999" in x] == [
+        "pipeloom observe: GET /-/pipeloom/runs/task/99999999999999999999999/1 answered 400: "
+        f"run_id '99999999999999999999999': use a whole number from 1 to {MAX_ID}"
+    ]
