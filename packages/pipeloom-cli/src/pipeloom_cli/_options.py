@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,14 +12,86 @@ import typer
 from pipeloom_cli._errors import UsageError
 
 __all__ = [
+    "MAX_ID",
     "DaskAddress",
     "ExecutorName",
     "LogFile",
+    "Number",
     "Verbose",
     "Workers",
     "choose_executor",
+    "number",
     "start_logging",
 ]
+
+MAX_ID = 2**63 - 1
+"""Largest run or task id: SQLite's INTEGER (one more raised OverflowError in a query)."""
+MAX_WORKERS = 10_000
+"""`pipeloom.engine.MAX_WORKERS`, without importing the engine to show ``--help``."""
+
+
+class Number:
+    """A whole or real number within a range: the parser of every numeric option.
+
+    One place refuses what no command can use (NaN, an infinity, a number SQLite or a
+    thread pool cannot hold, a negative count) as Click's one ``Error:`` line naming the
+    option, the value and the range, exit code 2, before the command starts.
+    """
+
+    def __init__(self, kind: type[int] | type[float], low: float, high: float) -> None:
+        """Accept ``kind`` values from ``low`` to ``high`` (both included)."""
+        self.kind = kind
+        self.low = low
+        self.high = high
+        self.__name__ = "integer" if kind is int else "number"
+
+    def allowed(self) -> str:
+        """The range, as the error line says it."""
+        if self.kind is int:
+            return f"use a whole number from {int(self.low)} to {int(self.high)}"
+        return f"use a number from {self.low:g} to {self.high:g}"
+
+    def __call__(self, value: Any) -> int | float:
+        """Parse ``value`` and check its range.
+
+        Raises:
+            typer.BadParameter: naming the value and the range (Click adds the option).
+        """
+        if isinstance(value, self.kind) and not isinstance(value, bool):
+            number: int | float = value
+        else:
+            text = str(value).strip()
+            try:
+                number = int(text, 10) if self.kind is int else float(text)
+            except ValueError:  # also an int of more than 4,300 digits
+                raise typer.BadParameter(
+                    f"{_shown(text)!r} is not {self._what()}; {self.allowed()}"
+                ) from None
+        if not math.isfinite(number) or not self.low <= number <= self.high:
+            raise typer.BadParameter(f"{_shown(repr(number))} is out of range; {self.allowed()}")
+        return number
+
+    def _what(self) -> str:
+        return "a whole number" if self.kind is int else "a number"
+
+
+def _shown(text: str) -> str:
+    """A value as the error line quotes it: a 5,000-digit number is cut, not printed."""
+    return text if len(text) <= 40 else f"{text[:20]}...{text[-8:]} ({len(text)} chars)"
+
+
+def number(
+    *decls: str,
+    low: float,
+    high: float,
+    kind: type[int] | type[float] = int,
+    metavar: str | None = None,
+    **kwargs: Any,
+) -> Any:
+    """A ``typer.Option`` taking a `Number` from ``low`` to ``high``; ``kwargs`` as Typer's."""
+    shown = metavar or ("INTEGER" if kind is int else "SECONDS")
+    return typer.Option(*decls, parser=Number(kind, low, high), metavar=shown, **kwargs)
+
 
 Verbose = Annotated[
     int,
@@ -39,10 +112,11 @@ LogFile = Annotated[
 ]
 Workers = Annotated[
     int | None,
-    typer.Option(
+    number(
         "--workers",
         "-w",
-        min=1,
+        low=1,
+        high=MAX_WORKERS,
         help="Tasks in flight at once (default: CPU count, at most one per task).",
     ),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -60,5 +61,16 @@ app.add_typer(examples.app, name="examples")
 
 
 def main() -> None:
-    """Entry point of the ``pipeloom`` console script."""
+    """Entry point of the ``pipeloom`` console script.
+
+    stdout and stderr are guarded first (`pipeloom._streams`): every line the commands
+    print, Click's included, replaces what the console cannot encode, and a closed pipe
+    (``pipeloom status | head -1``) stops the output, never the command or its run.
+    """
+    from pipeloom._streams import guard
+
+    if sys.stdout is not None:
+        sys.stdout = guard(sys.stdout)
+    if sys.stderr is not None:
+        sys.stderr = guard(sys.stderr)
     app(prog_name="pipeloom")

@@ -30,12 +30,17 @@ from pipeloom._control import RunEnd
 from pipeloom._idset import IdSet
 from pipeloom._text import exc_summary, exc_text, storable
 from pipeloom.db import Synchronous
-from pipeloom.errors import DatabaseError, PipeloomError, WriterFailedError
+from pipeloom.errors import (
+    DatabaseError,
+    InvalidArgumentError,
+    PipeloomError,
+    WriterFailedError,
+)
 from pipeloom.executors import Executor, TaskQueue, ThreadExecutor, WorkerFn, resolve_executor
 from pipeloom.executors._remote import RemoteTaskError
 from pipeloom.logs import console as shared_console
 from pipeloom.messages import SENTINEL, MsgTaskFinished, utc_now
-from pipeloom.options import RunOptions
+from pipeloom.options import RunOptions, check_settings
 from pipeloom.progress import LiveDisplay, PlainReporter, render_failures, render_summary
 from pipeloom.queue import DEFAULT_MAXSIZE, MessageQueue
 from pipeloom.result import RunResult
@@ -476,6 +481,34 @@ def _check_ids(tasks: list[Any] | tuple[Any, ...]) -> None:
             )
 
 
+MAX_WORKERS = 10_000
+"""Most tasks in flight at once: beyond it, threads and processes cannot start anyway."""
+
+
+def _check_arguments(
+    pool: Executor, workers: object, total: int | None, follows: bool, **settings: Any
+) -> int:
+    """Refuse a setting no run could use, before anything starts; return the worker count.
+
+    ``workers`` beyond the number of tasks are never started (DESIGN: min(tasks, CPUs) by
+    default; ``-w 1000000`` for 5 tasks runs them on 5). Stages add tasks as they go, so
+    with ``follows`` the count is not capped by the source's length.
+
+    Raises:
+        InvalidArgumentError: naming the argument, the value and what it takes.
+    """
+    check_settings("run_pipeline", **settings)
+    if workers is None:
+        return pool.default_workers(total, os.cpu_count() or 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
+        raise InvalidArgumentError(
+            f"run_pipeline(workers={workers!r}): use a whole number from 1 to {MAX_WORKERS}"
+        )
+    if total is not None and not follows:
+        return max(1, min(workers, total))
+    return workers
+
+
 def _resolve_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Iterable[Any], Any]:
     """Accept both ``run_pipeline(tasks, db_path)`` and the older ``(db_path, tasks)``."""
     if len(args) > 2:
@@ -542,7 +575,8 @@ def run_pipeline(
             the task is recorded as ``error`` with the traceback; if it returns without a
             Finished message, the task is recorded ``done``. A task without a ``task_id``
             attribute is recorded under its 1-based position in the source.
-        workers: tasks in flight at once; default min(number of tasks, CPU count).
+        workers: tasks in flight at once, 1 to `MAX_WORKERS`; default min(number of tasks,
+            CPU count). More than the tasks of a sized source are never started.
         wal: write-ahead logging (readers never block the writer).
         store_task_status: False records nothing of pipeloom's own, only user handlers.
         handlers: user message type -> ``handler(conn, msgs)`` applied in batches.
@@ -581,6 +615,9 @@ def run_pipeline(
         source has a length.
 
     Raises:
+        InvalidArgumentError: ``workers``, ``batch_size``, ``commit_interval``,
+            ``queue_size``, ``lease`` or ``task_log_limit`` is one no run could use (0, a
+            negative, NaN, an infinity, more than `MAX_WORKERS` workers).
         TaskSourceError: a task list holds duplicate or non-integer task ids.
         DatabaseError: the database cannot be opened or prepared.
         WriterFailedError: the writer stopped mid-run (disk full, file removed); what it
@@ -620,10 +657,18 @@ def run_pipeline(
         _check_ids(tasks)
     total = len(tasks) if isinstance(tasks, Sized) else None
     pool = resolve_executor(executor)
-    if workers is None:
-        workers = pool.default_workers(total, os.cpu_count() or 1)
-    if workers < 1:
-        raise ValueError(f"workers={workers}: use 1 or more")
+    workers = _check_arguments(
+        pool,
+        workers,
+        total,
+        follow_up is not None,
+        synchronous=synchronous,
+        batch_size=batch_size,
+        commit_interval=commit_interval,
+        queue_size=queue_size,
+        lease=lease,
+        task_log_limit=task_log_limit,
+    )
     out = console or shared_console
     if progress is None:
         progress = out.is_terminal

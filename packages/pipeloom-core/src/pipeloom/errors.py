@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "DatabaseError",
+    "InvalidArgumentError",
     "PipelineError",
     "PipeloomError",
     "RunFailedError",
@@ -14,6 +15,14 @@ __all__ = [
 
 class PipeloomError(Exception):
     """Base class so callers (and the CLI) can catch pipeloom's own errors in one place."""
+
+
+class InvalidArgumentError(PipeloomError, ValueError):
+    """An argument no run could use (``workers=0``, ``batch_size=-1``, a NaN timeout).
+
+    Raised before anything starts, naming the argument, the value and what it takes. It is
+    a ``ValueError`` too, as these were before it existed.
+    """
 
 
 class DatabaseError(PipeloomError):

@@ -7,16 +7,43 @@ instead of tearing them.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
+from typing import IO
 
 from rich.console import Console, ConsoleRenderable
 from rich.logging import RichHandler
 
+from pipeloom._streams import guard, note_stopped
 from pipeloom._text import printable
 
 __all__ = ["console", "logger", "setup_logging"]
 
-console = Console()
+
+class _GuardedConsole(Console):
+    """A Console whose output can neither fail nor stop a run (see `pipeloom._streams`).
+
+    It writes to the current ``sys.stdout`` (or the file it was given) through `guard`:
+    text the stream cannot encode is replaced, a closed pipe or a full disk stops the output
+    with one line on stderr. Rich's own answer to a broken pipe, ``SystemExit(1)`` raised in
+    whichever thread printed (a task logging a line), is never reached.
+    """
+
+    @property
+    def file(self) -> IO[str]:
+        """The stream Rich writes to, guarded."""
+        return guard(super().file)
+
+    @file.setter
+    def file(self, new_file: IO[str]) -> None:
+        self._file = new_file
+
+    def on_broken_pipe(self) -> None:
+        """Stop printing instead of raising ``SystemExit`` (the guard normally gets there first)."""
+        self.quiet = True
+
+
+console: Console = _GuardedConsole()
 """The console every pipeloom display and log line writes to."""
 
 logger = logging.getLogger("pipeloom")
@@ -65,7 +92,7 @@ def setup_logging(verbose: int = 0, log_file: str | Path | None = None) -> loggi
     handlers: list[logging.Handler] = []
     if log_file is not None:
         # Opened first: a bad path raises before anything is changed.
-        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        file_handler = _LogFileHandler(log_file, encoding="utf-8")
         file_handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(name)s %(threadName)s: %(message)s")
         )
@@ -99,3 +126,45 @@ class _DataHandler(RichHandler):
     def render_message(self, record: logging.LogRecord, message: str) -> ConsoleRenderable:
         """Show control characters as visible escapes before Rich renders the line."""
         return super().render_message(record, printable(message, newlines=True))
+
+
+class _LogFileHandler(logging.FileHandler):
+    """A log file that stops, with one line on stderr, when it cannot be written.
+
+    The standard handler prints a ~20-line traceback for every record it fails to write: a
+    full disk under ``--log-file`` buried the run's output in 832 lines for 40 tasks.
+    """
+
+    stopped = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Append ``record``, unless writing already failed once."""
+        if not self.stopped:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """Stop on an unwritable file (one line); anything else is logging's usual report."""
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError | ValueError):
+            super().handleError(record)
+            return
+        self.stopped = True
+        note_stopped(f"log file {self.baseFilename}", exc)
+
+    def flush(self) -> None:
+        """Flush, unless the file already failed (its buffer cannot be written)."""
+        if self.stopped:
+            return
+        try:
+            super().flush()
+        except (OSError, ValueError) as exc:
+            self.stopped = True
+            note_stopped(f"log file {self.baseFilename}", exc)
+
+    def close(self) -> None:
+        """Close the file; what a failed file still buffers is dropped (it was said once)."""
+        try:
+            super().close()
+        except (OSError, ValueError) as exc:  # the failure was reported when it happened
+            if not self.stopped:
+                note_stopped(f"log file {self.baseFilename}", exc)

@@ -23,7 +23,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import math
 import sys
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +42,7 @@ from pipeloom._runner import Runner
 from pipeloom._tasks import Flow, Stage, plan_stages, task_stream
 from pipeloom._text import RESULT_MAX_CHARS
 from pipeloom._text import result_text as to_result
-from pipeloom.engine import RunResult, run_pipeline
+from pipeloom.engine import MAX_WORKERS, RunResult, run_pipeline
 from pipeloom.errors import PipelineError
 from pipeloom.executors import Executor
 from pipeloom.options import RunOptions
@@ -173,10 +175,13 @@ class Pipeline(HandlerRegistry):
         """Create an empty pipeline; add tasks with `task` and work with `map`."""
         if not name or not isinstance(name, str):
             raise PipelineError(f"Pipeline name {name!r}: use a short non-empty string")
-        if workers is not None and workers < 1:
-            raise PipelineError(f"Pipeline {name!r}: workers={workers}; use 1 or more")
-        if grace < 0:
-            raise PipelineError(f"Pipeline {name!r}: grace={grace}; use 0 or more seconds")
+        if workers is not None and not _whole(workers, 1, MAX_WORKERS):
+            raise PipelineError(
+                f"Pipeline {name!r}: workers={workers!r}; use a whole number from 1 to "
+                f"{MAX_WORKERS}"
+            )
+        if not _finite(grace, 0):
+            raise PipelineError(f"Pipeline {name!r}: grace={grace!r}; use 0 or more seconds")
         self.name = name
         self.db = db
         self.workers = workers
@@ -313,10 +318,16 @@ class Pipeline(HandlerRegistry):
             raise PipelineError(f"{where}: ':' separates a task from its item in keys; rename it")
         if not isinstance(retries, int) or retries < 0:
             raise PipelineError(f"{where}: retries={retries!r}; use 0 or more")
-        if timeout is not None and not timeout > 0:
-            raise PipelineError(f"{where}: timeout={timeout!r}; use seconds > 0, or None")
-        if backoff < 0 or max_backoff < 0:
-            raise PipelineError(f"{where}: backoff={backoff}, max_backoff={max_backoff}; use >= 0")
+        if timeout is not None and not (_finite(timeout, 0) and timeout > 0):
+            raise PipelineError(
+                f"{where}: timeout={timeout!r}; use seconds > 0 (at most "
+                f"{threading.TIMEOUT_MAX:.0f}), or None"
+            )
+        if not (_finite(backoff, 0) and _finite(max_backoff, 0)):
+            raise PipelineError(
+                f"{where}: backoff={backoff!r}, max_backoff={max_backoff!r}; use finite "
+                "seconds >= 0"
+            )
         bad = [t for t in retry_on if not (isinstance(t, type) and issubclass(t, BaseException))]
         if bad:
             raise PipelineError(f"{where}: retry_on={bad!r}; use exception classes")
@@ -496,6 +507,21 @@ class Pipeline(HandlerRegistry):
             "abandoned_threads": still_running,
         }
         return dataclasses.replace(result, extra={**result.extra, **extra})
+
+
+def _whole(value: object, low: int, high: int) -> bool:
+    """An int (not a bool) from ``low`` to ``high``."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _finite(value: object, low: float) -> bool:
+    """A real number of seconds from ``low`` to the longest wait Python can do.
+
+    NaN, an infinity or 1e300 seconds would otherwise fail mid-run, in a sleep or a wait.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and low <= value <= threading.TIMEOUT_MAX
 
 
 def _same_definition(old: Callable[..., Any], new: Callable[..., Any]) -> bool:

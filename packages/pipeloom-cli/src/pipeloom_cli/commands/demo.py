@@ -21,12 +21,14 @@ from pipeloom.messages import MsgTaskFinished, MsgTaskProgress, MsgTaskStarted, 
 from pipeloom_cli._dbfile import observe_hint, prepare_for_write
 from pipeloom_cli._errors import exit_code_for, user_errors
 from pipeloom_cli._options import (
+    MAX_ID,
     DaskAddress,
     ExecutorName,
     LogFile,
     Verbose,
     Workers,
     choose_executor,
+    number,
     start_logging,
 )
 
@@ -36,6 +38,13 @@ if TYPE_CHECKING:
 __all__ = ["DemoPlan", "demo", "demo_worker"]
 
 log = logging.getLogger("pipeloom.demo")
+
+MAX_DEMO_TASKS = 10_000_000
+"""``-n``: the failing tasks are chosen up front, a set as large as the share asks."""
+MAX_DEMO_STEPS = 10_000
+"""``--steps``: each task holds one delay per step."""
+MAX_DEMO_DELAY = 3600.0
+"""``--delay``: an hour per step is already no demo."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,26 +114,45 @@ def demo(
         "./wal_demo.db"
     ),
     num_tasks: Annotated[
-        int, typer.Option("--num-tasks", "-n", min=0, help="How many tasks to simulate.")
+        int,
+        number("--num-tasks", "-n", low=0, high=MAX_DEMO_TASKS, help="How many tasks to simulate."),
     ] = 20,
     workers: Workers = None,
     no_wal: Annotated[
         bool, typer.Option("--no-wal", help="Use the rollback journal instead of WAL.")
     ] = False,
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Progress steps per task.")] = 5,
+    steps: Annotated[
+        int, number("--steps", low=1, high=MAX_DEMO_STEPS, help="Progress steps per task.")
+    ] = 5,
     fail_rate: Annotated[
         float,
-        typer.Option(
-            "--fail-rate", min=0.0, max=1.0, help="Share of tasks that fail, from 0 to 1."
+        number(
+            "--fail-rate",
+            low=0.0,
+            high=1.0,
+            kind=float,
+            metavar="SHARE",
+            help="Share of tasks that fail, from 0 to 1.",
         ),
     ] = 0.0,
     seed: Annotated[
         int | None,
-        typer.Option("--seed", help="Seed for durations and failures (default: random)."),
+        number(
+            "--seed",
+            low=0,
+            high=MAX_ID,
+            help="Seed for durations and failures (default: random).",
+        ),
     ] = None,
     delay: Annotated[
         float,
-        typer.Option("--delay", min=0.0, help="Longest sleep per step, in seconds."),
+        number(
+            "--delay",
+            low=0.0,
+            high=MAX_DEMO_DELAY,
+            kind=float,
+            help="Longest sleep per step, in seconds.",
+        ),
     ] = 0.1,
     executor: ExecutorName = None,
     dask_address: DaskAddress = None,

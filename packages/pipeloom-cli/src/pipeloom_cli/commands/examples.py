@@ -19,7 +19,7 @@ import typer
 
 from pipeloom_cli._dbfile import observe_hint, prepare_for_write
 from pipeloom_cli._errors import UsageError, exit_code_for, user_errors
-from pipeloom_cli._options import LogFile, Verbose, Workers, start_logging
+from pipeloom_cli._options import LogFile, Verbose, Workers, number, start_logging
 
 if TYPE_CHECKING:
     import sqlite3
@@ -135,8 +135,10 @@ _UPSERT_CUSTOMER = (
 def csv_example(
     db: Annotated[Path, DbOpt] = Path("csv_example.db"),
     folder: Dir = Path("csv_example_data"),
-    files: Annotated[int, typer.Option("--files", min=1, help="CSV files to generate.")] = 5,
-    rows: Annotated[int, typer.Option("--rows", min=1, help="Rows per generated file.")] = 200,
+    files: Annotated[int, number("--files", low=1, high=10_000, help="CSV files to generate.")] = 5,
+    rows: Annotated[
+        int, number("--rows", low=1, high=10_000_000, help="Rows per generated file.")
+    ] = 200,
     workers: Workers = None,
     verbose: Verbose = 0,
     log_file: LogFile = None,

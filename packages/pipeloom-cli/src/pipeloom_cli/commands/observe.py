@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from pipeloom_cli._errors import UsageError, user_errors
+from pipeloom_cli._options import number
 
 
 def observe(
@@ -15,7 +16,9 @@ def observe(
     host: Annotated[
         str, typer.Option(help="Interface to listen on; anything but loopback exposes the data.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.", min=0, max=65535)] = 8001,
+    port: Annotated[
+        int, number("--port", low=0, high=65535, metavar="PORT", help="Port to listen on.")
+    ] = 8001,
     open_browser: Annotated[
         bool, typer.Option("--open/--no-open", help="Open a browser on the run history.")
     ] = True,

@@ -21,12 +21,14 @@ from pipeloom.result import RunResult
 from pipeloom_cli._dbfile import observe_hint, prepare_for_write
 from pipeloom_cli._errors import CliError, UsageError, exit_code_for, user_errors
 from pipeloom_cli._options import (
+    MAX_ID,
     DaskAddress,
     ExecutorName,
     LogFile,
     Verbose,
     Workers,
     choose_executor,
+    number,
     start_logging,
 )
 from pipeloom_cli._target import (
@@ -141,7 +143,8 @@ def run(
         bool, typer.Option("--resume", help="Resume the latest run: skip tasks already done.")
     ] = False,
     resume_run: Annotated[
-        int | None, typer.Option("--resume-run", metavar="ID", help="Resume run ID instead.")
+        int | None,
+        number("--resume-run", low=1, high=MAX_ID, metavar="ID", help="Resume run ID instead."),
     ] = None,
     executor: ExecutorName = None,
     dask_address: DaskAddress = None,

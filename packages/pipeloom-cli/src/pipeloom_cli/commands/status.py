@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from pipeloom_cli._options import Verbose
+from pipeloom_cli._options import MAX_ID, Verbose, number
 
 __all__ = ["Format", "status"]
 
@@ -40,12 +40,17 @@ def status(
         Path | None, typer.Option("--db", help="Run database, as an option.", show_default=False)
     ] = None,
     run_id: Annotated[
-        int | None, typer.Option("--run", metavar="ID", help="Show run ID instead of the latest.")
+        int | None,
+        number(
+            "--run", low=1, high=MAX_ID, metavar="ID", help="Show run ID instead of the latest."
+        ),
     ] = None,
     task_id: Annotated[
         int | None,
-        typer.Option(
+        number(
             "--task",
+            low=-MAX_ID - 1,
+            high=MAX_ID,
             metavar="ID",
             help="Show task ID of the run (--run, default the latest): its row, error, "
             "attempts and logs.",
@@ -56,9 +61,10 @@ def status(
     fmt: Annotated[Format, typer.Option("--format", "-f", help="table or json.")] = Format.table,
     limit: Annotated[
         int | None,
-        typer.Option(
+        number(
             "--limit",
-            min=1,
+            low=1,
+            high=MAX_ID,
             help=f"Most tasks (or runs) to show (default: {TABLE_TASK_LIMIT} in a table, "
             "all tasks in JSON, 20 runs).",
             show_default=False,
@@ -68,7 +74,10 @@ def status(
         bool, typer.Option("--watch", help="Refresh until the run ends (Ctrl-C stops).")
     ] = False,
     interval: Annotated[
-        float, typer.Option("--interval", min=0.05, help="Seconds between refreshes.")
+        float,
+        number(
+            "--interval", low=0.05, high=86_400.0, kind=float, help="Seconds between refreshes."
+        ),
     ] = 1.0,
     verbose: Verbose = 0,
 ) -> None:

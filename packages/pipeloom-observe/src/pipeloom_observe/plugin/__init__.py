@@ -26,7 +26,7 @@ from typing import Any, Final, TypeVar, cast
 
 from datasette import hookimpl as _datasette_hookimpl
 from datasette.utils import tilde_encode
-from datasette.utils.asgi import Base400, NotFound, Response
+from datasette.utils.asgi import BadRequest, Base400, NotFound, Response
 from datasette.views.base import DatasetteError
 from markupsafe import Markup
 
@@ -38,6 +38,7 @@ __all__ = [
     "STATUS_COLORS",
     "format_duration",
     "format_time",
+    "id_param",
     "run_url",
     "task_url",
 ]
@@ -286,14 +287,41 @@ def _duration(started: str | None, finished: str | None) -> str:
 _DEAD_LETTERS_SHOWN = 200
 """Dead letters listed on a task page; the rest are counted and one SQL query away."""
 
+MAX_ID: Final = 2**63 - 1
+"""Largest id SQLite stores; a bigger one raised OverflowError in the query (HTTP 500)."""
+
+
+def id_param(request: Any, name: str, *, low: int = -MAX_ID - 1, high: int = MAX_ID) -> int:
+    """Read the URL parameter ``name`` (from the route, else the query string) as an id.
+
+    The one parser for every number a visitor types into a pipeloom URL: a value that is not
+    a whole number from ``low`` to ``high`` (huge, NaN, empty, text) is a 400 page with one
+    line naming it and the range, and one log line, never a 500 and its traceback.
+
+    Raises:
+        BadRequest: naming the parameter, the value and the range.
+    """
+    raw = request.url_vars.get(name)
+    if raw is None:
+        raw = request.args.get(name, "")
+    text = str(raw).strip()
+    shown = text if len(text) <= 40 else f"{text[:20]}...({len(text)} chars)"
+    try:
+        value = int(text, 10)
+    except ValueError:  # also an int of more than 4,300 digits
+        value = None
+    if value is None or not low <= value <= high:
+        raise BadRequest(f"{name} {shown!r}: use a whole number from {low} to {high}")
+    return value
+
 
 async def task_page(datasette: Any, request: Any) -> Response:
     """One task of one run: its error and traceback, attempts, logs and dead letters."""
     from datasette.utils import tilde_decode
 
     database = tilde_decode(request.url_vars["database"])
-    run_id = int(request.url_vars["run_id"])
-    task_id = int(request.url_vars["task_id"])
+    run_id = id_param(request, "run_id", low=1)
+    task_id = id_param(request, "task_id")
     try:
         db = datasette.get_database(database)
     except KeyError:
@@ -394,10 +422,11 @@ async def task_page(datasette: Any, request: Any) -> Response:
 
 @hookimpl
 def register_routes() -> list[tuple[str, Callable[..., Any]]]:
-    """The task page."""
+    """The task page (its ids are checked by `id_param`)."""
     return [
         (
-            r"^/-/pipeloom/(?P<database>[^/]+)/task/(?P<run_id>\d+)/(?P<task_id>-?\d+)$",
+            # Any segment: `id_param` answers "nan" or "" with a line naming it, not a bare 404.
+            r"^/-/pipeloom/(?P<database>[^/]+)/task/(?P<run_id>[^/]*)/(?P<task_id>[^/]*)$",
             task_page,
         )
     ]
@@ -449,7 +478,7 @@ def handle_exception(datasette: Any, request: Any, exception: BaseException) -> 
         log.warning(
             "pipeloom observe: %s %s answered %s: %s",
             request.method,
-            request.path,
+            request.path if len(request.path) <= 200 else request.path[:200] + "...",
             status,
             " ".join(message.split()),
         )
