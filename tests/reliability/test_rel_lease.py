@@ -125,7 +125,7 @@ async def test_observe_shows_a_stale_run_without_writing(tmp_path: Path) -> None
     response = await ds.client.get("/observed/run_list.json?_shape=array")
     assert response.status_code == 200, response.text
     runs = {row["name"]: row for row in response.json()}
-    assert (runs["dead"]["status"], runs["dead"]["stale"]) == ("running", 1)
+    assert (runs["dead"]["status"], runs["dead"]["stale"]) == ("stale", 1)  # drawn stale
     assert runs["dead"]["duration_s"] == 0  # stopped at its heartbeat, not growing
     assert (runs["pipeline"]["status"], runs["pipeline"]["stale"]) == ("done", 0)
     [latest] = (await ds.client.get("/observed/latest_run.json?_shape=array")).json()
