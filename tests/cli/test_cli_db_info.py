@@ -64,3 +64,9 @@ def test_a_core_file_one_version_behind_has_only_the_last_migration_pending(
     fields = info(db)
     assert fields["applied"] == ", ".join(NAMES[:-1])
     assert fields["pending"] == NAMES[-1]
+
+
+def test_the_schema_history_in_the_docs_names_every_migration() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "observe.md").read_text()
+    table = [line for line in doc.splitlines() if line.startswith("| `m")]
+    assert [line.split("`")[1] for line in table] == NAMES
