@@ -11,6 +11,7 @@ from pipeloom import TaskDef, TaskQueue, run_pipeline
 from pipeloom.errors import SchemaOutdatedError
 from pipeloom.history import (
     HistoryError,
+    HistoryReader,
     RunNotFoundError,
     TaskChanges,
     TaskNotFoundError,
@@ -101,3 +102,18 @@ def test_reading_history_imports_neither_rich_nor_typer() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_a_snapshot_reads_only_inside_its_block(tmp_path: Path) -> None:
+    db = tmp_path / "h.db"
+    run_id = record(db, 3, failing=(2,))
+    with HistoryReader(db) as reader:
+        with reader.snapshot() as snap:
+            run = snap.run()
+            assert run is not None and run.id == run_id
+            assert [t.task_id for t in snap.tasks(run_id)] == [2, 1, 3]
+            assert snap.task(run_id, "t-2").task_id == 2  # by name when no key, unique
+            with pytest.raises(HistoryError, match="do not nest"), reader.snapshot():
+                pass
+        with pytest.raises(HistoryError, match="block has ended"):
+            snap.run()

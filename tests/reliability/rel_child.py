@@ -14,6 +14,8 @@ Modes:
     race: short tasks, run name taken from the EVENTS file name (two processes, one file).
     endless: sleepy tasks from an endless generator (the test sends one SIGINT).
     endless2: blocking tasks from an endless generator (the test sends two SIGINTs).
+    steady: 5 ms tasks from an endless generator, committing all the time while the file
+        stays small (the test reads it meanwhile, then sends one SIGINT).
 """
 
 from __future__ import annotations
@@ -53,6 +55,12 @@ def sleepy_task(task: TaskDef, q: TaskQueue) -> None:
     q.put(MsgTaskFinished(task.task_id, "done", utc_now()))
 
 
+def steady_task(task: TaskDef, q: TaskQueue) -> None:
+    q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))
+    time.sleep(0.005)
+    q.put(MsgTaskFinished(task.task_id, "done", utc_now()))
+
+
 def blocking_task(task: TaskDef, q: TaskQueue) -> None:
     q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))
     time.sleep(60.0 if task.task_id % 5 == 0 else 0.01)
@@ -66,6 +74,7 @@ WORKERS = {
     "race": short_task,
     "endless": sleepy_task,
     "endless2": blocking_task,
+    "steady": steady_task,
 }
 
 
@@ -87,7 +96,7 @@ def main() -> int:
             os.write(fd, "".join(lines).encode())
 
     tasks: Iterable[TaskDef] = [TaskDef(i, f"task-{i}") for i in range(1, n + 1)]
-    if mode.startswith("endless"):
+    if mode.startswith("endless") or mode == "steady":
         tasks = (TaskDef(i, f"task-{i}") for i in itertools.count(1))
     result = run_pipeline(
         tasks,

@@ -1,8 +1,9 @@
-"""Run history for ``pipeloom status``: `pipeloom.history`'s readers, with the CLI's errors.
+"""Run history for ``pipeloom status``: `pipeloom.history`'s reader, with the CLI's errors.
 
-The readers live in core (`pipeloom.history`, read-only, no Rich); this module only turns
-what they raise into one-line usage errors that say what to type next (which databases sit
-beside a missing one, how to list a file's runs or a run's tasks).
+The reader lives in core (`pipeloom.history.HistoryReader`, read-only, no Rich; every
+document one snapshot); this module only turns what it raises into one-line usage errors
+that say what to type next (which databases sit beside a missing one, how to list a file's
+runs or a run's tasks, the task keys closest to a mistyped one).
 """
 
 from __future__ import annotations
@@ -10,38 +11,33 @@ from __future__ import annotations
 import logging
 import os
 import shlex
-import sqlite3
 from pathlib import Path
 
 from pipeloom import history
+from pipeloom._text import printable
 from pipeloom.errors import SchemaOutdatedError
 from pipeloom.history import (
     AttemptInfo,
+    HistoryReader,
     LogInfo,
     RunInfo,
+    Snapshot,
     TaskChanges,
     TaskInfo,
-    list_runs,
-    run_tasks,
-    task_attempts,
-    task_logs,
 )
 from pipeloom_cli._errors import UsageError
 
 __all__ = [
     "AttemptInfo",
+    "HistoryReader",
     "LogInfo",
     "RunInfo",
+    "Snapshot",
     "TaskChanges",
     "TaskInfo",
     "get_run",
     "get_task",
-    "list_runs",
     "open_history",
-    "run_tasks",
-    "stage_counts",
-    "task_attempts",
-    "task_logs",
 ]
 
 log = logging.getLogger("pipeloom.cli")
@@ -64,26 +60,8 @@ def _suggest_databases(folder: Path) -> str:
     return f"databases in {folder}: {shown} (e.g. `pipeloom status {example}`)"
 
 
-def stage_counts(conn: sqlite3.Connection, run_id: int) -> dict[str, dict[str, int]]:
-    """A run's task counts per stage and status, stages in the order their first task ran.
-
-    Empty for a run without stages (a low-level ``run_pipeline``, which records none).
-    """
-    per_stage: dict[str, dict[str, int]] = {}
-    first: dict[str, int] = {}
-    sql = (
-        "SELECT stage, status, count(*), min(task_id) FROM task_runs "
-        "WHERE run_id = ? AND stage IS NOT NULL GROUP BY stage, status"
-    )
-    for stage, status, n, low in conn.execute(sql, (run_id,)):
-        name = str(stage)
-        per_stage.setdefault(name, {})[str(status)] = int(n)
-        first[name] = min(first.get(name, low), low)
-    return {name: per_stage[name] for name in sorted(per_stage, key=first.__getitem__)}
-
-
-def open_history(db: Path) -> sqlite3.Connection:
-    """Open ``db`` read-only with `pipeloom.history.open_history`.
+def open_history(db: Path) -> HistoryReader:
+    """Open ``db`` read-only as a `pipeloom.history.HistoryReader` (one snapshot a document).
 
     Raises:
         UsageError: the file is missing, not a pipeloom database, or older.
@@ -92,7 +70,7 @@ def open_history(db: Path) -> sqlite3.Connection:
     if not os.path.lexists(db):
         raise UsageError(f"{db}: no such database file; {_suggest_databases(db.parent)}")
     try:
-        return history.open_history(db)
+        return HistoryReader(db)
     except SchemaOutdatedError as exc:
         quoted = shlex.quote(str(db))
         raise UsageError(
@@ -102,14 +80,14 @@ def open_history(db: Path) -> sqlite3.Connection:
         raise UsageError(str(exc)) from exc
 
 
-def get_run(conn: sqlite3.Connection, db: Path, run_id: int | None) -> RunInfo | None:
+def get_run(snap: Snapshot, db: Path, run_id: int | None) -> RunInfo | None:
     """Return run ``run_id`` (the latest when None); None when the file has no runs.
 
     Raises:
         UsageError: ``run_id`` is not in the file.
     """
     try:
-        return history.get_run(conn, run_id)
+        return snap.run(run_id)
     except history.RunNotFoundError as exc:
         raise UsageError(
             f"--run {run_id}: no such run in {db}; {exc.have} "
@@ -117,16 +95,20 @@ def get_run(conn: sqlite3.Connection, db: Path, run_id: int | None) -> RunInfo |
         ) from exc
 
 
-def get_task(conn: sqlite3.Connection, db: Path, run: RunInfo, task_id: int) -> TaskInfo:
-    """Return task ``task_id`` of ``run``.
+def get_task(snap: Snapshot, db: Path, run: RunInfo, ref: str) -> TaskInfo:
+    """Return task ``ref`` of ``run``: a task id, a task key (``load:data/a.csv``) or a name.
 
     Raises:
-        UsageError: the run has no such task (the message names the run and its task ids).
+        UsageError: the run has no such task (the message names the run, the keys closest to
+            ``ref`` and its task ids), or several tasks share that name.
     """
+    where = f"run {run.id} ({printable(run.name)}) of {db}"
+    listing = f"list them with `pipeloom status {shlex.quote(str(db))} --run {run.id}`"
     try:
-        return history.get_task(conn, run.id, task_id)
+        return snap.task(run.id, ref)
     except history.TaskNotFoundError as exc:
         raise UsageError(
-            f"--task {task_id}: no such task in run {run.id} ({run.name}) of {db}; {exc.have} "
-            f"(list them with `pipeloom status {shlex.quote(str(db))} --run {run.id}`)"
+            f"--task {printable(ref)}: no such task in {where}; {exc.have} ({listing})"
         ) from exc
+    except history.HistoryError as exc:
+        raise UsageError(f"--task {printable(ref)}: {exc} ({listing})") from exc

@@ -1,4 +1,9 @@
-"""Resume: reading an earlier run back to tell which task keys it already finished."""
+"""Resume: reading an earlier run back to tell which task keys it already finished.
+
+A run that is still live (its writer holds an unexpired lease, `pipeloom.lease`) is never
+resumed: its unfinished tasks would run a second time alongside it. Resume refuses it in one
+line, or waits for it to end when asked (``wait_for_live``).
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,22 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-from pipeloom._text import storable
+from pipeloom._text import printable, storable
 from pipeloom.db import MEMORY, connect_readonly
 from pipeloom.errors import PipelineError
+from pipeloom.history import RunInfo, live_runs, one_read
 from pipeloom.schema import check_schema
 
 __all__ = ["Previous", "open_previous"]
 
 log = logging.getLogger("pipeloom.pipeline")
+
+WAIT_POLL_S: Final = 0.2
+"""How often a resume that waits for a live run looks at the file again."""
 
 
 class Previous:
@@ -99,15 +109,34 @@ def _pointer(result: str | None) -> int | None:
     return run if isinstance(run, int) else None
 
 
-def open_previous(db: str | Path, name: str, resume: bool | int | str) -> Previous | None:
+def open_previous(
+    db: str | Path, name: str, resume: bool | int | str, wait_for_live: bool | float = False
+) -> Previous | None:
     """Find the run to resume before the writer starts (and before it adds a new run).
 
+    The run to resume, and whether it or any other run of ``name`` is still live, are read in
+    one read transaction, so they agree.
+
+    Args:
+        db: the run database.
+        name: the pipeline's name (``resume=True`` resumes its latest run).
+        resume: False, True (the latest run of ``name``) or a run id.
+        wait_for_live: False refuses to resume while a run of ``name`` (or the run asked for)
+            is live; True waits until it ends (or its lease expires); a number of seconds
+            waits at most that long, then refuses.
+
     Raises:
-        PipelineError: ``resume`` names a run that does not exist, or the database is missing
-            or in memory.
+        PipelineError: ``resume`` names a run that does not exist, a run is still live (and
+            ``wait_for_live`` is False or ran out), or the database is missing or in memory.
     """
     if resume is False or resume is None:
+        if wait_for_live is not False:
+            raise PipelineError(
+                f"wait_for_live={wait_for_live!r} waits for a live run before a resume; "
+                "pass resume=True (or a run id) with it, or drop it"
+            )
         return None
+    patience = _patience(wait_for_live)
     if isinstance(resume, str):
         resume = True if resume.strip().lower() in ("", "latest", "true") else _run_number(resume)
     if str(db) == MEMORY:
@@ -126,37 +155,96 @@ def open_previous(db: str | Path, name: str, resume: bool | int | str) -> Previo
     # folders; its errors name the file.
     conn = connect_readonly(path, check_same_thread=False)
     try:
-        if not check_schema(conn, str(path)):
+        deadline = None if patience is None else time.monotonic() + patience
+        waiting = False
+        while True:
+            with one_read(conn):  # the run to resume and who is live, from one moment
+                found = _find(conn, path, name, resume)
+                live = [] if found is None else live_runs(conn, name=name, run_id=found)
+            if not live:
+                break
+            if patience == 0 or (deadline is not None and time.monotonic() >= deadline):
+                raise PipelineError(_refusal(path, live, waited=patience))
+            if not waiting:
+                log.warning(
+                    "resume: %s; waiting for it to end (wait_for_live)",
+                    _describe(path, live),
+                )
+                waiting = True
+            time.sleep(WAIT_POLL_S)
+        if found is None:
             conn.close()
-            if resume is True:
-                return None
-            raise PipelineError(f"{path}: holds no pipeloom runs, so run {resume} cannot resume")
-        if resume is True:
-            found = conn.execute(
-                "SELECT id FROM pipeline_runs WHERE name = ? ORDER BY id DESC LIMIT 1",
-                (storable(name),),  # the form the writer stored
-            ).fetchall()
-            if not found:
-                log.info("resume: no earlier run of %r in %s, so every task runs", name, path)
-                conn.close()
-                return None
-            return Previous(conn, int(found[0][0]))
-        found = conn.execute("SELECT name FROM pipeline_runs WHERE id = ?", (resume,)).fetchall()
-        if not found:
-            last = conn.execute("SELECT max(id) FROM pipeline_runs").fetchone()[0]
-            known = f"runs go up to {last}" if last is not None else "it holds no runs yet"
-            raise PipelineError(
-                f"{path}: has no run {resume} to resume ({known}); "
-                f"`pipeloom status {path}` lists them, or pass resume=True for the latest"
-            )
-        if found[0][0] != name:
-            log.warning(
-                "resume: run %d of %s was pipeline %r, not %r", resume, path, found[0][0], name
-            )
-        return Previous(conn, resume)
+            return None
+        return Previous(conn, found)
     except BaseException:
         conn.close()
         raise
+
+
+def _patience(wait_for_live: bool | float) -> float | None:
+    """Seconds a resume may wait for a live run: 0 none, None as long as it takes."""
+    if wait_for_live is True:
+        return None
+    if wait_for_live is False:
+        return 0.0
+    if (
+        isinstance(wait_for_live, int | float)
+        and not isinstance(wait_for_live, bool)
+        and wait_for_live >= 0
+    ):
+        return float(wait_for_live)
+    raise PipelineError(
+        f"wait_for_live={wait_for_live!r}: pass False (refuse a live run), True (wait until it "
+        "ends) or a number of seconds to wait at most"
+    )
+
+
+def _find(conn: sqlite3.Connection, path: Path, name: str, resume: bool | int) -> int | None:
+    """The id of the run to resume (None: there is none, so every task runs)."""
+    if not check_schema(conn, str(path)):
+        if resume is True:
+            return None
+        raise PipelineError(f"{path}: holds no pipeloom runs, so run {resume} cannot resume")
+    if resume is True:
+        latest = conn.execute(
+            "SELECT id FROM pipeline_runs WHERE name = ? ORDER BY id DESC LIMIT 1",
+            (storable(name),),  # the form the writer stored
+        ).fetchall()
+        if not latest:
+            log.info("resume: no earlier run of %r in %s, so every task runs", name, path)
+            return None
+        return int(latest[0][0])
+    row = conn.execute("SELECT name FROM pipeline_runs WHERE id = ?", (resume,)).fetchall()
+    if not row:
+        last = conn.execute("SELECT max(id) FROM pipeline_runs").fetchone()[0]
+        known = f"runs go up to {last}" if last is not None else "it holds no runs yet"
+        raise PipelineError(
+            f"{path}: has no run {resume} to resume ({known}); "
+            f"`pipeloom status {path}` lists them, or pass resume=True for the latest"
+        )
+    if row[0][0] != name:
+        log.warning("resume: run %d of %s was pipeline %r, not %r", resume, path, row[0][0], name)
+    return resume
+
+
+def _describe(path: Path, live: list[RunInfo]) -> str:
+    run = live[0]
+    more = f" (and {len(live) - 1} more live run(s) of it)" if len(live) > 1 else ""
+    expires = run.lease_expires_at or "?"
+    return (
+        f"{path}: run {run.id} ({printable(run.name)!r}) is still live{more}: pid {run.pid} on "
+        f"{printable(run.host or '?')}, its lease runs to {expires[:19].replace('T', ' ')} UTC "
+        "and is renewed while its writer lives"
+    )
+
+
+def _refusal(path: Path, live: list[RunInfo], waited: float | None) -> str:
+    after = f" after waiting {waited:g} s" if waited else ""
+    return (
+        f"{_describe(path, live)}; resuming now would run its unfinished tasks a second time "
+        f"alongside it, so resume refused{after}: let it end first, or pass wait_for_live=True "
+        "(`pipeloom run ... --resume --wait`) to wait for it"
+    )
 
 
 def _run_number(text: str) -> int:

@@ -7,23 +7,28 @@ interrupted (`interrupt_run`, `mark_dead_runs`). Everything here runs on the wri
 connection inside the transaction its caller opened, except where a function says it opens
 its own.
 
-Reading: `open_history` opens a file read-only (safe beside a pipeline that is writing it,
-and it never creates a file); `list_runs`, `get_run`, `run_tasks`, `get_task`,
-`task_attempts`, `task_logs` and `TaskChanges` read runs, tasks, attempts and logs back as
-plain dataclasses. ``pipeloom status`` is built on them; so can a script::
+Reading: `HistoryReader` opens a file read-only (safe beside a pipeline that is writing it,
+and it never creates a file) and reads it one *document* at a time: each `snapshot` is one
+read transaction, so everything read through it (a run's counts, its task rows, its stages)
+is the file at one moment, however fast a live run commits. ``pipeloom status`` (each table,
+JSON document and ``--watch`` frame) and resume read through it; so can a script::
 
-    from pipeloom.history import get_run, open_history, run_tasks
+    from pipeloom.history import HistoryReader
     from pipeloom.status import FAILED
 
-    conn = open_history("runs.db")
-    run = get_run(conn)  # the latest run
-    failed = [t for t in run_tasks(conn, run.id) if t.status in FAILED]
+    with HistoryReader("runs.db") as reader, reader.snapshot() as snap:
+        run = snap.run()  # the latest run
+        failed = [t for t in snap.tasks(run.id) if t.status in FAILED]
 
+The functions underneath (`get_run`, `list_runs`, `run_tasks`, `get_task`, `find_task`,
+`task_attempts`, `task_logs`, `stage_counts`, `live_runs`, `TaskChanges`) take a connection
+from `open_history`; each reads in one transaction of its own unless the caller has one open.
 Nothing here imports Rich; readers never write.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -31,9 +36,10 @@ import shlex
 import socket
 import sqlite3
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, ClassVar
@@ -42,7 +48,7 @@ from pipeloom._control import RunEnd
 from pipeloom._fileid import pid_alive
 from pipeloom._fold import AppliedBatch
 from pipeloom._idset import IdSet
-from pipeloom._text import storable
+from pipeloom._text import printable, storable
 from pipeloom._version import __version__
 from pipeloom.db import connect_readonly, describe_error
 from pipeloom.errors import DatabaseError, SchemaOutdatedError
@@ -66,24 +72,30 @@ __all__ = [
     "ClosedRun",
     "DeadLetterInfo",
     "HistoryError",
+    "HistoryReader",
     "LiveCounts",
     "LogInfo",
     "RunInfo",
     "RunNotFoundError",
+    "Snapshot",
     "TaskChanges",
     "TaskInfo",
     "TaskNotFoundError",
     "beat",
     "close_run",
     "dead_runs",
+    "find_task",
     "get_run",
     "get_task",
     "insert_run",
     "interrupt_run",
     "list_runs",
+    "live_runs",
     "mark_dead_runs",
+    "one_read",
     "open_history",
     "run_tasks",
+    "stage_counts",
     "store_counts",
     "task_attempts",
     "task_dead_letters",
@@ -458,14 +470,29 @@ class RunNotFoundError(HistoryError, LookupError):
 
 
 class TaskNotFoundError(HistoryError, LookupError):
-    """A task id that is not in a run; ``first`` and ``last`` are the run's task ids."""
+    """A task id or key that is not in a run.
 
-    def __init__(self, run_id: int, task_id: int, first: int | None, last: int | None) -> None:
-        """Name the missing task, its run and the task ids there are."""
+    ``first`` and ``last`` are the run's task ids; ``matches`` the keys (or names) closest to
+    a key that was asked for, best first.
+    """
+
+    def __init__(
+        self,
+        run_id: int,
+        task_id: int | str,
+        first: int | None,
+        last: int | None,
+        matches: Sequence[str] = (),
+    ) -> None:
+        """Name the missing task, its run, the keys closest to it and the task ids there are."""
         self.run_id, self.task_id, self.first, self.last = run_id, task_id, first, last
-        self.have = f"its task ids are {first}..{last}" if first is not None else "it has no tasks"
-        """The run's task ids, as words for a message."""
-        super().__init__(f"task {task_id} is not in run {run_id}; {self.have}")
+        self.matches = list(matches)
+        ids = f"its task ids are {first}..{last}" if first is not None else "it has no tasks"
+        close = ", ".join(printable(m) for m in self.matches)
+        self.have = f"close matches: {close}; {ids}" if self.matches else ids
+        """The closest keys and the run's task ids, as words for a message."""
+        asked = task_id if isinstance(task_id, int) else repr(printable(task_id))
+        super().__init__(f"task {asked} is not in run {run_id}; {self.have}")
 
 
 def _parse_time(text: str | None) -> datetime | None:
@@ -540,6 +567,14 @@ class RunInfo:
     def failed(self) -> int:
         """Tasks in a `pipeloom.status.FAILED` status."""
         return count_failed(self.counts)
+
+    @property
+    def lease_expires_at(self) -> str | None:
+        """When the lease runs out unless the writer beats again (ISO UTC; None: no lease)."""
+        beat = _parse_time(self.heartbeat_at)
+        if beat is None or self.lease_s is None:
+            return None
+        return (beat + timedelta(seconds=self.lease_s)).isoformat(timespec="seconds")
 
     @property
     def shown_status(self) -> str:
@@ -653,10 +688,16 @@ class LogInfo:
         return asdict(self)
 
 
-def open_history(db: str | Path) -> sqlite3.Connection:
+def open_history(db: str | Path, *, check_same_thread: bool = True) -> sqlite3.Connection:
     """Open ``db`` read-only and check it holds run history this pipeloom can read.
 
-    Safe beside a pipeline that is writing the file; never creates or changes it.
+    Safe beside a pipeline that is writing the file; never creates or changes it. Read a
+    document that must agree with itself (a run and its tasks) through `HistoryReader`, or
+    inside one transaction of your own.
+
+    Args:
+        db: the run database.
+        check_same_thread: False lets another thread use the connection (resume's lookups).
 
     Raises:
         HistoryError: the file is missing, holds no pipeloom runs, or a newer schema.
@@ -666,7 +707,7 @@ def open_history(db: str | Path) -> sqlite3.Connection:
     path = Path(db)
     if not os.path.lexists(path):
         raise HistoryError(f"{path}: no such database file")
-    conn = connect_readonly(path)
+    conn = connect_readonly(path, check_same_thread=check_same_thread)
     try:
         state = inspect_schema(conn)
     except sqlite3.DatabaseError as exc:  # a damaged schema page
@@ -685,6 +726,145 @@ def open_history(db: str | Path) -> sqlite3.Connection:
         f"{path}: holds an older pipeloom schema (version {state.version}, current "
         f"{SCHEMA_VERSION}); run `pipeloom db upgrade {shlex.quote(str(path))}` first"
     )
+
+
+@contextmanager
+def one_read(conn: sqlite3.Connection) -> Iterator[None]:
+    """Run the block in one read transaction, or in the caller's if one is open.
+
+    A deferred ``BEGIN`` on a WAL reader: the first statement fixes the snapshot every later
+    statement of the block reads, while the writer goes on committing. Without it each
+    statement reads the file as it is at that statement, so a run's counts and its task rows,
+    read one after the other, disagree by whatever committed in between (14,603 done in the
+    counts, 14,733 in the rows of the same document). Ended at once: an open read stops
+    checkpoints from recycling the WAL.
+    """
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")  # nothing was written: it only ends the read
+
+
+class Snapshot:
+    """The file at one moment: what a `HistoryReader.snapshot` block reads through.
+
+    Usable only inside its block; reading through it afterwards raises, so a document cannot
+    mix rows from two moments.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        """Read through ``conn``, which the caller keeps in one read transaction."""
+        self._conn: sqlite3.Connection | None = conn
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The connection, inside this snapshot's transaction.
+
+        Raises:
+            HistoryError: the snapshot's block has ended.
+        """
+        if self._conn is None:
+            raise HistoryError(
+                "this snapshot's block has ended; read inside `with reader.snapshot() as snap:`"
+            )
+        return self._conn
+
+    def end(self) -> None:
+        """Refuse every later read (its transaction is over)."""
+        self._conn = None
+
+    def run(self, run_id: int | None = None) -> RunInfo | None:
+        """`get_run`: run ``run_id``, or the latest; None when the file has no runs."""
+        return get_run(self.conn, run_id)
+
+    def runs(self, limit: int = 20) -> list[RunInfo]:
+        """`list_runs`: the most recent runs, newest first."""
+        return list_runs(self.conn, limit)
+
+    def tasks(
+        self, run_id: int, limit: int | None = None, *, skipped: bool = True
+    ) -> list[TaskInfo]:
+        """`run_tasks`: a run's tasks, the most interesting first."""
+        return run_tasks(self.conn, run_id, limit, skipped=skipped)
+
+    def task(self, run_id: int, ref: int | str) -> TaskInfo:
+        """`find_task`: one task of a run, by id or key."""
+        return find_task(self.conn, run_id, ref)
+
+    def attempts(self, run_id: int, task_id: int) -> list[AttemptInfo]:
+        """`task_attempts`: a task's failed attempts before its last."""
+        return task_attempts(self.conn, run_id, task_id)
+
+    def logs(self, run_id: int, task_id: int) -> list[LogInfo]:
+        """`task_logs`: the log records stored for a task."""
+        return task_logs(self.conn, run_id, task_id)
+
+    def stages(self, run_id: int) -> dict[str, dict[str, int]]:
+        """`stage_counts`: a run's task counts per stage and status."""
+        return stage_counts(self.conn, run_id)
+
+    def follow(self, run_id: int) -> TaskChanges:
+        """Start following a run's changed rows from this moment (see `changed`)."""
+        changes = TaskChanges(self.conn, run_id)
+        changes.start()
+        return changes
+
+    def changed(self, changes: TaskChanges) -> list[TaskInfo]:
+        """The rows of a followed run that changed between its last look and this moment."""
+        if changes.conn is not self.conn:
+            raise HistoryError("follow a run and read its changes through one HistoryReader")
+        return changes.changed()
+
+
+class HistoryReader:
+    """A run database opened read-only, read one document at a time (see `snapshot`).
+
+    Use it as a context manager, or call `close`.
+    """
+
+    def __init__(self, db: str | Path, *, check_same_thread: bool = True) -> None:
+        """Open ``db`` with `open_history` (same checks, same errors).
+
+        Raises:
+            HistoryError: the file is missing, holds no pipeloom runs, or a newer schema.
+            SchemaOutdatedError: it holds an older schema (``pipeloom db upgrade PATH``).
+            DatabaseError: it is not a regular file, not SQLite, damaged or unreadable.
+        """
+        self.path = Path(db)
+        self._conn = open_history(db, check_same_thread=check_same_thread)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Snapshot]:
+        """One document: every read in the block sees the file at one moment.
+
+        Raises:
+            HistoryError: a snapshot is already open on this reader (they do not nest).
+        """
+        if self._conn.in_transaction:
+            raise HistoryError(f"{self.path}: a snapshot is already open; snapshots do not nest")
+        with one_read(self._conn):
+            snap = Snapshot(self._conn)
+            try:
+                yield snap
+            finally:
+                snap.end()
+
+    def close(self) -> None:
+        """Close the file."""
+        self._conn.close()
+
+    def __enter__(self) -> HistoryReader:
+        """Return the reader itself."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Close the file."""
+        self.close()
 
 
 _RUN_COLUMNS = (
@@ -735,26 +915,56 @@ def get_run(conn: sqlite3.Connection, run_id: int | None = None) -> RunInfo | No
     Raises:
         RunNotFoundError: ``run_id`` is not in the file.
     """
-    if run_id is None:
+    with one_read(conn):  # the row and its counts from one moment
+        if run_id is None:
+            row = conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM pipeline_runs ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+            return None if row is None else _run_from_row(conn, row)
         row = conn.execute(
-            f"SELECT {_RUN_COLUMNS} FROM pipeline_runs ORDER BY id DESC LIMIT 1"
+            f"SELECT {_RUN_COLUMNS} FROM pipeline_runs WHERE id = ?", (run_id,)
         ).fetchone()
-        return None if row is None else _run_from_row(conn, row)
-    row = conn.execute(
-        f"SELECT {_RUN_COLUMNS} FROM pipeline_runs WHERE id = ?", (run_id,)
-    ).fetchone()
-    if row is None:
-        first, last = conn.execute("SELECT min(id), max(id) FROM pipeline_runs").fetchone()
-        raise RunNotFoundError(run_id, first, last)
-    return _run_from_row(conn, row)
+        if row is None:
+            first, last = conn.execute("SELECT min(id), max(id) FROM pipeline_runs").fetchone()
+            raise RunNotFoundError(run_id, first, last)
+        return _run_from_row(conn, row)
 
 
 def list_runs(conn: sqlite3.Connection, limit: int = 20) -> list[RunInfo]:
     """Return the most recent runs, newest first."""
-    rows = conn.execute(
-        f"SELECT {_RUN_COLUMNS} FROM pipeline_runs ORDER BY id DESC LIMIT ?", (limit,)
-    ).fetchall()
-    return [_run_from_row(conn, row) for row in rows]
+    with one_read(conn):
+        rows = conn.execute(
+            f"SELECT {_RUN_COLUMNS} FROM pipeline_runs ORDER BY id DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [_run_from_row(conn, row) for row in rows]
+
+
+def live_runs(
+    conn: sqlite3.Connection, *, name: str | None = None, run_id: int | None = None
+) -> list[RunInfo]:
+    """Return the runs whose writer is alive: ``running``, with a lease that has not expired.
+
+    A run whose owner is provably this host, PID namespace and boot, and whose pid is gone,
+    is not alive even within its lease (as `dead_runs` decides). A run written before leases
+    existed (no heartbeat) is never alive here: no current writer leaves one. With ``name``
+    and ``run_id``, only the runs of that pipeline name or with that id, oldest first.
+    """
+    where = f"status = 'running' AND heartbeat_at IS NOT NULL AND NOT {STALE_SQL}"
+    params: list[Any] = []
+    if name is not None or run_id is not None:
+        where += " AND (name = ? OR id = ?)"
+        params += [None if name is None else storable(name), run_id]
+    with one_read(conn):
+        found = conn.execute(
+            f"SELECT id, pid, owner FROM pipeline_runs WHERE {where} ORDER BY id", params
+        ).fetchall()
+        alive = [
+            int(found_id)
+            for found_id, pid, owner in found
+            if not (pid is not None and provable_owner(owner) and not pid_alive(int(pid)))
+        ]
+        runs = [get_run(conn, found_id) for found_id in alive]
+    return [run for run in runs if run is not None]
 
 
 _TASK_COLUMNS = (
@@ -765,14 +975,31 @@ _TASK_COLUMNS = (
     f"WHERE r.id = task_runs.run_id AND {stale_sql('r')}) END"
 )
 
+_INTEREST = (
+    f"CASE WHEN status IN {sql_in(FAILED)} THEN 0 WHEN status IN {sql_in(ACTIVE)} THEN 1 "
+    "WHEN status = 'done' THEN 2 WHEN status = 'skipped' THEN 4 ELSE 3 END"
+)
+"""Most interesting first: failed, running, done, did not run (cancelled, upstream failed),
+then skipped (an earlier run's work, hundreds of rows in a resumed run)."""
 
-def run_tasks(conn: sqlite3.Connection, run_id: int, limit: int | None = None) -> list[TaskInfo]:
-    """Return a run's tasks, failures first, then unfinished ones, then by task id."""
-    order = (
-        f"CASE WHEN status IN {sql_in(FAILED)} THEN 0 "
-        f"WHEN status IN {sql_in(ACTIVE)} THEN 1 ELSE 2 END, task_id"
-    )
-    sql = f"SELECT {_TASK_COLUMNS} FROM task_runs WHERE run_id = ? ORDER BY {order}"
+
+def run_tasks(
+    conn: sqlite3.Connection, run_id: int, limit: int | None = None, *, skipped: bool = True
+) -> list[TaskInfo]:
+    """Return a run's tasks, the most interesting first, then by task id.
+
+    Failed tasks first, then running ones, then done ones, then those that did not run
+    (cancelled, upstream failed), and ``skipped`` tasks last: in a resumed run, the dozen
+    tasks that ran come before the hundreds an earlier run had done.
+
+    Args:
+        conn: from `open_history`.
+        run_id: the run.
+        limit: at most this many tasks.
+        skipped: False leaves ``skipped`` tasks out (a table summarises them in one line).
+    """
+    where = "WHERE run_id = ?" + ("" if skipped else " AND status != 'skipped'")
+    sql = f"SELECT {_TASK_COLUMNS} FROM task_runs {where} ORDER BY {_INTEREST}, task_id"
     params: tuple[Any, ...] = (run_id,)
     if limit is not None:
         sql += " LIMIT ?"
@@ -786,16 +1013,109 @@ def get_task(conn: sqlite3.Connection, run_id: int, task_id: int) -> TaskInfo:
     Raises:
         TaskNotFoundError: the run has no such task.
     """
-    row = conn.execute(
-        f"SELECT {_TASK_COLUMNS} FROM task_runs WHERE run_id = ? AND task_id = ?",
-        (run_id, task_id),
-    ).fetchone()
-    if row is not None:
-        return TaskInfo(*row)
-    first, last = conn.execute(
-        "SELECT min(task_id), max(task_id) FROM task_runs WHERE run_id = ?", (run_id,)
-    ).fetchone()
+    with one_read(conn):
+        row = conn.execute(
+            f"SELECT {_TASK_COLUMNS} FROM task_runs WHERE run_id = ? AND task_id = ?",
+            (run_id, task_id),
+        ).fetchone()
+        if row is not None:
+            return TaskInfo(*row)
+        first, last = conn.execute(
+            "SELECT min(task_id), max(task_id) FROM task_runs WHERE run_id = ?", (run_id,)
+        ).fetchone()
     raise TaskNotFoundError(run_id, task_id, first, last)
+
+
+def _as_id(ref: int | str) -> int | None:
+    if isinstance(ref, int):
+        return ref
+    try:
+        return int(ref.strip())
+    except ValueError:
+        return None
+
+
+_CLOSE_MATCHES = 5
+_NEIGHBOURS = 50
+"""Keys on each side of a missing key, in sort order, offered to the close-match search."""
+_CANDIDATES = 2000
+"""At most this many keys share a missing key's last part (so a run of a million stays fast)."""
+
+
+def find_task(conn: sqlite3.Connection, run_id: int, ref: int | str) -> TaskInfo:
+    """Return a task of run ``run_id`` by id, key or name.
+
+    Ids differ between runs; a key (``load:data/a.csv``) names the same work in every run.
+    ``ref`` is tried as an id (when it is a number), then as a key, then as a name that only
+    one task of the run has.
+
+    Raises:
+        TaskNotFoundError: no task matches; it names the keys closest to ``ref``.
+        HistoryError: several tasks of the run have that name (it names their ids).
+    """
+    with one_read(conn):
+        task_id = _as_id(ref)
+        if task_id is not None:
+            row = conn.execute(
+                f"SELECT {_TASK_COLUMNS} FROM task_runs WHERE run_id = ? AND task_id = ?",
+                (run_id, task_id),
+            ).fetchone()
+            if row is not None:
+                return TaskInfo(*row)
+            if isinstance(ref, int):
+                return get_task(conn, run_id, task_id)  # raises, naming the run's ids
+        text = storable(str(ref))  # the form the writer stored
+        for column in ("task_key", "name"):
+            rows = conn.execute(
+                f"SELECT {_TASK_COLUMNS} FROM task_runs WHERE run_id = ? AND {column} = ? "
+                "ORDER BY task_id LIMIT 6",
+                (run_id, text),
+            ).fetchall()
+            if len(rows) == 1:
+                return TaskInfo(*rows[0])
+            if rows:
+                ids = ", ".join(str(row[0]) for row in rows[:5]) + (
+                    ", ..." if len(rows) > 5 else ""
+                )
+                raise HistoryError(
+                    f"task {printable(text)!r} names several tasks of run {run_id} "
+                    f"(ids {ids}); pass an id or a key"
+                )
+        first, last = conn.execute(
+            "SELECT min(task_id), max(task_id) FROM task_runs WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        matches = _close_keys(conn, run_id, text)
+    raise TaskNotFoundError(run_id, str(ref), first, last, matches)
+
+
+def _close_keys(conn: sqlite3.Connection, run_id: int, text: str) -> list[str]:
+    """The run's keys (or names) closest to ``text``, best first, without reading them all.
+
+    Candidates: the keys next to it in sort order (a slip near the end), and those that
+    contain its last part (``a.csv`` of ``lod:data/a.csv``: a slip near the start).
+    """
+    label = "coalesce(task_key, name)"
+    last = text.replace("\\", "/").rsplit("/", 1)[-1].rsplit(":", 1)[-1] or text
+    pool: set[str] = set()
+    for sql, params in (
+        (
+            f"SELECT {label} FROM task_runs WHERE run_id = ? AND {label} >= ? "
+            f"ORDER BY {label} LIMIT ?",
+            (run_id, text, _NEIGHBOURS),
+        ),
+        (
+            f"SELECT {label} FROM task_runs WHERE run_id = ? AND {label} < ? "
+            f"ORDER BY {label} DESC LIMIT ?",
+            (run_id, text, _NEIGHBOURS),
+        ),
+        (
+            f"SELECT {label} FROM task_runs WHERE run_id = ? "
+            f"AND instr(lower({label}), lower(?)) > 0 LIMIT ?",
+            (run_id, last, _CANDIDATES),
+        ),
+    ):
+        pool.update(str(row[0]) for row in conn.execute(sql, params))
+    return difflib.get_close_matches(text, sorted(pool), n=_CLOSE_MATCHES, cutoff=0.6)
 
 
 def task_attempts(conn: sqlite3.Connection, run_id: int, task_id: int) -> list[AttemptInfo]:
@@ -861,6 +1181,24 @@ def task_logs(conn: sqlite3.Connection, run_id: int, task_id: int) -> list[LogIn
     return [LogInfo(*row) for row in rows]
 
 
+def stage_counts(conn: sqlite3.Connection, run_id: int) -> dict[str, dict[str, int]]:
+    """A run's task counts per stage and status, stages in the order their first task ran.
+
+    Empty for a run without stages (a low-level ``run_pipeline``, which records none).
+    """
+    per_stage: dict[str, dict[str, int]] = {}
+    first: dict[str, int] = {}
+    sql = (
+        "SELECT stage, status, count(*), min(task_id) FROM task_runs "
+        "WHERE run_id = ? AND stage IS NOT NULL GROUP BY stage, status"
+    )
+    for stage, status, n, low in conn.execute(sql, (run_id,)):
+        name = str(stage)
+        per_stage.setdefault(name, {})[str(status)] = int(n)
+        first[name] = min(first.get(name, low), low)
+    return {name: per_stage[name] for name in sorted(per_stage, key=first.__getitem__)}
+
+
 _IDS_PER_QUERY = 500
 """Row ids per ``IN (...)`` list: far below SQLite's limit on bound parameters."""
 
@@ -870,8 +1208,9 @@ class TaskChanges:
 
     A row in a terminal status never changes again (one terminal row per task), so each look
     reads only the rows added since (by ``task_runs.id``) and those that were still open,
-    however many tasks the run holds. Call `start` and `changed` inside one read transaction
-    with whatever else must agree with them (the run's counts).
+    however many tasks the run holds. Read it through one `HistoryReader`
+    (`Snapshot.follow`, `Snapshot.changed`), so each look agrees with the run's counts read
+    in the same snapshot; called on its own, each look is one read transaction.
     """
 
     def __init__(self, conn: sqlite3.Connection, run_id: int) -> None:
@@ -883,22 +1222,24 @@ class TaskChanges:
 
     def start(self) -> None:
         """Remember where the run stands now: its last row and its rows not yet terminal."""
-        row = self.conn.execute(
-            "SELECT max(id) FROM task_runs WHERE run_id = ?", (self.run_id,)
-        ).fetchone()
-        self.last_row = int(row[0] or 0)
-        self.open = dict(
-            self._read(f"WHERE run_id = ? AND status NOT IN {sql_in(TERMINAL)}", (self.run_id,))
-        )
+        with one_read(self.conn):
+            row = self.conn.execute(
+                "SELECT max(id) FROM task_runs WHERE run_id = ?", (self.run_id,)
+            ).fetchone()
+            self.last_row = int(row[0] or 0)
+            self.open = dict(
+                self._read(f"WHERE run_id = ? AND status NOT IN {sql_in(TERMINAL)}", (self.run_id,))
+            )
 
     def changed(self) -> list[TaskInfo]:
         """The rows added or changed since the last call (or `start`), by task id."""
-        rows = self._read("WHERE run_id = ? AND id > ?", (self.run_id, self.last_row))
-        ids = list(self.open)
-        for i in range(0, len(ids), _IDS_PER_QUERY):
-            chunk = ids[i : i + _IDS_PER_QUERY]
-            marks = ", ".join("?" * len(chunk))
-            rows += self._read(f"WHERE id IN ({marks})", tuple(chunk))
+        with one_read(self.conn):
+            rows = self._read("WHERE run_id = ? AND id > ?", (self.run_id, self.last_row))
+            ids = list(self.open)
+            for i in range(0, len(ids), _IDS_PER_QUERY):
+                chunk = ids[i : i + _IDS_PER_QUERY]
+                marks = ", ".join("?" * len(chunk))
+                rows += self._read(f"WHERE id IN ({marks})", tuple(chunk))
         changed = []
         for row_id, task in rows:
             self.last_row = max(self.last_row, row_id)

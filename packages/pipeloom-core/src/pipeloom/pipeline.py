@@ -439,6 +439,7 @@ class Pipeline(HandlerRegistry):
         console: Console | None = None,
         executor: str | Executor | None = None,
         options: RunOptions | None = None,
+        wait_for_live: bool | float = False,
     ) -> RunResult:
         """Run every mapped task once and record it; returns the engine's `RunResult`.
 
@@ -447,16 +448,22 @@ class Pipeline(HandlerRegistry):
             workers: overrides the pipeline's worker count.
             resume: False runs everything; True skips the keys the latest run of this pipeline
                 finished; a run id skips the keys that run finished. Skipped tasks are
-                recorded ``skipped`` with ``{"done_in_run": N}`` as their result.
+                recorded ``skipped`` with ``{"done_in_run": N}`` as their result. A run of
+                this pipeline that is still live (lease not expired) is never resumed: its
+                unfinished tasks would run twice.
             progress: True live bars, False nothing, None bars on a terminal only.
             summary_hint: an extra line for the end-of-run summary.
             console: where progress and the summary go.
             executor: overrides the pipeline's executor for this run.
             options: overrides the pipeline's writer settings for this run.
+            wait_for_live: with ``resume``, what to do while a run of this pipeline (or the
+                run asked for) is still live: False refuses at once, True waits until it
+                ends (or its lease expires), a number of seconds waits at most that long.
 
         Raises:
             PipelineError: nothing was mapped, a stage consumes a task that is never mapped,
-                stages consume each other in a cycle, or the run to resume does not exist.
+                stages consume each other in a cycle, the run to resume does not exist, or
+                a run of this pipeline is still live (see ``wait_for_live``).
             DatabaseError: the database cannot be opened or prepared.
         """
         if not self._stages:
@@ -474,7 +481,7 @@ class Pipeline(HandlerRegistry):
                 )
             stage.used = True
         db_path = self.db if db is None else db
-        previous = open_previous(db_path, self.name, resume)
+        previous = open_previous(db_path, self.name, resume, wait_for_live)
         params = dict(self.params)
         if previous is not None:
             params["resumed_from"] = previous.run_id

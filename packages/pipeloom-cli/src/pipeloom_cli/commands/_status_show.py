@@ -4,7 +4,9 @@ Imported only when the command runs (Rich's console and tables take a while to i
 ``pipeloom --help`` should not pay for them).
 
 It opens the file read-only, so it is safe beside a pipeline that is still writing, and
-it never creates a file. ``--watch`` re-reads it until the run ends. What the file holds
+it never creates a file. Every document (a table, a JSON document, each ``--watch`` frame,
+one task) is read in one snapshot of the file (`pipeloom.history.HistoryReader`), so its
+counts and its rows agree. ``--watch`` re-reads it until the run ends. What the file holds
 (names, messages, the path) is shown as ``Text`` through `printable`, never as Rich markup.
 """
 
@@ -14,8 +16,7 @@ import json
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +36,14 @@ from pipeloom.status import ACTIVE, count_failed
 from pipeloom_cli._errors import UsageError, user_errors
 from pipeloom_cli._history import (
     AttemptInfo,
+    HistoryReader,
     LogInfo,
     RunInfo,
-    TaskChanges,
+    Snapshot,
     TaskInfo,
     get_run,
     get_task,
-    list_runs,
     open_history,
-    run_tasks,
-    stage_counts,
-    task_attempts,
-    task_logs,
 )
 from pipeloom_cli.commands.status import DEFAULT_DB, TABLE_TASK_LIMIT, Format
 
@@ -146,8 +143,8 @@ _STAMP_CELLS = len("2026-01-31 12:00:00")
 _DATE_CELLS = len("2026-01-31")
 
 
-def _tasks_table(tasks: list[TaskInfo], hidden: int) -> RenderableType:
-    table = _plain_table("Tasks (failures first)")
+def _tasks_table(tasks: list[TaskInfo], hidden: int, skipped: int) -> RenderableType:
+    table = _plain_table("Tasks (failed, running, then done)")
     # Only the name and the message give way on a narrow terminal: a name (often a path) is
     # cut in the middle, a message at its end (`--task ID` shows all of it).
     table.add_column("id", justify="right", no_wrap=True)
@@ -174,8 +171,15 @@ def _tasks_table(tasks: list[TaskInfo], hidden: int) -> RenderableType:
             row[4],
             Fit(printable(task.message or ""), middle=False),
         )
+    notes = []
     if hidden > 0:
-        table.caption = f"... and {hidden} more (--limit to show more)"
+        notes.append(f"... and {hidden} more (--limit to show more)")
+    if skipped > 0:
+        # A resumed run: hundreds of skipped rows would bury the dozen tasks that ran.
+        notes.append(f"{skipped} skipped (done by an earlier run; --format json lists them)")
+    if notes:
+        table.caption = "\n".join(notes)
+        table.caption_justify = "left"
     # the five columns before the message at their widest (headers included), 2-cell gaps
     used = max(used, 2 + 4 + 6 + 1 + 7) + 5 * 2
 
@@ -221,20 +225,28 @@ def _runs_table(runs: list[RunInfo]) -> RenderableType:
 
 
 class _Snapshot:
-    """One read of the database, renderable as a table or JSON."""
+    """One document: the run, its stages and its tasks from one snapshot of the file.
+
+    A table leaves ``skipped`` tasks out (counted in a line under it); JSON holds them all,
+    last.
+    """
 
     def __init__(
-        self, conn: sqlite3.Connection, db: Path, run_id: int | None, limit: int | None
+        self, snap: Snapshot, db: Path, run_id: int | None, limit: int | None, fmt: Format
     ) -> None:
         self.db = db
-        self.run = get_run(conn, db, run_id)
+        self.run = get_run(snap, db, run_id)
         self.tasks: list[TaskInfo] = []
         self.hidden = 0
+        self.skipped = 0
         self.stages: dict[str, dict[str, int]] = {}
         if self.run is not None:
-            self.stages = stage_counts(conn, self.run.id)
-            self.tasks = run_tasks(conn, self.run.id, limit)
-            self.hidden = max(0, sum(self.run.counts.values()) - len(self.tasks))
+            self.stages = snap.stages(self.run.id)
+            if fmt is Format.table:
+                self.skipped = self.run.counts.get("skipped", 0)
+            self.tasks = snap.tasks(self.run.id, limit, skipped=not self.skipped)
+            shown = len(self.tasks) + self.skipped
+            self.hidden = max(0, sum(self.run.counts.values()) - shown)
 
     @property
     def active(self) -> bool:
@@ -249,7 +261,7 @@ class _Snapshot:
             return Text(f"No runs recorded in {printable(self.db)} yet.")
         panel = _run_panel(self.run, self.db)
         _add_stages(panel, self.stages)
-        return Group(panel, _tasks_table(self.tasks, self.hidden))
+        return Group(panel, _tasks_table(self.tasks, self.hidden, self.skipped))
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -267,8 +279,16 @@ def _resolve_db(db_arg: Path | None, db_opt: Path | None) -> Path:
     return db_arg or db_opt or DEFAULT_DB
 
 
+def _read(
+    reader: HistoryReader, db: Path, run_id: int | None, limit: int | None, fmt: Format
+) -> _Snapshot:
+    """One document, from one snapshot of the file."""
+    with reader.snapshot() as snap:
+        return _Snapshot(snap, db, run_id, limit, fmt)
+
+
 def _watch(
-    conn: sqlite3.Connection,
+    reader: HistoryReader,
     db: Path,
     run_id: int | None,
     limit: int | None,
@@ -277,38 +297,28 @@ def _watch(
 ) -> None:
     try:
         if fmt is Format.json:
-            _watch_json(conn, db, run_id, limit, interval)
+            _watch_json(reader, db, run_id, limit, interval)
             return
-        snap = _Snapshot(conn, db, run_id, limit)
+        doc = _read(reader, db, run_id, limit, fmt)
         # Follow the run that was latest when watching began, even if another starts meanwhile.
-        run_id = None if snap.run is None else snap.run.id
+        run_id = None if doc.run is None else doc.run.id
         if console.is_terminal:
-            with Live(snap.renderable(), console=console, auto_refresh=False) as live:
-                while snap.active:
+            with Live(doc.renderable(), console=console, auto_refresh=False) as live:
+                while doc.active:
                     time.sleep(interval)
-                    snap = _Snapshot(conn, db, run_id, limit)
-                    live.update(snap.renderable(), refresh=True)
+                    doc = _read(reader, db, run_id, limit, fmt)
+                    live.update(doc.renderable(), refresh=True)
             return
-        _emit(snap, fmt, compact=True)
-        last = snap.key()
-        while snap.active:
+        _emit(doc, fmt, compact=True)
+        last = doc.key()
+        while doc.active:
             time.sleep(interval)
-            snap = _Snapshot(conn, db, run_id, limit)
-            if snap.key() != last:
-                last = snap.key()
-                _emit(snap, fmt, compact=True)
+            doc = _read(reader, db, run_id, limit, fmt)
+            if doc.key() != last:
+                last = doc.key()
+                _emit(doc, fmt, compact=True)
     except KeyboardInterrupt:
         typer.echo("Stopped watching.", err=True)
-
-
-@contextmanager
-def _one_read(conn: sqlite3.Connection) -> Iterator[None]:
-    """Read inside one transaction, so a run's counts and its task rows agree."""
-    conn.execute("BEGIN")
-    try:
-        yield
-    finally:
-        conn.execute("COMMIT")
 
 
 _BRIEF_RUN_FIELDS = (
@@ -327,28 +337,27 @@ _BRIEF_RUN_FIELDS = (
 
 
 def _watch_json(
-    conn: sqlite3.Connection, db: Path, run_id: int | None, limit: int | None, interval: float
+    reader: HistoryReader, db: Path, run_id: int | None, limit: int | None, interval: float
 ) -> None:
     """Print a snapshot, then only what changed each tick, then the run as it ended.
 
     At 20,000 tasks the whole run is megabytes of JSON: printing it every tick would flood a
-    pipe. See docs/cli.md for the line format.
+    pipe. See docs/cli.md for the line format. Each line is read in one snapshot, so its
+    counts agree with the rows it carries.
     """
-    with _one_read(conn):
-        snap = _Snapshot(conn, db, run_id, limit)
-        changes = None if snap.run is None else TaskChanges(conn, snap.run.id)
-        if changes is not None:
-            changes.start()
-    _echo_line({"type": "snapshot", **snap.as_json()})
-    run = snap.run
+    with reader.snapshot() as snap:
+        doc = _Snapshot(snap, db, run_id, limit, Format.json)
+        changes = None if doc.run is None else snap.follow(doc.run.id)
+    _echo_line({"type": "snapshot", **doc.as_json()})
+    run = doc.run
     if run is None or changes is None:
         return
     last = _run_key(run)
     while run.active:
         time.sleep(interval)
-        with _one_read(conn):
-            now = get_run(conn, db, run.id)
-            tasks = changes.changed()
+        with reader.snapshot() as snap:
+            now = get_run(snap, db, run.id)
+            tasks = snap.changed(changes)
         assert now is not None  # a run id that was read is never deleted
         run = now
         if tasks or _run_key(run) != last:
@@ -368,12 +377,12 @@ def _echo_line(payload: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _emit(snap: _Snapshot, fmt: Format, *, compact: bool = False) -> None:
+def _emit(doc: _Snapshot, fmt: Format, *, compact: bool = False) -> None:
     if fmt is Format.json:
         indent = None if compact else 2
-        typer.echo(json.dumps(snap.as_json(), indent=indent))
+        typer.echo(json.dumps(doc.as_json(), indent=indent))
     else:
-        console.print(snap.renderable())
+        console.print(doc.renderable())
 
 
 _LOG_STYLES = {"DEBUG": "dim", "WARNING": "yellow", "ERROR": "red", "CRITICAL": "bold red"}
@@ -425,6 +434,8 @@ def _attempts_table(attempts: list[AttemptInfo]) -> Table:
 def _logs_table(logs: list[LogInfo]) -> Table:
     table = _plain_table(f"Logs ({len(logs)})")
     table.add_column("time", no_wrap=True)
+    # Two attempts often log the same lines: the attempt tells them apart.
+    table.add_column("attempt", justify="right", no_wrap=True)
     table.add_column("level", no_wrap=True)
     table.add_column("logger")
     table.add_column("message", overflow="fold")
@@ -432,6 +443,7 @@ def _logs_table(logs: list[LogInfo]) -> Table:
         style = "yellow" if row.dropped else ""
         table.add_row(
             row.created_at[11:23],
+            str(row.attempt),
             Text(printable(row.level), style=_LOG_STYLES.get(row.level, "")),
             Fit(printable(row.logger or "")),
             Text(printable(row.message, newlines=True), style=style),
@@ -439,16 +451,19 @@ def _logs_table(logs: list[LogInfo]) -> Table:
     return table
 
 
-def _show_task(
-    conn: sqlite3.Connection, db: Path, run_id: int | None, task_id: int, fmt: Format
-) -> None:
-    """Print one task in full: its row, its error, its earlier attempts and its logs."""
-    run = get_run(conn, db, run_id)
-    if run is None:
-        raise UsageError(f"--task {task_id}: {db} holds no runs yet")
-    task = get_task(conn, db, run, task_id)
-    logs = task_logs(conn, run.id, task_id)
-    attempts = task_attempts(conn, run.id, task_id)
+def _show_task(reader: HistoryReader, db: Path, run_id: int | None, ref: str, fmt: Format) -> None:
+    """Print one task in full: its row, its error, its earlier attempts and its logs.
+
+    ``ref`` is a task id, or a key (``load:data/a.csv``), which names the same work in every
+    run where ids do not.
+    """
+    with reader.snapshot() as snap:
+        run = get_run(snap, db, run_id)
+        if run is None:
+            raise UsageError(f"--task {printable(ref)}: {db} holds no runs yet")
+        task = get_task(snap, db, run, ref)
+        logs = snap.logs(run.id, task.task_id)
+        attempts = snap.attempts(run.id, task.task_id)
     dropped = sum(row.dropped for row in logs)
     if fmt is Format.json:
         payload = {
@@ -482,7 +497,7 @@ def show(
     db_arg: Path | None,
     db_opt: Path | None,
     run_id: int | None,
-    task_id: int | None,
+    task_ref: str | None,
     runs: bool,
     fmt: Format,
     limit: int | None,
@@ -493,16 +508,19 @@ def show(
     """Do what ``pipeloom status`` was asked (see `pipeloom_cli.commands.status.status`)."""
     with user_errors(verbose):
         db = _resolve_db(db_arg, db_opt)
-        conn = open_history(db)
+        reader = open_history(db)
         try:
-            if task_id is not None:
+            if task_ref is not None:
                 if runs or watch:
                     extra = "--runs" if runs else "--watch"
-                    raise UsageError(f"--task {task_id} shows one task once; drop {extra}")
-                _show_task(conn, db, run_id, task_id, fmt)
+                    raise UsageError(
+                        f"--task {printable(task_ref)} shows one task once; drop {extra}"
+                    )
+                _show_task(reader, db, run_id, task_ref, fmt)
                 return
             if runs:
-                found = list_runs(conn, limit or 20)
+                with reader.snapshot() as snap:
+                    found = snap.runs(limit or 20)
                 if fmt is Format.json:
                     payload = {"db": str(db), "runs": [r.as_json() for r in found]}
                     typer.echo(json.dumps(payload, indent=2))
@@ -511,10 +529,10 @@ def show(
                 return
             task_limit = limit if limit is not None or fmt is Format.json else TABLE_TASK_LIMIT
             if watch:
-                _watch(conn, db, run_id, task_limit, fmt, interval)
+                _watch(reader, db, run_id, task_limit, fmt, interval)
             else:
-                _emit(_Snapshot(conn, db, run_id, task_limit), fmt)
+                _emit(_read(reader, db, run_id, task_limit, fmt), fmt)
         except sqlite3.DatabaseError as exc:  # damaged pages: one line naming the file
             raise describe_error(db, exc) from exc
         finally:
-            conn.close()
+            reader.close()

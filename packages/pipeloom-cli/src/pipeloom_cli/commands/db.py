@@ -11,6 +11,7 @@ import typer
 
 from pipeloom._text import printable
 from pipeloom.db import describe_error
+from pipeloom.errors import DatabaseError
 from pipeloom_cli._errors import user_errors
 
 if TYPE_CHECKING:
@@ -34,13 +35,19 @@ def upgrade(db: DbArg) -> None:
 
     with user_errors():
         try:
+            # What the file held before: a migration it already held (core created it at
+            # that version) is only recorded by the upgrade, its schema unchanged.
+            held = set(database_info(db).unrecorded)
+        except DatabaseError:
+            held = set()  # the upgrade itself says what is wrong with the file, below
+        try:
             applied = apply_migrations(db)
         except sqlite3.DatabaseError as exc:  # damaged pages: one line naming the file
             raise describe_error(db, exc, writing=True) from exc
         info = database_info(db)
     for name in applied:
-        typer.echo(f"applied {name}")
-    state = "upgraded to" if applied else "already at"
+        typer.echo(f"recorded {name} (already in effect)" if name in held else f"applied {name}")
+    state = "upgraded to" if set(applied) - held else "already at"
     typer.echo(f"{printable(db)}: {state} schema version {info.schema_version}")
 
 
@@ -61,15 +68,17 @@ def _describe(info: DatabaseInfo) -> list[str]:
         f"journal mode:    {info.journal_mode}",
         f"schema version:  {info.schema_version} (this pipeloom writes {info.current_version})",
     ]
-    if info.applied:
-        lines.append("applied:         " + ", ".join(name for name, _ in info.applied))
-    else:
-        lines.append("applied:         none recorded")
-    lines.append("pending:         " + (", ".join(info.pending) or "none"))
-    if info.layout == "current" and info.pending:
+    lines.append("applied:         " + (", ".join(info.in_effect) or "none"))
+    if info.unrecorded:
+        some = len(info.unrecorded)
+        which = "all" if some == len(info.in_effect) else f"{some}"
         lines.append(
-            "                 (schema is current; `pipeloom db upgrade` only records them)"
+            f"                 ({which} held by the schema pipeloom created at version "
+            f"{info.schema_version}, without a migration record)"
         )
+    lines.append("pending:         " + (", ".join(info.pending) or "none"))
+    if info.layout == "newer":
+        lines.append("                 written by a newer pipeloom; upgrade pipeloom to use it")
     elif info.layout == "outdated":
         quoted = printable(shlex.quote(str(info.path)))
         lines.append(f"                 run `pipeloom db upgrade {quoted}` to upgrade in place")

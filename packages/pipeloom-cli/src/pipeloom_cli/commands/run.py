@@ -1,7 +1,7 @@
 """``pipeloom run TARGET``: run a pipeline defined in the user's code.
 
-TARGET names either a declarative pipeline object (``--db``, ``--workers`` and
-``--resume`` go to its ``run()``) or a plain function, called with the ``--arg`` values
+TARGET names either a declarative pipeline object (``--db``, ``--workers``, ``--resume`` and
+``--wait`` go to its ``run()``) or a plain function, called with the ``--arg`` values
 as keyword arguments. A function that returns the `RunResult` of `run_pipeline` gets the
 same exit codes as ``pipeloom demo``.
 """
@@ -52,6 +52,7 @@ def _run_pipeline_object(
     workers: int | None,
     resume: bool | int,
     executor: Any,
+    wait: bool,
 ) -> Any:
     if raw:
         names = ", ".join(raw)
@@ -70,6 +71,7 @@ def _run_pipeline_object(
             workers=workers,
             resume=resume,
             summary_hint=observe_hint(effective),
+            **({"wait_for_live": True} if wait else {}),
             **({"executor": executor} if executor is not None else {}),
         )
     except PipelineError as exc:
@@ -83,6 +85,7 @@ def _run_function(
     workers: int | None,
     resume: bool | int,
     executor: Any,
+    wait: bool,
 ) -> Any:
     fn = target.obj
     extra: dict[str, Any] = {}
@@ -91,6 +94,7 @@ def _run_function(
         ("--workers", "workers", workers),
         ("--resume", "resume", resume or None),
         ("--executor", "executor", executor),
+        ("--wait", "wait_for_live", wait or None),
     ):
         if value is None:
             continue
@@ -146,6 +150,13 @@ def run(
         int | None,
         number("--resume-run", low=1, high=MAX_ID, metavar="ID", help="Resume run ID instead."),
     ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="With --resume: wait for a live run of the pipeline to end instead of refusing.",
+        ),
+    ] = False,
     executor: ExecutorName = None,
     dask_address: DaskAddress = None,
     verbose: Verbose = 0,
@@ -163,10 +174,12 @@ def run(
         raw = parse_arg_pairs(arg or [])
         loaded = load_target(target)
         resume_value: bool | int = resume_run if resume_run is not None else resume
+        if wait and resume_value is False:
+            raise UsageError("--wait waits for a live run before a resume; add --resume")
         if db is not None and not is_pipeline(loaded.obj):
             prepare_for_write(db)
         runner = _run_pipeline_object if is_pipeline(loaded.obj) else _run_function
         chosen = choose_executor(executor, dask_address)
-        outcome = runner(loaded, raw, db, workers, resume_value, chosen)
+        outcome = runner(loaded, raw, db, workers, resume_value, chosen, wait)
     if isinstance(outcome, RunResult):
         raise typer.Exit(exit_code_for(outcome))

@@ -45,15 +45,13 @@ def status(
             "--run", low=1, high=MAX_ID, metavar="ID", help="Show run ID instead of the latest."
         ),
     ] = None,
-    task_id: Annotated[
-        int | None,
-        number(
+    task_ref: Annotated[
+        str | None,
+        typer.Option(
             "--task",
-            low=-MAX_ID - 1,
-            high=MAX_ID,
-            metavar="ID",
-            help="Show task ID of the run (--run, default the latest): its row, error, "
-            "attempts and logs.",
+            metavar="ID|KEY",
+            help="Show one task of the run (--run, default the latest) by id or by key "
+            "(load:data/a.csv, the same in every run): its row, error, attempts and logs.",
             show_default=False,
         ),
     ] = None,
@@ -83,9 +81,10 @@ def status(
 ) -> None:
     """Show a run's summary and tasks.
 
-    The latest run by default, failures first; --task ID shows one task in full. The
+    The latest run by default: failed tasks first, then running, then done; skipped ones
+    (a resumed run's) are counted under the table. --task ID|KEY shows one task in full. The
     database is opened read-only and never created.
     """
     from pipeloom_cli.commands._status_show import show
 
-    show(db_arg, db_opt, run_id, task_id, runs, fmt, limit, watch, interval, verbose)
+    show(db_arg, db_opt, run_id, task_ref, runs, fmt, limit, watch, interval, verbose)
