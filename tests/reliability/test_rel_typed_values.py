@@ -43,7 +43,6 @@ OPTIONS: list[tuple[list[str], str, type, float, float]] = [
     (["run", "x.py:main"], "--workers", int, 1, 10_000),
     (["run", "x.py:main"], "--resume-run", int, 1, MAX_ID),
     (["status"], "--run", int, 1, MAX_ID),
-    (["status"], "--task", int, -MAX_ID - 1, MAX_ID),
     (["status"], "--limit", int, 1, MAX_ID),
     (["status"], "--interval", float, 0.05, 86_400.0),
     (["observe", "x.db"], "--port", int, 0, 65535),

@@ -48,7 +48,7 @@ def _pipeline(db: Path, seen: dict[int, int]) -> Pipeline:
     pipe = Pipeline("views", db=db, workers=1, schema=_schema)
     pipe.handler(Row)(_store)
 
-    @pipe.task(retries=1, backoff=0.05, timeout=0.3)
+    @pipe.task(retries=1, backoff=0.05, timeout=1.0, retry_on=(OSError,))
     def work(ctx: Context, item: int) -> int:
         seen[item] = seen.get(item, 0) + 1
         if item == 1:
@@ -57,7 +57,7 @@ def _pipeline(db: Path, seen: dict[int, int]) -> Pipeline:
             time.sleep(0.1)  # attempt 2 must start visibly later than attempt 1
             raise OSError("flaky source")
         if item == 3:
-            ctx.cancelled.wait(5)  # times out (twice: it is retried once)
+            ctx.cancelled.wait(10)  # times out (not retried: only OSError is)
             return 0
         if item == 4:
             ctx.emit(Row(4, 1))
