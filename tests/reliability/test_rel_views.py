@@ -120,6 +120,11 @@ def test_one_stopped_mixed_run_reads_the_same_in_every_view(tmp_path: Path) -> N
     assert run["stop_reason"] == "sigint" and run["stopped"] == STOP_TEXT["sigint"]
     assert run["tasks_total"] == 12 and run["not_started"] == 12 - taken and run["done"] == done
 
+    table = runner.invoke(app, ["status", str(db), "--run", str(result.run_id)])
+    assert table.exit_code == 0, table.output
+    assert STOP_TEXT["sigint"] in table.output
+    assert f"{12 - taken} of 12" in table.output  # not started
+
     # Observe: the runs list says the same.
     listed = _observe_run_list(db)[0]
     assert (listed["total"], listed["done"], listed["failed"], listed["not_started"]) == (

@@ -93,6 +93,12 @@ def _run_panel(run: RunInfo, db: Path) -> Table:
     grid.add_row("elapsed", _seconds(run.elapsed))
     counts = ", ".join(f"{s} {n}" for s, n in sorted(run.counts.items())) or "none yet"
     grid.add_row("tasks", f"{run.finished}/{run.tasks_total} finished: {counts}")
+    if run.not_started:
+        grid.add_row("not started", f"{run.not_started} of {run.tasks_total}")
+    elif run.not_started is None:
+        grid.add_row("not started", "the rest of its source (it had no length)")
+    if run.stopped is not None:
+        grid.add_row("stopped", Text(run.stopped, style="yellow"))
     rate = "-" if run.throughput is None else f"{run.throughput:,.1f} tasks/s"
     grid.add_row("throughput", rate)
     grid.add_row("workers", "-" if run.workers is None else str(run.workers))
@@ -204,7 +210,7 @@ def _runs_table(runs: list[RunInfo]) -> RenderableType:
             str(run.id),
             printable(run.shown_status),
             _seconds(run.elapsed),
-            f"{run.counts.get('done', 0)}/{run.tasks_total}",
+            f"{run.done}/{run.tasks_total}",  # done includes skipped: a resume's work is done
             str(count_failed(run.counts)),
         )
         used = max(used, sum(cell_len(cell) for cell in row))
