@@ -42,7 +42,8 @@ def test_an_unpicklable_result_is_the_tasks_error_not_a_hang(tmp_path: Path) -> 
     )
     assert result.counts == {"error": 2}
     (message,) = rows(db, "SELECT message FROM task_runs WHERE task_id = 1")[0]
-    assert "could not be sent from the worker process" in str(message)
+    assert str(message).startswith("CrossingError: task 1: its result, a function, could not ")
+    assert "pickled in the worker" in str(message)
 
 
 def test_an_unpicklable_task_is_its_own_error(tmp_path: Path) -> None:

@@ -234,6 +234,10 @@ class Context:
             self._outputs.clear()
             return outputs
 
+    def _held_count(self) -> int:
+        """How many messages the attempt holds now (a killed process discards them)."""
+        return len(self._outputs)
+
     def _discard(self) -> int:
         """End a failed attempt: throw its held messages away and say how many there were."""
         with self._lock:

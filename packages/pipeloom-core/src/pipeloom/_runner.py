@@ -271,7 +271,9 @@ class Runner:
         retry = attempt <= spec.retries and any(
             issubclass(TaskTimeoutError, t) for t in spec.retry_on
         )
-        killed_on_timeout = timeout is not None and attempt_deadline(timeout, attempt, retry)
+        killed_on_timeout = timeout is not None and attempt_deadline(
+            timeout, attempt, retry, held=ctx._held_count
+        )
         try:
             outcome = run_attempt(
                 call,

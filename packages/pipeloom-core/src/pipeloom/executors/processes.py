@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -27,7 +28,20 @@ from typing import Any
 from pipeloom._text import exc_summary, exc_text, storable
 from pipeloom.errors import PipeloomError
 from pipeloom.executors._base import Completions, Executor, Sink, WorkerFn
-from pipeloom.executors._remote import BatchingSink, Outcome, RemoteTaskError, run_remote
+from pipeloom.executors._remote import (
+    BatchingSink,
+    Outcome,
+    RemoteTaskError,
+    Unsent,
+    crossing_text,
+    failing_class,
+    pack,
+    pack_outcome,
+    run_remote,
+    settle,
+    unpack,
+    unpack_outcome,
+)
 from pipeloom.executors._shipping import file_modules, load_file_module
 from pipeloom.messages import MsgTaskAttempt, MsgTaskFinished, utc_now
 
@@ -37,6 +51,9 @@ log = logging.getLogger("pipeloom.executors")
 
 _POLL = 0.05
 """How often the collector looks at deadlines when nothing arrives (seconds)."""
+_EXPIRE_GRACE = 0.5
+"""Longest wait, after an attempt's deadline, for its child to say how many messages the
+attempt held (its reader thread answers within milliseconds unless C code holds the GIL)."""
 
 
 class ProcessExecutor(Executor):
@@ -221,28 +238,59 @@ class ProcessExecutor(Executor):
     def _handle(self, child: _Child, item: tuple[Any, ...]) -> None:
         kind = item[0]
         if kind == "msgs":
-            put = self.sink.put
-            for msg in item[1]:
-                put(msg)
+            self._forward(child, unpack(item[1], child.task[0] if child.task else None))
         elif kind == "done":
-            outcome: Outcome = item[1]
             task = child.task
-            child.task = None
-            child.deadline = None
+            finish, lost = child.finish, child.lost
+            child.task = child.deadline = child.expiring = child.finish = child.lost = None
             if task is not None:
-                self.engine.task_done(
-                    task[0], task[1], outcome.as_error(), outcome.finished, outcome.returned
-                )
+                outcome = unpack_outcome(task[0], item[2])
+                finish, error = settle(outcome, finish, lost)
+                if finish is not None:
+                    self.sink.put(finish)
+                self.engine.task_done(task[0], task[1], error, finish is not None, outcome.returned)
         elif kind == "deadline":
             _, seconds, attempt, retry = item
             child.deadline = None if seconds is None else (time.monotonic() + seconds)
             child.attempt = (attempt, seconds, retry)
+        elif kind == "held":
+            if child.expiring is not None and child.task is not None:
+                self._kill_for_timeout(child, item[1])
         elif kind == "log":
             record = logging.makeLogRecord(item[1])
             logging.getLogger(record.name).handle(record)
         elif kind == "fatal":
             self.engine.executor_failed(RemoteTaskError(item[1], item[2]))
             self._closing.set()
+
+    def _forward(self, child: _Child, batch: Any) -> None:
+        """Put a child's batch on the writer's queue, holding back its task's own finish.
+
+        The finish waits for the task's outcome (`settle`): a result that cannot cross turns
+        a ``done`` into ``error``, which must happen before the writer sees ``done``.
+        """
+        task_id = child.task[0] if child.task is not None else None
+        if isinstance(batch, Unsent):
+            self._lost(child, task_id, batch.reason)
+            return
+        put = self.sink.put
+        for msg in batch:
+            if type(msg) is Unsent:
+                self._lost(child, task_id, msg.reason)
+            elif (
+                type(msg) is MsgTaskFinished
+                and msg.task_id == task_id
+                and task_id is not None
+                and child.finish is None
+            ):
+                child.finish = msg
+            else:
+                put(msg)
+
+    def _lost(self, child: _Child, task_id: int | None, reason: str) -> None:
+        log.error("%s", reason)
+        if task_id is not None and child.lost is None:
+            child.lost = reason
 
     def _died(self, child: _Child) -> None:
         if not child.alive:
@@ -256,8 +304,13 @@ class ProcessExecutor(Executor):
         child.proc.join(1.0)
         code = child.proc.exitcode
         task = child.task
-        child.task = None
-        if task is not None:
+        finish = child.finish
+        child.task = child.finish = None
+        if task is not None and finish is not None:
+            # It finished, then died before its outcome came: the finish it sent stands.
+            self.sink.put(finish)
+            self.engine.task_done(task[0], task[1], None, True)
+        elif task is not None:
             how = _exit_text(code) if not child.killed else child.killed
             self.engine.task_done(
                 task[0],
@@ -274,24 +327,38 @@ class ProcessExecutor(Executor):
     def _check_deadlines(self) -> None:
         now = time.monotonic()
         for child in list(self._children):
-            if child.alive and child.deadline is not None and now > child.deadline:
-                self._kill_for_timeout(child)
+            if not child.alive:
+                continue
+            if child.deadline is not None and now > child.deadline:
+                # Ask first how many messages the attempt holds (its reader thread answers),
+                # so the record counts what the kill discards, as the other executors do.
+                child.deadline = None
+                child.expiring = now + _EXPIRE_GRACE
+                try:
+                    child.conn.send(("expire",))
+                except OSError:
+                    self._kill_for_timeout(child, None)
+            elif child.expiring is not None and now > child.expiring:
+                log.debug("child %s did not say what its attempt held", child.proc.pid)
+                self._kill_for_timeout(child, None)
 
-    def _kill_for_timeout(self, child: _Child) -> None:
+    def _kill_for_timeout(self, child: _Child, held: int | None) -> None:
         task = child.task
         attempt, seconds, retry = child.attempt
-        child.deadline = None
+        child.deadline = child.expiring = child.finish = child.lost = None
         child.task = None
         child.proc.kill()
         child.killed = "killed after its timeout"
         if task is None:
             return
         task_id, obj = task
+        note = f" ({held} emitted message{'' if held == 1 else 's'} of this attempt discarded)"
         text = (
             f"TaskTimeoutError: did not finish within {seconds:g} s; its worker process was killed"
+            + (note if held else "")
         )
         if retry and not self.engine.stopping.is_set():
-            self.sink.put(MsgTaskAttempt(task_id, attempt, "timeout", text))
+            self.sink.put(MsgTaskAttempt(task_id, attempt, "timeout", text, discarded=held or 0))
             blob = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
             with self._lock:
                 self._pending.appendleft((task_id, obj, blob, attempt + 1))
@@ -350,6 +417,12 @@ class _Child:
     attempt: tuple[int, float, bool] = (1, 0.0, False)
     alive: bool = True
     killed: str | None = None
+    expiring: float | None = None
+    """Set once its attempt's deadline passed: when to kill it if it does not answer."""
+    finish: MsgTaskFinished | None = None
+    """Its task's own finish, held until the task's outcome arrives (see `settle`)."""
+    lost: str | None = None
+    """Why a message of its task could not cross, if one could not."""
 
 
 def _exit_text(code: int | None) -> str:
@@ -421,9 +494,16 @@ class _PipeHandler(logging.Handler):
 
 _guard: Any = None
 """In a child: sends attempt deadlines to the driver (see `attempt_deadline`)."""
+_held: Callable[[], int] | None = None
+"""In a child: how many messages the running attempt holds (asked when it expires)."""
 
 
-def attempt_deadline(seconds: float | None, attempt: int = 1, retry: bool = False) -> bool:
+def attempt_deadline(
+    seconds: float | None,
+    attempt: int = 1,
+    retry: bool = False,
+    held: Callable[[], int] | None = None,
+) -> bool:
     """Ask the driver to kill this process if the attempt outlives ``seconds``.
 
     Called by the declarative runner around each attempt; a no-op (False) outside a worker
@@ -433,11 +513,23 @@ def attempt_deadline(seconds: float | None, attempt: int = 1, retry: bool = Fals
         seconds: the attempt's timeout, or None once the attempt is over.
         attempt: the attempt number.
         retry: whether a timeout of this attempt would be retried.
+        held: counts the messages the attempt holds, which a kill discards.
     """
+    global _held
     if _guard is None:
         return False
+    _held = held if seconds is not None else None
     _guard(("deadline", seconds, attempt, retry))
     return True
+
+
+def _held_now() -> int | None:
+    count = _held
+    try:
+        return None if count is None else int(count())
+    except Exception as exc:  # never let the count stop the kill
+        log.debug("could not count the attempt's held messages: %s", exc)
+        return None
 
 
 def _child_main(
@@ -469,7 +561,8 @@ def _child_main(
         )
         return
     _guard = send
-    sink = BatchingSink(lambda batch: send(("msgs", _picklable(batch))))
+    running: list[int | None] = [None]
+    sink = BatchingSink(lambda batch: send(("msgs", pack(batch, running[0]))))
     stopping = threading.Event()
     inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
@@ -482,6 +575,9 @@ def _child_main(
                 item = ("stop",)
             if item[0] == "stopping":
                 stopping.set()
+                continue
+            if item[0] == "expire":  # the attempt's deadline passed: say what it holds
+                send(("held", _held_now()))
                 continue
             inbox.put(item)
             if item[0] == "stop":
@@ -496,44 +592,12 @@ def _child_main(
         try:
             task = pickle.loads(blob)
         except Exception as exc:
-            send(("done", Outcome(task_id, exc_summary(exc), exc_text(exc))))
+            what = f"its task ({failing_class(blob)})"
+            text = crossing_text(task_id, what, "unpickled in the worker", exc)
+            send(("done", task_id, pack_outcome(Outcome(task_id, text, exc_text(exc)))))
             continue
+        running[0] = task_id
         outcome = run_remote(worker_fn, task_id, task, sink, first, stopping)
-        send(("done", outcome))
+        running[0] = None
+        send(("done", task_id, pack_outcome(outcome)))
     sink.close()
-
-
-def _picklable(batch: list[Any]) -> list[Any]:
-    """Return the batch when it pickles, else each message that does not replaced.
-
-    The replacement says what the record should: a task error for a finish, a dead letter for
-    anything else.
-    """
-    try:
-        pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
-        return batch
-    except Exception:
-        out: list[Any] = []
-        for msg in batch:
-            try:
-                pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
-                out.append(msg)
-            except Exception as exc:
-                out.append(_unpicklable(msg, exc))
-        return out
-
-
-def _unpicklable(msg: Any, exc: BaseException) -> Any:
-    from pipeloom._control import Refused
-
-    why = f"could not be sent from the worker process ({exc_summary(exc)})"
-    if isinstance(msg, MsgTaskFinished):
-        return MsgTaskFinished(
-            msg.task_id,
-            "error",
-            msg.finished_at,
-            message=storable(f"the task's result {why}", 500),
-            error=f"{type(msg.result).__name__} result {why}",
-            attempt=msg.attempt if isinstance(msg.attempt, int) else 1,
-        )
-    return Refused(storable(repr(msg), 10_000), f"{type(msg).__name__} {why}")
