@@ -49,6 +49,7 @@ __all__ = [
     "pack_outcome",
     "run_remote",
     "settle",
+    "task_what",
     "unpack",
     "unpack_outcome",
 ]
@@ -265,6 +266,27 @@ def _what(item: Any, dumps: Dumps) -> str:
     return f"a {_type_name(item)} message it sent"
 
 
+def task_what(task: Any, dumps: Dumps = _pickle_dumps) -> str:
+    """Name what in a task fails to pickle: its item, its payload, or the task itself."""
+    parts = [task]
+    payload = getattr(task, "payload", None)
+    if payload is not None:
+        parts.append(payload)
+        item = getattr(payload, "item", None)
+        if item is not None:
+            parts.append(item)
+    for part in reversed(parts):
+        try:
+            dumps(part)
+        except Exception:
+            return (
+                f"its task (its item, a {_type_name(part)})"
+                if part is not task
+                else (f"its task (a {_type_name(task)})")
+            )
+    return f"its task (a {_type_name(task)})"
+
+
 def _sendable(item: Any, task_id: int | None, dumps: Dumps) -> Any:
     try:
         dumps(item)
@@ -295,7 +317,7 @@ def pack(items: list[Any], task_id: int | None = None, dumps: Dumps = _pickle_du
         return dumps([_sendable(item, task_id, dumps) for item in items])
 
 
-def unpack(data: bytes, task_id: int | None = None, what: str = "what it sent") -> Any:
+def unpack(data: bytes, task_id: int | None = None, what: str = "a message it sent") -> Any:
     """Read what `pack` made, in the driver; an `Unsent` naming the class when it cannot be."""
     try:
         return pickle.loads(data)
@@ -343,7 +365,7 @@ def unpack_outcome(task_id: int, data: bytes) -> Outcome:
 
 def settle(
     outcome: Outcome, finish: MsgTaskFinished | None, lost: str | None
-) -> tuple[MsgTaskFinished | None, BaseException | None]:
+) -> tuple[MsgTaskFinished | None, BaseException | None, Any]:
     """Decide a remote task's end in the driver from its held finish and what got lost.
 
     Args:
@@ -353,17 +375,19 @@ def settle(
 
     Returns:
         The finish to put on the writer's queue (a ``done`` one turned ``error`` when
-        something of the task did not cross) and the error to hand the engine.
+        something of the task did not cross), the error and the returned value (None when
+        the task failed: nothing downstream may consume it) to hand the engine.
     """
     why = lost if lost is not None else (outcome.error if outcome.crossing else None)
     if why is None:
-        return finish, outcome.as_error()
+        error = outcome.as_error()
+        return finish, error, outcome.returned if error is None else None
     if finish is not None and finish.status == "done":
         # Its atomic output goes with the done row it no longer has: never half a task.
         finish = dataclasses.replace(
             finish, status="error", result=None, message=why, error=why, outputs=()
         )
-    return finish, RemoteTaskError(why, None)
+    return finish, RemoteTaskError(why, None), None
 
 
 class _NamingUnpickler(pickle.Unpickler):

@@ -45,6 +45,7 @@ from pipeloom.executors._remote import (
     pack_outcome,
     run_remote,
     settle,
+    task_what,
     unpack,
     unpack_outcome,
 )
@@ -590,7 +591,7 @@ class DaskExecutor(Executor):
             try:  # one pickle per task: one that cannot be sent is its own error
                 pairs.append((i, _dump_value(self._tasks[i].task)))
             except Exception as exc:
-                what = f"its task ({type(self._tasks[i].task).__name__})"
+                what = task_what(self._tasks[i].task, _dump_value)
                 text = crossing_text(i, what, "pickled for the Dask workers", exc)
                 self._complete(i, RemoteTaskError(text, None), False)
         if not pairs:
@@ -712,10 +713,10 @@ class DaskExecutor(Executor):
 
     def _settle(self, task_id: int, st: _Task, outcome: Outcome) -> None:
         # What reached the driver decides, not what the worker believes it sent.
-        finish, error = settle(outcome, st.finish, st.lost)
+        finish, error, returned = settle(outcome, st.finish, st.lost)
         if finish is not None:
             self.sink.put(finish)
-        self._complete(task_id, error, finish is not None, outcome.returned)
+        self._complete(task_id, error, finish is not None, returned)
 
     def _complete(
         self, task_id: int, error: BaseException | None, finished: bool, returned: Any = None

@@ -39,6 +39,7 @@ from pipeloom.executors._remote import (
     pack_outcome,
     run_remote,
     settle,
+    task_what,
     unpack,
     unpack_outcome,
 )
@@ -88,6 +89,8 @@ class ProcessExecutor(Executor):
         self.max_workers = max_workers
         self.start_method = start_method
         self._children: list[_Child] = []
+        self._unsent: list[tuple[int, Any, str]] = []
+        """Tasks that could not be pickled: the collector records each one's error."""
         self._pending: collections.deque[tuple[int, Any, bytes, int]] = collections.deque()
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -137,16 +140,20 @@ class ProcessExecutor(Executor):
         return _Child(proc, parent)
 
     def submit(self, task_id: int, task: Any) -> None:
-        """Pickle the task here (so an unpicklable one is its own error) and hand it over."""
+        """Pickle the task here (so an unpicklable one is its own error) and hand it over.
+
+        One that does not pickle is completed as an error by the collector (never from
+        ``submit`` itself), so the stages that consume it are recorded too.
+        """
         try:
             blob = pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
-            raise PipeloomError(
-                f"task {task_id} cannot be sent to a worker process ({exc_summary(exc)}); "
-                "tasks must pickle: use plain data such as paths, numbers and dataclasses"
-            ) from exc
-        with self._lock:
-            self._pending.append((task_id, task, blob, 1))
+            text = crossing_text(task_id, task_what(task), "pickled for a worker process", exc)
+            with self._lock:
+                self._unsent.append((task_id, task, text))
+        else:
+            with self._lock:
+                self._pending.append((task_id, task, blob, 1))
         if threading.current_thread() is not self._collector:
             self._wake()  # the collector submits from a completion and dispatches next anyway
 
@@ -158,6 +165,11 @@ class ProcessExecutor(Executor):
                 log.debug("could not wake the process collector: %s", exc)
 
     def _dispatch(self) -> None:
+        if self._unsent:
+            with self._lock:
+                unsent, self._unsent = self._unsent, []
+            for task_id, task, text in unsent:
+                self.engine.task_done(task_id, task, RemoteTaskError(text, None), False)
         with self._lock:
             for child in self._children:
                 if not self._pending:
@@ -245,10 +257,10 @@ class ProcessExecutor(Executor):
             child.task = child.deadline = child.expiring = child.finish = child.lost = None
             if task is not None:
                 outcome = unpack_outcome(task[0], item[2])
-                finish, error = settle(outcome, finish, lost)
+                finish, error, returned = settle(outcome, finish, lost)
                 if finish is not None:
                     self.sink.put(finish)
-                self.engine.task_done(task[0], task[1], error, finish is not None, outcome.returned)
+                self.engine.task_done(task[0], task[1], error, finish is not None, returned)
         elif kind == "deadline":
             _, seconds, attempt, retry = item
             child.deadline = None if seconds is None else (time.monotonic() + seconds)
