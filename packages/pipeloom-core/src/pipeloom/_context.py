@@ -128,10 +128,17 @@ class Context:
         """1 for the first try, 2 for the first retry, and so on."""
         self.cancelled = threading.Event()
         """Set when the attempt timed out: a long task should check it and return early."""
+        cancelled = self.cancelled
+
+        def store(level: int, text: str) -> None:
+            # An abandoned attempt's lines go with it, like its progress and messages.
+            if not cancelled.is_set():
+                send_log(put, task_id, attempt, level, logger.name, text)
+
         self.log = TaskLog(
             logger,
             {"task": name, "task_id": task_id, "task_key": key, "attempt": attempt},
-            lambda level, text: send_log(put, task_id, attempt, level, logger.name, text),
+            store,
         )
         set_attempt(attempt)  # the user's own logging calls in this attempt carry it too
         """A logger whose lines carry the task's name, id, key and attempt."""
