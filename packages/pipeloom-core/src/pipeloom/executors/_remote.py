@@ -44,7 +44,10 @@ __all__ = [
     "RemoteTaskError",
     "Unsent",
     "crossing_text",
+    "dumps_back",
+    "dumps_by_value",
     "failing_class",
+    "main_is_interactive",
     "pack",
     "pack_outcome",
     "run_remote",
@@ -217,6 +220,59 @@ def _pickle_dumps(obj: Any) -> bytes:
     return pickle.dumps(obj, protocol=_PROTOCOL)
 
 
+def dumps_by_value(obj: Any) -> bytes:
+    """Pickle for a process that may not import what the driver's ``__main__`` defines.
+
+    cloudpickle sends ``__main__``'s functions and classes by value (a notebook, a script a
+    remote worker does not have), and so a pipeline task defined there: by value too, never
+    as a reference to ``__main__.name``, which a worker would resolve to its own copy of the
+    script (or to nothing). Every class then arrives as one consistent copy, the same one the
+    pipeline's handler list holds.
+
+    Raises:
+        ImportError: cloudpickle is not installed (``pipeloom-core[dask]`` brings it).
+    """
+    import cloudpickle  # type: ignore[import-untyped]
+
+    from pipeloom.pipeline import Task
+
+    class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+        def reducer_override(self, obj: Any) -> Any:
+            if type(obj) is Task and getattr(obj.fn, "__module__", None) in _MAINS:
+                return (Task, tuple(getattr(obj, f.name) for f in dataclasses.fields(obj)))
+            return super().reducer_override(obj)
+
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=_PROTOCOL).dump(obj)
+    return buffer.getvalue()
+
+
+_MAINS = ("__main__", "__mp_main__")
+
+
+def dumps_back(obj: Any) -> bytes:
+    """Pickle for the trip back to the driver: plain pickle (fast), by value when that fails.
+
+    A worker's copy of a class the driver sent by value cannot be found by name here; it
+    goes back by value and the driver maps it to its own class again.
+    """
+    try:
+        return pickle.dumps(obj, protocol=_PROTOCOL)
+    except Exception:
+        try:
+            return dumps_by_value(obj)
+        except ImportError:
+            pass
+        raise
+
+
+def main_is_interactive() -> bool:
+    """True when ``__main__`` has no file a spawned process could import (a notebook, -c)."""
+    import sys
+
+    return not getattr(sys.modules.get("__main__"), "__file__", None)
+
+
 @dataclass(frozen=True, slots=True)
 class Unsent:
     """Stands in for an item that could not cross: what it was, and why, in one line."""
@@ -303,7 +359,7 @@ def _sendable(item: Any, task_id: int | None, dumps: Dumps) -> Any:
     return item
 
 
-def pack(items: list[Any], task_id: int | None = None, dumps: Dumps = _pickle_dumps) -> bytes:
+def pack(items: list[Any], task_id: int | None = None, dumps: Dumps = dumps_back) -> bytes:
     """Pickle a batch where the task ran; each item that does not pickle becomes an `Unsent`.
 
     Args:
@@ -326,7 +382,7 @@ def unpack(data: bytes, task_id: int | None = None, what: str = "a message it se
         return Unsent(crossing_text(task_id, what, "unpickled in the driver", exc))
 
 
-def pack_outcome(outcome: Outcome, dumps: Dumps = _pickle_dumps) -> bytes:
+def pack_outcome(outcome: Outcome, dumps: Dumps = dumps_back) -> bytes:
     """Pickle a task's outcome; a result that cannot make the round trip becomes its error.
 
     The result is read back here once (only when there is one), because an object that

@@ -40,6 +40,8 @@ from pipeloom.executors._remote import (
     RemoteTaskError,
     Unsent,
     crossing_text,
+    dumps_back,
+    dumps_by_value,
     failing_class,
     pack,
     pack_outcome,
@@ -135,23 +137,10 @@ def _load_fn(topic: str, fn_bytes: bytes, preload: list[tuple[str, str]]) -> Wor
     return fn
 
 
-def _dump_value(obj: Any) -> bytes:
-    """Pickle for the trip to the workers: by value what they may not import (``__main__``).
-
-    cloudpickle also honours ``cloudpickle.register_pickle_by_value(module)`` for code that
-    lives only on the driver.
-    """
-    import cloudpickle  # type: ignore[import-untyped]
-
-    return bytes(cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
-
-
-def _dump(obj: Any) -> bytes:
-    """Pickle for the trip back: plain pickle (fast), by value only when that fails."""
-    try:
-        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        return _dump_value(obj)
+_dump_value = dumps_by_value
+"""Pickle for the trip to the workers: by value what they may not import (``__main__``)."""
+_dump = dumps_back
+"""Pickle for the trip back: plain pickle (fast), by value only when that fails."""
 
 
 _FORMATTER = logging.Formatter()

@@ -17,7 +17,6 @@ import multiprocessing
 import pickle
 import queue
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -34,7 +33,9 @@ from pipeloom.executors._remote import (
     RemoteTaskError,
     Unsent,
     crossing_text,
+    dumps_by_value,
     failing_class,
+    main_is_interactive,
     pack,
     pack_outcome,
     run_remote,
@@ -101,6 +102,8 @@ class ProcessExecutor(Executor):
         self._told_stopping = False
         self._wakeup_r: Connection | None = None
         self._wakeup_w: Connection | None = None
+        self._dumps: Callable[[Any], bytes] = _plain_dumps
+        """Pickles for the children: by value when ``__main__`` is a notebook's (no file)."""
 
     def start(self, workers: int, worker_fn: WorkerFn, sink: Sink, engine: Completions) -> None:
         """Check the worker function pickles, then start the children and the collector.
@@ -111,7 +114,8 @@ class ProcessExecutor(Executor):
         if self.max_workers is not None:
             workers = min(workers, self.max_workers)
         super().start(workers, worker_fn, sink, engine)
-        self._payload = _pickle_worker(worker_fn)
+        self._dumps = _interactive_dumps() if main_is_interactive() else _plain_dumps
+        self._payload = _pickle_worker(worker_fn, self._dumps)
         self._preload = file_modules()
         self._ctx = multiprocessing.get_context(self.start_method)
         if self.start_method == "forkserver":
@@ -146,7 +150,7 @@ class ProcessExecutor(Executor):
         ``submit`` itself), so the stages that consume it are recorded too.
         """
         try:
-            blob = pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
+            blob = self._dumps(task)
         except Exception as exc:
             text = crossing_text(task_id, task_what(task), "pickled for a worker process", exc)
             with self._lock:
@@ -371,7 +375,7 @@ class ProcessExecutor(Executor):
         )
         if retry and not self.engine.stopping.is_set():
             self.sink.put(MsgTaskAttempt(task_id, attempt, "timeout", text, discarded=held or 0))
-            blob = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+            blob = self._dumps(obj)
             with self._lock:
                 self._pending.appendleft((task_id, obj, blob, attempt + 1))
             return
@@ -448,7 +452,20 @@ def _exit_text(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def _pickle_worker(worker_fn: WorkerFn) -> bytes:
+def _plain_dumps(obj: Any) -> bytes:
+    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _interactive_dumps() -> Callable[[Any], bytes]:
+    """By-value pickling for a notebook's ``__main__``, when cloudpickle is installed."""
+    try:
+        import cloudpickle  # type: ignore[import-untyped]  # noqa: F401
+    except ImportError:
+        return _plain_dumps  # _pickle_worker says what to do
+    return dumps_by_value
+
+
+def _pickle_worker(worker_fn: WorkerFn, dumps: Callable[[Any], bytes] = _plain_dumps) -> bytes:
     """Pickle the worker function, or say in one line why it cannot go to a child.
 
     Raises:
@@ -456,13 +473,14 @@ def _pickle_worker(worker_fn: WorkerFn) -> bytes:
     """
     name = getattr(worker_fn, "__qualname__", None) or type(worker_fn).__qualname__
     module = getattr(worker_fn, "__module__", None) or type(worker_fn).__module__
-    if module == "__main__" and not getattr(sys.modules.get("__main__"), "__file__", None):
+    if module == "__main__" and main_is_interactive() and dumps is _plain_dumps:
         raise PipeloomError(
             f"worker function {name} is defined in an interactive __main__, which a worker "
-            "process cannot import; move it into a .py file and import it from there"
+            "process cannot import; move it into a .py file and import it from there, or "
+            "install cloudpickle (uv add 'pipeloom-core[dask]') to send it by value"
         )
     try:
-        return pickle.dumps(worker_fn, protocol=pickle.HIGHEST_PROTOCOL)
+        return dumps(worker_fn)
     except Exception as exc:
         raise PipeloomError(
             f"worker function {module}.{name} cannot be sent to a worker process "
