@@ -253,12 +253,16 @@ _MAINS = ("__main__", "__mp_main__")
 def dumps_back(obj: Any) -> bytes:
     """Pickle for the trip back to the driver: plain pickle (fast), by value when that fails.
 
-    A worker's copy of a class the driver sent by value cannot be found by name here; it
-    goes back by value and the driver maps it to its own class again.
+    A worker's copy of a class the driver sent by value (one of the driver's ``__main__``)
+    cannot be found by name here; it goes back by value and the driver maps it to its own
+    class again. Anything else that does not pickle stays an error: a lambda of an importable
+    module does not cross on one executor and not another.
     """
     try:
         return pickle.dumps(obj, protocol=_PROTOCOL)
-    except Exception:
+    except Exception as exc:
+        if not any(main in str(exc) for main in _MAINS):
+            raise
         try:
             return dumps_by_value(obj)
         except ImportError:

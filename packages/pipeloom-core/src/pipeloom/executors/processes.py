@@ -456,13 +456,23 @@ def _plain_dumps(obj: Any) -> bytes:
     return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 
+def _main_by_value(obj: Any) -> bytes:
+    """Plain pickle, unless it refers to the notebook's ``__main__``: then by value.
+
+    A child cannot import a ``__main__`` that has no file, so what is defined there travels
+    by value (cloudpickle); everything else keeps plain pickle's rules and speed.
+    """
+    blob = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return dumps_by_value(obj) if b"__main__" in blob else blob
+
+
 def _interactive_dumps() -> Callable[[Any], bytes]:
-    """By-value pickling for a notebook's ``__main__``, when cloudpickle is installed."""
+    """The pickler for a notebook's ``__main__``: by value when cloudpickle is installed."""
     try:
         import cloudpickle  # type: ignore[import-untyped]  # noqa: F401
     except ImportError:
         return _plain_dumps  # _pickle_worker says what to do
-    return dumps_by_value
+    return _main_by_value
 
 
 def _pickle_worker(worker_fn: WorkerFn, dumps: Callable[[Any], bytes] = _plain_dumps) -> bytes:
