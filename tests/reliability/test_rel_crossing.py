@@ -11,6 +11,7 @@ type, what consumes it is ``upstream_failed``, and the run ends ``error`` (never
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -97,3 +98,36 @@ def test_what_cannot_cross_fails_only_its_own_task(
 
 def _id(db: Path, key: str) -> int:
     return int(query(db, "SELECT task_id FROM task_runs WHERE task_key = ?", key)[0][0])
+
+
+def test_a_copy_of_a_registered_class_is_handled_and_a_stranger_is_named(tmp_path: Path) -> None:
+    """A worker may hold another copy of a script's class (cloudpickle rebuilt it by value, or
+    it imported the script as ``__mp_main__``): its module and name say which type it is."""
+    from pipeloom import Context
+    from pipeloom._registry import find_handler
+
+    copy = type("MsgOk", (), {"__module__": t.MsgOk.__module__, "__qualname__": "MsgOk"})
+    script = type("MsgOk", (), {"__module__": "__mp_main__", "__qualname__": "MsgOk"})
+    main = type("MsgOk", (), {"__module__": "__main__", "__qualname__": "MsgOk"})
+    stranger = type("MsgOk", (), {"__module__": "elsewhere", "__qualname__": "MsgOk"})
+    assert find_handler(t.pipe.handlers, copy) is t.on_ok
+    assert find_handler({main: t.on_ok}, script) is t.on_ok
+    assert find_handler(t.pipe.handlers, stranger) is None
+
+    sent: list[Any] = []
+    ctx = Context(
+        task_id=1,
+        name="n",
+        key=None,
+        attempt=1,
+        put=sent.append,
+        handled=frozenset(t.pipe.handlers),
+        logger=logging.getLogger("x"),
+    )
+    ctx.emit(copy())
+    assert len(sent) == 1
+    with pytest.raises(TypeError) as caught:
+        ctx.emit(stranger())
+    text = str(caught.value)
+    assert f"registered for a MsgOk from module {MOD}" in text
+    assert "this MsgOk comes from module elsewhere" in text
