@@ -247,7 +247,10 @@ def test_a_message_that_cannot_be_pickled_fails_its_task(client: Client, tmp_pat
     )
     assert result.counts == {"done": 2, "error": 1} and result.failed_task_ids == [2]
     message = query(db, "SELECT message FROM task_runs WHERE task_id = 2")[0][0]
-    assert "MsgHandle it sent could not be pickled" in message
+    assert message.startswith(
+        "CrossingError: task 2: a tests.executors.test_dask.MsgHandle message"
+    )
+    assert "could not be pickled in the worker" in message
 
 
 def test_fail_fast_cancels_what_has_not_started(client: Client, tmp_path: Path) -> None:

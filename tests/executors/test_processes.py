@@ -42,7 +42,8 @@ def test_an_unpicklable_result_is_the_tasks_error_not_a_hang(tmp_path: Path) -> 
     )
     assert result.counts == {"error": 2}
     (message,) = rows(db, "SELECT message FROM task_runs WHERE task_id = 1")[0]
-    assert "could not be sent from the worker process" in str(message)
+    assert str(message).startswith("CrossingError: task 1: its result, a function, could not ")
+    assert "pickled in the worker" in str(message)
 
 
 def test_an_unpicklable_task_is_its_own_error(tmp_path: Path) -> None:
@@ -51,7 +52,8 @@ def test_an_unpicklable_task_is_its_own_error(tmp_path: Path) -> None:
     result = run_pipeline(tasks, db, worker_fn=noop, executor="processes", progress=False)
     assert result.counts == {"done": 1, "error": 1}
     (message,) = rows(db, "SELECT message FROM task_runs WHERE task_id = 2")[0]
-    assert "cannot be sent to a worker process" in str(message)
+    assert str(message).startswith("CrossingError: task 2: its task (its item, a function) ")
+    assert "could not be pickled for a worker process" in str(message)
 
 
 def test_a_worker_function_that_cannot_reach_a_child_fails_before_the_run(tmp_path: Path) -> None:

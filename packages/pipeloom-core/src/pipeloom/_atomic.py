@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeloom._fold import AppliedBatch, _Fold, _payload, _truncate, origin_of
-from pipeloom._registry import Handler
+from pipeloom._registry import Handler, find_handler, unmatched_note
 from pipeloom._task_sql import upsert_tasks
 from pipeloom._text import SUMMARY_CHARS as _SUMMARY_CHARS
 from pipeloom._text import exc_summary, exc_text, storable
@@ -231,10 +231,11 @@ class _HeldBatch:
         _merge(self.applied, fold.applied)
 
     def _call(self, cls: type[Any], msgs: list[Any]) -> None:
-        handler = self.handlers.get(cls)
+        handler = find_handler(self.handlers, cls)
         if handler is None:
             raise _Rejected(
-                f"no handler is registered for {_type_name(cls)}, so none of the task's "
+                f"no handler is registered for {_type_name(cls)}"
+                f"{unmatched_note(cls, self.handlers.keys())}, so none of the task's "
                 f"messages were applied; register one with handlers={{{cls.__name__}: fn}}",
                 None,
             )

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Container, Mapping, MutableMapping
+from collections.abc import Callable, Collection, Container, Mapping, MutableMapping
 from typing import Any
 
+from pipeloom._registry import registered_type, unmatched_note
 from pipeloom.messages import PIPELOOM_MESSAGES, MsgTaskProgress
 from pipeloom.tasklogs import record_text, send_log, set_attempt
 
@@ -127,10 +128,17 @@ class Context:
         """1 for the first try, 2 for the first retry, and so on."""
         self.cancelled = threading.Event()
         """Set when the attempt timed out: a long task should check it and return early."""
+        cancelled = self.cancelled
+
+        def store(level: int, text: str) -> None:
+            # An abandoned attempt's lines go with it, like its progress and messages.
+            if not cancelled.is_set():
+                send_log(put, task_id, attempt, level, logger.name, text)
+
         self.log = TaskLog(
             logger,
             {"task": name, "task_id": task_id, "task_key": key, "attempt": attempt},
-            lambda level, text: send_log(put, task_id, attempt, level, logger.name, text),
+            store,
         )
         set_attempt(attempt)  # the user's own logging calls in this attempt carry it too
         """A logger whose lines carry the task's name, id, key and attempt."""
@@ -172,10 +180,12 @@ class Context:
                 f"ctx.emit({cls.__name__}): the pipeline sends lifecycle messages itself; "
                 "use ctx.progress(step, total) for progress and return a value for the result"
             )
-        if cls not in self._handled:
+        if cls not in self._handled and not self._handled_by_name(cls):
+            handled = self._handled
+            note = unmatched_note(cls, handled) if isinstance(handled, Collection) else ""
             raise TypeError(
-                f"ctx.emit({cls.__name__}): no handler registered for {cls.__name__}; add one "
-                f"with @pipe.handler({cls.__name__}) or Pipeline(..., handlers={{...}})"
+                f"ctx.emit({cls.__name__}): no handler registered for {cls.__name__}{note}; "
+                f"add one with @pipe.handler({cls.__name__}) or Pipeline(..., handlers={{...}})"
             )
         with self._lock:
             if self.cancelled.is_set() or self._closed:
@@ -193,6 +203,16 @@ class Context:
                 )
                 raise self._overflow
             self._outputs.append(msg)
+
+    def _handled_by_name(self, cls: type[Any]) -> bool:
+        """Tell whether a handler's class has ``cls``'s module and name (another copy of it).
+
+        In a worker process the task's code and the pipeline's handler list may hold two
+        copies of a class defined in the script (imported there as ``__mp_main__``, or rebuilt
+        by value by cloudpickle); the writer matches them the same way.
+        """
+        handled = self._handled
+        return isinstance(handled, Collection) and registered_type(cls, handled) is not None
 
     def _drop(self, cls: type[Any]) -> None:
         """Count a message sent after the attempt ended; warn once per attempt."""
@@ -220,6 +240,10 @@ class Context:
             outputs = tuple(self._outputs)
             self._outputs.clear()
             return outputs
+
+    def _held_count(self) -> int:
+        """How many messages the attempt holds now (a killed process discards them)."""
+        return len(self._outputs)
 
     def _discard(self) -> int:
         """End a failed attempt: throw its held messages away and say how many there were."""

@@ -33,6 +33,7 @@ from pipeloom.messages import (
     TaskDef,
     utc_now,
 )
+from pipeloom.tasklogs import within_attempt
 
 if TYPE_CHECKING:
     from pipeloom.pipeline import Pipeline, Task
@@ -271,12 +272,15 @@ class Runner:
         retry = attempt <= spec.retries and any(
             issubclass(TaskTimeoutError, t) for t in spec.retry_on
         )
-        killed_on_timeout = timeout is not None and attempt_deadline(timeout, attempt, retry)
+        killed_on_timeout = timeout is not None and attempt_deadline(
+            timeout, attempt, retry, held=ctx._held_count
+        )
+        bound, drop_logs = within_attempt(attempt, call)
         try:
             outcome = run_attempt(
-                call,
+                bound,
                 timeout=None if killed_on_timeout else timeout,
-                on_timeout=ctx._abandon,
+                on_timeout=_both(ctx._abandon, drop_logs),
                 thread_name=f"pipeloom-task-{task.task_id}-{attempt}",
             )
         finally:
@@ -291,12 +295,12 @@ class Runner:
         spec = job.task
         if not inspect.iscoroutinefunction(spec.fn):
             # A blocking function must not stall the loop: its attempt runs in a thread.
-            call = functools.partial(spec.fn, ctx, job.item)
+            call, drop_logs = within_attempt(attempt, functools.partial(spec.fn, ctx, job.item))
             outcome = await asyncio.to_thread(
                 run_attempt,
                 call,
                 timeout=spec.timeout,
-                on_timeout=ctx._abandon,
+                on_timeout=_both(ctx._abandon, drop_logs),
                 thread_name=f"pipeloom-task-{task.task_id}-{attempt}",
             )
             return outcome, ctx
@@ -424,6 +428,14 @@ def _stage_fields(task: TaskDef) -> dict[str, Any]:
         "upstream_stage": job.upstream_stage,
         "upstream_task_id": job.upstream_id,
     }
+
+
+def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    def both() -> None:
+        first()
+        second()
+
+    return both
 
 
 def _discarded_text(n: int) -> str:

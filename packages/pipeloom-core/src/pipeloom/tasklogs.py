@@ -39,6 +39,7 @@ __all__ = [
     "send_log",
     "set_attempt",
     "task_scope",
+    "within_attempt",
 ]
 
 Put = Callable[..., None]
@@ -50,12 +51,14 @@ DEFAULT_TASK_LOG_LIMIT = 200
 class _Scope:
     """The task running here: where its records go and under which id and attempt."""
 
-    __slots__ = ("attempt", "put", "task_id")
+    __slots__ = ("attempt", "closed", "put", "task_id")
 
     def __init__(self, put: Put, task_id: int, attempt: int) -> None:
         self.put = put
         self.task_id = task_id
         self.attempt = attempt
+        self.closed = False
+        """Set when the attempt was abandoned (timed out): its late records are dropped."""
 
 
 _current: ContextVar[_Scope | None] = ContextVar("pipeloom_task", default=None)
@@ -111,7 +114,11 @@ class TaskLogHandler(logging.Handler):
         """Send ``record`` to the running task's log, if a task is running here."""
         scope = _current.get()
         name = record.name
-        if scope is not None and not (name == "pipeloom" or name.startswith("pipeloom.")):
+        if (
+            scope is not None
+            and not scope.closed
+            and not (name == "pipeloom" or name.startswith("pipeloom."))
+        ):
             try:
                 text = record.getMessage()
                 if record.exc_info:
@@ -183,6 +190,41 @@ def set_attempt(attempt: int) -> None:
     scope = _current.get()
     if scope is not None:
         scope.attempt = attempt
+
+
+def within_attempt(
+    attempt: int, fn: Callable[[], Any]
+) -> tuple[Callable[[], Any], Callable[[], None]]:
+    """Bind ``fn`` to a scope of its own for one attempt, wherever it then runs.
+
+    An attempt with a timeout runs in a thread of its own, which does not inherit the
+    caller's context: without this its ``logging`` calls would reach no task. Its own scope
+    also lets a timed-out attempt be cut off: once abandoned, what it logs is dropped, never
+    stored under a later attempt or after the task's final row.
+
+    Returns:
+        The bound callable, and ``abandon()`` which drops the attempt's later records.
+    """
+    outer = _current.get()
+    if outer is None:
+        return fn, _nothing
+    scope = _Scope(outer.put, outer.task_id, attempt)
+
+    def bound() -> Any:
+        token = _current.set(scope)
+        try:
+            return fn()
+        finally:
+            _current.reset(token)
+
+    def abandon() -> None:
+        scope.closed = True
+
+    return bound, abandon
+
+
+def _nothing() -> None:
+    return None
 
 
 _LOG_CHARS = 20_000

@@ -31,7 +31,7 @@ from pipeloom._fold import (
     _payload,
     origin_of,
 )
-from pipeloom._registry import Handler, HandlerRegistry, callable_name
+from pipeloom._registry import Handler, HandlerRegistry, callable_name, find_handler
 from pipeloom._task_sql import prepare as prepare_task_sql
 from pipeloom._task_sql import upsert_tasks
 from pipeloom._text import storable
@@ -609,7 +609,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         if logs:
             steps.append((MsgTaskLog, self._apply_logs, logs))
         for cls, msgs in groups.items():
-            handler = self.handlers.get(cls)
+            handler = find_handler(self.handlers, cls)
             if handler is None:
                 if cls not in self._warned_types:
                     self._warned_types.add(cls)

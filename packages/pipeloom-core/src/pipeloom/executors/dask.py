@@ -33,11 +33,26 @@ from typing import TYPE_CHECKING, Any
 
 from pipeloom._text import exc_summary, exc_text
 from pipeloom.errors import WriterFailedError
-from pipeloom.executors._base import Completions, Executor, Sink, TaskQueue, WorkerFn
-from pipeloom.executors._remote import BatchingSink, Outcome, RemoteTaskError
+from pipeloom.executors._base import Completions, Executor, Sink, WorkerFn
+from pipeloom.executors._remote import (
+    BatchingSink,
+    Outcome,
+    RemoteTaskError,
+    Unsent,
+    crossing_text,
+    dumps_back,
+    dumps_by_value,
+    failing_class,
+    pack,
+    pack_outcome,
+    run_remote,
+    settle,
+    task_what,
+    unpack,
+    unpack_outcome,
+)
 from pipeloom.executors._shipping import file_modules, load_file_module
 from pipeloom.messages import MsgTaskAttempt, MsgTaskFinished, MsgTaskStarted, utc_now
-from pipeloom.tasklogs import enter_task, leave_task
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -122,23 +137,10 @@ def _load_fn(topic: str, fn_bytes: bytes, preload: list[tuple[str, str]]) -> Wor
     return fn
 
 
-def _dump_value(obj: Any) -> bytes:
-    """Pickle for the trip to the workers: by value what they may not import (``__main__``).
-
-    cloudpickle also honours ``cloudpickle.register_pickle_by_value(module)`` for code that
-    lives only on the driver.
-    """
-    import cloudpickle  # type: ignore[import-untyped]
-
-    return bytes(cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
-
-
-def _dump(obj: Any) -> bytes:
-    """Pickle for the trip back: plain pickle (fast), by value only when that fails."""
-    try:
-        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        return _dump_value(obj)
+_dump_value = dumps_by_value
+"""Pickle for the trip to the workers: by value what they may not import (``__main__``)."""
+_dump = dumps_back
+"""Pickle for the trip back: plain pickle (fast), by value only when that fails."""
 
 
 _FORMATTER = logging.Formatter()
@@ -185,35 +187,39 @@ def _chunk_cancelled(worker: Any, key: str | None) -> bool:
     return ts is not None and ts.state in ("cancelled", "released")
 
 
-def _sendable(item: Any) -> Any:
-    """The item itself, or a note saying why it could not be pickled (the driver fails the task)."""
-    try:
-        _dump(item)
-    except Exception as exc:
-        return ("u", f"a {type(item).__name__} it sent could not be pickled: {exc_summary(exc)}")
-    return item
+def _frames(batch: list[Any], task_id: int | None) -> tuple[list[Any], int | None]:
+    """Wrap a batch for the wire: markers as plain data, each run of a task's items packed.
 
-
-def _run_one(
-    fn: WorkerFn, task_id: int, task: Any, sink: BatchingSink, stopping: threading.Event
-) -> Outcome:
-    """`run_remote` without its flush at the task's end.
-
-    In a chunk the task's end marker follows its messages on the same stream, so batches
-    may span tasks: a chunk of tiny tasks sends a batch every 50 ms or 512 items, not one
-    event per task (which the scheduler would also keep, one per task, in its event log).
+    The markers (a task begins, ends, is skipped) always read back in the driver; a run of
+    items that cannot (a class the driver cannot import) is then that one task's loss.
     """
-    q = TaskQueue(sink, stopping)
-    scope = enter_task(q.put, task_id)
+    frames: list[Any] = []
+    run: list[Any] = []
+    for item in batch:
+        if type(item) is tuple and item and item[0] in ("b", "e", "s"):
+            if run:
+                frames.append(("p", pack(run, task_id, _dump)))
+                run = []
+            frames.append(item)
+            if item[0] == "b":
+                task_id = item[1]
+            elif item[0] == "e":
+                task_id = None
+        else:
+            run.append(item)
+    if run:
+        frames.append(("p", pack(run, task_id, _dump)))
+    return frames, task_id
+
+
+def _load_task(task_id: int, blob: bytes) -> tuple[Any, Outcome | None]:
+    """Read one task of a chunk; one that cannot be read is its own error, not the chunk's."""
     try:
-        returned = fn(task, q)
+        return pickle.loads(blob), None
     except Exception as exc:
-        return Outcome(task_id, exc_summary(exc), exc_text(exc), task_id in q.finished_ids)
-    except BaseException as exc:  # KeyboardInterrupt, SystemExit: the run should stop
-        return Outcome(task_id, exc_summary(exc), exc_text(exc), task_id in q.finished_ids, True)
-    finally:
-        leave_task(scope)
-    return Outcome(task_id, finished=task_id in q.finished_ids, returned=returned)
+        what = f"its task ({failing_class(blob)})"
+        text = crossing_text(task_id, what, "unpickled in the worker", exc)
+        return None, Outcome(task_id, text, exc_text(exc))
 
 
 def _run_chunk(
@@ -222,13 +228,14 @@ def _run_chunk(
     preload: list[tuple[str, str]],
     payload: bytes,
     levels: dict[str, int],
-) -> list[Outcome]:
+) -> list[tuple[int, bytes]]:
     """Run a chunk of tasks one after another on a Dask worker, streaming what they send.
 
     What goes back on the run's topic, in order: ``("b", task_id)`` when a task begins, the
-    task's own messages, ``("l", record)`` for its log records, ``("e", outcome, seconds)``
-    when it ends, and ``("s", task_ids)`` for the tasks it skipped because the run stopped.
-    Each batch is ``(token, items)`` with a token unique to this execution.
+    task's own messages and ``("l", record)`` for its log records (packed, ``("p", bytes)``),
+    ``("e", outcome, seconds)`` when it ends (the outcome packed), and ``("s", task_ids)``
+    for the tasks it skipped because the run stopped. Each batch is ``(token, frames)`` with
+    a token unique to this execution. Returns each task's packed outcome.
     """
     from distributed import get_worker
     from distributed.worker import thread_state  # type: ignore[attr-defined]
@@ -236,36 +243,38 @@ def _run_chunk(
     worker = get_worker()
     key = getattr(thread_state, "key", None)
     fn = _load_fn(topic, fn_bytes, preload)
-    tasks: list[tuple[int, Any]] = pickle.loads(payload)
+    tasks: list[tuple[int, bytes]] = pickle.loads(payload)
     token = uuid.uuid4().hex
     for name, level in levels.items():
         logger = logging.getLogger(name or None)
         if logger.getEffectiveLevel() > level:
             logger.setLevel(level)
 
+    running: list[int | None] = [None]
+
     def send(batch: list[Any]) -> None:
-        try:
-            data = _dump((token, batch))
-        except Exception:
-            data = _dump((token, [_sendable(item) for item in batch]))
-        worker.log_event(topic, data)
+        frames, running[0] = _frames(batch, running[0])
+        worker.log_event(topic, pickle.dumps((token, frames), protocol=pickle.HIGHEST_PROTOCOL))
 
     sink = BatchingSink(send)
     forward = _ForwardLogs(sink, threading.get_ident())
     root = logging.getLogger()
     root.addHandler(forward)
-    outcomes: list[Outcome] = []
+    outcomes: list[tuple[int, bytes]] = []
     stopping = _stopping(topic)
     try:
-        for n, (task_id, task) in enumerate(tasks):
+        for n, (task_id, blob) in enumerate(tasks):
             if stopping.is_set() or _chunk_cancelled(worker, key):
                 sink.put(("s", [i for i, _ in tasks[n:]]))
                 break
             sink.put(("b", task_id))
             began = time.perf_counter()
-            outcome = _run_one(fn, task_id, task, sink, stopping)
-            sink.put(("e", outcome, time.perf_counter() - began))
-            outcomes.append(outcome)
+            task, outcome = _load_task(task_id, blob)
+            if outcome is None:
+                outcome = run_remote(fn, task_id, task, sink, 1, stopping, flush=False)
+            packed = pack_outcome(outcome, _dump)
+            sink.put(("e", packed, time.perf_counter() - began))
+            outcomes.append((task_id, packed))
             if outcome.fatal:  # KeyboardInterrupt/SystemExit: the driver stops the run
                 break
     finally:
@@ -290,10 +299,10 @@ class _Task:
     attempt: int = 0
     """Highest attempt seen so far."""
     started_at: str | None = None
-    finished: bool = False
-    """Its own terminal message reached the sink (from the execution that counts)."""
+    finish: MsgTaskFinished | None = None
+    """Its own terminal message (from the execution that counts), held until it ends."""
     lost: str | None = None
-    """Why a message it sent never arrived (it could not be pickled on the worker)."""
+    """Why a message it sent never arrived (it could not cross)."""
 
 
 @dataclass(slots=True)
@@ -319,8 +328,9 @@ class DaskExecutor(Executor):
             ``LocalCluster`` started for the run (and closed after it), e.g. ``n_workers=4``.
 
     ``worker_fn``, the tasks and the messages they send must pickle; the workers need
-    pipeloom and the code the worker function imports installed. Dask may run a task twice
-    (after a worker dies); every execution is recorded as an attempt.
+    pipeloom and the code the worker function imports installed. A task, message or result
+    that cannot cross is that task's ``error``. Dask may run a task twice (after a worker
+    dies); every execution is recorded as an attempt.
     """
 
     name = "dask"
@@ -565,14 +575,18 @@ class DaskExecutor(Executor):
 
     def _send(self, ids: list[int]) -> None:
         assert self.client is not None
-        pairs = [(i, self._tasks[i].task) for i in ids]
-        try:
-            payload = _dump_value(pairs)
-        except Exception:
-            payload, pairs = self._drop_unpicklable(pairs)
-            if not pairs:
-                return
-            ids = [i for i, _ in pairs]
+        pairs: list[tuple[int, bytes]] = []
+        for i in ids:
+            try:  # one pickle per task: one that cannot be sent is its own error
+                pairs.append((i, _dump_value(self._tasks[i].task)))
+            except Exception as exc:
+                what = task_what(self._tasks[i].task, _dump_value)
+                text = crossing_text(i, what, "pickled for the Dask workers", exc)
+                self._complete(i, RemoteTaskError(text, None), False)
+        if not pairs:
+            return
+        ids = [i for i, _ in pairs]
+        payload = pickle.dumps(pairs, protocol=pickle.HIGHEST_PROTOCOL)
         chunk_id = next(self._chunk_ids)
         future = self.client.submit(
             _run_chunk,
@@ -589,64 +603,51 @@ class DaskExecutor(Executor):
             self._tasks[i].chunk = chunk_id
         future.add_done_callback(self._on_future(chunk_id))
 
-    def _drop_unpicklable(
-        self, pairs: list[tuple[int, Any]]
-    ) -> tuple[bytes, list[tuple[int, Any]]]:
-        """Fail the tasks that cannot be sent (each is its own error); send the rest."""
-        keep = []
-        for task_id, task in pairs:
-            try:
-                _dump_value(task)
-            except Exception as exc:
-                self._complete(
-                    task_id,
-                    TypeError(
-                        f"task {task_id} cannot be sent to Dask workers ({exc_summary(exc)}); "
-                        "its payload must pickle"
-                    ),
-                    False,
-                )
-            else:
-                keep.append((task_id, task))
-        return (_dump_value(keep) if keep else b""), keep
-
     # -- what comes back ----------------------------------------------------------------
 
-    def _apply(self, token: str, items: list[Any]) -> None:
+    def _apply(self, token: str, frames: list[Any]) -> None:
         cursor = self._cursor.get(token)
+        for frame in frames:
+            kind = frame[0]
+            if kind == "p":
+                self._apply_run(token, cursor, unpack(frame[1], cursor))
+            elif kind == "b":
+                cursor = self._begin(token, frame[1])
+            elif kind == "e":
+                if cursor is not None:
+                    self._end(token, cursor, unpack_outcome(cursor, frame[1]), frame[2])
+                cursor = None
+            elif kind == "s":
+                self._skipped(frame[1])
+        if cursor is None:
+            self._cursor.pop(token, None)
+        else:
+            self._cursor[token] = cursor
+
+    def _apply_run(self, token: str, cursor: int | None, items: Any) -> None:
+        """Put one task's run of messages on the sink, holding back its own finish."""
+        if isinstance(items, Unsent):
+            self._lost(token, cursor, items.reason)
+            return
         put = self.sink.put
         for item in items:
-            if type(item) is tuple:
-                kind = item[0]
-                if kind == "b":
-                    cursor = self._begin(token, item[1])
-                    continue
-                if kind == "e":
-                    self._end(token, cursor, item[1], item[2])
-                    cursor = None
-                    continue
-                if kind == "s":
-                    self._skipped(item[1])
-                    continue
-                if kind == "u":
-                    self._lost(token, cursor, item[1])
-                    continue
-                if kind == "l":
-                    _emit(item[1])
-                    continue
+            if type(item) is Unsent:
+                self._lost(token, cursor, item.reason)
+                continue
+            if type(item) is tuple and item and item[0] == "l":
+                _emit(item[1])
+                continue
             if cursor is None:
                 log.debug("dropped %s from a superseded execution", type(item).__name__)
                 continue
             st = self._tasks.get(cursor)
             if st is None or st.token != token:
                 continue
-            if type(item) is MsgTaskFinished and item.task_id == cursor:
-                st.finished = True
-            put(self._renumber(st, item))
-        if cursor is None:
-            self._cursor.pop(token, None)
-        else:
-            self._cursor[token] = cursor
+            item = self._renumber(st, item)
+            if type(item) is MsgTaskFinished and item.task_id == cursor and st.finish is None:
+                st.finish = item  # until its end: a result that cannot cross makes it error
+            else:
+                put(item)
 
     def _begin(self, token: str, task_id: int) -> int | None:
         st = self._tasks.get(task_id)
@@ -667,8 +668,7 @@ class DaskExecutor(Executor):
                 )
             )
             st.offset = st.attempt = lost
-            st.started_at = st.lost = None
-            st.finished = False
+            st.started_at = st.lost = st.finish = None
         st.token = token
         return task_id
 
@@ -688,7 +688,7 @@ class DaskExecutor(Executor):
         if st is None or st.token != token:
             log.error("a message from the Dask cluster was lost: %s", why)
             return
-        log.error("task %s: %s; the message was not stored", task_id, why)
+        log.error("%s; the message was not stored", why)
         st.lost = st.lost or why
 
     def _end(self, token: str, task_id: int | None, outcome: Outcome, seconds: float) -> None:
@@ -698,11 +698,14 @@ class DaskExecutor(Executor):
         if st is None or st.token != token:
             return
         self._seconds = seconds if self._seconds is None else 0.8 * self._seconds + 0.2 * seconds
-        error = outcome.as_error()
-        if error is None and st.lost is not None and not st.finished:
-            error = RemoteTaskError(st.lost, None)
-        # What reached the sink decides, not what the worker believes it sent.
-        self._complete(task_id, error, st.finished, outcome.returned)
+        self._settle(task_id, st, outcome)
+
+    def _settle(self, task_id: int, st: _Task, outcome: Outcome) -> None:
+        # What reached the driver decides, not what the worker believes it sent.
+        finish, error, returned = settle(outcome, st.finish, st.lost)
+        if finish is not None:
+            self.sink.put(finish)
+        self._complete(task_id, error, finish is not None, returned)
 
     def _complete(
         self, task_id: int, error: BaseException | None, finished: bool, returned: Any = None
@@ -739,15 +742,17 @@ class DaskExecutor(Executor):
             for i in left:
                 self._complete(i, error, False)
 
-    def _chunk_returned(self, chunk_id: int, left: list[int], outcomes: list[Outcome]) -> None:
+    def _chunk_returned(
+        self, chunk_id: int, left: list[int], outcomes: list[tuple[int, bytes]]
+    ) -> None:
         """A safety net: the stream delivers every task's end before its chunk's result."""
         log.warning("chunk %s returned before %d task end(s) arrived", chunk_id, len(left))
-        ran = {o.task_id: o for o in outcomes}
+        ran = dict(outcomes)
         for i in left:
             st = self._tasks[i]
             out = ran.get(i)
             if out is not None:
-                self._complete(i, out.as_error(), st.finished, out.returned)
+                self._settle(i, st, unpack_outcome(i, out))
             elif st.token is None:  # the chunk stopped early (a task raised KeyboardInterrupt)
                 self._cancelled_task(i, "cancelled: its chunk stopped before it started")
             else:

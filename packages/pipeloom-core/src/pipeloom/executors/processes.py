@@ -17,9 +17,9 @@ import multiprocessing
 import pickle
 import queue
 import signal
-import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -27,7 +27,23 @@ from typing import Any
 from pipeloom._text import exc_summary, exc_text, storable
 from pipeloom.errors import PipeloomError
 from pipeloom.executors._base import Completions, Executor, Sink, WorkerFn
-from pipeloom.executors._remote import BatchingSink, Outcome, RemoteTaskError, run_remote
+from pipeloom.executors._remote import (
+    BatchingSink,
+    Outcome,
+    RemoteTaskError,
+    Unsent,
+    crossing_text,
+    dumps_by_value,
+    failing_class,
+    main_is_interactive,
+    pack,
+    pack_outcome,
+    run_remote,
+    settle,
+    task_what,
+    unpack,
+    unpack_outcome,
+)
 from pipeloom.executors._shipping import file_modules, load_file_module
 from pipeloom.messages import MsgTaskAttempt, MsgTaskFinished, utc_now
 
@@ -37,6 +53,9 @@ log = logging.getLogger("pipeloom.executors")
 
 _POLL = 0.05
 """How often the collector looks at deadlines when nothing arrives (seconds)."""
+_EXPIRE_GRACE = 0.5
+"""Longest wait, after an attempt's deadline, for its child to say how many messages the
+attempt held (its reader thread answers within milliseconds unless C code holds the GIL)."""
 
 
 class ProcessExecutor(Executor):
@@ -71,6 +90,8 @@ class ProcessExecutor(Executor):
         self.max_workers = max_workers
         self.start_method = start_method
         self._children: list[_Child] = []
+        self._unsent: list[tuple[int, Any, str]] = []
+        """Tasks that could not be pickled: the collector records each one's error."""
         self._pending: collections.deque[tuple[int, Any, bytes, int]] = collections.deque()
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -81,6 +102,8 @@ class ProcessExecutor(Executor):
         self._told_stopping = False
         self._wakeup_r: Connection | None = None
         self._wakeup_w: Connection | None = None
+        self._dumps: Callable[[Any], bytes] = _plain_dumps
+        """Pickles for the children: by value when ``__main__`` is a notebook's (no file)."""
 
     def start(self, workers: int, worker_fn: WorkerFn, sink: Sink, engine: Completions) -> None:
         """Check the worker function pickles, then start the children and the collector.
@@ -91,7 +114,8 @@ class ProcessExecutor(Executor):
         if self.max_workers is not None:
             workers = min(workers, self.max_workers)
         super().start(workers, worker_fn, sink, engine)
-        self._payload = _pickle_worker(worker_fn)
+        self._dumps = _interactive_dumps() if main_is_interactive() else _plain_dumps
+        self._payload = _pickle_worker(worker_fn, self._dumps)
         self._preload = file_modules()
         self._ctx = multiprocessing.get_context(self.start_method)
         if self.start_method == "forkserver":
@@ -120,16 +144,20 @@ class ProcessExecutor(Executor):
         return _Child(proc, parent)
 
     def submit(self, task_id: int, task: Any) -> None:
-        """Pickle the task here (so an unpicklable one is its own error) and hand it over."""
+        """Pickle the task here (so an unpicklable one is its own error) and hand it over.
+
+        One that does not pickle is completed as an error by the collector (never from
+        ``submit`` itself), so the stages that consume it are recorded too.
+        """
         try:
-            blob = pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
+            blob = self._dumps(task)
         except Exception as exc:
-            raise PipeloomError(
-                f"task {task_id} cannot be sent to a worker process ({exc_summary(exc)}); "
-                "tasks must pickle: use plain data such as paths, numbers and dataclasses"
-            ) from exc
-        with self._lock:
-            self._pending.append((task_id, task, blob, 1))
+            text = crossing_text(task_id, task_what(task), "pickled for a worker process", exc)
+            with self._lock:
+                self._unsent.append((task_id, task, text))
+        else:
+            with self._lock:
+                self._pending.append((task_id, task, blob, 1))
         if threading.current_thread() is not self._collector:
             self._wake()  # the collector submits from a completion and dispatches next anyway
 
@@ -141,6 +169,11 @@ class ProcessExecutor(Executor):
                 log.debug("could not wake the process collector: %s", exc)
 
     def _dispatch(self) -> None:
+        if self._unsent:
+            with self._lock:
+                unsent, self._unsent = self._unsent, []
+            for task_id, task, text in unsent:
+                self.engine.task_done(task_id, task, RemoteTaskError(text, None), False)
         with self._lock:
             for child in self._children:
                 if not self._pending:
@@ -221,28 +254,59 @@ class ProcessExecutor(Executor):
     def _handle(self, child: _Child, item: tuple[Any, ...]) -> None:
         kind = item[0]
         if kind == "msgs":
-            put = self.sink.put
-            for msg in item[1]:
-                put(msg)
+            self._forward(child, unpack(item[1], child.task[0] if child.task else None))
         elif kind == "done":
-            outcome: Outcome = item[1]
             task = child.task
-            child.task = None
-            child.deadline = None
+            finish, lost = child.finish, child.lost
+            child.task = child.deadline = child.expiring = child.finish = child.lost = None
             if task is not None:
-                self.engine.task_done(
-                    task[0], task[1], outcome.as_error(), outcome.finished, outcome.returned
-                )
+                outcome = unpack_outcome(task[0], item[2])
+                finish, error, returned = settle(outcome, finish, lost)
+                if finish is not None:
+                    self.sink.put(finish)
+                self.engine.task_done(task[0], task[1], error, finish is not None, returned)
         elif kind == "deadline":
             _, seconds, attempt, retry = item
             child.deadline = None if seconds is None else (time.monotonic() + seconds)
             child.attempt = (attempt, seconds, retry)
+        elif kind == "held":
+            if child.expiring is not None and child.task is not None:
+                self._kill_for_timeout(child, item[1])
         elif kind == "log":
             record = logging.makeLogRecord(item[1])
             logging.getLogger(record.name).handle(record)
         elif kind == "fatal":
             self.engine.executor_failed(RemoteTaskError(item[1], item[2]))
             self._closing.set()
+
+    def _forward(self, child: _Child, batch: Any) -> None:
+        """Put a child's batch on the writer's queue, holding back its task's own finish.
+
+        The finish waits for the task's outcome (`settle`): a result that cannot cross turns
+        a ``done`` into ``error``, which must happen before the writer sees ``done``.
+        """
+        task_id = child.task[0] if child.task is not None else None
+        if isinstance(batch, Unsent):
+            self._lost(child, task_id, batch.reason)
+            return
+        put = self.sink.put
+        for msg in batch:
+            if type(msg) is Unsent:
+                self._lost(child, task_id, msg.reason)
+            elif (
+                type(msg) is MsgTaskFinished
+                and msg.task_id == task_id
+                and task_id is not None
+                and child.finish is None
+            ):
+                child.finish = msg
+            else:
+                put(msg)
+
+    def _lost(self, child: _Child, task_id: int | None, reason: str) -> None:
+        log.error("%s", reason)
+        if task_id is not None and child.lost is None:
+            child.lost = reason
 
     def _died(self, child: _Child) -> None:
         if not child.alive:
@@ -256,8 +320,13 @@ class ProcessExecutor(Executor):
         child.proc.join(1.0)
         code = child.proc.exitcode
         task = child.task
-        child.task = None
-        if task is not None:
+        finish = child.finish
+        child.task = child.finish = None
+        if task is not None and finish is not None:
+            # It finished, then died before its outcome came: the finish it sent stands.
+            self.sink.put(finish)
+            self.engine.task_done(task[0], task[1], None, True)
+        elif task is not None:
             how = _exit_text(code) if not child.killed else child.killed
             self.engine.task_done(
                 task[0],
@@ -274,25 +343,39 @@ class ProcessExecutor(Executor):
     def _check_deadlines(self) -> None:
         now = time.monotonic()
         for child in list(self._children):
-            if child.alive and child.deadline is not None and now > child.deadline:
-                self._kill_for_timeout(child)
+            if not child.alive:
+                continue
+            if child.deadline is not None and now > child.deadline:
+                # Ask first how many messages the attempt holds (its reader thread answers),
+                # so the record counts what the kill discards, as the other executors do.
+                child.deadline = None
+                child.expiring = now + _EXPIRE_GRACE
+                try:
+                    child.conn.send(("expire",))
+                except OSError:
+                    self._kill_for_timeout(child, None)
+            elif child.expiring is not None and now > child.expiring:
+                log.debug("child %s did not say what its attempt held", child.proc.pid)
+                self._kill_for_timeout(child, None)
 
-    def _kill_for_timeout(self, child: _Child) -> None:
+    def _kill_for_timeout(self, child: _Child, held: int | None) -> None:
         task = child.task
         attempt, seconds, retry = child.attempt
-        child.deadline = None
+        child.deadline = child.expiring = child.finish = child.lost = None
         child.task = None
         child.proc.kill()
         child.killed = "killed after its timeout"
         if task is None:
             return
         task_id, obj = task
+        note = f" ({held} emitted message{'' if held == 1 else 's'} of this attempt discarded)"
         text = (
             f"TaskTimeoutError: did not finish within {seconds:g} s; its worker process was killed"
+            + (note if held else "")
         )
         if retry and not self.engine.stopping.is_set():
-            self.sink.put(MsgTaskAttempt(task_id, attempt, "timeout", text))
-            blob = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+            self.sink.put(MsgTaskAttempt(task_id, attempt, "timeout", text, discarded=held or 0))
+            blob = self._dumps(obj)
             with self._lock:
                 self._pending.appendleft((task_id, obj, blob, attempt + 1))
             return
@@ -350,6 +433,12 @@ class _Child:
     attempt: tuple[int, float, bool] = (1, 0.0, False)
     alive: bool = True
     killed: str | None = None
+    expiring: float | None = None
+    """Set once its attempt's deadline passed: when to kill it if it does not answer."""
+    finish: MsgTaskFinished | None = None
+    """Its task's own finish, held until the task's outcome arrives (see `settle`)."""
+    lost: str | None = None
+    """Why a message of its task could not cross, if one could not."""
 
 
 def _exit_text(code: int | None) -> str:
@@ -363,7 +452,30 @@ def _exit_text(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def _pickle_worker(worker_fn: WorkerFn) -> bytes:
+def _plain_dumps(obj: Any) -> bytes:
+    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _main_by_value(obj: Any) -> bytes:
+    """Plain pickle, unless it refers to the notebook's ``__main__``: then by value.
+
+    A child cannot import a ``__main__`` that has no file, so what is defined there travels
+    by value (cloudpickle); everything else keeps plain pickle's rules and speed.
+    """
+    blob = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return dumps_by_value(obj) if b"__main__" in blob else blob
+
+
+def _interactive_dumps() -> Callable[[Any], bytes]:
+    """The pickler for a notebook's ``__main__``: by value when cloudpickle is installed."""
+    try:
+        import cloudpickle  # type: ignore[import-untyped]  # noqa: F401
+    except ImportError:
+        return _plain_dumps  # _pickle_worker says what to do
+    return _main_by_value
+
+
+def _pickle_worker(worker_fn: WorkerFn, dumps: Callable[[Any], bytes] = _plain_dumps) -> bytes:
     """Pickle the worker function, or say in one line why it cannot go to a child.
 
     Raises:
@@ -371,13 +483,14 @@ def _pickle_worker(worker_fn: WorkerFn) -> bytes:
     """
     name = getattr(worker_fn, "__qualname__", None) or type(worker_fn).__qualname__
     module = getattr(worker_fn, "__module__", None) or type(worker_fn).__module__
-    if module == "__main__" and not getattr(sys.modules.get("__main__"), "__file__", None):
+    if module == "__main__" and main_is_interactive() and dumps is _plain_dumps:
         raise PipeloomError(
             f"worker function {name} is defined in an interactive __main__, which a worker "
-            "process cannot import; move it into a .py file and import it from there"
+            "process cannot import; move it into a .py file and import it from there, or "
+            "install cloudpickle (uv add 'pipeloom-core[dask]') to send it by value"
         )
     try:
-        return pickle.dumps(worker_fn, protocol=pickle.HIGHEST_PROTOCOL)
+        return dumps(worker_fn)
     except Exception as exc:
         raise PipeloomError(
             f"worker function {module}.{name} cannot be sent to a worker process "
@@ -421,9 +534,16 @@ class _PipeHandler(logging.Handler):
 
 _guard: Any = None
 """In a child: sends attempt deadlines to the driver (see `attempt_deadline`)."""
+_held: Callable[[], int] | None = None
+"""In a child: how many messages the running attempt holds (asked when it expires)."""
 
 
-def attempt_deadline(seconds: float | None, attempt: int = 1, retry: bool = False) -> bool:
+def attempt_deadline(
+    seconds: float | None,
+    attempt: int = 1,
+    retry: bool = False,
+    held: Callable[[], int] | None = None,
+) -> bool:
     """Ask the driver to kill this process if the attempt outlives ``seconds``.
 
     Called by the declarative runner around each attempt; a no-op (False) outside a worker
@@ -433,11 +553,23 @@ def attempt_deadline(seconds: float | None, attempt: int = 1, retry: bool = Fals
         seconds: the attempt's timeout, or None once the attempt is over.
         attempt: the attempt number.
         retry: whether a timeout of this attempt would be retried.
+        held: counts the messages the attempt holds, which a kill discards.
     """
+    global _held
     if _guard is None:
         return False
+    _held = held if seconds is not None else None
     _guard(("deadline", seconds, attempt, retry))
     return True
+
+
+def _held_now() -> int | None:
+    count = _held
+    try:
+        return None if count is None else int(count())
+    except Exception as exc:  # never let the count stop the kill
+        log.debug("could not count the attempt's held messages: %s", exc)
+        return None
 
 
 def _child_main(
@@ -469,7 +601,8 @@ def _child_main(
         )
         return
     _guard = send
-    sink = BatchingSink(lambda batch: send(("msgs", _picklable(batch))))
+    running: list[int | None] = [None]
+    sink = BatchingSink(lambda batch: send(("msgs", pack(batch, running[0]))))
     stopping = threading.Event()
     inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
@@ -482,6 +615,9 @@ def _child_main(
                 item = ("stop",)
             if item[0] == "stopping":
                 stopping.set()
+                continue
+            if item[0] == "expire":  # the attempt's deadline passed: say what it holds
+                send(("held", _held_now()))
                 continue
             inbox.put(item)
             if item[0] == "stop":
@@ -496,44 +632,12 @@ def _child_main(
         try:
             task = pickle.loads(blob)
         except Exception as exc:
-            send(("done", Outcome(task_id, exc_summary(exc), exc_text(exc))))
+            what = f"its task ({failing_class(blob)})"
+            text = crossing_text(task_id, what, "unpickled in the worker", exc)
+            send(("done", task_id, pack_outcome(Outcome(task_id, text, exc_text(exc)))))
             continue
+        running[0] = task_id
         outcome = run_remote(worker_fn, task_id, task, sink, first, stopping)
-        send(("done", outcome))
+        running[0] = None
+        send(("done", task_id, pack_outcome(outcome)))
     sink.close()
-
-
-def _picklable(batch: list[Any]) -> list[Any]:
-    """Return the batch when it pickles, else each message that does not replaced.
-
-    The replacement says what the record should: a task error for a finish, a dead letter for
-    anything else.
-    """
-    try:
-        pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
-        return batch
-    except Exception:
-        out: list[Any] = []
-        for msg in batch:
-            try:
-                pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
-                out.append(msg)
-            except Exception as exc:
-                out.append(_unpicklable(msg, exc))
-        return out
-
-
-def _unpicklable(msg: Any, exc: BaseException) -> Any:
-    from pipeloom._control import Refused
-
-    why = f"could not be sent from the worker process ({exc_summary(exc)})"
-    if isinstance(msg, MsgTaskFinished):
-        return MsgTaskFinished(
-            msg.task_id,
-            "error",
-            msg.finished_at,
-            message=storable(f"the task's result {why}", 500),
-            error=f"{type(msg.result).__name__} result {why}",
-            attempt=msg.attempt if isinstance(msg.attempt, int) else 1,
-        )
-    return Refused(storable(repr(msg), 10_000), f"{type(msg).__name__} {why}")
