@@ -61,4 +61,7 @@ app.add_typer(examples.app, name="examples")
 
 def main() -> None:
     """Entry point of the ``pipeloom`` console script."""
+    from pipeloom_cli._signals import install
+
+    install()  # SIGTERM and SIGHUP stop it like Ctrl-C, also as PID 1 in a container
     app(prog_name="pipeloom")
