@@ -61,6 +61,32 @@ def cap(conn):
     conn.execute(f"PRAGMA max_page_count = {pages + 20}")
 
 
+async def _start_worker(address):
+    from distributed import Worker
+
+    return await Worker(address, nthreads=2, dashboard=False)
+
+
+def lost(db: Path, scheduler: str):
+    """Dask on a scheduler the test started (and will kill), with a worker in this process."""
+    from distributed import Client
+
+    from pipeloom.executors.dask import DaskExecutor
+
+    client = Client(scheduler_file=scheduler)
+    client.sync(_start_worker, client.scheduler.address)
+    result = run_pipeline(
+        [TaskDef(i, "block") for i in range(1, 5)],
+        db,
+        worker_fn=work,
+        workers=2,
+        executor=DaskExecutor(client=client, chunk_size=1),
+        progress=False,
+    )
+    RELEASE.touch()  # the run is over: let this process's worker threads end
+    return result
+
+
 def main(db: Path, mode: str = "block", pool: str = "threads", n: int = 20):
     extra = {}
     if mode == "waiting":
@@ -96,15 +122,18 @@ class Run:
         *args: str,
         grace: float | None = None,
         prefix: tuple[str, ...] = (),
+        entry: str = "main",
+        env: dict[str, str] | None = None,
     ) -> None:
         (tmp_path / "pipe.py").write_text(PIPE)
         self.db = tmp_path / "runs.db"
         self.out, self.err = tmp_path / "out.txt", tmp_path / "err.txt"
         self.release = tmp_path / "release"
-        env = dict(os.environ)
+        env = {**os.environ, **(env or {})}
         if grace is not None:
             env["PIPELOOM_STOP_GRACE"] = str(grace)
-        cmd = [sys.executable, "-m", "pipeloom_cli", "run", f"{tmp_path / 'pipe.py'}:main"]
+        target = f"{tmp_path / 'pipe.py'}:{entry}"
+        cmd = [sys.executable, "-m", "pipeloom_cli", "run", target]
         with self.out.open("wb") as out, self.err.open("wb") as err:
             self.proc = subprocess.Popen(
                 [*prefix, *cmd, "--db", str(self.db), *args], stdout=out, stderr=err, env=env
@@ -352,3 +381,40 @@ def test_a_third_signal_names_the_first_in_its_exit_code() -> None:
 
     assert isinstance(Interrupted("sigterm"), KeyboardInterrupt)
     assert exit_code("interrupted", Interrupted("sigterm").stop_reason) == 143
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_a_lost_dask_scheduler_exits_3_not_130(start: Callable[..., Run], tmp_path: Path) -> None:
+    """The scheduler dies mid-run: `cluster_lost`, tasks in flight `interrupted`, exit 3."""
+    pytest.importorskip("distributed")
+    info = tmp_path / "scheduler.json"
+    scheduler = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_scheduler",
+            *("--port", "0"),
+            "--no-dashboard",
+            "--scheduler-file",
+            str(info),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: info.exists() and info.stat().st_size > 0, "the scheduler's file")
+        # Short connect timeouts: the client's reconnect attempts end soon after the run.
+        quick = {"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "1s"}
+        run = start("--arg", f"scheduler={info}", entry="lost", env=quick)
+        run.wait_running()
+        os.kill(scheduler.pid, signal.SIGKILL)
+        code = run.finish()
+    finally:
+        if scheduler.poll() is None:
+            scheduler.kill()
+        scheduler.wait()
+    assert code == 3, run.output()
+    assert run.run_row()[:2] == ("interrupted", "cluster_lost")
+    assert set(run.statuses()) <= {"interrupted", "cancelled"}
+    assert "scheduler" in run.output() and "lost" in run.output()

@@ -773,7 +773,8 @@ class DaskExecutor(Executor):
             return False
         if not self._scheduler_gone:
             self._scheduler_gone = True
-            where = self.address or getattr(self.client, "scheduler", None) or "of the run"
+            scheduler = getattr(self.client, "scheduler", None)
+            where = self.address or getattr(scheduler, "address", None) or "of the run"
             log.error("lost the Dask scheduler %s (client %s)", where, status)
             self.engine.executor_failed(
                 ExecutorFailedError(
