@@ -229,22 +229,38 @@ FAKE_PIPELINE = """
         __pipeloom_pipeline__ = True
         db = None
 
-        def __init__(self, status):
+        def __init__(self, status, stop_reason=None):
             self.status = status
+            self.stop_reason = stop_reason
 
         def run(self, *, db=None, workers=None, resume=False, progress=None, summary_hint=None):
             seen = {{"db": str(db), "workers": workers, "resume": resume, "hint": summary_hint}}
             with open({out!r}, "w") as fh:
                 json.dump(seen, fh)
-            return RunResult(1, self.status, {{}}, [], 0.1, str(db))
+            return RunResult(1, self.status, {{}}, [], 0.1, str(db), stop_reason=self.stop_reason)
 
     done = Recorder("done")
     failed = Recorder("error")
-    stopped = Recorder("cancelled")
+    stopped = Recorder("cancelled", "sigint")
+    failed_then_stopped = Recorder("error", "sigint")
+    terminated = Recorder("interrupted", "sigterm")
+    lost = Recorder("cancelled", "cluster_lost")
+    fail_fast = Recorder("cancelled", "fail_fast")
 """
 
 
-@pytest.mark.parametrize(("name", "code"), [("done", 0), ("failed", 1), ("stopped", 130)])
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        ("done", 0),
+        ("failed", 1),
+        ("stopped", 130),
+        ("failed_then_stopped", 130),  # a signal decides, whatever else happened
+        ("terminated", 143),
+        ("lost", 3),
+        ("fail_fast", 1),
+    ],
+)
 def test_pipeline_objects_get_db_workers_resume_and_exit_by_their_status(
     tmp_path: Path, name: str, code: int
 ) -> None:

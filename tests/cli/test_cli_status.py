@@ -174,9 +174,9 @@ def test_unusable_files_are_one_line_errors(tmp_path: Path) -> None:
         assert expected in lines[0]
 
 
-def test_watch_on_a_finished_run_prints_once_and_returns(history: Path) -> None:
+def test_watch_on_a_finished_run_prints_once_and_exits_with_its_outcome(history: Path) -> None:
     result = runner.invoke(app, ["status", str(history), "--watch", "--format", "json"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # the run failed: 1, as `pipeloom run` exited
     snapshot, end = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert snapshot["type"] == "snapshot" and len(snapshot["tasks"]) == 5
     assert end == {"type": "end", "run": snapshot["run"]}

@@ -4,8 +4,8 @@ Usage: ``python rel_child.py MODE DB EVENTS [N]``. It runs `run_pipeline` on DB 
 and appends one line per committed event to EVENTS (``S <task_id>`` when a start was
 committed, ``F <task_id> <status>`` when a finish was), written straight to the file after
 each commit, so a test that kills this process knows what the database held. At the end it
-prints the `RunResult` as one JSON line and exits 130 if the run was cancelled or
-interrupted, 0 otherwise.
+prints the `RunResult` as one JSON line and exits with `RunResult.exit_code` (130 after
+Ctrl-C, 143 after SIGTERM, 0 when done).
 
 Modes:
     kill: thousands of very short tasks (the test SIGKILLs the process mid-run).
@@ -121,7 +121,7 @@ def main() -> int:
         ),
         flush=True,
     )
-    return 130 if result.status in ("cancelled", "interrupted") else 0
+    return result.exit_code
 
 
 if __name__ == "__main__":

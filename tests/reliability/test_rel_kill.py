@@ -39,9 +39,33 @@ def test_sigkill_mid_run_keeps_committed_finishes_and_next_writer_marks_interrup
 
 
 @pytest.mark.timeout(60)
-def test_sigterm_is_a_crash_too_and_recovers_the_same_way(tmp_path: Path) -> None:
-    """pipeloom installs no SIGTERM handler: the process dies as with SIGKILL."""
-    _kill_trials(tmp_path, signal.SIGTERM, 6, SEED + 1)
+def test_sigterm_mid_run_is_a_graceful_stop_not_a_crash(tmp_path: Path) -> None:
+    """SIGTERM stops a run like a first Ctrl-C: its own row is closed, nothing is left running.
+
+    (test_rel_signals.py covers every executor, SIGHUP, the grace period and PID 1.)
+    """
+    rng = random.Random(SEED + 1)
+    for trial in range(4):
+        db, events = tmp_path / f"term-{trial}.db", tmp_path / f"term-{trial}.events"
+        child = spawn_child("kill", db, events, TASKS)
+        try:
+            wait_for(partial(_has_events, events), "first commit")
+            with contextlib.suppress(subprocess.TimeoutExpired):  # still running: good
+                child.wait(timeout=rng.uniform(0.05, 0.4))
+            os.kill(child.pid, signal.SIGTERM)
+        finally:
+            child.wait()
+        assert child.returncode in (0, 143), f"trial {trial}: exit {child.returncode}"
+        assert integrity(db) == "ok", f"trial {trial}"
+        ((status, reason),) = query(db, "SELECT status, stop_reason FROM pipeline_runs")
+        if child.returncode == 143:
+            assert (status, reason) == ("cancelled", "sigterm"), f"trial {trial}"
+        else:
+            assert (status, reason) == ("done", None), f"trial {trial}"
+        assert query(db, "SELECT count(*) FROM task_runs WHERE status = 'running'") == [(0,)]
+        _started, finished = read_events(events)
+        stored = dict(query(db, "SELECT task_id, status FROM task_runs"))
+        assert all(stored.get(t) == s for t, s in finished.items()), f"trial {trial}"
 
 
 def _kill_trials(tmp_path: Path, sig: signal.Signals, trials: int, seed: int) -> None:

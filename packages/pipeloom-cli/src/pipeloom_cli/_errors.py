@@ -17,8 +17,9 @@ from typing import Final
 import typer
 
 from pipeloom._text import printable
-from pipeloom.errors import DatabaseError, PipeloomError, WriterFailedError
+from pipeloom.errors import DatabaseError, ExecutorFailedError, PipeloomError, WriterFailedError
 from pipeloom.result import RunResult
+from pipeloom.status import EXIT_CODES, exit_code
 
 __all__ = [
     "EXIT_FAILED",
@@ -33,12 +34,12 @@ __all__ = [
 
 log = logging.getLogger("pipeloom.cli")
 
-EXIT_OK: Final = 0
-EXIT_FAILED: Final = 1
+EXIT_OK: Final = EXIT_CODES["done"]
+EXIT_FAILED: Final = EXIT_CODES["failed"]
 """A task failed, or the run stopped on an error that is not the user's input."""
-EXIT_USAGE: Final = 2
+EXIT_USAGE: Final = EXIT_CODES["usage"]
 """The command line, a file it names, or the target it names is wrong (Click uses 2 too)."""
-EXIT_INTERRUPTED: Final = 130
+EXIT_INTERRUPTED: Final = EXIT_CODES["sigint"]
 """Ctrl-C, as shells report a process killed by SIGINT (128 + 2)."""
 
 
@@ -70,26 +71,33 @@ def user_errors(verbose: int = 0) -> Iterator[None]:
         verbose: the command's ``-v`` count; 2 or more also prints the traceback.
 
     Raises:
-        typer.Exit: always, when an error was caught (2 usage, 1 failure, 130 Ctrl-C).
+        typer.Exit: always, when an error was caught (2 usage, 1 failure, 3 writer or
+            executor lost, 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
     """
     try:
         yield
     except CliError as exc:
         raise _fail(str(exc), exc.exit_code, verbose) from exc
-    except WriterFailedError as exc:
-        raise _fail(str(exc), EXIT_FAILED, verbose) from exc
+    except WriterFailedError as exc:  # the run could not go on: 3, as its run row says
+        raise _fail(str(exc), EXIT_CODES["lost"], verbose) from exc
+    except ExecutorFailedError as exc:
+        raise _fail(str(exc), exit_code("error", exc.stop_reason), verbose) from exc
     except DatabaseError as exc:
         raise _fail(str(exc), EXIT_USAGE, verbose) from exc
     except PipeloomError as exc:
         raise _fail(str(exc), EXIT_FAILED, verbose) from exc
     except KeyboardInterrupt as exc:
-        log.debug("interrupted by Ctrl-C")
+        # Ctrl-C, or a third stop signal (`pipeloom.errors.Interrupted` names the first).
+        reason = getattr(exc, "stop_reason", None) or "sigint"
+        log.debug("interrupted (%s)", reason)
         typer.echo("Interrupted.", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from exc
+        raise typer.Exit(exit_code("interrupted", reason)) from exc
 
 
 def exit_code_for(result: RunResult) -> int:
-    """Map a run's outcome to the exit code scripts rely on: 0 done, 1 failed, 130 Ctrl-C."""
-    if result.status in ("cancelled", "interrupted"):
-        return EXIT_INTERRUPTED
-    return EXIT_OK if result.ok else EXIT_FAILED
+    """The exit code of a run's outcome: `RunResult.exit_code`, the one rule (docs/cli.md).
+
+    A signal decides it whatever else happened (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP, even
+    after failed tasks); then a lost executor, cluster or writer (3); then 0 done, else 1.
+    """
+    return result.exit_code

@@ -68,6 +68,9 @@ def main() -> None:
     (``pipeloom status | head -1``) stops the output, never the command or its run.
     """
     from pipeloom._streams import guard
+    from pipeloom_cli._signals import install
+
+    install()  # SIGTERM and SIGHUP stop it like Ctrl-C, also as PID 1 in a container
 
     if sys.stdout is not None:
         sys.stdout = guard(sys.stdout)

@@ -32,6 +32,8 @@ from pipeloom._text import exc_summary, exc_text, storable
 from pipeloom.db import Synchronous
 from pipeloom.errors import (
     DatabaseError,
+    ExecutorFailedError,
+    Interrupted,
     InvalidArgumentError,
     PipeloomError,
     WriterFailedError,
@@ -44,7 +46,7 @@ from pipeloom.options import RunOptions, check_settings
 from pipeloom.progress import LiveDisplay, PlainReporter, render_failures, render_summary
 from pipeloom.queue import DEFAULT_MAXSIZE, MessageQueue
 from pipeloom.result import RunResult
-from pipeloom.status import decide_run_status
+from pipeloom.status import SIGNAL_STOPS, StopReason, decide_run_status
 from pipeloom.tasklogs import DEFAULT_TASK_LOG_LIMIT
 from pipeloom.writer import Handler, Listener, SchemaFn, SQLiteWriter
 
@@ -173,15 +175,61 @@ class _Run:
         self._source = tasks
         self._length = operator.length_hint(tasks) if self._lock_free else 0
         self._ids = IdSet()
+        self._inline = bool(getattr(executor, "admits_inline", False))
+        """Completions arrive on the task's own worker thread, which may wait on the source."""
+        self._admitter: _Admitter | None = None
+        self._open = 0
+        """Tasks taken from a locked source and not yet completed (see `nothing_running`)."""
+        self._open_lock = threading.Lock()
+        self.cut_short = False
+        """The run ended while a slot still waited on the task source (never waited for)."""
 
     # -- admission ---------------------------------------------------------------------
 
     def begin(self, workers: int) -> None:
-        """Fill every slot once; each completion refills its own slot after that."""
+        """Fill every slot once; each completion refills its own slot after that.
+
+        A list, tuple or range is read here, on the caller's thread: its ``next`` cannot
+        block. Any other source may (a generator waiting for files to appear), so it is read
+        on the admitter thread, never on the main thread, which must stay free to notice a
+        stop, nor on an executor's shared thread (the process collector, the event loop).
+        """
         with self.lock:
             self._slots = self._workers = workers
-        for _ in range(workers):
+        if self._lock_free:
+            for _ in range(workers):
+                self._fill()
+            return
+        self._admitter = _Admitter(self._fill)
+        self._admitter.request(workers)
+
+    def _refill(self) -> None:
+        """Fill one slot: here, where this thread may wait on the source, else on the admitter."""
+        if self._admitter is None or self._inline:
             self._fill()
+        else:
+            self._admitter.request(1)
+
+    def nothing_running(self) -> bool:
+        """True when no task taken from a locked source is still running or being recorded.
+
+        A stop then ends the run at once, even while a slot waits in the source's ``next()``
+        (which may not return for hours). A list's slots never wait there; they retire.
+        """
+        if self._lock_free:
+            return False
+        with self._open_lock:
+            return self._open == 0
+
+    def _closed_one(self) -> None:
+        if not self._lock_free:
+            with self._open_lock:
+                self._open -= 1
+
+    def close(self) -> None:
+        """The run is over: the admitter thread ends (now, or when its ``next()`` returns)."""
+        if self._admitter is not None:
+            self._admitter.close()
 
     def _fill(self) -> None:
         while True:
@@ -201,6 +249,7 @@ class _Run:
                 self.in_flight.pop(task_id, None)
                 log.error("task %s could not be submitted: %s", task_id, exc_summary(exc))
                 self._finish_failed(task_id, task, exc)
+                self._closed_one()
 
     def _take(self) -> tuple[int, Any] | None:
         if self._lock_free:
@@ -230,6 +279,10 @@ class _Run:
                 return None
             else:
                 task = next(self.tasks)
+                if self.stopping.is_set() or self.abandoned:
+                    # It came after the stop (a source that waited): it is not started, and
+                    # the run may be over already.
+                    return None
         except StopIteration:
             self.exhausted = self.drained = True
             return None
@@ -251,6 +304,8 @@ class _Run:
                 None,
             )
             return None
+        with self._open_lock:
+            self._open += 1
         return task_id, task
 
     def _source_failed(self, reason: str, exc: BaseException | None) -> None:
@@ -307,6 +362,7 @@ class _Run:
         """Record how the task ended unless its worker did, then refill its slot."""
         self.in_flight.pop(task_id, None)
         if self.abandoned:
+            self._closed_one()
             return  # already recorded interrupted; the run is over
         if error is None:
             if not finished:
@@ -317,7 +373,8 @@ class _Run:
             self._task_raised(task_id, task, error, finished)
         if self.follow_up is not None:
             self._follow(task_id, task, returned)
-        self._fill()
+        self._closed_one()  # recorded: a stop may end the run from here on
+        self._refill()
 
     def _follow(self, task_id: int, task: Any, returned: Any) -> None:
         """Queue the tasks this completion made ready; wake idle slots for all but one."""
@@ -338,7 +395,7 @@ class _Run:
                 self._slots += 1
                 woken += 1
         for _ in range(woken):
-            self._fill()
+            self._refill()
 
     def _task_raised(self, task_id: int, task: Any, error: BaseException, finished: bool) -> None:
         if isinstance(error, WriterFailedError):
@@ -396,7 +453,12 @@ class _Run:
         # No lock: the Ctrl-C handler calls this on the main thread, which may hold it.
         if self.stop_reason is None:
             self.stop_reason = reason
-        if self.stop_cause is None and cause is not None:
+        # A signal outranks any other cause (it decides the exit code, whatever else
+        # happened); otherwise, and among signals, the first cause wins.
+        if cause is not None and (
+            self.stop_cause is None
+            or (cause in SIGNAL_STOPS and self.stop_cause not in SIGNAL_STOPS)
+        ):
             self.stop_cause = cause
         self.stopping.set()
 
@@ -452,6 +514,51 @@ class _Run:
                 "stopped before the task source was exhausted; tasks not started were not recorded"
             )
         return f"{left} task(s) not started: the run was stopped" if left else None
+
+
+class _Admitter:
+    """A daemon thread that fills slots from a task source that may block.
+
+    It is the only place such a source's ``next()`` runs besides a threads executor's own
+    workers, so nothing that decides the run is over (the main thread) or that other tasks
+    depend on (the process collector, the event loop, the Dask dispatcher) ever waits on it.
+    When the run ends while it waits inside ``next()``, it is left there, and ends when that
+    returns.
+    """
+
+    def __init__(self, fill: Callable[[], None]) -> None:
+        self._fill = fill
+        self._cond = threading.Condition(threading.Lock())
+        self._wanted = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="pipeloom-admit", daemon=True)
+        self._thread.start()
+
+    def request(self, n: int) -> None:
+        """Fill ``n`` more slots (never blocks the caller)."""
+        with self._cond:
+            self._wanted += n
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Fill nothing more."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._wanted and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                n, self._wanted = self._wanted, 0
+            for _ in range(n):
+                try:
+                    self._fill()
+                except Exception:  # a bug here would leave a slot unfilled: say so loudly
+                    log.exception("pipeloom-admit: filling a slot failed")
 
 
 _LOCK_SPINS = 100
@@ -594,8 +701,10 @@ def run_pipeline(
         listeners: extra post-commit listeners.
         executor: where tasks run: ``"threads"`` (default) or an `Executor` instance.
         summary_hint: an extra line for the summary (the CLI's "browse with" command).
-        handle_signals: on the main thread, turn Ctrl-C into a graceful stop (a second
-            Ctrl-C abandons the tasks in flight, a third raises KeyboardInterrupt).
+        handle_signals: on the main thread, turn Ctrl-C, SIGTERM and SIGHUP into a graceful
+            stop (SIGTERM and SIGHUP give running tasks `stop_grace` seconds); a second
+            signal abandons the tasks in flight, a third raises `Interrupted` (a
+            KeyboardInterrupt).
         lease: seconds after its last heartbeat that readers call the run stale (the writer
             beats every lease/3 seconds; default `pipeloom.lease.DEFAULT_LEASE_S`).
         task_log_limit: log records stored per task in ``task_logs`` (records logged inside
@@ -622,7 +731,7 @@ def run_pipeline(
         DatabaseError: the database cannot be opened or prepared.
         WriterFailedError: the writer stopped mid-run (disk full, file removed); what it
             committed before stays.
-        PipeloomError: the executor could not start (the run is recorded ``error``).
+        ExecutorFailedError: the executor could not start (the run is recorded ``error``).
     """
     unknown = set(kw) - {"tasks", "db_path"}
     if unknown:
@@ -731,7 +840,10 @@ def run_pipeline(
         if start_error is None:
             run.begin(workers)
             _wait(run, writer, interrupts)
-            pool.shutdown(0.0 if run.abandoned else None)
+            run.close()
+            # A threads executor's worker may be the one left waiting in the source's next().
+            inline_stuck = run.cut_short and getattr(pool, "admits_inline", False)
+            pool.shutdown(0.0 if run.abandoned or inline_stuck else None)
         end = run.end_message()
         if writer.error is None:
             q.put_nowait(end)  # the writer records it on the run row
@@ -755,9 +867,10 @@ def run_pipeline(
             "rows committed before that are kept in the file the writer held"
         ) from writer.error
     if start_error is not None:
-        raise PipeloomError(
+        raise ExecutorFailedError(
             f"executor {type(pool).__name__} could not start ({exc_summary(start_error)}); "
-            f"the run {writer.run_id} is recorded as error in {db_path}"
+            f"the run {writer.run_id} is recorded as error in {db_path}",
+            end.cause or "executor_failed",
         ) from start_error
     counts = dict(writer.final_counts or writer.status_counts)
     result = RunResult(
@@ -818,39 +931,137 @@ def _wait(run: _Run, writer: SQLiteWriter, interrupts: _InterruptHandler | None)
                 run.abandon("abandoned: the run could not go on")
                 run.executor.cancel()
                 return
-        if interrupts is not None and interrupts.count >= 2:
-            n = run.abandon("stopped by a second Ctrl-C")
+        why = interrupts.abandon_why() if interrupts is not None else None
+        if why is not None:
+            n = run.abandon(why)
             run.executor.cancel()
-            log.warning("second Ctrl-C: abandoned %d running task(s)", n)
+            log.warning("%s: abandoned %d running task(s)", why, n)
+            return
+        if run.stopping.is_set() and run.nothing_running():
+            # Stopped with nothing in flight, while a slot still waits in the source's
+            # next(): the run is over now, not when the source next yields.
+            run.cut_short = True
             return
 
 
+STOP_GRACE_ENV = "PIPELOOM_STOP_GRACE"
+"""Environment variable: seconds SIGTERM and SIGHUP let running tasks finish (default 5)."""
+DEFAULT_STOP_GRACE = 5.0
+"""Within Docker's 10 s between ``docker stop``'s SIGTERM and its SIGKILL, with time left
+for the summary and the final commit."""
+
+_STOP_SIGNALS: dict[int, StopReason] = {
+    signal.SIGINT: "sigint",
+    signal.SIGTERM: "sigterm",
+    **({signal.SIGHUP: "sighup"} if hasattr(signal, "SIGHUP") else {}),
+}
+"""The signals that stop a run, and the `StopReason` each records."""
+_SIGNAL_NAMES: dict[str, str] = {"sigint": "Ctrl-C", "sigterm": "SIGTERM", "sighup": "SIGHUP"}
+
+
+def stop_grace() -> float:
+    """Seconds SIGTERM and SIGHUP let running tasks finish: `STOP_GRACE_ENV`, else 5."""
+    raw = os.environ.get(STOP_GRACE_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_STOP_GRACE
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        log.warning(
+            "%s=%r is not a number of seconds (0 or more); using %g (e.g. %s=20)",
+            STOP_GRACE_ENV,
+            raw,
+            DEFAULT_STOP_GRACE,
+            STOP_GRACE_ENV,
+        )
+        return DEFAULT_STOP_GRACE
+    return value
+
+
+def _detach_terminal() -> None:
+    """After SIGHUP the terminal is gone: writing to it would fail, so write nowhere.
+
+    Output that goes to a file or a pipe is kept.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError as exc:
+        log.debug("cannot open %s: %s", os.devnull, exc)
+        return
+    try:
+        for fd in (1, 2):
+            with contextlib.suppress(OSError):  # fd closed already: nothing to detach
+                if os.isatty(fd):
+                    os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
 class _InterruptHandler:
-    """First Ctrl-C: stop admitting tasks. Second: abandon the ones in flight. Third: raise."""
+    """Ctrl-C, SIGTERM and SIGHUP stop a run the same way, in up to three steps.
+
+    First signal: stop admitting tasks, let the ones in flight finish (after SIGTERM or
+    SIGHUP for `stop_grace` seconds at most: a process manager's SIGKILL follows). Second
+    signal, or the grace period over: abandon the tasks in flight (``interrupted``). Third:
+    raise `Interrupted` at once. The first signal's `StopReason` is recorded and decides the
+    exit code. Installed explicitly, so it also works as PID 1 in a container, where the
+    kernel drops a signal that has no handler.
+    """
 
     def __init__(self, run: _Run) -> None:
         self.run = run
         self.count = 0
-        self._previous: Any = None
-        self._installed = False
+        self.first: StopReason = "sigint"
+        self.last: StopReason = "sigint"
+        self.deadline: float | None = None
+        self.grace = DEFAULT_STOP_GRACE
+        self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.count += 1
-        self.run.stop("cancelled", "sigint")
-        if self.count == 1:
-            shared_console.print(
-                "[yellow]Stopping: letting running tasks finish (Ctrl-C again to abandon them)"
+        cause = _STOP_SIGNALS.get(signum, "sigint")
+        self.last = cause
+        self.run.stop("cancelled", cause)
+        if self.count >= 3:
+            raise Interrupted(self.first)
+        if self.count > 1:
+            return
+        self.first = cause
+        if cause == "sighup":
+            _detach_terminal()
+        if cause == "sigint":
+            text = "Stopping: letting running tasks finish (Ctrl-C again to abandon them)"
+        else:
+            self.deadline = time.monotonic() + self.grace
+            name = _SIGNAL_NAMES[cause]
+            text = (
+                f"Stopping on {name}: letting running tasks finish for up to "
+                f"{self.grace:g} s ({name} again to abandon them)"
             )
-        elif self.count >= 3:
-            raise KeyboardInterrupt
+        try:
+            shared_console.print(f"[yellow]{text}")
+        except OSError as exc:  # the terminal went away
+            log.debug("cannot print the stop notice: %s", exc)
+
+    def abandon_why(self) -> str | None:
+        """Why the tasks in flight are abandoned now (a second signal, the grace over), or None."""
+        if self.count >= 2:
+            return f"stopped by a second {_SIGNAL_NAMES[self.last]}"
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            name = _SIGNAL_NAMES[self.first]
+            return f"stopped by {name}: not finished within its {self.grace:g} s grace period"
+        return None
 
     def __enter__(self) -> _InterruptHandler:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-            self._installed = True
+            self.grace = stop_grace()
+            for signum in _STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._installed:
-            signal.signal(signal.SIGINT, self._previous)
-            self._installed = False
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()

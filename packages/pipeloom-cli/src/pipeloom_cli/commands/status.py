@@ -1,7 +1,8 @@
 """``pipeloom status [DB]``: what the latest (or a chosen) run did, from the database alone.
 
 It opens the file read-only, so it is safe beside a pipeline that is still writing, and
-it never creates a file. ``--watch`` re-reads it until the run ends. What the file holds
+it never creates a file. ``--watch`` re-reads it until the run ends, then exits with the
+run's own exit code (the table in docs/cli.md), so it can gate a CI job. What the file holds
 (names, messages, the path) is shown as ``Text`` through `printable`, never as Rich markup.
 """
 
@@ -87,4 +88,57 @@ def status(
     """
     from pipeloom_cli.commands._status_show import show
 
-    show(db_arg, db_opt, run_id, task_ref, runs, fmt, limit, watch, interval, verbose)
+    watched = None
+    if watch and task_ref is None and not runs:
+        # Follow the run that is latest now, and exit with its outcome once it has ended.
+        watched = run_id if run_id is not None else latest_run_id(db_arg or db_opt or DEFAULT_DB)
+    show(db_arg, db_opt, watched or run_id, task_ref, runs, fmt, limit, watch, interval, verbose)
+    if watched is not None:
+        raise typer.Exit(watched_exit_code(db_arg or db_opt or DEFAULT_DB, watched))
+
+
+def latest_run_id(db: Path) -> int | None:
+    """The latest run's id, or None when the file cannot say (`show` then reports why)."""
+    import sqlite3
+
+    from pipeloom.errors import PipeloomError
+    from pipeloom.history import open_history
+
+    try:
+        conn = open_history(db)
+    except PipeloomError:
+        return None
+    try:
+        row = conn.execute("SELECT max(id) FROM pipeline_runs").fetchone()
+    except sqlite3.DatabaseError:
+        return None
+    finally:
+        conn.close()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def watched_exit_code(db: Path, run_id: int) -> int:
+    """The exit code of a watched run's outcome, from its row (docs/cli.md's table).
+
+    The same rule as ``pipeloom run``'s, from the row's ``status`` and ``stop_reason``. A run
+    whose lease expired counts as crashed (1); one still running means the watch itself was
+    stopped, and exits with that signal's code.
+    """
+    from pipeloom.history import open_history
+    from pipeloom.lease import STALE_SQL
+    from pipeloom.status import exit_code
+    from pipeloom_cli._signals import received
+
+    conn = open_history(db)
+    try:
+        row = conn.execute(
+            f"SELECT status, stop_reason, {STALE_SQL} FROM pipeline_runs WHERE id = ?", (run_id,)
+        ).fetchone()
+    finally:
+        conn.close()
+    status, reason, stale = row
+    if stale:
+        return exit_code("interrupted", "crashed")
+    if status == "running":
+        return exit_code("interrupted", received() or "sigint")
+    return exit_code(str(status), reason)

@@ -159,6 +159,13 @@ class Executor(ABC):
     name: ClassVar[str] = "custom"
     """Shown in logs and stored in the run's parameters."""
 
+    admits_inline: ClassVar[bool] = False
+    """True when `Completions.task_done` is called on the finished task's own worker thread,
+    which has nothing else to do: the engine then takes the next task from the source right
+    there (no thread switch per task), even if the source blocks. Leave it False when
+    completions arrive on a thread other tasks depend on (a collector, an event loop): the
+    engine then reads the source on a thread of its own."""
+
     worker_fn: WorkerFn
     sink: Sink
     engine: Completions

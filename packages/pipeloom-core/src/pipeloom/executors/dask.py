@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeloom._text import exc_summary, exc_text
-from pipeloom.errors import WriterFailedError
+from pipeloom.errors import ExecutorFailedError, WriterFailedError
 from pipeloom.executors._base import Completions, Executor, Sink, WorkerFn
 from pipeloom.executors._remote import (
     BatchingSink,
@@ -74,6 +74,10 @@ _REFRESH = 5.0
 _POLL = 0.05
 """Longest the dispatcher sleeps while it has work, so a stop is noticed promptly."""
 _OWN_LOGGERS = ("distributed", "tornado", "asyncio", "bokeh")
+_SCHEDULER_LOST = "scheduler-connection-lost"
+"""The reason distributed gives the futures it cancels when the client loses its scheduler."""
+_CLIENT_DOWN = ("connecting", "closing", "closed")
+"""``Client.status`` values once the scheduler connection is gone."""
 """Loggers whose level stays the worker's own: they are the cluster's, not the tasks'."""
 
 
@@ -377,6 +381,7 @@ class DaskExecutor(Executor):
         self._cancelled = False
         self._closing = False
         self._stop_sent = False
+        self._scheduler_gone = False
         try:
             self._fn_bytes = _dump_value(worker_fn)
             self._preload = file_modules()
@@ -732,6 +737,8 @@ class DaskExecutor(Executor):
                 exc = future.exception(timeout=5)
             except Exception as err:  # the client lost the scheduler
                 exc = err
+            if self._cluster_lost(exc):
+                return  # the engine abandons what was in flight: ``interrupted``
             why = exc_summary(exc) if exc else status
             if isinstance(exc, ImportError):
                 why += (
@@ -760,6 +767,30 @@ class DaskExecutor(Executor):
                     i, RemoteTaskError("its chunk ended without reporting it", None), False
                 )
 
+    def _cluster_lost(self, exc: BaseException | None) -> bool:
+        """True (and the run told, once) when a chunk ended because the scheduler is gone.
+
+        Not a failure of its tasks: the run cannot go on. It stops with ``cluster_lost``
+        (exit code 3, not Ctrl-C's 130); what was in flight is recorded ``interrupted``.
+        """
+        status = getattr(self.client, "status", "running")
+        if getattr(exc, "reason", None) != _SCHEDULER_LOST and status not in _CLIENT_DOWN:
+            return False
+        if not self._scheduler_gone:
+            self._scheduler_gone = True
+            scheduler = getattr(self.client, "scheduler", None)
+            where = self.address or getattr(scheduler, "address", None) or "of the run"
+            log.error("lost the Dask scheduler %s (client %s)", where, status)
+            self.engine.executor_failed(
+                ExecutorFailedError(
+                    f"the Dask scheduler {where} was lost ({exc_summary(exc) if exc else status})"
+                    "; tasks in flight are recorded interrupted: restart the scheduler and "
+                    "rerun with --resume",
+                    "cluster_lost",
+                )
+            )
+        return True
+
     # -- stopping -----------------------------------------------------------------------
 
     def _cancelled_task(self, task_id: int, why: str) -> None:
@@ -779,7 +810,7 @@ class DaskExecutor(Executor):
         its record would then be a lie): every worker is told the run stopped, and each
         chunk reports the tasks it then skips, which are recorded ``cancelled``.
         """
-        if self._chunks and not self._stop_sent:
+        if self._chunks and not self._stop_sent and not self._scheduler_gone:
             self._stop_sent = True
             try:
                 self.client.run(_stop_run, self._topic)

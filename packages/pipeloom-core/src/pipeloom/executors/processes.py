@@ -4,9 +4,10 @@ Every child has a pipe of its own to the driver: the driver sends it one task at
 it sends back the task's messages (batched), its log records and how it ended. One collector
 thread in the driver waits on every pipe and every child's exit at once, so a child that dies
 (``os._exit``, a signal, the OOM killer) is noticed at once: its task is recorded ``error``
-with the exit code or signal, and a fresh child takes its place. Children ignore Ctrl-C; the
-driver decides (a second Ctrl-C kills them). A declarative task's timeout kills its child,
-which threads cannot do.
+with the exit code or signal, and a fresh child takes its place. Children ignore Ctrl-C, SIGTERM
+and SIGHUP; the driver decides (a second signal kills them), and a child whose driver died
+exits at once (`_parent`). A declarative task's timeout kills its child, which threads cannot
+do.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 from pipeloom._text import exc_summary, exc_text, storable
 from pipeloom.errors import PipeloomError
 from pipeloom.executors._base import Completions, Executor, Sink, WorkerFn
+from pipeloom.executors._parent import die_with_parent, driver_gone, ignore_stop_signals
 from pipeloom.executors._remote import (
     BatchingSink,
     Outcome,
@@ -577,12 +579,16 @@ def _child_main(
 ) -> None:
     """A worker process: run tasks from the driver until told to stop."""
     global _guard
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides what Ctrl-C does
+    ignore_stop_signals()  # the driver decides what Ctrl-C, SIGTERM and SIGHUP do
+    die_with_parent()
     lock = threading.Lock()
 
     def send(item: Any) -> None:
         with lock:
-            conn.send(item)
+            try:
+                conn.send(item)
+            except (ConnectionError, EOFError):
+                driver_gone()
 
     root = logging.getLogger()
     root.handlers[:] = [_PipeHandler(send)]
@@ -612,7 +618,7 @@ def _child_main(
             try:
                 item = conn.recv()
             except (EOFError, OSError):
-                item = ("stop",)
+                driver_gone()  # the driver never closes the pipe before "stop": it died
             if item[0] == "stopping":
                 stopping.set()
                 continue

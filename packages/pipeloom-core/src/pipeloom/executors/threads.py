@@ -23,6 +23,7 @@ class ThreadExecutor(Executor):
     """
 
     name = "threads"
+    admits_inline = True
 
     def __init__(self, max_workers: int | None = None) -> None:
         """No threads until `start`."""

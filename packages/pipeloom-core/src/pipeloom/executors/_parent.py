@@ -1,0 +1,75 @@
+"""A worker process and its driver: stop signals are the driver's, its death ends the worker.
+
+Used by the process executor's children. Ctrl-C reaches the whole foreground process group,
+a closed terminal sends SIGHUP to it, and ``systemctl stop`` sends SIGTERM to every process
+of the service: the children ignore all three and let the driver decide (it tells them to
+stop, or kills them). When the driver itself dies (SIGKILL, a crash), they must not run on
+as orphans: the pipe to the driver reaches end-of-file, which `driver_gone` turns into an
+immediate, silent exit; on Linux a forkserver child also gets SIGKILL from the kernel when
+the forkserver (which exits with the driver) dies, for a child too busy to read its pipe.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+from typing import NoReturn
+
+__all__ = ["die_with_parent", "driver_gone", "ignore_stop_signals"]
+
+log = logging.getLogger("pipeloom.executors")
+
+_PR_SET_PDEATHSIG = 1
+"""``prctl`` option from <linux/prctl.h>: the signal this process gets when its parent dies."""
+ORPHAN_EXIT = 0
+"""How a worker whose driver is gone exits: nobody is left to read its exit code."""
+
+
+def ignore_stop_signals() -> None:
+    """Ignore SIGINT, SIGTERM and SIGHUP here: the driver decides what a stop means."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            signal.signal(signum, signal.SIG_IGN)
+
+
+def die_with_parent() -> None:
+    """On Linux, ask for SIGKILL when this process's parent dies, where that is safe.
+
+    The kernel sends it when the *thread* that forked this process ends. A forkserver child
+    was forked by the forkserver's only thread, which lives exactly as long as the driver;
+    a ``spawn`` child was started by whichever driver thread needed it (a replacement by
+    the collector thread, which ends before its children do), so it relies on its pipe.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    parent = multiprocessing.parent_process()
+    parent_pid = os.getppid()
+    if parent is None or parent.pid == parent_pid:
+        return  # started by the driver itself (spawn): the pipe watch covers it
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            log.debug("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+            return
+    except (OSError, AttributeError) as exc:  # no libc or no prctl: the pipe watch remains
+        log.debug("no parent-death signal: %s", exc)
+        return
+    if os.getppid() != parent_pid:  # the parent died before the request: too late for it
+        driver_gone()
+
+
+def driver_gone() -> NoReturn:
+    """The driver is gone (its pipe is closed): exit now, silently, whatever is running.
+
+    Nothing this process does can be recorded any more, and a traceback or a "Logging
+    error" would only land in the terminal of a run that has already ended.
+    """
+    os._exit(ORPHAN_EXIT)
