@@ -70,9 +70,9 @@ def _killed_run(tmp_path: Path) -> tuple[Path, int]:
     return db, run_id
 
 
-def _status_json(db: Path, *args: str) -> dict[str, Any]:
+def _status_json(db: Path, *args: str, code: int = 0) -> dict[str, Any]:
     result = runner.invoke(app, ["status", str(db), "--format", "json", *args])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == code, result.output
     lines = result.stdout.strip().splitlines()
     loaded: dict[str, Any] = json.loads(lines[-1] if "--watch" in args else result.stdout)
     return loaded
@@ -104,8 +104,9 @@ def test_a_killed_run_turns_stale_for_readers_without_writing_and_watch_ends(
     listed = runner.invoke(app, ["status", str(db), "--runs"])
     assert "stale" in listed.output
 
-    watched = _status_json(db, "--watch", "--interval", "0.05")["run"]
-    assert watched["stale"] is True  # --watch ended on it instead of waiting forever
+    # --watch ends on it instead of waiting forever, and exits as a crashed run does (1)
+    watched = _status_json(db, "--watch", "--interval", "0.05", code=1)["run"]
+    assert watched["stale"] is True
 
     assert _fingerprint(db) == before, "a reader wrote to the file"
     assert query(db, "SELECT status FROM pipeline_runs") == [("running",)]

@@ -32,6 +32,8 @@ def observe(
 ) -> None:
     """Browse a run database's history in Datasette (read-only, live while a run writes)."""
     # Datasette takes about a second to import: only this command should pay for it.
+    from pipeloom.errors import Interrupted
+    from pipeloom.status import exit_code
     from pipeloom_observe.app import serve
     from pipeloom_observe.metadata import MetadataError, load_metadata
 
@@ -40,4 +42,8 @@ def observe(
             extra = load_metadata(metadata) if metadata is not None else None
         except MetadataError as exc:
             raise UsageError(str(exc)) from exc
-        serve(db, host=host, port=port, open_browser=open_browser, metadata_extra=extra)
+        try:
+            serve(db, host=host, port=port, open_browser=open_browser, metadata_extra=extra)
+        except Interrupted as exc:
+            # Ctrl-C or SIGTERM is how a server is meant to end: quietly, with the signal's code.
+            raise typer.Exit(exit_code("interrupted", exc.stop_reason)) from None
