@@ -10,16 +10,19 @@ import signal
 import sqlite3
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
-from pipeloom import Context, Pipeline
+from pipeloom import Context, Pipeline, run_pipeline
 from pipeloom.schema import RUNS_SELECT
 from pipeloom.status import STOP_TEXT
 from pipeloom_cli.app import app
 from tests._db import query
+from tests.reliability._support import read_events, spawn_child, wait_for
 
 runner = CliRunner()
 ITEMS = list(range(1, 13))
@@ -113,6 +116,15 @@ def test_one_stopped_mixed_run_reads_the_same_in_every_view(tmp_path: Path) -> N
     assert letters == [(result.run_id, 4, 1), (result.run_id, 4, 1)]
     assert query(db, "SELECT count(*) FROM rows") == [(0,)]
 
+    # ... and `status --task` lists them, by the same columns.
+    shown = runner.invoke(app, ["status", str(db), "--task", "4", "--format", "json"])
+    assert shown.exit_code == 0, shown.output
+    detail = json.loads(shown.output)
+    assert detail["dead_letters_total"] == 2
+    assert {(d["attempt"], d["msg_type"].rsplit(".", 1)[-1]) for d in detail["dead_letters"]} == {
+        (1, "Row")
+    }
+
     # pipeloom status (JSON): the same figures, and why it stopped.
     out = runner.invoke(app, ["status", str(db), "--format", "json"])
     assert out.exit_code == 0, out.output
@@ -165,3 +177,55 @@ def _observe_run_list(db: Path) -> list[dict[str, Any]]:
         return rows
 
     return asyncio.run(read())
+
+
+def _seconds(start: str, end: str) -> float:
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+def test_a_crashed_run_reads_the_same_in_every_view_and_ends_at_its_last_sign_of_life(
+    tmp_path: Path,
+) -> None:
+    db, events = tmp_path / "crash.db", tmp_path / "crash.events"
+    child = spawn_child("sigint2", db, events, 40)  # every fifth task hangs for a minute
+    try:
+        wait_for(lambda: len(read_events(events)[1]) >= 8, "eight committed finishes")
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait()
+    # Its lease passes (made short here rather than waited for): it is stale, not running.
+    sqlite3.connect(db).execute("UPDATE pipeline_runs SET lease_s = 0.001").connection.commit()
+    ((started, heartbeat),) = query(db, "SELECT started_at, heartbeat_at FROM pipeline_runs")
+    lived = round(_seconds(started, heartbeat), 3)
+
+    # Stale: every reader stops its clock, and its running tasks' clocks, at the heartbeat.
+    ((shown, duration),) = query(db, f"SELECT shown_status, duration_s FROM ({RUNS_SELECT})")
+    assert shown == "stale" and duration == pytest.approx(lived, abs=0.002)
+    out = runner.invoke(app, ["status", str(db), "--format", "json"])
+    doc = json.loads(out.output)
+    assert doc["run"]["elapsed"] == pytest.approx(lived, abs=0.002)
+    assert doc["run"]["stopped"] == STOP_TEXT["crashed"]
+    hung = [t for t in doc["tasks"] if t["status"] == "running"]
+    assert hung and all(t["stale_at"] == heartbeat for t in hung)
+    listed = _observe_run_list(db)[0]
+    assert (listed["status"], listed["stopped"]) == ("stale", STOP_TEXT["crashed"])
+    assert listed["duration_s"] == pytest.approx(lived, abs=0.002)
+
+    # The next writer marks it interrupted at its last sign of life, not at this moment.
+    run_pipeline([], db, worker_fn=lambda task, q: None, progress=False)
+    ((status, reason, finished, row_duration),) = query(
+        db,
+        f"SELECT status, stop_reason, finished_at, duration_s FROM ({RUNS_SELECT}) WHERE id = 1",
+    )
+    assert (status, reason, finished) == ("interrupted", "crashed", heartbeat)
+    assert row_duration == pytest.approx(lived, abs=0.002)
+    ends = query(
+        db,
+        "SELECT started_at, finished_at FROM task_runs WHERE run_id = 1 AND status = ?",
+        "interrupted",
+    )
+    assert ends and all(f == max(s, heartbeat) for s, f in ends)
+    listed = _observe_run_list(db)[-1]
+    assert (listed["status"], listed["stopped"]) == ("interrupted", STOP_TEXT["crashed"])
+    out = runner.invoke(app, ["status", str(db), "--run", "1", "--format", "json"])
+    assert json.loads(out.output)["run"]["stop_reason"] == "crashed"

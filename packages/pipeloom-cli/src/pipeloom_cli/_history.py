@@ -18,6 +18,7 @@ from pipeloom._text import printable
 from pipeloom.errors import SchemaOutdatedError
 from pipeloom.history import (
     AttemptInfo,
+    DeadLetterInfo,
     HistoryReader,
     LogInfo,
     RunInfo,
@@ -29,6 +30,7 @@ from pipeloom_cli._errors import UsageError
 
 __all__ = [
     "AttemptInfo",
+    "DeadLetterInfo",
     "HistoryReader",
     "LogInfo",
     "RunInfo",

@@ -800,6 +800,10 @@ class Snapshot:
         """`task_attempts`: a task's failed attempts before its last."""
         return task_attempts(self.conn, run_id, task_id)
 
+    def dead_letters(self, run_id: int, task_id: int) -> tuple[list[DeadLetterInfo], int]:
+        """A task's first dead letters and how many it has (`task_dead_letters`)."""
+        return task_dead_letters(self.conn, run_id, task_id)
+
     def logs(self, run_id: int, task_id: int) -> list[LogInfo]:
         """`task_logs`: the log records stored for a task."""
         return task_logs(self.conn, run_id, task_id)

@@ -36,6 +36,7 @@ from pipeloom.status import ACTIVE, count_failed
 from pipeloom_cli._errors import UsageError, user_errors
 from pipeloom_cli._history import (
     AttemptInfo,
+    DeadLetterInfo,
     HistoryReader,
     LogInfo,
     RunInfo,
@@ -470,6 +471,7 @@ def _show_task(reader: HistoryReader, db: Path, run_id: int | None, ref: str, fm
         task = get_task(snap, db, run, ref)
         logs = snap.logs(run.id, task.task_id)
         attempts = snap.attempts(run.id, task.task_id)
+        letters, letters_total = snap.dead_letters(run.id, task.task_id)
     dropped = sum(row.dropped for row in logs)
     if fmt is Format.json:
         payload = {
@@ -479,6 +481,8 @@ def _show_task(reader: HistoryReader, db: Path, run_id: int | None, ref: str, fm
             "attempts": [a.as_json() for a in attempts],
             "logs": [row.as_json() for row in logs],
             "logs_dropped": dropped,
+            "dead_letters": [d.as_json() for d in letters],
+            "dead_letters_total": letters_total,
         }
         typer.echo(json.dumps(payload, indent=2))
         return
@@ -496,7 +500,24 @@ def _show_task(reader: HistoryReader, db: Path, run_id: int | None, ref: str, fm
                 style="yellow",
             )
         )
+    if letters:
+        parts += [Text(""), _dead_letters_table(letters, letters_total)]
     console.print(Group(*parts))
+
+
+def _dead_letters_table(letters: list[DeadLetterInfo], total: int) -> Table:
+    shown = f"first {len(letters)} of {total}" if total > len(letters) else str(total)
+    table = _plain_table(f"Dead letters ({shown}): messages of this task that were not applied")
+    table.add_column("attempt", justify="right", no_wrap=True)
+    table.add_column("type", no_wrap=True)
+    table.add_column("error", overflow="fold")
+    for letter in letters:
+        table.add_row(
+            "" if letter.attempt is None else str(letter.attempt),
+            Fit(printable(letter.msg_type)),
+            Text(printable(letter.error.strip().splitlines()[-1] if letter.error else "")),
+        )
+    return table
 
 
 def show(
