@@ -247,6 +247,82 @@ def _runs(runs: int) -> Iterator[tuple[int, str, datetime]]:
         yield run_id, PIPELINES[(run_id - 1) % len(PIPELINES)], start
 
 
+def append_run(
+    conn: sqlite3.Connection,
+    run_id: int,
+    *,
+    name: str,
+    start: datetime,
+    tasks: int,
+    outcome: str = "done",
+    rng: random.Random | None = None,
+) -> None:
+    """Add one synthetic run of ``tasks`` tasks to an open pipeloom file (the caller commits).
+
+    Args:
+        conn: a connection to a file holding pipeloom's schema.
+        run_id: the new run's id (unused in the file).
+        name: its pipeline's name.
+        start: when it started; its tasks follow from there.
+        tasks: how many tasks it plans (three stages, 40/40/20 %).
+        outcome: ``done``, ``error``, ``sigint``, ``crashed``, ``fail_fast``, ``resume`` or
+            ``stale`` (still ``running``, its heartbeat long past).
+        rng: the random source (a fixed seed when None).
+    """
+    rng = rng or random.Random(run_id)
+    clock = _Clock(start)
+    rows, attempts, logs, letters, run = _run_rows(run_id, tasks, rng, outcome, clock)
+    params = json.dumps({"day": start.date().isoformat(), "source": f"s3://lake/{name}"})
+    conn.execute(
+        "INSERT INTO pipeline_runs (id, name, status, started_at, finished_at, workers, "
+        "tasks_total, tasks_done, tasks_error, tasks_cancelled, messages, host, pid, "
+        "pipeloom_version, params, heartbeat_at, lease_s, owner, tasks_finished, "
+        "tasks_planned, tasks_taken, tasks_not_started, tasks_skipped, stop_reason) "
+        "VALUES (?, ?, ?, ?, ?, 8, ?, ?, ?, ?, 0, 'bench', 1, '0.1.0', ?, ?, 30.0, "
+        "'bench', ?, ?, ?, ?, ?, ?)",
+        (
+            run_id,
+            name,
+            run["status"],
+            _iso(start),
+            run["finished_at"],
+            run["tasks_total"],
+            run["tasks_done"],
+            run["tasks_error"],
+            run["tasks_cancelled"],
+            params,
+            run["heartbeat_at"],
+            run["tasks_finished"],
+            run["tasks_planned"],
+            run["tasks_taken"],
+            run["tasks_not_started"],
+            run["tasks_skipped"],
+            run["stop_reason"],
+        ),
+    )
+    conn.executemany(
+        "INSERT INTO task_runs (run_id, task_id, task_key, name, status, progress, message, "
+        "started_at, finished_at, error, attempt, stage, upstream_stage, upstream_task_id) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    conn.executemany(
+        "INSERT INTO task_attempts (run_id, task_id, attempt, status, started_at, "
+        "finished_at, error, discarded) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        attempts,
+    )
+    conn.executemany(
+        "INSERT INTO task_logs (run_id, task_id, attempt, created_at, level, logger, "
+        "message, dropped) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        logs,
+    )
+    conn.executemany(
+        "INSERT INTO dead_letters (run_id, created_at, msg_type, payload, error, task_id, "
+        "attempt) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        letters,
+    )
+
+
 def make_history(
     path: Path, *, runs: int, tasks: int, seed: int = 1, proposed: bool = True
 ) -> Path:
@@ -279,58 +355,8 @@ def make_history(
         outcome = _outcome(run_id, runs)
         if outcome == "stale":
             start = datetime.now(UTC) - timedelta(hours=2, minutes=10)
-        clock = _Clock(start)
-        rows, attempts, logs, letters, run = _run_rows(run_id, tasks, rng, outcome, clock)
-        params = json.dumps({"day": start.date().isoformat(), "source": f"s3://lake/{name}"})
         conn.execute("BEGIN")
-        conn.execute(
-            "INSERT INTO pipeline_runs (id, name, status, started_at, finished_at, workers, "
-            "tasks_total, tasks_done, tasks_error, tasks_cancelled, messages, host, pid, "
-            "pipeloom_version, params, heartbeat_at, lease_s, owner, tasks_finished, "
-            "tasks_planned, tasks_taken, tasks_not_started, tasks_skipped, stop_reason) "
-            "VALUES (?, ?, ?, ?, ?, 8, ?, ?, ?, ?, 0, 'bench', 1, '0.1.0', ?, ?, 30.0, "
-            "'bench', ?, ?, ?, ?, ?, ?)",
-            (
-                run_id,
-                name,
-                run["status"],
-                _iso(start),
-                run["finished_at"],
-                run["tasks_total"],
-                run["tasks_done"],
-                run["tasks_error"],
-                run["tasks_cancelled"],
-                params,
-                run["heartbeat_at"],
-                run["tasks_finished"],
-                run["tasks_planned"],
-                run["tasks_taken"],
-                run["tasks_not_started"],
-                run["tasks_skipped"],
-                run["stop_reason"],
-            ),
-        )
-        conn.executemany(
-            "INSERT INTO task_runs (run_id, task_id, task_key, name, status, progress, message, "
-            "started_at, finished_at, error, attempt, stage, upstream_stage, upstream_task_id) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
-        conn.executemany(
-            "INSERT INTO task_attempts (run_id, task_id, attempt, status, started_at, "
-            "finished_at, error, discarded) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            attempts,
-        )
-        conn.executemany(
-            "INSERT INTO task_logs (run_id, task_id, attempt, created_at, level, logger, "
-            "message, dropped) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            logs,
-        )
-        conn.executemany(
-            "INSERT INTO dead_letters (run_id, created_at, msg_type, payload, error, task_id, "
-            "attempt) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            letters,
-        )
+        append_run(conn, run_id, name=name, start=start, tasks=tasks, outcome=outcome, rng=rng)
         conn.execute("COMMIT")
         if run_id % 100 == 0:
             print(

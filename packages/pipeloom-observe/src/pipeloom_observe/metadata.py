@@ -24,6 +24,7 @@ from datasette.utils import tilde_encode
 from pipeloom.errors import PipeloomError
 from pipeloom_observe._sqlite import Layout
 from pipeloom_observe.dashboards import HISTORY_DASHBOARD, RUN_DASHBOARD, dashboards
+from pipeloom_observe.plugin.pages import CONFIG_KEY
 from pipeloom_observe.queries import QUERIES, TABLES
 
 __all__ = [
@@ -39,9 +40,6 @@ __all__ = [
 
 DASHBOARD: Final = RUN_DASHBOARD
 """Slug of the per-run dashboard: ``/-/dashboards/run`` (newest run), ``?run_id=N`` for another."""
-
-PLUGIN_CONFIG: Final = "pipeloom"
-"""Key under ``plugins`` telling pipeloom's pages which database holds the run history."""
 
 
 def layout_note(kind: Layout, file_name: str) -> str | None:
@@ -83,8 +81,8 @@ def default_metadata(db_name: str, kind: Layout = "current", file_name: str = ""
     metadata: dict[str, Any] = {
         "title": "pipeloom run history",
         "description": (
-            "Every run and every task pipeloom recorded in this file. Read-only: pages show "
-            "rows committed so far, so reload to follow a run in progress."
+            "Every run and every task pipeloom recorded in this file. Read-only: a run's page "
+            "follows a run in progress without reloading."
         ),
         "databases": {db_name: database},
     }
@@ -94,7 +92,7 @@ def default_metadata(db_name: str, kind: Layout = "current", file_name: str = ""
         database["queries"] = copy.deepcopy(QUERIES)
         metadata["plugins"] = {
             "datasette-dashboards": dashboards(db_name),
-            PLUGIN_CONFIG: {"database": db_name},
+            CONFIG_KEY: {"database": db_name},
         }
         metadata["description_html"] = _start_here(db_name, metadata["description"])
     return metadata
@@ -104,9 +102,9 @@ def _start_here(db_name: str, description: str) -> str:
     """Link the home page to the questions people ask first."""
     route = "/" + tilde_encode(db_name)
     links = [
-        f'<a href="{route}/run_list">the runs</a>',
-        f'<a href="/-/dashboards/{RUN_DASHBOARD}">the newest run</a>',
-        f'<a href="/-/dashboards/{HISTORY_DASHBOARD}">run history</a>',
+        f'<a href="{route}/run_list">the runs as a table</a>',
+        f'<a href="/-/dashboards/{RUN_DASHBOARD}">charts of the newest run</a>',
+        f'<a href="/-/dashboards/{HISTORY_DASHBOARD}">run history charts</a>',
         *(
             f'<a href="{route}/{name}">{html.escape(query["title"].lower())}</a>'
             for name, query in QUERIES.items()
@@ -116,7 +114,7 @@ def _start_here(db_name: str, description: str) -> str:
     ]
     return (
         f"<p>{html.escape(description)}</p>"
-        f"<p>Start with: {', '.join(links[:-1])} or {links[-1]}.</p>"
+        f"<p>Raw answers, with their SQL: {', '.join(links[:-1])} or {links[-1]}.</p>"
     )
 
 

@@ -46,6 +46,8 @@ FAILURE_ROWS: Final = 20_000
 """At most this many (error, day) groups are read for the failures page."""
 BUCKETS: Final = 60
 """Time buckets of a stage lane."""
+CHANGED_SHOWN: Final = 200
+"""Tasks listed whose status changed between two runs (all are counted)."""
 TASKS_PAGE: Final = 100
 """Tasks per page of a stage's drill-down."""
 
@@ -165,7 +167,7 @@ async def run_list(db: Any, where: RunFilter, *, before: int | None = None) -> d
     }
 
 
-_DIGITS: Final = re.compile(r"\d+")
+_DIGITS: Final = re.compile(r"\b\d+\b")
 _HEX: Final = re.compile(r"0x[0-9a-fA-F]+")
 
 
@@ -506,19 +508,20 @@ FROM (SELECT run_id, task_id, status, COALESCE(task_key, name) AS key FROM task_
       WHERE run_id IN (:a, :b))
 GROUP BY key
 HAVING status_a IS NOT status_b
-ORDER BY key
+-- Tasks in both runs first: a status that changed says more than a task one run lacks.
+ORDER BY status_a IS NULL OR status_b IS NULL, key
 """,
         both,
     )
     transitions: dict[tuple[str, str], int] = {}
     for row in changed:
-        pair = (row["status_a"] or "absent", row["status_b"] or "absent")
+        pair = (row["status_a"] or "", row["status_b"] or "")
         transitions[pair] = transitions.get(pair, 0) + 1
     return {
         "a": by_id.get(a),
         "b": by_id.get(b),
         "stages": list(table.values()),
-        "changed": changed[:500],
+        "changed": changed[:CHANGED_SHOWN],
         "changed_total": len(changed),
         "transitions": sorted(
             ({"from": k[0], "to": k[1], "tasks": n} for k, n in transitions.items()),

@@ -158,6 +158,9 @@ async def _runs(datasette: Any, request: Any, database: str) -> Response:
         statuses=history.RUN_FILTERS,
         stop_text=STOP_TEXT,
         here=_here(request),
+        title=datasette.metadata("title") or "pipeloom run history",
+        description_html=Markup(datasette.metadata("description_html") or ""),
+        description=datasette.metadata("description") or "",
     )
     html = await datasette.render_template("pipeloom_runs.html", context, request=request)
     return Response.html(html)
