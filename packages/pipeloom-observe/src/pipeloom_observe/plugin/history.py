@@ -197,7 +197,7 @@ async def failure_groups(db: Any, where: RunFilter) -> dict[str, Any]:
     cut = len(run_rows) > FAILURE_RUNS
     run_rows = run_rows[:FAILURE_RUNS]
     if not run_rows:
-        return {"groups": [], "days": [], "runs": 0, "cut": False, "failures": 0}
+        return {"groups": [], "days": [], "runs": 0, "cut": False, "failures": 0, "failed_runs": 0}
     import json
 
     day_of = {row["id"]: row["day"] for row in run_rows}
@@ -258,6 +258,7 @@ LIMIT {FAILURE_ROWS}
         "runs": len(run_rows),
         "cut": cut,
         "failures": sum(g["count"] for g in shown),
+        "failed_runs": len({row["run_id"] for row in rows}),
         "oldest_run": run_rows[-1]["id"],
     }
 

@@ -131,6 +131,8 @@ async def home(datasette: Any, request: Any) -> Response:
     if database is None:
         from datasette.views.index import IndexView
 
+        # Datasette's index reads its format from the route it would have matched.
+        request.scope["url_route"] = {"kwargs": {"format": None}}
         response: Response = await IndexView(datasette).dispatch_request(request)
         return response
     return await _runs(datasette, request, database)
