@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 import pytest
 
 from pipeloom.status import STOP_TEXT
+from pipeloom_observe.colors import STATUS_COLORS
 from pipeloom_observe.plugin.history import error_signature
 from tests.observe._observe_support import MIXED_ERROR_LINE, started
 
@@ -60,6 +61,10 @@ async def test_the_home_page_is_the_runs_with_why_each_stopped(mixed_db: Path) -
     assert "Times are UTC, 24-hour." in page
     rows = run_rows(page)
     assert list(rows) == [5, 4, 3, 2, 1]
+    # How long each run took, oldest first, one bar each in its status color.
+    bars = re.findall(r'class="pl-duration-bar"[^>]*data-run="(\d+)".*?background:([^"]+)"', page)
+    assert [int(run) for run, _ in bars] == [1, 2, 3, 4, 5]
+    assert dict(bars)["2"] == STATUS_COLORS["error"]
     # fail_fast: the reason in words, and the task that failed first, linked to its page.
     assert STOP_TEXT["fail_fast"] in rows[3]
     assert "first failure:" in rows[3] and 'href="/-/pipeloom/etl/task/3/' in rows[3]

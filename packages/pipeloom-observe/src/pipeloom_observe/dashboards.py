@@ -318,7 +318,7 @@ def _history_dashboard(db_name: str) -> dict[str, Any]:
                 "db": db_name,
                 "query": f"""
 SELECT v.id AS run_id, v.shown_status AS status, v.started_at, v.duration_s,
-  {STOP_TEXT_SQL} AS stopped
+  CASE WHEN v.stop_reason IS NOT NULL OR v.stale = 1 THEN {STOP_TEXT_SQL} END AS stopped
 FROM ({RUNS_SELECT}) AS v
 WHERE v.name = {name}
 ORDER BY v.id DESC
@@ -333,15 +333,37 @@ LIMIT 1000
                             "field": "started_at",
                             "type": "temporal",
                             "scale": {"type": "utc"},
-                            "title": "run started (UTC)",
+                            # One clock everywhere: 24-hour UTC (vega's default is 12-hour).
+                            "axis": {"format": "%Y-%m-%d %H:%M", "labelAngle": -30},
+                            "title": "run started (UTC, 24-hour)",
                         },
                         "y": {"field": "duration_s", "type": "quantitative", "title": "seconds"},
                     },
                     "layer": [
                         {"mark": {"type": "line", "color": "#94a3b8"}},
                         {
-                            "mark": {"type": "point", "filled": True, "size": 70, "tooltip": True},
-                            "encoding": {"color": color_channel()},
+                            "mark": {"type": "point", "filled": True, "size": 70},
+                            "encoding": {
+                                "color": color_channel(),
+                                # A stopped run is marked apart from one that ran to its end.
+                                "shape": {
+                                    "field": "stopped",
+                                    "type": "nominal",
+                                    "title": "stopped",
+                                },
+                                "tooltip": [
+                                    {"field": "run_id", "type": "ordinal"},
+                                    {"field": "status", "type": "nominal"},
+                                    {"field": "duration_s", "type": "quantitative"},
+                                    {"field": "stopped", "type": "nominal"},
+                                    {
+                                        "field": "started_at",
+                                        "type": "temporal",
+                                        "format": "%Y-%m-%d %H:%M:%S",
+                                        "scale": {"type": "utc"},
+                                    },
+                                ],
+                            },
                         },
                     ],
                 },

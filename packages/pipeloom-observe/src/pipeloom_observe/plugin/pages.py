@@ -160,6 +160,8 @@ async def _runs(datasette: Any, request: Any, database: str) -> Response:
         statuses=history.RUN_FILTERS,
         stop_text=STOP_TEXT,
         here=_here(request),
+        oldest_first=page["runs"][::-1],
+        peak=max((run["duration_s"] or 0 for run in page["runs"]), default=0) or 1,
         title=datasette.metadata("title") or "pipeloom run history",
         description_html=Markup(datasette.metadata("description_html") or ""),
         description=datasette.metadata("description") or "",
