@@ -139,11 +139,13 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def time_pages(db: Path, loads: int) -> None:
+def time_pages(db: Path, loads: int, only: str = "") -> None:
     """Print each page's p50/p95 over ``loads`` loads, then the server's peak RSS."""
     server, base = serve(db)
     try:
         for label, path in pages(db).items():
+            if only and not re.search(only, label):
+                continue
             status, size = _get(base + path)  # warm-up, untimed
             times = []
             for _ in range(loads):
@@ -250,13 +252,33 @@ def main() -> None:
     parser.add_argument("--no-proposed", action="store_true", help="only core's indexes")
     parser.add_argument("--index-cost", action="store_true")
     parser.add_argument("--cost-tasks", type=int, default=50_000)
+    parser.add_argument("--only", default="", help="time only pages whose label matches this")
+    parser.add_argument(
+        "--drop-proposed",
+        action="store_true",
+        help="time the pages without the proposed indexes (dropped, then built again)",
+    )
     args = parser.parse_args()
     db = cached_history(runs=args.runs, tasks=args.tasks, proposed=not args.no_proposed)
     print(json.dumps({"file": str(db), "mb": round(db.stat().st_size / 2**20)}), flush=True)
     if args.index_cost:
         index_cost(db, args.cost_tasks, repeats=3)
+    elif args.drop_proposed:
+        names = [statement.split("EXISTS", 1)[1].split()[0] for statement in PROPOSED_INDEXES]
+        conn = sqlite3.connect(db)
+        for name in names:
+            conn.execute(f"DROP INDEX IF EXISTS {name}")
+        conn.commit()
+        try:
+            print(json.dumps({"without": names}), flush=True)
+            time_pages(db, args.loads, args.only)
+        finally:
+            for statement in PROPOSED_INDEXES:
+                conn.execute(statement)
+            conn.commit()
+            conn.close()
     else:
-        time_pages(db, args.loads)
+        time_pages(db, args.loads, args.only)
 
 
 if __name__ == "__main__":
