@@ -388,6 +388,11 @@ def test_the_run_dashboard_draws_one_gantt_bar_per_task_in_its_status_color(
     assert sorted(fills) == sorted(STATUS_COLORS[status] for (status,) in started)
     expect(page.locator("#chart-run")).to_contain_text("#2 etl")
     expect(page.locator("#chart-failures")).to_contain_text(MIXED_ERROR_LINE)
+    # A stopped run's card says why in full: nothing clipped at 1280 px.
+    page.goto(f"{served.base}/-/dashboards/run?run_id=3")
+    card = page.locator("#chart-run p")
+    expect(card).to_contain_text("stopped after the first failure (fail_fast)", timeout=15_000)
+    assert card.evaluate("p => p.scrollWidth <= p.parentElement.clientWidth")
 
 
 def test_q6_a_task_page_shows_traceback_attempts_logs_dead_letters_origin_params(
