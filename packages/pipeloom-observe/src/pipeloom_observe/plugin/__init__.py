@@ -5,9 +5,11 @@ Datasette plugin, so ``datasette`` run by hand on a run database does not load i
 
 - ``render_cell``: statuses as colored badges, timestamps without their ISO clutter,
   durations in s / m / h, params and errors folded in ``<details>``, run ids linked to the run
-  dashboard and task ids to the task page;
+  page and task ids to the task page;
 - ``extra_css_urls``: ``static/pipeloom.css`` (monospace tracebacks, no wrapping timestamps);
-- ``register_routes``: the task page, ``/-/pipeloom/DB/task/RUN_ID/TASK_ID``;
+- ``register_routes``: the task page, ``/-/pipeloom/DB/task/RUN_ID/TASK_ID``, and the pages
+  of `pipeloom_observe.plugin.pages` (the runs as the home page, failures across runs, one
+  run with its stage lanes and live JSON, a stage's tasks, two runs compared);
 - ``handle_exception``: a rejected query (bad SQL, a write, the time limit) is one log line
   instead of Datasette's ~300-line Rich traceback on the terminal.
 
