@@ -5,8 +5,10 @@ Run from the repository root (needs Debian's chromium at /usr/bin/chromium)::
     uv run python docs/assets/screenshots.py
 
 It records a small mixed history with real pipelines (the same one the browser tests use:
-done, error with a traceback, timeout, retried, cancelled, a dead letter, task logs), serves
-it with ``pipeloom observe`` and photographs each page into this folder.
+done, error with a traceback, timeout, retried, cancelled, a dead letter, task logs), a run
+left half done (live while the photographs are taken), then a 10,000-task run of three stages
+and a stale run from the benchmarks' generator (benchmarks/make_history.py), serves it with
+``pipeloom observe`` and photographs each page into this folder.
 """
 
 from __future__ import annotations
@@ -33,7 +35,11 @@ from tests.observe._observe_support import make_mixed_db  # noqa: E402
 CHROMIUM = "/usr/bin/chromium"
 PAGES = {
     # file name: (path, a selector that is there once the page has drawn)
-    "runs-list.png": ("/etl/run_list", "table.rows-and-columns"),
+    "runs-list.png": ("/", "tr.pl-run"),
+    "failures.png": ("/-/pipeloom/etl/failures", "tr.pl-failure-group"),
+    "run-page.png": ("/-/pipeloom/etl/run/7", ".pl-lane .pl-bucket"),
+    "run-live.png": ("/-/pipeloom/etl/run/6", "#pl-live.pl-following"),
+    "compare.png": ("/-/pipeloom/etl/compare?a=1&b=2", "tr.pl-compare-stage"),
     "run-dashboard.png": ("/-/dashboards/run?run_id=2", "#chart-gantt svg .mark-rect path"),
     "run-history.png": ("/-/dashboards/run-history?name=etl", "#chart-grid svg .mark-rect path"),
     "task-page.png": ("/-/pipeloom/etl/task/2/4", "pre.pl-traceback"),
@@ -68,12 +74,33 @@ def start_live_run(db: Path, release: threading.Event) -> threading.Thread:
     raise SystemExit("the live run did not get going")
 
 
+def add_big_and_stale_runs(db: Path) -> None:
+    """Run 7: 10,000 tasks in three stages, some failing; run 8: stale (its writer died)."""
+    from datetime import UTC, datetime, timedelta
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from make_history import append_run
+
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        now = datetime.now(UTC)
+        append_run(conn, 7, name="warehouse", start=now - timedelta(hours=5), tasks=10_000,
+                   outcome="error")  # fmt: skip
+        append_run(conn, 8, name="warehouse", start=now - timedelta(hours=2), tasks=200,
+                   outcome="stale")  # fmt: skip
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
 def main() -> None:
     """Seed, serve, photograph, stop."""
     with tempfile.TemporaryDirectory() as tmp:
         db = make_mixed_db(Path(tmp) / "etl.db")
         release = threading.Event()
         live = start_live_run(db, release)
+        add_big_and_stale_runs(db)
         server = subprocess.Popen(
             [sys.executable, "-m", "pipeloom_cli", "observe", str(db), "--port", "0", "--no-open"],
             stdout=subprocess.PIPE,

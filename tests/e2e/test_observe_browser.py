@@ -1,18 +1,23 @@
-"""pipeloom observe in a real browser (playwright + Debian chromium): the pages people read.
+"""pipeloom observe in a real browser (playwright + Debian chromium): the six questions.
 
 One server and one browser for the module (an xdist group keeps its tests on one worker, in
 order), over a history written by real pipelines with every outcome
-(tests/observe/_observe_support.make_mixed_db).
+(tests/observe/_observe_support.make_mixed_db: runs 1-5), then a 10,000-task run of three
+stages that failed (run 6) and a stale run (run 7), written by the benchmarks' generator
+(benchmarks/make_history.append_run); the live test starts a real pipeline (run 8). Each test
+answers one question a data engineer asks, by reading the pages as they would.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import select
 import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -96,6 +101,46 @@ class Served:
             conn.close()
 
 
+BIG_RUN = 6
+STALE_RUN = 7
+BIG_TASKS = 10_000
+
+
+def add_big_and_stale_runs(db: Path) -> None:
+    """Run 6: 10,000 tasks in three stages, some failing; run 7: stale (its writer died)."""
+    from datetime import UTC, datetime, timedelta
+
+    # The benchmarks' generator (a script folder, not a package on the test path).
+    where = Path(__file__).resolve().parents[2] / "benchmarks" / "make_history.py"
+    spec = importlib.util.spec_from_file_location("make_history", where)
+    assert spec is not None and spec.loader is not None
+    make_history = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_history)
+    append_run = make_history.append_run
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        append_run(
+            conn,
+            BIG_RUN,
+            name="warehouse",
+            start=datetime.now(UTC) - timedelta(hours=5),
+            tasks=BIG_TASKS,
+            outcome="error",
+        )
+        append_run(
+            conn,
+            STALE_RUN,
+            name="warehouse",
+            start=datetime.now(UTC) - timedelta(hours=2),
+            tasks=200,
+            outcome="stale",
+        )
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
 @pytest.fixture(scope="module")
 def browser_and_server(
     tmp_path_factory: pytest.TempPathFactory,
@@ -121,6 +166,7 @@ def browser_and_server(
     )
     try:
         make_mixed_db(db)
+        add_big_and_stale_runs(db)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             try:
@@ -164,33 +210,167 @@ def rgb(hex_color: str) -> str:
     return f"rgb({r}, {g}, {b})"
 
 
-def test_the_runs_list_shows_durations_and_colored_statuses(page: Page, served: Served) -> None:
-    from playwright.sync_api import expect
-
-    page.goto(f"{served.base}/etl/run_list")
-    rows = page.locator("table.rows-and-columns tbody tr")
-    expect(rows).to_have_count(5)
-    cells = page.evaluate(
-        """() => [...document.querySelectorAll('table.rows-and-columns tbody tr')].map(tr => ({
-            run: tr.querySelector('td.col-run_id').innerText.trim(),
-            status: tr.querySelector('td.col-status .pl-status').innerText.trim(),
-            color: getComputedStyle(tr.querySelector('td.col-status .pl-status')).backgroundColor,
-            duration: tr.querySelector('td.col-duration_s').innerText.trim(),
-            started: tr.querySelector('td.col-started_at').innerText.trim(),
-            height: tr.getBoundingClientRect().height,
+def run_rows(page: Page) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = page.evaluate(
+        """() => [...document.querySelectorAll('tr.pl-run')].map(tr => ({
+            run: Number(tr.dataset.run),
+            status: tr.dataset.status,
+            color: getComputedStyle(tr.querySelector('.col-status .pl-status')).backgroundColor,
+            started: tr.querySelector('.col-started').innerText.trim(),
+            duration: tr.querySelector('.col-duration').innerText.trim(),
+            why: tr.querySelector('.col-why').innerText.trim(),
         }))"""
     )
-    statuses = dict(served.query("SELECT '#' || id, status FROM pipeline_runs"))
-    assert [c["run"] for c in cells] == ["#5", "#4", "#3", "#2", "#1"]
-    for cell in cells:
-        assert cell["status"] == statuses[cell["run"]]
-        assert cell["color"] == rgb(STATUS_COLORS[cell["status"]])
-        assert re.fullmatch(r"\d+\.\d\d? s|\d+ m \d\d s", cell["duration"]), cell
-        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", cell["started"]), cell
-        # One line per run: timestamps do not wrap, params stay folded.
-        assert cell["height"] < 45, cell
-    page.get_by_role("link", name="#2", exact=True).click()
-    page.wait_for_url("**/-/dashboards/run?run_id=2")
+    return rows
+
+
+def test_q1_which_runs_failed_or_stopped_and_why(page: Page, served: Served) -> None:
+    """From the home page: filter to failed or stopped runs; each says why; open one."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{served.base}/")
+    expect(page).to_have_title("Runs: pipeloom run history")
+    expect(page.locator("body")).not_to_contain_text("Edit SQL")
+    expect(page.locator(".pl-nav")).to_contain_text("Times are UTC, 24-hour.")
+    page.select_option("select[name=status]", "failed_or_stopped")
+    page.get_by_role("button", name="Show").click()
+    page.wait_for_url("**/?*status=failed_or_stopped*")
+    rows = {row["run"]: row for row in run_rows(page)}
+    assert set(rows) == {STALE_RUN, BIG_RUN, 4, 3, 2}
+    for row in rows.values():
+        assert row["color"] == rgb(STATUS_COLORS[row["status"]]), row
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row["started"]), row
+    assert rows[STALE_RUN]["status"] == "stale"
+    assert "its process died" in rows[STALE_RUN]["why"]
+    assert "(to its last heartbeat)" in rows[STALE_RUN]["duration"]
+    assert "stopped after the first failure (fail_fast)" in rows[3]["why"]
+    assert "5 not started" in rows[3]["why"]
+    assert "first failure: load:2" in rows[3]["why"]
+    assert "first failure:" in rows[BIG_RUN]["why"] and "more)" in rows[BIG_RUN]["why"]
+    # Nothing is clipped at 1280 px: the page does not scroll sideways.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    page.locator("tr.pl-run[data-run='3'] .pl-first-failure a").first.click()
+    expect(page.locator("pre.pl-traceback")).to_contain_text("connection reset by peer")
+
+
+def test_q2_what_failed_across_runs_grouped_by_error(page: Page, served: Served) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(f"{served.base}/")
+    page.get_by_role("link", name="Failures across runs").click()
+    groups = page.locator("tr.pl-failure-group")
+    corrupt = groups.filter(has_text="ValueError: partition N has a corrupt header")
+    expect(corrupt).to_have_count(1)
+    # One run of the mixed history (task 4 of run 2) and the big run's (generated) ones.
+    count = int(corrupt.locator(".col-count").inner_text())
+    assert count >= 1
+    bars = corrupt.locator(".pl-spark-bar")
+    assert bars.count() >= 1
+    assert {rgb(STATUS_COLORS["error"])} == set(
+        bars.evaluate_all("els => els.map(e => getComputedStyle(e).backgroundColor)")
+    )
+    expect(groups.filter(has_text="connection reset by peer")).to_have_count(1)
+    corrupt.locator(".col-example a").click()
+    expect(page.locator("h1")).to_contain_text("error")
+    expect(page.locator("pre.pl-traceback")).to_contain_text("corrupt header")
+
+
+def test_q3_a_10000_task_run_reads_as_stage_lanes_with_drill_down(
+    page: Page, served: Served
+) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(f"{served.base}/-/pipeloom/etl/run/{BIG_RUN}")
+    lanes = page.locator(".pl-lane")
+    expect(lanes).to_have_count(3)
+    assert [lanes.nth(i).get_attribute("data-stage") for i in range(3)] == [
+        "extract",
+        "transform",
+        "load",
+    ]
+    expect(lanes.nth(0).locator(".pl-lane-tasks")).to_have_text("4000 tasks")
+    expect(page.locator("#pl-run-facts")).to_contain_text("10000 planned")
+    # One page, not 10,000 slivers: it fits a few screens.
+    assert page.evaluate("document.body.scrollHeight") < 4000
+    fills = page.locator(".pl-bucket > span").evaluate_all(
+        "els => [...new Set(els.map(e => getComputedStyle(e).backgroundColor))]"
+    )
+    assert set(fills) <= {rgb(color) for color in STATUS_COLORS.values()}
+    expect(page.locator("#pl-retried")).to_contain_text("throttled (HTTP 429)")
+    expect(page.locator("#pl-slowest tbody tr")).to_have_count(10)
+    # Drill down: a slice of the transform lane lists exactly the tasks it counts.
+    transform = lanes.nth(1).locator(".pl-bucket")
+    totals = transform.evaluate_all("els => els.map(e => Number(e.dataset.total))")
+    slice_ = next(i for i, n in enumerate(totals) if n > 0 and 0 < i < len(totals) - 1)
+    transform.nth(slice_).click()
+    page.wait_for_url("**/run/6/tasks?*")
+    expect(page.locator("#pl-summary")).to_contain_text(f"{totals[slice_]} task")
+    shown = page.locator("table.pl-task-list tbody tr")
+    expect(shown).to_have_count(min(100, totals[slice_]))
+    assert set(shown.locator("td:nth-child(3)").all_inner_texts()) == {"transform"}
+
+
+def test_q4_how_two_runs_of_a_pipeline_differ(page: Page, served: Served) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(f"{served.base}/-/pipeloom/etl/run/2")
+    page.get_by_role("link", name=re.compile("Compare with the previous run")).click()
+    page.wait_for_url("**/compare?a=1&b=2")
+    expect(page.locator("tr.pl-compare-stage")).to_have_count(2)  # load and slow
+    changed = page.locator("table.pl-changed tbody tr").filter(has_text="load:3")
+    expect(changed.locator(".pl-status")).to_have_text(["done", "error"])
+
+
+def test_q5_a_live_run_is_followed_without_reloading_and_a_stale_one_says_so(
+    page: Page, served: Served
+) -> None:
+    from playwright.sync_api import expect
+
+    from pipeloom import Pipeline
+
+    page.goto(f"{served.base}/-/pipeloom/etl/run/{STALE_RUN}")
+    expect(page.locator("#pl-live")).to_contain_text("Stale: no heartbeat since")
+    expect(page.locator("#pl-run-status")).to_have_text("stale")
+
+    release = threading.Event()
+    pipe = Pipeline("live", db=served.db, workers=2)
+
+    @pipe.task
+    def export(ctx: Any, item: int) -> int:
+        if item >= 3:
+            release.wait(30)
+        return item
+
+    pipe.map(export, range(8))
+    thread = threading.Thread(target=pipe.run, kwargs={"progress": False}, daemon=True)
+    thread.start()
+    try:
+        run_id = wait_for(
+            lambda: served.query(
+                "SELECT id FROM pipeline_runs WHERE name = 'live' AND tasks_done >= 3"
+            )
+        )[0][0]
+        page.goto(f"{served.base}/-/pipeloom/etl/run/{run_id}")
+        expect(page.locator("#pl-live")).to_contain_text("Live: following this run")
+        page.evaluate("window.plSamePage = true")
+        release.set()
+        expect(page.locator("#pl-run-status")).to_have_text("done", timeout=20_000)
+        expect(page.locator("#pl-live")).to_contain_text("This run ended while you watched")
+        expect(page.locator(".pl-lane .pl-count")).to_have_text("done 8")
+        assert page.evaluate("window.plSamePage") is True  # polled, never reloaded
+    finally:
+        release.set()
+        thread.join(30)
+
+
+def wait_for(probe: Any, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = probe()
+        if found:
+            return found
+        time.sleep(0.05)  # polling with a deadline, not synchronising on time
+    pytest.fail(f"condition not met within {timeout} s")
 
 
 def test_the_run_dashboard_draws_one_gantt_bar_per_task_in_its_status_color(
@@ -206,21 +386,16 @@ def test_the_run_dashboard_draws_one_gantt_bar_per_task_in_its_status_color(
     expect(page.locator(bars)).to_have_count(len(started), timeout=15_000)
     fills = page.locator(bars).evaluate_all("paths => paths.map(p => p.getAttribute('fill'))")
     assert sorted(fills) == sorted(STATUS_COLORS[status] for (status,) in started)
-    assert {"error", "timeout", "done"} <= {status for (status,) in started}
     expect(page.locator("#chart-run")).to_contain_text("#2 etl")
-    failures = page.locator("#chart-failures tbody tr")
-    expect(failures).to_have_count(3)
     expect(page.locator("#chart-failures")).to_contain_text(MIXED_ERROR_LINE)
-    expect(page.locator("#chart-failures a").first).to_have_attribute(
-        "href", re.compile(r"/-/pipeloom/etl/task/2/\d+$")
-    )
-
-    page.goto(f"{served.base}/-/dashboards/run")  # no run chosen: the newest, run 5
-    expect(page.locator("#chart-run")).to_contain_text("#5 report", timeout=15_000)
-    expect(page.locator(bars)).to_have_count(1, timeout=15_000)
+    # A stopped run's card says why in full: nothing clipped at 1280 px.
+    page.goto(f"{served.base}/-/dashboards/run?run_id=3")
+    card = page.locator("#chart-run p")
+    expect(card).to_contain_text("stopped after the first failure (fail_fast)", timeout=15_000)
+    assert card.evaluate("p => p.scrollWidth <= p.parentElement.clientWidth")
 
 
-def test_a_task_page_shows_its_traceback_in_monospace_attempts_and_logs(
+def test_q6_a_task_page_shows_traceback_attempts_logs_dead_letters_origin_params(
     page: Page, served: Served
 ) -> None:
     from playwright.sync_api import expect
@@ -243,6 +418,13 @@ def test_a_task_page_shows_its_traceback_in_monospace_attempts_and_logs(
     log_font = logs.first.locator("td").first.evaluate("el => getComputedStyle(el).fontFamily")
     assert "mono" in log_font.lower(), log_font
     expect(page.locator("#other-runs ~ table")).to_contain_text("#1")
+    # Each log line names its attempt; the run's parameters and where the result came from.
+    assert logs.locator("td:nth-child(2)").all_inner_texts() == ["#1", "#1", "#2", "#2"]
+    expect(page.locator(".pl-params")).to_contain_text("s3://bucket/nightly")
+    expect(page.locator(".pl-origin")).to_have_text("ran in this run")
+    page.goto(f"{served.base}/-/pipeloom/etl/task/2/2")  # its row was refused by the handler
+    expect(page.locator("table.pl-dead-letters tbody tr")).to_have_count(1)
+    expect(page.locator("table.pl-dead-letters")).to_contain_text("cannot have negative rows")
 
 
 def test_a_rejected_query_is_one_line_on_the_terminal_and_loopback_no_warning(

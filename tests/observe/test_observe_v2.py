@@ -55,7 +55,7 @@ async def test_the_runs_list_answers_in_one_glance(mixed_db: Path) -> None:
     page = (await ds.client.get("/etl/run_list")).text
     # Colored statuses, the run id linked to its dashboard, params folded, SQL folded.
     assert f'style="background:{STATUS_COLORS["error"]}">error</span>' in page
-    assert f'href="/-/dashboards/{RUN_DASHBOARD}?run_id=2"' in page
+    assert 'href="/-/pipeloom/etl/run/2"' in page
     assert "<details" in page and "3 params</summary>" in page
     assert "_show_sql=1" in page and "<textarea" not in page
     # Readable times: no "T", no fraction, no "+00:00" in the cell text.
@@ -85,7 +85,7 @@ async def test_canned_queries_link_run_and_task_ids(mixed_db: Path) -> None:
     ds = await started(mixed_db)
     page = (await ds.client.get("/etl/failures?run_id=2")).text
     assert 'href="/-/pipeloom/etl/task/2/4"' in page
-    assert f'href="/-/dashboards/{RUN_DASHBOARD}?run_id=2"' in page
+    assert 'href="/-/pipeloom/etl/run/2"' in page
     # The error is folded: its last line as the summary, the traceback in monospace inside.
     assert f"<summary>{MIXED_ERROR_LINE}</summary>" in page
     assert '<pre class="pl-mono">Traceback' in page

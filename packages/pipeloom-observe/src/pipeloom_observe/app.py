@@ -45,7 +45,9 @@ __all__ = [
 SETTINGS: Final[dict[str, Any]] = {
     # A query over a large history must not tie up the server; 0.65's default is 1 s.
     "sql_time_limit_ms": 3_000,
-    "facet_time_limit_ms": 500,
+    # A facet over millions of task rows gives up within this; on 10M rows two facets that
+    # ran to 500 ms each made the raw task_runs page take 1.1 s (benchmarks/observe_scale.py).
+    "facet_time_limit_ms": 200,
     "max_returned_rows": 1_000,
     # Suggesting facets probes every column; on 500k tasks that is 1.5 s of a 1.7 s page.
     "suggest_facets": False,

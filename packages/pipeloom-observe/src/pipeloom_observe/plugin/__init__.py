@@ -5,34 +5,48 @@ Datasette plugin, so ``datasette`` run by hand on a run database does not load i
 
 - ``render_cell``: statuses as colored badges, timestamps without their ISO clutter,
   durations in s / m / h, params and errors folded in ``<details>``, run ids linked to the run
-  dashboard and task ids to the task page;
+  page and task ids to the task page;
 - ``extra_css_urls``: ``static/pipeloom.css`` (monospace tracebacks, no wrapping timestamps);
-- ``register_routes``: the task page, ``/-/pipeloom/DB/task/RUN_ID/TASK_ID``;
+- ``register_routes``: the task page, ``/-/pipeloom/DB/task/RUN_ID/TASK_ID``, and the pages
+  of `pipeloom_observe.plugin.pages` (the runs as the home page, failures across runs, one
+  run with its stage lanes and live JSON, a stage's tasks, two runs compared);
 - ``handle_exception``: a rejected query (bad SQL, a write, the time limit) is one log line
   instead of Datasette's ~300-line Rich traceback on the terminal.
 
-`STATUS_COLORS` is the one color per status, used both here and by the dashboards' vega-lite
-scales (a fixed domain and range), so a color never shifts when a new status appears.
+`STATUS_COLORS` (from `pipeloom_observe.colors`) is the one color per status, here, on the
+pages and in the dashboards' vega-lite scales.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
+import re
 import sqlite3
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar, cast
 
 from datasette import hookimpl as _datasette_hookimpl
 from datasette.utils import tilde_encode
-from datasette.utils.asgi import BadRequest, Base400, NotFound, Response
+from datasette.utils.asgi import Base400, NotFound, Response
 from datasette.views.base import DatasetteError
 from markupsafe import Markup
+
+from pipeloom_observe.colors import STATUS_COLORS
+from pipeloom_observe.dashboards import HISTORY_DASHBOARD, RUN_DASHBOARD
+from pipeloom_observe.plugin._web import (
+    MAX_ID,
+    format_duration,
+    format_time,
+    id_param,
+    status_badge,
+)
+from pipeloom_observe.plugin.pages import ROUTES, page_url, run_database
 
 __all__ = [
     "DEFAULT_EXCEPTION_HANDLER",
     "HISTORY_DASHBOARD",
+    "MAX_ID",
     "PLUGIN_NAME",
     "RUN_DASHBOARD",
     "STATUS_COLORS",
@@ -56,28 +70,6 @@ def hookimpl(fn: _Hook) -> _Hook:
 PLUGIN_NAME: Final = __name__
 """The name Datasette lists this plugin under (``/-/plugins``, ``/-/static-plugins/...``)."""
 
-RUN_DASHBOARD: Final = "run"
-"""Slug of the per-run dashboard: ``/-/dashboards/run?run_id=N`` (newest run without it)."""
-HISTORY_DASHBOARD: Final = "run-history"
-"""Slug of the cross-run dashboard: duration of a pipeline's runs, the task x run grid."""
-
-STATUS_COLORS: Final[dict[str, str]] = {
-    "queued": "#cbd5e1",
-    "running": "#3b82f6",
-    "done": "#16a34a",
-    "skipped": "#86efac",
-    "error": "#dc2626",
-    "timeout": "#f97316",
-    "interrupted": "#9333ea",
-    "upstream_failed": "#fca5a5",
-    "cancelled": "#64748b",
-    "stale": "#eab308",
-}
-"""One fixed color per task and run status (and ``stale``, a running run nobody keeps alive).
-
-Every status in `pipeloom.status.TASK_STATUSES` and ``RUN_STATUSES`` has one (a test checks):
-a new status needs its color here."""
-
 _TIME_COLUMNS: Final = frozenset(
     {"started_at", "finished_at", "heartbeat_at", "created_at", "last_started_at"}
 )
@@ -85,51 +77,20 @@ _DURATION_COLUMNS: Final = frozenset({"duration_s", "seconds"})
 _FOLDED_TEXT: Final = frozenset({"error", "payload", "result"})
 
 
-def format_time(value: str) -> str:
-    """``2026-01-01T10:00:20.123456+00:00`` -> ``2026-01-01 10:00:20`` (every time is UTC)."""
-    text = value.replace("T", " ", 1)
-    for cut in (".", "+"):
-        if cut in text[10:]:
-            text = text[: 10 + text[10:].index(cut)]
-    return text.removesuffix("Z")
-
-
-def format_duration(seconds: float) -> str:
-    """Seconds as people read them: ``0.42 s``, ``12.3 s``, ``4 m 05 s``, ``2 h 03 m``."""
-    if not math.isfinite(seconds):
-        return str(seconds)
-    if seconds < 10:
-        return f"{seconds:.2f} s"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    whole = round(seconds)
-    if whole < 3600:
-        return f"{whole // 60} m {whole % 60:02d} s"
-    return f"{whole // 3600} h {whole % 3600 // 60:02d} m"
-
-
 def _db_path(datasette: Any, database: str) -> str:
     return str(datasette.urls.path("/-/pipeloom/" + tilde_encode(database)))
 
 
-def run_url(datasette: Any, run_id: object) -> str:
-    """The per-run dashboard of one run."""
+def run_url(datasette: Any, run_id: object, database: str | None = None) -> str:
+    """The page of one run (the run dashboard's charts when the database is not known)."""
+    if database is not None and database == run_database(datasette):
+        return page_url(datasette, database, f"run/{int(str(run_id))}")
     return str(datasette.urls.path(f"/-/dashboards/{RUN_DASHBOARD}?run_id={int(str(run_id))}"))
 
 
 def task_url(datasette: Any, database: str, run_id: object, task_id: object) -> str:
     """The task page of one task of one run."""
     return f"{_db_path(datasette, database)}/task/{int(str(run_id))}/{int(str(task_id))}"
-
-
-def status_badge(status: str, *, stale: bool = False) -> Markup:
-    """A colored badge; a stale run also gets the ``stale`` badge."""
-    color = STATUS_COLORS.get(status, "#e5e7eb")
-    badge = Markup('<span class="pl-status pl-status-{0}" style="background:{1}">{0}</span>')
-    html = badge.format(status, color)
-    if stale:
-        html += badge.format("stale", STATUS_COLORS["stale"])
-    return html
 
 
 def _folded(text: str, *, summary: str | None = None, css: str = "pl-mono") -> Markup:
@@ -207,7 +168,7 @@ def _render(row: Any, value: Any, column: str, table: str | None, database: str,
     if column == "run_id" and isinstance(raw, int):
         label = value.get("label") if isinstance(value, dict) else None
         link = Markup('<a href="{}" title="the run\'s dashboard">#{}</a>').format(
-            run_url(ds, raw), raw
+            run_url(ds, raw, database), raw
         )
         if label is not None and str(label) != str(raw):
             return link + Markup(" {}").format(label)
@@ -220,7 +181,7 @@ def _render(row: Any, value: Any, column: str, table: str | None, database: str,
             )
     if table == "pipeline_runs" and column == "name" and "id" in keys:
         return Markup('<a href="{}" title="the run\'s dashboard">{}</a>').format(
-            run_url(ds, row["id"]), raw
+            run_url(ds, row["id"], database), raw
         )
     if column == "payload" and isinstance(raw, str) and "run_id" in keys:
         folded = _folded(raw)
@@ -287,33 +248,6 @@ def _duration(started: str | None, finished: str | None) -> str:
 _DEAD_LETTERS_SHOWN = 200
 """Dead letters listed on a task page; the rest are counted and one SQL query away."""
 
-MAX_ID: Final = 2**63 - 1
-"""Largest id SQLite stores; a bigger one raised OverflowError in the query (HTTP 500)."""
-
-
-def id_param(request: Any, name: str, *, low: int = -MAX_ID - 1, high: int = MAX_ID) -> int:
-    """Read the URL parameter ``name`` (from the route, else the query string) as an id.
-
-    The one parser for every number a visitor types into a pipeloom URL: a value that is not
-    a whole number from ``low`` to ``high`` (huge, NaN, empty, text) is a 400 page with one
-    line naming it and the range, and one log line, never a 500 and its traceback.
-
-    Raises:
-        BadRequest: naming the parameter, the value and the range.
-    """
-    raw = request.url_vars.get(name)
-    if raw is None:
-        raw = request.args.get(name, "")
-    text = str(raw).strip()
-    shown = text if len(text) <= 40 else f"{text[:20]}...({len(text)} chars)"
-    try:
-        value = int(text, 10)
-    except ValueError:  # also an int of more than 4,300 digits
-        value = None
-    if value is None or not low <= value <= high:
-        raise BadRequest(f"{name} {shown!r}: use a whole number from {low} to {high}")
-    return value
-
 
 async def task_page(datasette: Any, request: Any) -> Response:
     """One task of one run: its error and traceback, attempts, logs and dead letters."""
@@ -334,13 +268,17 @@ async def task_page(datasette: Any, request: Any) -> Response:
         )
     tasks = await _rows(
         db,
-        "SELECT t.*, r.name AS run_name, r.status AS run_status FROM task_runs t "
+        "SELECT t.*, r.name AS run_name, r.status AS run_status, r.params AS run_params "
+        "FROM task_runs t "
         "JOIN pipeline_runs r ON r.id = t.run_id WHERE t.run_id = :run_id AND t.task_id = :task_id",
         params,
     )
     if not tasks:
         raise NotFound(f"run {run_id} has no task {task_id}")
     task = tasks[0]
+    # A skipped task's result is an earlier run's ("skipped: done in run 7", set on resume).
+    origin = re.search(r"done in run (\d+)", task.get("message") or "")
+    task["origin_run"] = int(origin.group(1)) if origin and task["status"] == "skipped" else None
     attempts = await _rows(
         db,
         "SELECT attempt, status, started_at, finished_at, error, discarded FROM task_attempts "
@@ -410,9 +348,10 @@ async def task_page(datasette: Any, request: Any) -> Response:
         "dead_letters": letters,
         "dead_letters_total": letters_total,
         "other_runs": other_runs,
+        "params": _params(task["run_params"]) if task.get("run_params") else None,
         "badge": status_badge,
         "fmt_time": format_time,
-        "run_url": lambda rid: run_url(datasette, rid),
+        "run_url": lambda rid: run_url(datasette, rid, database),
         "task_url": lambda rid, tid: task_url(datasette, database, rid, tid),
         "db_url": datasette.urls.database(database),
     }
@@ -422,13 +361,14 @@ async def task_page(datasette: Any, request: Any) -> Response:
 
 @hookimpl
 def register_routes() -> list[tuple[str, Callable[..., Any]]]:
-    """The task page (its ids are checked by `id_param`)."""
+    """The task page and `pipeloom_observe.plugin.pages` (ids are checked by `id_param`)."""
     return [
         (
             # Any segment: `id_param` answers "nan" or "" with a line naming it, not a bare 404.
             r"^/-/pipeloom/(?P<database>[^/]+)/task/(?P<run_id>[^/]*)/(?P<task_id>[^/]*)$",
             task_page,
-        )
+        ),
+        *ROUTES,
     ]
 
 
