@@ -15,7 +15,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -56,11 +56,21 @@ class Runner:
     it, and has an async path (`run_async`) for the async executor.
     """
 
-    def __init__(self, pipe: Pipeline, fail_fast: bool) -> None:
+    def __init__(
+        self,
+        pipe: Pipeline,
+        fail_fast: bool,
+        params: Mapping[str, Any] | None = None,
+        state: Mapping[str, str] | None = None,
+    ) -> None:
         self.name = pipe.name
         self.handled = frozenset(pipe.handlers)
         self.seed = pipe.seed
         self.fail_fast = fail_fast
+        self.params = dict(params or {})
+        """The run's parameters, handed to every task as ``ctx.params``."""
+        self.state = dict(state or {})
+        """The pipeline's state as committed when the run began (key -> JSON text)."""
         self._local()
 
     def _local(self) -> None:
@@ -73,7 +83,8 @@ class Runner:
 
     def __getstate__(self) -> dict[str, Any]:
         """Ship the settings only (locks and threads cannot cross a process)."""
-        return {k: getattr(self, k) for k in ("name", "handled", "seed", "fail_fast")}
+        keys = ("name", "handled", "seed", "fail_fast", "params", "state")
+        return {k: getattr(self, k) for k in keys}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Rebuild in a worker process."""
@@ -253,6 +264,9 @@ class Runner:
             logger=self.logger,
             atomic=job.task.atomic,
             max_outputs=job.task.max_outputs,
+            params=self.params,
+            pipeline=self.name,
+            state=self.state,
         )
 
     def _attempt(
