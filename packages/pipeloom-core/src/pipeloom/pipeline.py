@@ -46,6 +46,10 @@ from pipeloom.engine import MAX_WORKERS, RunResult, run_pipeline
 from pipeloom.errors import PipelineError
 from pipeloom.executors import Executor
 from pipeloom.options import RunOptions
+from pipeloom.params import param_changes
+from pipeloom.params import resolve as resolve_params
+from pipeloom.params import to_json as params_json
+from pipeloom.state import MsgStateSet, apply_state_sets, read_state
 from pipeloom.writer import SchemaFn
 
 __all__ = [
@@ -143,7 +147,9 @@ class Pipeline(HandlerRegistry):
         schema: ``schema(conn)`` creates the domain tables when the writer starts.
         fail_fast: stop admitting tasks after the first task fails for good.
         grace: seconds the run waits at its end for timed-out task threads to return.
-        params: JSON-able parameters stored on each run row.
+        params: the pipeline's parameters and their defaults (int, float, bool, str, date,
+            datetime, Path, or anything JSON-able); a run overrides them with
+            ``run(params=...)`` and tasks read them as ``ctx.params`` (`pipeloom.params`).
         seed: seeds the retry jitter, for reproducible waits.
         executor: where tasks run: ``"threads"`` (default), ``"processes"``, ``"async"``,
             ``"dask"`` or an instance from `pipeloom.executors`. With processes or Dask the
@@ -440,6 +446,8 @@ class Pipeline(HandlerRegistry):
         executor: str | Executor | None = None,
         options: RunOptions | None = None,
         wait_for_live: bool | float = False,
+        params: Mapping[str, Any] | None = None,
+        allow_param_change: bool = False,
     ) -> RunResult:
         """Run every mapped task once and record it; returns the engine's `RunResult`.
 
@@ -459,11 +467,16 @@ class Pipeline(HandlerRegistry):
             wait_for_live: with ``resume``, what to do while a run of this pipeline (or the
                 run asked for) is still live: False refuses at once, True waits until it
                 ends (or its lease expires), a number of seconds waits at most that long.
+            params: this run's values of the declared parameters (``Pipeline(params=...)``),
+                each converted to its default's type; tasks read them as ``ctx.params``.
+            allow_param_change: resume even though the run resumed was made with other
+                parameter values (by default that is refused, naming the differences).
 
         Raises:
             PipelineError: nothing was mapped, a stage consumes a task that is never mapped,
-                stages consume each other in a cycle, the run to resume does not exist, or
-                a run of this pipeline is still live (see ``wait_for_live``).
+                stages consume each other in a cycle, the run to resume does not exist, a
+                run of this pipeline is still live (see ``wait_for_live``), a parameter is
+                unknown or its value does not fit, or a resume would change parameters.
             DatabaseError: the database cannot be opened or prepared.
         """
         if not self._stages:
@@ -480,12 +493,32 @@ class Pipeline(HandlerRegistry):
                     stage.task.name,
                 )
             stage.used = True
+        values = resolve_params(self.name, self.params, params)
+        stored_values = params_json(values)
         db_path = self.db if db is None else db
+        state = read_state(db_path, self.name)
         previous = open_previous(db_path, self.name, resume, wait_for_live)
-        params = dict(self.params)
+        request: dict[str, Any] = {}
+        try:
+            changed = [] if previous is None else param_changes(previous, stored_values)
+        except BaseException:
+            if previous is not None:
+                previous.close()
+            raise
+        if changed and previous is not None:
+            if not allow_param_change:
+                previous.close()
+                raise PipelineError(
+                    f"pipeline {self.name!r}: run {previous.run_id} was made with other "
+                    f"parameters ({'; '.join(changed)}); resuming would mix results of both, "
+                    "so it is refused: run without resume, or pass allow_param_change=True "
+                    "(--allow-param-change) to resume anyway"
+                )
+            request["param_changes"] = changed
+        run_params: dict[str, Any] = dict(stored_values)
         if previous is not None:
-            params["resumed_from"] = previous.run_id
-        runner = Runner(self, self.fail_fast)
+            run_params["resumed_from"] = previous.run_id
+        runner = Runner(self, self.fail_fast, values, state)
         flow = Flow(self.name, plan, previous)
         try:
             result = run_pipeline(
@@ -493,13 +526,14 @@ class Pipeline(HandlerRegistry):
                 db_path,
                 worker_fn=runner,
                 workers=workers if workers is not None else self.workers,
-                handlers=self.handlers,
+                handlers={**self.handlers, MsgStateSet: apply_state_sets},
                 schema=self.schema,
                 fail_fast=self.fail_fast,
                 progress=progress,
                 console=console,
                 run_name=self.name,
-                params=params,
+                params=run_params,
+                request=request,
                 summary_hint=summary_hint,
                 executor=executor if executor is not None else self.executor,
                 follow_up=flow.follow_up if plan.consumed else None,

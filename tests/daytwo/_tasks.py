@@ -1,0 +1,113 @@
+"""Pipelines for the day-two tests, in a module of their own so worker processes import them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeloom import Context, Pipeline
+
+
+@dataclass(frozen=True)
+class Row:
+    """One loaded source row."""
+
+    id: int
+    source: str
+
+
+def target_schema(conn: sqlite3.Connection) -> None:
+    """The domain table the loads write to."""
+    conn.execute("CREATE TABLE IF NOT EXISTS target (id INTEGER PRIMARY KEY, source TEXT)")
+
+
+def insert_rows(conn: sqlite3.Connection, msgs: list[Row]) -> None:
+    """Insert loaded rows; a second copy of an id fails the task (primary key)."""
+    conn.executemany(
+        "INSERT INTO target (id, source) VALUES (?, ?)", [(m.id, m.source) for m in msgs]
+    )
+
+
+def source_ids(source: Path, after: int, limit: int) -> list[int]:
+    """The next ``limit`` ids of the source table after ``after``."""
+    conn = sqlite3.connect(source)
+    try:
+        rows = conn.execute(
+            "SELECT id FROM source WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
+        ).fetchall()
+    finally:
+        conn.close()
+    return [int(r[0]) for r in rows]
+
+
+def make_incremental(db: Path, *, executor: str = "threads") -> Pipeline:
+    """One task per run: load the source rows after the stored cursor, move the cursor."""
+    pipe = Pipeline(
+        "incremental",
+        db=db,
+        workers=1,
+        executor=executor,
+        handlers={Row: insert_rows},
+        schema=target_schema,
+        params={"source": Path("source.db"), "batch": 50, "fail_after_set": False},
+    )
+    pipe.task(load_new)
+    pipe.map(load_new, ["batch"])
+    return pipe
+
+
+def load_new(ctx: Context, _item: str) -> int:
+    """Load what is new since the cursor; the cursor commits with the rows, or neither does."""
+    cursor = int(ctx.state.get("cursor", 0))
+    ids = source_ids(ctx.params["source"], cursor, ctx.params["batch"])
+    for i in ids:
+        ctx.emit(Row(i, "src"))
+    if ids:
+        ctx.state.set("cursor", ids[-1])
+    if ctx.params["fail_after_set"]:
+        raise RuntimeError("failed after ctx.state.set")
+    return len(ids)
+
+
+def make_params(db: Path, *, executor: str = "threads") -> Pipeline:
+    """Tasks that return the parameters they read, typed."""
+    pipe = Pipeline(
+        "params",
+        db=db,
+        workers=2,
+        executor=executor,
+        params={
+            "since": dt.date(2024, 1, 1),
+            "at": dt.datetime(2024, 1, 1, 12, 0),
+            "limit": 10,
+            "ratio": 0.5,
+            "dry": False,
+            "name": "x",
+            "out": Path("out"),
+        },
+    )
+    pipe.task(echo_params)
+    pipe.map(echo_params, [1, 2])
+    return pipe
+
+
+def echo_params(ctx: Context, item: int) -> dict[str, Any]:
+    """Return each parameter's type name and value as text."""
+    return {k: [type(v).__name__, str(v)] for k, v in sorted(ctx.params.items())}
+
+
+def make_two_setters(db: Path, *, executor: str = "threads") -> Pipeline:
+    """Two tasks of one run set the same key: the second one to commit fails."""
+    pipe = Pipeline("setters", db=db, workers=1, executor=executor)
+    pipe.task(set_shared)
+    pipe.map(set_shared, ["a", "b"])
+    return pipe
+
+
+def set_shared(ctx: Context, item: str) -> str:
+    """Set the one shared key."""
+    ctx.state.set("shared", item)
+    return item
