@@ -20,12 +20,12 @@ class Row:
 
 
 def target_schema(conn: sqlite3.Connection) -> None:
-    """The domain table the loads write to."""
-    conn.execute("CREATE TABLE IF NOT EXISTS target (id INTEGER PRIMARY KEY, source TEXT)")
+    """The domain table the loads write to; no key, so a row loaded twice would show."""
+    conn.execute("CREATE TABLE IF NOT EXISTS target (id INTEGER, source TEXT)")
 
 
 def insert_rows(conn: sqlite3.Connection, msgs: list[Row]) -> None:
-    """Insert loaded rows; a second copy of an id fails the task (primary key)."""
+    """Insert loaded rows."""
     conn.executemany(
         "INSERT INTO target (id, source) VALUES (?, ?)", [(m.id, m.source) for m in msgs]
     )
@@ -111,3 +111,29 @@ def set_shared(ctx: Context, item: str) -> str:
     """Set the one shared key."""
     ctx.state.set("shared", item)
     return item
+
+
+def load_until_caught_up(db: str, source: str) -> None:
+    """Run the incremental pipeline until its cursor reaches the source's last id.
+
+    The body of the process the crash test kills: a fresh run per batch, as a scheduler would.
+    """
+    pipe = make_incremental(Path(db))
+    conn = sqlite3.connect(source)
+    try:
+        (last,) = conn.execute("SELECT coalesce(max(id), 0) FROM source").fetchone()
+    finally:
+        conn.close()
+    while True:
+        result = pipe.run(progress=False, params={"source": Path(source), "batch": 4})
+        if not result.ok:
+            raise SystemExit(f"run {result.run_id} failed")
+        state = sqlite3.connect(db)
+        try:
+            row = state.execute(
+                "SELECT value FROM pipeloom_state WHERE pipeline = 'incremental' AND key = 'cursor'"
+            ).fetchone()
+        finally:
+            state.close()
+        if row is not None and int(row[0]) >= last:
+            return
