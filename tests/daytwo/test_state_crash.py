@@ -7,19 +7,22 @@ highest id loaded: a rerun goes on from there.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import multiprocessing
 import os
 import random
 import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from tests._db import query
-from tests.daytwo._tasks import load_until_caught_up
 from tests.reliability._support import integrity
 
 TRIALS = 20
+CHILD = Path(__file__).with_name("load_child.py")
 
 
 def _grow(source: Path, upto: int) -> None:
@@ -51,30 +54,38 @@ def _check(db: Path) -> int:
 def test_sigkill_at_random_moments_loads_every_row_exactly_once(tmp_path: Path) -> None:
     db, source = tmp_path / "runs.db", tmp_path / "source.db"
     rng = random.Random(7)
-    forkserver = multiprocessing.get_context("forkserver")
-    forkserver.set_forkserver_preload(["pipeloom.pipeline", "tests.daytwo._tasks"])
-    kills = 0
-    for trial in range(TRIALS):
-        _grow(source, 12 * (trial + 1))  # the source keeps growing between runs
-        child = forkserver.Process(target=load_until_caught_up, args=(str(db), str(source)))
-        child.start()
-        assert child.pid is not None
-        # a random moment: after 0 to 40 polls of the file (each a few ms)
-        polls = rng.randrange(40)
-        for _ in range(polls):
-            if not child.is_alive():
-                break
-            child.join(0.003)
-        if child.is_alive():
-            os.kill(child.pid, signal.SIGKILL)
-            kills += 1
-        child.join()
-        _check(db)
+    zygote = subprocess.Popen(
+        [sys.executable, str(CHILD), str(db), str(source)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert zygote.stdin is not None and zygote.stdout is not None
 
-    final = forkserver.Process(target=load_until_caught_up, args=(str(db), str(source)))
-    final.start()
-    final.join()
-    assert final.exitcode == 0
+    def load(kill_after: float | None) -> int:
+        assert zygote.stdin is not None and zygote.stdout is not None
+        zygote.stdin.write("run\n")
+        zygote.stdin.flush()
+        pid = int(zygote.stdout.readline().split()[1])
+        if kill_after is not None:
+            time.sleep(kill_after)  # the random moment; what is checked never depends on it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return int(zygote.stdout.readline().split()[1])
+
+    try:
+        killed = 0
+        for trial in range(TRIALS):
+            _grow(source, 12 * (trial + 1))  # the source keeps growing between runs
+            code = load(rng.uniform(0.0, 0.08))
+            assert code in (0, -signal.SIGKILL)
+            killed += code == -signal.SIGKILL
+            _check(db)
+        assert load(None) == 0  # the rerun catches up from where the cursor stands
+    finally:
+        zygote.stdin.close()
+        zygote.wait(timeout=30)
+        zygote.stdout.close()
     assert _check(db) == 12 * TRIALS
     assert integrity(db) == "ok"
-    assert kills >= TRIALS // 2  # most trials really were killed mid-work
+    assert killed >= TRIALS // 2  # most trials really died mid-load
