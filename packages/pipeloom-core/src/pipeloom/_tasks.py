@@ -24,6 +24,7 @@ from pipeloom.errors import PipelineError
 from pipeloom.messages import TaskDef
 
 if TYPE_CHECKING:
+    from pipeloom._rerun import Rerun
     from pipeloom._resume import Previous
     from pipeloom.pipeline import Task
 
@@ -215,11 +216,17 @@ class Flow:
     chain of a million items holds a handful of tasks at a time, whatever its length.
     """
 
-    def __init__(self, name: str, plan: Plan, previous: Previous | None) -> None:
-        """Start a run's bookkeeping; ids count from 1 across every stage."""
+    def __init__(
+        self, name: str, plan: Plan, previous: Previous | None, rerun: Rerun | None = None
+    ) -> None:
+        """Start a run's bookkeeping; ids count from 1 across every stage.
+
+        ``rerun`` names tasks that run although ``previous`` finished them (`pipeloom._rerun`).
+        """
         self.name = name
         self.nodes = plan.nodes
         self.previous = previous
+        self.rerun = rerun
         self.ids = itertools.count(1)
         self.lock = threading.Lock()
 
@@ -379,7 +386,8 @@ class Flow:
         task_id = next(self.ids)
         hands_off = bool(node.chains or node.gathers)
         done_in = prior = None
-        if may_skip and key is not None and self.previous is not None:
+        rerun = self.rerun is not None and key is not None and self.rerun.matches(spec.name, key)
+        if may_skip and key is not None and self.previous is not None and not rerun:
             done_in = self.previous.done_in(key)
             if done_in is not None and hands_off:
                 readable, prior = self.previous.result_of(key, done_in)
