@@ -137,3 +137,75 @@ def load_until_caught_up(db: str, source: str) -> None:
             state.close()
         if row is not None and int(row[0]) >= last:
             return
+
+
+@dataclass(frozen=True)
+class ForgetSource:
+    """Delete every row an earlier run loaded from ``source``: emitted before its new rows."""
+
+    source: str
+
+
+@dataclass(frozen=True)
+class Value:
+    """One parsed value of a source file."""
+
+    source: str
+    value: int
+
+
+def values_schema(conn: sqlite3.Connection) -> None:
+    """The domain table the ETL loads."""
+    conn.execute("CREATE TABLE IF NOT EXISTS etl_values (source TEXT, value INTEGER)")
+
+
+def forget_sources(conn: sqlite3.Connection, msgs: list[ForgetSource]) -> None:
+    """Delete what earlier runs loaded from these sources."""
+    conn.executemany("DELETE FROM etl_values WHERE source = ?", [(m.source,) for m in msgs])
+
+
+def insert_values(conn: sqlite3.Connection, msgs: list[Value]) -> None:
+    """Insert parsed values."""
+    conn.executemany(
+        "INSERT INTO etl_values (source, value) VALUES (?, ?)", [(m.source, m.value) for m in msgs]
+    )
+
+
+def make_etl(db: Path, files: list[str], *, executor: str = "threads") -> Pipeline:
+    """download (copy to a staging folder) -> parse (rows replaced per source) -> summarise."""
+    pipe = Pipeline(
+        "etl",
+        db=db,
+        workers=2,
+        executor=executor,
+        handlers={ForgetSource: forget_sources, Value: insert_values},
+        schema=values_schema,
+        params={"src": Path("src"), "staged": Path("staged")},
+    )
+    fetch = pipe.task(download)
+    parsed = pipe.map(pipe.task(parse), pipe.map(fetch, files))
+    pipe.gather(pipe.task(summarise), parsed)
+    return pipe
+
+
+def download(ctx: Context, name: str) -> str:
+    """Copy the source file to the staging folder; return the staged path."""
+    staged = ctx.params["staged"]
+    staged.mkdir(parents=True, exist_ok=True)
+    (staged / name).write_text((ctx.params["src"] / name).read_text())
+    return str(staged / name)
+
+
+def parse(ctx: Context, staged: str) -> int:
+    """Replace the source's rows: forget what earlier runs loaded, then add each value."""
+    source = Path(staged).name
+    values = [int(line) for line in Path(staged).read_text().split()]  # a bad line raises
+    ctx.emit(ForgetSource(source))
+    for value in values:
+        ctx.emit(Value(source, value))
+    return len(values)
+
+
+def summarise(ctx: Context, counts: list[int]) -> int:
+    """Count every parsed value."""
+    return sum(counts)

@@ -26,7 +26,7 @@ import logging
 import math
 import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar, overload
@@ -36,6 +36,7 @@ from rich.console import Console
 from pipeloom._context import DEFAULT_MAX_OUTPUTS, Context, OutputLimitError
 from pipeloom._keys import KEY_MAX_CHARS, item_key
 from pipeloom._registry import Handler, HandlerRegistry
+from pipeloom._rerun import select as select_rerun
 from pipeloom._resume import open_previous
 from pipeloom._retry import TaskTimeoutError
 from pipeloom._runner import Runner
@@ -448,6 +449,8 @@ class Pipeline(HandlerRegistry):
         wait_for_live: bool | float = False,
         params: Mapping[str, Any] | None = None,
         allow_param_change: bool = False,
+        rerun: Sequence[str] = (),
+        rerun_from: str | None = None,
     ) -> RunResult:
         """Run every mapped task once and record it; returns the engine's `RunResult`.
 
@@ -471,6 +474,11 @@ class Pipeline(HandlerRegistry):
                 each converted to its default's type; tasks read them as ``ctx.params``.
             allow_param_change: resume even though the run resumed was made with other
                 parameter values (by default that is refused, naming the differences).
+            rerun: stage names, task keys or key globs (``"parse"``, ``"parse:AA-*"``): resume
+                the latest run (or the run ``resume`` names), but run the matching tasks again
+                although it finished them, and every task that consumes them; the rest is
+                skipped as on resume. A pattern that matches nothing is an error.
+            rerun_from: a stage to run again with everything downstream of it.
 
         Raises:
             PipelineError: nothing was mapped, a stage consumes a task that is never mapped,
@@ -497,9 +505,30 @@ class Pipeline(HandlerRegistry):
         stored_values = params_json(values)
         db_path = self.db if db is None else db
         state = read_state(db_path, self.name)
+        if isinstance(rerun, str):
+            rerun = [rerun]
+        asked_rerun = bool(rerun) or rerun_from is not None
+        if asked_rerun and resume is False:
+            resume = True  # a rerun resumes the latest run
         previous = open_previous(db_path, self.name, resume, wait_for_live)
         request: dict[str, Any] = {}
+        selection = None
         try:
+            if asked_rerun:
+                if previous is None:
+                    raise PipelineError(
+                        f"pipeline {self.name!r}: nothing to rerun, {db_path} holds no earlier "
+                        "run of it; run it without rerun first"
+                    )
+                selection = select_rerun(
+                    self.name,
+                    [stage.task.name for stage in self._stages],
+                    list(rerun),
+                    rerun_from,
+                    previous.conn,
+                    previous.run_id,
+                )
+                request.update(selection.request(list(rerun), rerun_from))
             changed = [] if previous is None else param_changes(previous, stored_values)
         except BaseException:
             if previous is not None:
@@ -519,7 +548,7 @@ class Pipeline(HandlerRegistry):
         if previous is not None:
             run_params["resumed_from"] = previous.run_id
         runner = Runner(self, self.fail_fast, values, state)
-        flow = Flow(self.name, plan, previous)
+        flow = Flow(self.name, plan, previous, selection)
         try:
             result = run_pipeline(
                 task_stream(flow, plan),
