@@ -23,7 +23,7 @@ def _setup(tmp_path: Path) -> dict[str, Path]:
     return {"src": src, "staged": tmp_path / "staged"}
 
 
-def _statuses(db: Path, run_id: int) -> dict[str, str]:
+def _statuses(db: Path, run_id: int | None) -> dict[str, str]:
     return dict(query(db, "SELECT task_key, status FROM task_runs WHERE run_id = ?", run_id))
 
 
