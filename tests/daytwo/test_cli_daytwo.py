@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeloom_cli.app import app
+from tests._db import query
 from tests.cli._cli_support import write
 
 PIPE = """
@@ -101,3 +102,40 @@ def test_param_mistakes_and_changes_are_one_line(
     assert as_arg.exit_code == 2 and "--param since=2024-06-01" in as_arg.stderr
     lone = runner.invoke(app, ["status", "runs.db", "--pipeline", "daily"])
     assert lone.exit_code == 2 and "add --state" in lone.stderr
+
+
+ETL = """
+from pathlib import Path
+from tests.daytwo._tasks import make_etl
+
+pipe = make_etl(Path("runs.db"), ["a.csv", "b.csv"])
+"""
+
+
+def test_rerun_and_from_on_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path / "etl.py", ETL)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.csv").write_text("1\n")
+    (tmp_path / "src" / "b.csv").write_text("2\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))
+    assert runner.invoke(app, ["run", "etl.py:pipe"]).exit_code == 0
+    again = runner.invoke(
+        app, ["run", "etl.py:pipe", "--rerun", "parse:b*", "--rerun", "download:a.csv"]
+    )
+    assert again.exit_code == 0, again.output
+    statuses = dict(
+        query(tmp_path / "runs.db", "SELECT task_key, status FROM task_runs WHERE run_id = 2")
+    )
+    assert statuses == {
+        "download:a.csv": "done",
+        "download:b.csv": "skipped",
+        "parse:a.csv": "done",
+        "parse:b.csv": "done",
+        "summarise:all parse": "done",
+    }
+    wrong = runner.invoke(app, ["run", "etl.py:pipe", "--from", "laod"])
+    assert wrong.exit_code == 2
+    assert "--from 'laod' matches no stage; its stages: download, parse, summarise" in wrong.stderr

@@ -128,7 +128,12 @@ def _run_function(
         ) from exc
 
 
-_OPTION_OF = {"params": "--param", "allow_param_change": "--allow-param-change"}
+_OPTION_OF = {
+    "params": "--param",
+    "allow_param_change": "--allow-param-change",
+    "rerun": "--rerun",
+    "rerun_from": "--from",
+}
 """The option that sets each `Pipeline.run` keyword, for error messages."""
 
 
@@ -186,6 +191,24 @@ def run(
             help="With --resume: resume although the run was made with other parameters.",
         ),
     ] = False,
+    rerun: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--rerun",
+            metavar="PATTERN",
+            help="Resume the latest run but run again the tasks matching a stage name, a task "
+            "key or a key glob (parse, parse:AA-*), and all that consume them; repeatable.",
+        ),
+    ] = None,
+    rerun_from: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            metavar="STAGE",
+            help="Resume the latest run but run STAGE and everything downstream again.",
+            show_default=False,
+        ),
+    ] = None,
     executor: ExecutorName = None,
     dask_address: DaskAddress = None,
     verbose: Verbose = 0,
@@ -206,6 +229,10 @@ def run(
             asked["params"] = parse_arg_pairs(param, option="--param")
         if allow_param_change:
             asked["allow_param_change"] = True
+        if rerun:
+            asked["rerun"] = list(rerun)
+        if rerun_from is not None:
+            asked["rerun_from"] = rerun_from
         loaded = load_target(target)
         resume_value: bool | int = resume_run if resume_run is not None else resume
         if wait and resume_value is False:
