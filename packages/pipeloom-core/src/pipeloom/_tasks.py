@@ -24,6 +24,7 @@ from pipeloom.errors import PipelineError
 from pipeloom.messages import TaskDef
 
 if TYPE_CHECKING:
+    from pipeloom._cache import Cache, CacheHit
     from pipeloom._rerun import Rerun
     from pipeloom._resume import Previous
     from pipeloom.pipeline import Task
@@ -89,6 +90,10 @@ class Job:
     """The upstream task (a chain), or the first upstream task that failed (a fan-in)."""
     whole_stage: bool = False
     """The task stands for its stage's item source, not for an item (the source raised)."""
+    fingerprint: str | None = None
+    """A cached task's fingerprint, recorded on its row (`pipeloom._cache`)."""
+    cached: CacheHit | None = None
+    """Set when an earlier run's done task stands for this one: it is not run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +222,12 @@ class Flow:
     """
 
     def __init__(
-        self, name: str, plan: Plan, previous: Previous | None, rerun: Rerun | None = None
+        self,
+        name: str,
+        plan: Plan,
+        previous: Previous | None,
+        rerun: Rerun | None = None,
+        cache: Cache | None = None,
     ) -> None:
         """Start a run's bookkeeping; ids count from 1 across every stage.
 
@@ -227,6 +237,7 @@ class Flow:
         self.nodes = plan.nodes
         self.previous = previous
         self.rerun = rerun
+        self.cache = cache
         self.ids = itertools.count(1)
         self.lock = threading.Lock()
 
@@ -283,6 +294,8 @@ class Flow:
             return []
         if job.done_in is not None and job.blocked is None and job.problem is None:
             ok, value = True, job.prior  # skipped: done in an earlier run
+        elif job.cached is not None:
+            ok, value = True, job.cached.value  # taken from an earlier run's done task
         elif isinstance(returned, Handoff):
             ok, value = True, returned.value
         else:
@@ -399,6 +412,10 @@ class Flow:
                         done_in,
                     )
                     done_in = None
+        fingerprint = cached = None
+        runs = done_in is None and blocked is None and problem is None
+        if spec.cache and self.cache is not None and key is not None and runs:
+            fingerprint, cached = self.cache.decide(spec, key, item, readable=hands_off)
         if whole_stage:
             name = f"{spec.name}: items"
         elif key is None:
@@ -417,6 +434,8 @@ class Flow:
             upstream_stage=up[0] if up else None,
             upstream_id=up[1] if up else None,
             whole_stage=whole_stage,
+            fingerprint=fingerprint,
+            cached=cached,
         )
         return TaskDef(task_id, name, payload=job, key=key)
 
