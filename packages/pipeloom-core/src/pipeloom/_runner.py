@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pipeloom._cache import MsgCacheNote
 from pipeloom._context import Context, OutputLimitError
 from pipeloom._retry import Outcome, TaskTimeoutError, backoff_delay, run_attempt
 from pipeloom._tasks import Handoff, Job
@@ -159,6 +160,9 @@ class Runner:
                 )
             )
             return None
+        if job.cached is not None:
+            _record_cached(task, job, q)
+            return None
         if job.problem is not None:
             summary = job.problem.strip().splitlines()[-1][:_SUMMARY_CHARS]
             q.put(
@@ -195,6 +199,8 @@ class Runner:
             except OutputLimitError as exc:  # caught by the task, which went on
                 outcome = Outcome("error", exc=exc, error_text=exc_text(exc))
         if outcome.status == "done":
+            if job.fingerprint is not None:  # before the finish: its row exists (started)
+                q.put(MsgCacheNote(task.task_id, job.fingerprint))
             q.put(
                 MsgTaskFinished(
                     task.task_id,
@@ -432,6 +438,26 @@ async def _wait_async(stopping: threading.Event, delay: float) -> bool:
             return False
         await asyncio.sleep(min(left, 0.05))
     return True
+
+
+def _record_cached(task: TaskDef, job: Job, q: TaskQueue) -> None:
+    """Record a task an earlier run's done task stands for: done, with that result."""
+    hit = job.cached
+    assert hit is not None and job.fingerprint is not None
+    q.put(
+        MsgTaskFinished(
+            task.task_id,
+            "done",
+            utc_now(),
+            result=hit.result,
+            message=f"cached: result of run {hit.run_id}, task {hit.task_id}",
+            name=task.name,
+            key=task.key,
+            **_stage_fields(task),
+        )
+    )
+    # After the finish, which creates the row: the writer applies rows before handlers.
+    q.put(MsgCacheNote(task.task_id, job.fingerprint, hit.run_id, hit.task_id))
 
 
 def _stage_fields(task: TaskDef) -> dict[str, Any]:
