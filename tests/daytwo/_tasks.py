@@ -209,3 +209,29 @@ def parse(ctx: Context, staged: str) -> int:
 def summarise(ctx: Context, counts: list[int]) -> int:
     """Count every parsed value."""
     return sum(counts)
+
+
+def make_cached(
+    db: Path, files: list[Path], *, executor: str = "threads", version: str = "1"
+) -> Pipeline:
+    """total (cached by the file's size and mtime) -> double (cached by the total it gets)."""
+    from pipeloom import fingerprint
+
+    pipe = Pipeline("cached", db=db, workers=2, executor=executor)
+    summed = pipe.map(
+        pipe.task(total_of, cache=True, cache_key=fingerprint.file, cache_version=version),
+        files,
+        key=lambda p: p.name,
+    )
+    pipe.map(pipe.task(double, cache=True), summed)
+    return pipe
+
+
+def total_of(ctx: Context, path: Path) -> int:
+    """Sum the numbers of a file."""
+    return sum(int(x) for x in path.read_text().split())
+
+
+def double(ctx: Context, total: int) -> int:
+    """Twice the total."""
+    return 2 * total

@@ -33,6 +33,7 @@ from typing import Any, Generic, TypeVar, overload
 
 from rich.console import Console
 
+from pipeloom._cache import Cache, MsgCacheNote, apply_cache_notes
 from pipeloom._context import DEFAULT_MAX_OUTPUTS, Context, OutputLimitError
 from pipeloom._keys import KEY_MAX_CHARS, item_key
 from pipeloom._registry import Handler, HandlerRegistry
@@ -103,6 +104,14 @@ class Task(Generic[T, R]):
     """
     max_outputs: int = DEFAULT_MAX_OUTPUTS
     """Most messages one atomic attempt may hold; one more fails it with `OutputLimitError`."""
+    cache: bool = False
+    """Take the result of a done task of an earlier run with the same key and fingerprint."""
+    cache_key: Callable[[Any], Any] | None = None
+    """``cache_key(item)``: what the fingerprint is made of, instead of the item itself."""
+    cache_version: str = ""
+    """Part of the fingerprint: change it when the function's logic changes."""
+    cache_ttl: float | None = None
+    """Seconds a cached result stays usable after the task that computed it finished."""
 
     def __call__(self, ctx: Context, item: T) -> R:
         """Run the function directly, without retries or timeout (handy in unit tests)."""
@@ -223,6 +232,10 @@ class Pipeline(HandlerRegistry):
         max_backoff: float = 60.0,
         atomic: bool = True,
         max_outputs: int = DEFAULT_MAX_OUTPUTS,
+        cache: bool = False,
+        cache_key: Callable[[Any], Any] | None = None,
+        cache_version: str = "",
+        cache_ttl: float | None = None,
     ) -> Task[T, R]: ...
 
     @overload
@@ -239,6 +252,10 @@ class Pipeline(HandlerRegistry):
         max_backoff: float = 60.0,
         atomic: bool = True,
         max_outputs: int = DEFAULT_MAX_OUTPUTS,
+        cache: bool = False,
+        cache_key: Callable[[Any], Any] | None = None,
+        cache_version: str = "",
+        cache_ttl: float | None = None,
     ) -> Callable[[Callable[[Context, T], R]], Task[T, R]]: ...
 
     def task(
@@ -254,6 +271,10 @@ class Pipeline(HandlerRegistry):
         max_backoff: float = 60.0,
         atomic: bool = True,
         max_outputs: int = DEFAULT_MAX_OUTPUTS,
+        cache: bool = False,
+        cache_key: Callable[[Any], Any] | None = None,
+        cache_version: str = "",
+        cache_ttl: float | None = None,
     ) -> Task[T, R] | Callable[[Callable[[Context, T], R]], Task[T, R]]:
         """Make ``fn(ctx, item)`` a task: ``@pipe.task``, ``@pipe.task(...)``, ``pipe.task(fn)``.
 
@@ -276,6 +297,13 @@ class Pipeline(HandlerRegistry):
             max_backoff: the longest wait between attempts.
             atomic: commit the task's emitted messages with its success, all or none.
             max_outputs: most messages one atomic attempt may hold in memory.
+            cache: skip the task when a done task of an earlier run of this pipeline (in this
+                file) had the same key and fingerprint: it is recorded ``done`` with that
+                result, and where it came from (``cached_from_run``/``cached_from_task``).
+            cache_key: ``cache_key(item)`` makes the fingerprint instead of the item (or the
+                upstream result), e.g. `pipeloom.fingerprint.file`.
+            cache_version: part of the fingerprint; bump it when the function changes.
+            cache_ttl: seconds a cached result stays usable.
 
         Raises:
             PipelineError: a setting is out of range or the name is taken.
@@ -290,6 +318,7 @@ class Pipeline(HandlerRegistry):
                     f"pipeline {self.name!r}, task {task_name!r}: max_outputs={max_outputs!r}; "
                     "use 1 or more (or atomic=False to stream instead of holding messages)"
                 )
+            _check_cache(f"pipeline {self.name!r}, task {task_name!r}", cache_key, cache_ttl)
             spec = Task(
                 func,
                 task_name,
@@ -300,6 +329,10 @@ class Pipeline(HandlerRegistry):
                 max_backoff,
                 atomic=bool(atomic),
                 max_outputs=max_outputs,
+                cache=bool(cache),
+                cache_key=cache_key,
+                cache_version=str(cache_version),
+                cache_ttl=cache_ttl,
             )
             self.tasks[task_name] = spec
             return spec
@@ -451,6 +484,7 @@ class Pipeline(HandlerRegistry):
         allow_param_change: bool = False,
         rerun: Sequence[str] = (),
         rerun_from: str | None = None,
+        refresh: bool = False,
     ) -> RunResult:
         """Run every mapped task once and record it; returns the engine's `RunResult`.
 
@@ -479,6 +513,8 @@ class Pipeline(HandlerRegistry):
                 although it finished them, and every task that consumes them; the rest is
                 skipped as on resume. A pattern that matches nothing is an error.
             rerun_from: a stage to run again with everything downstream of it.
+            refresh: run ``cache=True`` tasks even when an earlier run holds their result
+                (their new fingerprints are still recorded).
 
         Raises:
             PipelineError: nothing was mapped, a stage consumes a task that is never mapped,
@@ -548,14 +584,29 @@ class Pipeline(HandlerRegistry):
         if previous is not None:
             run_params["resumed_from"] = previous.run_id
         runner = Runner(self, self.fail_fast, values, state)
-        flow = Flow(self.name, plan, previous, selection)
+        cache = None
+        if any(task.cache for task in self.tasks.values()):
+            try:
+                cache = Cache.open(db_path, self.name)
+            except BaseException:
+                if previous is not None:
+                    previous.close()
+                raise
+            cache.lookup = not refresh
+            if refresh:
+                request["refresh"] = True
+        flow = Flow(self.name, plan, previous, selection, cache)
         try:
             result = run_pipeline(
                 task_stream(flow, plan),
                 db_path,
                 worker_fn=runner,
                 workers=workers if workers is not None else self.workers,
-                handlers={**self.handlers, MsgStateSet: apply_state_sets},
+                handlers={
+                    **self.handlers,
+                    MsgStateSet: apply_state_sets,
+                    MsgCacheNote: apply_cache_notes,
+                },
                 schema=self.schema,
                 fail_fast=self.fail_fast,
                 progress=progress,
@@ -571,12 +622,22 @@ class Pipeline(HandlerRegistry):
         finally:
             if previous is not None:
                 previous.close()
+            if cache is not None:
+                cache.close()
         still_running = runner.wait_for_abandoned(self.grace)
         extra = {
+            "cached": cache.hits if cache is not None else 0,
             "resumed_from": previous.run_id if previous is not None else None,
             "abandoned_threads": still_running,
         }
         return dataclasses.replace(result, extra={**result.extra, **extra})
+
+
+def _check_cache(where: str, cache_key: object, cache_ttl: object) -> None:
+    if cache_key is not None and not callable(cache_key):
+        raise PipelineError(f"{where}: cache_key={cache_key!r}; pass a function of the item")
+    if cache_ttl is not None and not (_finite(cache_ttl, 0) and cache_ttl > 0):  # type: ignore[operator]
+        raise PipelineError(f"{where}: cache_ttl={cache_ttl!r}; use seconds > 0, or None")
 
 
 def _whole(value: object, low: int, high: int) -> bool:

@@ -133,6 +133,7 @@ _OPTION_OF = {
     "allow_param_change": "--allow-param-change",
     "rerun": "--rerun",
     "rerun_from": "--from",
+    "refresh": "--refresh",
 }
 """The option that sets each `Pipeline.run` keyword, for error messages."""
 
@@ -209,6 +210,12 @@ def run(
             show_default=False,
         ),
     ] = None,
+    refresh: Annotated[
+        bool,
+        typer.Option(
+            "--refresh", help="Run cached tasks (cache=True) even when an earlier run has them."
+        ),
+    ] = False,
     executor: ExecutorName = None,
     dask_address: DaskAddress = None,
     verbose: Verbose = 0,
@@ -233,6 +240,8 @@ def run(
             asked["rerun"] = list(rerun)
         if rerun_from is not None:
             asked["rerun_from"] = rerun_from
+        if refresh:
+            asked["refresh"] = True
         loaded = load_target(target)
         resume_value: bool | int = resume_run if resume_run is not None else resume
         if wait and resume_value is False:
