@@ -43,7 +43,7 @@ def source_ids(source: Path, after: int, limit: int) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
-def make_incremental(db: Path, *, executor: str = "threads") -> Pipeline:
+def make_incremental(db: Path, *, executor: Any = "threads") -> Pipeline:
     """One task per run: load the source rows after the stored cursor, move the cursor."""
     pipe = Pipeline(
         "incremental",
@@ -72,7 +72,7 @@ def load_new(ctx: Context, _item: str) -> int:
     return len(ids)
 
 
-def make_params(db: Path, *, executor: str = "threads") -> Pipeline:
+def make_params(db: Path, *, executor: Any = "threads") -> Pipeline:
     """Tasks that return the parameters they read, typed."""
     pipe = Pipeline(
         "params",
@@ -171,7 +171,7 @@ def insert_values(conn: sqlite3.Connection, msgs: list[Value]) -> None:
     )
 
 
-def make_etl(db: Path, files: list[str], *, executor: str = "threads") -> Pipeline:
+def make_etl(db: Path, files: list[str], *, executor: Any = "threads") -> Pipeline:
     """download (copy to a staging folder) -> parse (rows replaced per source) -> summarise."""
     pipe = Pipeline(
         "etl",
@@ -212,7 +212,7 @@ def summarise(ctx: Context, counts: list[int]) -> int:
 
 
 def make_cached(
-    db: Path, files: list[Path], *, executor: str = "threads", version: str = "1"
+    db: Path, files: list[Path], *, executor: Any = "threads", version: str = "1"
 ) -> Pipeline:
     """total (cached by the file's size and mtime) -> double (cached by the total it gets)."""
     from pipeloom import fingerprint
