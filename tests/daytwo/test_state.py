@@ -113,3 +113,30 @@ def test_a_value_that_is_not_json_is_a_one_line_error(tmp_path: Path) -> None:
     assert not pipe.run(progress=False).ok
     (message,) = query(tmp_path / "runs.db", "SELECT message FROM task_runs")
     assert "state values are JSON" in message[0]
+
+
+def test_a_streaming_task_still_holds_its_state_set_until_done(tmp_path: Path) -> None:
+    from pipeloom import Context, Pipeline
+    from tests.daytwo._tasks import Row, insert_rows, target_schema
+
+    db = tmp_path / "runs.db"
+
+    def run(item: int) -> bool:
+        pipe = Pipeline(
+            "stream", db=db, workers=1, handlers={Row: insert_rows}, schema=target_schema
+        )
+
+        @pipe.task(atomic=False)
+        def load(ctx: Context, item: int) -> None:
+            ctx.emit(Row(item, "streamed"))  # applied as it is sent
+            ctx.state.set("cursor", item)  # held: commits only with the done row
+            if item == 2:
+                raise RuntimeError("failed after set")
+
+        pipe.map(load, [item])
+        return pipe.run(progress=False).ok
+
+    assert run(1)
+    assert not run(2)
+    assert query(db, "SELECT value FROM pipeloom_state") == [("1",)]
+    assert query(db, "SELECT id FROM target ORDER BY id") == [(1,), (2,)]  # streamed rows stay
