@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ def make_incremental(db: Path, *, executor: Any = "threads") -> Pipeline:
         executor=executor,
         handlers={Row: insert_rows},
         schema=target_schema,
-        params={"source": Path("source.db"), "batch": 50, "fail_after_set": False},
+        params={"source": Path("source.db"), "batch": 50, "fail_after_set": False, "linger": 0.0},
     )
     pipe.task(load_new)
     pipe.map(load_new, ["batch"])
@@ -67,6 +68,9 @@ def load_new(ctx: Context, _item: str) -> int:
         ctx.emit(Row(i, "src"))
     if ids:
         ctx.state.set("cursor", ids[-1])
+    # The task goes on after moving the cursor: a cursor committed on its own would be
+    # durable here, before the rows it covers.
+    time.sleep(ctx.params["linger"])
     if ctx.params["fail_after_set"]:
         raise RuntimeError("failed after ctx.state.set")
     return len(ids)
@@ -125,7 +129,9 @@ def load_until_caught_up(db: str, source: str) -> None:
     finally:
         conn.close()
     while True:
-        result = pipe.run(progress=False, params={"source": Path(source), "batch": 4})
+        result = pipe.run(
+            progress=False, params={"source": Path(source), "batch": 4, "linger": 0.04}
+        )
         if not result.ok:
             raise SystemExit(f"run {result.run_id} failed")
         state = sqlite3.connect(db)
