@@ -286,7 +286,7 @@ def test_resume_run_passes_the_run_id_and_arg_is_refused(tmp_path: Path) -> None
     assert json.loads(out.read_text())["resume"] == 7
     refused = runner.invoke(app, ["run", f"{target}:done", "--arg", "n=1"])
     assert refused.exit_code == 2
-    assert "is a pipeline; it takes --db, --workers and --resume, not --arg" in refused.stderr
+    assert "is a pipeline; pass its parameters with --param (--param n=1)" in refused.stderr
 
 
 def test_a_declarative_pipeline_runs_and_resumes(tmp_path: Path) -> None:

@@ -115,6 +115,7 @@ def test_a_file_stamped_2_by_earlier_pipeloom_upgrades_in_place(tmp_path: Path) 
         "m004_task_logs_and_runs_view",
         "m005_task_stages",
         "m006_stops_and_traceable_dead_letters",
+        "m007_state_requests_and_cache",
     ]
     assert query(db, "SELECT version FROM pipeloom_schema") == [(SCHEMA_VERSION,)]
     assert _user_version(db) == 2  # pipeloom's old stamp stays: no value is reset

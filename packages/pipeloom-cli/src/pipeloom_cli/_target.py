@@ -159,8 +159,8 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def parse_arg_pairs(pairs: Sequence[str]) -> dict[str, str]:
-    """Split repeated ``--arg key=value`` into a dict (text values, not yet coerced).
+def parse_arg_pairs(pairs: Sequence[str], option: str = "--arg") -> dict[str, str]:
+    """Split repeated ``--arg key=value`` (or ``--param``) into a dict of text values.
 
     Raises:
         UsageError: a pair without ``=``, a key that is not a Python name, or a repeated key.
@@ -170,11 +170,11 @@ def parse_arg_pairs(pairs: Sequence[str]) -> dict[str, str]:
         key, sep, value = pair.partition("=")
         key = key.strip()
         if not sep:
-            raise UsageError(f"--arg {pair!r}: expected key=value, e.g. --arg n=4")
+            raise UsageError(f"{option} {pair!r}: expected key=value, e.g. {option} n=4")
         if not key.isidentifier():
-            raise UsageError(f"--arg {pair!r}: {key!r} is not a parameter name; use key=value")
+            raise UsageError(f"{option} {pair!r}: {key!r} is not a parameter name; use key=value")
         if key in out:
-            raise UsageError(f"--arg {key}: given twice ({out[key]!r} and {value!r}); keep one")
+            raise UsageError(f"{option} {key}: given twice ({out[key]!r} and {value!r}); keep one")
         out[key] = value
     return out
 

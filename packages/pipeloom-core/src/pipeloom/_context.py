@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import types
 from collections.abc import Callable, Collection, Container, Mapping, MutableMapping
 from typing import Any
 
 from pipeloom._registry import registered_type, unmatched_note
 from pipeloom.messages import PIPELOOM_MESSAGES, MsgTaskProgress
+from pipeloom.state import TaskState
 from pipeloom.tasklogs import record_text, send_log, set_attempt
 
 __all__ = ["DEFAULT_MAX_OUTPUTS", "Context", "OutputLimitError", "TaskLog"]
@@ -89,6 +91,8 @@ class Context:
         "key",
         "log",
         "name",
+        "params",
+        "state",
         "task_id",
     )
 
@@ -104,6 +108,9 @@ class Context:
         logger: logging.Logger,
         atomic: bool = False,
         max_outputs: int = DEFAULT_MAX_OUTPUTS,
+        params: Mapping[str, Any] | None = None,
+        pipeline: str = "",
+        state: Mapping[str, str] | None = None,
     ) -> None:
         """Bind the context to one attempt of one task.
 
@@ -117,6 +124,9 @@ class Context:
             logger: where ``ctx.log`` writes.
             atomic: hold emitted messages until the attempt succeeds, instead of sending each.
             max_outputs: most messages an atomic attempt may hold.
+            params: the run's parameters (`pipeloom.params`).
+            pipeline: the pipeline's name, whose state ``ctx.state`` reads and sets.
+            state: the pipeline's state as committed when the run began (key -> JSON).
         """
         self.task_id = task_id
         """The task's id within this run (``task_runs.task_id``)."""
@@ -154,6 +164,10 @@ class Context:
         self._dropped = 0
         self._overflow: OutputLimitError | None = None
         """Set once an emit went over max_outputs: the attempt can no longer succeed."""
+        self.params: Mapping[str, Any] = types.MappingProxyType(dict(params or {}))
+        """The run's parameters: the declared defaults with this run's values applied."""
+        self.state = TaskState(pipeline, state or {}, self._hold_state, task_id, key)
+        """The pipeline's state: ``get`` what was committed, ``set`` with this task's done."""
 
     def progress(self, step: int, total: int, message: str = "") -> None:
         """Report that ``step`` of ``total`` steps are done (shown live, stored on the row)."""
@@ -202,6 +216,18 @@ class Context:
                     "@pipe.task(atomic=False)"
                 )
                 raise self._overflow
+            self._outputs.append(msg)
+
+    def _hold_state(self, msg: Any) -> None:
+        """Hold a state change with the attempt's outputs, whether or not the task is atomic.
+
+        Even a streaming task's state commits with its done row: a cursor must never move
+        ahead of a task that then fails.
+        """
+        with self._lock:
+            if self.cancelled.is_set() or self._closed:
+                self._drop(type(msg))
+                return
             self._outputs.append(msg)
 
     def _handled_by_name(self, cls: type[Any]) -> bool:

@@ -15,10 +15,11 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pipeloom._cache import MsgCacheNote
 from pipeloom._context import Context, OutputLimitError
 from pipeloom._retry import Outcome, TaskTimeoutError, backoff_delay, run_attempt
 from pipeloom._tasks import Handoff, Job
@@ -56,11 +57,21 @@ class Runner:
     it, and has an async path (`run_async`) for the async executor.
     """
 
-    def __init__(self, pipe: Pipeline, fail_fast: bool) -> None:
+    def __init__(
+        self,
+        pipe: Pipeline,
+        fail_fast: bool,
+        params: Mapping[str, Any] | None = None,
+        state: Mapping[str, str] | None = None,
+    ) -> None:
         self.name = pipe.name
         self.handled = frozenset(pipe.handlers)
         self.seed = pipe.seed
         self.fail_fast = fail_fast
+        self.params = dict(params or {})
+        """The run's parameters, handed to every task as ``ctx.params``."""
+        self.state = dict(state or {})
+        """The pipeline's state as committed when the run began (key -> JSON text)."""
         self._local()
 
     def _local(self) -> None:
@@ -73,7 +84,8 @@ class Runner:
 
     def __getstate__(self) -> dict[str, Any]:
         """Ship the settings only (locks and threads cannot cross a process)."""
-        return {k: getattr(self, k) for k in ("name", "handled", "seed", "fail_fast")}
+        keys = ("name", "handled", "seed", "fail_fast", "params", "state")
+        return {k: getattr(self, k) for k in keys}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Rebuild in a worker process."""
@@ -148,6 +160,9 @@ class Runner:
                 )
             )
             return None
+        if job.cached is not None:
+            _record_cached(task, job, q)
+            return None
         if job.problem is not None:
             summary = job.problem.strip().splitlines()[-1][:_SUMMARY_CHARS]
             q.put(
@@ -184,6 +199,8 @@ class Runner:
             except OutputLimitError as exc:  # caught by the task, which went on
                 outcome = Outcome("error", exc=exc, error_text=exc_text(exc))
         if outcome.status == "done":
+            if job.fingerprint is not None:  # before the finish: its row exists (started)
+                q.put(MsgCacheNote(task.task_id, job.fingerprint))
             q.put(
                 MsgTaskFinished(
                     task.task_id,
@@ -253,6 +270,9 @@ class Runner:
             logger=self.logger,
             atomic=job.task.atomic,
             max_outputs=job.task.max_outputs,
+            params=self.params,
+            pipeline=self.name,
+            state=self.state,
         )
 
     def _attempt(
@@ -418,6 +438,26 @@ async def _wait_async(stopping: threading.Event, delay: float) -> bool:
             return False
         await asyncio.sleep(min(left, 0.05))
     return True
+
+
+def _record_cached(task: TaskDef, job: Job, q: TaskQueue) -> None:
+    """Record a task an earlier run's done task stands for: done, with that result."""
+    hit = job.cached
+    assert hit is not None and job.fingerprint is not None
+    q.put(
+        MsgTaskFinished(
+            task.task_id,
+            "done",
+            utc_now(),
+            result=hit.result,
+            message=f"cached: result of run {hit.run_id}, task {hit.task_id}",
+            name=task.name,
+            key=task.key,
+            **_stage_fields(task),
+        )
+    )
+    # After the finish, which creates the row: the writer applies rows before handlers.
+    q.put(MsgCacheNote(task.task_id, job.fingerprint, hit.run_id, hit.task_id))
 
 
 def _stage_fields(task: TaskDef) -> dict[str, Any]:

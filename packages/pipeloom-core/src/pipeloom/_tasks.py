@@ -24,6 +24,8 @@ from pipeloom.errors import PipelineError
 from pipeloom.messages import TaskDef
 
 if TYPE_CHECKING:
+    from pipeloom._cache import Cache, CacheHit
+    from pipeloom._rerun import Rerun
     from pipeloom._resume import Previous
     from pipeloom.pipeline import Task
 
@@ -88,6 +90,10 @@ class Job:
     """The upstream task (a chain), or the first upstream task that failed (a fan-in)."""
     whole_stage: bool = False
     """The task stands for its stage's item source, not for an item (the source raised)."""
+    fingerprint: str | None = None
+    """A cached task's fingerprint, recorded on its row (`pipeloom._cache`)."""
+    cached: CacheHit | None = None
+    """Set when an earlier run's done task stands for this one: it is not run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,11 +221,23 @@ class Flow:
     chain of a million items holds a handful of tasks at a time, whatever its length.
     """
 
-    def __init__(self, name: str, plan: Plan, previous: Previous | None) -> None:
-        """Start a run's bookkeeping; ids count from 1 across every stage."""
+    def __init__(
+        self,
+        name: str,
+        plan: Plan,
+        previous: Previous | None,
+        rerun: Rerun | None = None,
+        cache: Cache | None = None,
+    ) -> None:
+        """Start a run's bookkeeping; ids count from 1 across every stage.
+
+        ``rerun`` names tasks that run although ``previous`` finished them (`pipeloom._rerun`).
+        """
         self.name = name
         self.nodes = plan.nodes
         self.previous = previous
+        self.rerun = rerun
+        self.cache = cache
         self.ids = itertools.count(1)
         self.lock = threading.Lock()
 
@@ -276,6 +294,8 @@ class Flow:
             return []
         if job.done_in is not None and job.blocked is None and job.problem is None:
             ok, value = True, job.prior  # skipped: done in an earlier run
+        elif job.cached is not None:
+            ok, value = True, job.cached.value  # taken from an earlier run's done task
         elif isinstance(returned, Handoff):
             ok, value = True, returned.value
         else:
@@ -379,7 +399,8 @@ class Flow:
         task_id = next(self.ids)
         hands_off = bool(node.chains or node.gathers)
         done_in = prior = None
-        if may_skip and key is not None and self.previous is not None:
+        rerun = self.rerun is not None and key is not None and self.rerun.matches(spec.name, key)
+        if may_skip and key is not None and self.previous is not None and not rerun:
             done_in = self.previous.done_in(key)
             if done_in is not None and hands_off:
                 readable, prior = self.previous.result_of(key, done_in)
@@ -391,6 +412,10 @@ class Flow:
                         done_in,
                     )
                     done_in = None
+        fingerprint = cached = None
+        runs = done_in is None and blocked is None and problem is None
+        if spec.cache and self.cache is not None and key is not None and runs:
+            fingerprint, cached = self.cache.decide(spec, key, item, readable=hands_off)
         if whole_stage:
             name = f"{spec.name}: items"
         elif key is None:
@@ -409,6 +434,8 @@ class Flow:
             upstream_stage=up[0] if up else None,
             upstream_id=up[1] if up else None,
             whole_stage=whole_stage,
+            fingerprint=fingerprint,
+            cached=cached,
         )
         return TaskDef(task_id, name, payload=job, key=key)
 

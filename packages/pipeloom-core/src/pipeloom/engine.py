@@ -656,6 +656,7 @@ def run_pipeline(
     console: Console | None = None,
     run_name: str = "pipeline",
     params: Mapping[str, Any] | None = None,
+    request: Mapping[str, Any] | None = None,
     synchronous: Synchronous = "NORMAL",
     batch_size: int | None = None,
     commit_interval: float | None = None,
@@ -694,6 +695,8 @@ def run_pipeline(
         console: where progress and the summary go (the shared console by default).
         run_name: stored on the ``pipeline_runs`` row.
         params: JSON-able parameters stored on the run row.
+        request: what the run was asked beyond its parameters (``Pipeline.run`` records its
+            rerun patterns and forced parameter changes), JSON on the run row.
         synchronous: NORMAL or FULL (fsync every commit; survives power loss).
         batch_size: most messages per transaction.
         commit_interval: longest a lone message waits before its commit (seconds).
@@ -808,6 +811,7 @@ def run_pipeline(
         workers=workers,
         tasks_total=total,
         params=params,
+        request=request,
         synchronous=synchronous,
         lease=lease,
         task_log_limit=task_log_limit,

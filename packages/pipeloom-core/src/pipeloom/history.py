@@ -116,13 +116,18 @@ def insert_run(
     tasks_total: int | None,
     params: Mapping[str, Any],
     lease: float,
+    request: Mapping[str, Any] | None = None,
 ) -> int:
-    """Add this run's row, ``running``, with its owner and a first heartbeat; return its id."""
+    """Add this run's row, ``running``, with its owner and a first heartbeat; return its id.
+
+    ``request`` is what the run was asked beyond its parameters (rerun patterns, a forced
+    parameter change), kept as JSON so ``status`` can say why the run did what it did.
+    """
     now = utc_now()
     cur = conn.execute(
         "INSERT INTO pipeline_runs (name, status, started_at, workers, tasks_total, "
-        "tasks_planned, host, pid, pipeloom_version, params, heartbeat_at, lease_s, owner) "
-        "VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "tasks_planned, host, pid, pipeloom_version, params, heartbeat_at, lease_s, owner, "
+        "request) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             name,
             now,
@@ -136,6 +141,7 @@ def insert_run(
             now,
             lease,
             owner_identity(),
+            json.dumps(dict(request), default=str) if request else None,
         ),
     )
     assert cur.lastrowid is not None

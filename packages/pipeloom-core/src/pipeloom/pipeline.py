@@ -26,16 +26,18 @@ import logging
 import math
 import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar, overload
 
 from rich.console import Console
 
+from pipeloom._cache import Cache, MsgCacheNote, apply_cache_notes
 from pipeloom._context import DEFAULT_MAX_OUTPUTS, Context, OutputLimitError
 from pipeloom._keys import KEY_MAX_CHARS, item_key
 from pipeloom._registry import Handler, HandlerRegistry
+from pipeloom._rerun import select as select_rerun
 from pipeloom._resume import open_previous
 from pipeloom._retry import TaskTimeoutError
 from pipeloom._runner import Runner
@@ -46,6 +48,10 @@ from pipeloom.engine import MAX_WORKERS, RunResult, run_pipeline
 from pipeloom.errors import PipelineError
 from pipeloom.executors import Executor
 from pipeloom.options import RunOptions
+from pipeloom.params import param_changes
+from pipeloom.params import resolve as resolve_params
+from pipeloom.params import to_json as params_json
+from pipeloom.state import MsgStateSet, apply_state_sets, read_state
 from pipeloom.writer import SchemaFn
 
 __all__ = [
@@ -98,6 +104,14 @@ class Task(Generic[T, R]):
     """
     max_outputs: int = DEFAULT_MAX_OUTPUTS
     """Most messages one atomic attempt may hold; one more fails it with `OutputLimitError`."""
+    cache: bool = False
+    """Take the result of a done task of an earlier run with the same key and fingerprint."""
+    cache_key: Callable[[Any], Any] | None = None
+    """``cache_key(item)``: what the fingerprint is made of, instead of the item itself."""
+    cache_version: str = ""
+    """Part of the fingerprint: change it when the function's logic changes."""
+    cache_ttl: float | None = None
+    """Seconds a cached result stays usable after the task that computed it finished."""
 
     def __call__(self, ctx: Context, item: T) -> R:
         """Run the function directly, without retries or timeout (handy in unit tests)."""
@@ -143,7 +157,9 @@ class Pipeline(HandlerRegistry):
         schema: ``schema(conn)`` creates the domain tables when the writer starts.
         fail_fast: stop admitting tasks after the first task fails for good.
         grace: seconds the run waits at its end for timed-out task threads to return.
-        params: JSON-able parameters stored on each run row.
+        params: the pipeline's parameters and their defaults (int, float, bool, str, date,
+            datetime, Path, or anything JSON-able); a run overrides them with
+            ``run(params=...)`` and tasks read them as ``ctx.params`` (`pipeloom.params`).
         seed: seeds the retry jitter, for reproducible waits.
         executor: where tasks run: ``"threads"`` (default), ``"processes"``, ``"async"``,
             ``"dask"`` or an instance from `pipeloom.executors`. With processes or Dask the
@@ -216,6 +232,10 @@ class Pipeline(HandlerRegistry):
         max_backoff: float = 60.0,
         atomic: bool = True,
         max_outputs: int = DEFAULT_MAX_OUTPUTS,
+        cache: bool = False,
+        cache_key: Callable[[Any], Any] | None = None,
+        cache_version: str = "",
+        cache_ttl: float | None = None,
     ) -> Task[T, R]: ...
 
     @overload
@@ -232,6 +252,10 @@ class Pipeline(HandlerRegistry):
         max_backoff: float = 60.0,
         atomic: bool = True,
         max_outputs: int = DEFAULT_MAX_OUTPUTS,
+        cache: bool = False,
+        cache_key: Callable[[Any], Any] | None = None,
+        cache_version: str = "",
+        cache_ttl: float | None = None,
     ) -> Callable[[Callable[[Context, T], R]], Task[T, R]]: ...
 
     def task(
@@ -247,6 +271,10 @@ class Pipeline(HandlerRegistry):
         max_backoff: float = 60.0,
         atomic: bool = True,
         max_outputs: int = DEFAULT_MAX_OUTPUTS,
+        cache: bool = False,
+        cache_key: Callable[[Any], Any] | None = None,
+        cache_version: str = "",
+        cache_ttl: float | None = None,
     ) -> Task[T, R] | Callable[[Callable[[Context, T], R]], Task[T, R]]:
         """Make ``fn(ctx, item)`` a task: ``@pipe.task``, ``@pipe.task(...)``, ``pipe.task(fn)``.
 
@@ -269,6 +297,13 @@ class Pipeline(HandlerRegistry):
             max_backoff: the longest wait between attempts.
             atomic: commit the task's emitted messages with its success, all or none.
             max_outputs: most messages one atomic attempt may hold in memory.
+            cache: skip the task when a done task of an earlier run of this pipeline (in this
+                file) had the same key and fingerprint: it is recorded ``done`` with that
+                result, and where it came from (``cached_from_run``/``cached_from_task``).
+            cache_key: ``cache_key(item)`` makes the fingerprint instead of the item (or the
+                upstream result), e.g. `pipeloom.fingerprint.file`.
+            cache_version: part of the fingerprint; bump it when the function changes.
+            cache_ttl: seconds a cached result stays usable.
 
         Raises:
             PipelineError: a setting is out of range or the name is taken.
@@ -283,6 +318,7 @@ class Pipeline(HandlerRegistry):
                     f"pipeline {self.name!r}, task {task_name!r}: max_outputs={max_outputs!r}; "
                     "use 1 or more (or atomic=False to stream instead of holding messages)"
                 )
+            _check_cache(f"pipeline {self.name!r}, task {task_name!r}", cache_key, cache_ttl)
             spec = Task(
                 func,
                 task_name,
@@ -293,6 +329,10 @@ class Pipeline(HandlerRegistry):
                 max_backoff,
                 atomic=bool(atomic),
                 max_outputs=max_outputs,
+                cache=bool(cache),
+                cache_key=cache_key,
+                cache_version=str(cache_version),
+                cache_ttl=cache_ttl,
             )
             self.tasks[task_name] = spec
             return spec
@@ -440,6 +480,11 @@ class Pipeline(HandlerRegistry):
         executor: str | Executor | None = None,
         options: RunOptions | None = None,
         wait_for_live: bool | float = False,
+        params: Mapping[str, Any] | None = None,
+        allow_param_change: bool = False,
+        rerun: Sequence[str] = (),
+        rerun_from: str | None = None,
+        refresh: bool = False,
     ) -> RunResult:
         """Run every mapped task once and record it; returns the engine's `RunResult`.
 
@@ -459,11 +504,23 @@ class Pipeline(HandlerRegistry):
             wait_for_live: with ``resume``, what to do while a run of this pipeline (or the
                 run asked for) is still live: False refuses at once, True waits until it
                 ends (or its lease expires), a number of seconds waits at most that long.
+            params: this run's values of the declared parameters (``Pipeline(params=...)``),
+                each converted to its default's type; tasks read them as ``ctx.params``.
+            allow_param_change: resume even though the run resumed was made with other
+                parameter values (by default that is refused, naming the differences).
+            rerun: stage names, task keys or key globs (``"parse"``, ``"parse:AA-*"``): resume
+                the latest run (or the run ``resume`` names), but run the matching tasks again
+                although it finished them, and every task that consumes them; the rest is
+                skipped as on resume. A pattern that matches nothing is an error.
+            rerun_from: a stage to run again with everything downstream of it.
+            refresh: run ``cache=True`` tasks even when an earlier run holds their result
+                (their new fingerprints are still recorded).
 
         Raises:
             PipelineError: nothing was mapped, a stage consumes a task that is never mapped,
-                stages consume each other in a cycle, the run to resume does not exist, or
-                a run of this pipeline is still live (see ``wait_for_live``).
+                stages consume each other in a cycle, the run to resume does not exist, a
+                run of this pipeline is still live (see ``wait_for_live``), a parameter is
+                unknown or its value does not fit, or a resume would change parameters.
             DatabaseError: the database cannot be opened or prepared.
         """
         if not self._stages:
@@ -480,26 +537,83 @@ class Pipeline(HandlerRegistry):
                     stage.task.name,
                 )
             stage.used = True
+        values = resolve_params(self.name, self.params, params)
+        stored_values = params_json(values)
         db_path = self.db if db is None else db
+        state = read_state(db_path, self.name)
+        if isinstance(rerun, str):
+            rerun = [rerun]
+        asked_rerun = bool(rerun) or rerun_from is not None
+        if asked_rerun and resume is False:
+            resume = True  # a rerun resumes the latest run
         previous = open_previous(db_path, self.name, resume, wait_for_live)
-        params = dict(self.params)
+        request: dict[str, Any] = {}
+        selection = None
+        try:
+            if asked_rerun:
+                if previous is None:
+                    raise PipelineError(
+                        f"pipeline {self.name!r}: nothing to rerun, {db_path} holds no earlier "
+                        "run of it; run it without rerun first"
+                    )
+                selection = select_rerun(
+                    self.name,
+                    [stage.task.name for stage in self._stages],
+                    list(rerun),
+                    rerun_from,
+                    previous.conn,
+                    previous.run_id,
+                )
+                request.update(selection.request(list(rerun), rerun_from))
+            changed = [] if previous is None else param_changes(previous, stored_values)
+        except BaseException:
+            if previous is not None:
+                previous.close()
+            raise
+        if changed and previous is not None:
+            if not allow_param_change:
+                previous.close()
+                raise PipelineError(
+                    f"pipeline {self.name!r}: run {previous.run_id} was made with other "
+                    f"parameters ({'; '.join(changed)}); resuming would mix results of both, "
+                    "so it is refused: run without resume, or pass allow_param_change=True "
+                    "(--allow-param-change) to resume anyway"
+                )
+            request["param_changes"] = changed
+        run_params: dict[str, Any] = dict(stored_values)
         if previous is not None:
-            params["resumed_from"] = previous.run_id
-        runner = Runner(self, self.fail_fast)
-        flow = Flow(self.name, plan, previous)
+            run_params["resumed_from"] = previous.run_id
+        runner = Runner(self, self.fail_fast, values, state)
+        cache = None
+        if any(task.cache for task in self.tasks.values()):
+            try:
+                cache = Cache.open(db_path, self.name)
+            except BaseException:
+                if previous is not None:
+                    previous.close()
+                raise
+            cache.lookup = not refresh
+            if refresh:
+                request["refresh"] = True
+        flow = Flow(self.name, plan, previous, selection, cache)
         try:
             result = run_pipeline(
                 task_stream(flow, plan),
                 db_path,
                 worker_fn=runner,
                 workers=workers if workers is not None else self.workers,
-                handlers=self.handlers,
+                handlers={
+                    **self.handlers,
+                    MsgStateSet: apply_state_sets,
+                    MsgCacheNote: apply_cache_notes,
+                },
                 schema=self.schema,
                 fail_fast=self.fail_fast,
                 progress=progress,
                 console=console,
                 run_name=self.name,
-                params=params,
+                params=run_params,
+                request=request,
                 summary_hint=summary_hint,
                 executor=executor if executor is not None else self.executor,
                 follow_up=flow.follow_up if plan.consumed else None,
@@ -508,12 +622,22 @@ class Pipeline(HandlerRegistry):
         finally:
             if previous is not None:
                 previous.close()
+            if cache is not None:
+                cache.close()
         still_running = runner.wait_for_abandoned(self.grace)
         extra = {
+            "cached": cache.hits if cache is not None else 0,
             "resumed_from": previous.run_id if previous is not None else None,
             "abandoned_threads": still_running,
         }
         return dataclasses.replace(result, extra={**result.extra, **extra})
+
+
+def _check_cache(where: str, cache_key: object, cache_ttl: object) -> None:
+    if cache_key is not None and not callable(cache_key):
+        raise PipelineError(f"{where}: cache_key={cache_key!r}; pass a function of the item")
+    if cache_ttl is not None and not (_finite(cache_ttl, 0) and cache_ttl > 0):  # type: ignore[operator]
+        raise PipelineError(f"{where}: cache_ttl={cache_ttl!r}; use seconds > 0, or None")
 
 
 def _whole(value: object, low: int, high: int) -> bool:

@@ -38,7 +38,7 @@ __all__ = [
     "schema_version",
 ]
 
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 7
 """Bump together with a new migration in pipeloom_observe.migrations."""
 
 VERSION_TABLE: Final = "pipeloom_schema"
@@ -50,6 +50,7 @@ PIPELOOM_TABLES: Final = (
     "task_attempts",
     "dead_letters",
     "task_logs",
+    "pipeloom_state",
     VERSION_TABLE,
 )
 
@@ -81,7 +82,8 @@ SCHEMA_STATEMENTS: Final[tuple[str, ...]] = (
         tasks_taken INTEGER,
         tasks_not_started INTEGER,
         tasks_skipped INTEGER NOT NULL DEFAULT 0,
-        stop_reason TEXT
+        stop_reason TEXT,
+        request TEXT
     )
     """,
     """
@@ -103,7 +105,10 @@ SCHEMA_STATEMENTS: Final[tuple[str, ...]] = (
         attempt INTEGER NOT NULL DEFAULT 1,
         stage TEXT,
         upstream_stage TEXT,
-        upstream_task_id INTEGER
+        upstream_task_id INTEGER,
+        fingerprint TEXT,
+        cached_from_run INTEGER,
+        cached_from_task INTEGER
     )
     """,
     "CREATE UNIQUE INDEX IF NOT EXISTS idx_task_runs_run_task ON task_runs (run_id, task_id)",
@@ -152,6 +157,18 @@ SCHEMA_STATEMENTS: Final[tuple[str, ...]] = (
     )
     """,
     "CREATE INDEX IF NOT EXISTS idx_task_logs_run_task ON task_logs (run_id, task_id)",
+    """
+    CREATE TABLE IF NOT EXISTS pipeloom_state (
+        pipeline TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        run_id INTEGER,
+        task_id INTEGER,
+        task_key TEXT,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (pipeline, key)
+    )
+    """,
     f"""
     CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (
         id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -240,7 +257,7 @@ _V2_COLUMNS: Final[dict[str, frozenset[str]]] = {
 """Columns every pipeloom table had at schema 2 (the last version kept in user_version)."""
 
 
-_ADDED_IN: Final[dict[str, int]] = {"task_logs": 4}
+_ADDED_IN: Final[dict[str, int]] = {"task_logs": 4, "pipeloom_state": 7}
 """Tables pipeloom creates only from a schema version on: in an older file such a table is
 an application's own, unless it has exactly pipeloom's columns (an interrupted upgrade)."""
 
@@ -248,6 +265,9 @@ _ADDED_COLUMNS: Final[dict[str, frozenset[str]]] = {
     "task_logs": frozenset(
         {"id", "run_id", "task_id", "attempt", "created_at", "level", "logger", "message"}
         | {"dropped"}
+    ),
+    "pipeloom_state": frozenset(
+        {"pipeline", "key", "value", "run_id", "task_id", "task_key", "updated_at"}
     ),
 }
 

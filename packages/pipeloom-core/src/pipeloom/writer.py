@@ -133,6 +133,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         workers: int | None = None,
         tasks_total: int | None = None,
         params: Mapping[str, Any] | None = None,
+        request: Mapping[str, Any] | None = None,
         synchronous: Synchronous = "NORMAL",
         batch_size: int = DEFAULT_BATCH_SIZE,
         commit_interval: float = DEFAULT_COMMIT_INTERVAL,
@@ -156,6 +157,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             workers: worker count, for the run row.
             tasks_total: how many tasks the run expects, if known.
             params: JSON-able parameters stored on the run row.
+            request: what the run was asked (rerun patterns, ...), JSON on the run row.
             synchronous: NORMAL (fast, safe from corruption) or FULL (survives power loss).
             batch_size: most messages applied in one transaction.
             commit_interval: longest wait for more messages before a small batch commits.
@@ -219,6 +221,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         self.workers = workers
         self.tasks_total = tasks_total
         self.params = dict(params or {})
+        self.request = dict(request or {})
         self.handlers: dict[type[Any], Handler] = {}
         for msg_type, fn in (handlers or {}).items():
             self.register(msg_type, fn)
@@ -370,6 +373,10 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         try:
             # Outside any transaction, so no rollback of a batch can take the table away.
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS pipeloom_mark (batch INTEGER)")
+            # Built-in handlers (pipeloom.state) read the run they write for from here.
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS pipeloom_run (id INTEGER)")
+            conn.execute("DELETE FROM temp.pipeloom_run")
+            conn.execute("INSERT INTO temp.pipeloom_run (id) VALUES (?)", (self.run_id,))
             if self.store_task_status:
                 prepare_task_sql(conn)
         except sqlite3.Error as exc:
@@ -427,6 +434,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             tasks_total=self.tasks_total,
             params=self.params,
             lease=self.lease,
+            request=self.request,
         )
         self._last_beat = time.monotonic()
         return run_id

@@ -434,6 +434,53 @@ def m006_stops_and_traceable_dead_letters(db: Database) -> None:
     )
 
 
+_V7_RUN_COLUMNS: Final = (("request", "TEXT"),)
+
+_V7_TASK_COLUMNS: Final = (
+    ("fingerprint", "TEXT"),
+    ("cached_from_run", "INTEGER"),
+    ("cached_from_task", "INTEGER"),
+)
+
+
+@migrations(name="m007_state_requests_and_cache")
+def m007_state_requests_and_cache(db: Database) -> None:
+    """Keep a pipeline's incremental state, what each run was asked, where cached work came from.
+
+    ``pipeloom_state`` holds one JSON value per (pipeline, key) and the run and task that
+    last set it; ``pipeline_runs`` gains ``request`` (rerun patterns, ``--from``, refresh,
+    a forced parameter change, as JSON); ``task_runs`` gains ``fingerprint`` (the input a
+    cached task was recognised by) and ``cached_from_run``/``cached_from_task`` (where a
+    cached task's result came from). Added, never rebuilt.
+    """
+    db.execute(
+        """
+        CREATE TABLE IF NOT EXISTS pipeloom_state (
+            pipeline TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            run_id INTEGER,
+            task_id INTEGER,
+            task_key TEXT,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (pipeline, key)
+        )
+        """
+    )
+    have = _columns(db, "pipeline_runs")
+    for column, kind in _V7_RUN_COLUMNS:
+        if column not in have:
+            db.execute(f"ALTER TABLE pipeline_runs ADD COLUMN {column} {kind}")
+    have = _columns(db, "task_runs")
+    for column, kind in _V7_TASK_COLUMNS:
+        if column not in have:
+            db.execute(f"ALTER TABLE task_runs ADD COLUMN {column} {kind}")
+    db.execute(
+        "INSERT INTO pipeloom_schema (id, version) VALUES (1, 7) "
+        "ON CONFLICT (id) DO UPDATE SET version = max(version, excluded.version)"
+    )
+
+
 def _refuse_unusable(conn: sqlite3.Connection, path: Path) -> None:
     """Refuse a file no migration may touch: not SQLite, a newer pipeloom, another's table."""
     try:

@@ -225,5 +225,13 @@ TABLES: Final[dict[str, dict[str, Any]]] = {
         "sort_desc": "id",
         "facets": ["msg_type"],
     },
+    "pipeloom_state": {
+        "description": (
+            "Each pipeline's incremental state (ctx.state.set): the JSON value of each key, "
+            "committed with the task that set it; run_id and task_key say which."
+        ),
+        "sort": "key",
+        "facets": ["pipeline"],
+    },
     "_sqlite_migrations": {"hidden": True},
 }

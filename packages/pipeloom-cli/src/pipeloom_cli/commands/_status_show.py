@@ -103,6 +103,10 @@ def _run_panel(run: RunInfo, db: Path) -> Table:
     rate = "-" if run.throughput is None else f"{run.throughput:,.1f} tasks/s"
     grid.add_row("throughput", rate)
     grid.add_row("workers", "-" if run.workers is None else str(run.workers))
+    given = run.params if isinstance(run.params, dict) else {}
+    values = ", ".join(f"{k}={v}" for k, v in sorted(given.items()) if k != "resumed_from")
+    if values:
+        grid.add_row("params", Text(printable(values)))
     grid.add_row("database", Text(printable(db)))
     return grid
 

@@ -53,12 +53,14 @@ def _run_pipeline_object(
     resume: bool | int,
     executor: Any,
     wait: bool,
+    asked: dict[str, Any],
 ) -> Any:
     if raw:
         names = ", ".join(raw)
+        given = " ".join(f"--param {k}={v}" for k, v in raw.items())
         raise UsageError(
-            f"--arg {names}: {target.label} is a pipeline; it takes --db, --workers and "
-            "--resume, not --arg"
+            f"--arg {names}: {target.label} is a pipeline; pass its parameters with --param "
+            f"({given}); it also takes --db, --workers and --resume"
         )
     # Without --db the pipeline writes to its own file; upgrade and name that one.
     own_db = getattr(target.obj, "db", None)
@@ -71,6 +73,7 @@ def _run_pipeline_object(
             workers=workers,
             resume=resume,
             summary_hint=observe_hint(effective),
+            **asked,
             **({"wait_for_live": True} if wait else {}),
             **({"executor": executor} if executor is not None else {}),
         )
@@ -86,8 +89,15 @@ def _run_function(
     resume: bool | int,
     executor: Any,
     wait: bool,
+    asked: dict[str, Any],
 ) -> Any:
     fn = target.obj
+    if asked:
+        options = ", ".join(sorted(_OPTION_OF[name] for name in asked))
+        raise UsageError(
+            f"{options}: {target.label} is a function; these options are for pipeline objects "
+            "(pass what the function needs with --arg key=value)"
+        )
     extra: dict[str, Any] = {}
     for option, name, value in (
         ("--db", "db", db),
@@ -116,6 +126,16 @@ def _run_function(
         raise CliError(
             f"{target.label} raised {type(exc).__name__}: {exc} (-vv shows the traceback)"
         ) from exc
+
+
+_OPTION_OF = {
+    "params": "--param",
+    "allow_param_change": "--allow-param-change",
+    "rerun": "--rerun",
+    "rerun_from": "--from",
+    "refresh": "--refresh",
+}
+"""The option that sets each `Pipeline.run` keyword, for error messages."""
 
 
 def run(
@@ -157,6 +177,45 @@ def run(
             help="With --resume: wait for a live run of the pipeline to end instead of refusing.",
         ),
     ] = False,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            metavar="NAME=VALUE",
+            help="A pipeline parameter, converted to its default's type; repeatable.",
+        ),
+    ] = None,
+    allow_param_change: Annotated[
+        bool,
+        typer.Option(
+            "--allow-param-change",
+            help="With --resume: resume although the run was made with other parameters.",
+        ),
+    ] = False,
+    rerun: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--rerun",
+            metavar="PATTERN",
+            help="Resume the latest run but run again the tasks matching a stage name, a task "
+            "key or a key glob (parse, parse:AA-*), and all that consume them; repeatable.",
+        ),
+    ] = None,
+    rerun_from: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            metavar="STAGE",
+            help="Resume the latest run but run STAGE and everything downstream again.",
+            show_default=False,
+        ),
+    ] = None,
+    refresh: Annotated[
+        bool,
+        typer.Option(
+            "--refresh", help="Run cached tasks (cache=True) even when an earlier run has them."
+        ),
+    ] = False,
     executor: ExecutorName = None,
     dask_address: DaskAddress = None,
     verbose: Verbose = 0,
@@ -172,6 +231,17 @@ def run(
     with user_errors(verbose):
         start_logging(verbose, log_file)
         raw = parse_arg_pairs(arg or [])
+        asked: dict[str, Any] = {}
+        if param:
+            asked["params"] = parse_arg_pairs(param, option="--param")
+        if allow_param_change:
+            asked["allow_param_change"] = True
+        if rerun:
+            asked["rerun"] = list(rerun)
+        if rerun_from is not None:
+            asked["rerun_from"] = rerun_from
+        if refresh:
+            asked["refresh"] = True
         loaded = load_target(target)
         resume_value: bool | int = resume_run if resume_run is not None else resume
         if wait and resume_value is False:
@@ -180,6 +250,6 @@ def run(
             prepare_for_write(db)
         runner = _run_pipeline_object if is_pipeline(loaded.obj) else _run_function
         chosen = choose_executor(executor, dask_address)
-        outcome = runner(loaded, raw, db, workers, resume_value, chosen, wait)
+        outcome = runner(loaded, raw, db, workers, resume_value, chosen, wait, asked)
     if isinstance(outcome, RunResult):
         raise typer.Exit(exit_code_for(outcome))

@@ -57,6 +57,18 @@ def status(
         ),
     ] = None,
     runs: Annotated[bool, typer.Option("--runs", help="List recent runs.")] = False,
+    state: Annotated[
+        bool,
+        typer.Option(
+            "--state",
+            help="Show each pipeline's stored state (ctx.state) and the run and task that "
+            "last set each key.",
+        ),
+    ] = False,
+    pipeline: Annotated[
+        str | None,
+        typer.Option("--pipeline", help="With --state: only this pipeline's.", show_default=False),
+    ] = None,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="table or json.")] = Format.table,
     limit: Annotated[
         int | None,
@@ -88,6 +100,19 @@ def status(
     """
     from pipeloom_cli.commands._status_show import show
 
+    if state or pipeline is not None:
+        from pipeloom_cli._errors import UsageError, user_errors
+        from pipeloom_cli.commands._status_state import show_state
+
+        with user_errors(verbose):
+            if not state:
+                raise UsageError("--pipeline chooses whose state --state shows; add --state")
+            if runs or task_ref is not None or watch or run_id is not None:
+                raise UsageError("--state shows the stored state; drop --runs/--task/--run/--watch")
+            if db_arg is not None and db_opt is not None and db_arg != db_opt:
+                raise UsageError(f"two databases given ({db_arg} and --db {db_opt}); pass one")
+            show_state(db_arg or db_opt or DEFAULT_DB, pipeline, fmt)
+        return
     watched = None
     if watch and task_ref is None and not runs:
         # Follow the run that is latest now, and exit with its outcome once it has ended.
