@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
 from pipeloom.errors import DatabaseError, SchemaOutdatedError
+from pipeloom.status import FAILED, sql_in
 
 __all__ = [
     "PIPELOOM_TABLES",
@@ -115,6 +116,10 @@ SCHEMA_STATEMENTS: Final[tuple[str, ...]] = (
     "CREATE INDEX IF NOT EXISTS idx_task_runs_status ON task_runs (status)",
     "CREATE INDEX IF NOT EXISTS idx_task_runs_key ON task_runs (task_key)",
     "CREATE INDEX IF NOT EXISTS idx_task_runs_finished ON task_runs (finished_at)",
+    # Failed tasks of a run, for observe's failure pages; partial, so writes of the tasks that
+    # succeed never touch it. Spelled as sql_in(FAILED) spells the set, so queries match it.
+    f"CREATE INDEX IF NOT EXISTS idx_task_runs_failed ON task_runs (run_id, finished_at) "
+    f"WHERE status IN {sql_in(FAILED)}",
     """
     CREATE TABLE IF NOT EXISTS task_attempts (
         id INTEGER PRIMARY KEY,
