@@ -326,7 +326,7 @@ def load(ctx: Context, path: str) -> int:
     _profiled()
     rows = read_flights(path)
     if os.environ.get(EMIT_ENV) == "many":
-        ctx.emit_many(rows)  # type: ignore[attr-defined,unused-ignore]
+        ctx.emit_many(rows)
     else:
         emit = ctx.emit
         for row in rows:

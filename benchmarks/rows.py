@@ -103,14 +103,14 @@ def emit_one_stream(ctx: Context, task: int) -> int:
 @pipe.task
 def emit_many(ctx: Context, task: int) -> int:
     """One ``ctx.emit_many`` per task (atomic)."""
-    ctx.emit_many(make_rows(task, ROWS_PER_TASK))  # type: ignore[attr-defined,unused-ignore]
+    ctx.emit_many(make_rows(task, ROWS_PER_TASK))
     return ROWS_PER_TASK
 
 
 @pipe.task(atomic=False)
 def emit_many_stream(ctx: Context, task: int) -> int:
     """One ``ctx.emit_many`` per task, streamed."""
-    ctx.emit_many(make_rows(task, ROWS_PER_TASK))  # type: ignore[attr-defined,unused-ignore]
+    ctx.emit_many(make_rows(task, ROWS_PER_TASK))
     return ROWS_PER_TASK
 
 
