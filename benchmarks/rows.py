@@ -11,7 +11,9 @@ applied by an ``executemany`` handler. Modes (each run in its own process, alter
 - ``many`` / ``many-stream``: the same with one ``ctx.emit_many(rows)`` per task;
 - ``proc-atomic`` / ``proc-many``: ``ctx.emit`` / ``ctx.emit_many`` on the process executor
   (2 workers): the rows are made in child processes and cross to the driver. Its line gives
-  the driver's CPU time per row (``driver_cpu_us_per_row``), all of the driver's threads.
+  the driver's CPU time per row (``driver_cpu_us_per_row``), all of the driver's threads;
+- ``dask-atomic`` / ``dask-many``: the same on a 2-worker LocalCluster (started before the
+  clock; its scheduler runs in the driver process, so its CPU counts as the driver's).
 
 Each run checks the table holds T x R rows and every task is ``done``. One JSON line per run,
 then a summary with medians and the ratio of each mode's rows/s to the hand-made loader's::
@@ -121,6 +123,8 @@ TASKS = {
     "many-stream": (emit_many_stream, "threads"),
     "proc-atomic": (emit_one, "processes"),
     "proc-many": (emit_many, "processes"),
+    "dask-atomic": (emit_one, "dask"),
+    "dask-many": (emit_many, "dask"),
 }
 
 
@@ -171,6 +175,30 @@ def run_hand(db: Path, tasks: int, rows: int) -> None:
     writer.join()
 
 
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run_dask(db: Path, workers: int | None) -> tuple[Any, float, float]:
+    """A run on a 2-worker LocalCluster started (and warmed) before the clock."""
+    from distributed import Client, LocalCluster
+
+    from pipeloom.executors import DaskExecutor
+
+    with (
+        LocalCluster(  # type: ignore[no-untyped-call]
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,  # type: ignore[no-untyped-call]
+    ):
+        client.run(lambda: None)
+        t0, cpu0 = time.perf_counter(), _cpu()
+        executor = DaskExecutor(client=client)
+        result = pipe.run(db=db, workers=workers, executor=executor, progress=False)
+        return result, time.perf_counter() - t0, _cpu() - cpu0
+
+
 def run_once(mode: str, tasks: int, rows: int, workers: int | None) -> dict[str, Any]:
     """One run in a fresh file; returns its JSON line."""
     with tempfile.TemporaryDirectory(prefix="pipeloom-rows-") as tmp:
@@ -180,21 +208,27 @@ def run_once(mode: str, tasks: int, rows: int, workers: int | None) -> dict[str,
             from _profile import install  # type: ignore[import-not-found]
 
             install(profile, f"rows-{mode}")
-        usage0 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu0 = _cpu()
         t0 = time.perf_counter()
         done = tasks
+        cpu: float | None = None
         if mode == "hand":
             run_hand(db, tasks, rows)
         else:
             task, executor = TASKS[mode]
             pipe._stages.clear()  # one mapping per run (a benchmark may reach in)
             pipe.map(task, range(tasks))
-            n = workers or (2 if executor == "processes" else 4)
-            result = pipe.run(db=db, workers=n, executor=executor, progress=False)
+            if executor == "dask":
+                result, wall, cpu = _run_dask(db, workers)
+            else:
+                n = workers or (2 if executor == "processes" else 4)
+                result = pipe.run(db=db, workers=n, executor=executor, progress=False)
+                wall = time.perf_counter() - t0
             done = result.counts.get("done", 0)
-        wall = time.perf_counter() - t0
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        cpu = usage.ru_utime + usage.ru_stime - usage0.ru_utime - usage0.ru_stime
+        if mode == "hand":
+            wall = time.perf_counter() - t0
+        if cpu is None:
+            cpu = _cpu() - cpu0
         conn = sqlite3.connect(db)
         try:
             (stored,) = conn.execute("SELECT count(*) FROM rows").fetchone()

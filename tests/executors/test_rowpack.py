@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import subprocess
+import sys
 from collections import namedtuple
 from dataclasses import dataclass
 from typing import Any, NamedTuple
+
+import pytest
 
 from pipeloom.executors._remote import pack, unpack
 from pipeloom.executors._rowpack import compact
@@ -115,3 +119,38 @@ def test_a_row_that_cannot_pickle_still_becomes_its_tasks_error_not_the_batchs()
 def test_the_fields_of_the_compact_form_match_the_dataclass() -> None:
     blob = pickle.dumps(compact([Frozen(i, "x") for i in range(10)]))
     assert [dataclasses.astuple(r) for r in pickle.loads(blob)] == [(i, "x", ()) for i in range(10)]
+
+
+def test_a_class_rebuilt_by_value_in_another_process_still_crosses_compact() -> None:
+    """Dask and notebooks send ``__main__`` classes by value; the copy has no real slots."""
+    pytest.importorskip("cloudpickle")
+    source = (
+        "import sys, cloudpickle\n"
+        "from dataclasses import dataclass\n"
+        "@dataclass(frozen=True, slots=True)\n"
+        "class Reading:\n"
+        "    sensor: str\n"
+        "    value: float\n"
+        "sys.stdout.buffer.write(cloudpickle.dumps(Reading))\n"
+    )
+    blob = subprocess.run([sys.executable, "-c", source], capture_output=True, check=True).stdout
+    reading = pickle.loads(blob)
+    rows = [reading(f"s{i}", i / 2) for i in range(12)]
+    assert type(compact(rows)).__name__ == "_Batch"
+    got = _cross(rows)
+    assert [(g.sensor, g.value) for g in got] == [(f"s{i}", i / 2) for i in range(12)]
+    assert all(type(g).__qualname__ == "Reading" for g in got)
+
+
+@dataclass(slots=True)
+class Guarded:
+    a: int
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value * 2)  # unpickling calls this: must be respected
+
+
+def test_a_slots_class_with_its_own_setattr_is_pickled_the_usual_way() -> None:
+    rows = [Guarded(i) for i in range(10)]  # a = 2 i
+    assert compact(rows) == rows
+    assert [g.a for g in _cross(rows)] == [4 * i for i in range(10)]  # set again on arrival
