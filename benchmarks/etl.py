@@ -269,7 +269,7 @@ def read_flights(path: str) -> list[Flight]:
 
 # -- the pipeline --------------------------------------------------------------------------
 
-pipe = Pipeline("flights", db="flights.db", workers=4, schema=schema)
+pipe = Pipeline("flights", db="flights.db", schema=schema)  # workers: per run (Dask: unset)
 pipe.register(Flight, upsert_flights)
 
 
