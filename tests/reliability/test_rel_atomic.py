@@ -432,3 +432,59 @@ def test_a_duplicate_key_names_the_second_of_the_two_rows(tmp_path: Path) -> Non
     assert "applied: MsgRow(file='twice', n=1, amount=1, attempt=1)" in message
     assert rows_of(db, "twice") == 0
     assert query(db, "SELECT count(*) FROM dead_letters") == [(6,)]
+
+
+@dataclass(frozen=True, slots=True)
+class MsgParent:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class MsgChild:
+    parent: str
+    n: int
+
+
+def family_schema(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS parents (name TEXT PRIMARY KEY)")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS children (parent TEXT NOT NULL REFERENCES parents (name), "
+        "n INTEGER NOT NULL)"
+    )
+
+
+def test_the_named_row_is_found_with_the_tasks_earlier_types_applied(tmp_path: Path) -> None:
+    """A child row needs the parents the same task sent first: the search applies them too."""
+    db = tmp_path / "family.db"
+
+    def save_parents(conn: sqlite3.Connection, msgs: list[MsgParent]) -> None:
+        conn.executemany("INSERT INTO parents VALUES (?)", [(m.name,) for m in msgs])
+
+    def save_children(conn: sqlite3.Connection, msgs: list[MsgChild]) -> None:
+        conn.executemany("INSERT INTO children VALUES (?, ?)", [(m.parent, m.n) for m in msgs])
+
+    pipe = Pipeline(
+        "family",
+        db=db,
+        schema=family_schema,
+        handlers={MsgParent: save_parents, MsgChild: save_children},
+    )
+
+    @pipe.task
+    def load(ctx: Context, name: str) -> int:
+        ctx.emit_many([MsgParent("ann"), MsgParent("bob")])
+        children = [MsgChild("ann" if n % 2 else "bob", n) for n in range(10)]
+        children[6] = MsgChild("eve", 6)  # no such parent: the foreign key fails here
+        ctx.emit_many(children)
+        return 12
+
+    pipe.map(load, ["family"])
+    result = pipe.run(progress=False)
+
+    assert result.counts == {"error": 1}
+    message = task_row(db, "family")[2]
+    assert "FOREIGN KEY constraint failed" in message
+    assert "rejected MsgChild output 9 of 12" in message  # not output 3, the first child
+    assert "applied: MsgChild(parent='eve', n=6)" in message
+    assert query(db, "SELECT count(*) FROM parents") == [(0,)]
+    assert query(db, "SELECT count(*) FROM dead_letters") == [(12,)]

@@ -44,7 +44,9 @@ def first_rejected(
         is_fatal: tells errors after which no write can succeed; those propagate.
 
     Returns:
-        The index of the row that broke it and the error it raised (None: no list).
+        The index of the row that broke it and the error it raised; None when there is
+        nothing to search or the rejection did not happen again (a handler that depends on
+        more than its rows).
     """
 
     def fails(k: int) -> BaseException | None:
@@ -66,11 +68,18 @@ def first_rejected(
     if not msgs or not conn.in_transaction:
         return None
     good, bad = 0, len(msgs)  # msgs[:good] is accepted, msgs[:bad] is rejected
+    confirmed = False
     while bad - good > 1:
         mid = (good + bad) // 2
         exc = fails(mid)
         if exc is None:
             good = mid
         else:
-            bad, error = mid, exc
+            bad, error, confirmed = mid, exc, True
+    if not confirmed:  # the whole list's failure was never reproduced here: check it once
+        again = fails(bad)
+        if again is None:
+            log.debug("a rejected batch of %d messages was accepted when tried again", len(msgs))
+            return None
+        error = again
     return bad - 1, error
