@@ -89,6 +89,8 @@ def test_a_finishs_outputs_cross_compact_and_come_back_as_a_tuple() -> None:
     assert got == finish and type(got.outputs) is tuple
     assert [type(o) for o in got.outputs] == [type(o) for o in outputs]
     assert compact([finish])[0].outputs is not outputs  # the copy sent carries the runs
+    as_list = MsgTaskFinished(8, "done", utc_now(), outputs=list(outputs))
+    assert _cross([as_list]) == [as_list]  # a list stays a list
 
 
 def test_what_the_encoding_cannot_carry_is_pickled_the_usual_way() -> None:

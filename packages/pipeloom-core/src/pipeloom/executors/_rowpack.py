@@ -161,7 +161,7 @@ def _finish(msg: MsgTaskFinished) -> MsgTaskFinished:
     if not packed:
         return msg
     clone = copy.copy(msg)
-    object.__setattr__(clone, "outputs", _Outputs(segments))
+    object.__setattr__(clone, "outputs", _Outputs(segments, type(outputs) is list))
     return clone
 
 
@@ -204,15 +204,16 @@ class _Batch:
 
 
 class _Outputs:
-    """A finish's outputs with runs of rows in them; unpickles as the tuple again."""
+    """A finish's outputs with runs of rows in them; unpickles as the tuple (or list) again."""
 
-    __slots__ = ("segments",)
+    __slots__ = ("as_list", "segments")
 
-    def __init__(self, segments: list[Any]) -> None:
+    def __init__(self, segments: list[Any], as_list: bool) -> None:
         self.segments = segments
+        self.as_list = as_list
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return _rebuild_outputs, (self.segments,)
+        return _rebuild_outputs, (self.segments, self.as_list)
 
 
 class _Run(list[Any]):
@@ -283,5 +284,6 @@ def rebuild_batch(segments: list[Any]) -> list[Any]:
     return _flatten(segments)
 
 
-def _rebuild_outputs(segments: list[Any]) -> tuple[Any, ...]:
-    return tuple(_flatten(segments))
+def _rebuild_outputs(segments: list[Any], as_list: bool = False) -> tuple[Any, ...] | list[Any]:
+    flat = _flatten(segments)
+    return flat if as_list else tuple(flat)
