@@ -292,6 +292,11 @@ def _profiled() -> None:
 
 
 def _dump_child() -> None:
+    """After each task: note this process's CPU time (and write its profile, if profiled)."""
+    if os.environ.get("_PIPELOOM_PROFILE_PID") != str(os.getpid()):
+        # A worker process: its CPU time so far, overwritten after each of its tasks.
+        (work_dir() / "cpu").mkdir(exist_ok=True)
+        (work_dir() / "cpu" / str(os.getpid())).write_text(str(time.process_time()))
     where = os.environ.get(PROFILE_ENV)
     if where and _child_profile is not None:
         _child_profile.disable()
@@ -406,12 +411,12 @@ def run_once(mode: str, workers: int | None, emit: str) -> dict[str, Any]:
         os.environ[EMIT_ENV] = emit
         db = Path(tmp) / "flights.db"
         profile = os.environ.get(PROFILE_ENV)
+        os.environ["_PIPELOOM_PROFILE_PID"] = str(os.getpid())  # the driver, not a worker
         t0 = time.perf_counter()
         usage0 = resource.getrusage(resource.RUSAGE_SELF)
         if profile:
             from _profile import install, main_thread  # type: ignore[import-not-found]
 
-            os.environ["_PIPELOOM_PROFILE_PID"] = str(os.getpid())
             install(profile, f"driver-{mode}")
             with main_thread(profile, f"driver-{mode}"):
                 out = run_loop(db) if mode == "loop" else run_pipe(mode, db, workers)
@@ -425,6 +430,9 @@ def run_once(mode: str, workers: int | None, emit: str) -> dict[str, Any]:
             (stored,) = conn.execute("SELECT count(*) FROM flights").fetchone()
         finally:
             conn.close()
+        # CPU time of the worker processes (processes, Dask), as each last noted it.
+        cpu_files = list((Path(tmp) / "cpu").glob("*"))
+        workers_cpu = sum(float(f.read_text()) for f in cpu_files)
     return {
         "bench": "etl",
         "mode": mode,
@@ -432,6 +440,7 @@ def run_once(mode: str, workers: int | None, emit: str) -> dict[str, Any]:
         "workers": workers if mode != "loop" else 1,
         "wall_s": round(wall, 3),
         "driver_cpu_s": round(cpu, 3),
+        "worker_processes_cpu_s": round(workers_cpu, 3) if cpu_files else None,
         "rows": stored,
         "rows_per_s": round(stored / wall),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
