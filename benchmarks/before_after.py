@@ -8,7 +8,8 @@ Usage::
 Runs this checkout's ``benchmarks/throughput.py`` with each checkout's own interpreter
 (``.venv/bin/python``), alternating before and after so load on a shared machine hits both
 alike, for 1,000 x 100 and 100,000 x 1 tasks. Prints one JSON line per run and one per case
-with the medians and the after/before ratio of messages per second.
+with the medians, the after/before ratio of messages per second and the median peak RSS.
+``ab.py`` does the same for the modes of ``rows.py`` and ``etl.py``.
 """
 
 from __future__ import annotations
@@ -48,10 +49,12 @@ def main() -> int:
     args = parser.parse_args()
     for tasks, steps in CASES:
         rates: dict[str, list[float]] = {"before": [], "after": []}
+        rss: dict[str, list[float]] = {"before": [], "after": []}
         for _ in range(args.runs):
             for label, tree in (("before", args.before), ("after", args.after)):
                 data = _run(tree.resolve(), tasks, steps)
                 rates[label].append(float(data["msgs_per_s"]))
+                rss[label].append(float(data["peak_rss_mb"]))
                 print(json.dumps({"side": label, **data}), flush=True)
         before = statistics.median(rates["before"])
         after = statistics.median(rates["after"])
@@ -64,6 +67,8 @@ def main() -> int:
                     "ratio": round(after / before, 3),
                     "before_range": [min(rates["before"]), max(rates["before"])],
                     "after_range": [min(rates["after"]), max(rates["after"])],
+                    "before_peak_rss_mb": statistics.median(rss["before"]),
+                    "after_peak_rss_mb": statistics.median(rss["after"]),
                 }
             ),
             flush=True,

@@ -144,17 +144,22 @@ def test_a_rejected_message_fails_its_task_and_leaves_none_of_its_rows(tmp_path:
     assert result.counts == {"done": 4, "error": 1}
     status, _, message, error = task_row(db, "bad")
     assert status == "error"
-    assert "handler upsert_rows rejected MsgRow messages" in message
+    assert "handler upsert_rows rejected MsgRow output 61 of 100" in message
     assert "CHECK constraint failed" in message
     assert "100 output messages dead-lettered" in message
     assert "IntegrityError" in error
     assert rows_of(db, "bad") == 0
     for name in ("a", "b", "c", "d"):
         assert rows_of(db, name) == 100
-    dead = query(db, "SELECT msg_type, payload, error FROM dead_letters")
+    # The row that broke it is named on the task and stored first; the rest point to it.
+    assert "rejected MsgRow output 61 of 100 (IntegrityError: CHECK" in message
+    assert "applied: MsgRow(file='bad', n=60, amount=-1, attempt=1)" in message
+    dead = query(db, "SELECT id, msg_type, payload, error FROM dead_letters ORDER BY id")
     assert len(dead) == 100
-    assert all(d[0].endswith("MsgRow") and '"bad"' in d[1] for d in dead)
-    assert all("upsert_rows" in d[2] for d in dead)
+    assert all(d[1].endswith("MsgRow") and '"bad"' in d[2] for d in dead)
+    assert all("upsert_rows" in d[3] for d in dead)
+    assert '"n": 60' in dead[0][2] and "this MsgRow (output 61 of 100) was rejected" in dead[0][3]
+    assert all(f"(dead letter {dead[0][0]})" in d[3] for d in dead[1:])
     assert result.messages == query(db, "SELECT messages FROM pipeline_runs")[0][0]
 
 
@@ -206,7 +211,9 @@ def test_one_bad_task_in_a_batch_costs_only_itself(tmp_path: Path) -> None:
     writer.join(10)
     writer.raise_if_failed()
 
-    assert calls == [30, 10, 10, 10]  # together first, then task by task
+    # Together first, then task by task; after task 2 failed, prefixes of its rows (5 pass, 7
+    # and 6 fail: its 6th row broke it), then task 3.
+    assert calls == [30, 10, 10, 5, 7, 6, 10]
     assert query(db, "SELECT file, count(*) FROM rows GROUP BY file") == [("t1", 10), ("t3", 10)]
     statuses = query(db, "SELECT task_id, status, result FROM task_runs ORDER BY task_id")
     assert statuses == [(1, "done", "r"), (2, "error", None), (3, "done", "r")]
@@ -397,3 +404,87 @@ def test_a_task_that_swallows_the_output_limit_still_fails(tmp_path: Path) -> No
     assert result.counts == {"error": 1}
     assert "max_outputs=3" in task_row(db, "greedy")[2]
     assert rows_of(db, "greedy") == 0
+
+
+def test_a_duplicate_key_names_the_second_of_the_two_rows(tmp_path: Path) -> None:
+    db = tmp_path / "dup.db"
+
+    def insert_only(conn: sqlite3.Connection, msgs: list[MsgRow]) -> None:
+        conn.executemany(
+            "INSERT INTO rows VALUES (?, ?, ?, ?)", [(m.file, m.n, m.amount, 1) for m in msgs]
+        )
+
+    pipe = Pipeline("dup", db=db, schema=schema, handlers={MsgRow: insert_only})
+
+    @pipe.task
+    def load(ctx: Context, name: str) -> int:
+        for n in (0, 1, 2, 3, 1, 4):  # n=1 twice: the 5th row breaks the primary key
+            ctx.emit(MsgRow(name, n, n))
+        return 6
+
+    pipe.map(load, ["twice"])
+    result = pipe.run(progress=False)
+
+    assert result.counts == {"error": 1}
+    message = task_row(db, "twice")[2]
+    assert "UNIQUE constraint failed: rows.file, rows.n" in message
+    assert "rejected MsgRow output 5 of 6 (IntegrityError: UNIQUE" in message
+    assert "applied: MsgRow(file='twice', n=1, amount=1, attempt=1)" in message
+    assert rows_of(db, "twice") == 0
+    assert query(db, "SELECT count(*) FROM dead_letters") == [(6,)]
+
+
+@dataclass(frozen=True, slots=True)
+class MsgParent:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class MsgChild:
+    parent: str
+    n: int
+
+
+def family_schema(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS parents (name TEXT PRIMARY KEY)")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS children (parent TEXT NOT NULL REFERENCES parents (name), "
+        "n INTEGER NOT NULL)"
+    )
+
+
+def test_the_named_row_is_found_with_the_tasks_earlier_types_applied(tmp_path: Path) -> None:
+    """A child row needs the parents the same task sent first: the search applies them too."""
+    db = tmp_path / "family.db"
+
+    def save_parents(conn: sqlite3.Connection, msgs: list[MsgParent]) -> None:
+        conn.executemany("INSERT INTO parents VALUES (?)", [(m.name,) for m in msgs])
+
+    def save_children(conn: sqlite3.Connection, msgs: list[MsgChild]) -> None:
+        conn.executemany("INSERT INTO children VALUES (?, ?)", [(m.parent, m.n) for m in msgs])
+
+    pipe = Pipeline(
+        "family",
+        db=db,
+        schema=family_schema,
+        handlers={MsgParent: save_parents, MsgChild: save_children},
+    )
+
+    @pipe.task
+    def load(ctx: Context, name: str) -> int:
+        ctx.emit_many([MsgParent("ann"), MsgParent("bob")])
+        children = [MsgChild("ann" if n % 2 else "bob", n) for n in range(10)]
+        children[6] = MsgChild("eve", 6)  # no such parent: the foreign key fails here
+        ctx.emit_many(children)
+        return 12
+
+    pipe.map(load, ["family"])
+    result = pipe.run(progress=False)
+
+    assert result.counts == {"error": 1}
+    message = task_row(db, "family")[2]
+    assert "FOREIGN KEY constraint failed" in message
+    assert "rejected MsgChild output 9 of 12" in message  # not output 3, the first child
+    assert "applied: MsgChild(parent='eve', n=6)" in message
+    assert query(db, "SELECT count(*) FROM parents") == [(0,)]
+    assert query(db, "SELECT count(*) FROM dead_letters") == [(12,)]

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeloom._culprit import first_rejected
 from pipeloom._fold import AppliedBatch, _Fold, _payload, _truncate, origin_of
 from pipeloom._registry import Handler, find_handler, unmatched_note
 from pipeloom._task_sql import upsert_tasks
@@ -81,10 +82,14 @@ class _Unit:
 class _Rejected(Exception):
     """A task's outputs could not be applied; carries the sentence for its error row."""
 
-    def __init__(self, reason: str, cause: BaseException | None) -> None:
+    def __init__(
+        self, reason: str, cause: BaseException | None, cls: type[Any] | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.cause = cause
+        self.cls = cls
+        """The message type whose handler rejected them (None: no handler, or not a handler)."""
 
 
 def apply_held(
@@ -153,7 +158,8 @@ class _HeldBatch:
             except Exception as exc:
                 self._raise_if_fatal(exc)
                 if isinstance(exc, _Rejected):
-                    self._fail(unit.finish, unit.outputs, exc.reason, exc.cause)
+                    culprit = self._culprit(unit, exc)
+                    self._fail(unit.finish, unit.outputs, exc.reason, exc.cause, culprit)
                 else:
                     reason = f"recording its finish failed ({exc_summary(exc)})"
                     self._fail(unit.finish, unit.outputs, reason, exc)
@@ -247,6 +253,7 @@ class _HeldBatch:
                 f"handler {name} rejected {cls.__name__} messages ({exc_summary(exc)}), so "
                 "none of the task's messages were applied",
                 exc,
+                cls,
             ) from exc
         if not self.conn.in_transaction:
             # The savepoints this relies on went with the transaction; going on would apply
@@ -255,6 +262,44 @@ class _HeldBatch:
                 f"handler {name} for {cls.__name__} committed or rolled back the writer's "
                 "transaction; a handler must leave transaction control to the writer"
             )
+
+    def _culprit(self, unit: _Unit, rejected: _Rejected) -> _Culprit | None:
+        """Find the row of ``unit`` that its handler rejected (see `_culprit`)."""
+        cls = rejected.cls
+        if cls is None or cls not in unit.groups:
+            return None
+        handler = find_handler(self.handlers, cls)
+        if handler is None:
+            return None
+        earlier = [(c, m) for c, m in unit.groups.items() if c is not cls]
+        earlier = earlier[: list(unit.groups).index(cls)]
+
+        def before() -> None:
+            for c, m in earlier:
+                self._call(c, m)
+
+        msgs = unit.groups[cls]
+        try:
+            found = first_rejected(
+                self.conn,
+                lambda part: handler(self.conn, part),
+                msgs,
+                rejected.cause or rejected,
+                before=before if earlier else None,
+                is_fatal=self.is_fatal,
+            )
+        except Exception as exc:
+            self._raise_if_fatal(exc)
+            log.warning("task %s: could not find the rejected row: %s", unit.finish.task_id, exc)
+            return None
+        if found is None:
+            return None
+        index, error = found
+        row = msgs[index]
+        name = getattr(handler, "__qualname__", None) or repr(handler)
+        # By identity: an equal row may come earlier (a duplicate key is the second of two).
+        position = next(i for i, out in enumerate(unit.outputs) if out is row)
+        return _Culprit(row, position, error, f"handler {name}")
 
     def _rollback(self) -> None:
         if self.conn.in_transaction:
@@ -267,8 +312,15 @@ class _HeldBatch:
         outputs: list[Any],
         reason: str,
         cause: BaseException | None,
+        culprit: _Culprit | None = None,
     ) -> None:
-        """Record the task ``error`` instead of ``done``; keep its outputs as dead letters."""
+        """Record the task ``error`` instead of ``done``; keep its outputs as dead letters.
+
+        With a ``culprit`` the row that broke it is named in the task's error and stored
+        first, with its own error; the other dead letters point to it.
+        """
+        if culprit is not None:
+            reason = culprit.reason(len(outputs))
         log.warning(
             "task %s: %s; it is recorded as error and its %s were dead-lettered",
             finish.task_id,
@@ -294,24 +346,48 @@ class _HeldBatch:
                 return
             self.conn.execute("RELEASE pipeloom_atomic")
         _merge(self.applied, fold.applied)
-        self._dead_letter(outputs, f"task {finish.task_id}: {reason}", finish)
+        self._dead_letter(outputs, f"task {finish.task_id}: {reason}", finish, culprit)
 
     def _dead_letter(
-        self, outputs: list[Any] | tuple[Any, ...], reason: str, finish: MsgTaskFinished
+        self,
+        outputs: list[Any] | tuple[Any, ...],
+        reason: str,
+        finish: MsgTaskFinished,
+        culprit: _Culprit | None = None,
     ) -> None:
-        """Keep ``outputs`` in ``dead_letters`` under their task and attempt (the caller logs)."""
+        """Keep ``outputs`` in ``dead_letters`` under their task and attempt (the caller logs).
+
+        The ``culprit`` goes first, with the handler's error for that row alone; the others
+        then name its dead letter's id.
+        """
         self.counts.dead += len(outputs)
         if not outputs or not self.store_tasks:
             return
         now = utc_now()
-        error = _truncate(reason)
         task_id, attempt = origin_of(finish)
-        self.conn.executemany(
+        sql = (
             "INSERT INTO dead_letters (run_id, task_id, attempt, created_at, msg_type, payload, "
-            "error) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "error) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        )
+        rest: list[Any] | tuple[Any, ...] = outputs
+        if culprit is not None:
+            m = culprit.row
+            own = (
+                f"task {task_id}: this {type(m).__name__} (output {culprit.position + 1} of "
+                f"{len(outputs)}) was rejected by {culprit.handler}: "
+                f"{exc_summary(culprit.error)}; the task's other outputs are dead letters too"
+            )
+            cur = self.conn.execute(
+                sql, (self.run_id, task_id, attempt, now, _type_name(type(m)), _payload(m), own)
+            )
+            reason = f"{reason} (dead letter {cur.lastrowid})"
+            rest = [o for i, o in enumerate(outputs) if i != culprit.position]
+        error = _truncate(reason)
+        self.conn.executemany(
+            sql,
             [
                 (self.run_id, task_id, attempt, now, _type_name(type(m)), _payload(m), error)
-                for m in outputs
+                for m in rest
             ],
         )
 
@@ -328,6 +404,30 @@ class _HeldBatch:
             for task_id, status, attempt in self.conn.execute(sql, (self.run_id, *chunk)):
                 found[int(task_id)] = (str(status), int(attempt))
         return found
+
+
+@dataclass(frozen=True, slots=True)
+class _Culprit:
+    """The output a handler rejected: the row, where it was among the task's outputs, why."""
+
+    row: Any
+    position: int
+    error: BaseException
+    handler: str
+
+    def reason(self, total: int) -> str:
+        """The task's error: the handler, which output, why, then the row (cut if long)."""
+        try:
+            text = repr(self.row)
+        except Exception as exc:  # a user __repr__ may raise
+            text = f"<{type(self.row).__name__}: repr failed: {exc_summary(exc)}>"
+        if len(text) > 200:
+            text = text[:197] + "..."
+        return (
+            f"{self.handler} rejected {type(self.row).__name__} output {self.position + 1:,} "
+            f"of {total:,} ({exc_summary(self.error)}), so none of the task's messages were "
+            f"applied: {text}"
+        )
 
 
 def _merge(into: AppliedBatch, part: AppliedBatch) -> None:

@@ -9,8 +9,9 @@ pickle).
 **The wire format** is here too, one for both executors, so that whatever cannot cross the
 process boundary becomes that task's ``error`` and never the run's:
 
-- `pack` (where the task ran) pickles a batch; an item that does not pickle is replaced by
-  an `Unsent` saying what it was and why.
+- `pack` (where the task ran) pickles a batch, runs of rows of one class as plain tuples
+  (`_rowpack`); an item that does not pickle is replaced by an `Unsent` saying what it was
+  and why.
 - `pack_outcome` pickles how a task ended and reads it back once when it carries a result
   (a stage result), so a value that pickles but cannot be unpickled (an exception whose
   ``__init__`` takes two arguments) is caught where it was made, naming its type.
@@ -35,6 +36,7 @@ from typing import Any
 
 from pipeloom._text import SUMMARY_CHARS, exc_summary, exc_text, storable
 from pipeloom.executors._base import TaskQueue, WorkerFn
+from pipeloom.executors._rowpack import compact
 from pipeloom.messages import MsgTaskFinished
 from pipeloom.tasklogs import enter_task, leave_task
 
@@ -372,7 +374,7 @@ def pack(items: list[Any], task_id: int | None = None, dumps: Dumps = dumps_back
         dumps: the pickler (Dask's falls back to cloudpickle).
     """
     try:
-        return dumps(items)
+        return dumps(compact(items))  # runs of rows as tuples: see _rowpack
     except Exception:
         return dumps([_sendable(item, task_id, dumps) for item in items])
 

@@ -1,0 +1,101 @@
+"""Tasks that emit rows in bulk (``ctx.emit_many``), at module level so worker processes and
+Dask workers import them. Two row types: a frozen slots dataclass and a ``NamedTuple``, the
+two kinds that cross a process as plain tuples."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from pipeloom import Context, Pipeline
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    file: str
+    n: int
+    amount: int
+    note: str | None = None
+
+
+class Pair(NamedTuple):
+    file: str
+    n: int
+
+
+def schema(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS rows (file TEXT NOT NULL, n INTEGER NOT NULL, "
+        "amount INTEGER NOT NULL CHECK (amount >= 0), note TEXT, PRIMARY KEY (file, n))"
+    )
+    conn.execute("CREATE TABLE IF NOT EXISTS pairs (file TEXT NOT NULL, n INTEGER NOT NULL)")
+
+
+batch_sizes: list[int] = []
+"""Sizes of the batches the row handler got (in the driver, where it runs)."""
+
+
+def save_rows(conn: sqlite3.Connection, msgs: list[Row]) -> None:
+    batch_sizes.append(len(msgs))
+    conn.executemany(
+        "INSERT INTO rows VALUES (?, ?, ?, ?)", [(m.file, m.n, m.amount, m.note) for m in msgs]
+    )
+
+
+def save_pairs(conn: sqlite3.Connection, msgs: list[Pair]) -> None:
+    assert all(type(m) is Pair for m in msgs), {type(m) for m in msgs}
+    conn.executemany("INSERT INTO pairs VALUES (?, ?)", msgs)  # a NamedTuple is a tuple
+
+
+def make_pipe(db: object, executor: object, **kwargs: object) -> Pipeline:
+    pipe = Pipeline(
+        "bulk",
+        db=db,  # type: ignore[arg-type]
+        schema=schema,
+        handlers={Row: save_rows, Pair: save_pairs},
+        executor=executor,  # type: ignore[arg-type]
+        **kwargs,  # type: ignore[arg-type]
+    )
+    return pipe
+
+
+pipe = Pipeline("bulk-tasks", db="unused.db")
+
+
+@pipe.task
+def load(ctx: Context, spec: tuple[str, int, int]) -> int:
+    """``spec`` = (file, rows, where): ``where`` >= 0 makes that row break the CHECK;
+    -2 raises after emitting everything (a failed attempt)."""
+    file, n, where = spec
+    rows = [Row(file, i, -1 if i == where else i, None if i % 3 else f"r{i}") for i in range(n)]
+    ctx.emit_many(rows)
+    ctx.emit_many(Pair(file, i) for i in range(n))
+    if where == -2:
+        raise ConnectionError(f"{file}: the source went away after {n} rows")
+    return n
+
+
+@pipe.task(max_outputs=50)
+def too_many(ctx: Context, spec: tuple[str, int, int]) -> int:
+    file, n, _ = spec
+    ctx.emit_many([Row(file, i, i) for i in range(n)])
+    return n
+
+
+@pipe.task(atomic=False)
+def stream(ctx: Context, spec: tuple[str, int, int]) -> int:
+    file, n, _ = spec
+    for start in range(0, n, 1_000):
+        ctx.emit_many([Row(file, i, i) for i in range(start, min(n, start + 1_000))])
+    return n
+
+
+@pipe.task
+async def load_async(ctx: Context, spec: tuple[str, int, int]) -> int:
+    return load.fn(ctx, spec)
+
+
+@pipe.task(atomic=False)
+async def stream_async(ctx: Context, spec: tuple[str, int, int]) -> int:
+    return stream.fn(ctx, spec)
