@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from pipeloom._text import printable
+from pipeloom._text import printable, storable
 from pipeloom.db import MEMORY, connect_readonly
 from pipeloom.errors import PipelineError
 from pipeloom.messages import utc_now
@@ -91,7 +91,8 @@ class TaskState:
         task_key: str | None,
     ) -> None:
         """Bind the state to one attempt (see the class)."""
-        self._pipeline = pipeline
+        # Stored as the run row stores its name: text SQLite can hold (no lone surrogates).
+        self._pipeline = storable(pipeline)
         self._snapshot = snapshot
         self._hold = hold
         self._task_id = task_id
@@ -103,7 +104,7 @@ class TaskState:
 
         A value this attempt set is not returned: it is not committed until the task is done.
         """
-        text = self._snapshot.get(key)
+        text = self._snapshot.get(storable(key)) if isinstance(key, str) else None
         if text is None:
             return default
         return json.loads(text)
@@ -134,6 +135,7 @@ class TaskState:
                 f"ctx.state.set({key!r}, ...): {len(text)} characters of JSON, more than "
                 f"{VALUE_MAX_CHARS}; state holds cursors and watermarks, keep data in tables"
             )
+        key = storable(key)
         self._pending[key] = text
         self._hold(MsgStateSet(self._pipeline, key, text, self._task_id, self._task_key))
 
@@ -203,7 +205,7 @@ def state_entries(conn: sqlite3.Connection, pipeline: str | None = None) -> Iter
     args: tuple[Any, ...] = ()
     if pipeline is not None:
         sql += " WHERE pipeline = ?"
-        args = (pipeline,)
+        args = (storable(pipeline),)
     for row in conn.execute(sql + " ORDER BY pipeline, key", args).fetchall():
         yield StateEntry(*row)
 
