@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from pipeloom import DatabaseError, TaskDef, run_pipeline
-from pipeloom._legacy import IMPORTED_RUN_NAME, is_original_layout, upgrade_original_layout
 from pipeloom.db import connect, init_schema
 from pipeloom.demo import DemoTask, demo_worker
+from pipeloom.record._legacy import IMPORTED_RUN_NAME, is_original_layout, upgrade_original_layout
 from tests.compat._compat_support import rows
 
 ORIGINAL_DDL = """

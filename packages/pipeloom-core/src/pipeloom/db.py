@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Literal, get_args
 
-from pipeloom._legacy import is_original_layout, upgrade_original_layout
 from pipeloom.errors import DatabaseError
+from pipeloom.record._legacy import is_original_layout, upgrade_original_layout
 from pipeloom.schema import check_schema, create_schema
 
 __all__ = [
@@ -321,7 +321,7 @@ def init_schema(
     """Create pipeloom's tables on a new file; accept a file that already has them.
 
     A file written by pipeloom 0.0.7 (its single-run ``task_runs``) is upgraded in place,
-    its rows kept as one run (see `pipeloom._legacy`).
+    its rows kept as one run (see `pipeloom.record._legacy`).
 
     Args:
         conn: a connection from `connect` (autocommit mode).

@@ -45,8 +45,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from pipeloom._control import RunEnd
-from pipeloom._fileid import pid_alive
-from pipeloom._fold import AppliedBatch
 from pipeloom._idset import IdSet
 from pipeloom._text import printable, storable
 from pipeloom._version import __version__
@@ -54,6 +52,8 @@ from pipeloom.db import connect_readonly, describe_error
 from pipeloom.errors import DatabaseError, SchemaOutdatedError
 from pipeloom.lease import STALE_SQL, owner_identity, provable_owner, stale_sql
 from pipeloom.messages import utc_now
+from pipeloom.record._fileid import pid_alive
+from pipeloom.record._fold import AppliedBatch
 from pipeloom.schema import SCHEMA_VERSION, inspect_schema
 from pipeloom.status import (
     ACTIVE,

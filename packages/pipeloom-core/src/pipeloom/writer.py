@@ -22,18 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipeloom._atomic import HeldCounts, apply_held, holds_outputs
 from pipeloom._control import Refused, RunEnd
-from pipeloom._fileid import FileIdentity
-from pipeloom._fold import (
-    AppliedBatch,
-    _Fold,
-    _payload,
-    origin_of,
-)
-from pipeloom._registry import Handler, HandlerRegistry, callable_name, find_handler
-from pipeloom._task_sql import prepare as prepare_task_sql
-from pipeloom._task_sql import upsert_tasks
 from pipeloom._text import storable
 from pipeloom.db import MEMORY, Synchronous, connect, init_schema, wal_checkpoint
 from pipeloom.errors import DatabaseError, WriterFailedError
@@ -61,6 +50,17 @@ from pipeloom.messages import (
 )
 from pipeloom.options import RunOptions
 from pipeloom.queue import MessageQueue
+from pipeloom.record._atomic import HeldCounts, apply_held, holds_outputs
+from pipeloom.record._fileid import FileIdentity
+from pipeloom.record._fold import (
+    AppliedBatch,
+    _Fold,
+    _payload,
+    origin_of,
+)
+from pipeloom.record._registry import Handler, HandlerRegistry, callable_name, find_handler
+from pipeloom.record._task_sql import prepare as prepare_task_sql
+from pipeloom.record._task_sql import upsert_tasks
 from pipeloom.status import FAILED
 from pipeloom.status import RUN_STATUSES as ALL_RUN_STATUSES
 from pipeloom.tasklogs import DEFAULT_TASK_LOG_LIMIT, TaskLogStore

@@ -7,8 +7,8 @@ import threading
 from collections.abc import Callable, Collection, Container, Mapping, MutableMapping
 from typing import Any
 
-from pipeloom._registry import registered_type, unmatched_note
 from pipeloom.messages import PIPELOOM_MESSAGES, MsgTaskProgress
+from pipeloom.record._registry import registered_type, unmatched_note
 from pipeloom.tasklogs import record_text, send_log, set_attempt
 
 __all__ = ["DEFAULT_MAX_OUTPUTS", "Context", "OutputLimitError", "TaskLog"]

@@ -19,9 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeloom._context import Context, OutputLimitError
-from pipeloom._retry import Outcome, TaskTimeoutError, backoff_delay, run_attempt
-from pipeloom._tasks import Handoff, Job
 from pipeloom._text import exc_summary, exc_text, result_text
 from pipeloom.executors import TaskQueue
 from pipeloom.executors.processes import attempt_deadline
@@ -33,6 +30,9 @@ from pipeloom.messages import (
     TaskDef,
     utc_now,
 )
+from pipeloom.pipeline._context import Context, OutputLimitError
+from pipeloom.pipeline._retry import Outcome, TaskTimeoutError, backoff_delay, run_attempt
+from pipeloom.pipeline._tasks import Handoff, Job
 from pipeloom.tasklogs import within_attempt
 
 if TYPE_CHECKING:

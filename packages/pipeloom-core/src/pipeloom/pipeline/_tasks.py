@@ -18,14 +18,14 @@ from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pipeloom._keys import item_key, label
 from pipeloom._text import exc_summary, exc_text
 from pipeloom.errors import PipelineError
 from pipeloom.messages import TaskDef
+from pipeloom.pipeline._keys import item_key, label
 
 if TYPE_CHECKING:
-    from pipeloom._resume import Previous
     from pipeloom.pipeline import Task
+    from pipeloom.pipeline._resume import Previous
 
 __all__ = ["Flow", "Handoff", "Job", "Plan", "Stage", "plan_stages"]
 

@@ -33,19 +33,19 @@ from typing import Any, Generic, TypeVar, overload
 
 from rich.console import Console
 
-from pipeloom._context import DEFAULT_MAX_OUTPUTS, Context, OutputLimitError
-from pipeloom._keys import KEY_MAX_CHARS, item_key
-from pipeloom._registry import Handler, HandlerRegistry
-from pipeloom._resume import open_previous
-from pipeloom._retry import TaskTimeoutError
-from pipeloom._runner import Runner
-from pipeloom._tasks import Flow, Stage, plan_stages, task_stream
 from pipeloom._text import RESULT_MAX_CHARS
 from pipeloom._text import result_text as to_result
 from pipeloom.engine import MAX_WORKERS, RunResult, run_pipeline
 from pipeloom.errors import PipelineError
 from pipeloom.executors import Executor
 from pipeloom.options import RunOptions
+from pipeloom.pipeline._context import DEFAULT_MAX_OUTPUTS, Context, OutputLimitError
+from pipeloom.pipeline._keys import KEY_MAX_CHARS, item_key
+from pipeloom.pipeline._resume import open_previous
+from pipeloom.pipeline._retry import TaskTimeoutError
+from pipeloom.pipeline._runner import Runner
+from pipeloom.pipeline._tasks import Flow, Stage, plan_stages, task_stream
+from pipeloom.record._registry import Handler, HandlerRegistry
 from pipeloom.writer import SchemaFn
 
 __all__ = [
