@@ -12,7 +12,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from pipeloom.engine import TaskQueue
+from pipeloom.executors import TaskQueue
 from pipeloom.messages import MsgTaskFinished, MsgTaskProgress, MsgTaskStarted, TaskDef, utc_now
 
 __all__ = ["DEFAULT_DELAY", "DemoTask", "demo_worker"]

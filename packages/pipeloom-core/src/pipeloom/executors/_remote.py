@@ -234,7 +234,7 @@ def dumps_by_value(obj: Any) -> bytes:
     """
     import cloudpickle  # type: ignore[import-untyped]
 
-    from pipeloom.pipeline import Task
+    from pipeloom.pipeline._task import Task
 
     class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         def reducer_override(self, obj: Any) -> Any:

@@ -36,7 +36,8 @@ from pipeloom.pipeline._tasks import Handoff, Job
 from pipeloom.tasklogs import within_attempt
 
 if TYPE_CHECKING:
-    from pipeloom.pipeline import Pipeline, Task
+    from pipeloom.pipeline import Pipeline
+    from pipeloom.pipeline._task import Task
 
 __all__ = ["Runner"]
 

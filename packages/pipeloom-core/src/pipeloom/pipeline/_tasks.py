@@ -24,8 +24,8 @@ from pipeloom.messages import TaskDef
 from pipeloom.pipeline._keys import item_key, label
 
 if TYPE_CHECKING:
-    from pipeloom.pipeline import Task
     from pipeloom.pipeline._resume import Previous
+    from pipeloom.pipeline._task import Task
 
 __all__ = ["Flow", "Handoff", "Job", "Plan", "Stage", "plan_stages"]
 
