@@ -36,7 +36,7 @@ import shlex
 import socket
 import sqlite3
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -49,7 +49,12 @@ from pipeloom._idset import IdSet
 from pipeloom._text import printable, storable
 from pipeloom._version import __version__
 from pipeloom.db import connect_readonly, describe_error
-from pipeloom.errors import DatabaseError, SchemaOutdatedError
+from pipeloom.errors import (
+    HistoryError,
+    RunNotFoundError,
+    SchemaOutdatedError,
+    TaskNotFoundError,
+)
 from pipeloom.lease import STALE_SQL, owner_identity, provable_owner, stale_sql
 from pipeloom.messages import utc_now
 from pipeloom.record._fileid import pid_alive
@@ -452,47 +457,6 @@ class LiveCounts:
 
 
 # -- Reading ------------------------------------------------------------------------------
-
-
-class HistoryError(DatabaseError):
-    """The file holds no run history this pipeloom can read (or not the run or task asked)."""
-
-
-class RunNotFoundError(HistoryError, LookupError):
-    """A run id that is not in the file; ``first`` and ``last`` are the ids that are."""
-
-    def __init__(self, run_id: int, first: int | None, last: int | None) -> None:
-        """Name the missing run and the ids there are."""
-        self.run_id, self.first, self.last = run_id, first, last
-        self.have = f"its runs are {first}..{last}" if first is not None else "it holds no runs"
-        """The ids there are, as words for a message."""
-        super().__init__(f"run {run_id} is not in this file; {self.have}")
-
-
-class TaskNotFoundError(HistoryError, LookupError):
-    """A task id or key that is not in a run.
-
-    ``first`` and ``last`` are the run's task ids; ``matches`` the keys (or names) closest to
-    a key that was asked for, best first.
-    """
-
-    def __init__(
-        self,
-        run_id: int,
-        task_id: int | str,
-        first: int | None,
-        last: int | None,
-        matches: Sequence[str] = (),
-    ) -> None:
-        """Name the missing task, its run, the keys closest to it and the task ids there are."""
-        self.run_id, self.task_id, self.first, self.last = run_id, task_id, first, last
-        self.matches = list(matches)
-        ids = f"its task ids are {first}..{last}" if first is not None else "it has no tasks"
-        close = ", ".join(printable(m) for m in self.matches)
-        self.have = f"close matches: {close}; {ids}" if self.matches else ids
-        """The closest keys and the run's task ids, as words for a message."""
-        asked = task_id if isinstance(task_id, int) else repr(printable(task_id))
-        super().__init__(f"task {asked} is not in run {run_id}; {self.have}")
 
 
 def _parse_time(text: str | None) -> datetime | None:

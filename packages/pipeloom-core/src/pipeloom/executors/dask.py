@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeloom._text import exc_summary, exc_text
-from pipeloom.errors import ExecutorFailedError, WriterFailedError
+from pipeloom.errors import DaskUnavailableError, ExecutorFailedError, WriterFailedError
 from pipeloom.executors._base import Completions, Executor, Sink, WorkerFn
 from pipeloom.executors._remote import (
     BatchingSink,
@@ -79,10 +79,6 @@ _SCHEDULER_LOST = "scheduler-connection-lost"
 _CLIENT_DOWN = ("connecting", "closing", "closed")
 """``Client.status`` values once the scheduler connection is gone."""
 """Loggers whose level stays the worker's own: they are the cluster's, not the tasks'."""
-
-
-class DaskUnavailableError(ImportError):
-    """``executor="dask"`` was asked for without the ``dask`` extra installed."""
 
 
 def _import_distributed() -> Any:

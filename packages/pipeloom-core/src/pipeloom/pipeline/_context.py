@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Collection, Container, Mapping, MutableMapping
 from typing import Any
 
+from pipeloom.errors import OutputLimitError
 from pipeloom.messages import PIPELOOM_MESSAGES, MsgTaskProgress
 from pipeloom.record._registry import registered_type, unmatched_note
 from pipeloom.tasklogs import record_text, send_log, set_attempt
@@ -15,10 +16,6 @@ __all__ = ["DEFAULT_MAX_OUTPUTS", "Context", "OutputLimitError", "TaskLog"]
 
 DEFAULT_MAX_OUTPUTS = 100_000
 """Most messages one atomic attempt may hold before its finish; past it the attempt fails."""
-
-
-class OutputLimitError(RuntimeError):
-    """An atomic task emitted more messages than it may hold in memory before its finish."""
 
 
 log = logging.getLogger("pipeloom.pipeline")
