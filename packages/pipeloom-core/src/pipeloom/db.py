@@ -20,6 +20,7 @@ from pipeloom.record._legacy import is_original_layout, upgrade_original_layout
 from pipeloom.schema import check_schema, create_schema
 
 __all__ = [
+    "DEFAULT_DB",
     "MEMORY",
     "Synchronous",
     "check_existing",
@@ -34,6 +35,8 @@ __all__ = [
 
 log = logging.getLogger("pipeloom.db")
 
+DEFAULT_DB = "pipeloom.db"
+"""The run database's file name where a call names none (``run_pipeline``, `Pipeline`)."""
 MEMORY = ":memory:"
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
@@ -75,7 +78,7 @@ def _refuse_special(path: Path, info: os.stat_result) -> None:
     if stat.S_ISDIR(info.st_mode):
         raise DatabaseError(
             f"{path}: is a directory, not a database file; pass a file path such as "
-            f"{path / 'pipeloom.db'}"
+            f"{path / DEFAULT_DB}"
         )
     if not stat.S_ISREG(info.st_mode):
         kind = _KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")

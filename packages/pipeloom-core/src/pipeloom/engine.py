@@ -22,9 +22,10 @@ from typing import Any
 from rich.console import Console
 
 from pipeloom._admission import FollowUp, Run, check_ids
+from pipeloom._compat import DEFAULT_WORKER, argument_order
 from pipeloom._stopping import InterruptHandler
 from pipeloom._text import exc_summary
-from pipeloom.db import Synchronous
+from pipeloom.db import DEFAULT_DB, Synchronous
 from pipeloom.errors import (
     DatabaseError,
     ExecutorFailedError,
@@ -90,35 +91,10 @@ def _check_arguments(
     return workers
 
 
-def _resolve_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Iterable[Any], Any]:
-    """Accept both ``run_pipeline(tasks, db_path)`` and the older ``(db_path, tasks)``."""
-    if len(args) > 2:
-        raise TypeError(
-            f"run_pipeline takes tasks and db_path positionally ({len(args)} given); "
-            "pass the rest as keywords"
-        )
-    tasks = kwargs.pop("tasks", None)
-    db_path = kwargs.pop("db_path", None)
-    positional = list(args)
-    if positional and isinstance(positional[0], str | os.PathLike):
-        # Older form: run_pipeline(Path("etl.db"), tasks, ...)
-        db_path = positional.pop(0) if db_path is None else db_path
-        if positional:
-            tasks = positional.pop(0)
-    else:
-        if positional:
-            tasks = positional.pop(0)
-        if positional:
-            db_path = positional.pop(0)
-    if tasks is None:
-        raise TypeError("run_pipeline needs tasks: an iterable of TaskDef (a list or generator)")
-    if isinstance(tasks, str | bytes | os.PathLike):
-        raise TypeError(f"tasks must be an iterable of TaskDef, got {type(tasks).__name__}")
-    return tasks, Path("./pipeloom.db") if db_path is None else db_path
-
-
 def run_pipeline(
-    *args: Any,
+    tasks: Iterable[Any],
+    db_path: str | Path = DEFAULT_DB,
+    *,
     worker_fn: WorkerFn | None = None,
     workers: int | None = None,
     wal: bool = True,
@@ -142,15 +118,15 @@ def run_pipeline(
     task_log_limit: int = DEFAULT_TASK_LOG_LIMIT,
     options: RunOptions | None = None,
     follow_up: FollowUp | None = None,
-    **kw: Any,
 ) -> RunResult:
     """Run ``worker_fn(task, msg_q)`` for every task, persisting through one writer thread.
 
-    Called as ``run_pipeline(tasks, db_path=Path("./pipeloom.db"), *, worker_fn, ...)``; the
-    older ``run_pipeline(db_path, tasks, ...)`` form also works.
+    0.0.7's order, ``run_pipeline(db_path, tasks, ...)``, also works (`pipeloom._compat`).
 
     Args:
-        *args: ``tasks`` and ``db_path`` positionally, in either order.
+        tasks: the task source: a list, or any iterable (a generator may be endless); each
+            task is handed to ``worker_fn``.
+        db_path: the run database; created when missing, ``":memory:"`` for a throwaway run.
         worker_fn: does one task; sends Started/Progress/Finished on ``msg_q`` (default:
             `pipeloom.demo.demo_worker`, which simulates work, as in 0.0.7). If it raises,
             the task is recorded as ``error`` with the traceback; if it returns without a
@@ -190,7 +166,6 @@ def run_pipeline(
         follow_up: ``follow_up(task, returned)`` is called as each task completes, with what
             ``worker_fn`` returned (None when it raised); the tasks it returns are admitted
             before any further task from the source. `pipeloom.Pipeline` stages use it.
-        **kw: ``tasks=`` and ``db_path=`` by keyword.
 
     Returns:
         A `RunResult`; Ctrl-C gives ``status="cancelled"`` rather than an exception. Tasks
@@ -207,10 +182,7 @@ def run_pipeline(
             committed before stays.
         ExecutorFailedError: the executor could not start (the run is recorded ``error``).
     """
-    unknown = set(kw) - {"tasks", "db_path"}
-    if unknown:
-        raise TypeError(f"run_pipeline got unexpected keyword(s): {', '.join(sorted(unknown))}")
-    tasks, db_path = _resolve_call(args, kw)
+    tasks, db_path = argument_order(tasks, db_path)
     if options is not None:
         given = {
             "wal": wal,
@@ -233,9 +205,7 @@ def run_pipeline(
         lease, listeners = options.lease, options.listeners
         task_log_limit = options.task_log_limit
     if worker_fn is None:
-        from pipeloom.demo import demo_worker  # demo imports this module
-
-        worker_fn = demo_worker
+        worker_fn = DEFAULT_WORKER
     if isinstance(tasks, list | tuple):
         check_ids(tasks)
     total = len(tasks) if isinstance(tasks, Sized) else None

@@ -32,6 +32,7 @@ from rich.console import Console
 
 from pipeloom._text import RESULT_MAX_CHARS
 from pipeloom._text import result_text as to_result
+from pipeloom.db import DEFAULT_DB
 from pipeloom.engine import MAX_WORKERS, RunResult, run_pipeline
 from pipeloom.errors import PipelineError
 from pipeloom.executors import Executor
@@ -95,7 +96,7 @@ class Pipeline(HandlerRegistry):
     def __init__(
         self,
         name: str,
-        db: str | Path = "pipeloom.db",
+        db: str | Path = DEFAULT_DB,
         workers: int | None = None,
         *,
         handlers: Mapping[type[Any], Handler] | None = None,
