@@ -26,14 +26,6 @@ from pipeloom._control import Refused, RunEnd
 from pipeloom._text import storable
 from pipeloom.db import MEMORY, Synchronous, connect, init_schema, wal_checkpoint
 from pipeloom.errors import DatabaseError, WriterFailedError
-from pipeloom.history import (
-    LiveCounts,
-    beat,
-    close_run,
-    insert_run,
-    interrupt_run,
-    mark_dead_runs,
-)
 from pipeloom.lease import (
     DEFAULT_LEASE_S,
     heartbeat_every,
@@ -59,6 +51,14 @@ from pipeloom.record._fold import (
     origin_of,
 )
 from pipeloom.record._registry import Handler, HandlerRegistry, callable_name, find_handler
+from pipeloom.record._runs import (
+    LiveCounts,
+    beat,
+    close_run,
+    insert_run,
+    interrupt_run,
+    mark_dead_runs,
+)
 from pipeloom.record._task_sql import prepare as prepare_task_sql
 from pipeloom.record._task_sql import upsert_tasks
 from pipeloom.status import FAILED
