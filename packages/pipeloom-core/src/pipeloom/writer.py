@@ -61,8 +61,7 @@ from pipeloom.record._runs import (
 )
 from pipeloom.record._task_sql import prepare as prepare_task_sql
 from pipeloom.record._task_sql import upsert_tasks
-from pipeloom.status import FAILED
-from pipeloom.status import RUN_STATUSES as ALL_RUN_STATUSES
+from pipeloom.status import ENDED_RUN_STATUSES, FAILED
 from pipeloom.tasklogs import DEFAULT_TASK_LOG_LIMIT, TaskLogStore
 
 __all__ = [
@@ -75,9 +74,6 @@ __all__ = [
 log = logging.getLogger("pipeloom.writer")
 
 SchemaFn = Callable[[sqlite3.Connection], None]
-
-RUN_STATUSES = tuple(s for s in ALL_RUN_STATUSES if s != "running")
-"""What a bare writer's owner may say a run ended as (`MsgRunFinished`)."""
 DEFAULT_BATCH_SIZE = 5_000
 """Most messages applied in one transaction."""
 DEFAULT_COMMIT_INTERVAL = 0.02
@@ -736,13 +732,15 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             self._uncounted += 1  # the engine's bookkeeping, not a message anybody sent
         elif cls is Refused:
             dead.append((msg.msg, msg.reason))
-        elif type(msg.status) is str and msg.status in RUN_STATUSES:
+        elif type(msg.status) is str and msg.status in ENDED_RUN_STATUSES:
             # A bare writer's owner may say the run was stopped; whether it is done is
             # decided from the rows (decide_run_status), never taken on someone's word.
             if msg.status in ("cancelled", "interrupted"):
                 self._stop_hint = msg.status
         else:
-            reason = f"run status {_payload(msg.status)} is not one of {', '.join(RUN_STATUSES)}"
+            reason = (
+                f"run status {_payload(msg.status)} is not one of {', '.join(ENDED_RUN_STATUSES)}"
+            )
             dead.append((msg, reason))
 
     def _apply_lifecycle(

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeloom._text import exc_summary, exc_text, result_text
+from pipeloom._text import SUMMARY_CHARS, exc_summary, exc_text, result_text
 from pipeloom.executors import TaskQueue
 from pipeloom.executors.processes import attempt_deadline
 from pipeloom.messages import (
@@ -42,8 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["Runner"]
 
 log = logging.getLogger("pipeloom.pipeline")
-
-_SUMMARY_CHARS = 500
 
 
 class _TaskFailedError(Exception):
@@ -150,7 +148,7 @@ class Runner:
             )
             return None
         if job.problem is not None:
-            summary = job.problem.strip().splitlines()[-1][:_SUMMARY_CHARS]
+            summary = job.problem.strip().splitlines()[-1][:SUMMARY_CHARS]
             q.put(
                 MsgTaskFinished(
                     task.task_id,
@@ -333,7 +331,7 @@ class Runner:
         if discarded:
             notes.append(f"{_discarded_text(discarded)} of this attempt discarded")
         note = f" ({'; '.join(notes)})" if notes else ""
-        summary = exc_summary(outcome.exc, _SUMMARY_CHARS - len(note)) + note
+        summary = exc_summary(outcome.exc, SUMMARY_CHARS - len(note)) + note
         q.put(
             MsgTaskFinished(
                 task.task_id,
