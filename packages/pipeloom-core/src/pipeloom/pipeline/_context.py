@@ -137,8 +137,11 @@ class Context:
             {"task": name, "task_id": task_id, "task_key": key, "attempt": attempt},
             store,
         )
+        """A logger whose lines carry the task's name, id, key and attempt: ``ctx.log.info(...)``.
+
+        Its records go to the console (prefixed ``[task name]``) and to the task's
+        ``task_logs`` rows."""
         set_attempt(attempt)  # the user's own logging calls in this attempt carry it too
-        """A logger whose lines carry the task's name, id, key and attempt."""
         self._last_total: int | None = None
         self._put = put
         self._handled = handled
