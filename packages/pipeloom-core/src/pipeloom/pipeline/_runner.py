@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeloom._text import SUMMARY_CHARS, exc_summary, exc_text, result_text
 from pipeloom.executors import TaskQueue
-from pipeloom.executors.processes import attempt_deadline
+from pipeloom.executors._deadline import attempt_deadline
 from pipeloom.messages import (
     MsgTaskAttempt,
     MsgTaskFinished,
