@@ -632,27 +632,13 @@ class TaskChanges:
         return [(int(row[0]), TaskInfo(*row[1:])) for row in self.conn.execute(sql, params)]
 
 
-_MOVED = frozenset(
-    {
-        "ClosedRun",
-        "FAILED_SAMPLE",
-        "LiveCounts",
-        "beat",
-        "close_run",
-        "dead_runs",
-        "insert_run",
-        "interrupt_run",
-        "mark_dead_runs",
-        "store_counts",
-    }
-)
-"""What the writer calls to write run rows, once defined here; now in `pipeloom.record._runs`."""
-
-
 def __getattr__(name: str) -> Any:
-    """Keep ``pipeloom.history.insert_run`` (and the other run-row writers) importable."""
-    if name in _MOVED:
-        from pipeloom.record import _runs
+    """Keep ``pipeloom.history.insert_run`` and the other run-row writers importable.
 
+    They were defined here before the writer's half moved to `pipeloom.record._runs`.
+    """
+    from pipeloom.record import _runs
+
+    if name in _runs.__all__:
         return getattr(_runs, name)
     raise AttributeError(f"module 'pipeloom.history' has no attribute {name!r}")
