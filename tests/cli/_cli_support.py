@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipeloom import MsgTaskProgress, TaskDef, TaskQueue, run_pipeline
 from pipeloom.engine import RunResult
-from tests._db import rows
+from tests._harness import rows
 
 query = rows
 """Kept under the name these tests use."""

@@ -21,7 +21,7 @@ from pipeloom import (
     SQLiteWriter,
     run_pipeline,
 )
-from tests._db import scratch_dir
+from tests._harness import scratch_dir
 
 from .conftest import rows
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._db import query as query
+from tests._harness import query as query
 
 CHILD = Path(__file__).with_name("rel_child.py")
 

@@ -19,7 +19,7 @@ from pipeloom import Context, Pipeline
 from pipeloom.schema import RUNS_SELECT
 from pipeloom.status import STOP_TEXT
 from pipeloom_cli.app import app
-from tests._db import query
+from tests._harness import query
 
 runner = CliRunner()
 ITEMS = list(range(1, 13))
