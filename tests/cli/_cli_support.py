@@ -6,26 +6,12 @@ import sqlite3
 import textwrap
 from pathlib import Path
 
-from pipeloom import MsgTaskProgress, TaskDef, TaskQueue, run_pipeline
-from pipeloom.engine import RunResult
-from tests._db import rows
+from tests._harness import make_run, rows
+
+__all__ = ["PIPELINE_FILE", "make_run", "make_seed_layout", "query", "write"]
 
 query = rows
 """Kept under the name these tests use."""
-
-
-def _worker(task: TaskDef, q: TaskQueue) -> None:
-    q.put(MsgTaskProgress(task.task_id, 1, 2, "half"))
-    if task.payload == "fail":
-        raise ValueError(f"{task.name} broke")
-
-
-def make_run(db: Path, n: int = 5, failing: tuple[int, ...] = ()) -> RunResult:
-    """Record one finished run of ``n`` tasks in ``db``; the ids in ``failing`` fail."""
-    tasks = [
-        TaskDef(i, f"job-{i}", payload="fail" if i in failing else None) for i in range(1, n + 1)
-    ]
-    return run_pipeline(tasks, db, worker_fn=_worker, progress=False, run_name="fixture")
 
 
 def write(path: Path, code: str) -> Path:

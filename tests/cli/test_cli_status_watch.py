@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from pipeloom import TaskDef, TaskQueue, run_pipeline
 from pipeloom_cli.app import app
-from tests._db import rows
+from tests._harness import rows
 from tests.e2e._cli_e2e_support import clean_env, pipeloom_command
 
 runner = CliRunner()

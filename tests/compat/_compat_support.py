@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from tests._db import rows as rows
+from tests._harness import rows as rows
 
 
 def run_script(code: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:

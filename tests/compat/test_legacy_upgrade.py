@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from pipeloom import DatabaseError, TaskDef, run_pipeline
-from pipeloom._legacy import IMPORTED_RUN_NAME, is_original_layout, upgrade_original_layout
 from pipeloom.db import connect, init_schema
 from pipeloom.demo import DemoTask, demo_worker
+from pipeloom.record._legacy import IMPORTED_RUN_NAME, is_original_layout, upgrade_original_layout
 from tests.compat._compat_support import rows
 
 ORIGINAL_DDL = """
@@ -55,7 +55,8 @@ OLD_ROWS = [
 def test_a_run_on_an_original_file_upgrades_it_and_keeps_its_rows(tmp_path: Path) -> None:
     db = original_file(tmp_path / "wal_demo.db", OLD_ROWS)
     tasks = [DemoTask(task_id=i, name=f"task-{i}", steps=2, delay=0) for i in range(1, 3)]
-    result = run_pipeline(db, tasks, worker_fn=demo_worker, progress=False)
+    # 0.0.7's argument order runs unchanged; the typed signature is (tasks, db_path).
+    result = run_pipeline(db, tasks, worker_fn=demo_worker, progress=False)  # type: ignore[arg-type]
     assert result.ok and result.run_id == 2
     assert rows(
         db, "SELECT id, name, status, tasks_total, tasks_done, tasks_error FROM pipeline_runs"

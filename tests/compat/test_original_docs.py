@@ -108,8 +108,14 @@ def test_store_task_status_false_leaves_the_file_to_the_user(tmp_path: Path) -> 
     # README.md: "Pass store_task_status=False if you don't want the task_runs table."
     db_path = tmp_path / "mine.db"
     tasks = [DemoTask(task_id=i, name=f"task-{i}", delay=0) for i in range(1, 4)]
+    # 0.0.7's argument order runs unchanged; the typed signature is (tasks, db_path).
     run_pipeline(
-        db_path, tasks, workers=2, wal=True, store_task_status=False, worker_fn=demo_worker
+        db_path,  # type: ignore[arg-type]
+        tasks,  # type: ignore[arg-type]
+        workers=2,
+        wal=True,
+        store_task_status=False,
+        worker_fn=demo_worker,
     )
     assert rows(db_path, "SELECT name FROM sqlite_master") == []
 

@@ -6,13 +6,14 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from tests import _harness as harness
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = ROOT / "deploy" / "build-image.sh"
@@ -97,15 +98,8 @@ def wait_for(
     timeout: float = 60.0,
     explain: Callable[[], str] = lambda: "",
 ) -> None:
-    """Poll ``predicate`` until true; fail the test naming ``what`` after ``timeout`` s.
-
-    ``explain`` adds what helps on failure (a container's logs, a process's output).
-    """
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{explain()}")
-        time.sleep(0.1)
+    """`tests._harness.wait_for` at a container's pace (a minute, polled every 0.1 s)."""
+    harness.wait_for(predicate, what, timeout, explain=explain, interval=0.1)
 
 
 def port_open(port: int) -> bool:

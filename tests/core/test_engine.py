@@ -31,7 +31,14 @@ def test_seed_worker_shape_gives_five_done_rows_in_both_call_forms(
     if form == "tasks-first":
         result = run_pipeline(five_tasks(), db, workers=4, worker_fn=seed_worker, progress=False)
     else:
-        result = run_pipeline(db, five_tasks(), workers=4, worker_fn=seed_worker, progress=False)
+        # 0.0.7's order runs; only the new one, (tasks, db_path), type-checks.
+        result = run_pipeline(
+            db,  # type: ignore[arg-type]
+            five_tasks(),  # type: ignore[arg-type]
+            workers=4,
+            worker_fn=seed_worker,
+            progress=False,
+        )
     assert result.status == "done"
     assert result.ok
     assert result.counts == {"done": 5}

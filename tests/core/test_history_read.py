@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from pipeloom import TaskDef, TaskQueue, run_pipeline
 from pipeloom.errors import SchemaOutdatedError
 from pipeloom.history import (
     HistoryError,
@@ -23,19 +22,12 @@ from pipeloom.history import (
     task_attempts,
     task_logs,
 )
+from tests._harness import make_run
 from tests.cli._cli_support import make_seed_layout
 
 
-def worker(task: TaskDef, q: TaskQueue) -> None:
-    if task.payload == "fail":
-        raise ValueError(f"{task.name} broke")
-
-
 def record(db: Path, n: int, failing: tuple[int, ...] = ()) -> int:
-    tasks = [
-        TaskDef(i, f"t-{i}", payload="fail" if i in failing else None) for i in range(1, n + 1)
-    ]
-    result = run_pipeline(tasks, db, worker_fn=worker, progress=False, run_name="hist")
+    result = make_run(db, n, failing, name="t", run_name="hist")
     assert result.run_id is not None
     return result.run_id
 

@@ -4,28 +4,26 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pipeloom import MsgTaskFinished, MsgTaskStarted, TaskDef, run_pipeline, utc_now
 from pipeloom.schema import RUNS_SELECT
+from tests._harness import wait_for
 from tests.core.conftest import rows
 
 RUN_COLUMNS = "tasks_total, tasks_done, tasks_error, tasks_cancelled, tasks_finished, status"
 
 
 def _wait_for(db: Path, sql: str, expected: Any, deadline_s: float = 30.0) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
+    def holds() -> bool:
         try:
-            if rows(db, sql) == expected:
-                return
+            return bool(rows(db, sql) == expected)
         except sqlite3.OperationalError:  # the file or its tables are not there yet
-            pass
-        time.sleep(0.02)
-    raise AssertionError(f"{sql} never gave {expected}; last: {rows(db, sql)}")
+            return False
+
+    wait_for(holds, f"{sql} to give {expected}", deadline_s, explain=lambda: str(rows(db, sql)))
 
 
 def _gated(gate: threading.Event) -> Any:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipeloom import Context, Pipeline, TaskTimeoutError
-from pipeloom._retry import backoff_delay
+from pipeloom.pipeline._retry import backoff_delay
 
 from .conftest import rows
 

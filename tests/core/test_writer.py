@@ -25,7 +25,7 @@ from pipeloom import (
     run_pipeline,
     utc_now,
 )
-from tests._db import scratch_dir
+from tests._harness import scratch_dir
 
 from .conftest import rows
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
-import pipeloom._fold as fold_module
-import pipeloom._task_sql as task_sql
+import pipeloom.record._fold as fold_module
+import pipeloom.record._task_sql as task_sql
 import pipeloom.writer as writer_module
 from pipeloom import (
     SENTINEL,
@@ -21,7 +21,7 @@ from pipeloom import (
     SQLiteWriter,
     run_pipeline,
 )
-from tests._db import scratch_dir
+from tests._harness import scratch_dir
 
 from .conftest import rows
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeloom import Pipeline, PipelineError, fingerprint
-from tests._db import query
+from tests._harness import query
 from tests.daytwo._tasks import make_cached
 
 

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeloom_cli.app import app
-from tests._db import query
+from tests._harness import query
 from tests.cli._cli_support import write
 
 PIPE = """

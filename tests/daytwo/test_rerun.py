@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeloom import PipelineError
-from tests._db import query
+from tests._harness import query
 from tests.daytwo._tasks import make_etl
 
 FILES = ["a.csv", "b.csv", "c.csv"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._db import query
+from tests._harness import query
 from tests.daytwo._tasks import make_incremental, make_two_setters
 
 

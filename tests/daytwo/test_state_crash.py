@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests._db import query
+from tests._harness import query
 from tests.reliability._support import integrity
 
 TRIALS = 20

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 
-from tests._db import rows as rows
+from tests._harness import rows as rows
 
 
 def pipeloom_children() -> list[object]:

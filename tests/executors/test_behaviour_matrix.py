@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests._db import query
+from tests._harness import query
 
 FLOW = Path(__file__).with_name("_matrix_flow.py")
 

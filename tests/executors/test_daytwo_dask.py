@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests._db import query
+from tests._harness import query
 from tests.daytwo._tasks import make_cached, make_etl, make_incremental
 
 if TYPE_CHECKING:

@@ -92,7 +92,7 @@ def test_core_upgrades_the_seed_layout_itself_and_the_migrations_agree(tmp_path:
     path = tmp_path / "seed.db"
     make_seed_db(path, rows=5)
     conn = connect(path)
-    init_schema(conn, path)  # core upgrades a 0.0.7 file in place (pipeloom._legacy)
+    init_schema(conn, path)  # core upgrades a 0.0.7 file in place (pipeloom.record._legacy)
     conn.close()
     assert schema_of(path) == core_schema()
 

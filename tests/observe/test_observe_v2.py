@@ -26,7 +26,7 @@ from pipeloom_observe.plugin import (
     format_duration,
     format_time,
 )
-from tests._db import query
+from tests._harness import query
 from tests.observe._observe_support import (
     MIXED_CHATTY_ITEM,
     MIXED_ERROR_LINE,

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
-from tests._db import query as query
+from tests._harness import integrity as integrity
+from tests._harness import query as query
+from tests._harness import wait_for as wait_for
 
 CHILD = Path(__file__).with_name("rel_child.py")
 
@@ -49,21 +46,3 @@ def read_events(events: Path) -> tuple[set[int], dict[int, str]]:
         elif parts[0] == "F":
             finished.setdefault(int(parts[1]), parts[2])
     return started, finished
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    """Poll ``predicate`` until true; fail the test naming ``what`` otherwise."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.005)
-
-
-def integrity(db: Path) -> str:
-    """``PRAGMA integrity_check`` of the file, opened the way any user would."""
-    conn = sqlite3.connect(db)
-    try:
-        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
-    finally:
-        conn.close()

@@ -26,7 +26,7 @@ from pipeloom import (
     run_pipeline,
     utc_now,
 )
-from pipeloom.engine import TaskSourceError
+from pipeloom.errors import TaskSourceError
 from pipeloom.status import decide_run_status
 from tests.reliability._support import (
     child_output,

@@ -31,7 +31,7 @@ from pipeloom import (
     TaskQueue,
     run_pipeline,
 )
-from tests._db import scratch_dir
+from tests._harness import scratch_dir
 
 TERMINAL = ("done", "error", "cancelled", "timeout", "skipped", "interrupted")
 

@@ -104,7 +104,7 @@ def test_a_copy_of_a_registered_class_is_handled_and_a_stranger_is_named(tmp_pat
     """A worker may hold another copy of a script's class (cloudpickle rebuilt it by value, or
     it imported the script as ``__mp_main__``): its module and name say which type it is."""
     from pipeloom import Context
-    from pipeloom._registry import find_handler
+    from pipeloom.record._registry import find_handler
 
     copy = type("MsgOk", (), {"__module__": t.MsgOk.__module__, "__qualname__": "MsgOk"})
     script = type("MsgOk", (), {"__module__": "__mp_main__", "__qualname__": "MsgOk"})

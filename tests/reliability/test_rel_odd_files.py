@@ -20,23 +20,17 @@ import pytest
 from typer.testing import CliRunner
 
 import pipeloom_observe
-from pipeloom import TaskDef, TaskQueue, run_pipeline
 from pipeloom.errors import DatabaseError
 from pipeloom_cli.app import app
+from tests import _harness as harness
 from tests.e2e._cli_e2e_support import clean_env, pipeloom_command
 
 runner = CliRunner()
 
 
-def _work(task: TaskDef, msg_q: TaskQueue) -> None:
-    if task.payload == "fail":
-        raise ValueError(f"{task.name} broke")
-
-
 def make_run(db: Path, n: int = 4) -> None:
     """One finished run of ``n`` tasks; the last one fails."""
-    tasks = [TaskDef(i, f"job-{i}", payload="fail" if i == n else None) for i in range(1, n + 1)]
-    run_pipeline(tasks, db, worker_fn=_work, progress=False, handle_signals=False)
+    harness.make_run(db, n, failing=(n,), handle_signals=False)
 
 
 def pipeloom_all(cwd: Path, *commands: list[str]) -> list[tuple[int, str, str]]:

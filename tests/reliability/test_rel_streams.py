@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._db import query
+from tests._harness import query
 from tests.cli._cli_support import write
 from tests.e2e._cli_e2e_support import clean_env, pipeloom_command
 

@@ -24,7 +24,7 @@ from pipeloom import Pipeline, TaskDef, run_pipeline
 from pipeloom.errors import InvalidArgumentError, PipeloomError
 from pipeloom_cli._options import MAX_ID, Number
 from pipeloom_cli.app import app
-from tests._db import query
+from tests._harness import query
 from tests.cli._cli_support import make_run
 from tests.e2e._cli_e2e_support import clean_env, pipeloom_command
 from tests.observe._observe_support import started

@@ -21,7 +21,7 @@ from pipeloom import Context, Pipeline, run_pipeline
 from pipeloom.schema import RUNS_SELECT
 from pipeloom.status import STOP_TEXT
 from pipeloom_cli.app import app
-from tests._db import query
+from tests._harness import query
 from tests.reliability._support import read_events, spawn_child, wait_for
 
 runner = CliRunner()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,9 +13,12 @@ import typer
 from pipeloom_cli._errors import UsageError
 
 __all__ = [
+    "DEFAULT_DB",
     "MAX_ID",
+    "TABLE_TASK_LIMIT",
     "DaskAddress",
     "ExecutorName",
+    "Format",
     "LogFile",
     "Number",
     "Verbose",
@@ -24,10 +28,21 @@ __all__ = [
     "start_logging",
 ]
 
+DEFAULT_DB = Path("./pipeloom.db")
+"""The run database a command reads or writes when none is given."""
+TABLE_TASK_LIMIT = 50
+"""Tasks ``pipeloom status`` shows by default, so a run of a million tasks stays readable."""
 MAX_ID = 2**63 - 1
 """Largest run or task id: SQLite's INTEGER (one more raised OverflowError in a query)."""
 MAX_WORKERS = 10_000
 """`pipeloom.engine.MAX_WORKERS`, without importing the engine to show ``--help``."""
+
+
+class Format(StrEnum):
+    """Output formats of ``pipeloom status``."""
+
+    table = "table"
+    json = "json"
 
 
 class Number:

@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 from typing import Literal, get_args
 
-from pipeloom._legacy import is_original_layout, upgrade_original_layout
 from pipeloom.errors import DatabaseError
+from pipeloom.record._legacy import is_original_layout, upgrade_original_layout
 from pipeloom.schema import check_schema, create_schema
 
 __all__ = [
+    "DEFAULT_DB",
     "MEMORY",
     "Synchronous",
     "check_existing",
@@ -34,6 +35,8 @@ __all__ = [
 
 log = logging.getLogger("pipeloom.db")
 
+DEFAULT_DB = "pipeloom.db"
+"""The run database's file name where a call names none (``run_pipeline``, `Pipeline`)."""
 MEMORY = ":memory:"
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
@@ -75,7 +78,7 @@ def _refuse_special(path: Path, info: os.stat_result) -> None:
     if stat.S_ISDIR(info.st_mode):
         raise DatabaseError(
             f"{path}: is a directory, not a database file; pass a file path such as "
-            f"{path / 'pipeloom.db'}"
+            f"{path / DEFAULT_DB}"
         )
     if not stat.S_ISREG(info.st_mode):
         kind = _KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
@@ -321,7 +324,7 @@ def init_schema(
     """Create pipeloom's tables on a new file; accept a file that already has them.
 
     A file written by pipeloom 0.0.7 (its single-run ``task_runs``) is upgraded in place,
-    its rows kept as one run (see `pipeloom._legacy`).
+    its rows kept as one run (see `pipeloom.record._legacy`).
 
     Args:
         conn: a connection from `connect` (autocommit mode).

@@ -12,7 +12,8 @@ import random
 import time
 from dataclasses import dataclass
 
-from pipeloom.engine import TaskQueue
+from pipeloom._text import exc_summary, exc_text
+from pipeloom.executors import TaskQueue
 from pipeloom.messages import MsgTaskFinished, MsgTaskProgress, MsgTaskStarted, TaskDef, utc_now
 
 __all__ = ["DEFAULT_DELAY", "DemoTask", "demo_worker"]
@@ -36,8 +37,26 @@ class DemoTask(TaskDef):
 def demo_worker(task: TaskDef, msg_q: TaskQueue) -> None:
     """Pretend to work: report each of ``task.steps`` steps, then finish ``done``.
 
-    The result stored is ``ok:<name>``, as in 0.0.7.
+    The result stored is ``ok:<name>``, as in 0.0.7. A task that raises (a ``steps`` that is
+    not a number) finishes ``error`` with the exception's message (``TypeError: ...``), as
+    0.0.7's worker did, rather than raising out of the worker.
     """
+    try:
+        _simulate(task, msg_q)
+    except Exception as exc:  # recorded on the task's row, as 0.0.7 did
+        log.debug("%s: demo task failed", task.name, exc_info=True)
+        msg_q.put(
+            MsgTaskFinished(
+                task.task_id,
+                "error",
+                utc_now(),
+                message=exc_summary(exc),
+                error=exc_text(exc),
+            )
+        )
+
+
+def _simulate(task: TaskDef, msg_q: TaskQueue) -> None:
     delay = float(getattr(task, "delay", DEFAULT_DELAY))
     msg_q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))
     for step in range(1, task.steps + 1):

@@ -140,7 +140,8 @@ def differences(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
 def param_changes(previous: Any, now: Mapping[str, Any]) -> list[str]:
     """The differences between the parameters of the run being resumed and this run's.
 
-    ``previous`` is the resume reader (`pipeloom._resume.Previous`): its connection and run id.
+    ``previous`` is the resume reader (`pipeloom.pipeline._resume.Previous`): its connection
+    and run id.
     """
     row = previous.conn.execute(
         "SELECT params FROM pipeline_runs WHERE id = ?", (previous.run_id,)

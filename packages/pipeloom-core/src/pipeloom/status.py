@@ -16,8 +16,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Final, Literal, TypeAlias, get_args
 
+from pipeloom.messages import FinishStatus
+
 __all__ = [
     "ACTIVE",
+    "ENDED_RUN_STATUSES",
     "EXIT_CODES",
     "FAILED",
     "RUN_STATUSES",
@@ -109,11 +112,11 @@ TASK_STATUSES: Final[tuple[TaskStatus, ...]] = get_args(TaskStatus)
 """`TaskStatus` as a tuple, in its order (written once, in the Literal)."""
 RUN_STATUSES: Final[tuple[RunStatus, ...]] = get_args(RunStatus)
 """`RunStatus` as a tuple, in its order."""
+ENDED_RUN_STATUSES: Final[tuple[RunStatus, ...]] = tuple(s for s in RUN_STATUSES if s != "running")
+"""The statuses a run can end with: what a `MsgRunFinished` may set."""
 
-TERMINAL: Final = frozenset(
-    {"done", "error", "timeout", "cancelled", "skipped", "interrupted", "upstream_failed"}
-)
-"""A task in one of these has finished for good in its run."""
+TERMINAL: Final = frozenset(get_args(FinishStatus))
+"""A task in one of these has finished for good in its run (`MsgTaskFinished`'s statuses)."""
 SUCCEEDED: Final = frozenset({"done", "skipped"})
 """The work is done (``skipped``: by an earlier run)."""
 FAILED: Final = frozenset({"error", "timeout", "interrupted"})

@@ -22,29 +22,10 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipeloom._atomic import HeldCounts, apply_held, holds_outputs
 from pipeloom._control import Refused, RunEnd
-from pipeloom._fileid import FileIdentity
-from pipeloom._fold import (
-    AppliedBatch,
-    _Fold,
-    _payload,
-    origin_of,
-)
-from pipeloom._registry import Handler, HandlerRegistry, callable_name, find_handler
-from pipeloom._task_sql import prepare as prepare_task_sql
-from pipeloom._task_sql import upsert_tasks
 from pipeloom._text import storable
 from pipeloom.db import MEMORY, Synchronous, connect, init_schema, wal_checkpoint
 from pipeloom.errors import DatabaseError, WriterFailedError
-from pipeloom.history import (
-    LiveCounts,
-    beat,
-    close_run,
-    insert_run,
-    interrupt_run,
-    mark_dead_runs,
-)
 from pipeloom.lease import (
     DEFAULT_LEASE_S,
     heartbeat_every,
@@ -61,8 +42,26 @@ from pipeloom.messages import (
 )
 from pipeloom.options import RunOptions
 from pipeloom.queue import MessageQueue
-from pipeloom.status import FAILED
-from pipeloom.status import RUN_STATUSES as ALL_RUN_STATUSES
+from pipeloom.record._atomic import HeldCounts, apply_held, holds_outputs
+from pipeloom.record._fileid import FileIdentity
+from pipeloom.record._fold import (
+    AppliedBatch,
+    _Fold,
+    _payload,
+    origin_of,
+)
+from pipeloom.record._registry import Handler, HandlerRegistry, callable_name, find_handler
+from pipeloom.record._runs import (
+    LiveCounts,
+    beat,
+    close_run,
+    insert_run,
+    interrupt_run,
+    mark_dead_runs,
+)
+from pipeloom.record._task_sql import prepare as prepare_task_sql
+from pipeloom.record._task_sql import upsert_tasks
+from pipeloom.status import ENDED_RUN_STATUSES, FAILED
 from pipeloom.tasklogs import DEFAULT_TASK_LOG_LIMIT, TaskLogStore
 
 __all__ = [
@@ -75,9 +74,6 @@ __all__ = [
 log = logging.getLogger("pipeloom.writer")
 
 SchemaFn = Callable[[sqlite3.Connection], None]
-
-RUN_STATUSES = tuple(s for s in ALL_RUN_STATUSES if s != "running")
-"""What a bare writer's owner may say a run ended as (`MsgRunFinished`)."""
 DEFAULT_BATCH_SIZE = 5_000
 """Most messages applied in one transaction."""
 DEFAULT_COMMIT_INTERVAL = 0.02
@@ -744,13 +740,15 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
             self._uncounted += 1  # the engine's bookkeeping, not a message anybody sent
         elif cls is Refused:
             dead.append((msg.msg, msg.reason))
-        elif type(msg.status) is str and msg.status in RUN_STATUSES:
+        elif type(msg.status) is str and msg.status in ENDED_RUN_STATUSES:
             # A bare writer's owner may say the run was stopped; whether it is done is
             # decided from the rows (decide_run_status), never taken on someone's word.
             if msg.status in ("cancelled", "interrupted"):
                 self._stop_hint = msg.status
         else:
-            reason = f"run status {_payload(msg.status)} is not one of {', '.join(RUN_STATUSES)}"
+            reason = (
+                f"run status {_payload(msg.status)} is not one of {', '.join(ENDED_RUN_STATUSES)}"
+            )
             dead.append((msg, reason))
 
     def _apply_lifecycle(

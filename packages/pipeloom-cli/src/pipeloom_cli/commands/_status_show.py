@@ -46,7 +46,7 @@ from pipeloom_cli._history import (
     get_task,
     open_history,
 )
-from pipeloom_cli.commands.status import DEFAULT_DB, TABLE_TASK_LIMIT, Format
+from pipeloom_cli._options import DEFAULT_DB, TABLE_TASK_LIMIT, Format
 
 __all__ = ["show"]
 

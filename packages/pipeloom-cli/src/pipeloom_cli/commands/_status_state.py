@@ -18,7 +18,7 @@ from pipeloom._text import printable
 from pipeloom.logs import console
 from pipeloom.state import state_entries
 from pipeloom_cli._history import open_history
-from pipeloom_cli.commands.status import Format
+from pipeloom_cli._options import Format
 
 __all__ = ["show_state"]
 

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from pipeloom_cli._errors import UsageError, user_errors
+from pipeloom_cli._options import DEFAULT_DB
 
 __all__ = ["init_db"]
 
@@ -33,7 +34,7 @@ def init_db(
     if db is not None and db_option is not None and db != db_option:
         with user_errors():
             raise UsageError(f"DB {db} and --db {db_option}: give the file once")
-    path = db or db_option or Path("pipeloom.db")
+    path = db or db_option or DEFAULT_DB
     with user_errors():
         conn = connect(path, wal=True)
         try:

@@ -8,26 +8,14 @@ run's own exit code (the table in docs/cli.md), so it can gate a CI job. What th
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from pipeloom_cli._options import MAX_ID, Verbose, number
+from pipeloom_cli._options import DEFAULT_DB, MAX_ID, TABLE_TASK_LIMIT, Format, Verbose, number
 
 __all__ = ["Format", "status"]
-
-DEFAULT_DB = Path("./pipeloom.db")
-TABLE_TASK_LIMIT = 50
-"""Tasks shown in the table by default, so a run of a million tasks stays readable."""
-
-
-class Format(StrEnum):
-    """Output formats of ``pipeloom status``."""
-
-    table = "table"
-    json = "json"
 
 
 def status(

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeloom._text import SUMMARY_CHARS, exc_summary, exc_text, storable
+from pipeloom.errors import RemoteTaskError
 from pipeloom.executors._base import TaskQueue, WorkerFn
 from pipeloom.executors._rowpack import compact
 from pipeloom.messages import MsgTaskFinished
@@ -65,20 +66,6 @@ FLUSH_INTERVAL = 0.05
 """Longest a message waits on the sending side before its batch goes (seconds)."""
 MAX_BATCH = 512
 """Most messages per batch."""
-
-
-class RemoteTaskError(Exception):
-    """A task failed in another process; carries the text of its traceback from there."""
-
-    def __init__(self, summary: str, remote_traceback: str | None) -> None:
-        """Keep the remote summary as the message and the traceback beside it."""
-        super().__init__(summary)
-        self.remote_traceback = remote_traceback
-        """The traceback as formatted where the task ran."""
-
-    def __str__(self) -> str:
-        """Return the summary alone; its type name is already part of it."""
-        return str(self.args[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +223,7 @@ def dumps_by_value(obj: Any) -> bytes:
     """
     import cloudpickle  # type: ignore[import-untyped]
 
-    from pipeloom.pipeline import Task
+    from pipeloom.pipeline._task import Task
 
     class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         def reducer_override(self, obj: Any) -> Any:

@@ -27,6 +27,7 @@ from typing import Any
 
 from pipeloom._text import exc_summary, exc_text, storable
 from pipeloom.errors import PipeloomError
+from pipeloom.executors import _deadline as deadline
 from pipeloom.executors._base import Completions, Executor, Sink, WorkerFn
 from pipeloom.executors._parent import die_with_parent, driver_gone, ignore_stop_signals
 from pipeloom.executors._remote import (
@@ -49,7 +50,7 @@ from pipeloom.executors._remote import (
 from pipeloom.executors._shipping import file_modules, load_file_module
 from pipeloom.messages import MsgTaskAttempt, MsgTaskFinished, utc_now
 
-__all__ = ["ProcessExecutor", "attempt_deadline"]
+__all__ = ["ProcessExecutor"]
 
 log = logging.getLogger("pipeloom.executors")
 
@@ -534,51 +535,10 @@ class _PipeHandler(logging.Handler):
             self.handleError(record)
 
 
-_guard: Any = None
-"""In a child: sends attempt deadlines to the driver (see `attempt_deadline`)."""
-_held: Callable[[], int] | None = None
-"""In a child: how many messages the running attempt holds (asked when it expires)."""
-
-
-def attempt_deadline(
-    seconds: float | None,
-    attempt: int = 1,
-    retry: bool = False,
-    held: Callable[[], int] | None = None,
-) -> bool:
-    """Ask the driver to kill this process if the attempt outlives ``seconds``.
-
-    Called by the declarative runner around each attempt; a no-op (False) outside a worker
-    process, where the runner falls back to its thread timeout.
-
-    Args:
-        seconds: the attempt's timeout, or None once the attempt is over.
-        attempt: the attempt number.
-        retry: whether a timeout of this attempt would be retried.
-        held: counts the messages the attempt holds, which a kill discards.
-    """
-    global _held
-    if _guard is None:
-        return False
-    _held = held if seconds is not None else None
-    _guard(("deadline", seconds, attempt, retry))
-    return True
-
-
-def _held_now() -> int | None:
-    count = _held
-    try:
-        return None if count is None else int(count())
-    except Exception as exc:  # never let the count stop the kill
-        log.debug("could not count the attempt's held messages: %s", exc)
-        return None
-
-
 def _child_main(
     conn: Connection, payload: bytes, preload: list[tuple[str, str]], level: int
 ) -> None:
     """A worker process: run tasks from the driver until told to stop."""
-    global _guard
     ignore_stop_signals()  # the driver decides what Ctrl-C, SIGTERM and SIGHUP do
     die_with_parent()
     lock = threading.Lock()
@@ -606,7 +566,7 @@ def _child_main(
             )
         )
         return
-    _guard = send
+    deadline.install(send)
     running: list[int | None] = [None]
     sink = BatchingSink(lambda batch: send(("msgs", pack(batch, running[0]))))
     stopping = threading.Event()
@@ -623,7 +583,7 @@ def _child_main(
                 stopping.set()
                 continue
             if item[0] == "expire":  # the attempt's deadline passed: say what it holds
-                send(("held", _held_now()))
+                send(("held", deadline.held_now()))
                 continue
             inbox.put(item)
             if item[0] == "stop":

@@ -18,16 +18,16 @@ from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pipeloom._keys import item_key, label
 from pipeloom._text import exc_summary, exc_text
 from pipeloom.errors import PipelineError
 from pipeloom.messages import TaskDef
+from pipeloom.pipeline._keys import item_key, label
 
 if TYPE_CHECKING:
-    from pipeloom._cache import Cache, CacheHit
-    from pipeloom._rerun import Rerun
-    from pipeloom._resume import Previous
-    from pipeloom.pipeline import Task
+    from pipeloom.pipeline._cache import Cache, CacheHit
+    from pipeloom.pipeline._rerun import Rerun
+    from pipeloom.pipeline._resume import Previous
+    from pipeloom.pipeline._task import Task
 
 __all__ = ["Flow", "Handoff", "Job", "Plan", "Stage", "plan_stages"]
 
@@ -91,7 +91,7 @@ class Job:
     whole_stage: bool = False
     """The task stands for its stage's item source, not for an item (the source raised)."""
     fingerprint: str | None = None
-    """A cached task's fingerprint, recorded on its row (`pipeloom._cache`)."""
+    """A cached task's fingerprint, recorded on its row (`pipeloom.pipeline._cache`)."""
     cached: CacheHit | None = None
     """Set when an earlier run's done task stands for this one: it is not run."""
 
@@ -231,7 +231,8 @@ class Flow:
     ) -> None:
         """Start a run's bookkeeping; ids count from 1 across every stage.
 
-        ``rerun`` names tasks that run although ``previous`` finished them (`pipeloom._rerun`).
+        ``rerun`` names tasks that run although ``previous`` finished them
+        (`pipeloom.pipeline._rerun`).
         """
         self.name = name
         self.nodes = plan.nodes

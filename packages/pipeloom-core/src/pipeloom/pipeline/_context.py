@@ -8,8 +8,9 @@ import types
 from collections.abc import Callable, Collection, Container, Iterable, Mapping, MutableMapping
 from typing import Any
 
-from pipeloom._registry import registered_type, unmatched_note
+from pipeloom.errors import OutputLimitError
 from pipeloom.messages import PIPELOOM_MESSAGES, MsgTaskProgress
+from pipeloom.record._registry import registered_type, unmatched_note
 from pipeloom.state import TaskState
 from pipeloom.tasklogs import record_text, send_log, set_attempt
 
@@ -17,10 +18,6 @@ __all__ = ["DEFAULT_MAX_OUTPUTS", "Context", "OutputLimitError", "TaskLog"]
 
 DEFAULT_MAX_OUTPUTS = 100_000
 """Most messages one atomic attempt may hold before its finish; past it the attempt fails."""
-
-
-class OutputLimitError(RuntimeError):
-    """An atomic task emitted more messages than it may hold in memory before its finish."""
 
 
 log = logging.getLogger("pipeloom.pipeline")
@@ -150,8 +147,11 @@ class Context:
             {"task": name, "task_id": task_id, "task_key": key, "attempt": attempt},
             store,
         )
+        """A logger whose lines carry the task's name, id, key and attempt: ``ctx.log.info(...)``.
+
+        Its records go to the console (prefixed ``[task name]``) and to the task's
+        ``task_logs`` rows."""
         set_attempt(attempt)  # the user's own logging calls in this attempt carry it too
-        """A logger whose lines carry the task's name, id, key and attempt."""
         self._last_total: int | None = None
         self._put = put
         self._handled = handled

@@ -19,13 +19,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeloom._cache import MsgCacheNote
-from pipeloom._context import Context, OutputLimitError
-from pipeloom._retry import Outcome, TaskTimeoutError, backoff_delay, run_attempt
-from pipeloom._tasks import Handoff, Job
-from pipeloom._text import exc_summary, exc_text, result_text
+from pipeloom._text import SUMMARY_CHARS, exc_summary, exc_text, result_text
 from pipeloom.executors import TaskQueue
-from pipeloom.executors.processes import attempt_deadline
+from pipeloom.executors._deadline import attempt_deadline
 from pipeloom.messages import (
     MsgTaskAttempt,
     MsgTaskFinished,
@@ -34,16 +30,19 @@ from pipeloom.messages import (
     TaskDef,
     utc_now,
 )
+from pipeloom.pipeline._cache import MsgCacheNote
+from pipeloom.pipeline._context import Context, OutputLimitError
+from pipeloom.pipeline._retry import Outcome, TaskTimeoutError, backoff_delay, run_attempt
+from pipeloom.pipeline._tasks import Handoff, Job
 from pipeloom.tasklogs import within_attempt
 
 if TYPE_CHECKING:
-    from pipeloom.pipeline import Pipeline, Task
+    from pipeloom.pipeline import Pipeline
+    from pipeloom.pipeline._task import Task
 
 __all__ = ["Runner"]
 
 log = logging.getLogger("pipeloom.pipeline")
-
-_SUMMARY_CHARS = 500
 
 
 class _TaskFailedError(Exception):
@@ -164,7 +163,7 @@ class Runner:
             _record_cached(task, job, q)
             return None
         if job.problem is not None:
-            summary = job.problem.strip().splitlines()[-1][:_SUMMARY_CHARS]
+            summary = job.problem.strip().splitlines()[-1][:SUMMARY_CHARS]
             q.put(
                 MsgTaskFinished(
                     task.task_id,
@@ -352,7 +351,7 @@ class Runner:
         if discarded:
             notes.append(f"{_discarded_text(discarded)} of this attempt discarded")
         note = f" ({'; '.join(notes)})" if notes else ""
-        summary = exc_summary(outcome.exc, _SUMMARY_CHARS - len(note)) + note
+        summary = exc_summary(outcome.exc, SUMMARY_CHARS - len(note)) + note
         q.put(
             MsgTaskFinished(
                 task.task_id,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeloom._text import exc_summary, exc_text
-from pipeloom.errors import PipeloomError
+from pipeloom.errors import TaskTimeoutError
 
 __all__ = ["Outcome", "TaskTimeoutError", "backoff_delay", "run_attempt"]
 
@@ -27,14 +27,6 @@ log = logging.getLogger("pipeloom.pipeline")
 
 _MAX_EXPONENT = 30
 """2**30 times any sensible base is far past any cap; stops float overflow on huge retries."""
-
-
-class TaskTimeoutError(PipeloomError, TimeoutError):
-    """A task attempt ran past its ``timeout``; its thread was abandoned, not killed.
-
-    A `PipeloomError` like every error pipeloom raises, and a `TimeoutError` for code that
-    catches timeouts in general.
-    """
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 ``pipe.run(rerun=["parse"])`` (``--rerun parse``), ``rerun=["parse:AA-*"]`` or
 ``rerun_from="parse"`` (``--from parse``) resume the latest run, but the tasks that match run
 again. What consumes them needs nothing here: a chained task runs when its upstream ran in
-this run, and a fan-in when any task it gathers did (`pipeloom._tasks.Flow`), so everything
+this run, and a fan-in when any task it gathers did (`pipeloom.pipeline._tasks.Flow`), so everything
 downstream of a rerun task runs again and everything else is skipped as on resume.
 
 A pattern is a stage (task) name, a task key (``parse:data/a.csv``) or a key glob

@@ -21,29 +21,18 @@ a run skips the keys that run finished, so only the failed and the new work runs
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import math
-import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from rich.console import Console
 
-from pipeloom._cache import Cache, MsgCacheNote, apply_cache_notes
-from pipeloom._context import DEFAULT_MAX_OUTPUTS, Context, OutputLimitError
-from pipeloom._keys import KEY_MAX_CHARS, item_key
-from pipeloom._registry import Handler, HandlerRegistry
-from pipeloom._rerun import select as select_rerun
-from pipeloom._resume import open_previous
-from pipeloom._retry import TaskTimeoutError
-from pipeloom._runner import Runner
-from pipeloom._tasks import Flow, Stage, plan_stages, task_stream
 from pipeloom._text import RESULT_MAX_CHARS
 from pipeloom._text import result_text as to_result
+from pipeloom.db import DEFAULT_DB
 from pipeloom.engine import MAX_WORKERS, RunResult, run_pipeline
 from pipeloom.errors import PipelineError
 from pipeloom.executors import Executor
@@ -51,6 +40,16 @@ from pipeloom.options import RunOptions
 from pipeloom.params import param_changes
 from pipeloom.params import resolve as resolve_params
 from pipeloom.params import to_json as params_json
+from pipeloom.pipeline._cache import Cache, MsgCacheNote, apply_cache_notes
+from pipeloom.pipeline._context import DEFAULT_MAX_OUTPUTS, Context, OutputLimitError
+from pipeloom.pipeline._keys import KEY_MAX_CHARS, item_key
+from pipeloom.pipeline._rerun import select as select_rerun
+from pipeloom.pipeline._resume import open_previous
+from pipeloom.pipeline._retry import TaskTimeoutError
+from pipeloom.pipeline._runner import Runner
+from pipeloom.pipeline._task import Task
+from pipeloom.pipeline._tasks import Flow, Stage, plan_stages, task_stream
+from pipeloom.record._registry import Handler, HandlerRegistry
 from pipeloom.state import MsgStateSet, apply_state_sets, read_state
 from pipeloom.writer import SchemaFn
 
@@ -73,77 +72,6 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 log = logging.getLogger("pipeloom.pipeline")
-
-
-@dataclass(frozen=True, slots=True)
-class Task(Generic[T, R]):
-    """A task function with its retry and timeout policy; made by `Pipeline.task`.
-
-    Calling it calls the function, so a task stays testable as a plain function.
-    """
-
-    fn: Callable[[Context, T], R]
-    """``fn(ctx, item)``: does the work for one item; its return value is the result."""
-    name: str
-    """Prefix of every key and label of this task's runs."""
-    retries: int = 0
-    """Extra attempts after the first failure."""
-    timeout: float | None = None
-    """Seconds one attempt may run; over that it is recorded ``timeout``."""
-    retry_on: tuple[type[BaseException], ...] = (Exception,)
-    """Failures worth retrying; a timeout counts as ``TimeoutError``."""
-    backoff: float = 0.5
-    """Seconds before the first retry; doubles for each further retry (with jitter)."""
-    max_backoff: float = 60.0
-    """The longest wait between two attempts."""
-    atomic: bool = True
-    """Hold ``ctx.emit`` messages and commit them with the ``done`` row, all or none.
-
-    False streams each message to the writer as it is emitted: for outputs too large to hold
-    in memory, at the price of a failed attempt's messages staying applied.
-    """
-    max_outputs: int = DEFAULT_MAX_OUTPUTS
-    """Most messages one atomic attempt may hold; one more fails it with `OutputLimitError`."""
-    cache: bool = False
-    """Take the result of a done task of an earlier run with the same key and fingerprint."""
-    cache_key: Callable[[Any], Any] | None = None
-    """``cache_key(item)``: what the fingerprint is made of, instead of the item itself."""
-    cache_version: str = ""
-    """Part of the fingerprint: change it when the function's logic changes."""
-    cache_ttl: float | None = None
-    """Seconds a cached result stays usable after the task that computed it finished."""
-
-    def __call__(self, ctx: Context, item: T) -> R:
-        """Run the function directly, without retries or timeout (handy in unit tests)."""
-        return self.fn(ctx, item)
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        """Pickle as a reference to the module attribute ``@pipe.task`` bound it to.
-
-        A decorated function's module attribute is this `Task`, not the function, so pickle
-        could not find the function by its name; worker processes import the module and take
-        the task from there instead.
-        """
-        module = getattr(self.fn, "__module__", None)
-        qualname = getattr(self.fn, "__qualname__", "")
-        if module and _lookup(sys.modules.get(module), qualname) is self:
-            return (_load_task, (module, qualname))
-        return (Task, tuple(getattr(self, f.name) for f in dataclasses.fields(self)))
-
-
-def _lookup(module: object, qualname: str) -> object:
-    obj = module
-    for part in qualname.split("."):
-        obj = getattr(obj, part, None)
-    return obj
-
-
-def _load_task(module: str, qualname: str) -> Task[Any, Any]:
-    """Find a task in its module again (in a worker process)."""
-    found = _lookup(importlib.import_module(module), qualname)
-    if not isinstance(found, Task):
-        raise PipelineError(f"{module}.{qualname} is no longer a pipeloom task")
-    return found
 
 
 class Pipeline(HandlerRegistry):
@@ -176,7 +104,7 @@ class Pipeline(HandlerRegistry):
     def __init__(
         self,
         name: str,
-        db: str | Path = "pipeloom.db",
+        db: str | Path = DEFAULT_DB,
         workers: int | None = None,
         *,
         handlers: Mapping[type[Any], Handler] | None = None,
@@ -224,38 +152,38 @@ class Pipeline(HandlerRegistry):
         fn: Callable[[Context, T], R],
         /,
         *,
-        name: str | None = None,
-        retries: int = 0,
-        timeout: float | None = None,
-        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
-        backoff: float = 0.5,
-        max_backoff: float = 60.0,
-        atomic: bool = True,
-        max_outputs: int = DEFAULT_MAX_OUTPUTS,
-        cache: bool = False,
-        cache_key: Callable[[Any], Any] | None = None,
-        cache_version: str = "",
-        cache_ttl: float | None = None,
+        name: str | None = ...,
+        retries: int = ...,
+        timeout: float | None = ...,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
+        backoff: float = ...,
+        max_backoff: float = ...,
+        atomic: bool = ...,
+        max_outputs: int = ...,
+        cache: bool = ...,
+        cache_key: Callable[[Any], Any] | None = ...,
+        cache_version: str = ...,
+        cache_ttl: float | None = ...,
     ) -> Task[T, R]: ...
 
     @overload
     def task(
         self,
-        fn: None = None,
+        fn: None = ...,
         /,
         *,
-        name: str | None = None,
-        retries: int = 0,
-        timeout: float | None = None,
-        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
-        backoff: float = 0.5,
-        max_backoff: float = 60.0,
-        atomic: bool = True,
-        max_outputs: int = DEFAULT_MAX_OUTPUTS,
-        cache: bool = False,
-        cache_key: Callable[[Any], Any] | None = None,
-        cache_version: str = "",
-        cache_ttl: float | None = None,
+        name: str | None = ...,
+        retries: int = ...,
+        timeout: float | None = ...,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
+        backoff: float = ...,
+        max_backoff: float = ...,
+        atomic: bool = ...,
+        max_outputs: int = ...,
+        cache: bool = ...,
+        cache_key: Callable[[Any], Any] | None = ...,
+        cache_version: str = ...,
+        cache_ttl: float | None = ...,
     ) -> Callable[[Callable[[Context, T], R]], Task[T, R]]: ...
 
     def task(

@@ -1,6 +1,7 @@
 """Cached work across runs: is a done task of an earlier run the same as this one?
 
-A task with ``cache=True`` is looked up on the driver as it is made (`pipeloom._tasks.Flow`):
+A task with ``cache=True`` is looked up on the driver as it is made
+(`pipeloom.pipeline._tasks.Flow`):
 a done task of any earlier run of this pipeline, in this file, with the same key and the same
 fingerprint (its input, or ``cache_key``'s value, with ``cache_version``), finished within
 ``cache_ttl``. On a hit it is not run: the worker records it ``done`` with the earlier result

@@ -23,7 +23,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from pipeloom._fold import _ATTEMPT, _STARTED, _Fold
+from pipeloom.record._fold import _ATTEMPT, _STARTED, _Fold
 from pipeloom.status import TERMINAL, sql_in
 
 __all__ = ["prepare", "upsert_tasks"]

@@ -25,13 +25,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeloom._culprit import first_rejected
-from pipeloom._fold import AppliedBatch, _Fold, _payload, _truncate, origin_of
-from pipeloom._registry import Handler, find_handler, unmatched_note
-from pipeloom._task_sql import upsert_tasks
 from pipeloom._text import SUMMARY_CHARS as _SUMMARY_CHARS
 from pipeloom._text import exc_summary, exc_text, storable
 from pipeloom.messages import MsgTaskFinished, utc_now
+from pipeloom.record._culprit import first_rejected
+from pipeloom.record._fold import AppliedBatch, _Fold, _payload, _truncate, origin_of
+from pipeloom.record._registry import Handler, find_handler, unmatched_note
+from pipeloom.record._task_sql import upsert_tasks
 from pipeloom.status import TERMINAL, sql_in
 
 __all__ = ["HeldCounts", "apply_held", "holds_outputs"]
