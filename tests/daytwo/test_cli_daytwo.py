@@ -78,8 +78,11 @@ def test_param_mistakes_and_changes_are_one_line(
     monkeypatch.setenv("COLUMNS", "160")
     first = runner.invoke(app, ["run", "etl.py:pipe", "--param", "limit=7"])
     assert first.exit_code == 0, first.output
-    table = runner.invoke(app, ["status", "runs.db", "--state"])
-    assert "loaded_until" in table.stdout and '"2024-01-01"' in table.stdout
+    # JSON: the table's width follows the shared console, which an earlier test may have sized
+    listed = runner.invoke(app, ["status", "runs.db", "--state", "--format", "json"])
+    assert listed.exit_code == 0, listed.output
+    state = {e["key"]: e["value"] for e in json.loads(listed.stdout)["state"]}
+    assert state["loaded_until"] in ('"2024-01-01"', "2024-01-01")
 
     bad = runner.invoke(app, ["run", "etl.py:pipe", "--param", "limit=many"])
     assert bad.exit_code == 2
