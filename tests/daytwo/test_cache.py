@@ -104,3 +104,54 @@ def test_file_fingerprints_and_bad_settings(tmp_path: Path) -> None:
         pipe.task(lambda ctx, item: item, name="t", cache=True, cache_ttl=-1)
     with pytest.raises(PipelineError, match="cache_key='size'; pass a function of the item"):
         pipe.task(lambda ctx, item: item, name="u", cache=True, cache_key="size")  # type: ignore[call-overload]
+
+
+def test_observe_shows_where_a_cached_tasks_result_came_from(tmp_path: Path) -> None:
+    import asyncio
+
+    from pipeloom_observe.app import build_datasette
+
+    db, files = tmp_path / "runs.db", _files(tmp_path)
+    first = make_cached(db, files).run(progress=False)
+    second = make_cached(db, files).run(progress=False)
+    ((task_id, source_task),) = query(
+        db,
+        "SELECT task_id, cached_from_task FROM task_runs WHERE run_id = ? AND task_key = ?",
+        second.run_id,
+        "double:f2.txt",
+    )
+
+    async def page() -> str:
+        ds = build_datasette(db)
+        await ds.invoke_startup()
+        response = await ds.client.get(f"/-/pipeloom/runs/task/{second.run_id}/{task_id}")
+        assert response.status_code == 200, response.text
+        return str(response.text)
+
+    text = asyncio.run(page())
+    assert "not run here: cached" in text
+    assert f"/task/{first.run_id}/{source_task}" in text  # a link to the task it came from
+
+
+def test_cached_tasks_are_counted_apart_in_the_bar_and_the_summary(tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from pipeloom.progress import LiveDisplay
+    from pipeloom.writer import AppliedBatch
+
+    db, files = tmp_path / "runs.db", _files(tmp_path)
+    make_cached(db, files).run(progress=False)
+    out = io.StringIO()
+    second = make_cached(db, files).run(console=Console(file=out, width=100))
+    assert second.extra["cached"] == 8
+    summary = out.getvalue()
+    (row,) = [line for line in summary.splitlines() if "of which cached" in line]
+    assert row.replace("│", " ").split()[-1] == "8"
+
+    screen = Console(file=io.StringIO(), force_terminal=True, width=80)
+    display = LiveDisplay(3, console=screen, title="daily", counts=lambda: {"cached": 2})
+    display(AppliedBatch(finished=[(1, "done"), (2, "done")]))
+    (overall,) = display.overall.tasks
+    assert overall.description == "daily (2 cached)"

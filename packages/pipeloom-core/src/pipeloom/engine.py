@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping, Sized
+from collections.abc import Callable, Iterable, Mapping, Sized
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,7 @@ def run_pipeline(
     run_name: str = "pipeline",
     params: Mapping[str, Any] | None = None,
     request: Mapping[str, Any] | None = None,
+    extra_counts: Callable[[], Mapping[str, int]] | None = None,
     synchronous: Synchronous = "NORMAL",
     batch_size: int | None = None,
     commit_interval: float | None = None,
@@ -147,6 +148,8 @@ def run_pipeline(
         params: JSON-able parameters stored on the run row.
         request: what the run was asked beyond its parameters (``Pipeline.run`` records its
             rerun patterns and forced parameter changes), JSON on the run row.
+        extra_counts: live figures of the layer above, shown after the bar's title, on the plain
+            progress lines and in the summary (``Pipeline.run`` passes ``{"cached": n}``).
         synchronous: NORMAL or FULL (fsync every commit; survives power loss).
         batch_size: most messages per transaction.
         commit_interval: longest a lone message waits before its commit (seconds).
@@ -233,9 +236,9 @@ def run_pipeline(
         plain = False
     display: LiveDisplay | PlainReporter | None = None
     if progress:
-        display = LiveDisplay(total, console=out, title=run_name)
+        display = LiveDisplay(total, console=out, title=run_name, counts=extra_counts)
     elif plain:
-        display = PlainReporter(total, console=out, title=run_name)
+        display = PlainReporter(total, console=out, title=run_name, counts=extra_counts)
 
     q = MessageQueue(queue_size)
     writer_kwargs: dict[str, Any] = {}
@@ -346,6 +349,7 @@ def run_pipeline(
                 hint=summary_hint,
                 not_started=result.not_started,
                 stopped=result.stop_reason,
+                extra=extra_counts() if extra_counts is not None else None,
             )
         )
         if writer.failed_sample:

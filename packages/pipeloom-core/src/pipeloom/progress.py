@@ -235,9 +235,16 @@ class LiveDisplay:
         max_visible: int = DEFAULT_VISIBLE_BARS,
         refresh_per_second: float = 8.0,
         get_time: Callable[[], float] | None = None,
+        counts: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
-        """Prepare the bars; nothing is drawn until the display is entered."""
+        """Prepare the bars; nothing is drawn until the display is entered.
+
+        ``counts`` reads live figures of the layer above (a pipeline's cached tasks) that are
+        shown after the title, such as "sales (8 cached)".
+        """
         self.console = console or shared_console
+        self._title = printable(title)
+        self._counts = counts
         self.max_visible = max_visible
         self.overall = make_overall_progress(self.console, get_time=get_time)
         self.tasks = make_task_progress(self.console, get_time=get_time)
@@ -333,6 +340,10 @@ class LiveDisplay:
             self.finished += len(applied.finished)
             self._promote()
             self.overall.update(self.overall_id, advance=len(applied.finished), failed=self.failed)
+            if self._counts is not None:
+                extra = _counts_text(self._counts())
+                description = f"{self._title} ({extra})" if extra else self._title
+                self.overall.update(self.overall_id, description=description)
         self._more.count = len(self._hidden)
 
     def _promote(self) -> None:
@@ -355,8 +366,13 @@ class PlainReporter:
         interval: float = 5.0,
         title: str = "pipeloom",
         clock: Callable[[], float] = time.monotonic,
+        counts: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
-        """Start the clock; the first line appears after ``interval`` seconds."""
+        """Start the clock; the first line appears after ``interval`` seconds.
+
+        ``counts``: live figures of the layer above, added to each line ("8 cached").
+        """
+        self._counts = counts
         self.console = console or shared_console
         self.total = total
         self.interval = interval
@@ -386,9 +402,10 @@ class PlainReporter:
         """The progress line as it would be printed now."""
         total = "?" if self.total is None else str(self.total)
         elapsed = self._clock() - self._start
+        extra = _counts_text(self._counts()) if self._counts is not None else ""
         return (
             f"{self.title}: {self.finished}/{total} finished, {self.failed} failed, "
-            f"{elapsed:.1f}s elapsed"
+            f"{extra + ', ' if extra else ''}{elapsed:.1f}s elapsed"
         )
 
     def __call__(self, applied: AppliedBatch) -> None:
@@ -405,6 +422,11 @@ class PlainReporter:
             )
 
 
+def _counts_text(counts: Mapping[str, int]) -> str:
+    """``{"cached": 8}`` as "8 cached"; figures at 0 are left out."""
+    return ", ".join(f"{n} {printable(name)}" for name, n in counts.items() if n)
+
+
 def render_summary(
     counts: Mapping[str, int],
     *,
@@ -415,6 +437,7 @@ def render_summary(
     hint: str | None = None,
     not_started: int | None = 0,
     stopped: str | None = None,
+    extra: Mapping[str, int] | None = None,
 ) -> Table:
     """Build the end-of-run summary table (statuses, elapsed, throughput, where it is).
 
@@ -434,6 +457,9 @@ def render_summary(
     for status, n in sorted(counts.items()):
         if status not in ("done", "error", "cancelled"):
             table.add_row(Text(printable(status)), Text(str(n), style=styles.get(status, "white")))
+    for name, n in (extra or {}).items():
+        if n:  # of the done above, e.g. cached: taken from an earlier run, not run again
+            table.add_row(Text(f"  of which {printable(name)}"), Text(str(n), style="cyan"))
     if stopped is not None:
         table.add_row(Text("stopped"), Text(STOP_TEXT.get(stopped, stopped), style="yellow"))
     if not_started is None:

@@ -542,6 +542,8 @@ class Pipeline(HandlerRegistry):
                 run_name=self.name,
                 params=run_params,
                 request=request,
+                # Cached tasks are done without running: the bar and summary say how many.
+                extra_counts=(lambda: {"cached": cache.hits}) if cache is not None else None,
                 summary_hint=summary_hint,
                 executor=executor if executor is not None else self.executor,
                 follow_up=flow.follow_up if plan.consumed else None,

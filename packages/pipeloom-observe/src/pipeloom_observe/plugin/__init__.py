@@ -268,7 +268,8 @@ async def task_page(datasette: Any, request: Any) -> Response:
         )
     tasks = await _rows(
         db,
-        "SELECT t.*, r.name AS run_name, r.status AS run_status, r.params AS run_params "
+        "SELECT t.*, r.name AS run_name, r.status AS run_status, r.params AS run_params, "
+        "r.request AS run_request "
         "FROM task_runs t "
         "JOIN pipeline_runs r ON r.id = t.run_id WHERE t.run_id = :run_id AND t.task_id = :task_id",
         params,
@@ -279,6 +280,9 @@ async def task_page(datasette: Any, request: Any) -> Response:
     # A skipped task's result is an earlier run's ("skipped: done in run 7", set on resume).
     origin = re.search(r"done in run (\d+)", task.get("message") or "")
     task["origin_run"] = int(origin.group(1)) if origin and task["status"] == "skipped" else None
+    # A cached task's result is a done task's of an earlier run (schema 7 records which).
+    task.setdefault("cached_from_run", None)
+    task.setdefault("cached_from_task", None)
     attempts = await _rows(
         db,
         "SELECT attempt, status, started_at, finished_at, error, discarded FROM task_attempts "
@@ -349,6 +353,7 @@ async def task_page(datasette: Any, request: Any) -> Response:
         "dead_letters_total": letters_total,
         "other_runs": other_runs,
         "params": _params(task["run_params"]) if task.get("run_params") else None,
+        "request": _params(task["run_request"]) if task.get("run_request") else None,
         "badge": status_badge,
         "fmt_time": format_time,
         "run_url": lambda rid: run_url(datasette, rid, database),
