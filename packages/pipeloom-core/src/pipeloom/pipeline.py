@@ -42,6 +42,7 @@ from pipeloom._runner import Runner
 from pipeloom._tasks import Flow, Stage, plan_stages, task_stream
 from pipeloom._text import RESULT_MAX_CHARS
 from pipeloom._text import result_text as to_result
+from pipeloom.alerts import Alerts, RunEndHook, TaskFailureHook, with_hooks
 from pipeloom.engine import MAX_WORKERS, RunResult, run_pipeline
 from pipeloom.errors import PipelineError
 from pipeloom.executors import Executor
@@ -197,6 +198,8 @@ class Pipeline(HandlerRegistry):
         self.options = options or RunOptions()
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._stages: list[Stage] = []
+        self.alerts = Alerts()
+        """The hooks added with `on_run_end` and `on_task_failure` (`pipeloom.alerts`)."""
 
     def __repr__(self) -> str:
         """Show the name, database and tasks, which is what a REPL user wants to check."""
@@ -428,6 +431,38 @@ class Pipeline(HandlerRegistry):
             return existing
         return self.task(fn)
 
+    # Alerts (pipeloom.alerts): hooks for runs nobody watches.
+    def on_run_end(self, hook: RunEndHook) -> RunEndHook:
+        """Call ``hook(summary)`` once after each run is recorded (usable as a decorator).
+
+        ``summary`` is a `pipeloom.alerts.RunSummary` (run id, status, counts, duration,
+        first failures, stop reason, the ``pipeloom status`` command). A hook that raises or
+        hangs never changes the record or the exit code; see `pipeloom.alerts`.
+        """
+        self.alerts = with_hooks(self.alerts, on_run_end=[hook])
+        return hook
+
+    @overload
+    def on_task_failure(self, hook: TaskFailureHook) -> TaskFailureHook: ...
+    @overload
+    def on_task_failure(
+        self, *, every_attempt: bool = False
+    ) -> Callable[[TaskFailureHook], TaskFailureHook]: ...
+    def on_task_failure(
+        self, hook: TaskFailureHook | None = None, *, every_attempt: bool = False
+    ) -> TaskFailureHook | Callable[[TaskFailureHook], TaskFailureHook]:
+        """Call ``hook(failure)`` once per task that failed for good (after its retries).
+
+        ``every_attempt=True`` also calls it for each failed attempt that is retried
+        (``failure.final`` is False then). ``failure`` is a `pipeloom.alerts.TaskFailure`.
+        """
+
+        def add(fn: TaskFailureHook) -> TaskFailureHook:
+            self.alerts = with_hooks(self.alerts, on_task_failure=[fn], every_attempt=every_attempt)
+            return fn
+
+        return add if hook is None else add(hook)
+
     def run(
         self,
         *,
@@ -503,7 +538,7 @@ class Pipeline(HandlerRegistry):
                 summary_hint=summary_hint,
                 executor=executor if executor is not None else self.executor,
                 follow_up=flow.follow_up if plan.consumed else None,
-                options=options if options is not None else self.options,
+                options=_with_alerts(options or self.options, self.alerts),
             )
         finally:
             if previous is not None:
@@ -514,6 +549,13 @@ class Pipeline(HandlerRegistry):
             "abandoned_threads": still_running,
         }
         return dataclasses.replace(result, extra={**result.extra, **extra})
+
+
+def _with_alerts(options: RunOptions, alerts: Alerts) -> RunOptions:
+    """The run's options with the pipeline's hooks added to any it already has."""
+    if not alerts.active:
+        return options
+    return dataclasses.replace(options, alerts=alerts.merged(options.alerts))
 
 
 def _whole(value: object, low: int, high: int) -> bool:
