@@ -78,16 +78,46 @@ def status(
             "--interval", low=0.05, high=86_400.0, kind=float, help="Seconds between refreshes."
         ),
     ] = 1.0,
+    failures: Annotated[
+        bool,
+        typer.Option(
+            "--failures",
+            help="Failed tasks over many runs, grouped by error (type and message with "
+            "numbers, ids, paths and quoted values as placeholders).",
+        ),
+    ] = False,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            metavar="AGE",
+            help="With --failures: only the last AGE (7d, 12h).",
+            show_default=False,
+        ),
+    ] = None,
+    pipeline: Annotated[
+        str | None,
+        typer.Option(
+            "--pipeline",
+            metavar="NAME",
+            help="With --failures: only runs of this pipeline.",
+            show_default=False,
+        ),
+    ] = None,
     verbose: Verbose = 0,
 ) -> None:
     """Show a run's summary and tasks.
 
     The latest run by default: failed tasks first, then running, then done; skipped ones
-    (a resumed run's) are counted under the table. --task ID|KEY shows one task in full. The
-    database is opened read-only and never created.
+    (a resumed run's) are counted under the table. --failures groups the failed tasks of
+    every run (--since 7d, --pipeline NAME) by their error. --task ID|KEY shows one task in
+    full. The database is opened read-only and never created.
     """
     from pipeloom_cli.commands._status_show import show
 
+    if failures or since is not None or pipeline is not None:
+        _failures(db_arg or db_opt or DEFAULT_DB, failures, since, pipeline, fmt, limit, verbose)
+        return
     watched = None
     if watch and task_ref is None and not runs:
         # Follow the run that is latest now, and exit with its outcome once it has ended.
@@ -95,6 +125,24 @@ def status(
     show(db_arg, db_opt, watched or run_id, task_ref, runs, fmt, limit, watch, interval, verbose)
     if watched is not None:
         raise typer.Exit(watched_exit_code(db_arg or db_opt or DEFAULT_DB, watched))
+
+
+def _failures(
+    db: Path,
+    failures: bool,
+    since: str | None,
+    pipeline: str | None,
+    fmt: Format,
+    limit: int | None,
+    verbose: int,
+) -> None:
+    from pipeloom_cli._errors import UsageError, user_errors
+    from pipeloom_cli.commands._status_failures import show_failures
+
+    if not failures:
+        with user_errors(verbose):
+            raise UsageError("--since and --pipeline go with --failures; add --failures")
+    show_failures(db, since, pipeline, fmt, limit, verbose)
 
 
 def latest_run_id(db: Path) -> int | None:
