@@ -13,12 +13,13 @@ A pipeline run from cron or a systemd timer has nobody watching its terminal. It
         print(failure.text())
 
 ``on_task_failure(failure)`` is called once per task that failed for good (after its
-retries; ``every_attempt=True`` also for each failed attempt before), ``on_run_end(summary)``
-once per run. Both are called in the driver, on a thread of their own, after the writer has
-committed what they describe, so a hook reading the file sees it. A hook can never change the
-record or the exit code: each call is time-boxed (`Alerts.timeout`); one that raises is
-logged, one that does not return in time is logged and not called again in that run, and
-either is noted on the run (``pipeline_runs.note``) for ``pipeloom status`` to show.
+retries; with ``every_attempt=True`` for each failed attempt, retried ones included),
+``on_run_end(summary)`` once per run. Both are called in the driver, on a thread of their
+own, after the writer has committed what they describe, so a hook reading the file sees it.
+A hook can never change the record or the exit code: each call is time-boxed
+(`Alerts.timeout`); one that raises is logged, one that does not return in time is logged
+and not called again in that run, and either is noted on the run (``pipeline_runs.note``)
+for ``pipeloom status`` to show.
 """
 
 from __future__ import annotations
@@ -188,24 +189,25 @@ class Alerts:
 
     on_run_end: tuple[RunEndHook, ...] = ()
     on_task_failure: tuple[TaskFailureHook, ...] = ()
-    every_attempt: bool = False
-    """Also call ``on_task_failure`` for each failed attempt that is retried."""
+    """Called once per task that failed for good (after its retries)."""
+    on_attempt_failure: tuple[TaskFailureHook, ...] = ()
+    """Called for every failed attempt: each one retried (``final=False``) and the last."""
     timeout: float = DEFAULT_TIMEOUT
     """Seconds one hook call may take; the run stops waiting for it then."""
 
     @property
     def active(self) -> bool:
         """True when there is a hook to call."""
-        return bool(self.on_run_end or self.on_task_failure)
+        return bool(self.on_run_end or self.on_task_failure or self.on_attempt_failure)
 
     def merged(self, other: Alerts | None) -> Alerts:
-        """Both sets of hooks (``every_attempt`` if either asks; the longer timeout)."""
+        """Both sets of hooks (with the longer timeout)."""
         if other is None:
             return self
         return Alerts(
             self.on_run_end + other.on_run_end,
             self.on_task_failure + other.on_task_failure,
-            self.every_attempt or other.every_attempt,
+            self.on_attempt_failure + other.on_attempt_failure,
             max(self.timeout, other.timeout),
         )
 
@@ -229,8 +231,8 @@ def extra_alerts(alerts: Alerts) -> Iterator[None]:
 
 
 def _name(hook: object) -> str:
-    named = getattr(hook, "hook_name", None) or getattr(hook, "__qualname__", None)
-    return str(named or getattr(hook, "__name__", None) or type(hook).__name__)
+    named = getattr(hook, "hook_name", None) or getattr(hook, "__name__", None)
+    return str(named or type(hook).__name__)
 
 
 @dataclass(slots=True)
@@ -290,7 +292,8 @@ class Dispatcher:
     def bind(self, run_id: int | None) -> None:
         """Start calling hooks for run ``run_id`` (None: the run keeps no pipeloom tables)."""
         self.run_id = run_id
-        if run_id is not None and self.alerts.on_task_failure and self.db_path != MEMORY:
+        failures = self.alerts.on_task_failure or self.alerts.on_attempt_failure
+        if run_id is not None and failures and self.db_path != MEMORY:
             self._thread.start()
 
     def __call__(self, applied: AppliedBatch) -> None:
@@ -301,7 +304,7 @@ class Dispatcher:
             if status in FAILED and task_id not in self._seen:
                 self._seen.add(task_id)
                 self._events.put(("final", task_id))
-        if self.alerts.every_attempt and applied.messages and not self._polling.is_set():
+        if self.alerts.on_attempt_failure and applied.messages and not self._polling.is_set():
             self._polling.set()
             self._events.put(("attempts", 0))
 
@@ -364,7 +367,10 @@ class Dispatcher:
                 self._out.problems.append(what)
                 continue
             for failure in failures:
-                for hook in self.alerts.on_task_failure:
+                hooks = self.alerts.on_attempt_failure
+                if failure.final:
+                    hooks = self.alerts.on_task_failure + hooks
+                for hook in hooks:
                     _call(hook, failure, self.alerts.timeout, self._out)
         if self._conn is not None:
             self._conn.close()
@@ -372,7 +378,7 @@ class Dispatcher:
     def _drain(self) -> None:
         if not self._thread.is_alive():
             return
-        if self.alerts.every_attempt:
+        if self.alerts.on_attempt_failure:
             self._events.put(("attempts", 0))
         self._events.put(None)
         # Each call is time-boxed and a hung hook is skipped after once: this ends.
@@ -450,7 +456,7 @@ def with_hooks(
     *,
     on_run_end: Sequence[RunEndHook] = (),
     on_task_failure: Sequence[TaskFailureHook] = (),
-    every_attempt: bool = False,
+    on_attempt_failure: Sequence[TaskFailureHook] = (),
 ) -> Alerts:
     """``alerts`` plus these hooks (the pipeline's decorators add theirs this way)."""
     base = alerts or Alerts()
@@ -458,5 +464,5 @@ def with_hooks(
         base,
         on_run_end=base.on_run_end + tuple(on_run_end),
         on_task_failure=base.on_task_failure + tuple(on_task_failure),
-        every_attempt=base.every_attempt or every_attempt,
+        on_attempt_failure=base.on_attempt_failure + tuple(on_attempt_failure),
     )

@@ -78,6 +78,7 @@ class Webhook:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 response.read()
         except urllib.error.HTTPError as exc:
+            exc.close()  # the error is also the response: its socket is closed here
             raise WebhookError(f"{self.hook_name} answered HTTP {exc.code}") from exc
         except (urllib.error.URLError, OSError) as exc:
             raise WebhookError(f"{self.hook_name} unreachable: {exc}") from exc

@@ -458,7 +458,10 @@ class Pipeline(HandlerRegistry):
         """
 
         def add(fn: TaskFailureHook) -> TaskFailureHook:
-            self.alerts = with_hooks(self.alerts, on_task_failure=[fn], every_attempt=every_attempt)
+            if every_attempt:
+                self.alerts = with_hooks(self.alerts, on_attempt_failure=[fn])
+            else:
+                self.alerts = with_hooks(self.alerts, on_task_failure=[fn])
             return fn
 
         return add if hook is None else add(hook)

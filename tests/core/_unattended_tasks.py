@@ -1,0 +1,22 @@
+"""Declarative tasks for the retention and alert tests, at module level so worker processes
+import them."""
+
+from __future__ import annotations
+
+from pipeloom import Context, Pipeline
+
+pipe = Pipeline("unattended-tasks", db="unused.db")
+
+
+@pipe.task(retries=2, backoff=0)
+def every_third_fails(ctx: Context, n: int) -> int:
+    """Fails on every attempt for multiples of 3 (so three attempts, one final failure)."""
+    if n % 3 == 0:
+        raise ValueError(f"bad row {n} in '/data/part-{n}.csv'")
+    return n
+
+
+@pipe.task
+def ok(ctx: Context, n: int) -> int:
+    """Always succeeds."""
+    return n
