@@ -13,7 +13,8 @@ the same file, and prints one JSON line:
   run (its writer commits at least every 20 ms while tasks flow);
 - ``bytes_before`` / ``bytes_after_prune`` / ``bytes_after_vacuum`` and ``vacuum_s``.
 
-    uv run python benchmarks/prune.py make /tmp/history.db   # 1,000 x 10,000 (about 2 GB)
+    uv run python benchmarks/prune.py make /tmp/history.db   # 1,000 x 10,000 (about 3 GB;
+                                                             # again to continue a short one)
     uv run python benchmarks/prune.py prune /tmp/history.db  # prune it, measure, vacuum
     uv run python benchmarks/prune.py --runs 50 --tasks 1000 # both, small, in a temp dir
 """
@@ -38,13 +39,15 @@ from pipeloom.retention import Retention, file_bytes, prune, vacuum
 
 
 def make_history(db: Path, runs: int, tasks: int) -> float:
-    """Write ``runs`` finished runs of ``tasks`` task rows each; seconds it took."""
+    """Write finished runs of ``tasks`` task rows each until ``db`` has ``runs``; seconds."""
     began = time.perf_counter()
     conn = connect(db)
     init_schema(conn, str(db))
     conn.execute("PRAGMA synchronous = OFF")
     conn.execute("PRAGMA cache_size = -400000")
-    for run in range(1, runs + 1):
+    # Continues a file an earlier call left short (each call may be time-boxed).
+    (have,) = conn.execute("SELECT coalesce(max(id), 0) FROM pipeline_runs").fetchone()
+    for run in range(int(have) + 1, runs + 1):
         day = "2025-01-01T00:00:00+00:00"
         conn.execute("BEGIN")
         conn.execute(

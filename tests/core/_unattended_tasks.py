@@ -3,6 +3,8 @@ import them."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pipeloom import Context, Pipeline
 
 pipe = Pipeline("unattended-tasks", db="unused.db")
@@ -20,3 +22,23 @@ def every_third_fails(ctx: Context, n: int) -> int:
 def ok(ctx: Context, n: int) -> int:
     """Always succeeds."""
     return n
+
+
+@pipe.task
+def logs_and_letters(ctx: Context, n: int) -> int:
+    """Leaves a log row and (through a handler that refuses it) a dead letter."""
+    ctx.log.warning("loaded %d", n)
+    ctx.emit(Refused(n))
+    return n
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A domain message whose handler always raises: it becomes a dead letter."""
+
+    n: int
+
+
+def refuse(conn: object, msgs: list[Refused]) -> None:
+    """The handler for `Refused`."""
+    raise ValueError("no room for it")
