@@ -3,6 +3,7 @@ import them."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from pipeloom import Context, Pipeline
@@ -42,3 +43,16 @@ class Refused:
 def refuse(conn: object, msgs: list[Refused]) -> None:
     """The handler for `Refused`."""
     raise ValueError("no room for it")
+
+
+@pipe.task(uses="warehouse")
+def warehouse_load(ctx: Context, n: int) -> int:
+    """Holds the warehouse long enough for others to queue behind it."""
+    time.sleep(0.15)
+    return n
+
+
+@pipe.task(uses="api")
+def api_call(ctx: Context, n: int) -> int:
+    """One call to a rate-limited API."""
+    return n

@@ -26,7 +26,7 @@ import logging
 import math
 import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar, overload
@@ -39,13 +39,14 @@ from pipeloom._registry import Handler, HandlerRegistry
 from pipeloom._resume import open_previous
 from pipeloom._retry import TaskTimeoutError
 from pipeloom._runner import Runner
-from pipeloom._tasks import Flow, Stage, plan_stages, task_stream
+from pipeloom._tasks import Flow, Job, Stage, plan_stages, task_stream
 from pipeloom._text import RESULT_MAX_CHARS
 from pipeloom._text import result_text as to_result
 from pipeloom.alerts import Alerts, RunEndHook, TaskFailureHook, with_hooks
 from pipeloom.engine import MAX_WORKERS, RunResult, run_pipeline
 from pipeloom.errors import PipelineError
 from pipeloom.executors import Executor
+from pipeloom.limits import Gate, Limit, parse_rate
 from pipeloom.options import RunOptions
 from pipeloom.writer import SchemaFn
 
@@ -99,6 +100,8 @@ class Task(Generic[T, R]):
     """
     max_outputs: int = DEFAULT_MAX_OUTPUTS
     """Most messages one atomic attempt may hold; one more fails it with `OutputLimitError`."""
+    uses: tuple[str, ...] = ()
+    """Resources its tasks hold while they run (`Pipeline.limit`, `pipeloom.limits`)."""
 
     def __call__(self, ctx: Context, item: T) -> R:
         """Run the function directly, without retries or timeout (handy in unit tests)."""
@@ -200,6 +203,8 @@ class Pipeline(HandlerRegistry):
         self._stages: list[Stage] = []
         self.alerts = Alerts()
         """The hooks added with `on_run_end` and `on_task_failure` (`pipeloom.alerts`)."""
+        self.limits: dict[str, Limit] = {}
+        """Named resources and what each allows (`limit`, `pipeloom.limits`)."""
 
     def __repr__(self) -> str:
         """Show the name, database and tasks, which is what a REPL user wants to check."""
@@ -219,6 +224,7 @@ class Pipeline(HandlerRegistry):
         max_backoff: float = 60.0,
         atomic: bool = True,
         max_outputs: int = DEFAULT_MAX_OUTPUTS,
+        uses: str | Sequence[str] = (),
     ) -> Task[T, R]: ...
 
     @overload
@@ -235,6 +241,7 @@ class Pipeline(HandlerRegistry):
         max_backoff: float = 60.0,
         atomic: bool = True,
         max_outputs: int = DEFAULT_MAX_OUTPUTS,
+        uses: str | Sequence[str] = (),
     ) -> Callable[[Callable[[Context, T], R]], Task[T, R]]: ...
 
     def task(
@@ -250,6 +257,7 @@ class Pipeline(HandlerRegistry):
         max_backoff: float = 60.0,
         atomic: bool = True,
         max_outputs: int = DEFAULT_MAX_OUTPUTS,
+        uses: str | Sequence[str] = (),
     ) -> Task[T, R] | Callable[[Callable[[Context, T], R]], Task[T, R]]:
         """Make ``fn(ctx, item)`` a task: ``@pipe.task``, ``@pipe.task(...)``, ``pipe.task(fn)``.
 
@@ -272,6 +280,8 @@ class Pipeline(HandlerRegistry):
             max_backoff: the longest wait between attempts.
             atomic: commit the task's emitted messages with its success, all or none.
             max_outputs: most messages one atomic attempt may hold in memory.
+            uses: the resources (declared with `limit`) each of its tasks holds while it
+                runs: ``"warehouse"`` or ``("warehouse", "api")``.
 
         Raises:
             PipelineError: a setting is out of range or the name is taken.
@@ -296,6 +306,7 @@ class Pipeline(HandlerRegistry):
                 max_backoff,
                 atomic=bool(atomic),
                 max_outputs=max_outputs,
+                uses=(uses,) if isinstance(uses, str) else tuple(uses),
             )
             self.tasks[task_name] = spec
             return spec
@@ -431,6 +442,51 @@ class Pipeline(HandlerRegistry):
             return existing
         return self.task(fn)
 
+    # Limits (pipeloom.limits): resources shared by the tasks of a run.
+    def limit(
+        self, name: str, capacity: int | None = None, *, rate: str | float | None = None
+    ) -> None:
+        """Declare a resource: at most ``capacity`` tasks using it at once, ``rate`` starts.
+
+        ``pipe.limit("warehouse", 2)``; ``pipe.limit("api", rate="10/s")`` (also ``"600/m"``,
+        ``"3600/h"``); both at once. Tasks name what they use: ``@pipe.task(uses="api")``.
+        Enforced at admission on every executor; other tasks never wait behind it.
+
+        Raises:
+            PipelineError: no capacity and no rate, or one out of range.
+        """
+        if capacity is None and rate is None:
+            raise PipelineError(
+                f"pipe.limit({name!r}): give a capacity (pipe.limit({name!r}, 2)) or a rate "
+                f"(pipe.limit({name!r}, rate='10/s')), or both"
+            )
+        if capacity is not None and not _whole(capacity, 1, MAX_WORKERS):
+            raise PipelineError(
+                f"pipe.limit({name!r}, {capacity!r}): use a whole number of tasks, 1 or more"
+            )
+        per_s = None if rate is None else parse_rate(rate)
+        self.limits[name] = Limit(name, capacity, per_s)
+
+    def _gate(self) -> Gate | None:
+        """The run's admission gate, when a task uses a declared resource."""
+        used = {name for stage in self._stages for name in stage.task.uses}
+        if not used:
+            return None
+        unknown = sorted(used - set(self.limits))
+        if unknown:
+            raise PipelineError(
+                f"pipeline {self.name!r}: tasks use {', '.join(map(repr, unknown))} but no "
+                f"pipe.limit() declares it; add pipe.limit({unknown[0]!r}, 2) or drop the uses="
+            )
+
+        def uses_of(task: Any) -> tuple[str, ...]:
+            job = getattr(task, "payload", None)
+            if not isinstance(job, Job) or job.done_in is not None or job.problem is not None:
+                return ()  # skipped or failed before it runs: it uses nothing
+            return job.task.uses
+
+        return Gate(self.limits, uses_of)
+
     # Alerts (pipeloom.alerts): hooks for runs nobody watches.
     def on_run_end(self, hook: RunEndHook) -> RunEndHook:
         """Call ``hook(summary)`` once after each run is recorded (usable as a decorator).
@@ -509,6 +565,7 @@ class Pipeline(HandlerRegistry):
                 f"pipeline {self.name!r} has no work: call pipe.map(task, items) before run()"
             )
         plan = plan_stages(self.name, self._stages)  # unknown tasks, cycles: before anything
+        gate = self._gate()  # a resource used but not declared: before anything too
         for stage in self._stages:
             if stage.items is not None and stage.used and iter(stage.items) is stage.items:
                 log.warning(
@@ -525,9 +582,15 @@ class Pipeline(HandlerRegistry):
             params["resumed_from"] = previous.run_id
         runner = Runner(self, self.fail_fast)
         flow = Flow(self.name, plan, previous)
+        source = task_stream(flow, plan)
+        follow_up: Callable[[Any, Any], Iterable[Any]] | None = (
+            flow.follow_up if plan.consumed else None
+        )
+        if gate is not None:  # limits: the gate admits, its hook frees (pipeloom.limits)
+            source, follow_up = gate.wrap(source), gate.follow_up(follow_up)
         try:
             result = run_pipeline(
-                task_stream(flow, plan),
+                source,
                 db_path,
                 worker_fn=runner,
                 workers=workers if workers is not None else self.workers,
@@ -540,10 +603,12 @@ class Pipeline(HandlerRegistry):
                 params=params,
                 summary_hint=summary_hint,
                 executor=executor if executor is not None else self.executor,
-                follow_up=flow.follow_up if plan.consumed else None,
+                follow_up=follow_up,
                 options=_with_alerts(options or self.options, self.alerts),
             )
         finally:
+            if gate is not None:
+                gate.close()
             if previous is not None:
                 previous.close()
         still_running = runner.wait_for_abandoned(self.grace)
