@@ -165,15 +165,23 @@ class Pacing:
 
     Each write transaction deletes as many rows as fit in ``hold`` seconds (its size adapts
     to what the last one took), then the prune sleeps ``pause`` seconds with the lock
-    released. A waiting writer's busy handler retries at 1, 3, 8, 18, 33, 53, 78 ms and
-    then every 25 ms: a pause of 30 ms always contains one of its retries, so it waits for
-    one ``hold`` and a retry interval at most (measured in benchmarks/prune.py).
+    released. A waiting writer's busy handler retries 1, 3, 8, 18, 33, 53 and 78 ms after it
+    starts waiting: no two retries are more than 25 ms apart until then, so a free window of
+    25 ms that opens within 75 ms of its first try always contains one, and it waits 100 ms
+    at most (measured in benchmarks/prune.py).
+
+    The WAL is checkpointed by the prune itself every ``checkpoint_every`` seconds, outside
+    any transaction: an automatic checkpoint after each commit (SQLite's default, every
+    1,000 pages) synced the file in every transaction and made the prune four times slower
+    (15,000 against 64,000 task rows a second on 10 million rows).
     """
 
-    hold: float = 0.04
+    hold: float = 0.05
     """Target seconds one deleting transaction holds the write lock."""
-    pause: float = 0.03
+    pause: float = 0.025
     """Seconds the lock is left free between two transactions."""
+    checkpoint_every: float = 2.0
+    """Seconds between the prune's own WAL checkpoints, taken outside any transaction."""
     first_chunk: int = 500
     """Rows in the first transaction, before its time is known."""
 
@@ -386,7 +394,9 @@ def _execute(
     on_progress: Callable[[PruneResult], None] | None = None,
 ) -> PruneResult:
     result = PruneResult(plan)
-    started = time.perf_counter()
+    started = last_checkpoint = time.perf_counter()
+    (autocheckpoint,) = conn.execute("PRAGMA wal_autocheckpoint").fetchone()
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
     tables = _tables(conn)
     gone, held = _write(conn, lambda: len(_delete_runs(conn, plan.ids)))
     result.transactions, result.longest_hold_s = 1, held
@@ -412,15 +422,22 @@ def _execute(
             budget -= n
         return chunk - budget
 
-    while work:
-        time.sleep(pacing.pause)
-        rows, held = _write(conn, some)
-        result.transactions += 1
-        result.longest_hold_s = max(result.longest_hold_s, held)
-        if rows >= chunk and held > 0:  # a full chunk: size the next one to the target
-            chunk = int(min(max(chunk * pacing.hold / held, 50), 200_000))
-        if on_progress is not None:
-            on_progress(result)
+    try:
+        while work:
+            time.sleep(pacing.pause)
+            rows, held = _write(conn, some)
+            result.transactions += 1
+            result.longest_hold_s = max(result.longest_hold_s, held)
+            if rows >= chunk and held > 0:  # a full chunk: size the next one to the target
+                chunk = int(min(max(chunk * pacing.hold / held, 50), 200_000))
+            if time.perf_counter() - last_checkpoint > pacing.checkpoint_every:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                last_checkpoint = time.perf_counter()
+            if on_progress is not None:
+                on_progress(result)
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    finally:
+        conn.execute(f"PRAGMA wal_autocheckpoint = {int(autocheckpoint)}")
     result.elapsed_s = time.perf_counter() - started
     return result
 
