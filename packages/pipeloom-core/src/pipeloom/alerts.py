@@ -18,8 +18,7 @@ retries; with ``every_attempt=True`` for each failed attempt, retried ones inclu
 own, after the writer has committed what they describe, so a hook reading the file sees it.
 A hook can never change the record or the exit code: each call is time-boxed
 (`Alerts.timeout`); one that raises is logged, one that does not return in time is logged
-and not called again in that run, and either is noted on the run (``pipeline_runs.note``)
-for ``pipeloom status`` to show.
+and not called again in that run, and either is noted on the run (``pipeline_runs.note``).
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ import queue
 import shlex
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -288,6 +288,8 @@ class Dispatcher:
         self._out = _Outcome()
         self._thread = threading.Thread(target=self._work, name="pipeloom-alerts", daemon=True)
         self._conn: sqlite3.Connection | None = None
+        self._deadline: float | None = None
+        self._dropped = 0
 
     def bind(self, run_id: int | None) -> None:
         """Start calling hooks for run ``run_id`` (None: the run keeps no pipeloom tables)."""
@@ -359,6 +361,9 @@ class Dispatcher:
             event = self._events.get()
             if event is None:
                 break
+            if self._deadline is not None and time.monotonic() > self._deadline:
+                self._dropped += 1  # the run has ended and its alerts ran out of time
+                continue
             try:
                 failures = self._rows(*event)
             except sqlite3.Error as exc:
@@ -381,8 +386,14 @@ class Dispatcher:
         if self.alerts.on_attempt_failure:
             self._events.put(("attempts", 0))
         self._events.put(None)
-        # Each call is time-boxed and a hung hook is skipped after once: this ends.
+        # Each call is time-boxed and a hung hook is skipped after once; slow hooks get
+        # twice their timeout after the run for what is still queued, then it is dropped.
+        self._deadline = time.monotonic() + 2 * self.alerts.timeout
         self._thread.join()
+        if self._dropped:
+            what = f"{self._dropped} failure alert(s) not sent: the hooks were too slow"
+            log.warning("%s", what)
+            self._out.problems.append(what)
 
     def finish(self, result: RunResult, sample: Sequence[tuple[int, str, str]]) -> None:
         """After the run is closed: the last failures, then ``on_run_end``, then the note."""

@@ -60,6 +60,10 @@ __all__ = [
 
 log = logging.getLogger("pipeloom.retention")
 
+START_BUDGET_S: Final = 3.0
+"""Seconds a run's writer spends on retention as it starts (a third of the default lease,
+so the run never looks stale); a larger backlog is finished by the runs that follow."""
+
 RUN_TABLES: Final = ("task_runs", "task_attempts", "task_logs", "dead_letters")
 """pipeloom's tables whose rows belong to one run (``run_id``), deleted with it. A table
 pipeloom adds later with a ``run_id`` joins this list; no other table is ever touched."""
@@ -392,6 +396,7 @@ def _execute(
     plan: PrunePlan,
     pacing: Pacing,
     on_progress: Callable[[PruneResult], None] | None = None,
+    budget: float | None = None,
 ) -> PruneResult:
     result = PruneResult(plan)
     started = last_checkpoint = time.perf_counter()
@@ -424,6 +429,8 @@ def _execute(
 
     try:
         while work:
+            if budget is not None and time.perf_counter() - started > budget:
+                break  # the run rows are gone; the next prune deletes what is left
             time.sleep(pacing.pause)
             rows, held = _write(conn, some)
             result.transactions += 1
@@ -449,6 +456,7 @@ def prune(
     dry_run: bool = False,
     pacing: Pacing | None = None,
     on_progress: Callable[[PruneResult], None] | None = None,
+    budget: float | None = None,
 ) -> PruneResult:
     """Delete the runs ``policy`` lets go from ``db_path`` (see the module docstring).
 
@@ -458,6 +466,8 @@ def prune(
         dry_run: only plan; the result's ``plan`` says what would go.
         pacing: how long each transaction holds the lock and how long it lets go.
         on_progress: called after each deleting transaction.
+        budget: stop after about this many seconds; the runs are gone already, and the next
+            prune deletes their rows that are left.
 
     Raises:
         DatabaseError: the file is missing, not pipeloom's, outdated or unwritable.
@@ -467,7 +477,7 @@ def prune(
         plan = plan_prune(conn, policy)
         if dry_run:
             return PruneResult(plan)
-        return _execute(conn, plan, pacing or Pacing(), on_progress)
+        return _execute(conn, plan, pacing or Pacing(), on_progress, budget)
     except sqlite3.Error as exc:
         raise describe_error(db_path, exc, writing=True) from exc
     finally:
@@ -487,7 +497,9 @@ def apply_retention(conn: sqlite3.Connection, policy: Retention, db_label: str) 
         plan = plan_prune(conn, policy, count_rows=False)
         if not plan.runs and not plan.orphans:
             return PruneResult(plan)
-        result = _execute(conn, plan, Pacing())
+        # Bounded: the writer does not beat while it prunes, and a first prune of a large
+        # file could outlast the run's lease. What is left is finished by later runs.
+        result = _execute(conn, plan, Pacing(), budget=START_BUDGET_S)
         log.info(
             "%s: retention deleted %d old run(s) (%s)",
             db_label,
