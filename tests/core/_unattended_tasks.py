@@ -48,7 +48,7 @@ def refuse(conn: object, msgs: list[Refused]) -> None:
 @pipe.task(uses="warehouse")
 def warehouse_load(ctx: Context, n: int) -> int:
     """Holds the warehouse long enough for others to queue behind it."""
-    time.sleep(0.15)
+    time.sleep(0.25)
     return n
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -229,3 +230,21 @@ def test_cli_notify_posts_the_run_summary(tmp_path: Path, receiver: ThreadingHTT
         [*cmd[:-1], "ftp://nowhere"], capture_output=True, text=True, timeout=60, cwd=tmp_path
     )
     assert bad.returncode == 2 and "--notify" in bad.stderr and "http" in bad.stderr
+
+
+def test_slow_failure_alerts_left_after_the_run_are_dropped_and_noted(tmp_path: Path) -> None:
+    db = tmp_path / "slow.db"
+    sent: list[int] = []
+
+    def slow(failure: TaskFailure) -> None:
+        time.sleep(0.08)  # under its timeout, but 200 of them (16 s) outlast the run by far
+        sent.append(failure.task_id)
+
+    pipe = Pipeline("slow-hooks", db=db, workers=4)
+    pipe.map(tasks.every_third_fails, range(1, 601))  # 200 final failures
+    alerts = Alerts(on_task_failure=(slow,), timeout=0.1)
+    result = pipe.run(progress=False, options=RunOptions(alerts=alerts))
+    assert result.exit_code == 1 and len(result.failed_task_ids) == 200
+    (note,) = rows(db, "SELECT note FROM pipeline_runs")[0]
+    dropped = 200 - len(sent)
+    assert dropped > 0 and f"{dropped} failure alert(s) not sent" in note

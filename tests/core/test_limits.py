@@ -66,7 +66,7 @@ def test_a_rate_is_never_outrun(tmp_path: Path, executor: str) -> None:
         for (s,) in rows(db, "SELECT started_at FROM task_runs WHERE task_key LIKE 'api_call:%'")
     )
     assert len(starts) == 100
-    epsilon = 0.03  # how much later than its admission one start may be recorded than another
+    epsilon = 0.04  # how much later after its admission one start may be recorded than another
     for k, start in enumerate(starts):
         assert start >= starts[0] + k / rate - epsilon, k
     # Over the 100 calls the rate holds within 10%: never faster than 100/s x 1.1.

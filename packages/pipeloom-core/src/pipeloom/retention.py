@@ -60,6 +60,9 @@ __all__ = [
 
 log = logging.getLogger("pipeloom.retention")
 
+MAX_CHUNK: Final = 20_000
+"""Most rows one deleting transaction may take, whatever the last one measured."""
+
 START_BUDGET_S: Final = 3.0
 """Seconds a run's writer spends on retention as it starts (a third of the default lease,
 so the run never looks stale); a larger backlog is finished by the runs that follow."""
@@ -435,8 +438,12 @@ def _execute(
             rows, held = _write(conn, some)
             result.transactions += 1
             result.longest_hold_s = max(result.longest_hold_s, held)
-            if rows >= chunk and held > 0:  # a full chunk: size the next one to the target
-                chunk = int(min(max(chunk * pacing.hold / held, 50), 200_000))
+            if held > 1.5 * pacing.hold or (rows >= chunk and held > 0):
+                # Sized to the target from the last one: shrunk at once when it was slow,
+                # grown at most twofold (a transaction that hit cached pages said little
+                # about the next: unbounded growth once gave a 900 ms transaction).
+                factor = min(2.0, pacing.hold / max(held, 1e-6))
+                chunk = int(min(max(chunk * factor, 50), MAX_CHUNK))
             if time.perf_counter() - last_checkpoint > pacing.checkpoint_every:
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 last_checkpoint = time.perf_counter()
