@@ -187,6 +187,9 @@ class Pacing:
     """Target seconds one deleting transaction holds the write lock."""
     pause: float = 0.025
     """Seconds the lock is left free between two transactions."""
+    pause_contended: float = 0.06
+    """The pause while other writers want the lock (one took it in the last 2 s): a writer
+    whose busy handler has backed off to 50 ms retries still finds it free."""
     checkpoint_every: float = 2.0
     """Seconds between the prune's own WAL checkpoints, taken outside any transaction."""
     first_chunk: int = 500
@@ -364,8 +367,9 @@ def plan_prune(
     return plan
 
 
-def _write(conn: sqlite3.Connection, work: Callable[[], int]) -> tuple[int, float]:
-    """Run ``work`` in one write transaction; (rows, seconds the lock was held)."""
+def _write(conn: sqlite3.Connection, work: Callable[[], int]) -> tuple[int, float, float]:
+    """Run ``work`` in one write transaction; (rows, seconds held, seconds waited for it)."""
+    asked = time.perf_counter()
     conn.execute("BEGIN IMMEDIATE")
     held = time.perf_counter()
     try:
@@ -375,7 +379,7 @@ def _write(conn: sqlite3.Connection, work: Callable[[], int]) -> tuple[int, floa
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    return rows, time.perf_counter() - held
+    return rows, time.perf_counter() - held, held - asked
 
 
 def _delete_runs(conn: sqlite3.Connection, ids: Sequence[int]) -> list[int]:
@@ -403,10 +407,11 @@ def _execute(
 ) -> PruneResult:
     result = PruneResult(plan)
     started = last_checkpoint = time.perf_counter()
+    contended_until = 0.0
     (autocheckpoint,) = conn.execute("PRAGMA wal_autocheckpoint").fetchone()
     conn.execute("PRAGMA wal_autocheckpoint = 0")
     tables = _tables(conn)
-    gone, held = _write(conn, lambda: len(_delete_runs(conn, plan.ids)))
+    gone, held, _ = _write(conn, lambda: len(_delete_runs(conn, plan.ids)))
     result.transactions, result.longest_hold_s = 1, held
     result.deleted["pipeline_runs"] = gone
     # The run rows are gone: from here on every row deleted is invisible to readers already.
@@ -434,8 +439,13 @@ def _execute(
         while work:
             if budget is not None and time.perf_counter() - started > budget:
                 break  # the run rows are gone; the next prune deletes what is left
-            time.sleep(pacing.pause)
-            rows, held = _write(conn, some)
+            # Another writer took the lock in a pause: writers are waiting, so the lock is
+            # left free longer for a while, long enough for a retry of each of them.
+            contended = time.perf_counter() < contended_until
+            time.sleep(pacing.pause_contended if contended else pacing.pause)
+            rows, held, waited = _write(conn, some)
+            if waited > 0.001:
+                contended_until = time.perf_counter() + 2.0
             result.transactions += 1
             result.longest_hold_s = max(result.longest_hold_s, held)
             if held > 1.5 * pacing.hold or (rows >= chunk and held > 0):
