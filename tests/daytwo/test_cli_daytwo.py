@@ -104,7 +104,7 @@ def test_param_mistakes_and_changes_are_one_line(
     as_arg = runner.invoke(app, ["run", "etl.py:pipe", "--arg", "since=2024-06-01"])
     assert as_arg.exit_code == 2 and "--param since=2024-06-01" in as_arg.stderr
     lone = runner.invoke(app, ["status", "runs.db", "--pipeline", "daily"])
-    assert lone.exit_code == 2 and "add --state" in lone.stderr
+    assert lone.exit_code == 2 and "--state" in lone.stderr and "--failures" in lone.stderr
 
 
 ETL = """

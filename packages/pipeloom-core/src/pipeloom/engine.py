@@ -25,6 +25,7 @@ from pipeloom._admission import FollowUp, Run, check_ids
 from pipeloom._compat import DEFAULT_WORKER, argument_order
 from pipeloom._stopping import InterruptHandler
 from pipeloom._text import exc_summary
+from pipeloom.alerts import start as start_alerts
 from pipeloom.db import DEFAULT_DB, Synchronous
 from pipeloom.errors import (
     DatabaseError,
@@ -40,6 +41,7 @@ from pipeloom.options import RunOptions, check_settings
 from pipeloom.progress import LiveDisplay, PlainReporter, render_failures, render_summary
 from pipeloom.queue import DEFAULT_MAXSIZE, MessageQueue
 from pipeloom.result import RunResult
+from pipeloom.retention import Retention
 from pipeloom.status import decide_run_status
 from pipeloom.tasklogs import DEFAULT_TASK_LOG_LIMIT
 from pipeloom.writer import Handler, Listener, SchemaFn, SQLiteWriter
@@ -240,6 +242,15 @@ def run_pipeline(
     elif plain:
         display = PlainReporter(total, console=out, title=run_name, counts=extra_counts)
 
+    # Running unattended: hooks (pipeloom.alerts) and retention (pipeloom.retention).
+    alerts = start_alerts(options.alerts if options else None, str(db_path), run_name)
+    if alerts is not None:
+        listeners = (*listeners, alerts)
+    if options is not None and (options.keep_runs or options.keep_days is not None):
+        retention_policy = Retention(options.keep_runs, options.keep_days, run_name)
+    else:
+        retention_policy = None
+
     q = MessageQueue(queue_size)
     writer_kwargs: dict[str, Any] = {}
     if batch_size is not None:
@@ -262,12 +273,17 @@ def run_pipeline(
         synchronous=synchronous,
         lease=lease,
         task_log_limit=task_log_limit,
+        retention=retention_policy,
         **writer_kwargs,
     )
     started = time.perf_counter()
     writer.start()
     writer.ready.wait()
+    if alerts is not None:
+        alerts.bind(writer.run_id)
     if writer.error is not None:
+        if alerts is not None:
+            alerts.abandon()
         writer.join()
         if isinstance(writer.error, DatabaseError):
             raise writer.error
@@ -312,6 +328,8 @@ def run_pipeline(
         if isinstance(display, LiveDisplay):
             display.set_outcome(status)
     elapsed = time.perf_counter() - started
+    if alerts is not None and (writer.error is not None or start_error is not None):
+        alerts.abandon()
     if writer.error is not None:
         raise WriterFailedError(
             f"{db_path}: the writer stopped, so the run was aborted ({writer.error}); "
@@ -363,6 +381,8 @@ def run_pipeline(
                 no_wrap=True,  # one line per failed task, cut to the terminal's width
                 overflow="ellipsis",
             )
+    if alerts is not None:  # after the record is closed; never changes the result
+        alerts.finish(result, writer.failed_sample)
     return result
 
 

@@ -18,6 +18,7 @@ from pipeloom.queue import DEFAULT_MAXSIZE
 from pipeloom.tasklogs import DEFAULT_TASK_LOG_LIMIT
 
 if TYPE_CHECKING:  # the writer takes RunOptions itself
+    from pipeloom.alerts import Alerts
     from pipeloom.writer import Listener
 
 __all__ = ["MAX_COUNT", "RunOptions", "check_settings"]
@@ -43,6 +44,13 @@ class RunOptions:
     """Extra post-commit listeners, called with what each commit made durable."""
     task_log_limit: int = DEFAULT_TASK_LOG_LIMIT
     """Log records stored per task in ``task_logs``; the rest are counted, not stored."""
+    # Running unattended (pipeloom.retention, pipeloom.alerts); not run_pipeline keywords.
+    keep_runs: int | None = None
+    """Retention: as the run starts, delete this pipeline's runs beyond the newest N."""
+    keep_days: float | None = None
+    """Retention: as the run starts, delete this pipeline's runs older than N days."""
+    alerts: Alerts | None = None
+    """Hooks called when the run ends and when a task fails for good (`pipeloom.alerts`)."""
 
     def __post_init__(self) -> None:
         """Refuse a setting no run could use, when it is written rather than mid-run.
@@ -59,10 +67,15 @@ class RunOptions:
             lease=self.lease,
             task_log_limit=self.task_log_limit,
         )
+        if self.keep_runs is not None or self.keep_days is not None:
+            from pipeloom.retention import Retention  # checks both, one line each
+
+            Retention(self.keep_runs, self.keep_days)
 
     def as_kwargs(self) -> dict[str, Any]:
-        """The options as `run_pipeline` keywords."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The options as `run_pipeline` keywords (the unattended ones go in ``options=``)."""
+        unattended = {"keep_runs", "keep_days", "alerts"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in unattended}
 
 
 MAX_COUNT = 2**63 - 1

@@ -61,6 +61,7 @@ from pipeloom.record._runs import (
 )
 from pipeloom.record._task_sql import prepare as prepare_task_sql
 from pipeloom.record._task_sql import upsert_tasks
+from pipeloom.retention import Retention, apply_retention
 from pipeloom.status import ENDED_RUN_STATUSES, FAILED
 from pipeloom.tasklogs import DEFAULT_TASK_LOG_LIMIT, TaskLogStore
 
@@ -135,6 +136,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         commit_interval: float = DEFAULT_COMMIT_INTERVAL,
         lease: float | None = None,
         task_log_limit: int = DEFAULT_TASK_LOG_LIMIT,
+        retention: Retention | None = None,
         options: RunOptions | None = None,
     ) -> None:
         """Prepare the writer; nothing touches the database until ``start``.
@@ -164,6 +166,9 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                 the run look dead.
             task_log_limit: log records stored per task (``task_logs``); the rest are
                 dropped and counted in one summary row of the task. 0 stores none.
+            retention: old runs of this pipeline to delete as the run starts, after its own
+                row is in (`pipeloom.retention`; from ``options``' ``keep_runs`` and
+                ``keep_days`` when not given).
             options: the same settings as one `RunOptions` (what `run_pipeline` and a
                 `Pipeline` take) instead of ``wal`` ... ``task_log_limit`` one by one; its
                 listeners are added to ``listeners``. A setting may come one way, not both.
@@ -190,6 +195,8 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                 commit_interval = options.commit_interval
             task_log_limit = options.task_log_limit
             listeners = (*listeners, *options.listeners)
+            if retention is None and (options.keep_runs or options.keep_days is not None):
+                retention = Retention(options.keep_runs, options.keep_days, run_name)
         if task_log_limit < 0:
             raise ValueError(
                 f"task_log_limit={task_log_limit}: use 0 (store no task logs) or more "
@@ -258,6 +265,7 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         self._live_next: LiveCounts | None = None
         """The counts as of the batch being applied, adopted once it commits."""
         self._task_logs = TaskLogStore(task_log_limit)
+        self.retention = retention
 
     # -- registration -------------------------------------------------------------------
 
@@ -359,6 +367,9 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                 self._apply_schema(conn, self._schema)
             if self.store_task_status:
                 self.run_id = self._insert_run(conn)
+                # Retention (pipeloom.retention): after the insert, so this run is live.
+                if self.retention is not None and self.retention.active:
+                    apply_retention(conn, self.retention, str(self.db_path))
         except sqlite3.Error as exc:
             self._close_after_failed_open(conn)
             raise DatabaseError(f"{self.db_path}: cannot prepare the database ({exc})") from exc

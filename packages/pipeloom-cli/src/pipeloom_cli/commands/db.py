@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -49,6 +49,12 @@ def upgrade(db: DbArg) -> None:
         typer.echo(f"recorded {name} (already in effect)" if name in held else f"applied {name}")
     state = "upgraded to" if set(applied) - held else "already at"
     typer.echo(f"{printable(db)}: {state} schema version {info.schema_version}")
+
+
+def _prune_command() -> Any:
+    from pipeloom_cli.commands.db_prune import prune
+
+    return prune
 
 
 def _size(n: int) -> str:
@@ -99,10 +105,22 @@ def _describe(info: DatabaseInfo) -> list[str]:
 
 @app.command("info")
 def info(db: DbArg) -> None:
-    """Show a run database's migrations, runs, task counts, size and journal mode."""
+    """Show a run database's migrations, runs, task counts, size and journal mode.
+
+    Then rows and bytes per pipeloom table (indexes included), what retention would shrink.
+    """
+    from pipeloom.retention import table_sizes
     from pipeloom_observe.info import database_info
 
     with user_errors():
         described = database_info(db)
+        sizes = table_sizes(db) if described.layout == "current" else []
     for line in _describe(described):
         typer.echo(line)
+    for size in sizes:  # rows and bytes per pipeloom table: what retention would shrink
+        shown = "" if size.bytes is None else f"  {_size(size.bytes):>10}"
+        typer.echo(f"  {size.table:<16} {size.rows:>12} rows{shown}")
+
+
+# Retention lives in its own module; registered here so `pipeloom db --help` lists it.
+app.command("prune")(_prune_command())

@@ -9,8 +9,10 @@ same exit codes as ``pipeloom demo``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -138,6 +140,29 @@ _OPTION_OF = {
 """The option that sets each `Pipeline.run` keyword, for error messages."""
 
 
+class NotifyWhen(StrEnum):
+    """When ``--notify`` sends a run's message."""
+
+    failure = "failure"
+    always = "always"
+
+
+def _notifying(urls: list[str], when: NotifyWhen) -> contextlib.AbstractContextManager[None]:
+    """Every run started in the block also calls these webhooks (`pipeloom.alerts`)."""
+    if not urls:
+        return contextlib.nullcontext()
+    from pipeloom.alerts import Alerts, extra_alerts
+    from pipeloom.errors import InvalidArgumentError
+    from pipeloom.notify import webhook
+
+    try:
+        hooks = [webhook(url, on=when.value) for url in urls]
+    except InvalidArgumentError as exc:
+        raise UsageError(f"--notify: {exc}") from exc
+    # One message per run: a webhook per failed task would flood a channel on a bad day.
+    return extra_alerts(Alerts(on_run_end=tuple(hooks)))
+
+
 def run(
     target: Annotated[
         str,
@@ -218,6 +243,19 @@ def run(
     ] = False,
     executor: ExecutorName = None,
     dask_address: DaskAddress = None,
+    notify: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--notify",
+            metavar="URL",
+            help="POST a JSON message to this webhook (Slack, Teams or any receiver) when "
+            "the run ends; repeatable.",
+        ),
+    ] = None,
+    notify_on: Annotated[
+        NotifyWhen,
+        typer.Option("--notify-on", help="Send the run's message on failure only, or always."),
+    ] = NotifyWhen.failure,
     verbose: Verbose = 0,
     log_file: LogFile = None,
 ) -> None:
@@ -250,6 +288,7 @@ def run(
             prepare_for_write(db)
         runner = _run_pipeline_object if is_pipeline(loaded.obj) else _run_function
         chosen = choose_executor(executor, dask_address)
-        outcome = runner(loaded, raw, db, workers, resume_value, chosen, wait, asked)
+        with _notifying(notify or [], notify_on):
+            outcome = runner(loaded, raw, db, workers, resume_value, chosen, wait, asked)
     if isinstance(outcome, RunResult):
         raise typer.Exit(exit_code_for(outcome))

@@ -53,10 +53,6 @@ def status(
             "last set each key.",
         ),
     ] = False,
-    pipeline: Annotated[
-        str | None,
-        typer.Option("--pipeline", help="With --state: only this pipeline's.", show_default=False),
-    ] = None,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="table or json.")] = Format.table,
     limit: Annotated[
         int | None,
@@ -78,23 +74,56 @@ def status(
             "--interval", low=0.05, high=86_400.0, kind=float, help="Seconds between refreshes."
         ),
     ] = 1.0,
+    failures: Annotated[
+        bool,
+        typer.Option(
+            "--failures",
+            help="Failed tasks over many runs, grouped by error (type and message with "
+            "numbers, ids, paths and quoted values as placeholders).",
+        ),
+    ] = False,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            metavar="AGE",
+            help="With --failures: only the last AGE (7d, 12h).",
+            show_default=False,
+        ),
+    ] = None,
+    pipeline: Annotated[
+        str | None,
+        typer.Option(
+            "--pipeline",
+            metavar="NAME",
+            help="With --state or --failures: only this pipeline's.",
+            show_default=False,
+        ),
+    ] = None,
     verbose: Verbose = 0,
 ) -> None:
     """Show a run's summary and tasks.
 
     The latest run by default: failed tasks first, then running, then done; skipped ones
-    (a resumed run's) are counted under the table. --task ID|KEY shows one task in full. The
-    database is opened read-only and never created.
+    (a resumed run's) are counted under the table. --failures groups the failed tasks of
+    every run (--since 7d, --pipeline NAME) by their error. --task ID|KEY shows one task in
+    full. The database is opened read-only and never created.
     """
     from pipeloom_cli.commands._status_show import show
 
+    if failures or since is not None:
+        _failures(db_arg or db_opt or DEFAULT_DB, failures, since, pipeline, fmt, limit, verbose)
+        return
     if state or pipeline is not None:
         from pipeloom_cli._errors import UsageError, user_errors
         from pipeloom_cli.commands._status_state import show_state
 
         with user_errors(verbose):
             if not state:
-                raise UsageError("--pipeline chooses whose state --state shows; add --state")
+                raise UsageError(
+                    "--pipeline chooses whose state (--state) or failures (--failures) to "
+                    "show; add one of them"
+                )
             if runs or task_ref is not None or watch or run_id is not None:
                 raise UsageError("--state shows the stored state; drop --runs/--task/--run/--watch")
             if db_arg is not None and db_opt is not None and db_arg != db_opt:
@@ -108,6 +137,24 @@ def status(
     show(db_arg, db_opt, watched or run_id, task_ref, runs, fmt, limit, watch, interval, verbose)
     if watched is not None:
         raise typer.Exit(watched_exit_code(db_arg or db_opt or DEFAULT_DB, watched))
+
+
+def _failures(
+    db: Path,
+    failures: bool,
+    since: str | None,
+    pipeline: str | None,
+    fmt: Format,
+    limit: int | None,
+    verbose: int,
+) -> None:
+    from pipeloom_cli._errors import UsageError, user_errors
+    from pipeloom_cli.commands._status_failures import show_failures
+
+    if not failures:
+        with user_errors(verbose):
+            raise UsageError("--since goes with --failures; add --failures")
+    show_failures(db, since, pipeline, fmt, limit, verbose)
 
 
 def latest_run_id(db: Path) -> int | None:

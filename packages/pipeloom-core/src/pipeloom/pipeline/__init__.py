@@ -32,10 +32,12 @@ from rich.console import Console
 
 from pipeloom._text import RESULT_MAX_CHARS
 from pipeloom._text import result_text as to_result
+from pipeloom.alerts import Alerts, RunEndHook, TaskFailureHook, with_hooks
 from pipeloom.db import DEFAULT_DB
 from pipeloom.engine import MAX_WORKERS, RunResult, run_pipeline
 from pipeloom.errors import PipelineError
 from pipeloom.executors import Executor
+from pipeloom.limits import Gate, Limit, parse_rate
 from pipeloom.options import RunOptions
 from pipeloom.params import param_changes
 from pipeloom.params import resolve as resolve_params
@@ -48,7 +50,7 @@ from pipeloom.pipeline._resume import open_previous
 from pipeloom.pipeline._retry import TaskTimeoutError
 from pipeloom.pipeline._runner import Runner
 from pipeloom.pipeline._task import Task
-from pipeloom.pipeline._tasks import Flow, Stage, plan_stages, task_stream
+from pipeloom.pipeline._tasks import Flow, Job, Stage, plan_stages, task_stream
 from pipeloom.record._registry import Handler, HandlerRegistry
 from pipeloom.state import MsgStateSet, apply_state_sets, read_state
 from pipeloom.writer import SchemaFn
@@ -141,6 +143,10 @@ class Pipeline(HandlerRegistry):
         self.options = options or RunOptions()
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._stages: list[Stage] = []
+        self.alerts = Alerts()
+        """The hooks added with `on_run_end` and `on_task_failure` (`pipeloom.alerts`)."""
+        self.limits: dict[str, Limit] = {}
+        """Named resources and what each allows (`limit`, `pipeloom.limits`)."""
 
     def __repr__(self) -> str:
         """Show the name, database and tasks, which is what a REPL user wants to check."""
@@ -164,6 +170,7 @@ class Pipeline(HandlerRegistry):
         cache_key: Callable[[Any], Any] | None = ...,
         cache_version: str = ...,
         cache_ttl: float | None = ...,
+        uses: str | Sequence[str] = ...,
     ) -> Task[T, R]: ...
 
     @overload
@@ -184,6 +191,7 @@ class Pipeline(HandlerRegistry):
         cache_key: Callable[[Any], Any] | None = ...,
         cache_version: str = ...,
         cache_ttl: float | None = ...,
+        uses: str | Sequence[str] = ...,
     ) -> Callable[[Callable[[Context, T], R]], Task[T, R]]: ...
 
     def task(
@@ -203,6 +211,7 @@ class Pipeline(HandlerRegistry):
         cache_key: Callable[[Any], Any] | None = None,
         cache_version: str = "",
         cache_ttl: float | None = None,
+        uses: str | Sequence[str] = (),
     ) -> Task[T, R] | Callable[[Callable[[Context, T], R]], Task[T, R]]:
         """Make ``fn(ctx, item)`` a task: ``@pipe.task``, ``@pipe.task(...)``, ``pipe.task(fn)``.
 
@@ -232,6 +241,8 @@ class Pipeline(HandlerRegistry):
                 upstream result), e.g. `pipeloom.fingerprint.file`.
             cache_version: part of the fingerprint; bump it when the function changes.
             cache_ttl: seconds a cached result stays usable.
+            uses: the resources (declared with `limit`) each of its tasks holds while it
+                runs: ``"warehouse"`` or ``("warehouse", "api")``.
 
         Raises:
             PipelineError: a setting is out of range or the name is taken.
@@ -261,6 +272,7 @@ class Pipeline(HandlerRegistry):
                 cache_key=cache_key,
                 cache_version=str(cache_version),
                 cache_ttl=cache_ttl,
+                uses=(uses,) if isinstance(uses, str) else tuple(uses),
             )
             self.tasks[task_name] = spec
             return spec
@@ -396,6 +408,86 @@ class Pipeline(HandlerRegistry):
             return existing
         return self.task(fn)
 
+    # Limits (pipeloom.limits): resources shared by the tasks of a run.
+    def limit(
+        self, name: str, capacity: int | None = None, *, rate: str | float | None = None
+    ) -> None:
+        """Declare a resource: at most ``capacity`` tasks using it at once, ``rate`` starts.
+
+        ``pipe.limit("warehouse", 2)``; ``pipe.limit("api", rate="10/s")`` (also ``"600/m"``,
+        ``"3600/h"``); both at once. Tasks name what they use: ``@pipe.task(uses="api")``.
+        Enforced at admission on every executor; other tasks never wait behind it.
+
+        Raises:
+            PipelineError: no capacity and no rate, or one out of range.
+        """
+        if capacity is None and rate is None:
+            raise PipelineError(
+                f"pipe.limit({name!r}): give a capacity (pipe.limit({name!r}, 2)) or a rate "
+                f"(pipe.limit({name!r}, rate='10/s')), or both"
+            )
+        if capacity is not None and not _whole(capacity, 1, MAX_WORKERS):
+            raise PipelineError(
+                f"pipe.limit({name!r}, {capacity!r}): use a whole number of tasks, 1 or more"
+            )
+        per_s = None if rate is None else parse_rate(rate)
+        self.limits[name] = Limit(name, capacity, per_s)
+
+    def _gate(self) -> Gate | None:
+        """The run's admission gate, when a task uses a declared resource."""
+        used = {name for stage in self._stages for name in stage.task.uses}
+        if not used:
+            return None
+        unknown = sorted(used - set(self.limits))
+        if unknown:
+            raise PipelineError(
+                f"pipeline {self.name!r}: tasks use {', '.join(map(repr, unknown))} but no "
+                f"pipe.limit() declares it; add pipe.limit({unknown[0]!r}, 2) or drop the uses="
+            )
+
+        def uses_of(task: Any) -> tuple[str, ...]:
+            job = getattr(task, "payload", None)
+            if not isinstance(job, Job) or job.done_in is not None or job.problem is not None:
+                return ()  # skipped or failed before it runs: it uses nothing
+            return job.task.uses
+
+        return Gate(self.limits, uses_of)
+
+    # Alerts (pipeloom.alerts): hooks for runs nobody watches.
+    def on_run_end(self, hook: RunEndHook) -> RunEndHook:
+        """Call ``hook(summary)`` once after each run is recorded (usable as a decorator).
+
+        ``summary`` is a `pipeloom.alerts.RunSummary` (run id, status, counts, duration,
+        first failures, stop reason, the ``pipeloom status`` command). A hook that raises or
+        hangs never changes the record or the exit code; see `pipeloom.alerts`.
+        """
+        self.alerts = with_hooks(self.alerts, on_run_end=[hook])
+        return hook
+
+    @overload
+    def on_task_failure(self, hook: TaskFailureHook) -> TaskFailureHook: ...
+    @overload
+    def on_task_failure(
+        self, *, every_attempt: bool = False
+    ) -> Callable[[TaskFailureHook], TaskFailureHook]: ...
+    def on_task_failure(
+        self, hook: TaskFailureHook | None = None, *, every_attempt: bool = False
+    ) -> TaskFailureHook | Callable[[TaskFailureHook], TaskFailureHook]:
+        """Call ``hook(failure)`` once per task that failed for good (after its retries).
+
+        ``every_attempt=True`` also calls it for each failed attempt that is retried
+        (``failure.final`` is False then). ``failure`` is a `pipeloom.alerts.TaskFailure`.
+        """
+
+        def add(fn: TaskFailureHook) -> TaskFailureHook:
+            if every_attempt:
+                self.alerts = with_hooks(self.alerts, on_attempt_failure=[fn])
+            else:
+                self.alerts = with_hooks(self.alerts, on_task_failure=[fn])
+            return fn
+
+        return add if hook is None else add(hook)
+
     def run(
         self,
         *,
@@ -456,6 +548,7 @@ class Pipeline(HandlerRegistry):
                 f"pipeline {self.name!r} has no work: call pipe.map(task, items) before run()"
             )
         plan = plan_stages(self.name, self._stages)  # unknown tasks, cycles: before anything
+        gate = self._gate()  # a resource used but not declared: before anything too
         for stage in self._stages:
             if stage.items is not None and stage.used and iter(stage.items) is stage.items:
                 log.warning(
@@ -524,9 +617,15 @@ class Pipeline(HandlerRegistry):
             if refresh:
                 request["refresh"] = True
         flow = Flow(self.name, plan, previous, selection, cache)
+        source = task_stream(flow, plan)
+        follow_up: Callable[[Any, Any], Iterable[Any]] | None = (
+            flow.follow_up if plan.consumed else None
+        )
+        if gate is not None:  # limits: the gate admits, its hook frees (pipeloom.limits)
+            source, follow_up = gate.wrap(source), gate.follow_up(follow_up)
         try:
             result = run_pipeline(
-                task_stream(flow, plan),
+                source,
                 db_path,
                 worker_fn=runner,
                 workers=workers if workers is not None else self.workers,
@@ -546,10 +645,12 @@ class Pipeline(HandlerRegistry):
                 extra_counts=(lambda: {"cached": cache.hits}) if cache is not None else None,
                 summary_hint=summary_hint,
                 executor=executor if executor is not None else self.executor,
-                follow_up=flow.follow_up if plan.consumed else None,
-                options=options if options is not None else self.options,
+                follow_up=follow_up,
+                options=_with_alerts(options or self.options, self.alerts),
             )
         finally:
+            if gate is not None:
+                gate.close()
             if previous is not None:
                 previous.close()
             if cache is not None:
@@ -568,6 +669,13 @@ def _check_cache(where: str, cache_key: object, cache_ttl: object) -> None:
         raise PipelineError(f"{where}: cache_key={cache_key!r}; pass a function of the item")
     if cache_ttl is not None and not (_finite(cache_ttl, 0) and cache_ttl > 0):  # type: ignore[operator]
         raise PipelineError(f"{where}: cache_ttl={cache_ttl!r}; use seconds > 0, or None")
+
+
+def _with_alerts(options: RunOptions, alerts: Alerts) -> RunOptions:
+    """The run's options with the pipeline's hooks added to any it already has."""
+    if not alerts.active:
+        return options
+    return dataclasses.replace(options, alerts=alerts.merged(options.alerts))
 
 
 def _whole(value: object, low: int, high: int) -> bool:

@@ -59,6 +59,8 @@ class Task(Generic[T, R]):
     """Part of the fingerprint: change it when the function's logic changes."""
     cache_ttl: float | None = None
     """Seconds a cached result stays usable after the task that computed it finished."""
+    uses: tuple[str, ...] = ()
+    """Resources its tasks hold while they run (`Pipeline.limit`, `pipeloom.limits`)."""
 
     def __call__(self, ctx: Context, item: T) -> R:
         """Run the function directly, without retries or timeout (handy in unit tests)."""
