@@ -63,7 +63,7 @@ def _pipeline(db: Path, seen: dict[int, int]) -> Pipeline:
     pipe = Pipeline("views", db=db, workers=1, schema=_schema)
     pipe.handler(Row)(_store)
 
-    @pipe.task(retries=1, backoff=0.05, timeout=1.0, retry_on=(OSError,))
+    @pipe.task(retries=1, backoff=0.05, timeout=0.5, retry_on=(OSError,))
     def work(ctx: Context, item: int) -> int:
         seen[item] = seen.get(item, 0) + 1
         if item == 1:
