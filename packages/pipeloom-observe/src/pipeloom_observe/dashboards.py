@@ -305,7 +305,9 @@ def _history_dashboard(db_name: str) -> dict[str, Any]:
         "settings": {"autorefresh": 1, "allow_fullscreen": True},
         "filters": {
             "name": {
-                "name": "Pipeline",
+                # Blank draws the newest run's pipeline: the label says so, as the run
+                # dashboard's "Run id (blank: newest)" does, instead of looking unset.
+                "name": "Pipeline (blank: the newest run's)",
                 "type": "select",
                 "db": db_name,
                 "query": "SELECT DISTINCT name FROM pipeline_runs ORDER BY name",
