@@ -506,10 +506,17 @@ class Admitter:
             self._cond.notify()
 
     def close(self) -> None:
-        """Fill nothing more."""
+        """Fill nothing more; wait briefly for the thread to end.
+
+        A thread blocked in the source's ``next()`` is not waited for (a stop never waits on
+        the source): it ends when ``next()`` returns. One that is only between fills ends at
+        once, so a finished run leaves no pipeloom thread behind.
+        """
         with self._cond:
             self._closed = True
             self._cond.notify()
+        if self._thread is not threading.current_thread():
+            self._thread.join(_CLOSE_WAIT)
 
     def _loop(self) -> None:
         while True:
@@ -525,6 +532,9 @@ class Admitter:
                 except Exception:  # a bug here would leave a slot unfilled: say so loudly
                     log.exception("pipeloom-admit: filling a slot failed")
 
+
+_CLOSE_WAIT = 0.5
+"""Seconds `close` waits for the admitter thread; never long, a blocked source is not waited."""
 
 _LOCK_SPINS = 100
 """GIL yields a worker tries before it sleeps on the task lock."""

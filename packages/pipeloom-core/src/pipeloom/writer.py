@@ -310,8 +310,10 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
         """Best effort: mark the run and its running tasks interrupted after a fatal error.
 
         Without this the run would look alive (status running, our live pid) until a writer
-        in another process opens the file. On a broken connection a fresh one is tried; if
-        that fails too (a truly full disk), the next writer elsewhere does it.
+        in another process opens the file. The writer's own connection is tried first; when
+        it is broken or cannot write (a handler clamped it, its cache is poisoned), a fresh
+        connection is tried; if that fails too (a truly full disk), the next writer elsewhere
+        does it.
         """
         if not self.store_task_status or self.run_id is None:
             return
@@ -321,39 +323,55 @@ class SQLiteWriter(HandlerRegistry, threading.Thread):
                 conn.execute("ROLLBACK")
         except sqlite3.Error:
             conn = None  # closed or broken
+        why = f"the writer stopped ({storable(exc)})"
+        last: Exception | None = None
+        for attempt in (conn, None):
+            if attempt is None and str(self.db_path) == MEMORY:
+                break
+            try:
+                self._mark_abandoned(attempt, self.run_id, why)
+            except (sqlite3.Error, DatabaseError) as err:
+                last = err
+                continue
+            self.run_status = "interrupted"
+            return
+        log.warning(
+            "%s: could not mark run %s interrupted after the writer stopped (%s); "
+            "the next writer opened by another process will",
+            self.db_path,
+            self.run_id,
+            last,
+        )
+
+    def _mark_abandoned(self, conn: sqlite3.Connection | None, run_id: int, why: str) -> None:
+        """Mark this run interrupted through ``conn``, or a fresh connection when None.
+
+        Raises:
+            sqlite3.Error, DatabaseError: it could not be written (rolled back).
+        """
         own = conn is None
+        if conn is None:
+            conn = connect(self.db_path, wal=self.wal, synchronous=self.synchronous)
         try:
-            if conn is None:
-                if str(self.db_path) == MEMORY:
-                    return
-                conn = connect(self.db_path, wal=self.wal, synchronous=self.synchronous)
-            why = f"the writer stopped ({storable(exc)})"
             conn.execute("BEGIN IMMEDIATE")
             interrupt_run(
                 conn,
-                self.run_id,
+                run_id,
                 why=why,
                 task_message=f"interrupted: {why}",
                 messages=self.messages_applied + self.messages_dead,
                 cause="writer_failed",
             )
             conn.execute("COMMIT")
-            self.run_status = "interrupted"
-        except (sqlite3.Error, DatabaseError) as err:
-            log.warning(
-                "%s: could not mark run %s interrupted after the writer stopped (%s); "
-                "the next writer opened by another process will",
-                self.db_path,
-                self.run_id,
-                err,
-            )
+        except BaseException:
             try:
-                if conn is not None and conn.in_transaction:
+                if conn.in_transaction:
                     conn.execute("ROLLBACK")
             except sqlite3.Error as rollback_err:
                 log.debug("rollback after failed abandon also failed: %s", rollback_err)
+            raise
         finally:
-            if own and conn is not None:
+            if own:
                 conn.close()
 
     def _open(self) -> None:
