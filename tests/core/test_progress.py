@@ -213,3 +213,17 @@ def test_printing_the_summary_does_not_load_richs_emoji_table(tmp_path: Path) ->
     )
     assert "pipeloom run 1" in done.stdout
     assert "emoji table loaded: False" in done.stdout
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "nan", "inf", "soon", "1e9"])
+def test_a_bad_progress_interval_is_ignored_with_one_warning(
+    raw: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pipeloom.progress import PROGRESS_EVERY_ENV, plain_interval
+
+    monkeypatch.setenv(PROGRESS_EVERY_ENV, raw)
+    with caplog.at_level("WARNING", logger="pipeloom"):
+        assert plain_interval() == 5.0
+    assert [r.getMessage() for r in caplog.records if PROGRESS_EVERY_ENV in r.getMessage()]
+    monkeypatch.setenv(PROGRESS_EVERY_ENV, "0.5")
+    assert plain_interval() == 0.5

@@ -28,12 +28,14 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def pipeloom(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def pipeloom(
+    *args: str, cwd: Path, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``pipeloom ARGS`` in ``cwd`` with stdout and stderr captured (not a terminal)."""
     return subprocess.run(
         [*pipeloom_command(), *args],
         cwd=cwd,
-        env=clean_env(),
+        env=clean_env(**(env or {})),
         capture_output=True,
         text=True,
         timeout=timeout,

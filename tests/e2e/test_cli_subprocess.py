@@ -121,11 +121,12 @@ def slept_by_one_worker(n: int, delay: float, seed: int, fail_rate: float) -> fl
 def test_non_tty_output_has_no_escape_codes_progress_lines_and_ends_with_the_summary(
     tmp_path: Path,
 ) -> None:
-    # The plain progress line comes every 5 s: make sure the run cannot be shorter.
-    assert slept_by_one_worker(8, delay=0.25, seed=1, fail_rate=0.25) > 5.5
+    # A plain progress line every half second (PIPELOOM_PROGRESS_EVERY; 5 s by default):
+    # make sure the run cannot be shorter than that.
+    assert slept_by_one_worker(8, delay=0.1, seed=1, fail_rate=0.25) > 2.0
     proc = pipeloom(
         "demo", "--db", "ci.db", "-w", "1", "-n", "8", "--fail-rate", "0.25", "--seed", "1",
-        "--delay", "0.25", "-v", cwd=tmp_path,
+        "--delay", "0.1", "-v", cwd=tmp_path, env={"PIPELOOM_PROGRESS_EVERY": "0.5"},
     )  # fmt: skip
     assert proc.returncode == 1
     assert "\x1b" not in proc.stdout + proc.stderr

@@ -38,7 +38,13 @@ from pipeloom.executors import Executor, TaskQueue, ThreadExecutor, WorkerFn, re
 from pipeloom.logs import console as shared_console
 from pipeloom.messages import SENTINEL
 from pipeloom.options import RunOptions, check_settings
-from pipeloom.progress import LiveDisplay, PlainReporter, render_failures, render_summary
+from pipeloom.progress import (
+    LiveDisplay,
+    PlainReporter,
+    plain_interval,
+    render_failures,
+    render_summary,
+)
 from pipeloom.queue import DEFAULT_MAXSIZE, MessageQueue
 from pipeloom.result import RunResult
 from pipeloom.retention import Retention
@@ -240,7 +246,9 @@ def run_pipeline(
     if progress:
         display = LiveDisplay(total, console=out, title=run_name, counts=extra_counts)
     elif plain:
-        display = PlainReporter(total, console=out, title=run_name, counts=extra_counts)
+        display = PlainReporter(
+            total, console=out, title=run_name, counts=extra_counts, interval=plain_interval()
+        )
 
     # Running unattended: hooks (pipeloom.alerts) and retention (pipeloom.retention).
     alerts = start_alerts(options.alerts if options else None, str(db_path), run_name)

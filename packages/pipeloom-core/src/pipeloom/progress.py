@@ -12,6 +12,9 @@ the terminal.
 
 from __future__ import annotations
 
+import logging
+import math
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
@@ -42,12 +45,16 @@ from pipeloom.logs import console as shared_console
 from pipeloom.status import FAILED, STOP_TEXT
 from pipeloom.writer import AppliedBatch
 
+log = logging.getLogger("pipeloom")
+
 __all__ = [
     "DEFAULT_VISIBLE_BARS",
+    "PROGRESS_EVERY_ENV",
     "LiveDisplay",
     "PlainReporter",
     "make_overall_progress",
     "make_task_progress",
+    "plain_interval",
     "preregister_task_bars",
     "render_failures",
     "render_summary",
@@ -353,6 +360,35 @@ class LiveDisplay:
             self._bars[task_id] = self.tasks.add_task(
                 printable(name), total=total or None, completed=step, message=printable(message)
             )
+
+
+PROGRESS_EVERY_ENV = "PIPELOOM_PROGRESS_EVERY"
+"""Environment variable: seconds between plain progress lines (default 5; 0.1 to 86,400)."""
+
+
+def plain_interval(default: float = 5.0) -> float:
+    """Seconds between plain progress lines, from `PROGRESS_EVERY_ENV` if set.
+
+    A log shipped from cron may want one line a minute, a test one a second. A value that is
+    not a number from 0.1 to 86,400 is ignored with one warning naming it, never raised: the
+    run's work never depends on how its progress is printed.
+    """
+    raw = os.environ.get(PROGRESS_EVERY_ENV)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0.1 <= value <= 86_400:  # also NaN
+        log.warning(
+            "%s=%r: use seconds from 0.1 to 86400; printing a line every %g s",
+            PROGRESS_EVERY_ENV,
+            raw[:40],
+            default,
+        )
+        return default
+    return value
 
 
 class PlainReporter:
