@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
+from pipeloom.messages import parse_utc
 from pipeloom.status import (
     ACTIVE,
     STOP_TEXT,
@@ -22,21 +23,11 @@ from pipeloom.status import (
 __all__ = ["AttemptInfo", "DeadLetterInfo", "LogInfo", "RunInfo", "TaskInfo"]
 
 
-def _parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def _seconds_between(start: str | None, end: str | None) -> float | None:
-    began = _parse_time(start)
+    began = parse_utc(start)
     if began is None:
         return None
-    ended = _parse_time(end) or datetime.now(UTC)
+    ended = parse_utc(end) or datetime.now(UTC)
     return max(0.0, (ended - began).total_seconds())
 
 
@@ -98,7 +89,7 @@ class RunInfo:
     @property
     def lease_expires_at(self) -> str | None:
         """When the lease runs out unless the writer beats again (ISO UTC; None: no lease)."""
-        beat = _parse_time(self.heartbeat_at)
+        beat = parse_utc(self.heartbeat_at)
         if beat is None or self.lease_s is None:
             return None
         return (beat + timedelta(seconds=self.lease_s)).isoformat(timespec="seconds")

@@ -25,6 +25,7 @@ __all__ = [
     "MsgTaskStart",
     "MsgTaskStarted",
     "TaskDef",
+    "parse_utc",
     "utc_now",
 ]
 
@@ -37,6 +38,21 @@ FinishStatus: TypeAlias = Literal[
 def utc_now() -> str:
     """Return the current time as an ISO 8601 UTC string, the format every timestamp uses."""
     return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def parse_utc(text: str | None) -> datetime | None:
+    """Read a stored timestamp back as an aware UTC datetime; None when blank or not one.
+
+    Readers meet text pipeloom did not write (an older release's, a user's ``Z`` suffix), so
+    a bad value is None rather than an error; one without a zone is taken as UTC.
+    """
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)

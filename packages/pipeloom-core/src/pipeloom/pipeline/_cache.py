@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from pipeloom import fingerprint
 from pipeloom._text import exc_summary, storable
 from pipeloom.db import MEMORY, connect_readonly
+from pipeloom.messages import parse_utc
 
 if TYPE_CHECKING:
     from pipeloom.pipeline import Task
@@ -165,12 +166,7 @@ class Cache:
             "SELECT finished_at FROM task_runs WHERE run_id = ? AND task_id = ?",
             (run_id, task_id),
         ).fetchone()
-        if row is None or row[0] is None:
+        finished = parse_utc(row[0]) if row is not None else None
+        if finished is None:
             return False
-        try:
-            finished = dt.datetime.fromisoformat(str(row[0]).replace("Z", "+00:00"))
-        except ValueError:
-            return False
-        if finished.tzinfo is None:
-            finished = finished.replace(tzinfo=dt.UTC)
         return (dt.datetime.now(dt.UTC) - finished).total_seconds() <= ttl

@@ -32,6 +32,7 @@ from datasette.utils.asgi import Base400, NotFound, Response
 from datasette.views.base import DatasetteError
 from markupsafe import Markup
 
+from pipeloom.messages import parse_utc
 from pipeloom_observe.colors import STATUS_COLORS
 from pipeloom_observe.dashboards import HISTORY_DASHBOARD, RUN_DASHBOARD
 from pipeloom_observe.plugin._web import (
@@ -232,17 +233,10 @@ async def _columns(db: Any, table: str) -> set[str]:
 
 
 def _duration(started: str | None, finished: str | None) -> str:
-    if not started or not finished:
+    began, ended = parse_utc(started), parse_utc(finished)
+    if began is None or ended is None:
         return ""
-    from datetime import datetime
-
-    try:
-        seconds = (
-            datetime.fromisoformat(finished) - datetime.fromisoformat(started)
-        ).total_seconds()
-    except ValueError:
-        return ""
-    return format_duration(seconds)
+    return format_duration((ended - began).total_seconds())
 
 
 _DEAD_LETTERS_SHOWN = 200

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
+from pipeloom.messages import parse_utc
 from pipeloom.schema import RUNS_SELECT
 from pipeloom_observe.sql import FAILED_SQL, STOP_TEXT_SQL, SUCCEEDED_SQL, TIMED_SQL
 
@@ -263,16 +264,6 @@ LIMIT {FAILURE_ROWS}
     }
 
 
-def _utc(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 async def run_detail(db: Any, run_id: int) -> dict[str, Any] | None:
     """One run for its page and its live JSON: facts, stage lanes, failures, retried, slowest.
 
@@ -288,7 +279,7 @@ async def run_detail(db: Any, run_id: int) -> dict[str, Any] | None:
     if not found:
         return None
     run = found[0]
-    start = _utc(run["started_at"])
+    start = parse_utc(run["started_at"])
     span = max(float(run["duration_s"] or 0.0), 0.001)
     params = {"run_id": run_id}
     stages = await _rows(
@@ -317,8 +308,8 @@ GROUP BY t.stage, t.status, bucket
     )
     lanes: dict[str, dict[str, Any]] = {}
     for stage in stages:
-        first = _utc(stage["first_start"])
-        last = _utc(stage["last_end"])
+        first = parse_utc(stage["first_start"])
+        last = parse_utc(stage["last_end"])
         seconds = (last - first).total_seconds() if first and last else None
         lanes[stage["stage"]] = {
             "stage": stage["stage"] or "(no stage)",
