@@ -15,11 +15,21 @@ from pipeloom.db import MEMORY, check_path
 from pipeloom.errors import DatabaseError
 from pipeloom_cli._errors import UsageError
 
-__all__ = ["SQLITE_HEADER", "observe_hint", "prepare_for_write"]
+__all__ = ["SQLITE_HEADER", "file_size", "observe_hint", "prepare_for_write"]
 
 log = logging.getLogger("pipeloom.cli")
 
 SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def file_size(n: int) -> str:
+    """Bytes as a person reads them: ``812 B``, ``64.3 MiB``, ``2.5 GiB``."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
 
 
 def observe_hint(db: Path | None) -> str | None:

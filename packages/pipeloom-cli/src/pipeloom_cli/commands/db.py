@@ -12,6 +12,7 @@ import typer
 from pipeloom._text import printable
 from pipeloom.db import describe_error
 from pipeloom.errors import DatabaseError
+from pipeloom_cli._dbfile import file_size
 from pipeloom_cli._errors import user_errors
 
 if TYPE_CHECKING:
@@ -57,20 +58,11 @@ def _prune_command() -> Any:
     return prune
 
 
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
 def _describe(info: DatabaseInfo) -> list[str]:
-    wal = "none" if info.wal_bytes is None else _size(info.wal_bytes)
+    wal = "none" if info.wal_bytes is None else file_size(info.wal_bytes)
     lines = [
         f"file:            {printable(info.path)}",
-        f"size:            {_size(info.size_bytes)} (wal: {wal})",
+        f"size:            {file_size(info.size_bytes)} (wal: {wal})",
         f"journal mode:    {info.journal_mode}",
         f"schema version:  {info.schema_version} (this pipeloom writes {info.current_version})",
     ]
@@ -118,7 +110,7 @@ def info(db: DbArg) -> None:
     for line in _describe(described):
         typer.echo(line)
     for size in sizes:  # rows and bytes per pipeloom table: what retention would shrink
-        shown = "" if size.bytes is None else f"  {_size(size.bytes):>10}"
+        shown = "" if size.bytes is None else f"  {file_size(size.bytes):>10}"
         typer.echo(f"  {size.table:<16} {size.rows:>12} rows{shown}")
 
 

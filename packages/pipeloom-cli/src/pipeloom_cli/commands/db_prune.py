@@ -14,21 +14,13 @@ from typing import Annotated
 import typer
 
 from pipeloom._text import printable
+from pipeloom_cli._dbfile import file_size
 from pipeloom_cli._errors import UsageError, user_errors
 from pipeloom_cli._options import MAX_ID, number
 
 __all__ = ["prune"]
 
 DbArg = Annotated[Path, typer.Argument(help="The run database file.", show_default=False)]
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def prune(
@@ -134,9 +126,9 @@ def prune(
             f"{result.elapsed_s:.1f} s in all"
         )
     if space is not None:
-        typer.echo(f"vacuum: {_size(space[0])} -> {_size(space[1])}")
+        typer.echo(f"vacuum: {file_size(space[0])} -> {file_size(space[1])}")
     elif not dry_run and result.deleted.get("pipeline_runs"):
         typer.echo(
-            f"file: {_size(before)}; the freed pages are reused by new runs "
+            f"file: {file_size(before)}; the freed pages are reused by new runs "
             "(--vacuum gives them back to the file system)"
         )
