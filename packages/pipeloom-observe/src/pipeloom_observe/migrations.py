@@ -178,6 +178,17 @@ def _columns(db: Database, table: str) -> set[str]:
     return {str(row[1]) for row in db.execute(f"PRAGMA table_info([{table}])").fetchall()}
 
 
+def _add_columns(db: Database, table: str, columns: tuple[tuple[str, str], ...]) -> set[str]:
+    """Add the columns ``table`` lacks (idempotent); return the names added, for backfills."""
+    have = _columns(db, table)
+    added = set()
+    for column, kind in columns:
+        if column not in have:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            added.add(column)
+    return added
+
+
 @migrations(name="m002_run_history")
 def m002_run_history(db: Database) -> None:
     """Add run history: ``pipeline_runs``, run ids on ``task_runs``, attempts, dead letters.
@@ -233,10 +244,7 @@ def m003_version_table_and_liveness(db: Database) -> None:
         )
         """
     )
-    have = _columns(db, "pipeline_runs")
-    for column, kind in _V3_RUN_COLUMNS:
-        if column not in have:
-            db.execute(f"ALTER TABLE pipeline_runs ADD COLUMN {column} {kind}")
+    _add_columns(db, "pipeline_runs", _V3_RUN_COLUMNS)
     if "discarded" not in _columns(db, "task_attempts"):
         db.execute("ALTER TABLE task_attempts ADD COLUMN discarded INTEGER NOT NULL DEFAULT 0")
     db.execute(
@@ -328,10 +336,7 @@ def m005_task_stages(db: Database) -> None:
     on the row, not a row per edge, so a chain of a million items costs no extra rows; older
     rows keep NULL. Added, never rebuilt.
     """
-    have = _columns(db, "task_runs")
-    for column, kind in _V5_TASK_COLUMNS:
-        if column not in have:
-            db.execute(f"ALTER TABLE task_runs ADD COLUMN {column} {kind}")
+    _add_columns(db, "task_runs", _V5_TASK_COLUMNS)
     db.execute(
         "INSERT INTO pipeloom_schema (id, version) VALUES (1, 5) "
         "ON CONFLICT (id) DO UPDATE SET version = max(version, excluded.version)"
@@ -397,25 +402,17 @@ def m006_stops_and_traceable_dead_letters(db: Database) -> None:
     "task N:" prefix their error text carried. The ``runs`` view (when it is pipeloom's) is
     recreated with the new columns and a stale run's duration ending at its last heartbeat.
     """
-    have = _columns(db, "pipeline_runs")
-    for column, kind in _V6_RUN_COLUMNS:
-        if column not in have:
-            db.execute(f"ALTER TABLE pipeline_runs ADD COLUMN {column} {kind}")
-            if column == "tasks_skipped":
-                db.execute(
-                    "UPDATE pipeline_runs SET tasks_skipped = (SELECT count(*) FROM task_runs t "
-                    "WHERE t.run_id = pipeline_runs.id AND t.status = 'skipped')"
-                )
-                db.execute("UPDATE pipeline_runs SET tasks_done = tasks_done + tasks_skipped")
-    have = _columns(db, "dead_letters")
-    for column, kind in _V6_DEAD_LETTER_COLUMNS:
-        if column not in have:
-            db.execute(f"ALTER TABLE dead_letters ADD COLUMN {column} {kind}")
-            if column == "task_id":
-                db.execute(
-                    "UPDATE dead_letters SET task_id = CAST(substr(error, 6, "
-                    "instr(error, ':') - 6) AS INTEGER) WHERE error GLOB 'task [0-9]*:*'"
-                )
+    if "tasks_skipped" in _add_columns(db, "pipeline_runs", _V6_RUN_COLUMNS):
+        db.execute(
+            "UPDATE pipeline_runs SET tasks_skipped = (SELECT count(*) FROM task_runs t "
+            "WHERE t.run_id = pipeline_runs.id AND t.status = 'skipped')"
+        )
+        db.execute("UPDATE pipeline_runs SET tasks_done = tasks_done + tasks_skipped")
+    if "task_id" in _add_columns(db, "dead_letters", _V6_DEAD_LETTER_COLUMNS):
+        db.execute(
+            "UPDATE dead_letters SET task_id = CAST(substr(error, 6, "
+            "instr(error, ':') - 6) AS INTEGER) WHERE error GLOB 'task [0-9]*:*'"
+        )
     db.execute(
         "CREATE INDEX IF NOT EXISTS idx_dead_letters_run_task ON dead_letters (run_id, task_id)"
     )
@@ -468,14 +465,8 @@ def m007_state_requests_and_cache(db: Database) -> None:
         )
         """
     )
-    have = _columns(db, "pipeline_runs")
-    for column, kind in _V7_RUN_COLUMNS:
-        if column not in have:
-            db.execute(f"ALTER TABLE pipeline_runs ADD COLUMN {column} {kind}")
-    have = _columns(db, "task_runs")
-    for column, kind in _V7_TASK_COLUMNS:
-        if column not in have:
-            db.execute(f"ALTER TABLE task_runs ADD COLUMN {column} {kind}")
+    _add_columns(db, "pipeline_runs", _V7_RUN_COLUMNS)
+    _add_columns(db, "task_runs", _V7_TASK_COLUMNS)
     # Observe's failure pages find a run's failed tasks without visiting its other rows
     # (10M rows: failures across runs 772 -> 18 ms); a partial index, so no writer cost.
     db.execute(
