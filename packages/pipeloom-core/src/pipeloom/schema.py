@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
 from pipeloom.errors import DatabaseError, SchemaOutdatedError
+from pipeloom.lease import stale_sql
 from pipeloom.status import FAILED, sql_in
 
 __all__ = [
@@ -186,7 +187,7 @@ SCHEMA_STATEMENTS: Final[tuple[str, ...]] = (
 RUNS_VIEW: Final = "runs"
 """The name of the view over `RUNS_SELECT`, created only where no other object has it."""
 
-RUNS_SELECT: Final = """
+RUNS_SELECT: Final = f"""
 SELECT
     id,
     name,
@@ -211,14 +212,9 @@ SELECT
     heartbeat_at
 FROM (
     SELECT *,
-        CASE WHEN status = 'running' AND heartbeat_at IS NOT NULL AND lease_s IS NOT NULL
-            AND (julianday('now') - julianday(heartbeat_at)) * 86400.0 > lease_s
-            THEN 1 ELSE 0 END AS stale,
-        coalesce(finished_at, CASE
-            WHEN status = 'running' AND heartbeat_at IS NOT NULL AND lease_s IS NOT NULL
-                AND (julianday('now') - julianday(heartbeat_at)) * 86400.0 > lease_s
-            THEN heartbeat_at ELSE strftime('%Y-%m-%dT%H:%M:%f', 'now') END) AS ended_at
-    FROM pipeline_runs
+        coalesce(finished_at, CASE WHEN stale = 1 THEN heartbeat_at
+            ELSE strftime('%Y-%m-%dT%H:%M:%f', 'now') END) AS ended_at
+    FROM (SELECT *, CASE WHEN {stale_sql()} THEN 1 ELSE 0 END AS stale FROM pipeline_runs)
 )
 """
 """One row per run, read at a glance: the body of the ``runs`` view.

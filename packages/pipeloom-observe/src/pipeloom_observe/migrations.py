@@ -379,14 +379,11 @@ SELECT
     heartbeat_at
 FROM (
     SELECT *,
-        CASE WHEN status = 'running' AND heartbeat_at IS NOT NULL AND lease_s IS NOT NULL
-            AND (julianday('now') - julianday(heartbeat_at)) * 86400.0 > lease_s
-            THEN 1 ELSE 0 END AS stale,
-        coalesce(finished_at, CASE
-            WHEN status = 'running' AND heartbeat_at IS NOT NULL AND lease_s IS NOT NULL
-                AND (julianday('now') - julianday(heartbeat_at)) * 86400.0 > lease_s
-            THEN heartbeat_at ELSE strftime('%Y-%m-%dT%H:%M:%f', 'now') END) AS ended_at
-    FROM pipeline_runs
+        coalesce(finished_at, CASE WHEN stale = 1 THEN heartbeat_at
+            ELSE strftime('%Y-%m-%dT%H:%M:%f', 'now') END) AS ended_at
+    FROM (SELECT *, CASE WHEN (status = 'running' AND heartbeat_at IS NOT NULL
+        AND lease_s IS NOT NULL AND (julianday('now') - julianday(heartbeat_at)) * 86400.0
+        > lease_s) THEN 1 ELSE 0 END AS stale FROM pipeline_runs)
 )
 """
 
