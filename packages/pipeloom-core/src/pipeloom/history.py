@@ -64,6 +64,7 @@ __all__ = [
     "TaskChanges",
     "TaskInfo",
     "TaskNotFoundError",
+    "done_in_run",
     "find_task",
     "get_run",
     "get_task",
@@ -77,6 +78,19 @@ __all__ = [
     "task_dead_letters",
     "task_logs",
 ]
+
+
+def done_in_run(result: object) -> int | None:
+    """The run a ``skipped`` row's work was done in: its result is ``{"done_in_run": N}``.
+
+    Resume follows it to read an earlier result, observe to link it; None for any other row.
+    """
+    try:
+        data = json.loads(str(result)) if result else None
+    except ValueError:
+        return None
+    run = data.get("done_in_run") if isinstance(data, dict) else None
+    return run if isinstance(run, int) else None
 
 
 def open_history(db: str | Path, *, check_same_thread: bool = True) -> sqlite3.Connection:

@@ -18,7 +18,7 @@ from typing import Any, Final
 from pipeloom._text import printable, storable
 from pipeloom.db import MEMORY, connect_readonly
 from pipeloom.errors import PipelineError
-from pipeloom.history import RunInfo, live_runs, one_read
+from pipeloom.history import RunInfo, done_in_run, live_runs, one_read
 from pipeloom.schema import check_schema
 
 __all__ = ["Previous", "open_previous"]
@@ -56,7 +56,7 @@ class Previous:
             return None
         status, result = rows[0]
         if status == "skipped":
-            return _pointer(result) or self.run_id
+            return done_in_run(result) or self.run_id
         return self.run_id
 
     def result_of(self, key: str, run_id: int) -> tuple[bool, Any]:
@@ -97,16 +97,6 @@ class Previous:
 
     def close(self) -> None:
         self.conn.close()
-
-
-def _pointer(result: str | None) -> int | None:
-    """The run a skipped row points to (skipped rows store ``{"done_in_run": N}``)."""
-    try:
-        data = json.loads(result or "")
-    except ValueError:
-        return None
-    run = data.get("done_in_run") if isinstance(data, dict) else None
-    return run if isinstance(run, int) else None
 
 
 def open_previous(

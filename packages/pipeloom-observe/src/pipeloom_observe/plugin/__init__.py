@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sqlite3
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar, cast
@@ -32,6 +31,7 @@ from datasette.utils.asgi import Base400, NotFound, Response
 from datasette.views.base import DatasetteError
 from markupsafe import Markup
 
+from pipeloom.history import done_in_run
 from pipeloom.messages import parse_utc
 from pipeloom_observe.colors import STATUS_COLORS
 from pipeloom_observe.dashboards import HISTORY_DASHBOARD, RUN_DASHBOARD
@@ -271,9 +271,9 @@ async def task_page(datasette: Any, request: Any) -> Response:
     if not tasks:
         raise NotFound(f"run {run_id} has no task {task_id}")
     task = tasks[0]
-    # A skipped task's result is an earlier run's ("skipped: done in run 7", set on resume).
-    origin = re.search(r"done in run (\d+)", task.get("message") or "")
-    task["origin_run"] = int(origin.group(1)) if origin and task["status"] == "skipped" else None
+    # A skipped task's result names the run that did its work ({"done_in_run": 7}), as
+    # resume and retention read it; its message text is for people.
+    task["origin_run"] = done_in_run(task.get("result")) if task["status"] == "skipped" else None
     # A cached task's result is a done task's of an earlier run (schema 7 records which).
     task.setdefault("cached_from_run", None)
     task.setdefault("cached_from_task", None)
