@@ -8,9 +8,9 @@ import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
+import pipeloom.record._batch as batch_module
 import pipeloom.record._fold as fold_module
 import pipeloom.record._task_sql as task_sql
-import pipeloom.writer as writer_module
 from pipeloom import (
     SENTINEL,
     DatabaseError,
@@ -96,7 +96,7 @@ def test_bulk_rows_equal_row_by_row_upserts(msgs: list[Any], batch_size: int) ->
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(task_sql, "_NEW_ROWS", False)
             upserted = write(Path(tmp) / "upserted.db", msgs, batch_size)
-            mp.setattr(writer_module, "upsert_tasks", _row_by_row)
+            mp.setattr(batch_module, "upsert_tasks", _row_by_row)
             plain = write(Path(tmp) / "plain.db", msgs, batch_size)
     assert upserted == plain
     assert default == plain
