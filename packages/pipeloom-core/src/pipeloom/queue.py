@@ -27,7 +27,7 @@ _WAIT_CAP = 0.05
 class MessageQueue:
     """A bounded, failure-aware queue; workers call ``put``, the writer calls ``get``."""
 
-    __slots__ = ("_failure", "_q", "_resume_at", "_room", "maxsize")
+    __slots__ = ("_q", "_resume_at", "_room", "failure", "maxsize")
 
     def __init__(self, maxsize: int = DEFAULT_MAXSIZE) -> None:
         """Create an empty queue.
@@ -42,39 +42,57 @@ class MessageQueue:
         # Hysteresis: a paused worker resumes only once the writer has drained half, so
         # workers do not wake and sleep again on every single message.
         self._resume_at = maxsize // 2
-        self._failure: BaseException | None = None
+        self.failure: BaseException | None = None
+        """The writer's fatal error once it died (`fail`); read it, never set it."""
         self._room = threading.Event()
         """Set by the writer once it drained below the resume mark (see `drained`)."""
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         """Queue a message, pausing while the writer is behind.
 
-        `pipeloom.executors.TaskQueue.put` repeats these lines inline (the workers' hot path);
-        change both together.
+        `pipeloom.executors.TaskQueue.put` repeats these lines inline on `buffer` (the
+        workers' hot path); change both together.
 
         Raises:
             WriterFailedError: the writer has stopped, so the message could never be stored.
         """
-        if self._failure is not None:
-            raise WriterFailedError(f"writer stopped: {self._failure}") from self._failure
+        if self.failure is not None:
+            raise WriterFailedError(f"writer stopped: {self.failure}") from self.failure
         q = self._q
         q.put(item)
         if q.qsize() >= self.maxsize:
-            self._wait_for_room(timeout if block else 0.0)
+            self.wait_for_room(timeout if block else 0.0)
 
     def put_nowait(self, item: Any) -> None:
         """Queue a message without pausing (used for shutdown markers)."""
         self._q.put(item)
 
-    def _wait_for_room(self, timeout: float | None) -> None:
-        # Paused workers sleep until the writer says there is room (`drained`) rather than
-        # polling: four workers waking every 0.5 ms each took the GIL from the writer they
-        # were waiting for.
+    @property
+    def buffer(self) -> queue.SimpleQueue[Any]:
+        """The lock-free deque underneath, for the two hot paths that save a call a message.
+
+        `pipeloom.executors.TaskQueue.put` puts on it, then pauses as `put` does (``qsize()
+        >= maxsize``: `wait_for_room`); the writer's drain takes from it with ``get_nowait``
+        and calls `drained`. Anything else uses `put` and `get`: a bare put on the buffer
+        skips the bound and the failure check.
+        """
+        return self._q
+
+    def wait_for_room(self, timeout: float | None) -> None:
+        """Pause until the writer has drained below the resume mark, or ``timeout`` passes.
+
+        Paused workers sleep until the writer says there is room (`drained`) rather than
+        polling: four workers waking every 0.5 ms each took the GIL from the writer they
+        were waiting for.
+
+        Raises:
+            WriterFailedError: the writer stopped while (or before) the caller waited.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         q, room = self._q, self._room
         while q.qsize() > self._resume_at:
-            if self._failure is not None:
-                raise WriterFailedError(f"writer stopped: {self._failure}") from self._failure
+            if self.failure is not None:
+                raise WriterFailedError(f"writer stopped: {self.failure}") from self.failure
             wait = _WAIT_CAP
             if deadline is not None:
                 wait = min(wait, deadline - time.monotonic())
@@ -82,7 +100,7 @@ class MessageQueue:
                     return
             room.clear()
             # Looked at again after clearing: a `drained` in between is not missed.
-            if q.qsize() > self._resume_at and self._failure is None:
+            if q.qsize() > self._resume_at and self.failure is None:
                 room.wait(wait)
 
     def drained(self) -> None:
@@ -108,7 +126,7 @@ class MessageQueue:
 
     def fail(self, exc: BaseException) -> None:
         """Record that the writer died; every current and future ``put`` raises."""
-        self._failure = exc
+        self.failure = exc
         self._room.set()  # paused workers wake up and raise
         # Drop what is queued: it can no longer be stored and would only hold memory.
         try:
@@ -116,8 +134,3 @@ class MessageQueue:
                 self._q.get_nowait()
         except queue.Empty:
             pass
-
-    @property
-    def failure(self) -> BaseException | None:
-        """The writer's fatal error, if it died."""
-        return self._failure

@@ -239,7 +239,7 @@ class SQLiteWriter(HandlerRegistry, BatchApplier, threading.Thread):
         get, get_nowait = self.msg_q.get, self.msg_q.get_nowait
         drained: Callable[[], None] | None = None
         if type(self.msg_q) is MessageQueue:  # drain its deque directly: a call less a message
-            get_nowait = self.msg_q._q.get_nowait
+            get_nowait = self.msg_q.buffer.get_nowait
             drained = self.msg_q.drained
         batch_size, interval = self.batch_size, self.commit_interval
         monotonic, sleep = time.monotonic, time.sleep

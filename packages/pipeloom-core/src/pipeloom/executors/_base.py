@@ -88,7 +88,7 @@ class TaskQueue:
         self._mq = sink if type(sink) is MessageQueue else None
         """The writer's own queue, put on directly (one Python call less per message)."""
         self._q: queue.SimpleQueue[Any] = (
-            self._mq._q if self._mq is not None else queue.SimpleQueue()  # unused then
+            self._mq.buffer if self._mq is not None else queue.SimpleQueue()  # unused then
         )
         self._max = self._mq.maxsize if self._mq is not None else 0
         """``_mq``'s deque and bound, kept here: two attribute look-ups less a message."""
@@ -118,14 +118,14 @@ class TaskQueue:
                     "it was not applied (return from the worker function to end a task)",
                 )
         mq = self._mq
-        if mq is None or mq._failure is not None:  # another sink, or the failure to raise
+        if mq is None or mq.failure is not None:  # another sink, or the failure to raise
             self._put(msg, block, timeout)
             return
         # MessageQueue.put inlined: the message on its deque, a pause when the writer is behind.
         q = self._q
         q.put(msg)
         if q.qsize() >= self._max:
-            mq._wait_for_room(timeout if block else 0.0)
+            mq.wait_for_room(timeout if block else 0.0)
 
     put_nowait = put
 
