@@ -2,7 +2,7 @@
 
 - `make_run` records a finished run of real tasks (through `run_pipeline`) in a file;
   `task_worker` is its worker (a task whose payload is ``"fail"`` raises).
-- `rows` and `query` read a database with a plain connection, one query, closed;
+- `query` reads a database with a plain connection, one query, closed;
   `integrity` is its ``PRAGMA integrity_check``.
 - `wait_for` polls a condition until it holds, failing the test by name after a timeout
   (never a sleep that hopes).
@@ -28,7 +28,6 @@ __all__ = [
     "integrity",
     "make_run",
     "query",
-    "rows",
     "scratch_dir",
     "task_worker",
     "wait_for",
@@ -39,18 +38,13 @@ SCRATCH_ROOT = str(_SHM) if _SHM.is_dir() and os.access(_SHM, os.W_OK) else None
 """Where property tests put their throwaway databases: a RAM filesystem where there is one."""
 
 
-def rows(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Every row of ``sql`` on ``db`` (parameters as one tuple)."""
+def query(db: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    """Every row of ``sql`` on ``db``, parameters as arguments (the one query helper)."""
     conn = sqlite3.connect(db)
     try:
-        return conn.execute(sql, params).fetchall()
+        return conn.execute(sql, args).fetchall()
     finally:
         conn.close()
-
-
-def query(db: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
-    """Every row of ``sql`` on ``db`` (parameters as arguments)."""
-    return rows(db, sql, args)
 
 
 def scratch_dir() -> tempfile.TemporaryDirectory[str]:
@@ -67,7 +61,7 @@ def scratch_dir() -> tempfile.TemporaryDirectory[str]:
 
 def integrity(db: Path) -> str:
     """``PRAGMA integrity_check`` of the file, opened the way any user would."""
-    return str(rows(db, "PRAGMA integrity_check")[0][0])
+    return str(query(db, "PRAGMA integrity_check")[0][0])
 
 
 def task_worker(task: TaskDef, q: TaskQueue) -> None:

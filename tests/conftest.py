@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,13 +38,19 @@ def _quiet_pipeloom_logger() -> Iterator[None]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Compile pipeloom's sources once, before any test starts a Python subprocess.
+    """Let pytest cache its assertion-rewritten test modules, and compile pipeloom once.
 
-    Many tests run real ``pipeloom`` and Python child processes. Where
-    ``PYTHONDONTWRITEBYTECODE`` is set (as on the CI machines), each of them would compile the
-    workspace's sources again; written once here, they are only read.
+    Where ``PYTHONDONTWRITEBYTECODE`` is set (as on the CI machines), pytest would rewrite
+    the asserts of every test module in each of the three test workers on every run, and
+    each Python child process a test starts would compile the workspace's sources again.
+    pytest caches rewritten modules unless ``sys.dont_write_bytecode`` is true (its
+    documented switch, "Assertion introspection details"): turned off here, in this pytest
+    process only (the environment, and so every child process, keeps the setting), the
+    rewritten modules are written once and then read while their source is unchanged. The
+    sources are compiled in the controller, before any test starts a child process.
     """
-    if hasattr(config, "workerinput"):  # an xdist worker: the controller did it
+    sys.dont_write_bytecode = False
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller compiled them
         return
     import compileall
 
@@ -51,42 +58,6 @@ def pytest_configure(config: pytest.Config) -> None:
     for src in sorted((root / "packages").glob("*/src")):
         compileall.compile_dir(src, quiet=1)
     compileall.compile_dir(root / "tests", quiet=1)
-    _rewrite_test_modules_once(config, root / "tests")
-
-
-def _rewrite_test_modules_once(config: pytest.Config, tests: Path) -> None:
-    """Write pytest's assertion-rewritten modules once, for every test worker to read.
-
-    pytest rewrites the asserts of each test module, conftest and pytest plugin module as it
-    imports them, and caches the result beside the ``.pyc`` files, unless
-    ``PYTHONDONTWRITEBYTECODE`` is set (as on the CI machines): then each of the three test
-    workers rewrote all of them again (collecting took 4.9 CPU-seconds a process instead of
-    2.9). This does what pytest's import hook does when it may write (same functions, same
-    config), in the controller before the workers start, for the test modules and the plugin
-    modules the controller imported. pytest checks each cached file against its source, so a
-    stale one is rewritten as usual; a folder that cannot be written is skipped.
-    """
-    try:
-        from _pytest.assertion import rewrite
-
-        state = config.stash[rewrite.assertstate_key]
-        # The plugins this process already imported through the hook, then the test modules.
-        sources = set() if state.hook is None else set(state.hook._rewritten_names.values())
-    except (ImportError, AttributeError, KeyError) as exc:  # --assert=plain, or pytest moved
-        logging.getLogger(__name__).info("not caching rewritten modules: %r", exc)
-        return
-    sources.update(
-        fn
-        for fn in tests.rglob("*.py")
-        if fn.name.startswith("test_") or fn.name == "conftest.py"  # default python_files
-    )
-    for fn in sorted(sources):
-        cache_dir = rewrite.get_cache_dir(fn)
-        pyc = cache_dir / (fn.name[:-3] + rewrite.PYC_TAIL)
-        if rewrite._read_pyc(fn, pyc) is not None or not rewrite.try_makedirs(cache_dir):
-            continue
-        source_hash, code = rewrite._rewrite_test(fn, config)
-        rewrite._write_pyc(state, code, source_hash, pyc)
 
 
 @pytest.hookimpl(trylast=True)

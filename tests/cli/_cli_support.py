@@ -6,12 +6,9 @@ import sqlite3
 import textwrap
 from pathlib import Path
 
-from tests._harness import make_run, rows
+from tests._harness import make_run
 
-__all__ = ["PIPELINE_FILE", "make_run", "make_seed_layout", "query", "write"]
-
-query = rows
-"""Kept under the name these tests use."""
+__all__ = ["PIPELINE_FILE", "make_run", "make_seed_layout", "write"]
 
 
 def write(path: Path, code: str) -> Path:

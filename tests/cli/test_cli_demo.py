@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from pipeloom.schema import SCHEMA_VERSION
 from pipeloom_cli.app import app
-from tests.cli._cli_support import make_seed_layout, query
+from tests._harness import query
+from tests.cli._cli_support import make_seed_layout
 
 runner = CliRunner()
 

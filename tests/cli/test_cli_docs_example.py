@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeloom_cli.app import app
-from tests.cli._cli_support import query
+from tests._harness import query
 
 runner = CliRunner()
 

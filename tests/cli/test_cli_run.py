@@ -7,7 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeloom_cli.app import app
-from tests.cli._cli_support import PIPELINE_FILE, query, write
+from tests._harness import query
+from tests.cli._cli_support import PIPELINE_FILE, write
 
 runner = CliRunner()
 

@@ -16,14 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeloom.history import HistoryReader
+from tests._harness import query
 from tests.e2e._cli_e2e_support import clean_env, pipeloom, pipeloom_command
-from tests.reliability._support import (
-    child_output,
-    query,
-    read_events,
-    spawn_child,
-    wait_for,
-)
+from tests.reliability._support import child_output, read_events, spawn_child, wait_for
 
 
 def _agrees(counts: dict[str, int], statuses: list[str], where: str) -> None:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from pipeloom import TaskDef, TaskQueue, run_pipeline
 from pipeloom_cli.app import app
-from tests._harness import rows
+from tests._harness import query
 from tests.e2e._cli_e2e_support import clean_env, pipeloom_command
 
 runner = CliRunner()
@@ -56,7 +56,7 @@ def test_watch_json_prints_a_snapshot_then_only_the_tasks_that_changed(tmp_path:
         while done < HELD and time.monotonic() < deadline:
             if db.exists():  # never create it: the pipeline does
                 try:
-                    done = rows(db, "SELECT count(*) FROM task_runs WHERE status = 'done'")[0][0]
+                    done = query(db, "SELECT count(*) FROM task_runs WHERE status = 'done'")[0][0]
                 except sqlite3.OperationalError:  # its tables are not there yet
                     done = 0
             time.sleep(0.02)

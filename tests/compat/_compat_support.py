@@ -1,4 +1,4 @@
-"""Helpers for the compatibility tests: run a script as a user would, read rows back."""
+"""Helpers for the compatibility tests: run a script as a user would."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-
-from tests._harness import rows as rows
 
 
 def run_script(code: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:

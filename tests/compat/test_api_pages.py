@@ -17,7 +17,7 @@ from pipeloom.db import connect, init_schema, wal_checkpoint
 from pipeloom.messages import SENTINEL, MsgTaskProgress, MsgTaskStarted
 from pipeloom.progress import make_overall_progress, make_task_progress, preregister_task_bars
 from pipeloom.writer import SQLiteWriter
-from tests.compat._compat_support import rows
+from tests._harness import query
 
 
 def test_rlog_is_the_logging_module_under_its_old_name() -> None:
@@ -44,7 +44,7 @@ def test_init_db_as_0_0_7_cli_did_it(tmp_path: Path) -> None:
         init_schema(con, store_task_status=True)
         wal_checkpoint(con, "FULL")
     con.close()
-    assert ("task_runs",) in rows(db, "SELECT name FROM sqlite_master WHERE type = 'table'")
+    assert ("task_runs",) in query(db, "SELECT name FROM sqlite_master WHERE type = 'table'")
 
 
 def test_wal_checkpoint_commits_an_open_transaction_first(tmp_path: Path) -> None:
@@ -57,7 +57,7 @@ def test_wal_checkpoint_commits_an_open_transaction_first(tmp_path: Path) -> Non
     assert busy == 0
     assert not conn.in_transaction
     conn.close()
-    assert rows(db, "SELECT COUNT(*) FROM t") == [(100,)]
+    assert query(db, "SELECT COUNT(*) FROM t") == [(100,)]
     assert not (tmp_path / "c.db-wal").exists() or (tmp_path / "c.db-wal").stat().st_size == 0
 
 
@@ -71,7 +71,7 @@ def test_wal_checkpoint_on_a_plain_sqlite3_connection_mid_transaction(tmp_path: 
     assert conn.in_transaction
     wal_checkpoint(conn, "TRUNCATE")
     conn.close()
-    assert rows(db, "SELECT x FROM t") == [(1,)]
+    assert query(db, "SELECT x FROM t") == [(1,)]
 
 
 def test_connect_enforces_foreign_keys(tmp_path: Path) -> None:
@@ -120,8 +120,8 @@ def test_users_foreign_keys_hold_inside_a_pipeline(tmp_path: Path) -> None:
         workers=1,
         progress=False,
     )
-    assert rows(db, "SELECT order_id FROM lines") == [(1,)]
-    (msg_type,) = rows(db, "SELECT msg_type FROM dead_letters")[0]
+    assert query(db, "SELECT order_id FROM lines") == [(1,)]
+    (msg_type,) = query(db, "SELECT msg_type FROM dead_letters")[0]
     assert msg_type.endswith("MsgLine")
 
 
@@ -156,7 +156,7 @@ def test_preregistered_bars_follow_the_1_based_task_ids_to_the_last_task(tmp_pat
         (2, 4)
     ] * 3
     assert overall_p.tasks == []
-    assert rows(tmp_path / "bars.db", "SELECT task_id, step FROM task_runs ORDER BY 1") == [
+    assert query(tmp_path / "bars.db", "SELECT task_id, step FROM task_runs ORDER BY 1") == [
         (1, 2),
         (2, 2),
         (3, 2),

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeloom_cli.app import app
-from tests.compat._compat_support import rows
+from tests._harness import query
 from tests.compat.test_legacy_upgrade import OLD_ROWS, original_file
 
 runner = CliRunner()
@@ -22,7 +22,7 @@ def test_demo_accepts_store_task_status_and_records_the_run(tmp_path: Path) -> N
             app, ["demo", "--db", str(db), "--num-tasks", "3", flag, "--delay", "0"]
         )
         assert result.exit_code == 0, result.output
-    assert rows(db, "SELECT run_id, status, COUNT(*) FROM task_runs GROUP BY 1, 2") == [
+    assert query(db, "SELECT run_id, status, COUNT(*) FROM task_runs GROUP BY 1, 2") == [
         (1, "done", 3),
         (2, "done", 3),
     ]
@@ -37,7 +37,7 @@ def test_readme_quickstart_command(tmp_path: Path) -> None:
         app, ["demo", "--db", str(db), "--num-tasks", "10", "-vv", "--delay", "0"]
     )
     assert result.exit_code == 0, result.output
-    assert rows(db, "SELECT COUNT(*) FROM task_runs WHERE status = 'done'") == [(10,)]
+    assert query(db, "SELECT COUNT(*) FROM task_runs WHERE status = 'done'") == [(10,)]
 
 
 def test_init_db_creates_the_tables_and_keeps_other_tables(tmp_path: Path) -> None:
@@ -50,9 +50,9 @@ def test_init_db_creates_the_tables_and_keeps_other_tables(tmp_path: Path) -> No
     result = runner.invoke(app, ["init-db", str(db)])
     assert result.exit_code == 0, result.output
     assert f"{db}: pipeloom tables ready" in result.output
-    names = {r[0] for r in rows(db, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    names = {r[0] for r in query(db, "SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"mine", "pipeline_runs", "task_runs"} <= names
-    assert rows(db, "SELECT x FROM mine") == [(7,)]
+    assert query(db, "SELECT x FROM mine") == [(7,)]
     again = runner.invoke(app, ["init-db", "--db", str(db)])  # 0.0.7's spelling, idempotent
     assert again.exit_code == 0, again.output
 
@@ -61,7 +61,7 @@ def test_init_db_upgrades_an_original_file(tmp_path: Path) -> None:
     db = original_file(tmp_path / "old.db", OLD_ROWS)
     result = runner.invoke(app, ["init-db", str(db)])
     assert result.exit_code == 0, result.output
-    assert rows(db, "SELECT run_id, task_id FROM task_runs ORDER BY 2") == [(1, 1), (1, 2), (1, 3)]
+    assert query(db, "SELECT run_id, task_id FROM task_runs ORDER BY 2") == [(1, 1), (1, 2), (1, 3)]
 
 
 def test_init_db_refuses_a_file_that_is_not_sqlite(tmp_path: Path) -> None:
@@ -118,9 +118,9 @@ def test_examples_run_offline_and_store_their_rows(
         ],
     )
     assert result.exit_code == 0, result.output
-    assert rows(db, sql) == expected
-    assert rows(db, "SELECT status, COUNT(*) FROM task_runs GROUP BY 1")[0][0] == "done"
-    assert rows(db, "SELECT COUNT(*) FROM task_runs WHERE status <> 'done'") == [(0,)]
+    assert query(db, sql) == expected
+    assert query(db, "SELECT status, COUNT(*) FROM task_runs GROUP BY 1")[0][0] == "done"
+    assert query(db, "SELECT COUNT(*) FROM task_runs WHERE status <> 'done'") == [(0,)]
 
 
 def test_download_example_reads_a_given_url(tmp_path: Path) -> None:
@@ -141,7 +141,7 @@ def test_download_example_reads_a_given_url(tmp_path: Path) -> None:
             ],
         )
     assert result.exit_code == 0, result.output
-    assert rows(tmp_path / "d.db", "SELECT file, url, size FROM downloads") == [
+    assert query(tmp_path / "d.db", "SELECT file, url, size FROM downloads") == [
         ("a.bin", f"{base}/a.bin", 5000)
     ]
     assert (tmp_path / "a.bin").read_bytes() == b"x" * 5000
@@ -155,6 +155,6 @@ def test_etl_example_with_an_unreachable_url_fails_with_exit_1(tmp_path: Path) -
             app, ["examples", "etl", "--db", str(tmp_path / "e.db"), "--url", base]
         )
     assert result.exit_code == 1
-    assert rows(tmp_path / "e.db", "SELECT COUNT(*) FROM task_runs WHERE status = 'error'") == [
+    assert query(tmp_path / "e.db", "SELECT COUNT(*) FROM task_runs WHERE status = 'error'") == [
         (2,)
     ]

@@ -14,7 +14,7 @@ from pipeloom import TaskDef, run_pipeline
 from pipeloom._compat import LEGACY_NAMES
 from pipeloom.demo import DemoTask, demo_worker
 from pipeloom.messages import MsgTaskFinished
-from tests.compat._compat_support import rows
+from tests._harness import query
 
 
 def test_legacy_top_level_names_import_but_are_not_listed() -> None:
@@ -56,7 +56,7 @@ def test_demo_worker_records_a_raising_task_as_error_with_its_message(tmp_path: 
         [DemoTask(1, "good", steps=1, delay=0), bad], db, worker_fn=demo_worker, progress=False
     )
     assert result.counts == {"done": 1, "error": 1}
-    ((status, message, error),) = rows(
+    ((status, message, error),) = query(
         db, "SELECT status, message, error FROM task_runs WHERE task_id = 2"
     )
     assert status == "error"

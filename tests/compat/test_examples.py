@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from pipeloom_cli.app import app
-from tests.compat._compat_support import rows
+from tests._harness import query
 from tests.e2e._cli_e2e_support import pipeloom
 
 runner = CliRunner()
@@ -87,10 +87,10 @@ def test_example_runs_with_pipeloom_run(
     db, sql, expected = CASES[name]
     result = run_here("run", str(EXAMPLES / f"{name}.py:pipe"))
     assert result.exit_code == 0, result.output
-    assert rows(tmp_path / db, sql) == expected
-    assert rows(tmp_path / db, "SELECT COUNT(*) FROM task_runs WHERE status <> 'done'") == [(0,)]
+    assert query(tmp_path / db, sql) == expected
+    assert query(tmp_path / db, "SELECT COUNT(*) FROM task_runs WHERE status <> 'done'") == [(0,)]
     if name == "file_writer":
-        for file, size, sha in rows(tmp_path / db, "SELECT * FROM files"):
+        for file, size, sha in query(tmp_path / db, "SELECT * FROM files"):
             data = (tmp_path / "file_writer_out" / file).read_bytes()
             assert (len(data), hashlib.sha256(data).hexdigest()) == (size, sha)
         assert not list((tmp_path / "file_writer_out").glob("*.part"))
@@ -102,7 +102,7 @@ def test_an_example_runs_as_a_user_runs_it(tmp_path: Path) -> None:
     lines = [line for line in proc.stdout.splitlines() if " orders, " in line]
     assert len(lines) == 5  # the summary query: one line per country
     assert "54 rows rejected" in proc.stdout
-    assert rows(tmp_path / "orders.db", "SELECT COUNT(*) FROM orders") == [(843,)]
+    assert query(tmp_path / "orders.db", "SELECT COUNT(*) FROM orders") == [(843,)]
 
 
 def test_orders_etl_resumes_after_a_broken_file_is_fixed(
@@ -111,17 +111,17 @@ def test_orders_etl_resumes_after_a_broken_file_is_fixed(
     monkeypatch.chdir(tmp_path)
     first = run_here("run", str(EXAMPLES / "orders_etl.py:pipe"))
     assert first.exit_code == 0, first.output
-    before = rows(tmp_path / "orders.db", "SELECT * FROM orders ORDER BY order_id")
+    before = query(tmp_path / "orders.db", "SELECT * FROM orders ORDER BY order_id")
     broken = tmp_path / "orders_in" / "orders-2024-03-07.csv"
     good = (tmp_path / "orders_in" / "orders-2024-03-06.csv").read_text()
     broken.write_text("order_id,when\n1,2024-03-07\n")
 
     second = run_here("run", str(EXAMPLES / "orders_etl.py:pipe"), "--resume")
     assert second.exit_code == 1
-    assert rows(
+    assert query(
         tmp_path / "orders.db", "SELECT status, COUNT(*) FROM task_runs WHERE run_id = 2 GROUP BY 1"
     ) == [("error", 1), ("skipped", 6)]
-    (message,) = rows(
+    (message,) = query(
         tmp_path / "orders.db", "SELECT message FROM task_runs WHERE status = 'error'"
     )
     assert "missing column(s) ordered_at, customer" in message[0]
@@ -129,11 +129,11 @@ def test_orders_etl_resumes_after_a_broken_file_is_fixed(
     broken.write_text(good.replace("2024-03-06", "2024-03-07"))
     third = run_here("run", str(EXAMPLES / "orders_etl.py:main"), "--resume")
     assert third.exit_code == 0, third.output
-    assert rows(
+    assert query(
         tmp_path / "orders.db", "SELECT status, COUNT(*) FROM task_runs WHERE run_id = 3 GROUP BY 1"
     ) == [("done", 1), ("skipped", 6)]
     # Day 7 holds corrections of day 6's orders: they win, and nothing else changed.
-    after = {r[0]: r for r in rows(tmp_path / "orders.db", "SELECT * FROM orders")}
+    after = {r[0]: r for r in query(tmp_path / "orders.db", "SELECT * FROM orders")}
     changed = [r for r in before if after[r[0]] != r]
     assert changed and all(after[r[0]][-1] == "2024-03-07" for r in changed)
     assert "orders," in third.output and "rows rejected" in third.output
@@ -145,8 +145,8 @@ def test_orders_etl_loaded_twice_changes_nothing(
     monkeypatch.chdir(tmp_path)
     target = str(EXAMPLES / "orders_etl.py:pipe")
     assert run_here("run", target).exit_code == 0
-    snapshot = rows(tmp_path / "orders.db", "SELECT * FROM orders ORDER BY order_id")
-    rejects = rows(tmp_path / "orders.db", "SELECT * FROM rejects ORDER BY file, line")
+    snapshot = query(tmp_path / "orders.db", "SELECT * FROM orders ORDER BY order_id")
+    rejects = query(tmp_path / "orders.db", "SELECT * FROM rejects ORDER BY file, line")
     assert run_here("run", target).exit_code == 0
-    assert rows(tmp_path / "orders.db", "SELECT * FROM orders ORDER BY order_id") == snapshot
-    assert rows(tmp_path / "orders.db", "SELECT * FROM rejects ORDER BY file, line") == rejects
+    assert query(tmp_path / "orders.db", "SELECT * FROM orders ORDER BY order_id") == snapshot
+    assert query(tmp_path / "orders.db", "SELECT * FROM rejects ORDER BY file, line") == rejects

@@ -12,7 +12,7 @@ from pipeloom import DatabaseError, TaskDef, run_pipeline
 from pipeloom.db import connect, init_schema
 from pipeloom.demo import DemoTask, demo_worker
 from pipeloom.record._legacy import IMPORTED_RUN_NAME, is_original_layout, upgrade_original_layout
-from tests.compat._compat_support import rows
+from tests._harness import query
 
 ORIGINAL_DDL = """
     CREATE TABLE IF NOT EXISTS task_runs (
@@ -58,13 +58,13 @@ def test_a_run_on_an_original_file_upgrades_it_and_keeps_its_rows(tmp_path: Path
     # 0.0.7's argument order runs unchanged; the typed signature is (tasks, db_path).
     result = run_pipeline(db, tasks, worker_fn=demo_worker, progress=False)  # type: ignore[arg-type]
     assert result.ok and result.run_id == 2
-    assert rows(
+    assert query(
         db, "SELECT id, name, status, tasks_total, tasks_done, tasks_error FROM pipeline_runs"
     ) == [
         (1, IMPORTED_RUN_NAME, "error", 3, 1, 1),
         (2, "pipeline", "done", 2, 2, 0),
     ]
-    assert rows(
+    assert query(
         db,
         "SELECT run_id, task_id, name, status, progress, message, finished_at IS NOT NULL, "
         "result, error FROM task_runs ORDER BY run_id, task_id",
@@ -75,12 +75,12 @@ def test_a_run_on_an_original_file_upgrades_it_and_keeps_its_rows(tmp_path: Path
         (2, 1, "task-1", "done", 1.0, "completed", 1, "ok:task-1", None),
         (2, 2, "task-2", "done", 1.0, "completed", 1, "ok:task-2", None),
     ]
-    assert rows(db, "SELECT * FROM posts") == [(1, "kept")]
+    assert query(db, "SELECT * FROM posts") == [(1, "kept")]
 
 
 def test_the_upgraded_schema_is_the_one_core_creates(tmp_path: Path) -> None:
     def schema_of(path: Path) -> list[tuple[str, str]]:
-        return rows(
+        return query(
             path,
             "SELECT name, sql FROM sqlite_master WHERE name NOT IN ('posts') "
             "AND sql IS NOT NULL ORDER BY name",
@@ -96,7 +96,7 @@ def test_the_upgraded_schema_is_the_one_core_creates(tmp_path: Path) -> None:
     assert not is_original_layout(conn)
     conn.close()
     assert schema_of(old) == schema_of(fresh)
-    assert rows(old, "PRAGMA user_version") == rows(fresh, "PRAGMA user_version")
+    assert query(old, "PRAGMA user_version") == query(fresh, "PRAGMA user_version")
 
 
 def test_an_empty_original_table_upgrades_without_a_run(tmp_path: Path) -> None:
@@ -106,8 +106,8 @@ def test_an_empty_original_table_upgrades_without_a_run(tmp_path: Path) -> None:
     assert upgrade_original_layout(conn, str(db)) is None
     assert upgrade_original_layout(conn, str(db)) is None  # already upgraded: nothing to do
     conn.close()
-    assert rows(db, "SELECT COUNT(*) FROM pipeline_runs") == [(0,)]
-    assert rows(db, "SELECT name FROM sqlite_master WHERE name LIKE '%0_0_7%'") == []
+    assert query(db, "SELECT COUNT(*) FROM pipeline_runs") == [(0,)]
+    assert query(db, "SELECT name FROM sqlite_master WHERE name LIKE '%0_0_7%'") == []
 
 
 def test_a_table_of_the_users_named_task_runs_is_not_taken_for_the_original(
@@ -125,7 +125,7 @@ def test_a_table_of_the_users_named_task_runs_is_not_taken_for_the_original(
 
 def test_a_failed_upgrade_changes_nothing(tmp_path: Path) -> None:
     db = original_file(tmp_path / "locked.db", OLD_ROWS)
-    before = rows(db, "SELECT * FROM task_runs ORDER BY id")
+    before = query(db, "SELECT * FROM task_runs ORDER BY id")
     conn = connect(db)
     # A view on the old table makes the rename fail half-way through the upgrade.
     conn.execute("CREATE VIEW broken AS SELECT nope FROM task_runs")
@@ -133,8 +133,8 @@ def test_a_failed_upgrade_changes_nothing(tmp_path: Path) -> None:
         upgrade_original_layout(conn, str(db))
     assert not conn.in_transaction
     conn.close()
-    assert rows(db, "SELECT * FROM task_runs ORDER BY id") == before
-    assert rows(db, "SELECT name FROM sqlite_master WHERE name = 'pipeline_runs'") == []
+    assert query(db, "SELECT * FROM task_runs ORDER BY id") == before
+    assert query(db, "SELECT name FROM sqlite_master WHERE name = 'pipeline_runs'") == []
 
 
 def test_the_cli_upgrade_after_core_only_records_its_migrations(tmp_path: Path) -> None:
@@ -142,14 +142,14 @@ def test_the_cli_upgrade_after_core_only_records_its_migrations(tmp_path: Path) 
 
     db = original_file(tmp_path / "both.db", OLD_ROWS)
     run_pipeline([TaskDef(1, "new")], db, worker_fn=demo_worker, progress=False)
-    before = rows(db, "SELECT run_id, task_id, status FROM task_runs ORDER BY 1, 2")
-    schema = rows(
+    before = query(db, "SELECT run_id, task_id, status FROM task_runs ORDER BY 1, 2")
+    schema = query(
         db, "SELECT name, sql FROM sqlite_master WHERE sql NOT LIKE '%_sqlite_migrations%'"
     )
     assert upgrade(db)  # records the migrations as applied
     assert pending(db) == []
-    assert rows(db, "SELECT run_id, task_id, status FROM task_runs ORDER BY 1, 2") == before
-    after = rows(
+    assert query(db, "SELECT run_id, task_id, status FROM task_runs ORDER BY 1, 2") == before
+    after = query(
         db, "SELECT name, sql FROM sqlite_master WHERE sql NOT LIKE '%_sqlite_migrations%'"
     )
     assert after == schema
@@ -163,7 +163,7 @@ def test_an_original_table_with_columns_of_the_users_is_refused_untouched(
     conn.execute("ALTER TABLE task_runs ADD COLUMN owner TEXT")
     conn.commit()
     conn.close()
-    before = rows(db, "SELECT * FROM task_runs ORDER BY id")
+    before = query(db, "SELECT * FROM task_runs ORDER BY id")
     with pytest.raises(DatabaseError, match="owner"):
         run_pipeline([TaskDef(1, "t")], db, worker_fn=demo_worker, progress=False)
-    assert rows(db, "SELECT * FROM task_runs ORDER BY id") == before
+    assert query(db, "SELECT * FROM task_runs ORDER BY id") == before

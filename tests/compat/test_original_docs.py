@@ -13,7 +13,8 @@ from pathlib import Path
 
 from pipeloom.demo import DemoTask, demo_worker
 from pipeloom.engine import run_pipeline
-from tests.compat._compat_support import rows, run_script
+from tests._harness import query
+from tests.compat._compat_support import run_script
 
 
 def test_how_to_extend_custom_worker_runs_unchanged(tmp_path: Path) -> None:
@@ -52,14 +53,14 @@ def test_how_to_extend_custom_worker_runs_unchanged(tmp_path: Path) -> None:
         tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
-    assert rows(
+    assert query(
         tmp_path / "etl.db", "SELECT task_id, name, status, progress FROM task_runs ORDER BY 1"
     ) == [(i, f"etl-{i}", "done", 1.0) for i in range(1, 6)]
     # The README's observability queries work on the same file.
-    assert rows(tmp_path / "etl.db", "SELECT status, COUNT(*) FROM task_runs GROUP BY status;") == [
-        ("done", 5)
-    ]
-    assert rows(tmp_path / "etl.db", "SELECT * FROM task_runs WHERE status <> 'done';") == []
+    assert query(
+        tmp_path / "etl.db", "SELECT status, COUNT(*) FROM task_runs GROUP BY status;"
+    ) == [("done", 5)]
+    assert query(tmp_path / "etl.db", "SELECT * FROM task_runs WHERE status <> 'done';") == []
 
 
 def test_getting_started_hello_runs_unchanged(tmp_path: Path) -> None:
@@ -83,7 +84,7 @@ def test_getting_started_hello_runs_unchanged(tmp_path: Path) -> None:
         tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
-    assert rows(tmp_path / "loom.db", "SELECT status, COUNT(*) FROM task_runs GROUP BY 1") == [
+    assert query(tmp_path / "loom.db", "SELECT status, COUNT(*) FROM task_runs GROUP BY 1") == [
         ("done", 5)
     ]
 
@@ -117,7 +118,7 @@ def test_store_task_status_false_leaves_the_file_to_the_user(tmp_path: Path) -> 
         store_task_status=False,
         worker_fn=demo_worker,
     )
-    assert rows(db_path, "SELECT name FROM sqlite_master") == []
+    assert query(db_path, "SELECT name FROM sqlite_master") == []
 
 
 def test_domain_messages_from_the_docs_with_a_registered_handler(tmp_path: Path) -> None:
@@ -183,7 +184,7 @@ def test_domain_messages_from_the_docs_with_a_registered_handler(tmp_path: Path)
         tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
-    assert rows(tmp_path / "users.db", "SELECT key, name, active FROM users ORDER BY key") == [
+    assert query(tmp_path / "users.db", "SELECT key, name, active FROM users ORDER BY key") == [
         ("abc123", "Caleb", 1),
         ("k2", "Ada", 1),
         ("k3", "Grace", 0),
@@ -202,7 +203,7 @@ def test_demo_task_and_worker_as_0_0_7_named_them(tmp_path: Path) -> None:
         store_task_status=True,
         worker_fn=demo_worker,
     )
-    assert rows(
+    assert query(
         tmp_path / "wal_demo.db", "SELECT task_id, status, step, total, result FROM task_runs"
     ) == [(i, "done", 20, 20, f"ok:task-{i}") for i in range(1, 4)]
 

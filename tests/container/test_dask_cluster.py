@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tests._harness import query
 from tests.container import dask_driver
 from tests.container._podman import Podman, free_port, port_open, wait_for
-from tests.reliability._support import query
 
 pytestmark = [
     pytest.mark.container,

@@ -9,8 +9,8 @@ import pytest
 
 from pipeloom import run_pipeline
 from pipeloom.demo import DemoTask, demo_worker
+from tests._harness import query
 from tests.container._podman import Podman, free_port, http_get, wait_for
-from tests.reliability._support import query
 
 pytestmark = [
     pytest.mark.container,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from pipeloom import MsgTaskFinished, MsgTaskProgress, MsgTaskStarted, TaskDef, utc_now
-from tests._harness import rows as rows
 
 
 def seed_worker(task: TaskDef, msg_q: Any) -> None:

@@ -19,7 +19,7 @@ from pipeloom import Pipeline
 from pipeloom.alerts import Alerts, RunSummary, TaskFailure
 from pipeloom.notify import payload, webhook
 from pipeloom.options import RunOptions
-from tests._harness import rows
+from tests._harness import query
 from tests.cli._cli_support import PIPELINE_FILE, write
 from tests.core import _unattended_tasks as tasks
 
@@ -69,7 +69,7 @@ def test_hooks_fire_once_per_final_failure_and_once_per_run(tmp_path: Path, exec
 
     def on_end(summary: RunSummary) -> None:
         # Called after the record is closed: the file already says how the run ended.
-        committed.append(len(rows(db, "SELECT 1 FROM pipeline_runs WHERE status = 'error'")))
+        committed.append(len(query(db, "SELECT 1 FROM pipeline_runs WHERE status = 'error'")))
         ends.append(summary)
 
     pipe = Pipeline("alerting", db=db, workers=3, executor=executor)
@@ -100,7 +100,7 @@ def test_hooks_fire_once_per_final_failure_and_once_per_run(tmp_path: Path, exec
     assert [f.task_id for f in summary.failures] == sorted(result.failed_task_ids)
     assert summary.stop_reason is None and summary.exit_code == 1
     assert "pipeloom status" in summary.text() and "ValueError: bad row" in summary.text()
-    assert rows(db, "SELECT note FROM pipeline_runs") == [(None,)]  # no hook problem
+    assert query(db, "SELECT note FROM pipeline_runs") == [(None,)]  # no hook problem
 
 
 def test_raising_and_hanging_hooks_change_nothing_and_are_noted(tmp_path: Path) -> None:
@@ -124,8 +124,8 @@ def test_raising_and_hanging_hooks_change_nothing_and_are_noted(tmp_path: Path) 
         release.set()
     # The record and the exit code are the run's own.
     assert result.status == "error" and result.exit_code == 1
-    assert rows(db, "SELECT status, tasks_error FROM pipeline_runs") == [("error", 2)]
-    (note,) = rows(db, "SELECT note FROM pipeline_runs")[0]
+    assert query(db, "SELECT status, tasks_error FROM pipeline_runs") == [("error", 2)]
+    (note,) = query(db, "SELECT note FROM pipeline_runs")[0]
     assert "hook raises raised RuntimeError: receiver down" in note
     assert "hook hangs did not return within 0.2 s (not called again)" in note
     # Hung once, never called again in that run (neither for the second failure nor the end).
@@ -176,7 +176,7 @@ def test_webhook_refused_is_noted_not_raised(tmp_path: Path, receiver: Threading
     pipe.on_run_end(webhook(_url(receiver)))
     result = pipe.run(progress=False)
     assert result.exit_code == 1 and len(receiver.bodies) == 1  # type: ignore[attr-defined]
-    (note,) = rows(db, "SELECT note FROM pipeline_runs")[0]
+    (note,) = query(db, "SELECT note FROM pipeline_runs")[0]
     assert "answered HTTP 500" in note and "/hook" not in note  # the URL's path may be secret
 
 
@@ -245,6 +245,6 @@ def test_slow_failure_alerts_left_after_the_run_are_dropped_and_noted(tmp_path: 
     alerts = Alerts(on_task_failure=(slow,), timeout=0.1)
     result = pipe.run(progress=False, options=RunOptions(alerts=alerts))
     assert result.exit_code == 1 and len(result.failed_task_ids) == 200
-    (note,) = rows(db, "SELECT note FROM pipeline_runs")[0]
+    (note,) = query(db, "SELECT note FROM pipeline_runs")[0]
     dropped = 200 - len(sent)
     assert dropped > 0 and f"{dropped} failure alert(s) not sent" in note

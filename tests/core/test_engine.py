@@ -15,8 +15,9 @@ from pipeloom import (
     run_pipeline,
     utc_now,
 )
+from tests._harness import query
 
-from .conftest import rows, seed_worker
+from .conftest import seed_worker
 
 
 def five_tasks() -> list[TaskDef]:
@@ -43,18 +44,18 @@ def test_seed_worker_shape_gives_five_done_rows_in_both_call_forms(
     assert result.ok
     assert result.counts == {"done": 5}
     assert result.failed_task_ids == []
-    assert rows(
+    assert query(
         db, "SELECT task_id, name, status, progress, result FROM task_runs ORDER BY task_id"
     ) == [(i, f"task-{i}", "done", 1.0, f"ok {i}") for i in range(1, 6)]
     # The query the seed documents keeps working.
-    assert rows(db, "SELECT status, COUNT(*) FROM task_runs GROUP BY status;") == [("done", 5)]
+    assert query(db, "SELECT status, COUNT(*) FROM task_runs GROUP BY status;") == [("done", 5)]
 
 
 def test_keyword_call_form_and_default_workers(tmp_path: Path) -> None:
     db = tmp_path / "kw.db"
     result = run_pipeline(tasks=five_tasks(), db_path=db, worker_fn=seed_worker, progress=False)
     assert result.counts == {"done": 5}
-    (workers,) = rows(db, "SELECT workers FROM pipeline_runs")[0]
+    (workers,) = query(db, "SELECT workers FROM pipeline_runs")[0]
     assert 1 <= workers <= 5
 
 
@@ -64,9 +65,9 @@ def test_two_runs_on_one_file_keep_both_histories(tmp_path: Path) -> None:
     second = run_pipeline(five_tasks()[:3], db, workers=2, worker_fn=seed_worker, progress=False)
     assert first.run_id is not None and second.run_id is not None
     assert first.run_id != second.run_id
-    runs = rows(db, "SELECT id, status, tasks_total, tasks_done, pid FROM pipeline_runs")
+    runs = query(db, "SELECT id, status, tasks_total, tasks_done, pid FROM pipeline_runs")
     assert [r[:4] for r in runs] == [(first.run_id, "done", 5, 5), (second.run_id, "done", 3, 3)]
-    per_run = rows(db, "SELECT run_id, COUNT(*) FROM task_runs GROUP BY run_id ORDER BY run_id")
+    per_run = query(db, "SELECT run_id, COUNT(*) FROM task_runs GROUP BY run_id ORDER BY run_id")
     assert per_run == [(first.run_id, 5), (second.run_id, 3)]
 
 
@@ -84,15 +85,15 @@ def test_a_worker_that_raises_is_recorded_as_error_and_the_rest_run(tmp_path: Pa
     assert not result.ok
     assert result.counts == {"done": 4, "error": 1}
     assert result.failed_task_ids == [3]
-    status, message, error = rows(
+    status, message, error = query(
         db, "SELECT status, message, error FROM task_runs WHERE task_id = 3"
     )[0]
     assert status == "error"
     assert message == "ValueError: bad row in partition 3"
     assert "Traceback" in error and "bad row in partition 3" in error
-    others = rows(db, "SELECT status FROM task_runs WHERE task_id != 3")
+    others = query(db, "SELECT status FROM task_runs WHERE task_id != 3")
     assert others == [("done",)] * 4
-    assert rows(db, "SELECT status, tasks_error FROM pipeline_runs") == [("error", 1)]
+    assert query(db, "SELECT status, tasks_error FROM pipeline_runs") == [("error", 1)]
 
 
 def test_fail_fast_stops_admitting_and_counts_the_rest(tmp_path: Path) -> None:
@@ -109,10 +110,10 @@ def test_fail_fast_stops_admitting_and_counts_the_rest(tmp_path: Path) -> None:
     # source says how many there were.
     assert result.counts == {"error": 1}
     assert result.not_started == 49 and not result.ok
-    assert rows(db, "SELECT status, note FROM pipeline_runs") == [
+    assert query(db, "SELECT status, note FROM pipeline_runs") == [
         ("error", "49 task(s) not started: the run was stopped")
     ]
-    assert rows(db, "SELECT task_key FROM task_runs WHERE status = 'error'") == [("part-1",)]
+    assert query(db, "SELECT task_key FROM task_runs WHERE status = 'error'") == [("part-1",)]
 
 
 def test_worker_that_reports_nothing_is_recorded_done(tmp_path: Path) -> None:
@@ -121,7 +122,7 @@ def test_worker_that_reports_nothing_is_recorded_done(tmp_path: Path) -> None:
         [TaskDef(7, "silent")], db, worker_fn=lambda task, q: None, progress=False
     )
     assert result.counts == {"done": 1}
-    assert rows(db, "SELECT task_id, name, status, progress FROM task_runs") == [
+    assert query(db, "SELECT task_id, name, status, progress FROM task_runs") == [
         (7, "silent", "done", 1.0)
     ]
 
@@ -159,7 +160,7 @@ def test_store_task_status_false_creates_no_pipeloom_tables(tmp_path: Path) -> N
     )
     assert result.run_id is None
     assert result.counts == {"done": 5}
-    assert rows(db, "SELECT name FROM sqlite_master") == []
+    assert query(db, "SELECT name FROM sqlite_master") == []
 
 
 def test_memory_database_works(tmp_path: Path) -> None:
@@ -172,7 +173,7 @@ def test_memory_database_works(tmp_path: Path) -> None:
 def test_wal_flag_chooses_the_journal_mode(tmp_path: Path, wal: bool, mode: str) -> None:
     db = tmp_path / "j.db"
     run_pipeline(five_tasks(), db, worker_fn=seed_worker, wal=wal, progress=False)
-    assert rows(db, "PRAGMA journal_mode") == [(mode,)]
+    assert query(db, "PRAGMA journal_mode") == [(mode,)]
 
 
 def test_directory_as_database_is_a_clear_error_without_hanging(tmp_path: Path) -> None:
@@ -269,5 +270,5 @@ def test_ctrl_c_cancels_the_rest_and_restores_the_previous_handler(tmp_path: Pat
     assert result.counts["done"] >= 5
     assert result.not_started is not None
     assert result.counts["done"] + result.not_started == 200
-    assert rows(db, "SELECT status FROM pipeline_runs") == [("cancelled",)]
-    assert rows(db, "SELECT count(*) FROM task_runs WHERE status = 'running'") == [(0,)]
+    assert query(db, "SELECT status FROM pipeline_runs") == [("cancelled",)]
+    assert query(db, "SELECT count(*) FROM task_runs WHERE status = 'running'") == [(0,)]

@@ -12,7 +12,7 @@ import pytest
 from pipeloom import Pipeline
 from pipeloom.errors import PipelineError
 from pipeloom.limits import parse_rate
-from tests._harness import rows
+from tests._harness import query
 from tests.core import _unattended_tasks as tasks
 
 EXECUTORS = ["threads", "processes"]
@@ -33,7 +33,7 @@ def test_capacity_is_never_exceeded_and_other_tasks_flow(tmp_path: Path, executo
     assert result.ok and result.counts == {"done": 36}
     spans = [
         (_t(a), _t(b))
-        for a, b in rows(
+        for a, b in query(
             db,
             "SELECT started_at, finished_at FROM task_runs WHERE task_key LIKE 'warehouse_load:%'",
         )
@@ -45,7 +45,7 @@ def test_capacity_is_never_exceeded_and_other_tasks_flow(tmp_path: Path, executo
     # The other tasks did not wait behind the warehouse: all were done before the last
     # warehouse task (the 5th and 6th wait for two slots to free twice) could start.
     last_start = max(s for s, _ in spans)
-    (others_done,) = rows(db, "SELECT max(finished_at) FROM task_runs WHERE task_key LIKE 'ok:%'")[
+    (others_done,) = query(db, "SELECT max(finished_at) FROM task_runs WHERE task_key LIKE 'ok:%'")[
         0
     ]
     assert _t(others_done) <= last_start
@@ -63,7 +63,7 @@ def test_a_rate_is_never_outrun(tmp_path: Path, executor: str) -> None:
     assert result.ok
     starts = sorted(
         _t(s)
-        for (s,) in rows(db, "SELECT started_at FROM task_runs WHERE task_key LIKE 'api_call:%'")
+        for (s,) in query(db, "SELECT started_at FROM task_runs WHERE task_key LIKE 'api_call:%'")
     )
     assert len(starts) == 100
     epsilon = 0.04  # how much later after its admission one start may be recorded than another

@@ -10,8 +10,7 @@ from typing import Any
 
 from pipeloom import MsgTaskFinished, MsgTaskStarted, TaskDef, run_pipeline, utc_now
 from pipeloom.schema import RUNS_SELECT
-from tests._harness import wait_for
-from tests.core.conftest import rows
+from tests._harness import query, wait_for
 
 RUN_COLUMNS = "tasks_total, tasks_done, tasks_error, tasks_cancelled, tasks_finished, status"
 
@@ -19,11 +18,11 @@ RUN_COLUMNS = "tasks_total, tasks_done, tasks_error, tasks_cancelled, tasks_fini
 def _wait_for(db: Path, sql: str, expected: Any, deadline_s: float = 30.0) -> None:
     def holds() -> bool:
         try:
-            return bool(rows(db, sql) == expected)
+            return bool(query(db, sql) == expected)
         except sqlite3.OperationalError:  # the file or its tables are not there yet
             return False
 
-    wait_for(holds, f"{sql} to give {expected}", deadline_s, explain=lambda: str(rows(db, sql)))
+    wait_for(holds, f"{sql} to give {expected}", deadline_s, explain=lambda: str(query(db, sql)))
 
 
 def _gated(gate: threading.Event) -> Any:
@@ -56,7 +55,7 @@ def test_counts_move_with_each_commit_and_hold_the_planned_total(tmp_path: Path)
     try:
         # Four of five finished (one failed), the fifth still running: the row says so now.
         _wait_for(db, f"SELECT {RUN_COLUMNS} FROM pipeline_runs", [(5, 3, 1, 0, 4, "running")])
-        (live,) = rows(
+        (live,) = query(
             db, "SELECT status, tasks_total, tasks_done, tasks_failed, progress, stale FROM runs"
         )
         assert live == ("running", 5, 3, 1, 0.8, 0)
@@ -64,8 +63,8 @@ def test_counts_move_with_each_commit_and_hold_the_planned_total(tmp_path: Path)
         gate.set()
         t.join(30)
     assert out[0].counts == {"done": 4, "error": 1}
-    assert rows(db, f"SELECT {RUN_COLUMNS} FROM pipeline_runs") == [(5, 4, 1, 0, 5, "error")]
-    (done,) = rows(db, "SELECT progress, tasks_failed, duration_s > 0, tasks_per_s > 0 FROM runs")
+    assert query(db, f"SELECT {RUN_COLUMNS} FROM pipeline_runs") == [(5, 4, 1, 0, 5, "error")]
+    (done,) = query(db, "SELECT progress, tasks_failed, duration_s > 0, tasks_per_s > 0 FROM runs")
     assert done == (1.0, 1, 1, 1)
 
 
@@ -138,8 +137,8 @@ def test_runs_select_works_where_the_file_keeps_its_own_runs_table(tmp_path: Pat
         tasks=[TaskDef(1, "a")], db_path=db, worker_fn=_gated(threading.Event()), progress=False
     )
     assert result.ok
-    assert rows(db, "SELECT type FROM sqlite_master WHERE name = 'runs'") == [("table",)]
-    assert rows(db, f"SELECT name, status, progress FROM ({RUNS_SELECT})") == [
+    assert query(db, "SELECT type FROM sqlite_master WHERE name = 'runs'") == [("table",)]
+    assert query(db, f"SELECT name, status, progress FROM ({RUNS_SELECT})") == [
         ("pipeline", "done", 1.0)
     ]
 
@@ -158,7 +157,7 @@ def test_run_pipeline_takes_the_same_options_object_a_pipeline_does(tmp_path: Pa
         options=RunOptions(lease=7.5, synchronous="FULL"),
     )
     assert result.ok
-    assert rows(db, "SELECT lease_s FROM pipeline_runs") == [(7.5,)]
+    assert query(db, "SELECT lease_s FROM pipeline_runs") == [(7.5,)]
     other = tmp_path / "never.db"
     with pytest.raises(TypeError, match="lease both as keyword"):
         run_pipeline(tasks=[TaskDef(1, "a")], db_path=other, lease=3.0, options=RunOptions())

@@ -23,8 +23,7 @@ from pipeloom import (
 )
 from pipeloom.options import RunOptions
 from pipeloom.pipeline import RESULT_MAX_CHARS, item_key, to_result
-
-from .conftest import rows
+from tests._harness import query
 
 COLUMNS = "task_id, task_key, name, status, progress, step, total, message, result, error, attempt"
 
@@ -57,8 +56,8 @@ def test_declarative_and_hand_written_worker_give_the_same_rows(tmp_path: Path) 
 
     assert declared.counts == manual.counts == {"done": 5}
     sql = f"SELECT {COLUMNS} FROM task_runs ORDER BY task_id"
-    assert rows(declarative_db, sql) == rows(manual_db, sql)
-    assert rows(declarative_db, "SELECT task_key, result FROM task_runs WHERE task_id = 2") == [
+    assert query(declarative_db, sql) == query(manual_db, sql)
+    assert query(declarative_db, "SELECT task_key, result FROM task_runs WHERE task_id = 2") == [
         ("square:2", '{"n": 2, "square": 4}')
     ]
 
@@ -76,7 +75,7 @@ def test_an_exception_is_recorded_as_error_with_its_traceback(tmp_path: Path) ->
     assert result.status == "error"
     assert result.counts == {"done": 2, "error": 1}
     assert result.failed_task_ids == [2]
-    [(status, message, error)] = rows(
+    [(status, message, error)] = query(
         tmp_path / "p.db", "SELECT status, message, error FROM task_runs WHERE status != 'done'"
     )
     assert status == "error"
@@ -158,7 +157,7 @@ def test_emitted_messages_reach_the_pipelines_handler(tmp_path: Path) -> None:
 
     pipe.map(scrape, ["a", "bb", "ccc"])
     assert pipe.run(progress=False).ok
-    assert rows(tmp_path / "p.db", "SELECT * FROM prices ORDER BY sku") == [
+    assert query(tmp_path / "p.db", "SELECT * FROM prices ORDER BY sku") == [
         ("a", 100),
         ("bb", 200),
         ("ccc", 300),
@@ -174,7 +173,7 @@ def test_emit_without_a_handler_fails_the_task_with_the_fix(tmp_path: Path) -> N
 
     pipe.map(scrape, ["a"])
     assert pipe.run(progress=False).counts == {"error": 1}
-    [(message,)] = rows(tmp_path / "p.db", "SELECT message FROM task_runs")
+    [(message,)] = query(tmp_path / "p.db", "SELECT message FROM task_runs")
     assert "no handler registered for MsgPrice" in message
     assert "@pipe.handler(MsgPrice)" in message
 
@@ -213,7 +212,7 @@ def test_an_item_without_a_stable_repr_needs_a_key_function(tmp_path: Path) -> N
     pipe.map(pipe.task(lambda ctx, o: None, name="use"), [Opaque()])
     result = pipe.run(progress=False)
     assert result.counts == {"error": 1}
-    [(message,)] = rows(tmp_path / "p.db", "SELECT message FROM task_runs")
+    [(message,)] = query(tmp_path / "p.db", "SELECT message FROM task_runs")
     assert "memory address" in message
 
 
@@ -226,7 +225,7 @@ def test_key_function_and_task_name_make_the_stored_key(tmp_path: Path) -> None:
 
     pipe.map(load, [{"id": 1, "v": "x"}, {"id": 2, "v": "y"}], key=lambda r: r["id"])
     pipe.run(progress=False)
-    assert rows(tmp_path / "p.db", "SELECT task_key FROM task_runs ORDER BY task_id") == [
+    assert query(tmp_path / "p.db", "SELECT task_key FROM task_runs ORDER BY task_id") == [
         ("load:1",),
         ("load:2",),
     ]
@@ -252,7 +251,7 @@ def test_items_from_a_failing_generator_become_a_failed_task(tmp_path: Path) -> 
     pipe.map(pipe.task(lambda ctx, n: n, name="load"), items())
     result = pipe.run(progress=False)
     assert result.counts == {"done": 1, "error": 1}
-    [(name, message)] = rows(
+    [(name, message)] = query(
         tmp_path / "p.db", "SELECT name, message FROM task_runs WHERE status = 'error'"
     )
     assert name == "load: items"
@@ -309,7 +308,7 @@ def test_async_tasks_run_on_their_own_event_loop(tmp_path: Path) -> None:
 
     pipe.map(fetch, [1, 2])
     assert pipe.run(progress=False).ok
-    assert rows(tmp_path / "a.db", "SELECT result, attempt FROM task_runs ORDER BY task_id") == [
+    assert query(tmp_path / "a.db", "SELECT result, attempt FROM task_runs ORDER BY task_id") == [
         ("3", 1),
         ("6", 2),
     ]

@@ -3,8 +3,7 @@ from pathlib import Path
 import pytest
 
 from pipeloom import Context, Pipeline, PipelineError
-
-from .conftest import rows
+from tests._harness import query
 
 
 def make_pipeline(db: Path, broken: set[int], ran: list[int]) -> Pipeline:
@@ -39,10 +38,10 @@ def test_resume_runs_only_what_failed(tmp_path: Path) -> None:
     assert second.ok
     assert second.counts == {"done": 3, "skipped": 7}
     assert second.extra["resumed_from"] == first.run_id
-    history = rows(
+    history = query(
         db,
         "SELECT task_key, status, message, result FROM task_runs WHERE run_id = ? ORDER BY task_id",
-        (second.run_id,),
+        second.run_id,
     )
     assert [s for _, s, _, _ in history].count("skipped") == 7
     assert [(k, s) for k, s, _, _ in history if s == "done"] == [
@@ -53,17 +52,17 @@ def test_resume_runs_only_what_failed(tmp_path: Path) -> None:
     skipped = [(m, r) for _, s, m, r in history if s == "skipped"]
     assert set(skipped) == {(f"skipped: done in run {first.run_id}", '{"done_in_run": 1}')}
     # A skipped task's work is complete (done earlier), so its bar reads 100%.
-    assert rows(
+    assert query(
         db,
         "SELECT DISTINCT progress FROM task_runs WHERE run_id = ? AND status = 'skipped'",
-        (second.run_id,),
+        second.run_id,
     ) == [(1.0,)]
     # The first run's history is kept as it was.
-    assert rows(db, "SELECT status, count(*) FROM task_runs WHERE run_id = 1 GROUP BY status") == [
+    assert query(db, "SELECT status, count(*) FROM task_runs WHERE run_id = 1 GROUP BY status") == [
         ("done", 7),
         ("error", 3),
     ]
-    assert rows(db, "SELECT id, status, params FROM pipeline_runs ORDER BY id") == [
+    assert query(db, "SELECT id, status, params FROM pipeline_runs ORDER BY id") == [
         (1, "error", "{}"),
         (2, "done", '{"resumed_from": 1}'),
     ]
@@ -79,7 +78,7 @@ def test_resuming_a_resumed_run_points_at_the_run_that_did_the_work(tmp_path: Pa
     pipe.run(progress=False, resume=2)  # run 2 skipped 9 keys (done in run 1)
 
     assert ran == [5]
-    messages = rows(db, "SELECT DISTINCT message FROM task_runs WHERE run_id = 3")
+    messages = query(db, "SELECT DISTINCT message FROM task_runs WHERE run_id = 3")
     assert sorted(messages) == [
         ("OSError: partition 5 is not there yet",),
         ("skipped: done in run 1",),
@@ -105,7 +104,7 @@ def test_resume_of_a_missing_run_is_a_clear_error_and_records_nothing(tmp_path: 
         pipe.run(progress=False, resume=42)
     with pytest.raises(PipelineError, match="no such database"):
         pipe.run(db=tmp_path / "other.db", progress=False, resume=1)
-    assert rows(db, "SELECT count(*) FROM pipeline_runs") == [(1,)]
+    assert query(db, "SELECT count(*) FROM pipeline_runs") == [(1,)]
 
 
 def test_resume_true_without_history_runs_everything(tmp_path: Path) -> None:

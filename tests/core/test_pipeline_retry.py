@@ -8,8 +8,7 @@ import pytest
 
 from pipeloom import Context, Pipeline, TaskTimeoutError
 from pipeloom.pipeline._retry import backoff_delay
-
-from .conftest import rows
+from tests._harness import query
 
 
 @pytest.fixture
@@ -37,10 +36,10 @@ def test_fails_twice_then_succeeds_with_two_retries(tmp_path: Path) -> None:
 
     assert result.ok
     assert calls == {1: 1, 2: 1, 3: 3}
-    assert rows(db, "SELECT status, attempt, result, error FROM task_runs WHERE task_id = 3") == [
+    assert query(db, "SELECT status, attempt, result, error FROM task_runs WHERE task_id = 3") == [
         ("done", 3, "page 3 on attempt 3", None)
     ]
-    attempts = rows(
+    attempts = query(
         db, "SELECT task_id, attempt, status, error FROM task_attempts ORDER BY attempt"
     )
     assert [(t, a, s) for t, a, s, _ in attempts] == [(3, 1, "error"), (3, 2, "error")]
@@ -58,10 +57,10 @@ def test_the_final_status_is_the_last_attempts(tmp_path: Path) -> None:
 
     pipe.map(always, [1])
     assert pipe.run(progress=False).counts == {"error": 1}
-    assert rows(db, "SELECT status, attempt, message FROM task_runs") == [
+    assert query(db, "SELECT status, attempt, message FROM task_runs") == [
         ("error", 2, "ValueError: bad 1 on attempt 2")
     ]
-    assert rows(db, "SELECT attempt, status FROM task_attempts") == [(1, "error")]
+    assert query(db, "SELECT attempt, status FROM task_attempts") == [(1, "error")]
 
 
 def test_only_listed_exceptions_are_retried(tmp_path: Path) -> None:
@@ -77,7 +76,7 @@ def test_only_listed_exceptions_are_retried(tmp_path: Path) -> None:
     pipe.map(parse, [1])
     assert pipe.run(progress=False).counts == {"error": 1}
     assert calls == [1]
-    assert rows(db, "SELECT count(*) FROM task_attempts") == [(0,)]
+    assert query(db, "SELECT count(*) FROM task_attempts") == [(0,)]
 
 
 def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
@@ -116,7 +115,7 @@ def test_a_task_past_its_timeout_is_recorded_timeout_and_the_run_ends(
     assert result.status == "error"
     assert result.failed_task_ids == [2]
     assert result.extra["abandoned_threads"] == 1
-    [(status, result_text, message, error)] = rows(
+    [(status, result_text, message, error)] = query(
         db, "SELECT status, result, message, error FROM task_runs WHERE task_id = 2"
     )
     assert status == "timeout"
@@ -125,7 +124,7 @@ def test_a_task_past_its_timeout_is_recorded_timeout_and_the_run_ends(
     # Where the abandoned thread was stuck: in the task function, waiting.
     assert "Where the attempt's thread was when it was abandoned" in error
     assert "in work" in error
-    assert rows(db, "SELECT status FROM pipeline_runs") == [("error",)]
+    assert query(db, "SELECT status FROM pipeline_runs") == [("error",)]
     assert late == []
 
 
@@ -154,10 +153,10 @@ def test_a_cooperative_task_sees_cancelled_and_a_timeout_can_be_retried(
     assert result.ok
     assert result.extra["abandoned_threads"] == 0  # it stopped within the grace period
     assert stopped == [1]
-    assert rows(db, "SELECT status, attempt, result, step, total FROM task_runs") == [
+    assert query(db, "SELECT status, attempt, result, step, total FROM task_runs") == [
         ("done", 2, "second try", 0, 4)
     ]
-    [(status, error)] = rows(db, "SELECT status, error FROM task_attempts")
+    [(status, error)] = query(db, "SELECT status, error FROM task_attempts")
     assert status == "timeout"
     assert TaskTimeoutError.__name__ in error
 
@@ -172,7 +171,7 @@ def test_timeout_without_expiry_returns_the_value(tmp_path: Path) -> None:
 
     pipe.map(quick, [1, 2])
     assert pipe.run(progress=False).ok
-    assert rows(tmp_path / "t.db", "SELECT result FROM task_runs ORDER BY task_id") == [
+    assert query(tmp_path / "t.db", "SELECT result FROM task_runs ORDER BY task_id") == [
         ("2",),
         ("4",),
     ]
@@ -199,7 +198,7 @@ def test_a_stopping_run_ends_a_retry_wait(tmp_path: Path) -> None:
     result = pipe.run(progress=False)
 
     assert result.status == "error"
-    assert rows(db, "SELECT name, status, attempt, message FROM task_runs ORDER BY task_id") == [
+    assert query(db, "SELECT name, status, attempt, message FROM task_runs ORDER BY task_id") == [
         (
             "flaky:1",
             "error",
@@ -208,4 +207,4 @@ def test_a_stopping_run_ends_a_retry_wait(tmp_path: Path) -> None:
         ),
         ("broken:1", "error", 1, "ValueError: bad input"),
     ]
-    assert rows(db, "SELECT count(*) FROM task_attempts") == [(0,)]
+    assert query(db, "SELECT count(*) FROM task_attempts") == [(0,)]

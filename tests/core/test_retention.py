@@ -15,7 +15,7 @@ from pipeloom import Pipeline, TaskDef, TaskQueue, run_pipeline
 from pipeloom.errors import DatabaseError, InvalidArgumentError
 from pipeloom.options import RunOptions
 from pipeloom.retention import RUN_TABLES, Retention, parse_age, prune, table_sizes, vacuum
-from tests._harness import rows
+from tests._harness import query
 from tests.core import _unattended_tasks as tasks
 
 
@@ -30,16 +30,16 @@ def _run(db: Path, name: str = "daily", n: int = 6) -> int:
 
 
 def _per_run(db: Path, table: str) -> dict[int, int]:
-    return dict(rows(db, f"SELECT run_id, count(*) FROM {table} GROUP BY run_id"))
+    return dict(query(db, f"SELECT run_id, count(*) FROM {table} GROUP BY run_id"))
 
 
 def _consistent(db: Path) -> None:
     """No row of a run that is gone; the runs view lists exactly the run rows."""
-    ids = {r[0] for r in rows(db, "SELECT id FROM pipeline_runs")}
+    ids = {r[0] for r in query(db, "SELECT id FROM pipeline_runs")}
     for table in RUN_TABLES:
         assert set(_per_run(db, table)) <= ids, table
-    assert {r[0] for r in rows(db, "SELECT id FROM runs")} == ids
-    for run_id, total in rows(db, "SELECT id, tasks_total FROM runs"):
+    assert {r[0] for r in query(db, "SELECT id FROM runs")} == ids
+    for run_id, total in query(db, "SELECT id, tasks_total FROM runs"):
         assert total == _per_run(db, "task_runs").get(run_id, 0)
 
 
@@ -65,11 +65,11 @@ def test_prune_deletes_whole_runs_and_never_a_foreign_table(tmp_path: Path) -> N
     assert dry.plan.ids == [daily[1]] and not dry.deleted
     assert dry.plan.kept == {daily[0]: "referenced by your table audits"}
     assert dry.plan.rows["task_runs"] == 8 and dry.plan.rows["dead_letters"] == 2
-    assert len(rows(db, "SELECT id FROM pipeline_runs")) == 5  # a dry run deletes nothing
+    assert len(query(db, "SELECT id FROM pipeline_runs")) == 5  # a dry run deletes nothing
 
     result = prune(db, Retention(keep_runs=2))
     assert result.deleted["pipeline_runs"] == 1
-    assert [r[0] for r in rows(db, "SELECT id FROM pipeline_runs ORDER BY id")] == [
+    assert [r[0] for r in query(db, "SELECT id FROM pipeline_runs ORDER BY id")] == [
         daily[0],
         daily[2],
         daily[3],
@@ -77,12 +77,12 @@ def test_prune_deletes_whole_runs_and_never_a_foreign_table(tmp_path: Path) -> N
     ]
     for table in RUN_TABLES:
         assert daily[1] not in _per_run(db, table), table
-    assert rows(db, "SELECT count(*) FROM loads") == [(4,)]  # untouched, run_id column or not
-    assert rows(db, "SELECT run FROM audits") == [(daily[0],)]  # and nothing cascaded
+    assert query(db, "SELECT count(*) FROM loads") == [(4,)]  # untouched, run_id column or not
+    assert query(db, "SELECT run FROM audits") == [(daily[0],)]  # and nothing cascaded
     _consistent(db)
     # The documented query still answers from what is left.
     assert (
-        sum(n for _, n in rows(db, "SELECT status, COUNT(*) FROM task_runs GROUP BY status")) == 32
+        sum(n for _, n in query(db, "SELECT status, COUNT(*) FROM task_runs GROUP BY status")) == 32
     )
 
 
@@ -117,14 +117,14 @@ def test_a_live_run_is_never_pruned_and_retention_runs_at_start(tmp_path: Path) 
     live.start()
     try:
         assert started.wait(30)
-        (live_id,) = rows(db, "SELECT id FROM pipeline_runs WHERE status = 'running'")[0]
+        (live_id,) = query(db, "SELECT id FROM pipeline_runs WHERE status = 'running'")[0]
         # Two later runs of the same pipeline, with retention applied as each starts.
         options = RunOptions(keep_runs=1)
         pipe = Pipeline("daily", db=db, workers=2, options=options)
         pipe.map(tasks.ok, range(3))
         pipe.run(progress=False)
         last = pipe.run(progress=False)
-        left = [r[0] for r in rows(db, "SELECT id FROM pipeline_runs ORDER BY id")]
+        left = [r[0] for r in query(db, "SELECT id FROM pipeline_runs ORDER BY id")]
         assert left == [live_id, last.run_id]  # the first and the middle run went
         assert first not in _per_run(db, "task_runs")
         plan = prune(db, Retention(keep_runs=1), dry_run=True).plan
@@ -214,7 +214,7 @@ def test_cli_prune_and_info(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "deleted 2 run(s)" in done.stdout and "vacuum:" in done.stdout
-    assert [r[0] for r in rows(db, "SELECT id FROM pipeline_runs")] == [ids[2]]
+    assert [r[0] for r in query(db, "SELECT id FROM pipeline_runs")] == [ids[2]]
     bad = subprocess.run(
         [*cli, "prune", str(db), "--older-than", "soon"], capture_output=True, text=True, timeout=60
     )

@@ -11,8 +11,7 @@ import pytest
 
 from pipeloom import Context, Pipeline, PipelineError
 from pipeloom.status import FAILED, TERMINAL, count_failed, decide_run_status
-
-from .conftest import rows
+from tests._harness import query
 
 
 def etl(db: Path, broken: set[int], ran: list[str]) -> Pipeline:
@@ -63,10 +62,10 @@ def test_a_failed_item_blocks_only_its_own_downstream(tmp_path: Path) -> None:
     assert result.counts == {"done": 13, "error": 1, "upstream_failed": 2}
     # upstream_failed is not a failure of its own: only parse:3 is a failed task.
     assert count_failed(result.counts) == 1
-    (parse3,) = rows(db, "SELECT task_id FROM task_runs WHERE task_key = 'parse:3'")[0]
-    (load3,) = rows(db, "SELECT task_id FROM task_runs WHERE task_key = 'load:3'")[0]
+    (parse3,) = query(db, "SELECT task_id FROM task_runs WHERE task_key = 'parse:3'")[0]
+    (load3,) = query(db, "SELECT task_id FROM task_runs WHERE task_key = 'load:3'")[0]
     assert result.failed_task_ids == [parse3]
-    assert rows(
+    assert query(
         db,
         "SELECT task_key, status, message FROM task_runs "
         "WHERE status = 'upstream_failed' ORDER BY task_key",
@@ -81,7 +80,7 @@ def test_a_failed_item_blocks_only_its_own_downstream(tmp_path: Path) -> None:
     assert "load:3" not in ran and "summarise" not in ran
     # Dependencies are recorded on each row: its stage, and whose result it consumed.
     (download2, parse2, load2) = (
-        rows(db, "SELECT task_id FROM task_runs WHERE task_key = ?", (k,))[0][0]
+        query(db, "SELECT task_id FROM task_runs WHERE task_key = ?", k)[0][0]
         for k in ("download:2", "parse:2", "load:2")
     )
     sql = (
@@ -89,7 +88,7 @@ def test_a_failed_item_blocks_only_its_own_downstream(tmp_path: Path) -> None:
         "WHERE task_key IN ('download:2', 'parse:2', 'load:2', 'load:3', 'summarise:all load') "
         "ORDER BY task_id"
     )
-    recorded = {key: rest for key, *rest in rows(db, sql)}
+    recorded = {key: rest for key, *rest in query(db, sql)}
     assert recorded == {
         "download:2": ["download", None, None],
         "parse:2": ["parse", "download", download2],
@@ -98,12 +97,12 @@ def test_a_failed_item_blocks_only_its_own_downstream(tmp_path: Path) -> None:
         "summarise:all load": ["summarise", "load", load3],  # blocked: the first failed load
     }
     assert load2 not in (parse3, load3)
-    assert rows(
+    assert query(
         db, "SELECT stage, count(*) FROM task_runs GROUP BY stage ORDER BY min(task_id)"
     ) == [("download", 5), ("parse", 5), ("load", 5), ("summarise", 1)]
     # Each item's chain carries its own item's result along.
     sql = "SELECT task_key, result FROM task_runs WHERE task_key LIKE 'load:%' ORDER BY task_key"
-    assert rows(db, sql) == [
+    assert query(db, sql) == [
         ("load:1", "11"),
         ("load:2", "22"),
         ("load:3", None),
@@ -128,8 +127,8 @@ def test_resume_reruns_only_what_is_not_done_and_reads_results_back(tmp_path: Pa
     assert second.counts == {"done": 3, "skipped": 13}
     assert sorted(ran) == ["load:3", "parse:raw-3", "summarise"]
     # The summary got load 1, 2, 4, 5 from run 1's rows (JSON) and load 3 from memory.
-    assert rows(
-        db, "SELECT result FROM task_runs WHERE run_id = ? AND task_key LIKE 'summarise:%'", (2,)
+    assert query(
+        db, "SELECT result FROM task_runs WHERE run_id = ? AND task_key LIKE 'summarise:%'", 2
     ) == [('{"pages": 5, "total": 165}',)]
 
 
@@ -184,7 +183,7 @@ def test_a_downstream_task_starts_before_the_last_upstream_one_finishes(
     result = pipe.run(progress=False)
     assert result.ok
     # download:10 saw a load start while it was still running: no stage barrier.
-    assert rows(tmp_path / "s.db", "SELECT result FROM task_runs WHERE task_key = 'load:10'") == [
+    assert query(tmp_path / "s.db", "SELECT result FROM task_runs WHERE task_key = 'load:10'") == [
         ("true",)
     ]
 
@@ -244,7 +243,7 @@ def test_a_stage_can_consume_a_task_by_name_in_any_order(tmp_path: Path) -> None
     pipe.map(double, [10])  # a task mapped twice: the fan-in waits for both stages
     result = pipe.run(progress=False)
     assert result.counts == {"done": 5}
-    assert rows(
+    assert query(
         tmp_path / "f.db", "SELECT result FROM task_runs WHERE task_key LIKE 'total:%'"
     ) == [("32",)]
 
@@ -340,7 +339,7 @@ def test_a_timed_out_upstream_blocks_its_downstream(tmp_path: Path) -> None:
     pipe.map(store, pipe.map(fetch, [1, 2, 3]))
     result = pipe.run(progress=False)
     assert result.counts == {"done": 4, "timeout": 1, "upstream_failed": 1}
-    assert rows(tmp_path / "t.db", "SELECT status FROM task_runs WHERE task_key = 'store:2'") == [
+    assert query(tmp_path / "t.db", "SELECT status FROM task_runs WHERE task_key = 'store:2'") == [
         ("upstream_failed",)
     ]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeloom import TaskDef, run_pipeline
-from tests.core.conftest import rows
+from tests._harness import query
 
 log = logging.getLogger("user.loader")
 
@@ -27,7 +27,7 @@ def test_a_plain_worker_functions_logging_is_stored_under_its_task(tmp_path: Pat
         tasks=[TaskDef(1, "a"), TaskDef(2, "b")], db_path=db, worker_fn=_logs, progress=False
     )
     assert result.ok
-    assert rows(
+    assert query(
         db, "SELECT task_id, attempt, level, logger, message FROM task_logs ORDER BY task_id"
     ) == [
         (1, 1, "WARNING", "user.loader", "loading a"),
@@ -41,7 +41,7 @@ def test_task_log_limit_zero_stores_nothing_but_counts_it(tmp_path: Path) -> Non
         tasks=[TaskDef(1, "a")], db_path=db, worker_fn=_logs, progress=False, task_log_limit=0
     )
     assert result.ok
-    assert rows(db, "SELECT dropped FROM task_logs") == [(1,)]
+    assert query(db, "SELECT dropped FROM task_logs") == [(1,)]
 
 
 def test_an_application_without_logging_config_still_sees_its_warnings(tmp_path: Path) -> None:
@@ -69,6 +69,6 @@ def test_an_application_without_logging_config_still_sees_its_warnings(tmp_path:
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("disk almost full on sda") == 1
     assert proc.stderr.count("after the run") == 1
-    assert rows(tmp_path / "app.db", "SELECT message FROM task_logs") == [
+    assert query(tmp_path / "app.db", "SELECT message FROM task_logs") == [
         ("disk almost full on sda",)
     ]

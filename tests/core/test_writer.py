@@ -25,9 +25,7 @@ from pipeloom import (
     run_pipeline,
     utc_now,
 )
-from tests._harness import scratch_dir
-
-from .conftest import rows
+from tests._harness import query, scratch_dir
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +72,8 @@ def test_custom_message_handler_receives_batches_and_upserts(tmp_path: Path) -> 
     messages: list[Any] = [MsgUpsertUser(i, f"u{i}@old") for i in range(50)]
     messages.append(MsgUpsertUser(7, "u7@new"))
     run_writer(db, messages, handlers={MsgUpsertUser: upsert}, schema=users_schema)
-    assert rows(db, "SELECT count(*) FROM users") == [(50,)]
-    assert rows(db, "SELECT email FROM users WHERE id = 7") == [("u7@new",)]
+    assert query(db, "SELECT count(*) FROM users") == [(50,)]
+    assert query(db, "SELECT email FROM users WHERE id = 7") == [("u7@new",)]
     assert max(batches) > 1
     assert sum(batches) == 51
 
@@ -93,7 +91,7 @@ def test_decorator_registration_on_the_writer(tmp_path: Path) -> None:
     q.put_nowait(SENTINEL)
     writer.start()
     writer.join(30)
-    assert rows(db, "SELECT * FROM users") == [(1, "a@b")]
+    assert query(db, "SELECT * FROM users") == [(1, "a@b")]
 
 
 def test_handlers_through_run_pipeline_with_a_schema_callable(tmp_path: Path) -> None:
@@ -121,8 +119,8 @@ def test_handlers_through_run_pipeline_with_a_schema_callable(tmp_path: Path) ->
         progress=False,
     )
     assert result.counts == {"done": 5}
-    assert rows(db, "SELECT count(*) FROM users") == [(50,)]
-    assert rows(db, "SELECT DISTINCT email FROM users WHERE id % 100 = 0") == [("updated",)]
+    assert query(db, "SELECT count(*) FROM users") == [(50,)]
+    assert query(db, "SELECT DISTINCT email FROM users WHERE id % 100 = 0") == [("updated",)]
 
 
 def test_handler_rejecting_one_message_keeps_the_other_99(tmp_path: Path) -> None:
@@ -136,9 +134,9 @@ def test_handler_rejecting_one_message_keeps_the_other_99(tmp_path: Path) -> Non
 
     messages = [MsgUpsertUser(i, f"u{i}@x" if i != 42 else "broken") for i in range(100)]
     writer = run_writer(db, messages, handlers={MsgUpsertUser: strict}, schema=users_schema)
-    assert rows(db, "SELECT count(*) FROM users") == [(99,)]
-    assert rows(db, "SELECT count(*) FROM users WHERE id = 42") == [(0,)]
-    dead = rows(db, "SELECT run_id, msg_type, payload, error FROM dead_letters")
+    assert query(db, "SELECT count(*) FROM users") == [(99,)]
+    assert query(db, "SELECT count(*) FROM users WHERE id = 42") == [(0,)]
+    dead = query(db, "SELECT run_id, msg_type, payload, error FROM dead_letters")
     assert len(dead) == 1
     run_id, msg_type, payload, error = dead[0]
     assert run_id == writer.run_id
@@ -157,8 +155,8 @@ def test_unknown_message_type_is_dead_lettered_not_fatal(tmp_path: Path) -> None
         MsgTaskFinished(1, "done", utc_now()),
     ]
     writer = run_writer(db, messages)
-    assert rows(db, "SELECT status FROM task_runs") == [("done",)]
-    (error,) = rows(db, "SELECT error FROM dead_letters")[0]
+    assert query(db, "SELECT status FROM task_runs") == [("done",)]
+    (error,) = query(db, "SELECT error FROM dead_letters")[0]
     assert "no handler registered" in error and "MsgNoHandler" in error
     assert writer.messages_dead == 1
 
@@ -170,7 +168,7 @@ def test_progress_updates_of_one_task_are_folded_to_the_latest(tmp_path: Path) -
     messages += [MsgTaskProgress(1, step, 10, f"s{step}") for step in range(1, 8)]
     run_writer(db, messages, listeners=[applied.append])
     # Its step and total stay; the run ended without its finish, so it is not left "running".
-    assert rows(db, "SELECT status, step, total, progress FROM task_runs") == [
+    assert query(db, "SELECT status, step, total, progress FROM task_runs") == [
         ("interrupted", 7, 10, 0.7)
     ]
     assert applied[0].progress == {1: (7, 10, "s7")}
@@ -190,7 +188,7 @@ def test_seed_style_writer_with_plain_queue_and_rich_bars(tmp_path: Path) -> Non
     q.put(MsgTaskFinished(1, "done", utc_now()))
     q.put(SENTINEL)
     writer.join(30)
-    assert rows(db, "SELECT status, progress FROM task_runs") == [("done", 1.0)]
+    assert query(db, "SELECT status, progress FROM task_runs") == [("done", 1.0)]
     assert progress.tasks[0].completed == 4
 
 
@@ -220,7 +218,7 @@ def test_any_lifecycle_sequence_leaves_consistent_rows(messages: list[Any]) -> N
         writer = run_writer(db, messages)
         stored = {
             task_id: (status, progress)
-            for task_id, status, progress in rows(
+            for task_id, status, progress in query(
                 db, "SELECT task_id, status, progress FROM task_runs"
             )
         }
@@ -267,9 +265,9 @@ def test_the_writer_takes_the_same_options_object_a_pipeline_does(tmp_path: Path
     ]
     writer = run_writer(db, messages, options=options)
     assert writer.lease == 9.0 and writer.batch_size == 5_000
-    assert rows(db, "SELECT lease_s FROM pipeline_runs") == [(9.0,)]
-    assert rows(db, "SELECT message, dropped FROM task_logs ORDER BY id")[0] == ("kept", 0)
-    assert rows(db, "SELECT sum(dropped) FROM task_logs") == [(1,)]
+    assert query(db, "SELECT lease_s FROM pipeline_runs") == [(9.0,)]
+    assert query(db, "SELECT message, dropped FROM task_logs ORDER BY id")[0] == ("kept", 0)
+    assert query(db, "SELECT sum(dropped) FROM task_logs") == [(1,)]
     assert seen == [4]  # its listener was called with the one batch
     with pytest.raises(TypeError, match="lease both as keyword"):
         SQLiteWriter(db, MessageQueue(), lease=3.0, options=options)

@@ -21,9 +21,7 @@ from pipeloom import (
     SQLiteWriter,
     run_pipeline,
 )
-from tests._harness import scratch_dir
-
-from .conftest import rows
+from tests._harness import query, scratch_dir
 
 COLUMNS = (
     "task_id, task_key, name, status, progress, step, total, message, started_at, "
@@ -66,7 +64,7 @@ def write(db: Path, msgs: list[Any], batch_size: int) -> list[tuple[Any, ...]]:
     writer.start()
     writer.join(60)
     assert writer.error is None
-    stored = rows(db, f"SELECT {COLUMNS} FROM task_runs ORDER BY task_id")
+    stored = query(db, f"SELECT {COLUMNS} FROM task_runs ORDER BY task_id")
     # A task left without a finish is closed as interrupted at the writer's end, stamped with
     # that moment: the clock, not the fold, so it is left out of the comparison.
     finished_at = COLUMNS.split(", ").index("finished_at")

@@ -30,6 +30,7 @@ import pytest
 
 from pipeloom.db import connect, init_schema
 from pipeloom_observe.plugin import STATUS_COLORS
+from tests._harness import query
 from tests.observe._observe_support import MIXED_ERROR_LINE, make_mixed_db
 
 if TYPE_CHECKING:
@@ -92,13 +93,6 @@ class Served:
     base: str
     db: Path
     server: subprocess.Popen[str]
-
-    def query(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
-        conn = sqlite3.connect(self.db)
-        try:
-            return conn.execute(sql, params).fetchall()
-        finally:
-            conn.close()
 
 
 BIG_RUN = 6
@@ -346,8 +340,8 @@ def test_q5_a_live_run_is_followed_without_reloading_and_a_stale_one_says_so(
     thread.start()
     try:
         run_id = wait_for(
-            lambda: served.query(
-                "SELECT id FROM pipeline_runs WHERE name = 'live' AND tasks_done >= 3"
+            lambda: query(
+                served.db, "SELECT id FROM pipeline_runs WHERE name = 'live' AND tasks_done >= 3"
             )
         )[0][0]
         page.goto(f"{served.base}/-/pipeloom/etl/run/{run_id}")
@@ -380,8 +374,8 @@ def test_the_run_dashboard_draws_one_gantt_bar_per_task_in_its_status_color(
 
     bars = "#chart-gantt g.mark-rect.role-mark path"
     page.goto(f"{served.base}/-/dashboards/run?run_id=2")
-    started = served.query(
-        "SELECT status FROM task_runs WHERE run_id = 2 AND started_at IS NOT NULL"
+    started = query(
+        served.db, "SELECT status FROM task_runs WHERE run_id = 2 AND started_at IS NOT NULL"
     )
     expect(page.locator(bars)).to_have_count(len(started), timeout=15_000)
     fills = page.locator(bars).evaluate_all("paths => paths.map(p => p.getAttribute('fill'))")

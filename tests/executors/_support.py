@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 
-from tests._harness import rows as rows
-
 
 def pipeloom_children() -> list[object]:
     """Worker processes pipeloom started and that are still alive (a Dask cluster's are not)."""

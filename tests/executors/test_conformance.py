@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from pipeloom import TaskDef, run_pipeline
-from tests.executors._support import pipeloom_children, rows
+from tests._harness import query
+from tests.executors._support import pipeloom_children
 from tests.executors._workers import WORKERS, MsgScore, on_score, schema
 from tests.executors.conftest import EXECUTORS
 
@@ -32,9 +33,9 @@ def test_the_worker_shape_users_copy_and_a_custom_message(
         progress=False,
     )
     assert result.ok and result.counts == {"done": 20}
-    assert rows(db, "SELECT count(*), min(progress), sum(step) FROM task_runs") == [(20, 1.0, 60)]
-    assert rows(db, "SELECT result FROM task_runs WHERE task_id = 7") == [("r7",)]
-    assert rows(db, "SELECT count(*), sum(score) FROM scores") == [(20, 2100)]
+    assert query(db, "SELECT count(*), min(progress), sum(step) FROM task_runs") == [(20, 1.0, 60)]
+    assert query(db, "SELECT result FROM task_runs WHERE task_id = 7") == [("r7",)]
+    assert query(db, "SELECT count(*), sum(score) FROM scores") == [(20, 2100)]
     assert result.dead_letters == 0
 
 
@@ -54,7 +55,7 @@ def test_a_raising_task_is_its_error_with_the_traceback(
     )
     assert result.counts == {"done": 4, "error": 1} and result.failed_task_ids == [3]
     assert result.status == "error" and not result.ok
-    message, error = rows(db, "SELECT message, error FROM task_runs WHERE task_id = 3")[0]
+    message, error = query(db, "SELECT message, error FROM task_runs WHERE task_id = 3")[0]
     assert message == "ValueError: bad input in file-3.csv"
     assert "Traceback" in str(error) and "fails_on_three" in str(error)
 
@@ -76,7 +77,7 @@ def test_fail_fast_stops_admitting(tmp_path: Path, executor: str, make_executor:
     assert result.not_started is not None and result.not_started > 0
     assert result.total + result.not_started == 200
     # Tasks taken but never started (Dask: still queued on the cluster) are "cancelled".
-    assert rows(
+    assert query(
         db, "SELECT count(*) FROM task_runs WHERE status NOT IN ('done', 'error', 'cancelled')"
     ) == [(0,)]
 
@@ -101,7 +102,9 @@ def test_a_generator_of_ten_thousand_tasks(
         progress=False,
     )
     assert result.ok and result.counts == {"done": 10_000}
-    assert rows(db, "SELECT count(*), count(DISTINCT task_id) FROM task_runs") == [(10_000, 10_000)]
+    assert query(db, "SELECT count(*), count(DISTINCT task_id) FROM task_runs") == [
+        (10_000, 10_000)
+    ]
 
 
 @pytest.mark.parametrize("executor", EXECUTORS)
@@ -122,7 +125,7 @@ def test_ctrl_c_stops_admitting_and_leaves_no_child(
     assert result.not_started is not None and result.not_started > 0
     assert result.total + result.not_started == 100
     # Tasks taken but never started (Dask: still queued on the cluster) are "cancelled".
-    assert rows(db, "SELECT count(*) FROM task_runs WHERE status NOT IN ('done', 'cancelled')") == [
-        (0,)
-    ]
+    assert query(
+        db, "SELECT count(*) FROM task_runs WHERE status NOT IN ('done', 'cancelled')"
+    ) == [(0,)]
     assert pipeloom_children() == []

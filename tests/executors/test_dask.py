@@ -25,7 +25,8 @@ from pipeloom.executors import TaskQueue, resolve_executor
 from pipeloom.executors.dask import DaskExecutor, DaskUnavailableError
 from pipeloom.messages import MsgTaskFinished, MsgTaskProgress, MsgTaskStarted, utc_now
 from pipeloom.result import RunResult
-from tests.reliability._support import query, wait_for
+from tests._harness import query
+from tests.reliability._support import wait_for
 
 if TYPE_CHECKING:
     from distributed import Client

@@ -16,8 +16,8 @@ import pytest
 
 from pipeloom import RunOptions
 from pipeloom.pipeline import OutputLimitError
+from tests._harness import query
 from tests.executors import _bulk
-from tests.executors._support import rows
 from tests.executors.conftest import EXECUTORS
 
 
@@ -36,22 +36,22 @@ def test_bulk_rows_commit_with_their_task_or_not_at_all(
     result = pipe.run(progress=False)
 
     assert result.counts == {"done": 2, "error": 1}
-    assert rows(db, "SELECT file, count(*), sum(amount) FROM rows GROUP BY file") == [
+    assert query(db, "SELECT file, count(*), sum(amount) FROM rows GROUP BY file") == [
         ("a", 300, sum(range(300))),
         ("b", 40, sum(range(40))),
     ]
-    assert rows(db, "SELECT file, count(*) FROM pairs GROUP BY file") == [("a", 300), ("b", 40)]
+    assert query(db, "SELECT file, count(*) FROM pairs GROUP BY file") == [("a", 300), ("b", 40)]
     # Every field arrived as it was sent, None included (every third row has a note).
-    assert rows(db, "SELECT n, note FROM rows WHERE file = 'a' AND n < 4 ORDER BY n") == [
+    assert query(db, "SELECT n, note FROM rows WHERE file = 'a' AND n < 4 ORDER BY n") == [
         (0, "r0"),
         (1, None),
         (2, None),
         (3, "r3"),
     ]
-    message = rows(db, "SELECT message FROM task_runs WHERE task_key LIKE '%gone%'")[0][0]
+    message = query(db, "SELECT message FROM task_runs WHERE task_key LIKE '%gone%'")[0][0]
     assert message.startswith("ConnectionError: gone: the source went away")
     assert "600 emitted messages of this attempt discarded" in message
-    assert rows(db, "SELECT count(*) FROM dead_letters") == [(0,)]
+    assert query(db, "SELECT count(*) FROM dead_letters") == [(0,)]
 
 
 @pytest.mark.parametrize("executor", EXECUTORS)
@@ -64,13 +64,13 @@ def test_a_rejected_bulk_row_is_named_and_the_rest_point_to_it(
     result = pipe.run(progress=False)
 
     assert result.counts == {"done": 1, "error": 1}
-    assert rows(db, "SELECT DISTINCT file FROM rows") == [("good",)]
-    (message,) = rows(db, "SELECT message FROM task_runs WHERE task_key LIKE '%bad%'")[0]
+    assert query(db, "SELECT DISTINCT file FROM rows") == [("good",)]
+    (message,) = query(db, "SELECT message FROM task_runs WHERE task_key LIKE '%bad%'")[0]
     assert "handler save_rows rejected Row output 38 of 200 (IntegrityError: CHECK" in message
     assert "applied: Row(file='bad', n=37, amount=-1, note=None)" in message
     assert "200 output messages dead-lettered" in message
 
-    dead = rows(db, "SELECT id, msg_type, payload, error FROM dead_letters ORDER BY id")
+    dead = query(db, "SELECT id, msg_type, payload, error FROM dead_letters ORDER BY id")
     assert len(dead) == 200
     first_id, msg_type, payload, error = dead[0]
     assert msg_type.endswith("_bulk.Row") and json.loads(payload)["n"] == 37
@@ -94,10 +94,10 @@ def test_emit_many_over_max_outputs_fails_the_task_and_holds_nothing(
     result = pipe.run(progress=False)
 
     assert result.counts == {"done": 1, "error": 1}
-    (message,) = rows(db, "SELECT message FROM task_runs WHERE task_key LIKE '%huge%'")[0]
+    (message,) = query(db, "SELECT message FROM task_runs WHERE task_key LIKE '%huge%'")[0]
     assert message.startswith(f"{OutputLimitError.__name__}: task")
     assert "max_outputs=50" in message
-    assert rows(db, "SELECT file, count(*) FROM rows GROUP BY file") == [("fits", 50)]
+    assert query(db, "SELECT file, count(*) FROM rows GROUP BY file") == [("fits", 50)]
 
 
 @pytest.mark.parametrize("executor", EXECUTORS)
@@ -113,6 +113,6 @@ def test_a_streamed_bulk_task_reaches_the_writer_in_bounded_batches(
     result = pipe.run(progress=False)
 
     assert result.ok
-    assert rows(db, "SELECT count(*), count(DISTINCT n) FROM rows") == [(5_000, 5_000)]
+    assert query(db, "SELECT count(*), count(DISTINCT n) FROM rows") == [(5_000, 5_000)]
     assert sum(_bulk.batch_sizes) == 5_000
     assert max(_bulk.batch_sizes) <= 200

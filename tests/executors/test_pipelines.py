@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from pipeloom import Pipeline
+from tests._harness import query
 from tests.executors import _pipes
-from tests.executors._support import pipeloom_children, rows
+from tests.executors._support import pipeloom_children
 from tests.executors.conftest import EXECUTORS
 
 
@@ -21,10 +22,10 @@ def test_retries_results_and_resume(tmp_path: Path, executor: str, make_executor
     pipe.map(task, [1, 2, 3, 4])
     first = pipe.run(progress=False)
     assert first.ok and first.counts == {"done": 4}
-    assert rows(
+    assert query(
         db, f"SELECT task_key, result, attempt FROM task_runs WHERE task_key = '{task.name}:3'"
     ) == [(f"{task.name}:3", "9", 2)]
-    assert rows(db, "SELECT count(*) FROM task_attempts WHERE status = 'error'") == [(1,)]
+    assert query(db, "SELECT count(*) FROM task_attempts WHERE status = 'error'") == [(1,)]
 
     again = Pipeline("squares", db=db, workers=2, executor=make_executor(executor))
     again.map(task, [1, 2, 3, 4, 5])
@@ -38,7 +39,7 @@ def test_a_timeout_kills_a_cpu_bound_task_in_its_process(tmp_path: Path) -> None
     pipe.map(_pipes.spin, [1, 2, 3])
     result = pipe.run(progress=False)
     assert result.counts == {"done": 2, "timeout": 1}
-    (message,) = rows(db, "SELECT message FROM task_runs WHERE status = 'timeout'")[0]
+    (message,) = query(db, "SELECT message FROM task_runs WHERE status = 'timeout'")[0]
     assert "its worker process was killed" in str(message)
     assert pipeloom_children() == []
 
@@ -49,8 +50,8 @@ def test_a_killed_attempt_is_retried_in_a_fresh_process(tmp_path: Path) -> None:
     pipe.map(_pipes.spin_first_try, [10])
     result = pipe.run(progress=False)
     assert result.ok
-    assert rows(db, "SELECT status, result, attempt FROM task_runs") == [("done", "12", 2)]
-    assert rows(db, "SELECT attempt, status FROM task_attempts") == [(1, "timeout")]
+    assert query(db, "SELECT status, result, attempt FROM task_runs") == [("done", "12", 2)]
+    assert query(db, "SELECT attempt, status FROM task_attempts") == [(1, "timeout")]
 
 
 def test_an_async_timeout_cancels_the_coroutine(tmp_path: Path) -> None:
@@ -59,5 +60,5 @@ def test_an_async_timeout_cancels_the_coroutine(tmp_path: Path) -> None:
     pipe.map(_pipes.sleepy_async, [1, 2, 3])
     result = pipe.run(progress=False)
     assert result.counts == {"done": 2, "timeout": 1}
-    (message,) = rows(db, "SELECT message FROM task_runs WHERE status = 'timeout'")[0]
+    (message,) = query(db, "SELECT message FROM task_runs WHERE status = 'timeout'")[0]
     assert "the coroutine was cancelled" in str(message)

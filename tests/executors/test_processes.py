@@ -10,7 +10,8 @@ import pytest
 
 from pipeloom import PipeloomError, TaskDef, run_pipeline
 from pipeloom.executors import ProcessExecutor
-from tests.executors._support import pipeloom_children, rows
+from tests._harness import query
+from tests.executors._support import pipeloom_children
 from tests.executors._workers import dies, logs_a_line, noop, unpicklable_result
 
 
@@ -22,7 +23,7 @@ def test_a_child_that_dies_fails_its_task_and_the_run_goes_on(tmp_path: Path) ->
     )
     assert result.counts == {"done": 6, "error": 2}
     assert result.failed_task_ids == [2, 3]
-    assert rows(
+    assert query(
         db, "SELECT task_id, message FROM task_runs WHERE status = 'error' ORDER BY task_id"
     ) == [
         (2, "WorkerDied: worker process died (signal SIGKILL)"),
@@ -41,7 +42,7 @@ def test_an_unpicklable_result_is_the_tasks_error_not_a_hang(tmp_path: Path) -> 
         progress=False,
     )
     assert result.counts == {"error": 2}
-    (message,) = rows(db, "SELECT message FROM task_runs WHERE task_id = 1")[0]
+    (message,) = query(db, "SELECT message FROM task_runs WHERE task_id = 1")[0]
     assert str(message).startswith("CrossingError: task 1: its result, a function, could not ")
     assert "pickled in the worker" in str(message)
 
@@ -51,7 +52,7 @@ def test_an_unpicklable_task_is_its_own_error(tmp_path: Path) -> None:
     tasks = [TaskDef(1, "ok"), TaskDef(2, "holds a lambda", payload=lambda: None)]
     result = run_pipeline(tasks, db, worker_fn=noop, executor="processes", progress=False)
     assert result.counts == {"done": 1, "error": 1}
-    (message,) = rows(db, "SELECT message FROM task_runs WHERE task_id = 2")[0]
+    (message,) = query(db, "SELECT message FROM task_runs WHERE task_id = 2")[0]
     assert str(message).startswith("CrossingError: task 2: its task (its item, a function) ")
     assert "could not be pickled for a worker process" in str(message)
 
@@ -67,7 +68,7 @@ def test_a_worker_function_that_cannot_reach_a_child_fails_before_the_run(tmp_pa
             progress=False,
         )
     # The run is on record as failed, with the reason; no writer was left behind.
-    (status, error) = rows(db, "SELECT status, error FROM pipeline_runs")[0]
+    (status, error) = query(db, "SELECT status, error FROM pipeline_runs")[0]
     assert status == "error" and "cannot be sent to a worker process" in str(error)
 
 

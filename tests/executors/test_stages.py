@@ -10,8 +10,8 @@ import pytest
 
 from pipeloom import Pipeline
 from pipeloom.executors import Executor, TaskQueue
+from tests._harness import query
 from tests.executors import _stage_tasks as t
-from tests.executors._support import rows
 from tests.executors.conftest import EXECUTORS
 
 
@@ -29,7 +29,7 @@ def test_a_chain_and_a_fan_in_run_on_every_executor(
     assert result.status == "error"
     assert result.counts == {"done": 10, "error": 1, "upstream_failed": 2}
     sql = "SELECT task_key, status, result FROM task_runs WHERE task_key LIKE 'load:%'"
-    assert sorted(rows(db, sql)) == [
+    assert sorted(query(db, sql)) == [
         ("load:1", "done", "11"),
         ("load:2", "done", "21"),
         ("load:3", "upstream_failed", None),
@@ -46,7 +46,7 @@ def test_a_chain_and_a_fan_in_run_on_every_executor(
     assert second.ok, second.counts
     assert second.counts == {"skipped": 9, "done": 4}
     sql = "SELECT result FROM task_runs WHERE run_id = 2 AND task_key LIKE 'summarise:%'"
-    assert rows(db, sql) == [("124",)]  # 11 + 21 + 41 + 51
+    assert query(db, sql) == [("124",)]  # 11 + 21 + 41 + 51
 
 
 class OneThreadEach(Executor):
@@ -80,4 +80,4 @@ def test_a_custom_executor_that_hands_back_what_the_worker_returned_runs_stages(
     pipe.gather(t.summarise, pipe.map(t.load, parsed))
     result = pipe.run(progress=False)
     assert result.ok and result.counts == {"done": 7}
-    assert rows(db, "SELECT result FROM task_runs WHERE task_key LIKE 'summarise:%'") == [("32",)]
+    assert query(db, "SELECT result FROM task_runs WHERE task_key LIKE 'summarise:%'") == [("32",)]

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from pipeloom import Pipeline, RunOptions
-from tests.core.conftest import rows
+from tests._harness import query
 from tests.executors import _pipes
 from tests.executors.conftest import EXECUTORS
 
@@ -30,12 +30,12 @@ def test_ctx_log_and_user_logging_are_stored_per_task_and_attempt(
     result = pipe.run(progress=False)
     assert result.ok, result
 
-    by_task = dict(rows(db, "SELECT task_key, task_id FROM task_runs"))
+    by_task = dict(query(db, "SELECT task_key, task_id FROM task_runs"))
     three = by_task[f"{task.name}:3"]
-    logged = rows(
+    logged = query(
         db,
         "SELECT attempt, level, logger, message FROM task_logs WHERE task_id = ? ORDER BY id",
-        (three,),
+        three,
     )
     assert [(a, lvl, msg.splitlines()[0]) for a, lvl, _, msg in logged] == [
         (1, "INFO", "loading item 3"),
@@ -49,16 +49,16 @@ def test_ctx_log_and_user_logging_are_stored_per_task_and_attempt(
 
     # Task 4 logged 32 records; 10 are kept and one row counts the other 22.
     four = by_task[f"{task.name}:4"]
-    assert rows(
-        db, "SELECT count(*) FROM task_logs WHERE task_id = ? AND dropped = 0", (four,)
-    ) == [(10,)]
-    assert rows(
+    assert query(db, "SELECT count(*) FROM task_logs WHERE task_id = ? AND dropped = 0", four) == [
+        (10,)
+    ]
+    assert query(
         db,
         "SELECT level, logger, dropped FROM task_logs WHERE task_id = ? AND dropped > 0",
-        (four,),
+        four,
     ) == [("WARNING", "pipeloom", 22)]
     # Nothing pipeloom logs about the run itself is taken for a task's log.
-    assert rows(
+    assert query(
         db,
         "SELECT count(*) FROM task_logs WHERE logger LIKE 'pipeloom.%' "
         "AND logger NOT LIKE 'pipeloom.task.%'",

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from tests._harness import integrity as integrity
-from tests._harness import query as query
 from tests._harness import wait_for as wait_for
 
 CHILD = Path(__file__).with_name("rel_child.py")

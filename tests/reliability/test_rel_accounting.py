@@ -28,14 +28,8 @@ from pipeloom import (
 )
 from pipeloom.errors import TaskSourceError
 from pipeloom.status import decide_run_status
-from tests.reliability._support import (
-    child_output,
-    integrity,
-    query,
-    read_events,
-    spawn_child,
-    wait_for,
-)
+from tests._harness import query
+from tests.reliability._support import child_output, integrity, read_events, spawn_child, wait_for
 
 
 def _noop(task: Any, q: TaskQueue) -> None:

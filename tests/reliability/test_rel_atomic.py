@@ -26,8 +26,7 @@ from pipeloom import (
     utc_now,
 )
 from pipeloom.pipeline import OutputLimitError
-
-from ._support import query
+from tests._harness import query
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from pipeloom import Pipeline
+from tests._harness import query
 from tests.reliability import _crossing_tasks as t
-from tests.reliability._support import query
 
 MOD = "tests.reliability._crossing_tasks"
 PICKLE_FIX = "send plain data: no locks, open files, connections or generators"

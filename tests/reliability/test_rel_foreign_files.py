@@ -16,7 +16,7 @@ from pipeloom.db import init_schema
 from pipeloom.schema import SCHEMA_VERSION, schema_version
 from pipeloom_cli.app import app
 from pipeloom_observe.migrations import migrations, upgrade
-from tests.reliability._support import query
+from tests._harness import query
 
 runner = CliRunner()
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from pipeloom import TaskDef, TaskQueue, run_pipeline
-from tests.reliability._support import integrity, query, read_events, spawn_child, wait_for
+from tests._harness import query
+from tests.reliability._support import integrity, read_events, spawn_child, wait_for
 
 TRIALS = 20
 CHUNKS = 4

@@ -25,7 +25,8 @@ from pipeloom.messages import SENTINEL, utc_now
 from pipeloom.queue import MessageQueue
 from pipeloom.writer import SQLiteWriter
 from pipeloom_cli.app import app
-from tests.reliability._support import query, read_events, spawn_child, wait_for
+from tests._harness import query
+from tests.reliability._support import read_events, spawn_child, wait_for
 
 runner = CliRunner()
 

@@ -28,8 +28,7 @@ from pipeloom import (
     run_pipeline,
     utc_now,
 )
-from tests._harness import scratch_dir
-from tests.reliability._support import query
+from tests._harness import query, scratch_dir
 
 
 class Boom(Exception):

@@ -23,7 +23,8 @@ from pipeloom import (
     utc_now,
 )
 from pipeloom.db import connect_readonly
-from tests.reliability._support import integrity, query, wait_for
+from tests._harness import query
+from tests.reliability._support import integrity, wait_for
 
 TASKS = 10_000
 

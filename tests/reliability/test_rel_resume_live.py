@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from tests._harness import query
 from tests.e2e._cli_e2e_support import clean_env, pipeloom_command
-from tests.reliability._support import query, wait_for
+from tests.reliability._support import wait_for
 
 CHILD = Path(__file__).with_name("resume_child.py")
 TARGET = f"{CHILD}:pipe"

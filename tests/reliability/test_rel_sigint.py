@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from tests._harness import query
 from tests.reliability._support import (
     CHILD,
     child_output,
     integrity,
-    query,
     read_events,
     spawn_child,
     wait_for,

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.reliability._support import integrity, query, wait_for
+from tests._harness import query
+from tests.reliability._support import integrity, wait_for
 
 PIPE = '''
 import asyncio

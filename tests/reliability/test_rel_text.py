@@ -25,7 +25,7 @@ from pipeloom import (
     utc_now,
 )
 from pipeloom._text import storable
-from tests.reliability._support import query
+from tests._harness import query
 
 NAMES = [f"f{i}.csv" for i in range(6)] + ["bad\udcff.csv", "x\udc80y.csv", "caf\udce9.csv"]
 FAIL_FIRST_TIME = {"f2.csv", "x\udc80y.csv"}

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability._support import child_output, integrity, query, spawn_child
+from tests._harness import query
+from tests.reliability._support import child_output, integrity, spawn_child
 
 TASKS = 3000
 TRIALS = 3

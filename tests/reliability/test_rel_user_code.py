@@ -31,7 +31,7 @@ from pipeloom import (
     run_pipeline,
     utc_now,
 )
-from tests.reliability._support import query
+from tests._harness import query
 
 
 class SchemaBug(Exception):

@@ -23,7 +23,8 @@ from pipeloom import (
     run_pipeline,
     utc_now,
 )
-from tests.reliability._support import integrity, query
+from tests._harness import query
+from tests.reliability._support import integrity
 
 BIG = "x" * 4000
 
