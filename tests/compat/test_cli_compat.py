@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
+from pipeloom import RunResult
 from pipeloom_cli.app import app
 from tests._harness import query
 from tests.compat.test_legacy_upgrade import OLD_ROWS, original_file
@@ -158,3 +161,29 @@ def test_etl_example_with_an_unreachable_url_fails_with_exit_1(tmp_path: Path) -
     assert query(tmp_path / "e.db", "SELECT COUNT(*) FROM task_runs WHERE status = 'error'") == [
         (2,)
     ]
+
+
+def test_patching_0_0_7s_module_level_names_takes_effect(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 0.0.7's tests replaced pipeloom.cli.run_pipeline / setup_logging; that module is the
+    # pipeloom_cli package now, and the commands look both names up there when they run.
+    calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def fake_setup_logging(verbose: int, log_file: Path | None = None) -> logging.Logger:
+        calls.append(("setup_logging", (verbose, log_file)))
+        return logging.getLogger("pipeloom")
+
+    def fake_run_pipeline(tasks: Any, db_path: Any, **kwargs: Any) -> RunResult:
+        calls.append(("run_pipeline", (len(list(tasks)), db_path, kwargs["workers"])))
+        return RunResult(None, "done", {"done": 3}, [], 0.0, str(db_path))
+
+    monkeypatch.setattr("pipeloom_cli.setup_logging", fake_setup_logging)
+    monkeypatch.setattr("pipeloom_cli.run_pipeline", fake_run_pipeline)
+    db, log_file = tmp_path / "wal_demo.db", tmp_path / "demo.log"
+    result = runner.invoke(
+        app, ["demo", "--db", str(db), "-n", "3", "-w", "2", "-vv", "-l", str(log_file)]
+    )
+    assert result.exit_code == 0, result.output
+    assert calls == [("setup_logging", (2, log_file)), ("run_pipeline", (3, db, 2))]
+    assert not db.exists()  # the real run_pipeline never ran

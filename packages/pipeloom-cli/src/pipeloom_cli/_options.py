@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+import pipeloom_cli
 from pipeloom_cli._errors import UsageError
 
 __all__ = [
@@ -188,10 +189,10 @@ def start_logging(verbose: int, log_file: Path | None) -> logging.Logger:
     Raises:
         UsageError: the log file cannot be opened.
     """
-    from pipeloom.logs import setup_logging  # here: Rich loads only for a command that runs
-
     try:
-        return setup_logging(verbose, log_file)
+        # Looked up on the package each time (0.0.7's tests replace it there); Rich loads
+        # only when a command that runs calls this.
+        return pipeloom_cli.setup_logging(verbose, log_file)
     except OSError as exc:
         raise UsageError(
             f"--log-file {log_file}: cannot open it ({exc.strerror}); "

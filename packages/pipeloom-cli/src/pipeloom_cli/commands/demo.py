@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+import pipeloom_cli
 from pipeloom.messages import MsgTaskFinished, MsgTaskProgress, MsgTaskStarted, TaskDef, utc_now
 from pipeloom_cli._dbfile import observe_hint, prepare_for_write
 from pipeloom_cli._errors import exit_code_for, user_errors
@@ -185,9 +186,9 @@ def demo(
         log.info(
             "demo: %d tasks, %d failing, seed %d, db %s", num_tasks, len(tasks.failing), seed, db
         )
-        from pipeloom.engine import run_pipeline  # here: `pipeloom --help` stays quick
-
-        result = run_pipeline(
+        # Looked up on the package each time (0.0.7's tests replace it there); loaded on
+        # first use, so `pipeloom --help` stays quick.
+        result = pipeloom_cli.run_pipeline(
             tasks,
             db,
             worker_fn=demo_worker,
