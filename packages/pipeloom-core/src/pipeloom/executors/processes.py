@@ -16,7 +16,6 @@ import collections
 import logging
 import multiprocessing
 import pickle
-import queue
 import signal
 import threading
 import time
@@ -25,29 +24,22 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from pipeloom._text import exc_summary, exc_text, storable
+from pipeloom._text import exc_summary
 from pipeloom.errors import PipeloomError
-from pipeloom.executors import _deadline as deadline
 from pipeloom.executors._base import Completions, Executor, Sink, WorkerFn
-from pipeloom.executors._parent import die_with_parent, driver_gone, ignore_stop_signals
+from pipeloom.executors._process_child import child_main
 from pipeloom.executors._remote import (
-    BatchingSink,
-    Outcome,
     RemoteTaskError,
     Unsent,
     crossing_text,
     dumps_by_value,
-    failing_class,
     main_is_interactive,
-    pack,
-    pack_outcome,
-    run_remote,
     settle,
     task_what,
     unpack,
     unpack_outcome,
 )
-from pipeloom.executors._shipping import file_modules, load_file_module
+from pipeloom.executors._shipping import file_modules
 from pipeloom.messages import MsgTaskAttempt, MsgTaskFinished, utc_now
 
 __all__ = ["ProcessExecutor"]
@@ -137,7 +129,7 @@ class ProcessExecutor(Executor):
         parent, child = self._ctx.Pipe()
         level = logging.getLogger().getEffectiveLevel()
         proc = self._ctx.Process(
-            target=_child_main,
+            target=child_main,
             args=(child, self._payload, self._preload, level),
             name="pipeloom-process",
             daemon=True,
@@ -500,110 +492,3 @@ def _pickle_worker(worker_fn: WorkerFn, dumps: Callable[[Any], bytes] = _plain_d
             f"({exc_summary(exc)}); define it at the top level of a module (not a lambda "
             "or a function inside a function), or use executor='threads'"
         ) from exc
-
-
-class _PipeHandler(logging.Handler):
-    """Sends a child's log records to the driver, which re-emits them there."""
-
-    def __init__(self, send: Any) -> None:
-        super().__init__(logging.NOTSET)
-        self._send = send
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            data = {
-                "name": record.name,
-                "levelno": record.levelno,
-                "levelname": record.levelname,
-                "msg": storable(record.getMessage()),
-                "args": None,
-                "created": record.created,
-                "pathname": record.pathname,
-                "lineno": record.lineno,
-                "funcName": record.funcName,
-                "process": record.process,
-                "processName": record.processName,
-                "threadName": record.threadName,
-                "exc_text": (
-                    logging.Formatter().formatException(record.exc_info)
-                    if record.exc_info
-                    else record.exc_text
-                ),
-            }
-            self._send(("log", data))
-        except Exception:  # a log line must never fail the task
-            self.handleError(record)
-
-
-def _child_main(
-    conn: Connection, payload: bytes, preload: list[tuple[str, str]], level: int
-) -> None:
-    """A worker process: run tasks from the driver until told to stop."""
-    ignore_stop_signals()  # the driver decides what Ctrl-C, SIGTERM and SIGHUP do
-    die_with_parent()
-    lock = threading.Lock()
-
-    def send(item: Any) -> None:
-        with lock:
-            try:
-                conn.send(item)
-            except (ConnectionError, EOFError):
-                driver_gone()
-
-    root = logging.getLogger()
-    root.handlers[:] = [_PipeHandler(send)]
-    root.setLevel(level)
-    try:
-        for name, path in preload:
-            load_file_module(name, path)
-        worker_fn = pickle.loads(payload)
-    except Exception as exc:
-        send(
-            (
-                "fatal",
-                f"worker processes cannot load the worker function: {exc_summary(exc)}",
-                exc_text(exc),
-            )
-        )
-        return
-    deadline.install(send)
-    running: list[int | None] = [None]
-    sink = BatchingSink(lambda batch: send(("msgs", pack(batch, running[0]))))
-    stopping = threading.Event()
-    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-
-    def read() -> None:
-        # Reads while a task runs, so "the run is stopping" reaches a retrying task at once.
-        while True:
-            try:
-                item = conn.recv()
-            except (EOFError, OSError):
-                driver_gone()  # the driver never closes the pipe before "stop": it died
-            if item[0] == "stopping":
-                stopping.set()
-                continue
-            if item[0] == "expire":  # the attempt's deadline passed: say what it holds
-                send(("held", deadline.held_now()))
-                continue
-            inbox.put(item)
-            if item[0] == "stop":
-                return
-
-    threading.Thread(target=read, name="pipeloom-child-reader", daemon=True).start()
-    while True:
-        item = inbox.get()
-        if item[0] == "stop":
-            break
-        _, task_id, blob, first = item
-        try:
-            task = pickle.loads(blob)
-        except Exception as exc:
-            what = f"its task ({failing_class(blob)})"
-            text = crossing_text(task_id, what, "unpickled in the worker", exc)
-            send(("done", task_id, pack_outcome(Outcome(task_id, text, exc_text(exc)))))
-            continue
-        running[0] = task_id
-        outcome = run_remote(worker_fn, task_id, task, sink, first, stopping)
-        running[0] = None
-        send(("done", task_id, pack_outcome(outcome)))
-    sink.close()

@@ -20,7 +20,6 @@ a run skips the keys that run finished, so only the failed and the new work runs
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import threading
@@ -34,25 +33,18 @@ from pipeloom._text import RESULT_MAX_CHARS
 from pipeloom._text import result_text as to_result
 from pipeloom.alerts import Alerts, RunEndHook, TaskFailureHook, with_hooks
 from pipeloom.db import DEFAULT_DB
-from pipeloom.engine import MAX_WORKERS, RunResult, run_pipeline
+from pipeloom.engine import MAX_WORKERS, RunResult
 from pipeloom.errors import PipelineError
 from pipeloom.executors import Executor
-from pipeloom.limits import Gate, Limit, parse_rate
+from pipeloom.limits import Limit, parse_rate
 from pipeloom.options import RunOptions
-from pipeloom.params import param_changes
-from pipeloom.params import resolve as resolve_params
-from pipeloom.params import to_json as params_json
-from pipeloom.pipeline._cache import Cache, MsgCacheNote, apply_cache_notes
 from pipeloom.pipeline._context import DEFAULT_MAX_OUTPUTS, Context, OutputLimitError
 from pipeloom.pipeline._keys import KEY_MAX_CHARS, item_key
-from pipeloom.pipeline._rerun import select as select_rerun
-from pipeloom.pipeline._resume import open_previous
 from pipeloom.pipeline._retry import TaskTimeoutError
-from pipeloom.pipeline._runner import Runner
+from pipeloom.pipeline._run import run_stages
 from pipeloom.pipeline._task import Task
-from pipeloom.pipeline._tasks import Flow, Job, Stage, plan_stages, task_stream
+from pipeloom.pipeline._tasks import Stage
 from pipeloom.record._registry import Handler, HandlerRegistry
-from pipeloom.state import MsgStateSet, apply_state_sets, read_state
 from pipeloom.writer import SchemaFn
 
 __all__ = [
@@ -433,26 +425,6 @@ class Pipeline(HandlerRegistry):
         per_s = None if rate is None else parse_rate(rate)
         self.limits[name] = Limit(name, capacity, per_s)
 
-    def _gate(self) -> Gate | None:
-        """The run's admission gate, when a task uses a declared resource."""
-        used = {name for stage in self._stages for name in stage.task.uses}
-        if not used:
-            return None
-        unknown = sorted(used - set(self.limits))
-        if unknown:
-            raise PipelineError(
-                f"pipeline {self.name!r}: tasks use {', '.join(map(repr, unknown))} but no "
-                f"pipe.limit() declares it; add pipe.limit({unknown[0]!r}, 2) or drop the uses="
-            )
-
-        def uses_of(task: Any) -> tuple[str, ...]:
-            job = getattr(task, "payload", None)
-            if not isinstance(job, Job) or job.done_in is not None or job.problem is not None:
-                return ()  # skipped or failed before it runs: it uses nothing
-            return job.task.uses
-
-        return Gate(self.limits, uses_of)
-
     # Alerts (pipeloom.alerts): hooks for runs nobody watches.
     def on_run_end(self, hook: RunEndHook) -> RunEndHook:
         """Call ``hook(summary)`` once after each run is recorded (usable as a decorator).
@@ -543,125 +515,24 @@ class Pipeline(HandlerRegistry):
                 unknown or its value does not fit, or a resume would change parameters.
             DatabaseError: the database cannot be opened or prepared.
         """
-        if not self._stages:
-            raise PipelineError(
-                f"pipeline {self.name!r} has no work: call pipe.map(task, items) before run()"
-            )
-        plan = plan_stages(self.name, self._stages)  # unknown tasks, cycles: before anything
-        gate = self._gate()  # a resource used but not declared: before anything too
-        for stage in self._stages:
-            if stage.items is not None and stage.used and iter(stage.items) is stage.items:
-                log.warning(
-                    "pipeline %s: the items of %s are an iterator an earlier run already read, "
-                    "so they may yield nothing now; pass a list, or call pipe.map() again",
-                    self.name,
-                    stage.task.name,
-                )
-            stage.used = True
-        values = resolve_params(self.name, self.params, params)
-        stored_values = params_json(values)
-        db_path = self.db if db is None else db
-        state = read_state(db_path, self.name)
-        if isinstance(rerun, str):
-            rerun = [rerun]
-        asked_rerun = bool(rerun) or rerun_from is not None
-        if asked_rerun and resume is False:
-            resume = True  # a rerun resumes the latest run
-        previous = open_previous(db_path, self.name, resume, wait_for_live)
-        request: dict[str, Any] = {}
-        selection = None
-        try:
-            if asked_rerun:
-                if previous is None:
-                    raise PipelineError(
-                        f"pipeline {self.name!r}: nothing to rerun, {db_path} holds no earlier "
-                        "run of it; run it without rerun first"
-                    )
-                selection = select_rerun(
-                    self.name,
-                    [stage.task.name for stage in self._stages],
-                    list(rerun),
-                    rerun_from,
-                    previous.conn,
-                    previous.run_id,
-                )
-                request.update(selection.request(list(rerun), rerun_from))
-            changed = [] if previous is None else param_changes(previous, stored_values)
-        except BaseException:
-            if previous is not None:
-                previous.close()
-            raise
-        if changed and previous is not None:
-            if not allow_param_change:
-                previous.close()
-                raise PipelineError(
-                    f"pipeline {self.name!r}: run {previous.run_id} was made with other "
-                    f"parameters ({'; '.join(changed)}); resuming would mix results of both, "
-                    "so it is refused: run without resume, or pass allow_param_change=True "
-                    "(--allow-param-change) to resume anyway"
-                )
-            request["param_changes"] = changed
-        run_params: dict[str, Any] = dict(stored_values)
-        if previous is not None:
-            run_params["resumed_from"] = previous.run_id
-        runner = Runner(self, self.fail_fast, values, state)
-        cache = None
-        if any(task.cache for task in self.tasks.values()):
-            try:
-                cache = Cache.open(db_path, self.name)
-            except BaseException:
-                if previous is not None:
-                    previous.close()
-                raise
-            cache.lookup = not refresh
-            if refresh:
-                request["refresh"] = True
-        flow = Flow(self.name, plan, previous, selection, cache)
-        source = task_stream(flow, plan)
-        follow_up: Callable[[Any, Any], Iterable[Any]] | None = (
-            flow.follow_up if plan.consumed else None
+        return run_stages(
+            self,
+            self._stages,
+            db=db,
+            workers=workers,
+            resume=resume,
+            progress=progress,
+            summary_hint=summary_hint,
+            console=console,
+            executor=executor,
+            options=options,
+            wait_for_live=wait_for_live,
+            params=params,
+            allow_param_change=allow_param_change,
+            rerun=rerun,
+            rerun_from=rerun_from,
+            refresh=refresh,
         )
-        if gate is not None:  # limits: the gate admits, its hook frees (pipeloom.limits)
-            source, follow_up = gate.wrap(source), gate.follow_up(follow_up)
-        try:
-            result = run_pipeline(
-                source,
-                db_path,
-                worker_fn=runner,
-                workers=workers if workers is not None else self.workers,
-                handlers={
-                    **self.handlers,
-                    MsgStateSet: apply_state_sets,
-                    MsgCacheNote: apply_cache_notes,
-                },
-                schema=self.schema,
-                fail_fast=self.fail_fast,
-                progress=progress,
-                console=console,
-                run_name=self.name,
-                params=run_params,
-                request=request,
-                # Cached tasks are done without running: the bar and summary say how many.
-                extra_counts=(lambda: {"cached": cache.hits}) if cache is not None else None,
-                summary_hint=summary_hint,
-                executor=executor if executor is not None else self.executor,
-                follow_up=follow_up,
-                options=_with_alerts(options or self.options, self.alerts),
-            )
-        finally:
-            if gate is not None:
-                gate.close()
-            if previous is not None:
-                previous.close()
-            if cache is not None:
-                cache.close()
-        still_running = runner.wait_for_abandoned(self.grace)
-        extra = {
-            "cached": cache.hits if cache is not None else 0,
-            "resumed_from": previous.run_id if previous is not None else None,
-            "abandoned_threads": still_running,
-        }
-        return dataclasses.replace(result, extra={**result.extra, **extra})
 
 
 def _check_cache(where: str, cache_key: object, cache_ttl: object) -> None:
@@ -669,13 +540,6 @@ def _check_cache(where: str, cache_key: object, cache_ttl: object) -> None:
         raise PipelineError(f"{where}: cache_key={cache_key!r}; pass a function of the item")
     if cache_ttl is not None and not (_finite(cache_ttl, 0) and cache_ttl > 0):  # type: ignore[operator]
         raise PipelineError(f"{where}: cache_ttl={cache_ttl!r}; use seconds > 0, or None")
-
-
-def _with_alerts(options: RunOptions, alerts: Alerts) -> RunOptions:
-    """The run's options with the pipeline's hooks added to any it already has."""
-    if not alerts.active:
-        return options
-    return dataclasses.replace(options, alerts=alerts.merged(options.alerts))
 
 
 def _whole(value: object, low: int, high: int) -> bool:
