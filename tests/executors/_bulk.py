@@ -4,8 +4,11 @@ two kinds that cross a process as plain tuples."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 from pipeloom import Context, Pipeline
@@ -48,12 +51,36 @@ def save_pairs(conn: sqlite3.Connection, msgs: list[Pair]) -> None:
     conn.executemany("INSERT INTO pairs VALUES (?, ?)", msgs)  # a NamedTuple is a tuple
 
 
+class Tick(NamedTuple):
+    task: int
+    n: int
+
+
+in_flight: list[int] = []
+"""Per call of `save_ticks`: rows emitted by finished tasks and not yet applied."""
+_applied = [0]
+
+
+def save_ticks(conn: sqlite3.Connection, msgs: list[Tick]) -> None:
+    """A slow handler (the writer falls behind); notes how many rows wait for it."""
+    produced = os.environ.get(PRODUCED_ENV)
+    if produced:
+        made = sum(int(line) for line in Path(produced).read_text().split())
+        in_flight.append(made - _applied[0])
+    _applied[0] += len(msgs)
+    time.sleep(0.02)
+
+
+PRODUCED_ENV = "PIPELOOM_TEST_PRODUCED"
+"""The file each `burst` task appends its row count to once it has emitted them."""
+
+
 def make_pipe(db: object, executor: object, **kwargs: object) -> Pipeline:
     pipe = Pipeline(
         "bulk",
         db=db,  # type: ignore[arg-type]
         schema=schema,
-        handlers={Row: save_rows, Pair: save_pairs},
+        handlers={Row: save_rows, Pair: save_pairs, Tick: save_ticks},
         executor=executor,  # type: ignore[arg-type]
         **kwargs,  # type: ignore[arg-type]
     )
@@ -99,3 +126,18 @@ async def load_async(ctx: Context, spec: tuple[str, int, int]) -> int:
 @pipe.task(atomic=False)
 async def stream_async(ctx: Context, spec: tuple[str, int, int]) -> int:
     return stream.fn(ctx, spec)
+
+
+@pipe.task
+def burst(ctx: Context, spec: tuple[int, int]) -> int:
+    """Emit ``n`` ticks at once (held: they travel in the finish), then say so in the file."""
+    task, n = spec
+    ctx.emit_many([Tick(task, i) for i in range(n)])
+    with open(os.environ[PRODUCED_ENV], "a", encoding="utf-8") as fh:
+        fh.write(f"{n}\n")
+    return n
+
+
+@pipe.task
+async def burst_async(ctx: Context, spec: tuple[int, int]) -> int:
+    return burst.fn(ctx, spec)

@@ -161,7 +161,8 @@ def run_pipeline(
         synchronous: NORMAL or FULL (fsync every commit; survives power loss).
         batch_size: most messages per transaction.
         commit_interval: longest a lone message waits before its commit (seconds).
-        queue_size: messages that may wait for the writer before workers pause.
+        queue_size: messages that may wait for the writer before workers pause (a finish
+            carrying a task's held rows counts one more per row, until they are applied).
         listeners: extra post-commit listeners.
         executor: where tasks run: ``"threads"`` (default) or an `Executor` instance.
         summary_hint: an extra line for the summary (the CLI's "browse with" command).

@@ -33,7 +33,7 @@ from pipeloom.errors import WriterFailedError
 from pipeloom.lease import heartbeat_every
 from pipeloom.messages import SENTINEL, MsgTaskFinished, MsgTaskProgress, MsgTaskStarted
 from pipeloom.options import RunOptions
-from pipeloom.queue import MessageQueue
+from pipeloom.queue import MessageQueue, rows_of
 from pipeloom.record._atomic import holds_outputs
 from pipeloom.record._batch import BatchApplier
 from pipeloom.record._fileid import FileIdentity
@@ -238,9 +238,11 @@ class SQLiteWriter(HandlerRegistry, BatchApplier, threading.Thread):
     def _loop(self) -> None:
         get, get_nowait = self.msg_q.get, self.msg_q.get_nowait
         drained: Callable[[], None] | None = None
+        rows_applied: Callable[[int], None] | None = None
         if type(self.msg_q) is MessageQueue:  # drain its deque directly: a call less a message
             get_nowait = self.msg_q.buffer.get_nowait
             drained = self.msg_q.drained
+            rows_applied = self.msg_q.rows_applied
         batch_size, interval = self.batch_size, self.commit_interval
         monotonic, sleep = time.monotonic, time.sleep
         idle_wait = min(0.5, self._beat_every)
@@ -259,7 +261,7 @@ class SQLiteWriter(HandlerRegistry, BatchApplier, threading.Thread):
             held: list[MsgTaskFinished] = []
             others: list[Any] = []
             keep, hold, other = lifecycle.append, held.append, others.append
-            _sort_one(first, keep, hold, other)
+            rows = _sort_one(first, keep, hold, other)
             taken = 1
             stop = False
             deadline = monotonic() + interval
@@ -268,19 +270,20 @@ class SQLiteWriter(HandlerRegistry, BatchApplier, threading.Thread):
             # writer and the workers; a 2 ms sleep costs one hand-off per tick instead.
             while True:
                 try:
-                    for _ in range(batch_size - taken):
+                    for _ in range(batch_size - taken - rows):
                         msg = get_nowait()
                         cls = type(msg)  # _sort_one, inline (and SENTINEL ends the drain)
                         if cls is MsgTaskProgress or cls is MsgTaskStarted:
                             keep(msg)
                         elif cls is MsgTaskFinished:
                             outputs = msg.outputs  # usually the default (), else user data
-                            if (type(outputs) is tuple and not outputs) or not _carries_outputs(
-                                msg
-                            ):
+                            if type(outputs) is tuple and not outputs:
                                 keep(msg)
                             else:
-                                hold(msg)
+                                rows += rows_of(msg)
+                                (hold if _carries_outputs(msg) else keep)(msg)
+                                if rows >= batch_size:
+                                    break
                         elif msg is SENTINEL:
                             stop = True
                             break
@@ -288,8 +291,10 @@ class SQLiteWriter(HandlerRegistry, BatchApplier, threading.Thread):
                             other(msg)
                 except queue.Empty:
                     pass
+                # Held rows count: a batch of 40 finishes of 2,000 rows each is 80,000 rows
+                # to apply, and the workers paused on them wait for all of it.
                 taken = len(lifecycle) + len(held) + len(others)
-                if stop or taken >= batch_size:
+                if stop or taken + rows >= batch_size:
                     break
                 if drained is not None:
                     # Workers paused on a full queue would otherwise wait out the whole
@@ -301,7 +306,11 @@ class SQLiteWriter(HandlerRegistry, BatchApplier, threading.Thread):
                 sleep(min(remaining, _LINGER_TICK))
             if drained is not None:
                 drained()  # paused workers make the next batch while this one is applied
-            self._apply(lifecycle, held, others, taken)
+            try:
+                self._apply(lifecycle, held, others, taken)
+            finally:
+                if rows_applied is not None:
+                    rows_applied(rows)  # the workers paused on these rows may go on
             if stop:
                 return
             self._heartbeat()
@@ -321,8 +330,8 @@ def _sort_one(
     keep: Callable[[Any], None],
     hold: Callable[[MsgTaskFinished], None],
     other: Callable[[Any], None],
-) -> None:
-    """Sort one message of a batch, in the order the batch arrived.
+) -> int:
+    """Sort one message of a batch, in the order the batch arrived; the rows it carries.
 
     A lifecycle message is kept, a done finish with outputs is held (see `_atomic`), anything
     else goes to `SQLiteWriter._sort`. The writer's drain repeats these lines inline; change
@@ -333,12 +342,14 @@ def _sort_one(
         keep(msg)
     elif cls is MsgTaskFinished:
         outputs = msg.outputs  # usually the default (), else user data
-        if (type(outputs) is tuple and not outputs) or not _carries_outputs(msg):
+        if type(outputs) is tuple and not outputs:
             keep(msg)
         else:
-            hold(msg)
+            (hold if _carries_outputs(msg) else keep)(msg)
+            return rows_of(msg)
     else:
         other(msg)
+    return 0
 
 
 def _carries_outputs(msg: MsgTaskFinished) -> bool:

@@ -24,7 +24,7 @@ from pipeloom.messages import (
     MsgTaskProgress,
     MsgTaskStarted,
 )
-from pipeloom.queue import MessageQueue
+from pipeloom.queue import MessageQueue, rows_of
 
 __all__ = ["Completions", "Executor", "Sink", "TaskQueue", "WorkerFn"]
 
@@ -106,6 +106,9 @@ class TaskQueue:
             pass
         elif cls is MsgTaskFinished:
             self.finished_ids.add(msg.task_id)
+            rows = rows_of(msg)
+            if rows and self._mq is not None and self._mq.failure is None:
+                self._mq.add_rows(rows)  # MessageQueue.put's weighing, inlined below
         else:
             try:
                 control = cls in _CONTROL
@@ -124,7 +127,7 @@ class TaskQueue:
         # MessageQueue.put inlined: the message on its deque, a pause when the writer is behind.
         q = self._q
         q.put(msg)
-        if q.qsize() >= self._max:
+        if q.qsize() + mq.rows >= self._max:
             mq.wait_for_room(timeout if block else 0.0)
 
     put_nowait = put
