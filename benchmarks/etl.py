@@ -34,7 +34,6 @@ import argparse
 import csv
 import io
 import json
-import operator
 import os
 import resource
 import shutil
@@ -58,9 +57,6 @@ CACHE = Path(os.environ.get("PIPELOOM_BENCH_CACHE", Path.home() / ".cache" / "pi
 WORK_ENV = "PIPELOOM_ETL_WORK"
 """The run's work folder (staging, parsed files); set before the run, inherited by workers."""
 EMIT_ENV = "PIPELOOM_ETL_EMIT"
-HANDLER_ENV = "PIPELOOM_ETL_HANDLER"
-"""``tuples``: the handler is registered ``as_tuples=True`` (the loop makes its tuples the
-same way, with ``operator.attrgetter``); else it gets `Flight` objects."""
 """``one`` (ctx.emit per row) or ``many`` (ctx.emit_many per file)."""
 PROFILE_ENV = "PIPELOOM_PROFILE"
 
@@ -274,14 +270,7 @@ def read_flights(path: str) -> list[Flight]:
 # -- the pipeline --------------------------------------------------------------------------
 
 pipe = Pipeline("flights", db="flights.db", schema=schema)  # workers: per run (Dask: unset)
-
-
-def upsert_flight_tuples(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """The handler registered with ``as_tuples=True``: the rows are executemany's already."""
-    conn.executemany(UPSERT, rows)
-
-
-pipe.register(Flight, upsert_flights)  # --handler tuples: as_tuples=True, see main()
+pipe.register(Flight, upsert_flights)
 
 
 def _profiled() -> None:
@@ -376,10 +365,7 @@ def run_loop(db: Path) -> dict[str, Any]:
     for name in source_files():
         rows = read_flights(normalise(stage(name)))
         conn.execute("BEGIN")
-        if os.environ.get(HANDLER_ENV) == "tuples":
-            upsert_flight_tuples(conn, list(map(operator.attrgetter(*COLUMNS), rows)))
-        else:
-            upsert_flights(conn, rows)
+        upsert_flights(conn, rows)
         conn.execute("COMMIT")
         total += len(rows)
     conn.close()
@@ -471,23 +457,13 @@ def main() -> int:
     parser.add_argument("--modes", default="loop,threads,processes,dask")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--emit", choices=("one", "many"), default="one")
-    parser.add_argument(
-        "--handler",
-        choices=("objects", "tuples"),
-        default="objects",
-        help="tuples: the handler is registered as_tuples=True (the loop uses attrgetter)",
-    )
     parser.add_argument("--workers", type=int, help="overrides the per-mode default")
     parser.add_argument("--run", help="one run of this mode in this process")
     parser.add_argument("--json-out", help="append the JSON lines to this file as well")
     args = parser.parse_args()
     if args.run:
         workers = args.workers or DEFAULT_WORKERS.get(args.run)
-        if args.handler == "tuples":  # handlers run in the driver: registering here is enough
-            os.environ[HANDLER_ENV] = "tuples"
-            pipe.register(Flight, upsert_flight_tuples, as_tuples=True)
-        line = run_once(args.run, workers, args.emit)
-        print(json.dumps({**line, "handler": args.handler}), flush=True)
+        print(json.dumps(run_once(args.run, workers, args.emit)), flush=True)
         return 0
     source_dir()  # build the cache outside any clock
     modes = args.modes.split(",")
@@ -495,7 +471,6 @@ def main() -> int:
     for _ in range(args.repeat):
         for mode in modes:
             cmd = [sys.executable, __file__, "--run", mode, "--emit", args.emit]
-            cmd += ["--handler", args.handler]
             if args.workers:
                 cmd += ["--workers", str(args.workers)]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -508,7 +483,6 @@ def main() -> int:
     summary: dict[str, Any] = {
         "bench": "etl_summary",
         "emit": args.emit,
-        "handler": args.handler,
         "median_wall_s": walls,
         "load_avg_1m": round(os.getloadavg()[0], 1),
         "verified": all(x["verified"] for x in lines),

@@ -71,16 +71,6 @@ def save_ticks(conn: sqlite3.Connection, msgs: list[Tick]) -> None:
     time.sleep(0.02)
 
 
-tuple_batches: list[list[object]] = []
-"""What `save_row_tuples` got (in the driver, where it runs)."""
-
-
-def save_row_tuples(conn: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
-    """The handler registered with ``as_tuples=True``: the rows go to executemany as they are."""
-    tuple_batches.append(list(rows))
-    conn.executemany("INSERT INTO rows VALUES (?, ?, ?, ?)", rows)
-
-
 PRODUCED_ENV = "PIPELOOM_TEST_PRODUCED"
 """The file each `burst` task appends its row count to once it has emitted them."""
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from pipeloom import RunOptions
-from pipeloom.pipeline import OutputLimitError, PipelineError
+from pipeloom.pipeline import OutputLimitError
 from tests._harness import query
 from tests.executors import _bulk
 from tests.executors.conftest import EXECUTORS
@@ -142,37 +142,3 @@ def test_rows_held_by_finished_tasks_pause_the_workers_when_the_writer_falls_beh
     assert result.ok and result.counts == {"done": 80}
     assert _bulk._applied[0] == 16_000
     assert max(_bulk.in_flight) <= 1_000 + 4 * 200, _bulk.in_flight
-
-
-@pytest.mark.parametrize("executor", EXECUTORS)
-def test_a_handler_registered_as_tuples_gets_each_rows_fields_in_order(
-    tmp_path: Path, executor: str, make_executor: Any
-) -> None:
-    """``as_tuples=True``: plain tuples for executemany, atomicity and the culprit kept."""
-    db = tmp_path / "tuples.db"
-    _bulk.tuple_batches.clear()
-    pipe = _bulk.make_pipe(db, make_executor(executor), workers=2)
-    pipe.register(_bulk.Row, _bulk.save_row_tuples, as_tuples=True)
-    pipe.map(_task("load", executor), [("good", 30, -1), ("bad", 30, 7)])
-    result = pipe.run(progress=False)
-
-    assert result.counts == {"done": 1, "error": 1}
-    got = [row for batch in _bulk.tuple_batches for row in batch]
-    assert all(type(row) is tuple for row in got)
-    assert ("good", 3, 3, "r3") in got and ("good", 1, 1, None) in got
-    assert query(db, "SELECT count(*), sum(amount) FROM rows WHERE file = 'good'") == [
-        (30, sum(range(30)))
-    ]
-    assert query(db, "SELECT count(*) FROM rows WHERE file = 'bad'") == [(0,)]
-    (message,) = query(db, "SELECT message FROM task_runs WHERE task_key LIKE '%bad%'")[0]
-    assert "handler save_row_tuples rejected Row output 8 of 60 (IntegrityError: CHECK" in message
-    assert "Row(file='bad', n=7, amount=-1, note=None)" in message
-
-
-def test_as_tuples_refuses_a_type_whose_fields_have_no_order(tmp_path: Path) -> None:
-    class Loose:
-        pass
-
-    pipe = _bulk.make_pipe(tmp_path / "x.db", "threads")
-    with pytest.raises(PipelineError, match=r"Loose is neither a dataclass nor a NamedTuple"):
-        pipe.register(Loose, _bulk.save_row_tuples, as_tuples=True)

@@ -6,10 +6,7 @@ their rules (no handler for pipeloom's own messages) from drifting apart.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import logging
-import operator
 import sqlite3
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, ClassVar, TypeVar
@@ -32,9 +29,6 @@ M = TypeVar("M")
 Handler = Callable[[sqlite3.Connection, list[Any]], None]
 """``handler(conn, msgs)``: apply a batch of messages of one type, e.g. with executemany."""
 _TypedHandler = Callable[[sqlite3.Connection, list[M]], None]
-TupleHandler = Callable[[sqlite3.Connection, list[tuple[Any, ...]]], None]
-"""``handler(conn, rows)`` registered with ``as_tuples=True``: each row its fields' tuple."""
-_F = TypeVar("_F", bound=Callable[..., None])
 
 
 class HandlerRegistry:
@@ -44,62 +38,25 @@ class HandlerRegistry:
     registration_error: ClassVar[type[Exception]] = ValueError
     """Raised for a handler on one of pipeloom's own message types."""
 
-    def register(
-        self,
-        msg_type: type[M],
-        handler: _TypedHandler[M] | TupleHandler,
-        *,
-        as_tuples: bool = False,
-    ) -> None:
+    def register(self, msg_type: type[M], handler: _TypedHandler[M]) -> None:
         """Route messages of ``msg_type`` to ``handler(conn, msgs)`` (before the run starts).
-
-        With ``as_tuples=True`` the handler gets each message as the tuple of its fields in
-        declaration order (a dataclass or ``NamedTuple``), ready for ``executemany``: the
-        writer makes them in C instead of the handler's list comprehension in Python.
 
         Raises:
             ValueError: ``msg_type`` is one of pipeloom's own messages (the pipeline raises
-                its `PipelineError` instead), or ``as_tuples`` with a type whose fields have
-                no declared order.
+                its `PipelineError` instead).
         """
         if msg_type in PIPELOOM_MESSAGES:
             raise self.registration_error(f"{msg_type.__name__} is handled by pipeloom itself")
-        if as_tuples:
-            handler = self._as_tuples(msg_type, handler)
         self.handlers[msg_type] = handler
 
-    def handler(self, msg_type: type[M], *, as_tuples: bool = False) -> Callable[[_F], _F]:
+    def handler(self, msg_type: type[M]) -> Callable[[_TypedHandler[M]], _TypedHandler[M]]:
         """Decorator form of `register`: ``@writer.handler(MsgUpsertUsers)``."""
 
-        def decorate(fn: _F) -> _F:
-            self.register(msg_type, fn, as_tuples=as_tuples)
+        def decorate(fn: _TypedHandler[M]) -> _TypedHandler[M]:
+            self.register(msg_type, fn)
             return fn
 
         return decorate
-
-    def _as_tuples(self, msg_type: type[Any], handler: Callable[..., None]) -> Handler:
-        """Wrap ``handler`` so that it gets field tuples; every caller of it stays the same."""
-        if issubclass(msg_type, tuple) and hasattr(msg_type, "_fields"):
-            return handler  # a NamedTuple is a tuple of its fields already
-        if not dataclasses.is_dataclass(msg_type):
-            raise self.registration_error(
-                f"register({msg_type.__name__}, {callable_name(handler)}, as_tuples=True): "
-                f"{msg_type.__name__} is neither a dataclass nor a NamedTuple, so its fields "
-                "have no declared order; make it one, or drop as_tuples"
-            )
-        names = [f.name for f in dataclasses.fields(msg_type)]
-        fields = operator.attrgetter(*names) if len(names) > 1 else _single(names[0])
-
-        @functools.wraps(handler)
-        def with_tuples(conn: sqlite3.Connection, msgs: list[Any]) -> None:
-            handler(conn, list(map(fields, msgs)))
-
-        return with_tuples
-
-
-def _single(name: str) -> Callable[[Any], tuple[Any, ...]]:
-    get = operator.attrgetter(name)
-    return lambda msg: (get(msg),)
 
 
 def callable_name(fn: object) -> str:
