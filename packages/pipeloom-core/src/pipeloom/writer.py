@@ -270,7 +270,7 @@ class SQLiteWriter(HandlerRegistry, BatchApplier, threading.Thread):
             # writer and the workers; a 2 ms sleep costs one hand-off per tick instead.
             while True:
                 try:
-                    for _ in range(batch_size - taken - rows):
+                    for _ in range(batch_size - taken):
                         msg = get_nowait()
                         cls = type(msg)  # _sort_one, inline (and SENTINEL ends the drain)
                         if cls is MsgTaskProgress or cls is MsgTaskStarted:
@@ -282,8 +282,6 @@ class SQLiteWriter(HandlerRegistry, BatchApplier, threading.Thread):
                             else:
                                 rows += rows_of(msg)
                                 (hold if _carries_outputs(msg) else keep)(msg)
-                                if rows >= batch_size:
-                                    break
                         elif msg is SENTINEL:
                             stop = True
                             break
@@ -291,10 +289,10 @@ class SQLiteWriter(HandlerRegistry, BatchApplier, threading.Thread):
                             other(msg)
                 except queue.Empty:
                     pass
-                # Held rows count: a batch of 40 finishes of 2,000 rows each is 80,000 rows
-                # to apply, and the workers paused on them wait for all of it.
+                # Held rows do not shorten the batch: the queue's bound already caps them, and
+                # fewer, larger executemany calls are faster (benchmarks/README.md).
                 taken = len(lifecycle) + len(held) + len(others)
-                if stop or taken + rows >= batch_size:
+                if stop or taken >= batch_size:
                     break
                 if drained is not None:
                     # Workers paused on a full queue would otherwise wait out the whole
