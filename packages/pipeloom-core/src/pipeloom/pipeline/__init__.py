@@ -37,7 +37,7 @@ from pipeloom.db import DEFAULT_DB
 from pipeloom.engine import MAX_WORKERS, RunResult, run_pipeline
 from pipeloom.errors import PipelineError
 from pipeloom.executors import Executor
-from pipeloom.limits import Gate, Limit, parse_rate
+from pipeloom.limits import Limit, make_limit
 from pipeloom.options import RunOptions
 from pipeloom.params import param_changes
 from pipeloom.params import resolve as resolve_params
@@ -421,20 +421,14 @@ class Pipeline(HandlerRegistry):
         Raises:
             PipelineError: no capacity and no rate, or one out of range.
         """
-        if capacity is None and rate is None:
-            raise PipelineError(
-                f"pipe.limit({name!r}): give a capacity (pipe.limit({name!r}, 2)) or a rate "
-                f"(pipe.limit({name!r}, rate='10/s')), or both"
-            )
         if capacity is not None and not _whole(capacity, 1, MAX_WORKERS):
             raise PipelineError(
                 f"pipe.limit({name!r}, {capacity!r}): use a whole number of tasks, 1 or more"
             )
-        per_s = None if rate is None else parse_rate(rate)
-        self.limits[name] = Limit(name, capacity, per_s)
+        self.limits[name] = make_limit(name, capacity, rate)
 
-    def _gate(self) -> Gate | None:
-        """The run's admission gate, when a task uses a declared resource."""
+    def _uses(self) -> Callable[[Any], tuple[str, ...]] | None:
+        """What each task of a run holds, when a task uses a declared resource."""
         used = {name for stage in self._stages for name in stage.task.uses}
         if not used:
             return None
@@ -451,7 +445,7 @@ class Pipeline(HandlerRegistry):
                 return ()  # skipped or failed before it runs: it uses nothing
             return job.task.uses
 
-        return Gate(self.limits, uses_of)
+        return uses_of
 
     # Alerts (pipeloom.alerts): hooks for runs nobody watches.
     def on_run_end(self, hook: RunEndHook) -> RunEndHook:
@@ -548,7 +542,7 @@ class Pipeline(HandlerRegistry):
                 f"pipeline {self.name!r} has no work: call pipe.map(task, items) before run()"
             )
         plan = plan_stages(self.name, self._stages)  # unknown tasks, cycles: before anything
-        gate = self._gate()  # a resource used but not declared: before anything too
+        uses = self._uses()  # a resource used but not declared: before anything too
         for stage in self._stages:
             if stage.items is not None and stage.used and iter(stage.items) is stage.items:
                 log.warning(
@@ -621,8 +615,6 @@ class Pipeline(HandlerRegistry):
         follow_up: Callable[[Any, Any], Iterable[Any]] | None = (
             flow.follow_up if plan.consumed else None
         )
-        if gate is not None:  # limits: the gate admits, its hook frees (pipeloom.limits)
-            source, follow_up = gate.wrap(source), gate.follow_up(follow_up)
         try:
             result = run_pipeline(
                 source,
@@ -646,11 +638,11 @@ class Pipeline(HandlerRegistry):
                 summary_hint=summary_hint,
                 executor=executor if executor is not None else self.executor,
                 follow_up=follow_up,
+                limits=self.limits if uses is not None else None,
+                uses=uses,
                 options=_with_alerts(options or self.options, self.alerts),
             )
         finally:
-            if gate is not None:
-                gate.close()
             if previous is not None:
                 previous.close()
             if cache is not None:
