@@ -69,3 +69,9 @@ def warehouse_fails(ctx: Context, n: int) -> int:
 def after_load(ctx: Context, n: int) -> int:
     """Consumes a warehouse load's result (a chain stage behind a limited one)."""
     return n
+
+
+@pipe.task(rate="200/s")
+def own_rate_call(ctx: Context, n: int) -> int:
+    """A task metered by a rate of its own (no pipe.limit needed)."""
+    return n

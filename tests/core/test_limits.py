@@ -85,6 +85,17 @@ def test_a_rate_is_never_outrun(tmp_path: Path, executor: str) -> None:
         assert start >= _t(run_started) + k / rate - resolution, k
 
 
+def test_a_task_of_its_own_rate_is_metered_in_any_pipeline(tmp_path: Path) -> None:
+    db = tmp_path / "own.db"
+    pipe = Pipeline("own-rate", db=db, workers=4)  # not the pipeline that declared the task
+    pipe.map(tasks.own_rate_call, range(40))
+    assert pipe.run(progress=False).ok
+    starts = sorted(_t(s) for (s,) in rows(db, "SELECT started_at FROM task_runs"))
+    ((run_started,),) = rows(db, "SELECT started_at FROM pipeline_runs")
+    for k, start in enumerate(starts):
+        assert start >= _t(run_started) + k / 200 - 0.002, k
+
+
 class VirtualClock(Clock):
     """Time that moves only when the gate waits: a rate is checked without sleeping."""
 

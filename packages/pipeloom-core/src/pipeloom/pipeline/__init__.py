@@ -171,6 +171,7 @@ class Pipeline(HandlerRegistry):
         cache_version: str = ...,
         cache_ttl: float | None = ...,
         uses: str | Sequence[str] = ...,
+        rate: str | float | None = ...,
     ) -> Task[T, R]: ...
 
     @overload
@@ -192,6 +193,7 @@ class Pipeline(HandlerRegistry):
         cache_version: str = ...,
         cache_ttl: float | None = ...,
         uses: str | Sequence[str] = ...,
+        rate: str | float | None = ...,
     ) -> Callable[[Callable[[Context, T], R]], Task[T, R]]: ...
 
     def task(
@@ -212,6 +214,7 @@ class Pipeline(HandlerRegistry):
         cache_version: str = "",
         cache_ttl: float | None = None,
         uses: str | Sequence[str] = (),
+        rate: str | float | None = None,
     ) -> Task[T, R] | Callable[[Callable[[Context, T], R]], Task[T, R]]:
         """Make ``fn(ctx, item)`` a task: ``@pipe.task``, ``@pipe.task(...)``, ``pipe.task(fn)``.
 
@@ -243,6 +246,8 @@ class Pipeline(HandlerRegistry):
             cache_ttl: seconds a cached result stays usable.
             uses: the resources (declared with `limit`) each of its tasks holds while it
                 runs: ``"warehouse"`` or ``("warehouse", "api")``.
+            rate: starts of this task's calls per time, ``"5/s"`` (a resource of its own,
+                ``task:NAME``, used by this task only).
 
         Raises:
             PipelineError: a setting is out of range or the name is taken.
@@ -258,6 +263,10 @@ class Pipeline(HandlerRegistry):
                     "use 1 or more (or atomic=False to stream instead of holding messages)"
                 )
             _check_cache(f"pipeline {self.name!r}, task {task_name!r}", cache_key, cache_ttl)
+            held = (uses,) if isinstance(uses, str) else tuple(uses)
+            own = None if rate is None else make_limit(f"task:{task_name}", rate=rate)
+            if own is not None:
+                held = (*held, own.name)
             spec = Task(
                 func,
                 task_name,
@@ -272,7 +281,8 @@ class Pipeline(HandlerRegistry):
                 cache_key=cache_key,
                 cache_version=str(cache_version),
                 cache_ttl=cache_ttl,
-                uses=(uses,) if isinstance(uses, str) else tuple(uses),
+                uses=held,
+                rate=own,
             )
             self.tasks[task_name] = spec
             return spec
@@ -427,12 +437,16 @@ class Pipeline(HandlerRegistry):
             )
         self.limits[name] = make_limit(name, capacity, rate)
 
-    def _uses(self) -> Callable[[Any], tuple[str, ...]] | None:
-        """What each task of a run holds, when a task uses a declared resource."""
+    def _uses(self) -> tuple[dict[str, Limit], Callable[[Any], tuple[str, ...]]] | None:
+        """The run's limits and what each task holds, when a task uses a resource."""
         used = {name for stage in self._stages for name in stage.task.uses}
         if not used:
             return None
-        unknown = sorted(used - set(self.limits))
+        limits = dict(self.limits)
+        for stage in self._stages:  # a task's own rate (@pipe.task(rate=...))
+            if stage.task.rate is not None:
+                limits[stage.task.rate.name] = stage.task.rate
+        unknown = sorted(used - set(limits))
         if unknown:
             raise PipelineError(
                 f"pipeline {self.name!r}: tasks use {', '.join(map(repr, unknown))} but no "
@@ -445,7 +459,7 @@ class Pipeline(HandlerRegistry):
                 return ()  # skipped or failed before it runs: it uses nothing
             return job.task.uses
 
-        return uses_of
+        return limits, uses_of
 
     # Alerts (pipeloom.alerts): hooks for runs nobody watches.
     def on_run_end(self, hook: RunEndHook) -> RunEndHook:
@@ -638,8 +652,8 @@ class Pipeline(HandlerRegistry):
                 summary_hint=summary_hint,
                 executor=executor if executor is not None else self.executor,
                 follow_up=follow_up,
-                limits=self.limits if uses is not None else None,
-                uses=uses,
+                limits=uses[0] if uses is not None else None,
+                uses=uses[1] if uses is not None else None,
                 options=_with_alerts(options or self.options, self.alerts),
             )
         finally:
