@@ -75,3 +75,10 @@ def after_load(ctx: Context, n: int) -> int:
 def own_rate_call(ctx: Context, n: int) -> int:
     """A task metered by a rate of its own (no pipe.limit needed)."""
     return n
+
+
+@pipe.task(uses="warehouse")
+def warehouse_quick(ctx: Context, n: int) -> int:
+    """A short hold of the warehouse."""
+    time.sleep(0.02)
+    return n

@@ -193,6 +193,18 @@ def test_a_refused_limited_task_fails_its_chain(tmp_path: Path) -> None:
     assert result.counts == {"done": 6, "error": 1, "upstream_failed": 1}
 
 
+@pytest.mark.timeout(30)  # before the fix: a deadlock on the engine's admission lock
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_a_chain_behind_a_limited_stage_never_deadlocks(tmp_path: Path, executor: str) -> None:
+    db = tmp_path / "chain.db"
+    pipe = Pipeline("chained", db=db, workers=3, executor=executor)
+    pipe.limit("warehouse", 1)
+    loads = pipe.map(tasks.warehouse_quick, range(12))
+    pipe.map(tasks.after_load, loads)
+    result = pipe.run(progress=False)
+    assert result.ok and result.counts == {"done": 24}
+
+
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("executor", EXECUTORS)
 def test_fail_fast_ends_a_run_whose_tasks_wait_on_a_full_resource(

@@ -235,6 +235,7 @@ def run_pipeline(
         check_ids(tasks)
     total = len(tasks) if isinstance(tasks, Sized) else None
     checked = isinstance(tasks, list | tuple | range)
+    follows = follow_up is not None  # tasks beyond the source's: no cap on workers by its size
     gate = _gate(limits, uses)
     if gate is not None:  # limits: the gate admits, its hook frees (pipeloom.limits)
         tasks, follow_up, checked = gate.wrap(tasks), gate.follow_up(follow_up), False
@@ -245,7 +246,7 @@ def run_pipeline(
         pool,
         workers,
         total,
-        follow_up is not None,
+        follows,
         synchronous=synchronous,
         batch_size=batch_size,
         commit_interval=commit_interval,
