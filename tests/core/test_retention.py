@@ -202,6 +202,30 @@ def test_vacuum_refuses_while_a_run_is_live_and_gives_space_back(tmp_path: Path)
         vacuum(db)
 
 
+def test_incremental_vacuum_shrinks_the_file_beside_a_live_run(tmp_path: Path) -> None:
+    """A file in incremental auto-vacuum gives its free pages back in bounded steps, also
+    while a run is live (no full VACUUM, so nothing to refuse)."""
+    db = tmp_path / "inc.db"
+    for _ in range(3):
+        _run(db, n=80)
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    conn.execute("VACUUM")
+    conn.execute(
+        "UPDATE pipeline_runs SET status = 'running', lease_s = 600, "
+        "heartbeat_at = strftime('%Y-%m-%dT%H:%M:%f', 'now') WHERE id = 3"
+    )
+    conn.commit()
+    conn.close()
+    prune(db, Retention(keep_runs=1))
+    (free,) = rows(db, "PRAGMA freelist_count")[0]
+    assert free > 0
+    before, after = vacuum(db)
+    assert after < before
+    assert rows(db, "PRAGMA freelist_count") == [(0,)]
+    assert rows(db, "PRAGMA integrity_check") == [("ok",)]
+
+
 def test_cli_prune_and_info(tmp_path: Path) -> None:
     db = tmp_path / "cli.db"
     ids = [_run(db) for _ in range(3)]

@@ -642,10 +642,8 @@ def vacuum(db_path: str | Path, *, live_ok: bool = False) -> tuple[int, int]:
     conn = _connect(db_path)
     try:
         (mode,) = conn.execute("PRAGMA auto_vacuum").fetchone()
-        if int(mode) == 2:  # incremental: free pages go back a bounded batch at a time
-            while int(conn.execute("PRAGMA freelist_count").fetchone()[0]) > 0:
-                conn.execute("PRAGMA incremental_vacuum(2000)").fetchall()
-                time.sleep(Pacing().pause)
+        if int(mode) == 2:  # incremental: free pages go back a batch at a time
+            _incremental_vacuum(conn, Pacing())
         else:
             live = conn.execute(
                 f"SELECT id FROM pipeline_runs WHERE status IN {sql_in(ACTIVE)} "
@@ -664,6 +662,26 @@ def vacuum(db_path: str | Path, *, live_ok: bool = False) -> tuple[int, int]:
     finally:
         conn.close()
     return before, file_bytes(db_path)
+
+
+def _incremental_vacuum(conn: sqlite3.Connection, pacing: Pacing) -> int:
+    """Give free pages back in transactions bounded by time, like the prune's; pages freed.
+
+    Each ``incremental_vacuum(n)`` moves pages from the end of the file into free slots
+    and truncates it, one write transaction; ``n`` is sized from what the last one took so
+    each holds the lock about ``pacing.hold`` seconds.
+    """
+    pages, freed = 256, 0
+    while True:
+        (free,) = conn.execute("PRAGMA freelist_count").fetchone()
+        if int(free) <= 0:
+            return freed
+        began = time.perf_counter()
+        conn.execute(f"PRAGMA incremental_vacuum({pages})").fetchall()
+        took = time.perf_counter() - began
+        freed += min(pages, int(free))
+        pages = int(min(max(pages * min(2.0, pacing.hold / max(took, 1e-6)), 16), 100_000))
+        time.sleep(pacing.pause)
 
 
 def describe_ids(ids: Iterable[int], most: int = 10) -> str:
