@@ -131,7 +131,7 @@ def run_pipeline(
     options: RunOptions | None = None,
     follow_up: FollowUp | None = None,
     limits: Iterable[Limit] | Mapping[str, Limit] | None = None,
-    uses: Callable[[Any], str | Iterable[str]] | None = None,
+    uses: Callable[[Any], str | Iterable[str] | None] | None = None,
 ) -> RunResult:
     """Run ``worker_fn(task, msg_q)`` for every task, persisting through one writer thread.
 
@@ -415,7 +415,7 @@ def run_pipeline(
 
 def _gate(
     limits: Iterable[Limit] | Mapping[str, Limit] | None,
-    uses: Callable[[Any], str | Iterable[str]] | None,
+    uses: Callable[[Any], str | Iterable[str] | None] | None,
 ) -> Gate | None:
     """The run's admission gate for ``limits``, or None without any."""
     if limits is None:
