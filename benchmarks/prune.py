@@ -35,7 +35,7 @@ from pathlib import Path
 
 from pipeloom import TaskDef, TaskQueue, run_pipeline
 from pipeloom.db import connect, init_schema
-from pipeloom.retention import Retention, file_bytes, prune, vacuum
+from pipeloom.retention import Pacing, Retention, file_bytes, prune, vacuum
 from pipeloom.writer import AppliedBatch
 
 
@@ -142,7 +142,9 @@ def _concurrent_run(db: str, stop: str, out: str) -> None:
     Path(out).write_text(json.dumps(gaps[1:]))
 
 
-def measure(db: Path, keep: int, budget: float | None) -> dict[str, object]:
+def measure(
+    db: Path, keep: int, budget: float | None, hold: float | None = None
+) -> dict[str, object]:
     """Prune ``db`` to ``keep`` runs while a pipeloom run writes it, then vacuum it.
 
     With ``budget``, the prune stops after that many seconds (this machine's benchmarks are
@@ -158,7 +160,8 @@ def measure(db: Path, keep: int, budget: float | None) -> dict[str, object]:
         probe = ctx.Process(target=_probe, args=(str(db), stop, probe_out))
         probe.start()
         time.sleep(0.5)
-        result = prune(db, Retention(keep_runs=keep), budget=budget)
+        pacing = Pacing() if hold is None else Pacing(hold=hold)
+        result = prune(db, Retention(keep_runs=keep), budget=budget, pacing=pacing)
         Path(stop).touch()
         probe.join()
         writer.join()
@@ -178,13 +181,20 @@ def measure(db: Path, keep: int, budget: float | None) -> dict[str, object]:
         vacuum_s = round(time.perf_counter() - began, 1)
     return {
         "keep_runs": keep,
+        "hold_ms": round(pacing.hold * 1000, 1),
         "deleted": result.deleted,
         "task_rows_left": left,
         "done": not orphaned,
         "prune_s": round(result.elapsed_s, 1),
         "transactions": result.transactions,
         "longest_transaction_ms": round(result.longest_hold_s * 1000, 1),
+        "p99_transaction_ms": round(sorted(result.holds)[int(len(result.holds) * 0.99)] * 1000, 1)
+        if result.holds
+        else None,
+        "transactions_over_100ms": sum(1 for h in result.holds if h > 0.1),
+        "longest_transaction_cpu_ms": round(result.longest_hold_cpu_s * 1000, 1),
         "probe_takes": len(waits),
+        "waits_over_100ms": sum(1 for w in waits if w > 0.1),
         "max_wait_ms": round(waits[-1] * 1000, 1),
         "p99_wait_ms": round(waits[int(len(waits) * 0.99)] * 1000, 1),
         "median_wait_ms": round(statistics.median(waits) * 1000, 2),
@@ -205,6 +215,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--keep", type=int, default=10)
     parser.add_argument("--budget", type=float, default=None, help="seconds of pruning per call")
+    parser.add_argument("--hold", type=float, default=None, help="Pacing.hold, seconds")
     args = parser.parse_args()
     line: dict[str, object] = {"bench": "prune", "sqlite": sqlite3.sqlite_version}
     line["python"] = sys.version.split()[0]
@@ -218,7 +229,7 @@ def main() -> None:
             line["task_rows"] = conn.execute("SELECT count(*) FROM task_runs").fetchone()[0]
             line["runs_before"] = conn.execute("SELECT count(*) FROM pipeline_runs").fetchone()[0]
             conn.close()
-            line.update(measure(db, args.keep, args.budget))
+            line.update(measure(db, args.keep, args.budget, args.hold))
     print(json.dumps(line))
 
 

@@ -56,3 +56,29 @@ def warehouse_load(ctx: Context, n: int) -> int:
 def api_call(ctx: Context, n: int) -> int:
     """One call to a rate-limited API."""
     return n
+
+
+@pipe.task(uses="warehouse")
+def warehouse_fails(ctx: Context, n: int) -> int:
+    """Holds the warehouse, then fails (fail_fast stops the run behind it)."""
+    time.sleep(0.05)
+    raise ValueError(f"warehouse refused load {n}")
+
+
+@pipe.task
+def after_load(ctx: Context, n: int) -> int:
+    """Consumes a warehouse load's result (a chain stage behind a limited one)."""
+    return n
+
+
+@pipe.task(rate="200/s")
+def own_rate_call(ctx: Context, n: int) -> int:
+    """A task metered by a rate of its own (no pipe.limit needed)."""
+    return n
+
+
+@pipe.task(uses="warehouse")
+def warehouse_quick(ctx: Context, n: int) -> int:
+    """A short hold of the warehouse."""
+    time.sleep(0.02)
+    return n

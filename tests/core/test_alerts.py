@@ -252,3 +252,57 @@ def test_slow_failure_alerts_left_after_the_run_are_dropped_and_noted(tmp_path: 
     dropped = 200 - len(sent)
     assert dropped > 0 and f"{dropped} failure alert(s) not sent" in note
     assert "did not return" not in note  # slow, never hung
+
+
+HOOK_FILE = """
+    from pipeloom import Pipeline
+
+    pipe = Pipeline("hooked", db="hooked.db", workers=2)
+
+
+    @pipe.task
+    def work(ctx, n):
+        return n
+
+
+    pipe.map(work, range(3))
+
+
+    @pipe.on_run_end
+    def tell(summary):
+        raise RuntimeError("receiver down")
+"""
+
+
+def test_a_failed_hook_is_noted_and_status_shows_it(tmp_path: Path) -> None:
+    """A real hook that raises, in a run of the CLI (a subprocess); ``status`` (table, JSON,
+    --run, --runs) shows the note the run row keeps, and the run stays ``done``, exit 0."""
+    import subprocess
+
+    from typer.testing import CliRunner
+
+    from pipeloom_cli.app import app
+
+    target = write(tmp_path / "hooked.py", HOOK_FILE)
+    db = tmp_path / "hooked.db"
+    ran = subprocess.run(
+        [sys.executable, "-m", "pipeloom_cli", "run", f"{target}:pipe", "--db", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert ran.returncode == 0, ran.stderr
+    noted = "hook tell raised RuntimeError: receiver down"
+
+    def status(*args: str) -> str:
+        shown = CliRunner().invoke(app, ["status", str(db), *args])
+        assert shown.exit_code == 0, shown.output
+        return shown.output
+
+    for table in (status(), status("--run", "1"), status("--runs")):
+        assert noted in " ".join(table.split()), table
+    doc = json.loads(status("--format", "json"))
+    assert doc["run"]["status"] == "done" and noted in doc["run"]["note"]
+    runs = json.loads(status("--runs", "--format", "json"))
+    assert noted in runs["runs"][0]["note"]

@@ -14,7 +14,15 @@ import pytest
 from pipeloom import Pipeline, TaskDef, TaskQueue, run_pipeline
 from pipeloom.errors import DatabaseError, InvalidArgumentError
 from pipeloom.options import RunOptions
-from pipeloom.retention import RUN_TABLES, Retention, parse_age, prune, table_sizes, vacuum
+from pipeloom.retention import (
+    RUN_TABLES,
+    Pacing,
+    Retention,
+    parse_age,
+    prune,
+    table_sizes,
+    vacuum,
+)
 from tests._harness import query
 from tests.core import _unattended_tasks as tasks
 
@@ -194,6 +202,30 @@ def test_vacuum_refuses_while_a_run_is_live_and_gives_space_back(tmp_path: Path)
         vacuum(db)
 
 
+def test_incremental_vacuum_shrinks_the_file_beside_a_live_run(tmp_path: Path) -> None:
+    """A file in incremental auto-vacuum gives its free pages back in bounded steps, also
+    while a run is live (no full VACUUM, so nothing to refuse)."""
+    db = tmp_path / "inc.db"
+    for _ in range(3):
+        _run(db, n=80)
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    conn.execute("VACUUM")
+    conn.execute(
+        "UPDATE pipeline_runs SET status = 'running', lease_s = 600, "
+        "heartbeat_at = strftime('%Y-%m-%dT%H:%M:%f', 'now') WHERE id = 3"
+    )
+    conn.commit()
+    conn.close()
+    prune(db, Retention(keep_runs=1))
+    (free,) = query(db, "PRAGMA freelist_count")[0]
+    assert free > 0
+    before, after = vacuum(db)
+    assert after < before
+    assert query(db, "PRAGMA freelist_count") == [(0,)]
+    assert query(db, "PRAGMA integrity_check") == [("ok",)]
+
+
 def test_cli_prune_and_info(tmp_path: Path) -> None:
     db = tmp_path / "cli.db"
     ids = [_run(db) for _ in range(3)]
@@ -222,3 +254,21 @@ def test_cli_prune_and_info(tmp_path: Path) -> None:
     info = subprocess.run([*cli, "info", str(db)], capture_output=True, text=True, timeout=60)
     assert info.returncode == 0, info.stderr
     assert any(line.split()[:3] == ["task_runs", "8", "rows"] for line in info.stdout.splitlines())
+
+
+def test_a_transaction_time_below_any_statement_still_finishes_the_prune(
+    tmp_path: Path,
+) -> None:
+    """Transactions end on time, not on a row count: with a bound no statement can meet,
+    each transaction still deletes one statement's rows (never an endless loop of empty
+    ones), statements shrink to a few rows, and the prune ends with every run row gone."""
+    db = tmp_path / "tight.db"
+    ids = [_run(db, n=12) for _ in range(3)]
+    tight = Pacing(hold=1e-9, pause=0.0, pause_contended=0.0, first_chunk=4)
+    result = prune(db, Retention(keep_runs=1), pacing=tight)
+    _consistent(db)
+    assert set(_per_run(db, "task_runs")) == {ids[-1]}
+    assert result.deleted["pipeline_runs"] == 2 and result.deleted["task_runs"] == 28
+    assert len(result.holds) == result.transactions
+    # One statement each: 2 run rows, then at most 4 rows a statement (first_chunk).
+    assert result.transactions >= 2 + 28 // 4

@@ -136,3 +136,20 @@ WORKERS: dict[str, dict[str, Any]] = {
 
 def logs_a_line(task: TaskDef, q: TaskQueue) -> None:
     logging.getLogger("user.etl").warning("loaded %s in pid %d", task.name, os.getpid())
+
+
+def holds_briefly(task: TaskDef, q: TaskQueue) -> None:
+    """Records its start and finish; a ``"warehouse"`` task holds it for 30 ms between."""
+    q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))
+    if task.payload == "warehouse":
+        import time
+
+        time.sleep(0.03)
+    q.put(MsgTaskFinished(task.task_id, "done", utc_now()))
+
+
+async def holds_briefly_async(task: TaskDef, q: TaskQueue) -> None:
+    q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))
+    if task.payload == "warehouse":
+        await asyncio.sleep(0.03)
+    q.put(MsgTaskFinished(task.task_id, "done", utc_now()))

@@ -229,3 +229,23 @@ async def test_a_plain_sqlite_file_keeps_datasettes_home(tmp_path: Path) -> None
     home = await get(ds, "/")
     assert "plain" in home and "pl-runs" not in home
     assert "not a run database" in await get(ds, "/-/pipeloom/plain/runs", status=404)
+
+
+async def test_the_run_json_carries_the_run_note(mixed_db: Path, tmp_path: Path) -> None:
+    """The run page shows the run row's note (a stop's unstarted tasks, a failed alert hook)."""
+    db = tmp_path / "etl.db"
+    shutil.copy(mixed_db, db)  # the shared file is read-only for tests
+    conn = sqlite3.connect(db)
+    conn.execute(
+        "UPDATE pipeline_runs SET note = 'hook tell raised RuntimeError: down' WHERE id = 1"
+    )
+    notes = dict(conn.execute("SELECT id, note FROM pipeline_runs").fetchall())
+    conn.commit()
+    conn.close()
+    ds = await started(db)
+    for run_id, note in notes.items():
+        shown = await json_of(ds, f"/-/pipeloom/etl/run/{run_id}.json")
+        assert shown["run"]["note"] == note
+    page = await get(ds, "/-/pipeloom/etl/run/1")
+    script = await get(ds, re.findall(r'src="([^"]*pipeloom_run\.js)"', page)[0])
+    assert 'rows.push(["Note", esc(r.note)])' in script

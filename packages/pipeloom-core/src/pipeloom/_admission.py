@@ -27,6 +27,7 @@ from pipeloom.errors import (
     WriterFailedError,
 )
 from pipeloom.executors import Executor
+from pipeloom.limits import NOT_RUN
 from pipeloom.messages import MsgTaskFinished, utc_now
 from pipeloom.queue import MessageQueue
 from pipeloom.status import SIGNAL_STOPS
@@ -37,7 +38,10 @@ log = logging.getLogger("pipeloom.engine")
 _LABEL_CHARS = 80
 
 FollowUp = Callable[[Any, Any], Iterable[Any]]
-"""``follow_up(task, returned)``: the tasks a completed task makes ready (stages use it)."""
+"""``follow_up(task, returned)``: the tasks a completed task makes ready (stages use it).
+
+Called once for every task taken from the source, however it ended; ``returned`` is
+`pipeloom.limits.NOT_RUN` for a task its executor refused (``submit`` raised)."""
 
 
 _NO_ID_TYPES: frozenset[type] = frozenset({int, str, bytes, float, tuple, list, dict, type(None)})
@@ -213,7 +217,12 @@ class Run:
             except Exception as exc:  # this task cannot be handed over: it is its error
                 self.in_flight.pop(task_id, None)
                 log.error("task %s could not be submitted: %s", task_id, exc_summary(exc))
-                self._finish_failed(task_id, task, exc)
+                # Ended like any failed task (fail_fast stops the run), and reported to the
+                # follow-up hook, which frees the resources it holds and fails the stages
+                # waiting for it: without that the run would wait for them forever.
+                self._task_raised(task_id, task, exc, False)
+                if self.follow_up is not None:
+                    self._follow(task_id, task, NOT_RUN)
                 self._closed_one()
 
     def _take(self) -> tuple[int, Any] | None:

@@ -66,6 +66,9 @@ class RunInfo:
     """Tasks the run never started because it stopped early (None: unknown)."""
     planned: int | None = None
     """Tasks it was planned with (None: its source had no length)."""
+    note: str | None = None
+    """What the run row notes beside its status: tasks not started, an alert hook that
+    raised or hung (``pipeline_runs.note``)."""
 
     def __post_init__(self) -> None:
         """Derive elapsed time and throughput from the row."""

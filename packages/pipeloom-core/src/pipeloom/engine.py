@@ -31,10 +31,12 @@ from pipeloom.errors import (
     DatabaseError,
     ExecutorFailedError,
     InvalidArgumentError,
+    PipelineError,
     TaskSourceError,
     WriterFailedError,
 )
 from pipeloom.executors import Executor, TaskQueue, ThreadExecutor, WorkerFn, resolve_executor
+from pipeloom.limits import NOT_RUN, Gate, Limit, make_limit
 from pipeloom.logs import console as shared_console
 from pipeloom.messages import SENTINEL
 from pipeloom.options import RunOptions, check_settings
@@ -128,6 +130,8 @@ def run_pipeline(
     task_log_limit: int = DEFAULT_TASK_LOG_LIMIT,
     options: RunOptions | None = None,
     follow_up: FollowUp | None = None,
+    limits: Iterable[Limit] | Mapping[str, Limit] | None = None,
+    uses: Callable[[Any], str | Iterable[str] | None] | None = None,
 ) -> RunResult:
     """Run ``worker_fn(task, msg_q)`` for every task, persisting through one writer thread.
 
@@ -179,8 +183,14 @@ def run_pipeline(
             ``commit_interval``, ``queue_size``, ``lease``, ``listeners`` and
             ``task_log_limit`` one by one; a setting may come one way or the other, not both.
         follow_up: ``follow_up(task, returned)`` is called as each task completes, with what
-            ``worker_fn`` returned (None when it raised); the tasks it returns are admitted
-            before any further task from the source. `pipeloom.Pipeline` stages use it.
+            ``worker_fn`` returned (None when it raised or never ran); the tasks it returns
+            are admitted before any further task from the source. `pipeloom.Pipeline`
+            stages use it.
+        limits: named resources (`pipeloom.limits.Limit`, e.g. ``Limit("warehouse", 2)``,
+            ``make_limit("api", rate="10/s")``): a task that uses a full resource is held
+            back at admission while the run takes the next one (docs/operating.md).
+        uses: ``uses(task)``: the names of the resources ``task`` holds while it runs
+            (``"api"``, a list, or nothing); required with ``limits``.
 
     Returns:
         A `RunResult`; Ctrl-C gives ``status="cancelled"`` rather than an exception. Tasks
@@ -192,6 +202,7 @@ def run_pipeline(
             ``queue_size``, ``lease`` or ``task_log_limit`` is one no run could use (0, a
             negative, NaN, an infinity, more than `MAX_WORKERS` workers).
         TaskSourceError: a task list holds duplicate or non-integer task ids.
+        PipelineError: ``limits`` without ``uses``, or a limit out of range.
         DatabaseError: the database cannot be opened or prepared.
         WriterFailedError: the writer stopped mid-run (disk full, file removed); what it
             committed before stays.
@@ -224,12 +235,19 @@ def run_pipeline(
     if isinstance(tasks, list | tuple):
         check_ids(tasks)
     total = len(tasks) if isinstance(tasks, Sized) else None
+    checked = isinstance(tasks, list | tuple | range)
+    follows = follow_up is not None  # tasks beyond the source's: no cap on workers by its size
+    gate = _gate(limits, uses)
+    if gate is not None:  # limits: the gate admits, its hook frees (pipeloom.limits)
+        tasks, follow_up, checked = gate.wrap(tasks), gate.follow_up(follow_up), False
+    elif follow_up is not None:
+        follow_up = _ran_or_none(follow_up)
     pool = resolve_executor(executor)
     workers = _check_arguments(
         pool,
         workers,
         total,
-        follow_up is not None,
+        follows,
         synchronous=synchronous,
         batch_size=batch_size,
         commit_interval=commit_interval,
@@ -298,7 +316,6 @@ def run_pipeline(
             raise writer.error
         raise DatabaseError(f"{db_path}: {writer.error}") from writer.error
 
-    checked = isinstance(tasks, list | tuple | range)
     run = Run(iter(tasks), q, pool, fail_fast, total, follow_up, checked)
     interrupts = InterruptHandler(run) if handle_signals else None
     start_error: BaseException | None = None
@@ -307,6 +324,8 @@ def run_pipeline(
             stack.enter_context(interrupts)
         if display is not None:
             stack.enter_context(display)
+        if gate is not None:
+            stack.callback(gate.close)  # a slot waiting on a resource returns
         try:
             pool.start(workers, worker_fn, q, run)
         except Exception as exc:
@@ -393,6 +412,47 @@ def run_pipeline(
     if alerts is not None:  # after the record is closed; never changes the result
         alerts.finish(result, writer.failed_sample)
     return result
+
+
+def _gate(
+    limits: Iterable[Limit] | Mapping[str, Limit] | None,
+    uses: Callable[[Any], str | Iterable[str] | None] | None,
+) -> Gate | None:
+    """The run's admission gate for ``limits``, or None without any."""
+    if limits is None:
+        return None
+    given = list(limits.values() if isinstance(limits, Mapping) else limits)
+    if not given:
+        return None
+    if uses is None:
+        raise PipelineError(
+            "run_pipeline(limits=...): pass uses=, a function naming the resources a task "
+            "holds (e.g. uses=lambda task: task.payload['uses']); without it nothing is limited"
+        )
+    checked = {limit.name: make_limit(limit.name, limit.capacity, limit.rate) for limit in given}
+    uses_of = uses
+
+    def names(task: Any) -> tuple[str, ...]:
+        got = uses_of(task)
+        found = (got,) if isinstance(got, str) else tuple(got or ())
+        unknown = [name for name in found if name not in checked]
+        if unknown:
+            raise PipelineError(
+                f"task {getattr(task, 'task_id', task)!r} uses {unknown[0]!r}, which no limit "
+                f"declares (limits: {', '.join(sorted(checked))}); add Limit({unknown[0]!r}, 2)"
+            )
+        return found
+
+    return Gate(checked, names)
+
+
+def _ran_or_none(follow_up: FollowUp) -> FollowUp:
+    """``follow_up`` seeing None, as documented, for a task that never ran."""
+
+    def hook(task: Any, returned: Any) -> Iterable[Any]:
+        return follow_up(task, None if returned is NOT_RUN else returned)
+
+    return hook
 
 
 def _wait(run: Run, writer: SQLiteWriter, interrupts: InterruptHandler | None) -> None:

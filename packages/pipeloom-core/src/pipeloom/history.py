@@ -278,13 +278,14 @@ class HistoryReader:
 
 _RUN_COLUMNS = (
     "id, name, status, started_at, finished_at, workers, tasks_total, messages, params, host, "
-    f"pid, heartbeat_at, lease_s, {stale_sql()}, stop_reason, tasks_not_started, tasks_planned"
+    f"pid, heartbeat_at, lease_s, {stale_sql()}, stop_reason, tasks_not_started, tasks_planned, "
+    "note"
 )
 
 
 def _run_from_row(conn: sqlite3.Connection, row: tuple[Any, ...]) -> RunInfo:
     run_id, name, status, started, finished, workers, total, messages, params, host = row[:10]
-    pid, heartbeat_at, lease_s, stale, stop_reason, not_started, planned = row[10:]
+    pid, heartbeat_at, lease_s, stale, stop_reason, not_started, planned, note = row[10:]
     # Per status from task_runs: the row's own counts group every failure under tasks_error.
     counts = {
         str(s): int(n)
@@ -315,6 +316,7 @@ def _run_from_row(conn: sqlite3.Connection, row: tuple[Any, ...]) -> RunInfo:
         stop_reason=stop_reason,
         not_started=not_started if status != "running" else 0,
         planned=planned,
+        note=note or None,
     )
 
 

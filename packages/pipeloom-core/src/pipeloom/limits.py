@@ -16,6 +16,12 @@ the pipeline's task stream and the engine: the engine reads tasks from it (on it
 thread, where a source may block) and tells it of each completion through the run's
 ``follow_up`` hook, the engine's existing seam; nothing in the engine knows about limits.
 
+A task that holds resources gives them back however it ends: done, failed, timed out, killed
+with its worker process, or never run at all (its executor refused it, or the run stopped
+first). The engine reports every task it took to ``follow_up``, with `NOT_RUN` as the
+returned value for one that never ran; a rate's start is given back too for such a task when
+no later task has taken one since, so a refused task costs the API nothing.
+
 Limits (as built): a task holds its resource for all its attempts, retries included, and a
 rate meters the starts of tasks, not each retry; at most `PARK_LIMIT` tasks are held back
 (beyond that, the run waits for the resource before reading further).
@@ -34,7 +40,7 @@ from typing import Any, Final
 from pipeloom.errors import PipelineError
 from pipeloom.messages import TaskDef
 
-__all__ = ["PARK_LIMIT", "Gate", "Limit", "parse_rate"]
+__all__ = ["NOT_RUN", "PARK_LIMIT", "Clock", "Gate", "Limit", "make_limit", "parse_rate"]
 
 PARK_LIMIT: Final = 10_000
 """Most tasks held back for a busy resource before the run stops reading its source."""
@@ -65,6 +71,18 @@ def parse_rate(text: str | float) -> float:
     return value
 
 
+class _NotRun:
+    """The type of `NOT_RUN`."""
+
+    def __repr__(self) -> str:
+        return "NOT_RUN"
+
+
+NOT_RUN: Final = _NotRun()
+"""What ``follow_up`` receives as the returned value of a task that never ran (its executor
+refused it): its resources, rate starts included, are given back."""
+
+
 @dataclass(frozen=True, slots=True)
 class Limit:
     """One named resource: a capacity (tasks at once) and/or a rate (starts per second)."""
@@ -74,15 +92,57 @@ class Limit:
     rate: float | None = None
 
 
+def make_limit(name: str, capacity: int | None = None, rate: str | float | None = None) -> Limit:
+    """A checked `Limit`: ``make_limit("warehouse", 2)``, ``make_limit("api", rate="10/s")``.
+
+    Raises:
+        PipelineError: no capacity and no rate, or one out of range.
+    """
+    if capacity is None and rate is None:
+        raise PipelineError(
+            f"limit {name!r}: give a capacity (pipe.limit({name!r}, 2)) or a rate "
+            f"(pipe.limit({name!r}, rate='10/s')), or both"
+        )
+    if capacity is not None and (
+        isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1
+    ):
+        raise PipelineError(
+            f"limit {name!r}, capacity {capacity!r}: use a whole number of tasks, 1 or more"
+        )
+    return Limit(name, capacity, None if rate is None else parse_rate(rate))
+
+
+class Clock:
+    """Time as the gate reads it and waits on it; a test passes one that only pretends.
+
+    The real one is `time.monotonic` and `threading.Condition.wait`. A virtual clock whose
+    ``wait`` advances its time instead of sleeping drives a rate over minutes in microseconds
+    (tests/core/test_limits.py), so what is asserted is the gate's arithmetic, not the
+    machine's scheduling.
+    """
+
+    def now(self) -> float:
+        """Seconds on a clock that never goes back."""
+        return time.monotonic()
+
+    def wait(self, cond: threading.Condition, timeout: float | None) -> None:
+        """Wait on ``cond`` (held) for a notify, or ``timeout`` seconds (None: no limit)."""
+        cond.wait(timeout)
+
+
 class _Use:
     """A resource's state at admission: tasks holding it and when the next may start."""
 
-    __slots__ = ("in_use", "limit", "next_start")
+    __slots__ = ("in_use", "last_key", "last_start", "limit", "next_start")
 
     def __init__(self, limit: Limit) -> None:
         self.limit = limit
         self.in_use = 0
         self.next_start = 0.0
+        self.last_start = 0.0
+        """``next_start`` before the latest take (what giving that take back restores)."""
+        self.last_key: int | None = None
+        """The task that took the latest start: only its start can be given back."""
 
     def wait(self, now: float) -> float | None:
         """Seconds until one more task may start: 0 now, None until a holder finishes."""
@@ -91,11 +151,19 @@ class _Use:
             return None
         return max(0.0, self.next_start - now) if self.limit.rate else 0.0
 
-    def take(self, now: float) -> None:
+    def take(self, now: float, key: int) -> None:
         self.in_use += 1
         if self.limit.rate:
             # Evenly spaced: the k-th start is never before the first + k / rate.
+            self.last_start, self.last_key = self.next_start, key
             self.next_start = max(now, self.next_start) + 1.0 / self.limit.rate
+
+    def give_back(self, key: int, ran: bool) -> None:
+        self.in_use -= 1
+        if not ran and self.last_key == key:
+            # Nobody started after it: as if it had never been admitted. A start already
+            # given to a later task is kept (giving this one back would put two together).
+            self.next_start, self.last_key = self.last_start, None
 
 
 class _Gated:
@@ -123,14 +191,21 @@ def _key(task: Any) -> int:
 class Gate:
     """Admits a pipeline's tasks only when their resources allow (see the module docstring)."""
 
-    def __init__(self, limits: Mapping[str, Limit], uses: Callable[[Any], Sequence[str]]) -> None:
+    def __init__(
+        self,
+        limits: Mapping[str, Limit],
+        uses: Callable[[Any], Sequence[str]],
+        clock: Clock | None = None,
+    ) -> None:
         """Start with every resource free.
 
         Args:
             limits: the pipeline's resources by name.
             uses: the resources one task uses (empty: it is never held back).
+            clock: where time comes from (a test's virtual clock; default the real one).
         """
         self._uses_of = uses
+        self._clock = clock or Clock()
         self._state = {name: _Use(limit) for name, limit in limits.items()}
         self._cond = threading.Condition()
         self._parked: dict[tuple[str, ...], deque[tuple[int, Any]]] = {}
@@ -153,25 +228,34 @@ class Gate:
     ) -> Callable[[Any, Any], list[Any]]:
         """The engine's completion hook: free the task's resources, then ``inner``'s follow-ups.
 
-        Follow-up tasks (a stage's next step) that use a resource are held here like source
-        tasks; the others go straight to the engine.
+        Follow-up tasks (a stage's next step) are handed out by the gate's stream, before any
+        new source task: at once when they use no busy resource, else when it frees. The
+        task's resources are freed before ``inner`` runs and whatever it raises: a task's end
+        always frees them, or the run would wait for them forever.
         """
 
         def hook(task: Any, returned: Any) -> list[Any]:
-            more = list(inner(task, returned)) if inner is not None else []
             with self._cond:
-                for name in self._holding.pop(_key(task), ()):
-                    self._state[name].in_use -= 1
-                self._open -= 1
-                direct = []
-                for follow in more:
-                    if self._needs(follow):
-                        self._park(follow)
-                    else:
-                        direct.append(follow)
-                self._open += len(direct)
+                key = _key(task)
+                for name in self._holding.pop(key, ()):
+                    self._state[name].give_back(key, returned is not NOT_RUN)
                 self._cond.notify_all()
-            return direct
+            more: list[Any] = []
+            try:
+                if inner is not None:
+                    more = list(inner(task, None if returned is NOT_RUN else returned))
+            finally:
+                with self._cond:
+                    # Every follow-up comes back through the gate's own stream, none through
+                    # the engine's ready list: the slot that waits in this stream holds the
+                    # engine's admission lock, so a follow-up handed to the engine could not
+                    # be admitted until the stream returned, and the stream waits for it to
+                    # finish (a stage chained behind a limited stage deadlocked that way).
+                    for follow in more:
+                        self._park(follow)
+                    self._open -= 1
+                    self._cond.notify_all()
+            return []
 
         return hook
 
@@ -200,8 +284,9 @@ class Gate:
         return longest
 
     def _take(self, task: Any, names: tuple[str, ...], now: float) -> None:
+        key = _key(task)
         for name in names:
-            self._state[name].take(now)
+            self._state[name].take(now, key)
         if names:
             self._holding[_key(task)] = names
         self._open += 1
@@ -235,14 +320,14 @@ class Gate:
                 while True:
                     if self._closed:
                         return
-                    task, wait = self._pick(time.monotonic())
+                    task, wait = self._pick(self._clock.now())
                     if task is not None:
                         break
                     if not exhausted and self._waiting < PARK_LIMIT:
                         break  # read the source, outside the lock (it may block)
                     if exhausted and not self._waiting and self._open <= 0:
                         return
-                    self._cond.wait(wait)
+                    self._clock.wait(self._cond, wait)
             if task is None:
                 try:
                     fresh = next(source)
@@ -254,9 +339,9 @@ class Gate:
                     if self._waiting and names in self._parked:
                         self._park(fresh)  # behind the older ones waiting for the same
                         continue
-                    if self._allows(names, time.monotonic()) != 0.0:
+                    if self._allows(names, self._clock.now()) != 0.0:
                         self._park(fresh)
                         continue
-                    self._take(fresh, names, time.monotonic())
+                    self._take(fresh, names, self._clock.now())
                     task = fresh
             yield task

@@ -15,11 +15,11 @@ What is never deleted:
 - any row of a table pipeloom did not create (user tables are never read for deletion, and
   the deleting connection has foreign keys off, so nothing cascades into them).
 
-The run rows go first, in one short transaction (readers, the ``runs`` view and
-``pipeloom status`` stop seeing those runs at once); their task rows, attempts, logs and
+The run rows go first (readers, the ``runs`` view and ``pipeloom status`` stop seeing
+those runs as each commits); their task rows, attempts, logs and
 dead letters follow in transactions bounded in time (`Pacing`), with a pause between them
-so a run writing the same file gets the lock between them (most waits are nothing; the tail
-is measured in benchmarks/README.md). A
+so a run writing the same file gets the lock between them (measured in benchmarks/README.md,
+"Retention"). The run rows themselves go in transactions bounded the same way. A
 prune that is stopped half way leaves rows of runs that no longer exist; the next prune
 deletes them first (they are invisible to every reader, which starts from the run row).
 """
@@ -62,7 +62,7 @@ __all__ = [
 log = logging.getLogger("pipeloom.retention")
 
 MAX_CHUNK: Final = 20_000
-"""Most rows one deleting transaction may take, whatever the last one measured."""
+"""Most rows one deleting statement may take, whatever the last one measured."""
 
 START_BUDGET_S: Final = 3.0
 """Seconds a run's writer spends on retention as it starts (a third of the default lease,
@@ -171,14 +171,22 @@ class PrunePlan:
 class Pacing:
     """How a prune shares the file with a run that writes it.
 
-    Each write transaction deletes as many rows as fit in ``hold`` seconds (its size adapts
-    to what the last one took), then the prune sleeps ``pause`` seconds with the lock
-    released. A waiting writer's busy handler retries 1, 3, 8, 18, 33, 53 and 78 ms after it
-    starts waiting: no two retries are more than 25 ms apart until then, so a free window of
-    25 ms that opens within 75 ms of its first try contains one. With several writers one
-    may lose a window to another and back off further, so while another writer is seen
-    taking the lock the pause is ``pause_contended``. Measured beside a busy run on 9.9
-    million rows: p99 wait 89-104 ms, longest 0.65 s (benchmarks/README.md, "Retention").
+    Each write transaction deletes rows until its time, the COMMIT included, reaches
+    ``hold`` (measured statement by statement, see `_Deleter`), then the prune sleeps
+    ``pause`` seconds with the lock released. A waiting writer's busy handler retries 1, 3,
+    8, 18, 33, 53 and 78 ms after it starts waiting: no two retries are more than 25 ms
+    apart until then, so a free window of 25 ms that opens within 75 ms of its first try
+    contains one. With several writers one may lose a window to another and back off
+    further, so while another writer is seen taking the lock the pause is
+    ``pause_contended``.
+
+    ``hold`` is short on purpose. What made a writer wait longest was not the work in a
+    transaction but the pruning thread waiting for a core while it held the lock: on a
+    busy 2-core machine one transaction held it 319 ms for 4 ms of CPU. A transaction
+    that fits in the slice a thread gets as it wakes from the pause is rarely
+    interrupted: 15 ms transactions kept every wait of a concurrent writer under 100 ms
+    where 50 ms ones let 10 in 5,000 wait up to 190 ms (benchmarks/README.md,
+    "Retention"), for a prune half as fast.
 
     The WAL is checkpointed by the prune itself every ``checkpoint_every`` seconds, outside
     any transaction: an automatic checkpoint after each commit (SQLite's default, every
@@ -186,8 +194,8 @@ class Pacing:
     (15,000 against 64,000 task rows a second on 10 million rows).
     """
 
-    hold: float = 0.05
-    """Target seconds one deleting transaction holds the write lock."""
+    hold: float = 0.015
+    """Target seconds one deleting transaction holds the write lock, its COMMIT included."""
     pause: float = 0.025
     """Seconds the lock is left free between two transactions."""
     pause_contended: float = 0.06
@@ -196,7 +204,7 @@ class Pacing:
     checkpoint_every: float = 2.0
     """Seconds between the prune's own WAL checkpoints, taken outside any transaction."""
     first_chunk: int = 500
-    """Rows in the first transaction, before its time is known."""
+    """Rows in the first statement, before its time is known."""
 
 
 @dataclass(slots=True)
@@ -210,6 +218,12 @@ class PruneResult:
     """Write transactions it took."""
     longest_hold_s: float = 0.0
     """The longest any of them held the write lock (seconds)."""
+    holds: list[float] = field(default_factory=list)
+    """How long each of them held it (seconds), in order."""
+    longest_hold_cpu_s: float = 0.0
+    """The most CPU time any of them used (seconds). On a busy machine a transaction holds
+    the lock longer than it computes, while the pruning thread waits for a core; this says
+    how much of ``longest_hold_s`` the prune itself spent."""
     elapsed_s: float = 0.0
     """Wall-clock seconds, pauses included."""
 
@@ -370,35 +384,117 @@ def plan_prune(
     return plan
 
 
-def _write(conn: sqlite3.Connection, work: Callable[[], int]) -> tuple[int, float, float]:
-    """Run ``work`` in one write transaction; (rows, seconds held, seconds waited for it)."""
+def _write(
+    conn: sqlite3.Connection, work: Callable[[float], int]
+) -> tuple[int, float, float, float]:
+    """Run ``work(began)`` in one write transaction.
+
+    Returns:
+        (rows, seconds held, seconds waited for the lock, seconds the COMMIT took).
+    """
     asked = time.perf_counter()
     conn.execute("BEGIN IMMEDIATE")
     held = time.perf_counter()
     try:
-        rows = work()
+        rows = work(held)
+        committing = time.perf_counter()
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    return rows, time.perf_counter() - held, held - asked
+    done = time.perf_counter()
+    return rows, done - held, held - asked, done - committing
 
 
-def _delete_runs(conn: sqlite3.Connection, ids: Sequence[int]) -> list[int]:
-    """Delete the run rows still not live, under the write lock; the ids deleted."""
-    gone: list[int] = []
-    for start in range(0, len(ids), 500):
-        chunk = list(ids[start : start + 500])
-        marks = ",".join("?" * len(chunk))
-        # Checked again under the lock: a stale run whose writer came back is live again.
-        deletable = f"id IN ({marks}) AND NOT (status IN {sql_in(ACTIVE)} AND NOT {stale_sql()})"
-        gone += [
-            int(r[0])
-            for r in conn.execute(f"SELECT id FROM pipeline_runs WHERE {deletable}", chunk)
-        ]
-        conn.execute(f"DELETE FROM pipeline_runs WHERE {deletable}", chunk)
-    return gone
+class _Deleter:
+    """Deletes rows in statements sized by time, and ends a transaction when its time is up.
+
+    A transaction is bounded by the clock, not by a row count: it runs statements of
+    ``step`` rows and stops as soon as the time it has taken plus what its COMMIT will take
+    reaches ``hold``. The COMMIT writes every page the deletions dirtied to the WAL (on 10
+    million task rows, about one ``task_key`` index page per row deleted: 60-75 ms for 5,000
+    rows, as long as the deleting itself), so it is estimated per row from the last one.
+    ``step`` is sized so one statement takes about a fifth of ``hold``, cut at once after a
+    slow one. A row count sized from the last transaction's time alone let transactions
+    overshoot whenever their rows met uncached pages (0.6 s holds on 10 million rows).
+    """
+
+    def __init__(self, conn: sqlite3.Connection, pacing: Pacing, result: PruneResult) -> None:
+        self.conn = conn
+        self.pacing = pacing
+        self.result = result
+        self.step = pacing.first_chunk
+        self.commit_per_row = 0.0
+
+    def committed(self, rows: int, seconds: float) -> None:
+        """Learn what a COMMIT costs per row deleted (quick to rise, slow to fall)."""
+        if rows > 0:
+            self.commit_per_row = max(seconds / rows, 0.7 * self.commit_per_row)
+
+    def more(self, began: float, rows: int) -> bool:
+        """True while another statement fits in this transaction's ``hold``."""
+        spent = time.perf_counter() - began + rows * self.commit_per_row
+        return spent + self.pacing.hold / 5 <= self.pacing.hold or rows == 0
+
+    def sized(self, took: float, asked: int, got: int) -> None:
+        """Size the next statement from what this one took (and its COMMIT will)."""
+        target = self.pacing.hold / 5
+        cost = took + got * self.commit_per_row
+        if cost > target:
+            self.step = max(10, int(self.step * max(0.25, target / cost)))
+        elif got >= asked and cost < target / 2:
+            self.step = min(MAX_CHUNK, self.step * 2)
+
+    def run_rows(self, ids: deque[int], gone: list[int]) -> Callable[[float], int]:
+        """``work`` deleting the run rows in ``ids`` still not live (their ids to ``gone``)."""
+
+        def work(began: float) -> int:
+            n = 0
+            while ids and self.more(began, n):
+                chunk = [ids.popleft() for _ in range(min(len(ids), max(1, self.step)))]
+                marks = ",".join("?" * len(chunk))
+                # Checked again under the lock: a stale run whose writer came back is live.
+                deletable = (
+                    f"id IN ({marks}) AND NOT (status IN {sql_in(ACTIVE)} AND NOT {stale_sql()})"
+                )
+                t = time.perf_counter()
+                gone.extend(
+                    int(r[0])
+                    for r in self.conn.execute(
+                        f"SELECT id FROM pipeline_runs WHERE {deletable}", chunk
+                    )
+                )
+                self.conn.execute(f"DELETE FROM pipeline_runs WHERE {deletable}", chunk)
+                self.sized(time.perf_counter() - t, len(chunk), len(chunk))
+                n += len(chunk)
+            return n
+
+        return work
+
+    def owned_rows(self, work_list: deque[tuple[str, int]]) -> Callable[[float], int]:
+        """``work`` deleting the rows of the runs in ``work_list``, front first."""
+
+        def work(began: float) -> int:
+            n = 0
+            while work_list and self.more(began, n):
+                table, run_id = work_list[0]
+                asked = self.step
+                t = time.perf_counter()
+                got = self.conn.execute(
+                    f"DELETE FROM {table} WHERE rowid IN "
+                    f"(SELECT rowid FROM {table} WHERE run_id = ? LIMIT ?)",
+                    (run_id, asked),
+                ).rowcount
+                self.sized(time.perf_counter() - t, asked, got)
+                deleted = self.result.deleted
+                deleted[table] = deleted.get(table, 0) + got
+                if got < asked:
+                    work_list.popleft()
+                n += got
+            return n
+
+        return work
 
 
 def _execute(
@@ -414,57 +510,47 @@ def _execute(
     (autocheckpoint,) = conn.execute("PRAGMA wal_autocheckpoint").fetchone()
     conn.execute("PRAGMA wal_autocheckpoint = 0")
     tables = _tables(conn)
-    gone, held, _ = _write(conn, lambda: len(_delete_runs(conn, plan.ids)))
-    result.transactions, result.longest_hold_s = 1, held
-    result.deleted["pipeline_runs"] = gone
-    # The run rows are gone: from here on every row deleted is invisible to readers already.
+    deleter = _Deleter(conn, pacing, result)
+    gone: list[int] = []
+    # The run rows first: from then on every row deleted is invisible to readers already.
+    run_ids = deque(plan.ids)
     work: deque[tuple[str, int]] = deque(
         (table, run_id) for run_id in [*plan.orphans, *plan.ids] for table in tables
     )
-    chunk = pacing.first_chunk
-
-    def some() -> int:
-        budget = chunk
-        while work and budget > 0:
-            table, run_id = work[0]
-            n = conn.execute(
-                f"DELETE FROM {table} WHERE rowid IN "
-                f"(SELECT rowid FROM {table} WHERE run_id = ? LIMIT ?)",
-                (run_id, budget),
-            ).rowcount
-            result.deleted[table] = result.deleted.get(table, 0) + n
-            if n < budget:
-                work.popleft()
-            budget -= n
-        return chunk - budget
-
     try:
-        while work:
+        first = True
+        while run_ids or work:
             if budget is not None and time.perf_counter() - started > budget:
-                break  # the run rows are gone; the next prune deletes what is left
-            # Another writer took the lock in a pause: writers are waiting, so the lock is
-            # left free longer for a while, long enough for a retry of each of them.
-            contended = time.perf_counter() < contended_until
-            time.sleep(pacing.pause_contended if contended else pacing.pause)
-            rows, held, waited = _write(conn, some)
+                # Runs whose row is gone are invisible already; the next prune deletes
+                # their rows that are left, and the runs not reached yet are whole.
+                break
+            if not first:
+                # Another writer took the lock in a pause: writers are waiting, so the lock
+                # is left free longer for a while, long enough for a retry of each of them.
+                contended = time.perf_counter() < contended_until
+                time.sleep(pacing.pause_contended if contended else pacing.pause)
+            first = False
+            step = deleter.run_rows(run_ids, gone) if run_ids else deleter.owned_rows(work)
+            cpu = time.thread_time()
+            rows, held, waited, commit_s = _write(conn, step)
+            cpu = time.thread_time() - cpu
+            deleter.committed(rows, commit_s)
             if waited > 0.001:
                 contended_until = time.perf_counter() + 2.0
             result.transactions += 1
             result.longest_hold_s = max(result.longest_hold_s, held)
-            if held > 1.5 * pacing.hold or (rows >= chunk and held > 0):
-                # Sized to the target from the last one: shrunk at once when it was slow,
-                # grown at most twofold (a transaction that hit cached pages said little
-                # about the next: unbounded growth once gave a 900 ms transaction).
-                factor = min(2.0, pacing.hold / max(held, 1e-6))
-                chunk = int(min(max(chunk * factor, 50), MAX_CHUNK))
+            result.holds.append(held)
+            result.longest_hold_cpu_s = max(result.longest_hold_cpu_s, cpu)
             if time.perf_counter() - last_checkpoint > pacing.checkpoint_every:
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 last_checkpoint = time.perf_counter()
+            result.deleted["pipeline_runs"] = len(gone)
             if on_progress is not None:
                 on_progress(result)
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
     finally:
         conn.execute(f"PRAGMA wal_autocheckpoint = {int(autocheckpoint)}")
+    result.deleted["pipeline_runs"] = len(gone)
     result.elapsed_s = time.perf_counter() - started
     return result
 
@@ -556,10 +642,8 @@ def vacuum(db_path: str | Path, *, live_ok: bool = False) -> tuple[int, int]:
     conn = _connect(db_path)
     try:
         (mode,) = conn.execute("PRAGMA auto_vacuum").fetchone()
-        if int(mode) == 2:  # incremental: free pages go back a bounded batch at a time
-            while int(conn.execute("PRAGMA freelist_count").fetchone()[0]) > 0:
-                conn.execute("PRAGMA incremental_vacuum(2000)").fetchall()
-                time.sleep(Pacing().pause)
+        if int(mode) == 2:  # incremental: free pages go back a batch at a time
+            _incremental_vacuum(conn, Pacing())
         else:
             live = conn.execute(
                 f"SELECT id FROM pipeline_runs WHERE status IN {sql_in(ACTIVE)} "
@@ -578,6 +662,26 @@ def vacuum(db_path: str | Path, *, live_ok: bool = False) -> tuple[int, int]:
     finally:
         conn.close()
     return before, file_bytes(db_path)
+
+
+def _incremental_vacuum(conn: sqlite3.Connection, pacing: Pacing) -> int:
+    """Give free pages back in transactions bounded by time, like the prune's; pages freed.
+
+    Each ``incremental_vacuum(n)`` moves pages from the end of the file into free slots
+    and truncates it, one write transaction; ``n`` is sized from what the last one took so
+    each holds the lock about ``pacing.hold`` seconds.
+    """
+    pages, freed = 256, 0
+    while True:
+        (free,) = conn.execute("PRAGMA freelist_count").fetchone()
+        if int(free) <= 0:
+            return freed
+        began = time.perf_counter()
+        conn.execute(f"PRAGMA incremental_vacuum({pages})").fetchall()
+        took = time.perf_counter() - began
+        freed += min(pages, int(free))
+        pages = int(min(max(pages * min(2.0, pacing.hold / max(took, 1e-6)), 16), 100_000))
+        time.sleep(pacing.pause)
 
 
 def describe_ids(ids: Iterable[int], most: int = 10) -> str:

@@ -100,6 +100,8 @@ def _run_panel(run: RunInfo, db: Path) -> Table:
         grid.add_row("not started", "the rest of its source (it had no length)")
     if run.stopped is not None:
         grid.add_row("stopped", Text(run.stopped, style="yellow"))
+    if run.note:  # an alert hook that raised or hung, tasks a stop left unstarted
+        grid.add_row("note", Text(printable(run.note), style="yellow"))
     rate = "-" if run.throughput is None else f"{run.throughput:,.1f} tasks/s"
     grid.add_row("throughput", rate)
     grid.add_row("workers", "-" if run.workers is None else str(run.workers))
@@ -223,6 +225,9 @@ def _runs_table(runs: list[RunInfo]) -> RenderableType:
             row[0], Fit(printable(run.name)), _styled(run.shown_status), _when(run.started_at),
             *row[2:],
         )  # fmt: skip
+    noted = [f"run {run.id}: {printable(run.note)}" for run in runs if run.note]
+    if noted:
+        table.caption = "\n".join(noted)
     # the columns but the name and start at their widest (headers included), 2-cell gaps
     used = max(used, 2 + 6 + 8 + 4 + 6) + 6 * 2
     longest = min(16, max((cell_len(printable(run.name)) for run in runs), default=0))

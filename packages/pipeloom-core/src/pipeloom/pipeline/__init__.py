@@ -36,7 +36,7 @@ from pipeloom.db import DEFAULT_DB
 from pipeloom.engine import MAX_WORKERS, RunResult
 from pipeloom.errors import PipelineError
 from pipeloom.executors import Executor
-from pipeloom.limits import Limit, parse_rate
+from pipeloom.limits import Limit, make_limit
 from pipeloom.options import RunOptions
 from pipeloom.pipeline._context import DEFAULT_MAX_OUTPUTS, Context, OutputLimitError
 from pipeloom.pipeline._keys import KEY_MAX_CHARS, item_key
@@ -163,6 +163,7 @@ class Pipeline(HandlerRegistry):
         cache_version: str = ...,
         cache_ttl: float | None = ...,
         uses: str | Sequence[str] = ...,
+        rate: str | float | None = ...,
     ) -> Task[T, R]: ...
 
     @overload
@@ -184,6 +185,7 @@ class Pipeline(HandlerRegistry):
         cache_version: str = ...,
         cache_ttl: float | None = ...,
         uses: str | Sequence[str] = ...,
+        rate: str | float | None = ...,
     ) -> Callable[[Callable[[Context, T], R]], Task[T, R]]: ...
 
     def task(
@@ -204,6 +206,7 @@ class Pipeline(HandlerRegistry):
         cache_version: str = "",
         cache_ttl: float | None = None,
         uses: str | Sequence[str] = (),
+        rate: str | float | None = None,
     ) -> Task[T, R] | Callable[[Callable[[Context, T], R]], Task[T, R]]:
         """Make ``fn(ctx, item)`` a task: ``@pipe.task``, ``@pipe.task(...)``, ``pipe.task(fn)``.
 
@@ -235,6 +238,8 @@ class Pipeline(HandlerRegistry):
             cache_ttl: seconds a cached result stays usable.
             uses: the resources (declared with `limit`) each of its tasks holds while it
                 runs: ``"warehouse"`` or ``("warehouse", "api")``.
+            rate: starts of this task's calls per time, ``"5/s"`` (a resource of its own,
+                ``task:NAME``, used by this task only).
 
         Raises:
             PipelineError: a setting is out of range or the name is taken.
@@ -250,6 +255,10 @@ class Pipeline(HandlerRegistry):
                     "use 1 or more (or atomic=False to stream instead of holding messages)"
                 )
             _check_cache(f"pipeline {self.name!r}, task {task_name!r}", cache_key, cache_ttl)
+            held = (uses,) if isinstance(uses, str) else tuple(uses)
+            own = None if rate is None else make_limit(f"task:{task_name}", rate=rate)
+            if own is not None:
+                held = (*held, own.name)
             spec = Task(
                 func,
                 task_name,
@@ -264,7 +273,8 @@ class Pipeline(HandlerRegistry):
                 cache_key=cache_key,
                 cache_version=str(cache_version),
                 cache_ttl=cache_ttl,
-                uses=(uses,) if isinstance(uses, str) else tuple(uses),
+                uses=held,
+                rate=own,
             )
             self.tasks[task_name] = spec
             return spec
@@ -413,17 +423,11 @@ class Pipeline(HandlerRegistry):
         Raises:
             PipelineError: no capacity and no rate, or one out of range.
         """
-        if capacity is None and rate is None:
-            raise PipelineError(
-                f"pipe.limit({name!r}): give a capacity (pipe.limit({name!r}, 2)) or a rate "
-                f"(pipe.limit({name!r}, rate='10/s')), or both"
-            )
         if capacity is not None and not _whole(capacity, 1, MAX_WORKERS):
             raise PipelineError(
                 f"pipe.limit({name!r}, {capacity!r}): use a whole number of tasks, 1 or more"
             )
-        per_s = None if rate is None else parse_rate(rate)
-        self.limits[name] = Limit(name, capacity, per_s)
+        self.limits[name] = make_limit(name, capacity, rate)
 
     # Alerts (pipeloom.alerts): hooks for runs nobody watches.
     def on_run_end(self, hook: RunEndHook) -> RunEndHook:

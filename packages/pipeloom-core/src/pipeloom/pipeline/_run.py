@@ -1,7 +1,7 @@
 """Running a pipeline: from its mapped stages to one `run_pipeline` call, and back.
 
 `Pipeline.run` checks and plans the stages, then everything a run needs is put together here:
-the limits' admission gate, the parameters' values, the run to resume (with what a rerun
+the limits and what each task uses, the parameters' values, the run to resume (with what a rerun
 selects again), the cache, the declarative worker (`Runner`) and the task stream, then the
 engine runs it all and the result gains the pipeline's own counts.
 """
@@ -20,7 +20,7 @@ from pipeloom.alerts import Alerts
 from pipeloom.engine import RunResult, run_pipeline
 from pipeloom.errors import PipelineError
 from pipeloom.executors import Executor
-from pipeloom.limits import Gate, Limit
+from pipeloom.limits import Limit
 from pipeloom.options import RunOptions
 from pipeloom.params import param_changes
 from pipeloom.params import resolve as resolve_params
@@ -35,7 +35,7 @@ from pipeloom.state import MsgStateSet, apply_state_sets, read_state
 if TYPE_CHECKING:
     from pipeloom.pipeline import Pipeline
 
-__all__ = ["gate_for", "run_stages"]
+__all__ = ["run_stages", "uses_for"]
 
 log = logging.getLogger("pipeloom.pipeline")
 
@@ -69,7 +69,7 @@ def run_stages(
             f"pipeline {pipe.name!r} has no work: call pipe.map(task, items) before run()"
         )
     plan = plan_stages(pipe.name, stages)  # unknown tasks, cycles: before anything
-    gate = gate_for(pipe.name, stages, pipe.limits)  # an undeclared resource: before anything
+    uses = uses_for(pipe.name, stages, pipe.limits)  # an undeclared resource: before anything
     for stage in stages:
         if stage.items is not None and stage.used and iter(stage.items) is stage.items:
             log.warning(
@@ -142,8 +142,6 @@ def run_stages(
     follow_up: Callable[[Any, Any], Iterable[Any]] | None = (
         flow.follow_up if plan.consumed else None
     )
-    if gate is not None:  # limits: the gate admits, its hook frees (pipeloom.limits)
-        source, follow_up = gate.wrap(source), gate.follow_up(follow_up)
     try:
         result = run_pipeline(
             source,
@@ -167,11 +165,11 @@ def run_stages(
             summary_hint=summary_hint,
             executor=executor if executor is not None else pipe.executor,
             follow_up=follow_up,
+            limits=uses[0] if uses is not None else None,
+            uses=uses[1] if uses is not None else None,
             options=_with_alerts(options or pipe.options, pipe.alerts),
         )
     finally:
-        if gate is not None:
-            gate.close()
         if previous is not None:
             previous.close()
         if cache is not None:
@@ -185,16 +183,23 @@ def run_stages(
     return dataclasses.replace(result, extra={**result.extra, **extra})
 
 
-def gate_for(name: str, stages: list[Stage], limits: dict[str, Limit]) -> Gate | None:
-    """The run's admission gate, when a task uses a declared resource (`pipeloom.limits`).
+def uses_for(
+    name: str, stages: list[Stage], limits: dict[str, Limit]
+) -> tuple[dict[str, Limit], Callable[[Any], tuple[str, ...]]] | None:
+    """The run's limits and what each task holds, when a task uses a resource.
+
+    `run_pipeline` puts them in its admission gate (`pipeloom.limits`).
 
     Raises:
         PipelineError: a task uses a resource no ``pipe.limit()`` declares.
     """
-    """The run's admission gate, when a task uses a declared resource."""
     used = {name for stage in stages for name in stage.task.uses}
     if not used:
         return None
+    limits = dict(limits)
+    for stage in stages:  # a task's own rate (@pipe.task(rate=...))
+        if stage.task.rate is not None:
+            limits[stage.task.rate.name] = stage.task.rate
     unknown = sorted(used - set(limits))
     if unknown:
         raise PipelineError(
@@ -208,7 +213,7 @@ def gate_for(name: str, stages: list[Stage], limits: dict[str, Limit]) -> Gate |
             return ()  # skipped or failed before it runs: it uses nothing
         return job.task.uses
 
-    return Gate(limits, uses_of)
+    return limits, uses_of
 
 
 def _with_alerts(options: RunOptions, alerts: Alerts) -> RunOptions:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from pipeloom.errors import PipelineError
+from pipeloom.limits import Limit
 from pipeloom.pipeline._context import DEFAULT_MAX_OUTPUTS, Context
 
 __all__ = ["Task"]
@@ -61,6 +62,8 @@ class Task(Generic[T, R]):
     """Seconds a cached result stays usable after the task that computed it finished."""
     uses: tuple[str, ...] = ()
     """Resources its tasks hold while they run (`Pipeline.limit`, `pipeloom.limits`)."""
+    rate: Limit | None = None
+    """Its own rate (``@pipe.task(rate="5/s")``): a resource ``task:NAME`` in ``uses``."""
 
     def __call__(self, ctx: Context, item: T) -> R:
         """Run the function directly, without retries or timeout (handy in unit tests)."""

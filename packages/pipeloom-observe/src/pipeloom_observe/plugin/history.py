@@ -272,7 +272,7 @@ async def run_detail(db: Any, run_id: int) -> dict[str, Any] | None:
     found = await _rows(
         db,
         f"SELECT v.*, {STOP_TEXT_SQL} AS stopped, r.params, r.error AS run_error, r.workers, "
-        f"r.heartbeat_at AS last_beat FROM ({RUNS_SELECT}) AS v JOIN pipeline_runs r "
+        f"r.heartbeat_at AS last_beat, r.note FROM ({RUNS_SELECT}) AS v JOIN pipeline_runs r "
         "ON r.id = v.id WHERE v.id = :run_id",
         {"run_id": run_id},
     )

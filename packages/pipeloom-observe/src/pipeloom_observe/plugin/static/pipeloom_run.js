@@ -56,6 +56,7 @@
       var f = d.failures[0];
       rows.push(["First failure", taskLink(f) + " " + badge(f.status) + ' <span class="pl-mono">' + esc(f.what) + "</span>"]);
     }
+    if (r.note) { rows.push(["Note", esc(r.note)]); }
     if (r.run_error) { rows.push(["Run error", '<span class="pl-mono">' + esc(r.run_error) + "</span>"]); }
     if (r.params) { rows.push(["Parameters", '<code class="pl-mono">' + esc(r.params) + "</code>"]); }
     document.getElementById("pl-run-facts").innerHTML = rows.map(function (row) {
