@@ -4,7 +4,6 @@ two kinds that cross a process as plain tuples."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -54,25 +53,23 @@ def save_pairs(conn: sqlite3.Connection, msgs: list[Pair]) -> None:
 class Tick(NamedTuple):
     task: int
     n: int
+    pad: str = ""
 
 
 in_flight: list[int] = []
 """Per call of `save_ticks`: rows emitted by finished tasks and not yet applied."""
 _applied = [0]
+produced_file: list[str] = []
+"""Where the `burst` tasks note their rows (set by the test, read in the driver)."""
 
 
 def save_ticks(conn: sqlite3.Connection, msgs: list[Tick]) -> None:
     """A slow handler (the writer falls behind); notes how many rows wait for it."""
-    produced = os.environ.get(PRODUCED_ENV)
-    if produced:
-        made = sum(int(line) for line in Path(produced).read_text().split())
+    if produced_file:
+        made = sum(int(line) for line in Path(produced_file[0]).read_text().split())
         in_flight.append(made - _applied[0])
     _applied[0] += len(msgs)
     time.sleep(0.02)
-
-
-PRODUCED_ENV = "PIPELOOM_TEST_PRODUCED"
-"""The file each `burst` task appends its row count to once it has emitted them."""
 
 
 def make_pipe(db: object, executor: object, **kwargs: object) -> Pipeline:
@@ -129,11 +126,15 @@ async def stream_async(ctx: Context, spec: tuple[str, int, int]) -> int:
 
 
 @pipe.task
-def burst(ctx: Context, spec: tuple[int, int]) -> int:
-    """Emit ``n`` ticks at once (held: they travel in the finish), then say so in the file."""
-    task, n = spec
-    ctx.emit_many([Tick(task, i) for i in range(n)])
-    with open(os.environ[PRODUCED_ENV], "a", encoding="utf-8") as fh:
+def burst(ctx: Context, spec: tuple[int, int, str, int]) -> int:
+    """Emit ``n`` ticks at once (held: they travel in the finish), then note it in the file.
+
+    ``spec`` = (task, n, the file, pad): each tick carries ``pad`` characters of its own, so
+    that a finished task's rows fill an OS pipe's buffer on their way from a worker process.
+    """
+    task, n, produced, pad = spec
+    ctx.emit_many([Tick(task, i, f"{task}.{i}:".ljust(pad, "x")) for i in range(n)])
+    with open(produced, "a", encoding="utf-8") as fh:
         fh.write(f"{n}\n")
     return n
 
