@@ -140,5 +140,5 @@ def burst(ctx: Context, spec: tuple[int, int, str, int]) -> int:
 
 
 @pipe.task
-async def burst_async(ctx: Context, spec: tuple[int, int]) -> int:
+async def burst_async(ctx: Context, spec: tuple[int, int, str, int]) -> int:
     return burst.fn(ctx, spec)
