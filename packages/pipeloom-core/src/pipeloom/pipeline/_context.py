@@ -73,6 +73,7 @@ class Context:
     """
 
     __slots__ = (
+        "_accepted",
         "_atomic",
         "_closed",
         "_dropped",
@@ -155,6 +156,8 @@ class Context:
         self._last_total: int | None = None
         self._put = put
         self._handled = handled
+        self._accepted: type[Any] | None = None
+        """The type `emit` accepted last: the next message of it skips the checks."""
         self._lock = threading.Lock()
         self._atomic = atomic
         self._max_outputs = max_outputs
@@ -189,10 +192,12 @@ class Context:
             OutputLimitError: an atomic attempt already holds ``max_outputs`` messages.
         """
         cls = type(msg)
-        if cls in PIPELOOM_MESSAGES or (
-            cls not in self._handled and not self._handled_by_name(cls)
-        ):
-            self._check_type(cls)
+        if cls is not self._accepted:  # a task emits rows of one type: checked once
+            if cls in PIPELOOM_MESSAGES or (
+                cls not in self._handled and not self._handled_by_name(cls)
+            ):
+                self._check_type(cls)
+            self._accepted = cls
         with self._lock:
             if self.cancelled.is_set() or self._closed:
                 self._drop(cls)
