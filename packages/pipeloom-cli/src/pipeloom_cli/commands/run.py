@@ -8,7 +8,6 @@ same exit codes as ``pipeloom demo``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import inspect
 import logging
@@ -120,6 +119,8 @@ def _run_function(
     log.info("calling %s(%s)", target.label, ", ".join(f"{k}={v!r}" for k, v in kwargs.items()))
     try:
         if inspect.iscoroutinefunction(fn):
+            import asyncio  # here: asyncio (with ssl) is ~20 ms of every CLI start otherwise
+
             return asyncio.run(fn(**kwargs))
         return fn(**kwargs)
     except (PipeloomError, KeyboardInterrupt, CliError):
