@@ -283,3 +283,25 @@ def test_without_tables_a_repeated_finish_counts_its_task_once(tmp_path: Path) -
     writer = run_writer(tmp_path / "bare.db", messages, store_task_status=False, batch_size=1)
     assert writer.status_counts == {"error": 1, "done": 1}
     assert writer.failed_task_ids == [1]
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("lease", float("nan")),
+        ("lease", 0),
+        ("batch_size", 0),
+        ("task_log_limit", -1),
+        ("commit_interval", float("inf")),
+        ("synchronous", "SOMETIMES"),
+    ],
+)
+def test_a_writer_refuses_a_setting_no_run_could_use_as_run_pipeline_does(
+    tmp_path: Path, setting: str, value: Any
+) -> None:
+    """SQLiteWriter's keywords go through the same check as RunOptions and run_pipeline."""
+    from pipeloom.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match=rf"SQLiteWriter\({setting}="):
+        SQLiteWriter(tmp_path / "w.db", MessageQueue(), **{setting: value})
+    assert not (tmp_path / "w.db").exists()

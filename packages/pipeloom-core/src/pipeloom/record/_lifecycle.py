@@ -23,7 +23,7 @@ from pipeloom._text import storable
 from pipeloom.db import MEMORY, Synchronous, connect, init_schema, wal_checkpoint
 from pipeloom.errors import DatabaseError
 from pipeloom.lease import DEFAULT_LEASE_S
-from pipeloom.options import RunOptions
+from pipeloom.options import RunOptions, check_settings
 from pipeloom.record._fileid import FileIdentity
 from pipeloom.record._handlers import HandlerSandbox, is_fatal
 from pipeloom.record._registry import callable_name
@@ -94,7 +94,8 @@ def writer_settings(
 
     Raises:
         TypeError: a setting came both as a keyword and in ``options``.
-        ValueError: ``task_log_limit``, ``batch_size`` or ``lease`` is out of range.
+        InvalidArgumentError: a setting no run could use (`pipeloom.options.check_settings`;
+            a ``ValueError``).
     """
     if options is not None:
         given = {
@@ -119,19 +120,17 @@ def writer_settings(
         listeners = (*listeners, *options.listeners)
         if retention is None and (options.keep_runs or options.keep_days is not None):
             retention = Retention(options.keep_runs, options.keep_days, run_name)
-    if task_log_limit < 0:
-        raise ValueError(
-            f"task_log_limit={task_log_limit}: use 0 (store no task logs) or more "
-            f"(default {DEFAULT_TASK_LOG_LIMIT})"
-        )
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: use at least 1")
+    # The same rule as RunOptions and run_pipeline's keywords: one check for every way in.
+    check_settings(
+        "SQLiteWriter",
+        synchronous=synchronous,
+        batch_size=batch_size,
+        commit_interval=commit_interval,
+        lease=lease,
+        task_log_limit=task_log_limit,
+    )
     if lease is None:
         lease = DEFAULT_LEASE_S
-    if not 0 < lease < float("inf"):
-        raise ValueError(
-            f"lease={lease!r}: use a positive number of seconds (default {DEFAULT_LEASE_S})"
-        )
     return WriterSettings(
         wal=wal,
         synchronous=synchronous,
