@@ -467,14 +467,11 @@ def find_task(conn: sqlite3.Connection, run_id: int, ref: int | str) -> TaskInfo
     with one_read(conn):
         task_id = _as_id(ref)
         if task_id is not None:
-            row = conn.execute(
-                f"SELECT {_TASK_COLUMNS} FROM task_runs WHERE run_id = ? AND task_id = ?",
-                (run_id, task_id),
-            ).fetchone()
-            if row is not None:
-                return TaskInfo(*row)
-            if isinstance(ref, int):
-                return get_task(conn, run_id, task_id)  # raises, naming the run's ids
+            try:
+                return get_task(conn, run_id, task_id)
+            except TaskNotFoundError:
+                if isinstance(ref, int):
+                    raise  # an id, and no such task: the error names the run's ids
         text = storable(str(ref))  # the form the writer stored
         for column in ("task_key", "name"):
             rows = conn.execute(
