@@ -24,7 +24,7 @@ import itertools
 import operator
 import types
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from pipeloom.messages import MsgTaskFinished
@@ -125,6 +125,15 @@ def compact(items: list[Any]) -> Any:
         if MsgTaskFinished not in classes:
             return items
         return [_finish(x) if type(x) is MsgTaskFinished else x for x in items]
+    out, packed = _segments(items)
+    return _Batch(out) if packed else out
+
+
+def _segments(items: Iterable[Any]) -> tuple[list[Any], bool]:
+    """Runs of `MIN_RUN` or more rows of one class as one `_Rows` each; whether any was.
+
+    A finish among ``items`` gets its own outputs compact (`_finish`).
+    """
     out: list[Any] = []
     packed = False
     for cls, run in itertools.groupby(items, type):
@@ -138,9 +147,7 @@ def compact(items: list[Any]) -> Any:
         else:
             out.append(rows)
             packed = True
-    if not packed:
-        return out
-    return _Batch(out)
+    return out, packed
 
 
 def _finish(msg: MsgTaskFinished) -> MsgTaskFinished:
@@ -148,16 +155,7 @@ def _finish(msg: MsgTaskFinished) -> MsgTaskFinished:
     outputs = msg.outputs
     if not isinstance(outputs, list | tuple) or len(outputs) < MIN_RUN:
         return msg
-    segments: list[Any] = []
-    packed = False
-    for cls, run in itertools.groupby(outputs, type):
-        group = list(run)
-        rows = _rows(cls, group) if len(group) >= MIN_RUN else None
-        if rows is None:
-            segments.extend(group)
-        else:
-            segments.append(rows)
-            packed = True
+    segments, packed = _segments(outputs)
     if not packed:
         return msg
     clone = copy.copy(msg)
