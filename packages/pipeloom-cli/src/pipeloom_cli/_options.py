@@ -198,3 +198,19 @@ def start_logging(verbose: int, log_file: Path | None) -> logging.Logger:
             f"--log-file {log_file}: cannot open it ({exc.strerror}); "
             "choose a file in an existing, writable folder"
         ) from exc
+
+
+def age_in_days(option: str, text: str | None) -> float | None:
+    """``--since 7d`` / ``--older-than 30d`` as days (None when not given).
+
+    Raises:
+        UsageError: the age does not read as one (``pipeloom.retention.parse_age``'s words).
+    """
+    if text is None:
+        return None
+    from pipeloom.retention import parse_age  # here: `--help` and `--version` stay light
+
+    try:
+        return parse_age(text).total_seconds() / 86400
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from exc

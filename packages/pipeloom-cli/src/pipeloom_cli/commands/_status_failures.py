@@ -18,9 +18,9 @@ from rich.text import Text
 from pipeloom._text import printable
 from pipeloom.failures import FailureGroup, failure_groups
 from pipeloom.logs import console
-from pipeloom_cli._errors import UsageError, user_errors
+from pipeloom_cli._errors import user_errors
 from pipeloom_cli._history import open_history
-from pipeloom_cli._options import Format
+from pipeloom_cli._options import Format, age_in_days
 
 __all__ = ["show_failures"]
 
@@ -51,15 +51,8 @@ def show_failures(
     db: Path, since: str | None, pipeline: str | None, fmt: Format, limit: int | None, verbose: int
 ) -> None:
     """Print the failure groups of ``db`` (all runs, or ``since`` an age, of ``pipeline``)."""
-    from pipeloom.retention import parse_age
-
     with user_errors(verbose):
-        days = None
-        if since is not None:
-            try:
-                days = parse_age(since).total_seconds() / 86400
-            except ValueError as exc:
-                raise UsageError(f"--since: {exc}") from exc
+        days = age_in_days("--since", since)
         reader = open_history(db)
         try:
             with reader.snapshot() as snap:

@@ -16,7 +16,7 @@ import typer
 from pipeloom._text import printable
 from pipeloom_cli._dbfile import file_size
 from pipeloom_cli._errors import UsageError, user_errors
-from pipeloom_cli._options import MAX_ID, number
+from pipeloom_cli._options import MAX_ID, age_in_days, number
 
 __all__ = ["prune"]
 
@@ -68,18 +68,13 @@ def prune(
     table of yours references are kept; tables pipeloom did not create are never touched.
     Deletes in short transactions, so a run writing the same file is not held up.
     """
-    from pipeloom.retention import Retention, file_bytes, parse_age, vacuum
+    from pipeloom.retention import Retention, file_bytes, vacuum
     from pipeloom.retention import prune as run_prune
 
     with user_errors():
         if keep_runs is None and older_than is None and not do_vacuum:
             raise UsageError("db prune: say what to delete: --keep-runs N and/or --older-than 30d")
-        days = None
-        if older_than is not None:
-            try:
-                days = parse_age(older_than).total_seconds() / 86400
-            except ValueError as exc:
-                raise UsageError(f"--older-than: {exc}") from exc
+        days = age_in_days("--older-than", older_than)
         policy = Retention(keep_runs, days, pipeline)
         before = file_bytes(db)
         result = run_prune(db, policy, dry_run=dry_run)
