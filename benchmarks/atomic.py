@@ -19,13 +19,14 @@ import os
 import resource
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from _runs import alternate, finish  # type: ignore[import-not-found]
 
 from pipeloom import Context, Pipeline
 
@@ -110,32 +111,10 @@ def main() -> int:
         line = run_once(args.mode, args.tasks, args.rows, args.workers, args.bad)
         print(json.dumps(line), flush=True)
         return 0
-    lines: list[dict[str, Any]] = []
-    for _ in range(args.repeat):
-        for mode in ("atomic", "stream"):
-            # Each run in its own process, so peak RSS is that run's alone.
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--mode",
-                    mode,
-                    "--tasks",
-                    str(args.tasks),
-                    "--rows",
-                    str(args.rows),
-                    "--workers",
-                    str(args.workers),
-                    "--bad",
-                    str(args.bad),
-                ],
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout
-            lines.append(json.loads(out.strip().splitlines()[-1]))
-            print(json.dumps(lines[-1]), flush=True)
+    sizes = ["--tasks", str(args.tasks), "--rows", str(args.rows)]
+    sizes += ["--workers", str(args.workers), "--bad", str(args.bad)]
     modes = ("atomic", "stream")
+    lines = alternate(__file__, modes, args.repeat, lambda mode: ["--mode", mode, *sizes])
     walls = {m: statistics.median(x["wall_s"] for x in lines if x["mode"] == m) for m in modes}
     rss = {m: max(x["peak_rss_mb"] for x in lines if x["mode"] == m) for m in modes}
     rows = args.tasks * args.rows
@@ -153,12 +132,7 @@ def main() -> int:
         "load_avg_1m": round(os.getloadavg()[0], 1),
         "verified": all(x["verified"] for x in lines),
     }
-    lines.append(summary)
-    print(json.dumps(summary), flush=True)
-    if args.json_out:
-        with open(args.json_out, "a", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(x) + "\n" for x in lines)
-    return 0 if summary["verified"] else 1
+    return int(finish(lines, summary, args.json_out))
 
 
 if __name__ == "__main__":

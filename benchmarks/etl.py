@@ -49,6 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from _runs import alternate, finish  # type: ignore[import-not-found]
+
 from pipeloom import Context, Pipeline
 
 EXPECTED_ROWS = 336_776
@@ -467,18 +469,10 @@ def main() -> int:
         return 0
     source_dir()  # build the cache outside any clock
     modes = args.modes.split(",")
-    lines: list[dict[str, Any]] = []
-    for _ in range(args.repeat):
-        for mode in modes:
-            cmd = [sys.executable, __file__, "--run", mode, "--emit", args.emit]
-            if args.workers:
-                cmd += ["--workers", str(args.workers)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if proc.returncode != 0:
-                print(proc.stderr, file=sys.stderr)
-                raise SystemExit(f"etl.py --run {mode} failed (exit {proc.returncode})")
-            lines.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            print(json.dumps(lines[-1]), flush=True)
+    workers = ["--workers", str(args.workers)] if args.workers else []
+    lines = alternate(
+        __file__, modes, args.repeat, lambda mode: ["--run", mode, "--emit", args.emit, *workers]
+    )
     walls = {m: statistics.median(x["wall_s"] for x in lines if x["mode"] == m) for m in modes}
     summary: dict[str, Any] = {
         "bench": "etl_summary",
@@ -491,12 +485,7 @@ def main() -> int:
         summary["speedup_over_loop"] = {
             m: round(walls["loop"] / w, 2) for m, w in walls.items() if m != "loop"
         }
-    lines.append(summary)
-    print(json.dumps(summary), flush=True)
-    if args.json_out:
-        with open(args.json_out, "a", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(x) + "\n" for x in lines)
-    return 0 if summary["verified"] else 1
+    return int(finish(lines, summary, args.json_out))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ import queue
 import resource
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,6 +39,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from _runs import alternate, finish  # type: ignore[import-not-found]
 
 from pipeloom import Context, Pipeline
 
@@ -264,20 +265,10 @@ def main() -> int:
         print(json.dumps(line), flush=True)
         return 0
     modes = args.modes.split(",")
-    lines: list[dict[str, Any]] = []
     env = {**os.environ, "PIPELOOM_ROWS_PER_TASK": str(args.rows)}
-    for _ in range(args.repeat):
-        for mode in modes:
-            cmd = [sys.executable, __file__, "--run", mode, "--tasks", str(args.tasks)]
-            cmd += ["--rows", str(args.rows)]
-            if args.workers:
-                cmd += ["--workers", str(args.workers)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-            if proc.returncode != 0:
-                print(proc.stderr, file=sys.stderr)
-                raise SystemExit(f"rows.py --run {mode} failed (exit {proc.returncode})")
-            lines.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            print(json.dumps(lines[-1]), flush=True)
+    sizes = ["--tasks", str(args.tasks), "--rows", str(args.rows)]
+    sizes += ["--workers", str(args.workers)] if args.workers else []
+    lines = alternate(__file__, modes, args.repeat, lambda mode: ["--run", mode, *sizes], env)
     rates = {m: statistics.median(x["rows_per_s"] for x in lines if x["mode"] == m) for m in modes}
     summary: dict[str, Any] = {
         "bench": "rows_summary",
@@ -291,12 +282,7 @@ def main() -> int:
     }
     if "hand" in rates:
         summary["over_hand"] = {m: round(r / rates["hand"], 2) for m, r in rates.items()}
-    lines.append(summary)
-    print(json.dumps(summary), flush=True)
-    if args.json_out:
-        with open(args.json_out, "a", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(x) + "\n" for x in lines)
-    return 0 if summary["verified"] else 1
+    return int(finish(lines, summary, args.json_out))
 
 
 if __name__ == "__main__":
