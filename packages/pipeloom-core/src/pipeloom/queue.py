@@ -83,9 +83,10 @@ class MessageQueue:
         """
         if self.failure is not None:
             raise WriterFailedError(f"writer stopped: {self.failure}") from self.failure
-        rows = rows_of(item)
-        if rows:
-            self.add_rows(rows)
+        if type(item) is MsgTaskFinished:  # the one kind that carries rows (`rows_of`)
+            rows = rows_of(item)
+            if rows:
+                self.add_rows(rows)
         q = self._q
         q.put(item)
         if q.qsize() + self.rows >= self.maxsize:
