@@ -14,6 +14,7 @@ import time
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from pipeloom._env import env_seconds
 from pipeloom.errors import (
     Interrupted,
 )
@@ -44,23 +45,7 @@ _SIGNAL_NAMES: dict[str, str] = {"sigint": "Ctrl-C", "sigterm": "SIGTERM", "sigh
 
 def stop_grace() -> float:
     """Seconds SIGTERM and SIGHUP let running tasks finish: `STOP_GRACE_ENV`, else 5."""
-    raw = os.environ.get(STOP_GRACE_ENV)
-    if raw is None or not raw.strip():
-        return DEFAULT_STOP_GRACE
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        log.warning(
-            "%s=%r is not a number of seconds (0 or more); using %g (e.g. %s=20)",
-            STOP_GRACE_ENV,
-            raw,
-            DEFAULT_STOP_GRACE,
-            STOP_GRACE_ENV,
-        )
-        return DEFAULT_STOP_GRACE
-    return value
+    return env_seconds(STOP_GRACE_ENV, DEFAULT_STOP_GRACE, 0)
 
 
 def _detach_terminal() -> None:

@@ -13,8 +13,6 @@ the terminal.
 from __future__ import annotations
 
 import logging
-import math
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
@@ -39,6 +37,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from pipeloom._env import env_seconds
 from pipeloom._fit import Fit
 from pipeloom._text import printable, shorten_middle
 from pipeloom.logs import console as shared_console
@@ -373,22 +372,7 @@ def plain_interval(default: float = 5.0) -> float:
     not a number from 0.1 to 86,400 is ignored with one warning naming it, never raised: the
     run's work never depends on how its progress is printed.
     """
-    raw = os.environ.get(PROGRESS_EVERY_ENV)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not 0.1 <= value <= 86_400:  # also NaN
-        log.warning(
-            "%s=%r: use seconds from 0.1 to 86400; printing a line every %g s",
-            PROGRESS_EVERY_ENV,
-            raw[:40],
-            default,
-        )
-        return default
-    return value
+    return env_seconds(PROGRESS_EVERY_ENV, default, 0.1, 86_400)
 
 
 class PlainReporter:
