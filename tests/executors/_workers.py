@@ -7,7 +7,9 @@ import logging
 import os
 import signal
 import sqlite3
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pipeloom import MsgTaskFinished, MsgTaskProgress, MsgTaskStarted, TaskDef, TaskQueue, utc_now
@@ -153,3 +155,58 @@ async def holds_briefly_async(task: TaskDef, q: TaskQueue) -> None:
     if task.payload == "warehouse":
         await asyncio.sleep(0.03)
     q.put(MsgTaskFinished(task.task_id, "done", utc_now()))
+
+
+def _ran(task: TaskDef) -> Path:
+    return Path(task.payload) / f"ran-{task.task_id}"
+
+
+def _wait_for(path: Path) -> bool:
+    """Up to 30 s for ``path`` to appear (a bound, never a pace: it returns as soon as it does)."""
+    for _ in range(3000):
+        if path.exists():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def waits_for_task_3(task: TaskDef, q: TaskQueue) -> None:
+    """Task 1 holds its worker until task 3 has run; every task notes that it ran.
+
+    The process executor sends task 3 to wait behind task 1, so task 3 runs only if a free
+    worker takes it back.
+    """
+    _ran(task).touch()
+    if task.task_id == 1 and not _wait_for(Path(task.payload) / "ran-3"):
+        raise TimeoutError("task 3 never ran while task 1 held its worker")
+
+
+def holds_until_stopping(task: TaskDef, q: TaskQueue) -> None:
+    """Task 2 fails (fail_fast stops the run); the others hold their worker until the stop."""
+    _ran(task).touch()
+    if task.task_id == 2:
+        raise ValueError("task 2 fails")
+    q.stopping.wait(30)
+
+
+def dies_once_task_4_ran(task: TaskDef, q: TaskQueue) -> None:
+    """Task 1's process dies once task 4 began; task 4 holds its worker until then.
+
+    So task 3, sent to wait behind task 1, is still waiting there when its process dies.
+    """
+    _ran(task).touch()
+    pid_file = Path(task.payload) / "pid-1"
+    if task.task_id == 1:
+        pid_file.write_text(str(os.getpid()))
+        if _wait_for(_ran(TaskDef(4, "t4", payload=task.payload))):
+            os._exit(5)
+    if task.task_id == 4 and _wait_for(pid_file):
+        pid = int(pid_file.read_text())
+        for _ in range(3000):  # until task 1's process is gone (or a zombie)
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                return
+            if state == "Z":
+                return
+            time.sleep(0.01)

@@ -124,6 +124,8 @@ class Run:
         self.executor_broken = False
         self._seq = itertools.count(1)
         self._refused = 0
+        self._unbegun = 0
+        """Tasks handed to the executor and given back unbegun (`not_begun`): not taken."""
         self._taken: int | None = None
         self._slots = 0
         self._workers = 0
@@ -318,9 +320,9 @@ class Run:
         """
         if self._taken is None:
             if self._lock_free:  # a list, tuple or range: what is left of it was not taken
-                self._taken = self._length - operator.length_hint(self._source)
+                self._taken = self._length - operator.length_hint(self._source) - self._unbegun
             else:
-                self._taken = next(self._seq) - 1 - self._refused
+                self._taken = next(self._seq) - 1 - self._refused - self._unbegun
         return self._taken
 
     # -- completions (called from executor threads) -----------------------------------
@@ -348,6 +350,24 @@ class Run:
         if self.follow_up is not None:
             self._follow(task_id, task, returned)
         self._closed_one()  # recorded: a stop may end the run from here on
+        self._refill()
+
+    def not_begun(self, task_id: int, task: Any) -> None:
+        """The executor gives back a task it was handed but never began: the run stopped.
+
+        It counts as not started, like the tasks left in the source, and gets no row: a
+        task waiting in a worker process behind the running one is the executor's business,
+        not something the run did.
+        """
+        self.in_flight.pop(task_id, None)
+        if self.abandoned:
+            self._closed_one()
+            return  # already recorded interrupted; the run is over
+        with self.lock:
+            self._unbegun += 1
+        if self.follow_up is not None:
+            self._follow(task_id, task, NOT_RUN)
+        self._closed_one()
         self._refill()
 
     def _follow(self, task_id: int, task: Any, returned: Any) -> None:
@@ -434,7 +454,9 @@ class Run:
             or (cause in SIGNAL_STOPS and self.stop_cause not in SIGNAL_STOPS)
         ):
             self.stop_cause = cause
-        self.stopping.set()
+        if not self.stopping.is_set():
+            self.stopping.set()
+            self.executor.run_stopping()
 
     def _post(self, msg: Any) -> bool:
         try:

@@ -333,7 +333,9 @@ def run_pipeline(
             run.executor_failed(exc)
             run.idle.set()
         if start_error is None:
-            run.begin(workers)
+            # Tasks queued ahead in the executor (processes) begin later than admitted, which
+            # a resource limit cannot allow (see Executor.tasks_ahead).
+            run.begin(workers + (pool.tasks_ahead() if gate is None else 0))
             _wait(run, writer, interrupts)
             run.close()
             # A threads executor's worker may be the one left waiting in the source's next().

@@ -61,6 +61,13 @@ class Completions(Protocol):
                 consume it); an executor that cannot bring it back passes None.
         """
 
+    def not_begun(self, task_id: int, task: Any) -> None:
+        """Give back a task handed over but never begun because the run stopped.
+
+        It is counted with the tasks the run did not start and gets no row; only an
+        executor that holds tasks ahead of a free worker (`Executor.tasks_ahead`) needs it.
+        """
+
     def executor_failed(self, error: BaseException) -> None:
         """Report that the executor cannot go on; the run stops and is recorded ``error``."""
 
@@ -200,6 +207,25 @@ class Executor(ABC):
     @abstractmethod
     def shutdown(self, timeout: float | None) -> bool:
         """Release the workers, waiting up to ``timeout`` seconds; True once all are gone."""
+
+    def run_stopping(self) -> None:
+        """The run stops admitting tasks: a task held ahead of a free worker must not begin.
+
+        Called once, on whichever thread stopped the run (a signal handler included), so it
+        must neither block nor take a lock. Nothing to do unless `tasks_ahead` is above 0.
+        """
+        return None
+
+    def tasks_ahead(self) -> int:
+        """Tasks the engine may hand over beyond ``workers``, to wait until a worker is free.
+
+        0 by default: a task is handed over when a worker can begin it. An executor whose
+        workers are a round trip away (processes) queues one behind each running task, so a
+        worker never waits on the driver between two short tasks. Called after `start`; the
+        engine hands over none ahead when the run has resource limits (a task waiting would
+        hold its resource idle, and begin later than its rate allowed).
+        """
+        return 0
 
     def default_workers(self, tasks: int | None, cpus: int) -> int:
         """Workers when the caller gives none: min(tasks, CPUs)."""

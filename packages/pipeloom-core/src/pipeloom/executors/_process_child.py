@@ -3,15 +3,17 @@
 `child_main` runs in each child process the driver starts: it loads the worker function
 (and the script modules it needs), then runs one task at a time as the driver sends them,
 sending back the task's messages in batches (`BatchingSink`), its log records (`_PipeHandler`)
-and how it ended. It ignores stop signals (the driver decides) and exits when the driver dies
-(`_parent`). The driver's side, `ProcessExecutor`, never runs here.
+and how it ended. The next task may already wait here behind the running one; it is given
+back if the driver asks before it begins, and skipped (never begun) once the run stops. It
+ignores stop signals (the driver decides) and exits when the driver dies (`_parent`). The
+driver's side, `ProcessExecutor`, never runs here.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import pickle
-import queue
 import threading
 from multiprocessing.connection import Connection
 from typing import Any
@@ -101,31 +103,56 @@ def child_main(
     running: list[int | None] = [None]
     sink = BatchingSink(lambda batch: send(("msgs", pack(batch, running[0]))))
     stopping = threading.Event()
-    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    inbox: collections.deque[Any] = collections.deque()
+    arrived = threading.Condition(threading.Lock())
 
     def read() -> None:
-        # Reads while a task runs, so "the run is stopping" reaches a retrying task at once.
+        # Reads while a task runs, so "the run is stopping" reaches a retrying task at once,
+        # and a task queued behind the running one can be taken back ("unqueue").
         while True:
             try:
                 item = conn.recv()
             except (EOFError, OSError):
                 driver_gone()  # the driver never closes the pipe before "stop": it died
-            if item[0] == "stopping":
-                stopping.set()
+            kind = item[0]
+            if kind == "stopping":  # nothing new starts: give back what waits at once
+                with arrived:
+                    stopping.set()
+                    waiting = [x for x in inbox if x[0] == "task"]
+                    for x in waiting:
+                        inbox.remove(x)
+                for x in waiting:
+                    send(("skipped", x[1]))
                 continue
-            if item[0] == "expire":  # the attempt's deadline passed: say what it holds
+            if kind == "expire":  # the attempt's deadline passed: say what it holds
                 send(("held", deadline.held_now()))
                 continue
-            inbox.put(item)
-            if item[0] == "stop":
+            if kind == "unqueue":  # another worker is free: give back a task not yet begun
+                with arrived:
+                    back = [x for x in inbox if x[0] == "task" and x[1] == item[1]]
+                    for x in back:
+                        inbox.remove(x)
+                if back:
+                    send(("unqueued", item[1]))
+                continue
+            with arrived:
+                inbox.append(item)
+                arrived.notify()
+            if kind == "stop":
                 return
 
     threading.Thread(target=read, name="pipeloom-child-reader", daemon=True).start()
     while True:
-        item = inbox.get()
+        with arrived:
+            while not inbox:
+                arrived.wait()
+            item = inbox.popleft()
         if item[0] == "stop":
             break
         _, task_id, blob, first = item
+        if stopping.is_set():  # sent before the run stopped, not begun: nothing new starts
+            send(("skipped", task_id))
+            continue
         try:
             task = pickle.loads(blob)
         except Exception as exc:

@@ -45,6 +45,7 @@ from pipeloom.executors._remote import (
     unpack_outcome,
 )
 from pipeloom.executors._shipping import file_modules
+from pipeloom.limits import NOT_RUN
 from pipeloom.messages import MsgTaskAttempt, MsgTaskFinished, MsgTaskStarted, utc_now
 
 if TYPE_CHECKING:
@@ -595,7 +596,7 @@ class DaskExecutor(Executor):
         self.sink.put(
             MsgTaskFinished(task_id, "cancelled", utc_now(), message=why, name=name, key=key)
         )
-        self._complete(task_id, None, True)
+        self._complete(task_id, None, True, NOT_RUN)  # never ran: a rate's start comes back
 
     def _stop_pending(self) -> None:
         """fail_fast or Ctrl-C: nothing new starts; running tasks finish.

@@ -1,7 +1,11 @@
 """Processes: each task runs in one of ``workers`` child processes, for CPU-bound work.
 
-Every child has a pipe of its own to the driver: the driver sends it one task at a time, and
-it sends back the task's messages (batched), its log records and how it ended. One collector
+Every child has a pipe of its own to the driver: the driver sends it a task, and one more to
+wait behind it, so the child begins its next task without a round trip through the driver
+(whose GIL the writer keeps busy); it sends back the task's messages (batched), its log
+records and how it ended. A task waiting in a child is taken back when another child has
+nothing to do, and never begun once the run stops (it counts as not started, like the tasks
+the run never took). One collector
 thread in the driver waits on every pipe and every child's exit at once, so a child that dies
 (``os._exit``, a signal, the OOM killer) is noticed at once: its task is recorded ``error``
 with the exit code or signal, and a fresh child takes its place. Children ignore Ctrl-C, SIGTERM
@@ -20,7 +24,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -138,6 +142,14 @@ class ProcessExecutor(Executor):
         child.close()
         return _Child(proc, parent)
 
+    def tasks_ahead(self) -> int:
+        """One task may wait in each child behind its running one (see the module's text)."""
+        return len(self._children)
+
+    def run_stopping(self) -> None:
+        """Wake the collector now, to tell every child before it begins a waiting task."""
+        self._wake()
+
     def submit(self, task_id: int, task: Any) -> None:
         """Pickle the task here (so an unpicklable one is its own error) and hand it over.
 
@@ -169,22 +181,59 @@ class ProcessExecutor(Executor):
                 unsent, self._unsent = self._unsent, []
             for task_id, task, text in unsent:
                 self.engine.task_done(task_id, task, RemoteTaskError(text, None), False)
+        if self.engine.stopping.is_set():
+            with self._lock:
+                never = list(self._pending)
+                self._pending.clear()
+            for task_id, task, _, _ in never:
+                self.engine.not_begun(task_id, task)
+            return
         with self._lock:
-            for child in self._children:
+            ready = [c for c in self._children if c.alive and c.killed is None]
+            # Idle children first, then one task to wait behind each running one.
+            for child in [c for c in ready if c.task is None] + ready:
                 if not self._pending:
-                    return
-                # A child killed for a timeout is still "alive" until its exit is seen.
-                if child.task is None and child.alive and child.killed is None:
-                    task_id, task, blob, first = self._pending.popleft()
-                    child.task = (task_id, task)
+                    break
+                if child.task is not None and (child.queued or child.expiring is not None):
+                    continue
+                item = self._pending.popleft()
+                try:
+                    child.conn.send(("task", item[0], item[2], item[3]))
+                except OSError:
+                    # It is dying; its exit, seen next, replaces it. The task waits.
+                    self._pending.appendleft(item)
+                    child.killed = child.killed or "its pipe broke"
+                    continue
+                if child.task is None:
+                    child.task = (item[0], item[1])
+                    child.began = item
                     child.deadline = None
-                    try:
-                        child.conn.send(("task", task_id, blob, first))
-                    except OSError:
-                        # It is dying; its exit, seen next, replaces it. The task waits.
-                        self._pending.appendleft((task_id, task, blob, first))
-                        child.task = None
-                        child.killed = child.killed or "its pipe broke"
+                else:
+                    child.queued.append(item)
+            idle = sum(1 for c in ready if c.task is None)
+        if idle and not self._pending:
+            self._take_back(idle)
+
+    def _take_back(self, idle: int) -> None:
+        """Ask children for tasks waiting behind their running ones, for idle children."""
+        for child in self._children:
+            if idle == 0:
+                return
+            if child.alive and child.queued and child.recalling is None:
+                child.recalling = child.queued[-1][0]
+                try:
+                    child.conn.send(("unqueue", child.recalling))
+                except OSError as exc:  # dying: its exit puts the task back anyway
+                    log.debug("child %s is gone: %s", child.proc.pid, exc)
+                idle -= 1
+
+    def _requeue(self, child: _Child) -> None:
+        """The tasks waiting in ``child`` were never begun: they go to the next free child."""
+        child.recalling = None
+        if child.queued:
+            with self._lock:
+                self._pending.extendleft(reversed(child.queued))
+            child.queued.clear()
 
     def _collect(self) -> None:
         engine = self.engine
@@ -254,12 +303,16 @@ class ProcessExecutor(Executor):
             task = child.task
             finish, lost = child.finish, child.lost
             child.task = child.deadline = child.expiring = child.finish = child.lost = None
+            child.recalling = None  # an "unqueued" for the next task may still come
+            self._next(child)
             if task is not None:
                 outcome = unpack_outcome(task[0], item[2])
                 finish, error, returned = settle(outcome, finish, lost)
                 if finish is not None:
                     self.sink.put(finish)
                 self.engine.task_done(task[0], task[1], error, finish is not None, returned)
+        elif kind == "unqueued" or kind == "skipped":
+            self._returned(child, item[1], kind == "skipped")
         elif kind == "deadline":
             _, seconds, attempt, retry = item
             child.deadline = None if seconds is None else (time.monotonic() + seconds)
@@ -273,6 +326,34 @@ class ProcessExecutor(Executor):
         elif kind == "fatal":
             self.engine.executor_failed(RemoteTaskError(item[1], item[2]))
             self._closing.set()
+
+    def _next(self, child: _Child) -> None:
+        """The task waiting behind the one that ended is the child's running task now.
+
+        If it was being taken back, it may not have begun: the child then says "unqueued".
+        """
+        child.began = child.queued.popleft() if child.queued else None
+        if child.began is not None:
+            child.task = (child.began[0], child.began[1])
+
+    def _returned(self, child: _Child, task_id: int, skipped: bool) -> None:
+        """A task the child gave back (taken back, or skipped as the run stopped) unbegun."""
+        if child.recalling == task_id:
+            child.recalling = None
+        item = next((x for x in child.queued if x[0] == task_id), None)
+        if item is not None:
+            child.queued.remove(item)
+        elif child.began is not None and child.began[0] == task_id:
+            item = child.began
+            child.task = child.deadline = child.finish = child.lost = None
+            self._next(child)
+        else:
+            return
+        if skipped:
+            self.engine.not_begun(task_id, item[1])
+        else:
+            with self._lock:
+                self._pending.appendleft(item)
 
     def _forward(self, child: _Child, batch: Any) -> None:
         """Put a child's batch on the writer's queue, holding back its task's own finish.
@@ -317,6 +398,7 @@ class ProcessExecutor(Executor):
         task = child.task
         finish = child.finish
         child.task = child.finish = None
+        self._requeue(child)
         if task is not None and finish is not None:
             # It finished, then died before its outcome came: the finish it sent stands.
             self.sink.put(finish)
@@ -360,6 +442,7 @@ class ProcessExecutor(Executor):
         child.task = None
         child.proc.kill()
         child.killed = "killed after its timeout"
+        self._requeue(child)
         if task is None:
             return
         task_id, obj = task
@@ -434,6 +517,14 @@ class _Child:
     """Its task's own finish, held until the task's outcome arrives (see `settle`)."""
     lost: str | None = None
     """Why a message of its task could not cross, if one could not."""
+    queued: collections.deque[tuple[int, Any, bytes, int]] = field(
+        default_factory=collections.deque
+    )
+    """Tasks sent to wait behind ``task``, not yet begun as far as the driver knows."""
+    recalling: int | None = None
+    """The waiting task it was asked to give back (``"unqueue"``), until it answers."""
+    began: tuple[int, Any, bytes, int] | None = None
+    """``task`` as it was sent: given back whole if it turns out it never began."""
 
 
 def _exit_text(code: int | None) -> str:
