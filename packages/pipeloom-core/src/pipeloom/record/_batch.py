@@ -114,6 +114,10 @@ class BatchApplier(WriterLifecycle):
         groups: dict[type[Any], list[Any]] = {}
         dead: list[tuple[Any, str]] = []
         logs: list[MsgTaskLog] = []
+        one = _one_type(others)
+        if one is not None:  # streamed rows of one type: the list as it is, no step a row
+            groups[one] = others
+            others = []
         for msg in others:
             cls = type(msg)
             if cls is MsgTaskLog:
@@ -319,3 +323,23 @@ class BatchApplier(WriterLifecycle):
                 listener(applied)
             except Exception:
                 log.exception("progress listener %r failed; continuing", listener)
+
+
+def _one_type(msgs: list[Any]) -> type[Any] | None:
+    """The one type of every message in ``msgs`` when it is a domain type, else None.
+
+    Classes are compared by identity only after the set is made; a class whose metaclass
+    ``__hash__`` raises makes it None, and the message-by-message path judges it.
+    """
+    if not msgs:
+        return None
+    try:
+        kinds = set(map(type, msgs))
+    except Exception:  # a metaclass __hash__/__eq__ that raises: judged one by one
+        return None
+    if len(kinds) != 1:
+        return None
+    (cls,) = kinds
+    if cls is MsgTaskLog or cls is MsgRunFinished or cls is RunEnd or cls is Refused:
+        return None
+    return cls
