@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from pipeloom import PipeloomError, TaskDef, run_pipeline
+from pipeloom import PipeloomError, RunResult, TaskDef, run_pipeline
 from pipeloom.executors import ProcessExecutor
 from tests._harness import query
 from tests.executors._support import pipeloom_children
@@ -110,60 +111,45 @@ def test_logs_from_children_reach_the_drivers_handlers(
 # -- a task waiting in a child behind the running one ---------------------------------------
 
 
-def _tasks(tmp_path: Path, n: int) -> list[TaskDef]:
-    return [TaskDef(i, f"t{i}", payload=str(tmp_path)) for i in range(1, n + 1)]
+def _on_two_children(tmp_path: Path, n: int, worker_fn: Any, **kwargs: Any) -> RunResult:
+    """Tasks 1..n (each told the folder for its marker files) on two worker processes."""
+    tasks = [TaskDef(i, f"t{i}", payload=str(tmp_path)) for i in range(1, n + 1)]
+    return run_pipeline(
+        tasks,
+        tmp_path / "run.db",
+        worker_fn=worker_fn,
+        workers=2,
+        executor="processes",
+        progress=False,
+        **kwargs,
+    )
 
 
 def test_a_task_waiting_behind_a_long_one_is_run_by_a_free_worker(tmp_path: Path) -> None:
     # Task 3 is sent to wait behind task 1, which does not end until task 3 has run: only
     # the free worker taking it back lets the run finish.
-    result = run_pipeline(
-        _tasks(tmp_path, 4),
-        tmp_path / "ahead.db",
-        worker_fn=waits_for_task_3,
-        workers=2,
-        executor="processes",
-        progress=False,
-    )
+    result = _on_two_children(tmp_path, 4, waits_for_task_3)
     assert result.counts == {"done": 4}
     assert pipeloom_children() == []
 
 
 def test_a_stop_begins_no_waiting_task_and_counts_it_not_started(tmp_path: Path) -> None:
-    db = tmp_path / "stop.db"
-    result = run_pipeline(
-        _tasks(tmp_path, 6),
-        db,
-        worker_fn=holds_until_stopping,
-        workers=2,
-        executor="processes",
-        fail_fast=True,
-        progress=False,
-    )
+    result = _on_two_children(tmp_path, 6, holds_until_stopping, fail_fast=True)
     ran = {int(p.name.split("-")[1]) for p in tmp_path.glob("ran-*")}
-    rows = {int(r[0]) for r in query(db, "SELECT task_id FROM task_runs")}
+    rows = {int(r[0]) for r in query(tmp_path / "run.db", "SELECT task_id FROM task_runs")}
     # Task 3 waits behind task 1 (held until the stop) and never begins. Task 4 may have
     # begun behind task 2 before the stop reached its worker, and task 1 may not have begun
     # at all (a worker still starting up when the stop came): what began has its row.
     assert 2 in ran and ran <= {1, 2, 4}
     assert rows == ran
     assert result.counts.get("error") == 1 and "cancelled" not in result.counts
-    (row,) = query(db, "SELECT tasks_taken, tasks_not_started FROM pipeline_runs")
+    (row,) = query(tmp_path / "run.db", "SELECT tasks_taken, tasks_not_started FROM pipeline_runs")
     assert row == (len(ran), 6 - len(ran))
 
 
 def test_a_task_waiting_behind_one_whose_child_dies_runs_elsewhere(tmp_path: Path) -> None:
-    db = tmp_path / "died.db"
-    result = run_pipeline(
-        _tasks(tmp_path, 6),
-        db,
-        worker_fn=dies_once_task_4_ran,
-        workers=2,
-        executor="processes",
-        progress=False,
-    )
+    result = _on_two_children(tmp_path, 6, dies_once_task_4_ran)
     assert result.counts == {"done": 5, "error": 1}
-    assert query(db, "SELECT task_id, message FROM task_runs WHERE status = 'error'") == [
-        (1, "WorkerDied: worker process died (exit code 5)")
-    ]
+    sql = "SELECT task_id, message FROM task_runs WHERE status = 'error'"
+    assert query(tmp_path / "run.db", sql) == [(1, "WorkerDied: worker process died (exit code 5)")]
     assert pipeloom_children() == []
