@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from pathlib import Path
@@ -38,6 +39,14 @@ def spin(ctx: Context, n: int) -> int:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             pass
+    return n
+
+
+@pipe.task(timeout=0.5)
+def hog(ctx: Context, n: int) -> int:
+    """Task 2 holds the GIL in C (its process cannot even answer the driver) until killed."""
+    if n == 2:
+        sum(itertools.repeat(1, 10**12))
     return n
 
 

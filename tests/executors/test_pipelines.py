@@ -44,6 +44,23 @@ def test_a_timeout_kills_a_cpu_bound_task_in_its_process(tmp_path: Path) -> None
     assert pipeloom_children() == []
 
 
+def test_a_task_waiting_behind_one_killed_for_its_timeout_still_runs(tmp_path: Path) -> None:
+    # Task 3 is sent to wait behind task 2, which holds its process's GIL in C: the child
+    # can neither give task 3 back nor begin it. Killed for task 2's timeout, the child
+    # takes task 3 down with it unbegun, and another child runs it.
+    db = tmp_path / "hog.db"
+    pipe = Pipeline("hog", db=db, workers=2, executor="processes")
+    pipe.map(_pipes.hog, [2, 1, 3])
+    result = pipe.run(progress=False)
+    assert result.counts == {"done": 2, "timeout": 1}
+    assert query(db, "SELECT task_key, status FROM task_runs ORDER BY task_id") == [
+        ("hog:2", "timeout"),
+        ("hog:1", "done"),
+        ("hog:3", "done"),
+    ]
+    assert pipeloom_children() == []
+
+
 def test_a_killed_attempt_is_retried_in_a_fresh_process(tmp_path: Path) -> None:
     db = tmp_path / "retry.db"
     pipe = Pipeline("spin-once", db=db, workers=1, executor="processes")
