@@ -191,7 +191,13 @@ def browser(browser_and_server: tuple[Browser, Served]) -> Browser:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
+    from playwright.sync_api import expect
+
+    # Generous bounds, never paces: each check returns as soon as it holds. Under the whole
+    # suite on 2 cores, the 10,000-task run's page once took longer than the 5 s default.
+    expect.set_options(timeout=30_000)
     opened = browser.new_page(viewport={"width": 1280, "height": 900})
+    opened.set_default_timeout(30_000)
     try:
         yield opened
     finally:
