@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -152,4 +154,40 @@ def test_a_task_waiting_behind_one_whose_child_dies_runs_elsewhere(tmp_path: Pat
     assert result.counts == {"done": 5, "error": 1}
     sql = "SELECT task_id, message FROM task_runs WHERE status = 'error'"
     assert query(tmp_path / "run.db", sql) == [(1, "WorkerDied: worker process died (exit code 5)")]
+    assert pipeloom_children() == []
+
+
+UNGUARDED = """
+from pipeloom import TaskDef, run_pipeline
+
+
+def work(task, q):
+    return None
+
+
+# No `if __name__ == "__main__":`: every worker process that imports this starts it again.
+run_pipeline([TaskDef(i, f"t{{i}}") for i in range(1, 5)], {db!r}, worker_fn=work,
+             workers=2, executor="processes", progress=False)
+"""
+
+
+def test_a_script_that_runs_at_import_fails_once_with_the_fix_and_records_one_run(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "unguarded.db"
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED.format(db=str(db)), encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    # Each worker refuses the run its import would start, naming the script and the fix...
+    assert f"{script} starts a run when it is imported" in proc.stderr
+    # ...so the file holds the driver's run only, ended with the reason, nothing begun.
+    ((status, error, taken, not_started),) = query(
+        db, "SELECT status, error, tasks_taken, tasks_not_started FROM pipeline_runs"
+    )
+    assert (status, taken, not_started) == ("error", 0, 4)
+    assert "worker processes in a row died while starting (exit code 1)" in str(error)
+    assert 'needs `if __name__ == "__main__":`' in str(error)
+    assert query(db, "SELECT count(*) FROM task_runs") == [(0,)]
     assert pipeloom_children() == []

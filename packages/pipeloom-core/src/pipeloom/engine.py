@@ -36,6 +36,7 @@ from pipeloom.errors import (
     WriterFailedError,
 )
 from pipeloom.executors import Executor, TaskQueue, ThreadExecutor, WorkerFn, resolve_executor
+from pipeloom.executors._parent import importing_main_script
 from pipeloom.limits import NOT_RUN, Gate, Limit, make_limit
 from pipeloom.logs import console as shared_console
 from pipeloom.messages import SENTINEL
@@ -209,6 +210,12 @@ def run_pipeline(
         ExecutorFailedError: the executor could not start (the run is recorded ``error``).
     """
     tasks, db_path = argument_order(tasks, db_path)
+    script = importing_main_script()
+    if script is not None:  # before the file is touched: no run row from a worker's import
+        raise PipelineError(
+            f"{script} starts a run when it is imported, and a worker process imports it to "
+            'find the task functions: put the run under `if __name__ == "__main__":`'
+        )
     if options is not None:
         given = {
             "wal": wal,

@@ -20,7 +20,7 @@ import sys
 import threading
 from typing import NoReturn
 
-__all__ = ["die_with_parent", "driver_gone", "ignore_stop_signals"]
+__all__ = ["die_with_parent", "driver_gone", "ignore_stop_signals", "importing_main_script"]
 
 log = logging.getLogger("pipeloom.executors")
 
@@ -73,3 +73,22 @@ def driver_gone() -> NoReturn:
     error" would only land in the terminal of a run that has already ended.
     """
     os._exit(ORPHAN_EXIT)
+
+
+def importing_main_script() -> str | None:
+    """The script a worker process is importing right now, or None (the usual case).
+
+    A spawned or forkserver worker process runs its driver's script again, as
+    ``__mp_main__``, to find the task functions. A script that starts its run at import
+    time (no ``if __name__ == "__main__":``) would start a whole run inside every worker.
+    ``_inheriting`` is the flag ``multiprocessing`` itself checks before refusing to start
+    processes from there.
+    """
+    if not getattr(multiprocessing.current_process(), "_inheriting", False):
+        return None
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__") == "__mp_main__":
+            return str(frame.f_globals.get("__file__") or "the script")
+        frame = frame.f_back  # type: ignore[assignment]
+    return "the script"

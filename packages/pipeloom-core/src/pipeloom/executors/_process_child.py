@@ -83,6 +83,7 @@ def child_main(
             except (ConnectionError, EOFError):
                 driver_gone()
 
+    send(("ready",))  # past starting: what dies from here on dies running, not starting
     root = logging.getLogger()
     root.handlers[:] = [_PipeHandler(send)]
     root.setLevel(level)

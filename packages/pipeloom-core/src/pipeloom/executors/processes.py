@@ -29,7 +29,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from pipeloom._text import exc_summary
-from pipeloom.errors import PipeloomError
+from pipeloom.errors import ExecutorFailedError, PipeloomError
 from pipeloom.executors._base import Completions, Executor, Sink, WorkerFn
 from pipeloom.executors._process_child import child_main
 from pipeloom.executors._remote import (
@@ -99,6 +99,8 @@ class ProcessExecutor(Executor):
         self._preload: list[tuple[str, str]] = []
         self._ctx: Any = None
         self._told_stopping = False
+        self._start_deaths = 0
+        """Children in a row that died before saying a word (`_died_starting`)."""
         self._wakeup_r: Connection | None = None
         self._wakeup_w: Connection | None = None
         self._dumps: Callable[[Any], bytes] = _plain_dumps
@@ -296,6 +298,9 @@ class ProcessExecutor(Executor):
             self._died(child)
 
     def _handle(self, child: _Child, item: tuple[Any, ...]) -> None:
+        if not child.ready:  # its first words: it got past starting
+            child.ready = True
+            self._start_deaths = 0
         kind = item[0]
         if kind == "msgs":
             self._forward(child, unpack(item[1], child.task[0] if child.task else None))
@@ -311,6 +316,8 @@ class ProcessExecutor(Executor):
                 if finish is not None:
                     self.sink.put(finish)
                 self.engine.task_done(task[0], task[1], error, finish is not None, returned)
+        elif kind == "ready":
+            pass  # noted above
         elif kind == "unqueued" or kind == "skipped":
             self._returned(child, item[1], kind == "skipped")
         elif kind == "deadline":
@@ -395,6 +402,9 @@ class ProcessExecutor(Executor):
             pass
         child.proc.join(1.0)
         code = child.proc.exitcode
+        if not child.ready and not child.killed:
+            self._died_starting(child, code)
+            return
         task = child.task
         finish = child.finish
         child.task = child.finish = None
@@ -416,6 +426,35 @@ class ProcessExecutor(Executor):
             with self._lock:
                 self._children.remove(child)
                 self._children.append(self._spawn())
+
+    def _died_starting(self, child: _Child, code: int | None) -> None:
+        """A child died before it could say a word: it never began the tasks it was sent.
+
+        They go to the next child. When every child in a row dies so (a script that cannot be
+        imported, or that starts a run at import), the run stops with the reason instead of
+        starting children without end.
+        """
+        if child.began is not None:
+            child.queued.appendleft(child.began)
+        child.task = child.began = child.finish = None
+        self._requeue(child)
+        child.conn.close()
+        self._start_deaths += 1
+        limit = max(2, self.workers)
+        with self._lock:
+            self._children.remove(child)
+            if self._start_deaths < limit and not self._closing.is_set():
+                self._children.append(self._spawn())
+                return
+        if self._start_deaths > limit:
+            return  # the run was told already; the others' deaths say nothing new
+        self.engine.executor_failed(
+            ExecutorFailedError(
+                f"{limit} worker processes in a row died while starting ({_exit_text(code)}), "
+                "before running any task; each printed its error on stderr. A script that "
+                'starts its run when imported needs `if __name__ == "__main__":` around the run'
+            )
+        )
 
     def _check_deadlines(self) -> None:
         now = time.monotonic()
@@ -525,6 +564,8 @@ class _Child:
     """The waiting task it was asked to give back (``"unqueue"``), until it answers."""
     began: tuple[int, Any, bytes, int] | None = None
     """``task`` as it was sent: given back whole if it turns out it never began."""
+    ready: bool = False
+    """It has said something (its first words: ``"ready"``): it got past starting."""
 
 
 def _exit_text(code: int | None) -> str:
