@@ -347,10 +347,7 @@ class Run:
                 self._post(MsgTaskFinished(task_id, "done", utc_now(), name=name, key=key))
         else:
             self._task_raised(task_id, task, error, finished)
-        if self.follow_up is not None:
-            self._follow(task_id, task, returned)
-        self._closed_one()  # recorded: a stop may end the run from here on
-        self._refill()
+        self._release(task_id, task, returned)
 
     def not_begun(self, task_id: int, task: Any) -> None:
         """The executor gives back a task it was handed but never began: the run stopped.
@@ -365,9 +362,13 @@ class Run:
             return  # already recorded interrupted; the run is over
         with self.lock:
             self._unbegun += 1
+        self._release(task_id, task, NOT_RUN)
+
+    def _release(self, task_id: int, task: Any, returned: Any) -> None:
+        """After a task's end is recorded: its follow-ups, then its slot takes the next task."""
         if self.follow_up is not None:
-            self._follow(task_id, task, NOT_RUN)
-        self._closed_one()
+            self._follow(task_id, task, returned)
+        self._closed_one()  # recorded: a stop may end the run from here on
         self._refill()
 
     def _follow(self, task_id: int, task: Any, returned: Any) -> None:

@@ -79,7 +79,7 @@ def _dataclass_plan(cls: type[Any]) -> _Plan:
     if not dataclasses.is_dataclass(cls) or not _default_reduce(cls, object):
         return None
     names = tuple(f.name for f in dataclasses.fields(cls))
-    if not names or not all(n.isidentifier() for n in names):
+    if not names:
         return None
     getstate = getattr(cls, "__getstate__", None)
     setstate = getattr(cls, "__setstate__", None)
@@ -230,9 +230,9 @@ def rebuild_rows(cls: type[Any], names: Sequence[str], values: list[Any]) -> _Ru
     """
     if not names:  # a NamedTuple
         return _Run(map(tuple.__new__, itertools.repeat(cls), values))
-    out = _Run(map(object.__new__, itertools.repeat(cls, len(values))))
     if not values:
         return _Run()
+    out = _Run(map(object.__new__, itertools.repeat(cls, len(values))))
     columns = zip(*values, strict=True)
     for (name, setter), column in zip(_setters(cls, tuple(names)), columns, strict=True):
         if setter is None:
@@ -246,7 +246,11 @@ _Setters = tuple[tuple[str, Callable[[Any, Any], None] | None], ...]
 
 
 def _setters(cls: type[Any], names: tuple[str, ...]) -> _Setters:
-    """Each field's slot setter (None: a field kept in ``__dict__``, set by name); cached."""
+    """Each field's slot setter; cached.
+
+    None for a field kept in the instance ``__dict__``, set by name: a class cloudpickle
+    rebuilt by value (Dask, a notebook's ``__main__``) has no real slots.
+    """
     known = _known_setters.get(cls)
     if known is not None and known[0] == names:
         return known[1]
