@@ -191,3 +191,14 @@ def test_a_script_that_runs_at_import_fails_once_with_the_fix_and_records_one_ru
     assert 'needs `if __name__ == "__main__":`' in str(error)
     assert query(db, "SELECT count(*) FROM task_runs") == [(0,)]
     assert pipeloom_children() == []
+
+
+def test_every_module_the_forkserver_preloads_exists() -> None:
+    """The forkserver skips a preload that fails to import without a word, and each child
+    would then import it again (~230 ms each): a renamed module must fail here instead."""
+    import importlib
+
+    from pipeloom.executors.processes import _PRELOAD
+
+    for name in _PRELOAD:
+        assert importlib.import_module(name).__name__ == name

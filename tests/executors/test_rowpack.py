@@ -156,3 +156,21 @@ def test_a_slots_class_with_its_own_setattr_is_pickled_the_usual_way() -> None:
     rows = [Guarded(i) for i in range(10)]  # a = 2 i
     assert compact(rows) == rows
     assert [g.a for g in _cross(rows)] == [4 * i for i in range(10)]  # set again on arrival
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_reading_a_batch_leaves_the_garbage_collector_as_it_found_it(enabled: bool) -> None:
+    """`unpack` pauses the collector while it makes a batch's rows (they all live on): a
+    user who turned it off keeps it off, and a batch that fails to read turns it back on."""
+    import gc
+
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        assert _cross([Frozen(i, "x") for i in range(20)])[19] == Frozen(19, "x")
+        assert gc.isenabled() is enabled
+        broken = unpack(b"\x80\x05not a pickle", 3)
+        assert type(broken).__name__ == "Unsent"
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()

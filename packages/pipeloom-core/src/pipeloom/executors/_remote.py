@@ -25,6 +25,7 @@ process boundary becomes that task's ``error`` and never the run's:
 from __future__ import annotations
 
 import dataclasses
+import gc
 import io
 import logging
 import pickle
@@ -368,11 +369,17 @@ def pack(items: list[Any], task_id: int | None = None, dumps: Dumps = dumps_back
 
 def unpack(data: bytes, task_id: int | None = None, what: str = "a message it sent") -> Any:
     """Read what `pack` made, in the driver; an `Unsent` naming the class when it cannot be."""
+    collecting = gc.isenabled()
+    if collecting:
+        gc.disable()
     try:
         return pickle.loads(data)
     except Exception as exc:
         what = f"{what} ({failing_class(data)})"
         return Unsent(crossing_text(task_id, what, "unpickled in the driver", exc))
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def pack_outcome(outcome: Outcome, dumps: Dumps = dumps_back) -> bytes:
