@@ -20,6 +20,7 @@ line with the medians and the ratios to the loop::
     uv run python benchmarks/etl.py                      # every mode, median of 2
     uv run python benchmarks/etl.py --modes loop,threads --repeat 3
     uv run python benchmarks/etl.py --run processes      # one run in this process
+    uv run python benchmarks/etl.py --modes loop,threads --cpus 0   # every run on CPU 0 only
     PIPELOOM_PROFILE=/tmp/prof uv run python benchmarks/etl.py --run processes   # cProfile
 
 ``PIPELOOM_PROFILE=DIR`` writes a cProfile of every driver thread
@@ -480,16 +481,27 @@ def main() -> int:
     parser.add_argument("--workers", type=int, help="overrides the per-mode default")
     parser.add_argument("--run", help="one run of this mode in this process")
     parser.add_argument("--json-out", help="append the JSON lines to this file as well")
+    parser.add_argument(
+        "--cpus",
+        help="run every mode on these CPUs only (Linux; e.g. 0): threads pinned to one CPU "
+        "hand the GIL over without waking the other CPU (benchmarks/README.md)",
+    )
     args = parser.parse_args()
     if args.run:
         workers = args.workers or DEFAULT_WORKERS.get(args.run)
-        print(json.dumps(run_once(args.run, workers, args.emit)), flush=True)
+        cpus = None
+        if args.cpus:  # before any thread or child starts: they all inherit it
+            cpus = sorted(int(c) for c in args.cpus.split(","))
+            os.sched_setaffinity(0, cpus)
+        line = run_once(args.run, workers, args.emit)
+        print(json.dumps({**line, "cpus": cpus} if cpus else line), flush=True)
         return 0
     source_dir()  # build the cache outside any clock
     modes = args.modes.split(",")
-    workers = ["--workers", str(args.workers)] if args.workers else []
+    extra = ["--workers", str(args.workers)] if args.workers else []
+    extra += ["--cpus", args.cpus] if args.cpus else []
     lines = alternate(
-        __file__, modes, args.repeat, lambda mode: ["--run", mode, "--emit", args.emit, *workers]
+        __file__, modes, args.repeat, lambda mode: ["--run", mode, "--emit", args.emit, *extra]
     )
     walls = {m: statistics.median(x["wall_s"] for x in lines if x["mode"] == m) for m in modes}
     summary: dict[str, Any] = {
@@ -499,6 +511,8 @@ def main() -> int:
         "load_avg_1m": round(os.getloadavg()[0], 1),
         "verified": all(x["verified"] for x in lines),
     }
+    if args.cpus:
+        summary["cpus"] = args.cpus
     if "loop" in walls:
         summary["speedup_over_loop"] = {
             m: round(walls["loop"] / w, 2) for m, w in walls.items() if m != "loop"
