@@ -135,6 +135,12 @@ def waits_for_go(task: TaskDef, q: TaskQueue) -> None:
         time.sleep(0.01)
 
 
+def holds_until_the_run_stops(task: TaskDef, q: TaskQueue) -> None:
+    """Runs until the driver tells the workers the run stopped (``q.stopping``)."""
+    q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))
+    q.stopping.wait(30)
+
+
 def victim(task: TaskDef, q: TaskQueue) -> None:
     """First execution: note this process's pid, then block until killed. A rerun returns."""
     q.put(MsgTaskStarted(task.task_id, task.name, utc_now()))
@@ -254,45 +260,44 @@ def test_a_message_that_cannot_be_pickled_fails_its_task(client: Client, tmp_pat
     assert "could not be pickled in the worker" in message
 
 
-def test_fail_fast_cancels_what_has_not_started(client: Client, tmp_path: Path) -> None:
+def test_fail_fast_leaves_what_has_not_started_unbegun(client: Client, tmp_path: Path) -> None:
     db = tmp_path / "run.db"
     tasks = [TaskDef(i, f"t{i}", payload=str(db)) for i in range(1, 201)]
     result = run(client, tasks, db, fails_first, fail_fast=True)
     assert result.status == "error"
     got = counts(db)
-    # Every task taken has exactly one terminal row; the rest never ran.
-    assert sum(got.values()) == 200
-    assert got["error"] == 1
-    assert got.get("done", 0) + got["cancelled"] == 199
-    assert got["cancelled"] >= 190
+    # Every task that began has exactly one terminal row; the rest, sent to the cluster or
+    # not, never began: no row, counted not started, as on threads and processes.
+    assert set(got) <= {"done", "error"} and got["error"] == 1
+    ((taken, not_started),) = query(db, "SELECT tasks_taken, tasks_not_started FROM pipeline_runs")
+    assert taken == sum(got.values()) and taken + not_started == 200
+    assert not_started >= 190
 
 
-def test_ctrl_c_lets_running_tasks_finish_and_cancels_the_rest(
+def test_ctrl_c_lets_running_tasks_finish_and_begins_nothing_more(
     client: Client, tmp_path: Path
 ) -> None:
     db = tmp_path / "run.db"
     tasks = [TaskDef(i, f"t{i}", payload=str(tmp_path)) for i in range(1, 21)]
 
     def interrupt() -> None:
-        try:
-            wait_for(lambda: count_status(db, "running") > 0, "a running task")
-            os.kill(os.getpid(), signal.SIGINT)
-            wait_for(lambda: count_status(db, "cancelled") > 0, "the stop to be recorded")
-        finally:
-            (tmp_path / "go").touch()
+        wait_for(lambda: count_status(db, "running") > 0, "a running task")
+        os.kill(os.getpid(), signal.SIGINT)
 
     helper = threading.Thread(target=interrupt)
     helper.start()
-    result = run(client, tasks, db, waits_for_go)
+    result = run(client, tasks, db, holds_until_the_run_stops)
     helper.join()
     assert result.status == "cancelled"
     rows = query(db, "SELECT status, started_at IS NOT NULL FROM task_runs")
-    assert len(rows) == 20
-    # What started finished; what had not started never ran.
-    assert {r for r in rows} == {("done", 1), ("cancelled", 0)}
-    # Chunks already on the cluster started nothing after the stop: the tasks waiting behind
+    # What started finished; what had not started never ran and has no row.
+    assert set(rows) == {("done", 1)}
+    # Chunks already on the cluster began nothing after the stop: the tasks waiting behind
     # the running ones (one per worker thread) were skipped, not run.
-    assert 1 <= sum(status == "done" for status, _ in rows) <= 2
+    assert 1 <= len(rows) <= 2
+    ((taken, not_started),) = query(db, "SELECT tasks_taken, tasks_not_started FROM pipeline_runs")
+    assert (taken, not_started) == (len(rows), 20 - len(rows))
+    assert result.total + (result.not_started or 0) == 20
 
 
 # A generator of 10,000 tasks on the cluster (Dask's default in-flight count, so tiny tasks

@@ -598,13 +598,23 @@ class DaskExecutor(Executor):
         )
         self._complete(task_id, None, True, NOT_RUN)  # never ran: a rate's start comes back
 
+    def _not_begun(self, task_id: int) -> None:
+        """A task the run stopped before it began: no row, counted not started.
+
+        The same record as on threads and processes (`Completions.not_begun`): that the
+        engine handed it to the cluster early is the executor's business, not the run's.
+        """
+        st = self._tasks.pop(task_id, None)
+        if st is not None:
+            self.engine.not_begun(task_id, st.task)
+
     def _stop_pending(self) -> None:
         """fail_fast or Ctrl-C: nothing new starts; running tasks finish.
 
-        Tasks not yet sent are recorded ``cancelled`` here. Chunks already sent are not
+        Tasks not yet sent are given back unbegun here. Chunks already sent are not
         cancelled (a chunk may have begun a task whose start is still on its way here, and
         its record would then be a lie): every worker is told the run stopped, and each
-        chunk reports the tasks it then skips, which are recorded ``cancelled``.
+        chunk reports the tasks it then skips, which are given back unbegun too.
         """
         if self._chunks and not self._stop_sent and not self._scheduler_gone:
             self._stop_sent = True
@@ -614,13 +624,13 @@ class DaskExecutor(Executor):
                 log.warning("could not tell every Dask worker the run stopped: %s", exc)
         pending, self._pending = self._pending, []
         for i in pending:
-            self._cancelled_task(i, "cancelled: the run was stopped before it started")
+            self._not_begun(i)
 
     def _skipped(self, task_ids: list[int]) -> None:
         for i in task_ids:
             st = self._tasks.get(i)
             if st is not None and st.token is None:
-                self._cancelled_task(i, "cancelled: the run was stopped before it started")
+                self._not_begun(i)
 
     def _cancel_all(self) -> None:
         """After `cancel`: send nothing more; the engine no longer waits for these tasks."""
