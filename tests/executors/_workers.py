@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import signal
@@ -187,6 +188,14 @@ def holds_until_stopping(task: TaskDef, q: TaskQueue) -> None:
     if task.task_id == 2:
         raise ValueError("task 2 fails")
     q.stopping.wait(30)
+
+
+def hogs_the_gil_until_killed(task: TaskDef, q: TaskQueue) -> None:
+    """Tasks 1 and 2 note that they began, then hold their process's GIL in C until killed:
+    the child can neither read its pipe nor give back the task sent to wait behind."""
+    _ran(task).touch()
+    if task.task_id <= 2:
+        sum(itertools.repeat(1, 10**13))
 
 
 def dies_once_task_4_ran(task: TaskDef, q: TaskQueue) -> None:

@@ -300,6 +300,32 @@ def test_ctrl_c_lets_running_tasks_finish_and_begins_nothing_more(
     assert result.total + (result.not_started or 0) == 20
 
 
+def test_a_second_stop_records_interrupted_only_what_began(client: Client, tmp_path: Path) -> None:
+    db = tmp_path / "run.db"
+    tasks = [TaskDef(i, f"t{i}", payload=str(tmp_path)) for i in range(1, 21)]
+
+    def interrupt_twice() -> None:
+        wait_for(lambda: count_status(db, "running") > 0, "a running task")
+        os.kill(os.getpid(), signal.SIGINT)
+        # Another signal: two SIGINTs sent at once may reach Python as one.
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    helper = threading.Thread(target=interrupt_twice)
+    helper.start()
+    try:
+        result = run(client, tasks, db, waits_for_go)
+    finally:
+        helper.join()
+        (tmp_path / "go").touch()  # the abandoned tasks' threads end on their workers
+    assert result.status == "interrupted"
+    rows = query(db, "SELECT status, started_at IS NOT NULL FROM task_runs")
+    # What was running was cut short; what waited in its chunk behind it never began, so it
+    # has no row and counts as not started, as on processes.
+    assert rows and set(rows) == {("interrupted", 1)}
+    ((taken, not_started),) = query(db, "SELECT tasks_taken, tasks_not_started FROM pipeline_runs")
+    assert (taken, not_started) == (len(rows), 20 - len(rows))
+
+
 # A generator of 10,000 tasks on the cluster (Dask's default in-flight count, so tiny tasks
 # chunk): tests/executors/test_conformance.py::test_a_generator_of_ten_thousand_tasks[dask].
 

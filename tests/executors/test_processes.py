@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,10 @@ from pipeloom.executors import ProcessExecutor
 from tests._harness import query
 from tests.executors._support import pipeloom_children
 from tests.executors._workers import (
+    _wait_for,
     dies,
     dies_once_task_4_ran,
+    hogs_the_gil_until_killed,
     holds_until_stopping,
     logs_a_line,
     noop,
@@ -147,6 +151,31 @@ def test_a_stop_begins_no_waiting_task_and_counts_it_not_started(tmp_path: Path)
     assert result.counts.get("error") == 1 and "cancelled" not in result.counts
     (row,) = query(tmp_path / "run.db", "SELECT tasks_taken, tasks_not_started FROM pipeline_runs")
     assert row == (len(ran), 6 - len(ran))
+
+
+def test_a_second_ctrl_c_records_interrupted_only_what_began(tmp_path: Path) -> None:
+    # Tasks 3 and 4 wait behind 1 and 2, whose children hold their GIL and so cannot give
+    # them back at the first Ctrl-C. The second stop signal abandons the run: 1 and 2 were
+    # cut short; 3 and 4 never began, so they have no row and count as not started.
+    def interrupt_twice() -> None:
+        if all(_wait_for(tmp_path / f"ran-{i}") for i in (1, 2)):
+            os.kill(os.getpid(), signal.SIGINT)
+            # Another signal: two SIGINTs sent at once may reach Python as one.
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    helper = threading.Thread(target=interrupt_twice)
+    helper.start()
+    result = _on_two_children(tmp_path, 6, hogs_the_gil_until_killed)
+    helper.join()
+    assert result.status == "interrupted"
+    db = tmp_path / "run.db"
+    assert query(db, "SELECT task_id, status FROM task_runs ORDER BY task_id") == [
+        (1, "interrupted"),
+        (2, "interrupted"),
+    ]
+    assert query(db, "SELECT tasks_taken, tasks_not_started FROM pipeline_runs") == [(2, 4)]
+    assert not (tmp_path / "ran-3").exists() and not (tmp_path / "ran-4").exists()
+    assert pipeloom_children() == []
 
 
 def test_a_task_waiting_behind_one_whose_child_dies_runs_elsewhere(tmp_path: Path) -> None:

@@ -356,12 +356,14 @@ class Run:
         task waiting in a worker process behind the running one is the executor's business,
         not something the run did.
         """
-        self.in_flight.pop(task_id, None)
-        if self.abandoned:
+        with self.lock:  # against `abandon`: either counted here or recorded there
+            self.in_flight.pop(task_id, None)
+            abandoned = self.abandoned
+            if not abandoned:
+                self._unbegun += 1
+        if abandoned:
             self._closed_one()
             return  # already recorded interrupted; the run is over
-        with self.lock:
-            self._unbegun += 1
         self._release(task_id, task, NOT_RUN)
 
     def _release(self, task_id: int, task: Any, returned: Any) -> None:
@@ -470,11 +472,26 @@ class Run:
     # -- the end ---------------------------------------------------------------------
 
     def abandon(self, why: str) -> int:
-        """Record every task still in flight ``interrupted`` and stop waiting for them."""
-        self.stop_reason = "interrupted"  # whatever stopped admission first, this ends it
-        self.abandoned = True
-        self.stopping.set()
-        tasks = list(self.in_flight.items())
+        """Record every task still in flight ``interrupted`` and stop waiting for them.
+
+        A task the executor held ahead of a free worker and never began is not among them:
+        it is taken back first (`Executor.withdraw_unbegun`) and counted not started.
+        """
+        try:
+            # Not under the lock: a process executor asks its collector thread, which may
+            # be reporting a completion that needs the lock.
+            unbegun = self.executor.withdraw_unbegun()
+        except Exception as exc:  # what it held is then recorded interrupted, as before
+            log.warning("could not take back the tasks not yet begun: %s", exc_summary(exc))
+            unbegun = []
+        with self.lock:
+            self.stop_reason = "interrupted"  # whatever stopped admission first, this ends it
+            self.abandoned = True
+            self.stopping.set()
+            for task_id in unbegun:
+                if self.in_flight.pop(task_id, None) is not None:
+                    self._unbegun += 1
+            tasks = list(self.in_flight.items())
         for task_id, task in tasks:
             name, key = _label(task, task_id)
             self._post(

@@ -10,6 +10,7 @@ them back (batched) and puts them on the sink in this process.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from abc import ABC, abstractmethod
@@ -25,6 +26,8 @@ from pipeloom.messages import (
     MsgTaskStarted,
 )
 from pipeloom.queue import MessageQueue, rows_of
+
+log = logging.getLogger("pipeloom.executors")
 
 __all__ = ["Completions", "Executor", "Sink", "TaskQueue", "WorkerFn"]
 
@@ -70,6 +73,35 @@ class Completions(Protocol):
 
     def executor_failed(self, error: BaseException) -> None:
         """Report that the executor cannot go on; the run stops and is recorded ``error``."""
+
+
+class Withdrawal:
+    """A `Executor.withdraw_unbegun` request for the thread that owns an executor's tasks.
+
+    The asking thread waits for the answer briefly: an owner that does not answer (stuck
+    talking to a cluster) leaves its tasks to be recorded ``interrupted``, as before.
+    """
+
+    __slots__ = ("done", "ids")
+
+    WAIT = 2.0
+    """Longest wait for the owner; it answers within one of its polls (50 ms)."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.ids: list[int] = []
+
+    def give(self, ids: list[int]) -> None:
+        """The owner's answer: these tasks were taken back unbegun."""
+        self.ids = ids
+        self.done.set()
+
+    def answer(self, owner: str) -> list[int]:
+        """The ids the owner took back, or none if it did not answer in time."""
+        if self.done.wait(self.WAIT):
+            return self.ids
+        log.warning("%s did not hand back the tasks not yet begun in %g s", owner, self.WAIT)
+        return []
 
 
 WorkerFn = Callable[[Any, "TaskQueue"], Any]
@@ -226,6 +258,18 @@ class Executor(ABC):
         hold its resource idle, and begin later than its rate allowed).
         """
         return 0
+
+    def withdraw_unbegun(self) -> list[int]:
+        """Take back every task handed over that has not begun, so that it never will.
+
+        Called once, as the run is abandoned (a second Ctrl-C, a grace period run out),
+        before `cancel`: the engine counts what comes back as not started, with no row,
+        instead of recording it ``interrupted`` with the tasks really cut short. Nothing a
+        withdrawn task sends afterwards may reach the writer. Empty by default: only an
+        executor that holds tasks ahead of a free worker (`tasks_ahead`, or a cluster's
+        queue) has any.
+        """
+        return []
 
     def default_workers(self, tasks: int | None, cpus: int) -> int:
         """Workers when the caller gives none: min(tasks, CPUs)."""

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeloom._text import exc_summary
 from pipeloom.errors import DaskUnavailableError, ExecutorFailedError, WriterFailedError
-from pipeloom.executors._base import Completions, Executor, Sink, WorkerFn
+from pipeloom.executors._base import Completions, Executor, Sink, Withdrawal, WorkerFn
 from pipeloom.executors._dask_chunk import run_chunk, stop_run
 from pipeloom.executors._remote import (
     Outcome,
@@ -231,6 +231,19 @@ class DaskExecutor(Executor):
         """Queue the task for the dispatcher, which groups tasks into chunks."""
         self._inbox.put(("t", task_id, task))
 
+    def withdraw_unbegun(self) -> list[int]:
+        """Take back every task not yet begun: not sent, or waiting in a chunk (`Executor`).
+
+        The dispatcher does it, as it owns the tasks; a chunk that begins one of them later
+        is ignored (what it sends is dropped), and `cancel` stops the chunks.
+        """
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return []
+        request = Withdrawal()
+        self._inbox.put(("w", request))
+        return request.answer("the Dask dispatcher")
+
     def cancel(self) -> None:
         """Cancel every chunk handed to the cluster (Ctrl-C twice, an abandoned run).
 
@@ -336,6 +349,12 @@ class DaskExecutor(Executor):
             _, task_id, task = item
             self._tasks[task_id] = _Task(task)
             self._pending.append(task_id)
+        elif kind == "w":
+            never = [i for i, st in self._tasks.items() if st.token is None]
+            for i in never:
+                del self._tasks[i]
+            self._pending = []
+            item[1].give(never)
         elif kind == "ev":
             try:
                 token, items = pickle.loads(item[1])

@@ -20,6 +20,7 @@ import collections
 import logging
 import multiprocessing
 import pickle
+import queue
 import signal
 import threading
 import time
@@ -30,7 +31,7 @@ from typing import Any
 
 from pipeloom._text import exc_summary
 from pipeloom.errors import ExecutorFailedError, PipeloomError
-from pipeloom.executors._base import Completions, Executor, Sink, WorkerFn
+from pipeloom.executors._base import Completions, Executor, Sink, Withdrawal, WorkerFn
 from pipeloom.executors._process_child import child_main
 from pipeloom.executors._remote import (
     RemoteTaskError,
@@ -44,7 +45,7 @@ from pipeloom.executors._remote import (
     unpack_outcome,
 )
 from pipeloom.executors._shipping import file_modules
-from pipeloom.messages import MsgTaskAttempt, MsgTaskFinished, utc_now
+from pipeloom.messages import PIPELOOM_MESSAGES, MsgTaskAttempt, MsgTaskFinished, utc_now
 
 __all__ = ["ProcessExecutor"]
 
@@ -96,6 +97,10 @@ class ProcessExecutor(Executor):
         """Tasks that could not be pickled: the collector records each one's error."""
         self._pending: collections.deque[tuple[int, Any, bytes, int]] = collections.deque()
         self._lock = threading.Lock()
+        self._withdrawals: queue.SimpleQueue[Withdrawal] = queue.SimpleQueue()
+        """Requests for `withdraw_unbegun`, served by the collector, which owns the children."""
+        self._withdrawn: set[int] = set()
+        """Tasks taken back unbegun as the run was abandoned: what they send is dropped."""
         self._closing = threading.Event()
         self._collector: threading.Thread | None = None
         self._payload = b""
@@ -151,6 +156,43 @@ class ProcessExecutor(Executor):
     def tasks_ahead(self) -> int:
         """One task may wait in each child behind its running one (see the module's text)."""
         return len(self._children)
+
+    def withdraw_unbegun(self) -> list[int]:
+        """Take back the tasks waiting in a child or still to be sent (see `Executor`).
+
+        The collector does it, as it owns what each child was sent; it is asked and waited
+        for (briefly: a collector that does not answer leaves them to be recorded
+        ``interrupted``, as before).
+        """
+        collector = self._collector
+        if collector is None or not collector.is_alive():
+            return self._withdraw()
+        request = Withdrawal()
+        self._withdrawals.put(request)
+        self._wake()
+        return request.answer("the process collector")
+
+    def _serve_withdrawals(self) -> None:
+        while True:
+            try:
+                request = self._withdrawals.get_nowait()
+            except queue.Empty:
+                return
+            request.give(self._withdraw())
+
+    def _withdraw(self) -> list[int]:
+        with self._lock:
+            items = list(self._pending)
+            self._pending.clear()
+        for child in self._children:
+            # As far as the driver knows, none of these began. One that did, in the last
+            # milliseconds, is killed with its child before anything it sends is stored.
+            items.extend(child.queued)
+            child.queued.clear()
+            child.recalling = None
+        ids = [item[0] for item in items]
+        self._withdrawn.update(ids)
+        return ids
 
     def run_stopping(self) -> None:
         """Wake the collector now, to tell every child before it begins a waiting task."""
@@ -250,6 +292,7 @@ class ProcessExecutor(Executor):
                 for obj in ready:
                     if obj is self._wakeup_r:
                         self._drain_wakeups()
+                        self._serve_withdrawals()
                         continue
                     child = self._child_of(obj)
                     if child is None:
@@ -377,7 +420,14 @@ class ProcessExecutor(Executor):
             self._lost(child, task_id, batch.reason)
             return
         put = self.sink.put
+        withdrawn = self._withdrawn
         for msg in batch:
+            if (
+                withdrawn
+                and type(msg) in PIPELOOM_MESSAGES
+                and getattr(msg, "task_id", None) in withdrawn
+            ):
+                continue  # it began as the run was abandoned: it counts as never begun
             if type(msg) is Unsent:
                 self._lost(child, task_id, msg.reason)
             elif (
