@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import threading
+from multiprocessing import forkserver
 from typing import NoReturn
 
 __all__ = ["die_with_parent", "driver_gone", "ignore_stop_signals", "importing_main_script"]
@@ -64,6 +65,28 @@ def die_with_parent() -> None:
         return
     if os.getppid() != parent_pid:  # the parent died before the request: too late for it
         driver_gone()
+    _release_forkserver()
+
+
+def _release_forkserver() -> None:
+    """Close this child's copy of the forkserver's "alive" pipe.
+
+    ``multiprocessing`` hands every forkserver child the pipe's write end, and the server
+    exits only once all of them closed it. A child too busy in C to notice that its driver
+    died (its pipe watch needs the GIL) would so keep the server alive, and the server alive
+    keeps this child's parent-death signal from ever coming. Without the copy, the server
+    exits with the driver and the kernel kills the child. A task that starts processes with
+    forkserver itself starts a server of its own: this one was never this process's to use.
+    """
+    server = forkserver._forkserver
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if fd is None:
+        return
+    setattr(server, "_forkserver_alive_fd", None)  # noqa: B010 (private to multiprocessing)
+    try:
+        os.close(fd)
+    except OSError as exc:  # already closed: nothing holds the server up
+        log.debug("the forkserver's alive pipe was already closed: %s", exc)
 
 
 def driver_gone() -> NoReturn:
