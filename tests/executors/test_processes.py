@@ -18,7 +18,7 @@ import pytest
 from pipeloom import PipeloomError, RunResult, TaskDef, run_pipeline
 from pipeloom.executors import ProcessExecutor
 from tests._harness import query
-from tests.executors._support import pipeloom_children
+from tests.executors._support import alive, pipeloom_children
 from tests.executors._workers import (
     _wait_for,
     dies,
@@ -257,14 +257,6 @@ if __name__ == "__main__":
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux")
 def test_children_busy_in_c_die_with_a_driver_killed_outright(tmp_path: Path) -> None:
     # SIGKILL gives the driver no chance to stop its children, and these cannot notice:
@@ -280,10 +272,10 @@ def test_children_busy_in_c_die_with_a_driver_killed_outright(tmp_path: Path) ->
         driver.kill()
         driver.wait(30)
         for _ in range(3000):  # a bound, not a pace: it ends as soon as both are gone
-            if not any(map(_alive, pids)):
+            if not any(map(alive, pids)):
                 break
             time.sleep(0.01)
-        assert [pid for pid in pids if _alive(pid)] == []
+        assert [pid for pid in pids if alive(pid)] == []
     finally:
         driver.kill()
         for pid in pids:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests._harness import query
+from tests.executors._support import alive
 from tests.reliability._support import integrity, wait_for
 
 PIPE = '''
@@ -214,15 +215,6 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 SIGNALS = {"sigterm": (signal.SIGTERM, 143, "SIGTERM"), "sighup": (signal.SIGHUP, 129, "SIGHUP")}
 
 
@@ -257,7 +249,7 @@ def test_the_grace_period_abandons_and_no_child_process_outlives_the_run(
     assert run.finish() == 143, run.output()
     assert run.run_row() == ("interrupted", "sigterm", N - 2)
     assert run.statuses() == {"interrupted": 2}
-    wait_for(lambda: not any(_alive(p) for p in children), "every child process to exit")
+    wait_for(lambda: not any(alive(p) for p in children), "every child process to exit")
     assert "Traceback" not in run.output() and "Logging error" not in run.output()
 
 
@@ -269,7 +261,7 @@ def test_a_killed_driver_takes_its_worker_processes_with_it(start: Callable[...,
     children = _descendants(run.proc.pid)
     os.kill(run.proc.pid, signal.SIGKILL)
     run.finish()
-    wait_for(lambda: not any(_alive(p) for p in children), "every orphan to exit")
+    wait_for(lambda: not any(alive(p) for p in children), "every orphan to exit")
     assert "Traceback" not in run.output() and "Logging error" not in run.output()
 
 
