@@ -324,6 +324,7 @@ def test_a_second_stop_records_interrupted_only_what_began(client: Client, tmp_p
     assert rows and set(rows) == {("interrupted", 1)}
     ((taken, not_started),) = query(db, "SELECT tasks_taken, tasks_not_started FROM pipeline_runs")
     assert (taken, not_started) == (len(rows), 20 - len(rows))
+    assert (result.total, result.not_started) == (taken, not_started)
 
 
 # A generator of 10,000 tasks on the cluster (Dask's default in-flight count, so tiny tasks

@@ -176,6 +176,7 @@ def test_a_second_ctrl_c_records_interrupted_only_what_began(tmp_path: Path) -> 
         (2, "interrupted"),
     ]
     assert query(db, "SELECT tasks_taken, tasks_not_started FROM pipeline_runs") == [(2, 4)]
+    assert (result.total, result.not_started, result.counts) == (2, 4, {"interrupted": 2})
     assert not (tmp_path / "ran-3").exists() and not (tmp_path / "ran-4").exists()
     assert pipeloom_children() == []
 
