@@ -76,7 +76,7 @@ class Completions(Protocol):
 
 
 class Withdrawal:
-    """A `Executor.withdraw_unbegun` request for the thread that owns an executor's tasks.
+    """An `Executor.withdraw_unbegun` request, for the thread that owns an executor's tasks.
 
     The asking thread waits for the answer briefly: an owner that does not answer (stuck
     talking to a cluster) leaves its tasks to be recorded ``interrupted``, as before.
