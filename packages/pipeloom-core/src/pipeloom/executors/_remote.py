@@ -372,7 +372,7 @@ def unpack(data: bytes, task_id: int | None = None, what: str = "a message it se
 
     The garbage collector is paused meanwhile: every object a batch of rows makes lives on
     to its handler, so collections in the middle of one only walk them and move them up a
-    generation (a third of the driver's collector time on the ETL of benchmarks/etl.py).
+    generation (a quarter to a half of the driver's collector time on benchmarks/etl.py).
     It is turned back on only if it was on: a user's ``gc.disable()`` stays.
     """
     collecting = gc.isenabled()
