@@ -282,3 +282,23 @@ def test_children_busy_in_c_die_with_a_driver_killed_outright(tmp_path: Path) ->
         for pid in pids:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    ("killed", "code", "text"),
+    [
+        ("its pipe broke", 3, "exit code 3"),
+        ("its pipe broke", -9, "signal SIGKILL"),
+        ("its pipe broke", None, "its pipe broke"),
+        ("killed after its timeout", -9, "killed after its timeout"),
+        (None, 3, "exit code 3"),
+    ],
+)
+def test_a_dead_childs_task_says_how_it_died_not_how_the_driver_noticed(
+    killed: str | None, code: int | None, text: str
+) -> None:
+    # A send that found the pipe broken raced the child's exit: the exit code is the truth
+    # (test_a_child_that_dies_fails_its_task... recorded "its pipe broke" once in ~20 runs).
+    from pipeloom.executors.processes import _death_text
+
+    assert _death_text(killed, code) == text

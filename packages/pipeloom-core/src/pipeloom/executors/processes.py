@@ -56,6 +56,8 @@ _POLL = 0.05
 _EXPIRE_GRACE = 0.5
 """Longest wait, after an attempt's deadline, for its child to say how many messages the
 attempt held (its reader thread answers within milliseconds unless C code holds the GIL)."""
+_PIPE_BROKE = "its pipe broke"
+"""`_Child.killed` when a send failed: the child was dying, not killed by the driver."""
 _PRELOAD = ("pipeloom", "pipeloom.pipeline", "pipeloom.executors._process_child")
 """What the forkserver imports once for all its children: pipeloom's own modules only, never
 the user's script (importing that has side effects the user placed in each worker)."""
@@ -250,7 +252,7 @@ class ProcessExecutor(Executor):
                 except OSError:
                     # It is dying; its exit, seen next, replaces it. The task waits.
                     self._pending.appendleft(item)
-                    child.killed = child.killed or "its pipe broke"
+                    child.killed = child.killed or _PIPE_BROKE
                     continue
                 if child.task is None:
                     child.task = (item[0], item[1])
@@ -456,7 +458,7 @@ class ProcessExecutor(Executor):
             pass
         child.proc.join(1.0)
         code = child.proc.exitcode
-        if not child.ready and not child.killed:
+        if not child.ready and child.killed in (None, _PIPE_BROKE):
             self._died_starting(child, code)
             return
         task = child.task
@@ -468,7 +470,7 @@ class ProcessExecutor(Executor):
             self.sink.put(finish)
             self.engine.task_done(task[0], task[1], None, True)
         elif task is not None:
-            how = _exit_text(code) if not child.killed else child.killed
+            how = _death_text(child.killed, code)
             self.engine.task_done(
                 task[0],
                 task[1],
@@ -620,6 +622,17 @@ class _Child:
     """``task`` as it was sent: given back whole if it turns out it never began."""
     ready: bool = False
     """It has said something (its first words: ``"ready"``): it got past starting."""
+
+
+def _death_text(killed: str | None, code: int | None) -> str:
+    """Why a child died, for its task's error: what the driver did, else how it exited.
+
+    A pipe found broken is only how the driver noticed: the exit code, once known, says
+    what happened (``exit code 3``, ``signal SIGKILL``).
+    """
+    if killed is not None and (killed != _PIPE_BROKE or code is None):
+        return killed
+    return _exit_text(code)
 
 
 def _exit_text(code: int | None) -> str:
