@@ -21,7 +21,13 @@ import threading
 from multiprocessing import forkserver
 from typing import NoReturn
 
-__all__ = ["die_with_parent", "driver_gone", "ignore_stop_signals", "importing_main_script"]
+__all__ = [
+    "die_with_parent",
+    "driver_gone",
+    "ignore_stop_signals",
+    "importing_main_script",
+    "parent_death_signal",
+]
 
 log = logging.getLogger("pipeloom.executors")
 
@@ -55,17 +61,30 @@ def die_with_parent() -> None:
     parent_pid = os.getppid()
     if parent is None or parent.pid == parent_pid:
         return  # started by the driver itself (spawn): the pipe watch covers it
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            log.debug("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
-            return
-    except (OSError, AttributeError) as exc:  # no libc or no prctl: the pipe watch remains
-        log.debug("no parent-death signal: %s", exc)
+    if not parent_death_signal():
         return
     if os.getppid() != parent_pid:  # the parent died before the request: too late for it
         driver_gone()
     _release_forkserver()
+
+
+def parent_death_signal() -> bool:
+    """Ask the kernel for SIGKILL when the thread that started this process ends (Linux).
+
+    The one way out for a process too busy in C to notice by itself: a watch on a pipe
+    needs the GIL. Only for a process whose starting thread lives as long as it should.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            log.debug("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+            return False
+    except (OSError, AttributeError) as exc:  # no libc or no prctl: the pipe watch remains
+        log.debug("no parent-death signal: %s", exc)
+        return False
+    return True
 
 
 def _release_forkserver() -> None:

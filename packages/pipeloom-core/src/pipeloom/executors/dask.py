@@ -20,6 +20,7 @@ import dataclasses
 import itertools
 import logging
 import math
+import os
 import pickle
 import queue
 import threading
@@ -218,9 +219,10 @@ class DaskExecutor(Executor):
         kwargs = {"dashboard_address": ":0", **self.cluster_kwargs}
         self._cluster = distributed.LocalCluster(**kwargs)
         self.client = distributed.Client(self._cluster)
-        from pipeloom.executors._dask_worker import IgnoreInterrupts
+        from pipeloom.executors._dask_worker import DieWithDriver, IgnoreInterrupts
 
         self.client.register_plugin(IgnoreInterrupts(), name="pipeloom-no-sigint")
+        self.client.register_plugin(DieWithDriver(os.getpid()), name="pipeloom-die-with-driver")
 
     def _cluster_threads(self) -> int:
         assert self.client is not None
