@@ -494,7 +494,9 @@ from pipeloom.executors import DaskExecutor
 
 
 def hog(task, q):
-    Path(task.payload, f"pid-{task.task_id}").write_text(str(os.getpid()))
+    mark = Path(task.payload, f"pid-{task.task_id}")
+    mark.with_suffix(".new").write_text(str(os.getpid()))
+    mark.with_suffix(".new").rename(mark)  # never seen half written
     sum(itertools.repeat(1, 10**13))  # holds the GIL in C: distributed's watch never runs
 
 
@@ -525,6 +527,7 @@ def test_the_clusters_workers_busy_in_c_die_with_a_driver_killed_outright(
         wait_for(lambda: not any(map(alive, pids)), "the cluster's workers to exit")
     finally:
         driver.kill()
+        driver.wait()
         for pid in pids:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)

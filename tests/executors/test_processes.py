@@ -246,7 +246,9 @@ from pipeloom import TaskDef, run_pipeline
 
 
 def hog(task, q):
-    Path(task.payload, f"pid-{task.task_id}").write_text(str(os.getpid()))
+    mark = Path(task.payload, f"pid-{task.task_id}")
+    mark.with_suffix(".new").write_text(str(os.getpid()))
+    mark.with_suffix(".new").rename(mark)  # never seen half written
     sum(itertools.repeat(1, 10**13))  # holds the GIL in C: its pipe watch never runs
 
 
@@ -279,6 +281,7 @@ def test_children_busy_in_c_die_with_a_driver_killed_outright(tmp_path: Path) ->
         assert [pid for pid in pids if alive(pid)] == []
     finally:
         driver.kill()
+        driver.wait()
         for pid in pids:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
