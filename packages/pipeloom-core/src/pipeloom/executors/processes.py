@@ -182,10 +182,15 @@ class ProcessExecutor(Executor):
                 return
             request.give(self._withdraw())
 
-    def _withdraw(self) -> list[int]:
+    def _take_pending(self) -> list[tuple[int, Any, bytes, int]]:
+        """Every task not yet sent to a child, taken out of the queue."""
         with self._lock:
             items = list(self._pending)
             self._pending.clear()
+        return items
+
+    def _withdraw(self) -> list[int]:
+        items = self._take_pending()
         for child in self._children:
             # As far as the driver knows, none of these began. One that did, in the last
             # milliseconds, is killed with its child before anything it sends is stored.
@@ -232,10 +237,7 @@ class ProcessExecutor(Executor):
             for task_id, task, text in unsent:
                 self.engine.task_done(task_id, task, RemoteTaskError(text, None), False)
         if self.engine.stopping.is_set():
-            with self._lock:
-                never = list(self._pending)
-                self._pending.clear()
-            for task_id, task, _, _ in never:
+            for task_id, task, _, _ in self._take_pending():
                 self.engine.not_begun(task_id, task)
             return
         with self._lock:
@@ -255,7 +257,6 @@ class ProcessExecutor(Executor):
                     child.killed = child.killed or _PIPE_BROKE
                     continue
                 if child.task is None:
-                    child.task = (item[0], item[1])
                     child.began = item
                     child.deadline = None
                 else:
@@ -356,7 +357,7 @@ class ProcessExecutor(Executor):
         elif kind == "done":
             task = child.task
             finish, lost = child.finish, child.lost
-            child.task = child.deadline = child.expiring = child.finish = child.lost = None
+            child.began = child.deadline = child.expiring = child.finish = child.lost = None
             child.recalling = None  # an "unqueued" for the next task may still come
             self._next(child)
             if task is not None:
@@ -389,8 +390,6 @@ class ProcessExecutor(Executor):
         If it was being taken back, it may not have begun: the child then says "unqueued".
         """
         child.began = child.queued.popleft() if child.queued else None
-        if child.began is not None:
-            child.task = (child.began[0], child.began[1])
 
     def _returned(self, child: _Child, task_id: int, skipped: bool) -> None:
         """A task the child gave back (taken back, or skipped as the run stopped) unbegun."""
@@ -401,7 +400,7 @@ class ProcessExecutor(Executor):
             child.queued.remove(item)
         elif child.began is not None and child.began[0] == task_id:
             item = child.began
-            child.task = child.deadline = child.finish = child.lost = None
+            child.began = child.deadline = child.finish = child.lost = None
             self._next(child)
         else:
             return
@@ -463,7 +462,7 @@ class ProcessExecutor(Executor):
             return
         task = child.task
         finish = child.finish
-        child.task = child.finish = None
+        child.began = child.finish = None
         self._requeue(child)
         if task is not None and finish is not None:
             # It finished, then died before its outcome came: the finish it sent stands.
@@ -492,7 +491,7 @@ class ProcessExecutor(Executor):
         """
         if child.began is not None:
             child.queued.appendleft(child.began)
-        child.task = child.began = child.finish = None
+        child.began = child.finish = None
         self._requeue(child)
         child.conn.close()
         self._start_deaths += 1
@@ -533,8 +532,7 @@ class ProcessExecutor(Executor):
     def _kill_for_timeout(self, child: _Child, held: int | None) -> None:
         task = child.task
         attempt, seconds, retry = child.attempt
-        child.deadline = child.expiring = child.finish = child.lost = None
-        child.task = None
+        child.began = child.deadline = child.expiring = child.finish = child.lost = None
         child.proc.kill()
         child.killed = "killed after its timeout"
         self._requeue(child)
@@ -601,7 +599,6 @@ class ProcessExecutor(Executor):
 class _Child:
     proc: Any
     conn: Connection
-    task: tuple[int, Any] | None = None
     deadline: float | None = None
     attempt: tuple[int, float, bool] = (1, 0.0, False)
     alive: bool = True
@@ -619,9 +616,16 @@ class _Child:
     recalling: int | None = None
     """The waiting task it was asked to give back (``"unqueue"``), until it answers."""
     began: tuple[int, Any, bytes, int] | None = None
-    """``task`` as it was sent: given back whole if it turns out it never began."""
+    """The task it runs (as far as the driver knows), as it was sent: given back whole if it
+    turns out it never began."""
     ready: bool = False
     """It has said something (its first words: ``"ready"``): it got past starting."""
+
+    @property
+    def task(self) -> tuple[int, Any] | None:
+        """The running task's id and object, or None when it is idle."""
+        began = self.began
+        return None if began is None else (began[0], began[1])
 
 
 def _death_text(killed: str | None, code: int | None) -> str:
