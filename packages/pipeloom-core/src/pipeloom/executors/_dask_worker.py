@@ -45,10 +45,8 @@ class DieWithDriver(WorkerPlugin):
         Only in a worker process the driver started itself: never in the driver (a cluster of
         threads), where the signal would tie the driver to whatever started it.
         """
-        from pipeloom.executors._parent import driver_gone, parent_death_signal
+        from pipeloom.executors._parent import die_with
 
         driver = self.driver_pid
-        if os.getpid() == driver or os.getppid() != driver:
-            return
-        if parent_death_signal() and os.getppid() != driver:
-            driver_gone()  # it died before the request: the signal will never come
+        if os.getpid() != driver and os.getppid() == driver:
+            die_with(driver)

@@ -22,11 +22,11 @@ from multiprocessing import forkserver
 from typing import NoReturn
 
 __all__ = [
+    "die_with",
     "die_with_parent",
     "driver_gone",
     "ignore_stop_signals",
     "importing_main_script",
-    "parent_death_signal",
 ]
 
 log = logging.getLogger("pipeloom.executors")
@@ -61,18 +61,17 @@ def die_with_parent() -> None:
     parent_pid = os.getppid()
     if parent is None or parent.pid == parent_pid:
         return  # started by the driver itself (spawn): the pipe watch covers it
-    if not parent_death_signal():
-        return
-    if os.getppid() != parent_pid:  # the parent died before the request: too late for it
-        driver_gone()
-    _release_forkserver()
+    if die_with(parent_pid):
+        _release_forkserver()
 
 
-def parent_death_signal() -> bool:
+def die_with(parent_pid: int) -> bool:
     """Ask the kernel for SIGKILL when the thread that started this process ends (Linux).
 
     The one way out for a process too busy in C to notice by itself: a watch on a pipe
     needs the GIL. Only for a process whose starting thread lives as long as it should.
+    If ``parent_pid`` is gone already, the signal will never come: exit now. False when
+    the kernel cannot be asked (not Linux, no ``prctl``).
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -84,6 +83,8 @@ def parent_death_signal() -> bool:
     except (OSError, AttributeError) as exc:  # no libc or no prctl: the pipe watch remains
         log.debug("no parent-death signal: %s", exc)
         return False
+    if os.getppid() != parent_pid:  # it died before the request: too late for the signal
+        driver_gone()
     return True
 
 

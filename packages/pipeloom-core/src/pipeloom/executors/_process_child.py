@@ -107,6 +107,16 @@ def child_main(
     inbox: collections.deque[Any] = collections.deque()
     arrived = threading.Condition(threading.Lock())
 
+    def take_waiting(task_id: int | None) -> list[Any]:
+        """Take the tasks waiting in the inbox (or the one of ``task_id``) out of it."""
+        with arrived:
+            if task_id is None:
+                stopping.set()  # under the lock: the loop sees it before its next task
+            taken = [x for x in inbox if x[0] == "task" and task_id in (None, x[1])]
+            for x in taken:
+                inbox.remove(x)
+        return taken
+
     def read() -> None:
         # Reads while a task runs, so "the run is stopping" reaches a retrying task at once,
         # and a task queued behind the running one can be taken back ("unqueue").
@@ -117,23 +127,14 @@ def child_main(
                 driver_gone()  # the driver never closes the pipe before "stop": it died
             kind = item[0]
             if kind == "stopping":  # nothing new starts: give back what waits at once
-                with arrived:
-                    stopping.set()
-                    waiting = [x for x in inbox if x[0] == "task"]
-                    for x in waiting:
-                        inbox.remove(x)
-                for x in waiting:
+                for x in take_waiting(None):
                     send(("skipped", x[1]))
                 continue
             if kind == "expire":  # the attempt's deadline passed: say what it holds
                 send(("held", deadline.held_now()))
                 continue
             if kind == "unqueue":  # another worker is free: give back a task not yet begun
-                with arrived:
-                    back = [x for x in inbox if x[0] == "task" and x[1] == item[1]]
-                    for x in back:
-                        inbox.remove(x)
-                if back:
+                if take_waiting(item[1]):
                     send(("unqueued", item[1]))
                 continue
             with arrived:
