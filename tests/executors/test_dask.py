@@ -6,7 +6,6 @@ processes import it, as workers import a user's installed code.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -28,7 +27,7 @@ from pipeloom.executors.dask import DaskExecutor, DaskUnavailableError
 from pipeloom.messages import MsgTaskFinished, MsgTaskProgress, MsgTaskStarted, utc_now
 from pipeloom.result import RunResult
 from tests._harness import query
-from tests.executors._support import alive
+from tests.executors._support import left_after_kill_9
 from tests.reliability._support import wait_for
 
 if TYPE_CHECKING:
@@ -472,7 +471,6 @@ def test_without_the_extra_asking_for_dask_names_it(monkeypatch: pytest.MonkeyPa
 
 
 def test_import_pipeloom_does_not_import_dask(tmp_path: Path) -> None:
-    import subprocess
 
     code = (
         "import sys, pipeloom, pipeloom.executors; "
@@ -483,51 +481,11 @@ def test_import_pipeloom_does_not_import_dask(tmp_path: Path) -> None:
     assert out.stdout.strip() == "[]"
 
 
-HOGGING_DASK_DRIVER = """
-import itertools
-import os
-import sys
-from pathlib import Path
-
-from pipeloom import TaskDef, run_pipeline
-from pipeloom.executors import DaskExecutor
-
-
-def hog(task, q):
-    mark = Path(task.payload, f"pid-{task.task_id}")
-    mark.with_suffix(".new").write_text(str(os.getpid()))
-    mark.with_suffix(".new").rename(mark)  # never seen half written
-    sum(itertools.repeat(1, 10**13))  # holds the GIL in C: distributed's watch never runs
-
-
-if __name__ == "__main__":
-    folder = sys.argv[1]
-    tasks = [TaskDef(i, f"t{i}", payload=folder) for i in (1, 2)]
-    run_pipeline(tasks, Path(folder) / "run.db", worker_fn=hog, progress=False,
-                 executor=DaskExecutor(n_workers=2, threads_per_worker=1))
-"""
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux")
 def test_the_clusters_workers_busy_in_c_die_with_a_driver_killed_outright(
     tmp_path: Path,
 ) -> None:
     # distributed's workers watch their parent from a thread, which a task holding the GIL
     # never lets run: without the kernel's parent-death signal they spun on after kill -9.
-    script = tmp_path / "hogs.py"
-    script.write_text(HOGGING_DASK_DRIVER)
-    driver = subprocess.Popen([sys.executable, str(script), str(tmp_path)])
-    pids: list[int] = []
-    try:
-        marks = [tmp_path / f"pid-{i}" for i in (1, 2)]
-        wait_for(lambda: all(m.exists() for m in marks), "both tasks to begin")
-        pids = [int(m.read_text()) for m in marks]
-        driver.kill()
-        driver.wait(30)
-        wait_for(lambda: not any(map(alive, pids)), "the cluster's workers to exit")
-    finally:
-        driver.kill()
-        driver.wait()
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+    executor = "DaskExecutor(n_workers=2, threads_per_worker=1)"
+    assert left_after_kill_9(tmp_path, executor) == []

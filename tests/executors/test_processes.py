@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ import pytest
 from pipeloom import PipeloomError, RunResult, TaskDef, run_pipeline
 from pipeloom.executors import ProcessExecutor
 from tests._harness import query
-from tests.executors._support import alive, pipeloom_children
+from tests.executors._support import left_after_kill_9, pipeloom_children
 from tests.executors._workers import (
     _wait_for,
     dies,
@@ -236,55 +234,12 @@ def test_every_module_the_forkserver_preloads_exists() -> None:
         assert importlib.import_module(name).__name__ == name
 
 
-HOGGING_DRIVER = """
-import itertools
-import os
-import sys
-from pathlib import Path
-
-from pipeloom import TaskDef, run_pipeline
-
-
-def hog(task, q):
-    mark = Path(task.payload, f"pid-{task.task_id}")
-    mark.with_suffix(".new").write_text(str(os.getpid()))
-    mark.with_suffix(".new").rename(mark)  # never seen half written
-    sum(itertools.repeat(1, 10**13))  # holds the GIL in C: its pipe watch never runs
-
-
-if __name__ == "__main__":
-    folder = sys.argv[1]
-    tasks = [TaskDef(i, f"t{i}", payload=folder) for i in (1, 2)]
-    run_pipeline(tasks, Path(folder) / "run.db", worker_fn=hog, workers=2,
-                 executor="processes", progress=False)
-"""
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux")
 def test_children_busy_in_c_die_with_a_driver_killed_outright(tmp_path: Path) -> None:
     # SIGKILL gives the driver no chance to stop its children, and these cannot notice:
     # holding the GIL, their pipe watch never runs. They must still go (the forkserver
     # exits with the driver, and the kernel kills its children), not spin on forever.
-    script = tmp_path / "hogs.py"
-    script.write_text(HOGGING_DRIVER)
-    driver = subprocess.Popen([sys.executable, str(script), str(tmp_path)])
-    pids: list[int] = []
-    try:
-        assert all(_wait_for(tmp_path / f"pid-{i}") for i in (1, 2)), "the tasks never began"
-        pids = [int((tmp_path / f"pid-{i}").read_text()) for i in (1, 2)]
-        driver.kill()
-        driver.wait(30)
-        for _ in range(3000):  # a bound, not a pace: it ends as soon as both are gone
-            if not any(map(alive, pids)):
-                break
-            time.sleep(0.01)
-        assert [pid for pid in pids if alive(pid)] == []
-    finally:
-        driver.kill()
-        driver.wait()
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+    assert left_after_kill_9(tmp_path, '"processes"') == []
 
 
 @pytest.mark.parametrize(
